@@ -1,0 +1,164 @@
+"""Is the model healthy? Threshold rules with `for` semantics, as Prometheus alerting rules have.
+
+Pure functions over plain data. The state of every rule lives in the loop's status (breach start as a
+timestamp), so a restarted operator picks up a pending breach where it was: `for` keeps counting from
+the breach start it reads back, it does not restart.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .api import MetricRule, Monitoring, parse_duration
+from .timeutil import format_time, parse_time
+
+HEALTHY, PENDING, BREACHING, NO_DATA = "Healthy", "Pending", "Breaching", "NoData"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One poll's result for one rule: a value, or None with the reason there is none."""
+
+    value: float | None
+    at: float
+    error: str = ""
+    samples: float | None = None  # the rule's samplesQuery result, when it has one
+
+
+@dataclass(frozen=True)
+class RuleState:
+    state: str = NO_DATA
+    value: float | None = None
+    sample_time: float | None = None
+    breach_since: float | None = None
+    message: str = ""
+
+
+def usable_value(rule: MetricRule, sample: Sample) -> tuple[float | None, str]:
+    """The sample's value if it can be judged; else None and why (errors, NaN, too few samples)."""
+    if sample.error:
+        return None, sample.error
+    if sample.value is None or math.isnan(sample.value):
+        return None, "query returned no data" if sample.value is None else "query returned NaN"
+    if rule.min_samples is not None:
+        if sample.samples is None or math.isnan(sample.samples):
+            return None, "samples query returned no data"
+        if sample.samples < rule.min_samples:
+            return None, f"{sample.samples:g} samples < minSamples {rule.min_samples}"
+    return sample.value, ""
+
+
+def violation(rule: MetricRule, value: float) -> str:
+    """Why the value breaks the rule, or '' when it does not."""
+    if rule.min is not None and value < rule.min:
+        return f"{rule.name}={value:.4g} below min {rule.min:g}"
+    if rule.max is not None and value > rule.max:
+        return f"{rule.name}={value:.4g} above max {rule.max:g}"
+    return ""
+
+
+def evaluate_rule(rule: MetricRule, previous: RuleState, sample: Sample) -> RuleState:
+    """The rule's next state after one sample."""
+    value, no_data_reason = usable_value(rule, sample)
+    if value is None:
+        return _on_no_data(rule, previous, sample.at, no_data_reason)
+    why = violation(rule, value)
+    if not why:
+        return RuleState(HEALTHY, value, sample.at, None, f"{rule.name}={value:.4g} within bounds")
+    return _breaching(rule, previous, sample.at, value, why)
+
+
+def _breaching(rule: MetricRule, previous: RuleState, at: float, value: float | None, why: str) -> RuleState:
+    since = previous.breach_since if previous.breach_since is not None else at
+    held_for = parse_duration(rule.for_)
+    state = BREACHING if at - since >= held_for else PENDING
+    message = why if state == BREACHING else f"{why} (pending {at - since:.0f}s of {held_for:.0f}s)"
+    return RuleState(state, value, at if value is not None else previous.sample_time, since, message)
+
+
+def _on_no_data(rule: MetricRule, previous: RuleState, at: float, reason: str) -> RuleState:
+    if rule.on_no_data == "breach":
+        return _breaching(rule, previous, at, None, f"{rule.name}: no data ({reason}), onNoData=breach")
+    if rule.on_no_data == "ignore":
+        return RuleState(NO_DATA, None, previous.sample_time, None, f"{rule.name}: {reason} (ignored)")
+    # hold: keep judging by the last state; a pending breach waits for data before it can fire
+    held = previous.state if previous.state in (BREACHING, PENDING) else NO_DATA
+    return replace(previous, state=held, message=f"{rule.name}: {reason}; holding {held}")
+
+
+@dataclass(frozen=True)
+class Health:
+    breaching: list[str]
+    no_data: list[str]
+    rules: dict[str, RuleState]
+
+    @property
+    def breached(self) -> bool:
+        return bool(self.breaching)
+
+
+def summarize(rules: dict[str, RuleState]) -> Health:
+    return Health(
+        breaching=[name for name, s in rules.items() if s.state == BREACHING],
+        no_data=[name for name, s in rules.items() if s.state == NO_DATA or (s.value is None)],
+        rules=rules,
+    )
+
+
+def rule_state_from_status(entry: dict) -> RuleState:
+    """Read one `status.metrics[]` entry back (after a restart, or from the last write)."""
+    return RuleState(
+        state=entry.get("state", NO_DATA),
+        value=entry.get("value"),
+        sample_time=parse_time(entry.get("sampleTime")),
+        breach_since=parse_time(entry.get("breachSince")),
+        message=entry.get("message", ""),
+    )
+
+
+def rule_state_to_status(name: str, state: RuleState) -> dict:
+    return {
+        "name": name,
+        "state": state.state,
+        "value": None if state.value is None else round(state.value, 6),
+        "sampleTime": format_time(state.sample_time),
+        "breachSince": format_time(state.breach_since),
+        "message": state.message,
+    }
+
+
+def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
+    """The reference server's rules, used when `monitoring.metrics` is empty."""
+    selector = 'model="{{model}}",namespace="{{namespace}}",track="stable"'
+    window = "5m"
+    latency = MetricRule(
+        name="latencyP99",
+        query=("histogram_quantile(0.99, sum by (model, namespace, le) "
+               f"(rate(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}])))"),
+        max=monitoring.default_latency_p99_max_seconds, **{"for": "2m"})
+    error_rate = MetricRule(
+        name="errorRate",
+        # `or ... * 0`: no 5xx series at all is a zero error rate, not missing data
+        query=(f'(sum by (model, namespace) (rate(mfl_http_requests_total{{{selector},code=~"5.."}}[{window}])) '
+               f"or sum by (model, namespace) (rate(mfl_http_requests_total{{{selector}}}[{window}])) * 0) / "
+               f"sum by (model, namespace) (rate(mfl_http_requests_total{{{selector}}}[{window}]))"),
+        max=0.05, **{"for": "2m"})
+    if task == "regression":
+        quality = MetricRule(
+            name="meanAbsError",
+            query=(f"sum by (model, namespace) (rate(mfl_feedback_abs_error_sum{{{selector}}}[{window}])) / "
+                   f"sum by (model, namespace) (rate(mfl_feedback_abs_error_count{{{selector}}}[{window}]))"),
+            max=1.0, **{"for": "2m"})
+        return [quality, error_rate, latency]
+    accuracy = MetricRule(
+        name="accuracy",
+        query=(f"sum by (model, namespace) (increase(mfl_feedback_correct_total{{{selector}}}[{window}])) / "
+               f"sum by (model, namespace) (increase(mfl_feedback_total{{{selector}}}[{window}]))"),
+        min=monitoring.default_accuracy_min, min_samples=50,
+        samples_query=f"sum by (model, namespace) (increase(mfl_feedback_total{{{selector}}}[{window}]))",
+        **{"for": "1m"})
+    return [accuracy, error_rate, latency]
+
+
+def rules_of(monitoring: Monitoring, task: str) -> list[MetricRule]:
+    return list(monitoring.metrics) or default_rules(monitoring, task)
