@@ -1,0 +1,197 @@
+"""Synthetic concept-drift streams for classification (numpy only).
+
+Shared by the tests, the demo and the benchmarks: train version 1 on concept 0, then serve a stream
+whose labels drift to later concepts.
+
+Two generators, both with a binary label:
+- ``hyperplane``: features ``x0..x{d-1}`` uniform in [0, 1]; concept ``c`` labels a row 1 when
+  ``w_c . (x - 0.5) > 0`` with ``w_c`` a fixed random normal vector, so a new concept is a rotated
+  decision boundary (two random directions are nearly orthogonal: a stale model drops towards 50 %).
+- ``agrawal``: an Agrawal-like loan-application table (salary, commission, age, elevel, car,
+  zipcode, hvalue, hyears, loan); concept ``c`` uses classification rule ``c`` of ``AGRAWAL_RULES``.
+
+Drift: the concept of row ``t`` is the number of drift positions already passed. ``abrupt`` switches
+at the position; ``gradual`` mixes old and new concept with probability
+``sigmoid(4 (t - position) / width)``, as in river's ConceptDriftStream.
+
+Concepts depend only on ``concept_seed``, the sampled rows only on ``seed``: a base CSV written with
+one seed and a stream drawn with another agree on what concept 0 is.
+
+    >>> X, y, names, concept = drift_stream(5000, drift_at=[2500], seed=1)
+    >>> write_base_csv("data/base.csv", 2000, seed=2)   # concept 0 only
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, Literal, NamedTuple, Sequence
+
+import numpy as np
+
+Generator = Literal["hyperplane", "agrawal"]
+DriftKind = Literal["abrupt", "gradual"]
+
+AGRAWAL_FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]
+
+
+class Stream(NamedTuple):
+    X: np.ndarray              # (n, n_features) float64
+    y: np.ndarray              # (n,) int64, 0 or 1
+    feature_names: list[str]
+    concept: np.ndarray        # (n,) concept index of each row
+
+
+def feature_names(generator: Generator = "hyperplane", n_features: int = 10) -> list[str]:
+    if generator == "agrawal":
+        return list(AGRAWAL_FEATURES)
+    _check_generator(generator)
+    return [f"x{i}" for i in range(n_features)]
+
+
+def sample_features(n: int, seed: int = 0, generator: Generator = "hyperplane",
+                    n_features: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if generator == "agrawal":
+        return _sample_agrawal(n, rng)
+    _check_generator(generator)
+    return rng.random((n, n_features))
+
+
+def concept_labels(X: np.ndarray, concept: int | np.ndarray, generator: Generator = "hyperplane",
+                   concept_seed: int = 0) -> np.ndarray:
+    """Labels of the rows of ``X`` under ``concept`` (one index, or one per row)."""
+    concepts = np.broadcast_to(np.asarray(concept, dtype=np.int64), (len(X),))
+    y = np.zeros(len(X), dtype=np.int64)
+    for c in np.unique(concepts):
+        rows = concepts == c
+        y[rows] = _label_rule(generator, int(c), concept_seed)(X[rows])
+    return y
+
+
+def concept_index(n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrupt",
+                  width: int = 1000, seed: int = 0) -> np.ndarray:
+    """Concept of each of ``n`` rows: how many drift positions the row has passed."""
+    t = np.arange(n)[:, None]
+    positions = np.sort(np.asarray(drift_at, dtype=np.float64))[None, :]
+    if kind == "abrupt":
+        return (t >= positions).sum(axis=1).astype(np.int64)
+    if kind != "gradual":
+        raise ValueError(f"kind must be 'abrupt' or 'gradual', got {kind!r}")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    share_new = 1.0 / (1.0 + np.exp(-4.0 * (t - positions) / width))
+    # One uniform draw per row keeps the concept index monotone across chained drifts.
+    u = np.random.default_rng([seed, 1]).random((n, 1))
+    return (u < share_new).sum(axis=1).astype(np.int64)
+
+
+def drift_stream(n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrupt", width: int = 1000,
+                 seed: int = 0, generator: Generator = "hyperplane", n_features: int = 10,
+                 noise: float = 0.05, concept_seed: int = 0) -> Stream:
+    """``n`` rows whose labelling concept changes at the ``drift_at`` positions.
+
+    ``noise`` flips that fraction of labels at random (label noise, independent of the concept).
+    """
+    X = sample_features(n, seed, generator, n_features)
+    concept = concept_index(n, drift_at, kind, width, seed)
+    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
+    return Stream(X, y, feature_names(generator, n_features), concept)
+
+
+def flip_labels(y: np.ndarray, noise: float, seed: int = 0) -> np.ndarray:
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1), got {noise}")
+    flip = np.random.default_rng([seed, 2]).random(len(y)) < noise
+    return np.where(flip, 1 - y, y)
+
+
+def to_records(X: np.ndarray, names: Sequence[str]) -> list[dict[str, float]]:
+    """Rows as ``{feature: value}`` dicts, the model server's ``instances`` format."""
+    return [dict(zip(names, map(float, row))) for row in X]
+
+
+def write_base_csv(path: str | Path, n: int, seed: int = 0, generator: Generator = "hyperplane",
+                   n_features: int = 10, target: str = "label", noise: float = 0.05,
+                   concept: int = 0, concept_seed: int = 0) -> list[str]:
+    """Write ``n`` rows of one concept as CSV (features + ``target``); returns the feature names."""
+    X = sample_features(n, seed, generator, n_features)
+    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
+    names = feature_names(generator, n_features)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*names, target])
+        for row, label in zip(X, y):
+            writer.writerow([*(f"{v:.6g}" for v in row), int(label)])
+    return names
+
+
+# --- generators ----------------------------------------------------------------------------------
+
+def _check_generator(generator: str) -> None:
+    if generator not in ("hyperplane", "agrawal"):
+        raise ValueError(f"generator must be 'hyperplane' or 'agrawal', got {generator!r}")
+
+
+def _label_rule(generator: Generator, concept: int, concept_seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    if generator == "agrawal":
+        return AGRAWAL_RULES[concept % len(AGRAWAL_RULES)]
+    _check_generator(generator)
+    return lambda X: _hyperplane_labels(X, concept, concept_seed)
+
+
+def _hyperplane_labels(X: np.ndarray, concept: int, concept_seed: int) -> np.ndarray:
+    weights = np.random.default_rng([concept_seed, concept, 7919]).standard_normal(X.shape[1])
+    return ((X - 0.5) @ weights > 0).astype(np.int64)
+
+
+def _sample_agrawal(n: int, rng: np.random.Generator) -> np.ndarray:
+    salary = rng.uniform(20_000, 150_000, n)
+    commission = np.where(salary >= 75_000, 0.0, rng.uniform(10_000, 75_000, n))
+    age = rng.integers(20, 81, n).astype(np.float64)
+    elevel = rng.integers(0, 5, n).astype(np.float64)
+    car = rng.integers(1, 21, n).astype(np.float64)
+    zipcode = rng.integers(0, 9, n).astype(np.float64)
+    hvalue = (9 - zipcode) * 100_000 * rng.uniform(0.5, 1.5, n)
+    hyears = rng.integers(1, 31, n).astype(np.float64)
+    loan = rng.uniform(0, 500_000, n)
+    return np.column_stack([salary, commission, age, elevel, car, zipcode, hvalue, hyears, loan])
+
+
+def _agrawal_columns(X: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(AGRAWAL_FEATURES, X.T))
+
+
+def _rule_age(X: np.ndarray) -> np.ndarray:
+    a = _agrawal_columns(X)["age"]
+    return ((a < 40) | (a >= 60)).astype(np.int64)
+
+
+def _rule_age_salary(X: np.ndarray) -> np.ndarray:
+    c = _agrawal_columns(X)
+    age, salary = c["age"], c["salary"]
+    young = (age < 40) & (salary >= 50_000) & (salary <= 100_000)
+    middle = (age >= 40) & (age < 60) & (salary >= 75_000) & (salary <= 125_000)
+    old = (age >= 60) & (salary >= 25_000) & (salary <= 75_000)
+    return (young | middle | old).astype(np.int64)
+
+
+def _rule_age_education(X: np.ndarray) -> np.ndarray:
+    c = _agrawal_columns(X)
+    age, elevel = c["age"], c["elevel"]
+    young = (age < 40) & (elevel <= 1)
+    middle = (age >= 40) & (age < 60) & (elevel >= 1) & (elevel <= 3)
+    old = (age >= 60) & (elevel >= 2)
+    return (young | middle | old).astype(np.int64)
+
+
+def _rule_disposable_income(X: np.ndarray) -> np.ndarray:
+    c = _agrawal_columns(X)
+    disposable = 0.67 * (c["salary"] + c["commission"]) - 0.2 * c["loan"] - 20_000
+    return (disposable > 0).astype(np.int64)
+
+
+AGRAWAL_RULES: list[Callable[[np.ndarray], np.ndarray]] = [
+    _rule_age, _rule_age_salary, _rule_age_education, _rule_disposable_income,
+]
