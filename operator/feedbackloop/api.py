@@ -284,6 +284,13 @@ class MetricStatus(ApiModel):
     message: str = ""
 
 
+class CheckEvidence(ApiModel):
+    name: str
+    decision: str = ""
+    message: str = ""
+    values: dict[str, float] = Field(default_factory=dict)
+
+
 class VersionRecord(ApiModel):
     """One retraining's outcome, kept in a bounded history."""
 
@@ -293,6 +300,7 @@ class VersionRecord(ApiModel):
     at: str = ""
     message: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
+    evidence: list[CheckEvidence] = Field(default_factory=list)
 
 
 class RetrainingStatus(ApiModel):
@@ -308,13 +316,6 @@ class CandidateStatus(ApiModel):
     challenger: dict[str, float] = Field(default_factory=dict)
     champion: dict[str, float] = Field(default_factory=dict)
     gate: str = ""
-
-
-class CheckEvidence(ApiModel):
-    name: str
-    decision: str = ""
-    message: str = ""
-    values: dict[str, float] = Field(default_factory=dict)
 
 
 class RolloutStatus(ApiModel):
@@ -350,6 +351,8 @@ class ModelFeedbackLoopStatus(ApiModel):
     last_retrain_at: str | None = None
     retrain_times: list[str] = Field(default_factory=list, description="Starts in the last 24 h (budget).")
     failure_backoff_until: str | None = None
+    last_failure: str | None = None
+    retrain_blocked_by: str | None = None
     history: list[VersionRecord] = Field(default_factory=list)
     handled_requests: dict[str, str] = Field(default_factory=dict)
 

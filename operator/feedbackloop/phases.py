@@ -1,0 +1,501 @@
+"""The loop's phases and transitions, in one place, as a pure function.
+
+    Invalid ──(spec fixed)──────────────────────────────────────────────▶ Pending
+    Pending ──(no version yet)──▶ Retraining[Initial] ──(gate passes)──▶ Monitoring (version 1 serves)
+    Monitoring ⇄ Breached                      (a rule fires for its `for` / recovers)
+    Monitoring|Breached ──(breach, schedule or request; allowed by policy)──▶ Retraining
+    Retraining ──(Job failed)──────────────▶ Monitoring|Breached       (Warning, failure backoff)
+    Retraining ──(offline gate rejects)────▶ Monitoring|Breached       (recorded with the evidence)
+    Retraining ──(offline gate passes)─────▶ Canary                    (canary Deployment created)
+    Canary ──(analysis Successful after the last step, or promote request)──▶ Monitoring (promoted)
+    Canary ──(analysis Failed, Error, Inconclusive at the deadline, or abort)──▶ Monitoring (rolled back)
+    any ──(spec.paused)──▶ Paused: nothing new starts; a running Job is followed, a canary holds its step
+
+`decide(world)` reads what the operator observed and returns the next status and the actions to take.
+The adapters (engine.py) only observe and act; every decision is here and tested without a cluster.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import conditions as cond
+from . import cron
+from .api import ModelFeedbackLoopSpec, parse_duration
+from .canary import CanaryObservation, judge_canary, replica_split
+from .gate import GateResult, offline_gate
+from .monitoring import Health
+from .timeutil import format_time, parse_time
+
+PENDING, INVALID, MONITORING, BREACHED = "Pending", "Invalid", "Monitoring", "Breached"
+RETRAINING, CANARY, PAUSED = "Retraining", "Canary", "Paused"
+HISTORY_LIMIT = 10
+REQUEST_ANNOTATIONS = ("retrain", "promote", "abort", "pause", "resume")
+ANNOTATION_PREFIX = "feedbackloop.dev/"
+
+
+# --- what the operator observed ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobObservation:
+    name: str
+    state: str  # Missing | Running | Succeeded | Failed
+    message: str = ""
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ServingObservation:
+    stable_version: int | None = None
+    stable_ready: int = 0
+    stable_replicas: int = 0
+    canary_version: int | None = None
+    canary_ready: int = 0
+
+
+@dataclass(frozen=True)
+class World:
+    now: float
+    name: str
+    generation: int
+    spec: ModelFeedbackLoopSpec | None
+    spec_error: str
+    status: dict[str, Any]
+    health: Health | None = None               # None: not polled this round
+    job: JobObservation | None = None          # the Job of status.retraining, when there is one
+    serving: ServingObservation | None = None
+    canary: CanaryObservation | None = None    # None: not analysed this round
+    requests: dict[str, str] = field(default_factory=dict)  # annotation suffix -> value
+
+
+# --- what the operator should do --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EnsureStable:
+    version: int
+
+
+@dataclass(frozen=True)
+class StartTraining:
+    version: int
+    parent_version: int | None
+    trigger: str
+    job_name: str
+
+
+@dataclass(frozen=True)
+class EnsureCanary:
+    version: int
+    canary_replicas: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class RemoveCanary:
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = EnsureStable | StartTraining | EnsureCanary | RemoveCanary | Event
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.actions.append(Event(type_, reason, message))
+
+
+# --- naming -----------------------------------------------------------------------------------------
+
+def job_name(loop_name: str, version: int) -> str:
+    """Deterministic, so a retried or restarted operator finds the Job it made instead of a twin."""
+    suffix = f"-train-v{version}"
+    return loop_name[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+def next_version(status: dict[str, Any]) -> int:
+    seen = [status.get("currentVersion") or 0]
+    seen += [h.get("version", 0) for h in status.get("history", [])]
+    for key in ("retraining", "candidate", "rollout"):
+        if status.get(key):
+            seen.append(status[key].get("version", 0))
+    return max(seen) + 1
+
+
+# --- policy: may we retrain now? --------------------------------------------------------------------
+
+def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: float, trigger: str) -> str:
+    """Why a retraining may not start now ('' when it may). Manual requests skip the cooldown only."""
+    retraining = spec.retraining
+    if retraining is None or not retraining.enabled:
+        return "retraining is disabled"
+    if spec.paused:
+        return "the loop is paused"
+    if status.get("retraining") or status.get("rollout"):
+        return "a retraining or rollout is in progress"
+    backoff_until = parse_time(status.get("failureBackoffUntil"))
+    if backoff_until and now < backoff_until and trigger != "Manual":
+        return f"backing off after a failed retraining until {status['failureBackoffUntil']}"
+    if trigger == "Initial":
+        return ""
+    last = parse_time(status.get("lastRetrainAt"))
+    cooldown = parse_duration(retraining.cooldown)
+    if last and now - last < cooldown and trigger != "Manual":
+        return f"cooldown: last retraining {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
+    recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
+    if len(recent) >= retraining.max_retrains_per_day:
+        return f"daily budget used: {len(recent)} of maxRetrainsPerDay {retraining.max_retrains_per_day}"
+    return ""
+
+
+def retrain_trigger(world: World, status: dict[str, Any]) -> tuple[str, str]:
+    """(trigger, detail) of a wanted retraining, or ('', '')."""
+    spec = world.spec
+    assert spec is not None
+    if status.get("currentVersion") is None:
+        return "Initial", "no model version serves yet"
+    request = world.requests.get("retrain")
+    if request and request != status.get("handledRequests", {}).get("retrain"):
+        return "Manual", f"annotation {ANNOTATION_PREFIX}retrain={request}"
+    if world.health is not None and world.health.breached:
+        return "Breach", "breaching: " + ", ".join(world.health.breaching)
+    if status.get("phase") == BREACHED:
+        return "Breach", "still breached"
+    schedule = spec.retraining.schedule if spec.retraining else None
+    if schedule:
+        handled = parse_time(status.get("handledRequests", {}).get("schedule")) or (world.now - 60)
+        slot = cron.last_slot(schedule, handled, world.now)
+        if slot is not None:
+            return "Schedule", f"schedule {schedule!r} slot {format_time(slot)}"
+    return "", ""
+
+
+# --- the decision -----------------------------------------------------------------------------------
+
+def decide(world: World) -> Decision:
+    status = copy.deepcopy(world.status)
+    decision = Decision(status)
+    now_text = format_time(world.now) or ""
+    if world.spec is None:
+        _invalid(world, decision, now_text)
+        return decision
+    status["observedGeneration"] = world.generation
+    _handle_pause_requests(world, decision)
+    _record_serving(world, decision)
+    if world.health is not None:
+        _record_health(world, decision, now_text)
+    if status.get("retraining"):
+        _follow_training(world, decision, now_text)
+    elif status.get("rollout"):
+        _follow_canary(world, decision, now_text)
+    elif status.get("currentVersion") is not None and world.serving is not None \
+            and world.serving.stable_version != status["currentVersion"]:
+        decision.actions.append(EnsureStable(status["currentVersion"]))
+    if not status.get("retraining") and not status.get("rollout"):
+        _maybe_start_training(world, decision, now_text)
+    _settle_phase(world, decision, now_text)
+    return decision
+
+
+def _invalid(world: World, decision: Decision, now: str) -> None:
+    status = decision.status
+    was_invalid = status.get("phase") == INVALID and \
+        (cond.get(status.get("conditions", []), cond.READY) or {}).get("message") == world.spec_error
+    status["phase"] = INVALID
+    status["observedGeneration"] = world.generation
+    status["conditions"] = cond.apply_all(status.get("conditions", []), [
+        cond.ConditionUpdate(cond.READY, False, "InvalidSpec", world.spec_error),
+        cond.ConditionUpdate(cond.STALLED, True, "InvalidSpec", world.spec_error),
+        cond.ConditionUpdate(cond.RECONCILING, False, "InvalidSpec", "waiting for a valid spec"),
+    ], now, world.generation)
+    if not was_invalid:
+        decision.event("Warning", "InvalidSpec", world.spec_error)
+
+
+def _handle_pause_requests(world: World, decision: Decision) -> None:
+    status = decision.status
+    handled = status.setdefault("handledRequests", {})
+    for name in ("pause", "resume"):
+        value = world.requests.get(name)
+        if value and handled.get(name) != value:
+            handled[name] = value
+            if status.get("rollout"):
+                status["rollout"]["paused"] = name == "pause"
+                decision.event("Normal", "RolloutPaused" if name == "pause" else "RolloutResumed",
+                               f"canary of version {status['rollout']['version']} {name}d by annotation")
+
+
+def _record_serving(world: World, decision: Decision) -> None:
+    if world.serving is None:
+        return
+    decision.status["serving"] = {"version": world.serving.stable_version,
+                                  "readyReplicas": world.serving.stable_ready,
+                                  "replicas": world.serving.stable_replicas}
+
+
+def _record_health(world: World, decision: Decision, now: str) -> None:
+    from .monitoring import rule_state_to_status  # local: keeps the import graph one-way at load time
+    health = world.health
+    assert health is not None
+    status = decision.status
+    status["metrics"] = [rule_state_to_status(name, s) for name, s in health.rules.items()]
+    first = next(iter(health.rules.items()), None)
+    status["summary"] = _summary(first)
+    since = [s.breach_since for s in health.rules.values() if s.state == "Breaching" and s.breach_since]
+    status["breachSince"] = format_time(min(since)) if since else None
+    was_breached = cond.is_true(status.get("conditions", []), cond.BREACHED)
+    if health.breached and not was_breached:
+        decision.event("Warning", "BreachStarted", "; ".join(health.rules[n].message for n in health.breaching))
+    elif not health.breached and was_breached:
+        decision.event("Normal", "Recovered", "all metrics are within their thresholds again")
+    available = len(health.no_data) < len(health.rules)
+    had_metrics = cond.get(status.get("conditions", []), cond.METRICS_AVAILABLE)
+    if not available and (had_metrics is None or had_metrics.get("status") != "False"):
+        reasons = "; ".join(health.rules[n].message for n in health.no_data[:3])
+        decision.event("Warning", "MetricsUnavailable", reasons)
+    status["conditions"] = cond.apply_all(status.get("conditions", []), [
+        cond.ConditionUpdate(cond.BREACHED, health.breached,
+                             "ThresholdBreached" if health.breached else "WithinThresholds",
+                             "; ".join(health.rules[n].message for n in health.breaching) or "no rule fires"),
+        cond.ConditionUpdate(cond.METRICS_AVAILABLE, available,
+                             "QueriesSucceeded" if available else "NoData",
+                             "; ".join(health.rules[n].message for n in health.no_data[:3]) or
+                             f"{len(health.rules)} metric(s) reporting"),
+    ], now, world.generation)
+
+
+def _summary(first: tuple[str, Any] | None) -> str:
+    if first is None:
+        return ""
+    name, state = first
+    if state.value is None or (isinstance(state.value, float) and math.isnan(state.value)):
+        return f"{name}=n/a"
+    return f"{name}={state.value:.3f}"
+
+
+def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
+    spec, status = world.spec, decision.status
+    assert spec is not None
+    trigger, detail = retrain_trigger(world, status)
+    if not trigger:
+        return
+    blocker = retrain_blocker(spec, status, world.now, trigger)
+    handled = status.setdefault("handledRequests", {})
+    if trigger == "Manual":
+        handled["retrain"] = world.requests["retrain"]
+    if trigger == "Schedule":
+        handled["schedule"] = now
+    if blocker:
+        if trigger in ("Manual", "Schedule"):
+            decision.event("Warning", "RetrainSkipped", f"{trigger} retraining not started: {blocker}")
+        status["retrainBlockedBy"] = blocker
+        return
+    status.pop("retrainBlockedBy", None)
+    version = next_version(status)
+    name = job_name(world.name, version)
+    status["retraining"] = {"version": version, "jobName": name, "trigger": trigger, "startedAt": now,
+                            "parentVersion": status.get("currentVersion")}
+    status["lastRetrainAt"] = now
+    status["retrainTimes"] = [t for t in status.get("retrainTimes", [])
+                              if world.now - (parse_time(t) or 0) < 86400] + [now]
+    decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name))
+    decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
+
+
+def _follow_training(world: World, decision: Decision, now: str) -> None:
+    status, spec = decision.status, world.spec
+    assert spec is not None
+    run = status["retraining"]
+    job = world.job
+    if job is None or job.state == "Running":
+        return
+    if job.state == "Missing":  # created-then-lost, or status written before a crash: create it again
+        decision.actions.append(StartTraining(run["version"], run.get("parentVersion"), run["trigger"],
+                                              run["jobName"]))
+        return
+    status["retraining"] = None
+    if job.state == "Failed" or not (job.summary or {}).get("ok"):
+        message = job.message or (job.summary or {}).get("error", "the trainer failed")
+        backoff = parse_duration(spec.retraining.failure_backoff) if spec.retraining else 600.0
+        status["failureBackoffUntil"] = format_time(world.now + backoff)
+        _remember(status, run["version"], run["trigger"], "TrainingFailed", now, message[:512])
+        decision.event("Warning", "RetrainingFailed", f"version {run['version']}: {message[:512]}")
+        status["lastFailure"] = message[:512]
+        return
+    status.pop("failureBackoffUntil", None)
+    status.pop("lastFailure", None)
+    summary = job.summary or {}
+    gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None)
+    status["candidate"] = {"version": run["version"], "challenger": _numbers(summary.get("challenger")),
+                           "champion": _numbers(summary.get("champion")), "gate": gate.message}
+    if not gate.passed:
+        _remember(status, run["version"], run["trigger"], "Rejected", now, gate.message, summary)
+        decision.event("Warning", "CandidateRejected", f"version {run['version']}: {gate.message}")
+        status["candidate"] = None
+        return
+    if run.get("parentVersion") is None or status.get("currentVersion") is None:
+        _promote(world, decision, run["version"], run["trigger"], now, f"first version: {gate.message}", summary)
+        return
+    decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
+    _start_canary(world, decision, run["version"], now)
+
+
+def _numbers(values: Any) -> dict[str, float]:
+    if not isinstance(values, dict):
+        return {}
+    return {k: round(float(v), 6) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def _start_canary(world: World, decision: Decision, version: int, now: str) -> None:
+    spec = world.spec
+    assert spec is not None
+    first = spec.rollout.steps[0]
+    replicas, weight = replica_split(spec.model.serving.replicas, first.weight)
+    decision.status["rollout"] = {"version": version, "step": 0, "weight": weight, "startedAt": now,
+                                  "stepStartedAt": now, "analysisPhase": "Running", "consecutiveErrors": 0,
+                                  "evidence": [], "paused": False}
+    decision.actions.append(EnsureCanary(version, replicas, weight))
+    decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
+
+
+def _follow_canary(world: World, decision: Decision, now: str) -> None:
+    spec, status = world.spec, decision.status
+    assert spec is not None
+    rollout = status["rollout"]
+    handled = status.setdefault("handledRequests", {})
+    for name in ("promote", "abort"):
+        value = world.requests.get(name)
+        if value and handled.get(name) != value:
+            handled[name] = value
+            if name == "promote":
+                _promote(world, decision, rollout["version"], "Manual", now, "promoted by annotation")
+            else:
+                _roll_back(world, decision, now, "aborted by annotation")
+            return
+    replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
+    decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
+    if world.canary is None:
+        return
+    verdict = judge_canary(spec.rollout.analysis, rollout, world.canary, world.now)
+    rollout.update(verdict.rollout_fields)
+    if verdict.phase in ("Failed", "Error"):
+        _roll_back(world, decision, now, verdict.message)
+        return
+    if verdict.phase == "Inconclusive":
+        if spec.rollout.analysis.on_inconclusive == "promote":
+            _promote(world, decision, rollout["version"], "Canary", now, f"inconclusive, promoted as configured: "
+                     f"{verdict.message}")
+        else:
+            _roll_back(world, decision, now, f"inconclusive at the deadline: {verdict.message}")
+        return
+    if rollout.get("paused") or spec.paused:
+        return
+    step_started = parse_time(rollout.get("stepStartedAt")) or world.now
+    if world.now - step_started < parse_duration(spec.rollout.steps[rollout["step"]].pause):
+        return
+    if rollout["step"] + 1 < len(spec.rollout.steps):
+        rollout["step"] += 1
+        rollout["stepStartedAt"] = now
+        replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
+        rollout["weight"] = weight
+        decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
+        decision.event("Normal", "CanaryStep", f"version {rollout['version']} step {rollout['step'] + 1}: "
+                       f"{weight}% ({replicas} replica(s))")
+    elif verdict.phase == "Successful":
+        _promote(world, decision, rollout["version"], "Canary", now, verdict.message)
+
+
+def _promote(world: World, decision: Decision, version: int, trigger: str, now: str, message: str,
+             summary: dict[str, Any] | None = None) -> None:
+    status = decision.status
+    evidence = (status.get("rollout") or {}).get("evidence") or []
+    status["currentVersion"] = version
+    status["rollout"] = None
+    status["candidate"] = None
+    decision.actions += [EnsureStable(version), RemoveCanary()]
+    _remember(status, version, trigger, "Promoted", now, message, summary, evidence)
+    decision.event("Normal", "Promoted", f"version {version} now serves as stable: {message}")
+
+
+def _roll_back(world: World, decision: Decision, now: str, message: str) -> None:
+    status = decision.status
+    rollout = status["rollout"]
+    status["rollout"] = None
+    status["candidate"] = None
+    decision.actions.append(RemoveCanary())
+    _remember(status, rollout["version"], "Canary", "RolledBack", now, message, None, rollout.get("evidence"))
+    decision.event("Warning", "RolledBack", f"version {rollout['version']}: {message}; "
+                   f"stable version {status.get('currentVersion')} untouched")
+
+
+def _remember(status: dict[str, Any], version: int, trigger: str, outcome: str, now: str, message: str,
+              summary: dict[str, Any] | None = None, evidence: list | None = None) -> None:
+    record: dict[str, Any] = {"version": version, "trigger": trigger, "outcome": outcome, "at": now,
+                              "message": message[:512],
+                              "metrics": _numbers((summary or {}).get("challenger"))}
+    if evidence:
+        record["evidence"] = evidence[:6]
+    status["history"] = ([*status.get("history", []), record])[-HISTORY_LIMIT:]
+
+
+def _settle_phase(world: World, decision: Decision, now: str) -> None:
+    """Phase and the summary conditions (Ready, Reconciling, Stalled) from the state reached."""
+    spec, status = world.spec, decision.status
+    assert spec is not None
+    breached = cond.is_true(status.get("conditions", []), cond.BREACHED)
+    if status.get("retraining"):
+        phase = RETRAINING
+    elif status.get("rollout"):
+        phase = CANARY
+    elif spec.paused:
+        phase = PAUSED
+    elif status.get("currentVersion") is None:
+        phase = PENDING
+    else:
+        phase = BREACHED if breached else MONITORING
+    status["phase"] = phase
+    serving = world.serving
+    serving_ready = bool(serving and serving.stable_version == status.get("currentVersion")
+                         and serving.stable_replicas and serving.stable_ready >= serving.stable_replicas)
+    updates = [cond.ConditionUpdate(cond.STALLED, False, "Progressing", "")]
+    if phase in (RETRAINING, CANARY):
+        work = status.get("retraining") or status.get("rollout") or {}
+        updates.append(cond.ConditionUpdate(cond.RECONCILING, True, phase, f"version {work.get('version')}"))
+    elif status.get("currentVersion") is not None and not serving_ready:
+        updates.append(cond.ConditionUpdate(cond.RECONCILING, True, "RollingOut",
+                                            f"waiting for version {status['currentVersion']} to be ready"))
+    else:
+        updates.append(cond.ConditionUpdate(cond.RECONCILING, False, "Reconciled", ""))
+    if status.get("currentVersion") is None:
+        ready = cond.ConditionUpdate(cond.READY, False, "NoModelVersion",
+                                     status.get("lastFailure") or "training the first version")
+    elif not serving_ready:
+        ready = cond.ConditionUpdate(cond.READY, False, "ServingNotReady",
+                                     f"stable Deployment not ready for version {status['currentVersion']}")
+    elif breached:
+        ready = cond.ConditionUpdate(cond.READY, False, "Breached", status.get("summary", ""))
+    else:
+        ready = cond.ConditionUpdate(cond.READY, True, phase, f"version {status['currentVersion']} serving")
+    updates.append(ready)
+    updates.append(cond.ConditionUpdate(cond.SERVING_READY, serving_ready,
+                                        "DeploymentReady" if serving_ready else "DeploymentNotReady",
+                                        _serving_message(serving)))
+    status["conditions"] = cond.apply_all(status.get("conditions", []), updates, now, world.generation)
+
+
+def _serving_message(serving: ServingObservation | None) -> str:
+    if serving is None:
+        return "not observed yet"
+    return f"version {serving.stable_version}: {serving.stable_ready}/{serving.stable_replicas} ready"
+

@@ -1,0 +1,179 @@
+"""Fleet-level Prometheus polling: one query per (endpoint, template) for every due loop together.
+
+The thin edge around prometheus-api-client. Errors, timeouts, NaN and empty results all become
+"no data" samples with the reason; the pure rule evaluation decides what no data means.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from . import promql
+from .api import MetricRule, PrometheusEndpoint, parse_duration
+from .monitoring import Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EndpointKey:
+    """Loops that share this key share a client (and so a connection pool and batched queries)."""
+
+    url: str
+    token: str | None
+    ca_file: str | None
+    insecure: bool
+    timeout: float
+
+
+@dataclass
+class LoopQuery:
+    """One loop's wish for this round: its rules, placeholder values and endpoint."""
+
+    key: str  # namespace/name
+    endpoint: EndpointKey
+    values: dict[str, str]
+    rules: list[MetricRule]
+
+
+@dataclass
+class PollStats:
+    queries: int = 0
+    errors: int = 0
+    batched_templates: int = 0
+    unbatched_templates: int = 0
+    seconds: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+
+
+Series = list[tuple[dict[str, str], float]]
+QueryFn = Callable[[EndpointKey, str], Series]
+
+
+def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str | None) -> EndpointKey:
+    return EndpointKey(endpoint.url.rstrip("/"), token, ca_file, endpoint.insecure_skip_verify,
+                       parse_duration(endpoint.timeout))
+
+
+class PrometheusClients:
+    """One prometheus-api-client per endpoint; never retries inside a poll (the next poll is the retry)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[EndpointKey, PrometheusConnect] = {}
+
+    def query(self, endpoint: EndpointKey, query: str) -> Series:
+        client = self._clients.get(endpoint) or self._connect(endpoint)
+        result = client.custom_query(query)
+        return [(item.get("metric", {}), _to_float(item.get("value", [0, "NaN"])[1])) for item in result]
+
+    def _connect(self, endpoint: EndpointKey) -> PrometheusConnect:
+        headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else None
+        client = PrometheusConnect(url=endpoint.url, headers=headers, disable_ssl=endpoint.insecure,
+                                   retry=Retry(total=0), timeout=endpoint.timeout)
+        if endpoint.ca_file and not endpoint.insecure:
+            client._session.verify = endpoint.ca_file  # the client exposes no CA option of its own
+        self._clients[endpoint] = client
+        return client
+
+
+def _to_float(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class FleetPoller:
+    def __init__(self, query: QueryFn, concurrency: int = 8) -> None:
+        self._query = query
+        self._semaphore = asyncio.Semaphore(concurrency)
+
+    async def poll(self, loops: Iterable[LoopQuery], now: float | None = None) -> tuple[dict[str, dict[str, Sample]], PollStats]:
+        """Samples per loop key and rule name for every loop given."""
+        started = time.monotonic()
+        at = time.time() if now is None else now
+        stats = PollStats()
+        groups: dict[tuple[EndpointKey, str], list[LoopQuery]] = defaultdict(list)
+        for loop in loops:
+            for rule in loop.rules:
+                groups[(loop.endpoint, rule.query)].append(loop)
+                if rule.samples_query:
+                    groups[(loop.endpoint, rule.samples_query)].append(loop)
+        results = await asyncio.gather(*(self._run_template(endpoint, template, members, stats)
+                                         for (endpoint, template), members in groups.items()))
+        by_template: dict[tuple[EndpointKey, str], dict[str, float | str | None]] = dict(zip(groups, results))
+        samples: dict[str, dict[str, Sample]] = defaultdict(dict)
+        for (endpoint, template), members in groups.items():
+            for loop in members:
+                for rule in loop.rules:
+                    if rule.query == template and rule.name not in samples[loop.key]:
+                        samples[loop.key][rule.name] = _sample(rule, loop, endpoint, by_template, at)
+        stats.seconds = time.monotonic() - started
+        return samples, stats
+
+    async def _run_template(self, endpoint: EndpointKey, template: str, members: list[LoopQuery],
+                            stats: PollStats) -> dict[str, float | str | None]:
+        """Value (or error text, or None for no data) per loop key."""
+        plan = promql.plan_batch(template, (m.values for m in members)) if len(members) > 1 else None
+        if plan is not None:
+            outcome = await self._one(endpoint, plan.query, stats)
+            if isinstance(outcome, str):
+                return {m.key: outcome for m in members}
+            split = _split(plan, outcome, members)
+            if split is not None:
+                stats.batched_templates += 1
+                return split
+        stats.unbatched_templates += 1
+        outcomes = await asyncio.gather(*(self._one(endpoint, promql.render(template, m.values), stats)
+                                          for m in members))
+        return {m.key: (o if isinstance(o, str) else _single(o)) for m, o in zip(members, outcomes)}
+
+    async def _one(self, endpoint: EndpointKey, query: str, stats: PollStats) -> Series | str:
+        async with self._semaphore:
+            stats.queries += 1
+            try:
+                return await asyncio.to_thread(self._query, endpoint, query)
+            except Exception as error:  # any failure is "no data" with a reason, never a crash
+                stats.errors += 1
+                message = f"query failed at {endpoint.url}: {type(error).__name__}: {str(error)[:200]}"
+                stats.error_messages.append(message)
+                return message
+
+
+def _split(plan: promql.BatchPlan, series: Series, members: list[LoopQuery]) -> dict[str, float | str | None] | None:
+    by_key: dict[tuple[str, ...], float] = {}
+    for labels, value in series:
+        key = plan.key_of_series(labels)
+        if key is None:
+            return None  # the query aggregated the split labels away
+        if key in by_key:
+            return None  # several series per loop: ambiguous, ask per loop
+        by_key[key] = value
+    return {m.key: by_key.get(plan.key_of_loop(m.values)) for m in members}
+
+
+def _single(series: Series) -> float | str | None:
+    if not series:
+        return None
+    if len(series) > 1:
+        return f"query returned {len(series)} series; it must return one (aggregate with sum or avg)"
+    return series[0][1]
+
+
+def _sample(rule: MetricRule, loop: LoopQuery, endpoint: EndpointKey,
+            by_template: Mapping[tuple[EndpointKey, str], Mapping[str, float | str | None]], at: float) -> Sample:
+    value = by_template[(endpoint, rule.query)].get(loop.key)
+    samples = by_template[(endpoint, rule.samples_query)].get(loop.key) if rule.samples_query else None
+    if isinstance(value, str):
+        return Sample(None, at, error=value)
+    if isinstance(samples, str):
+        return Sample(None, at, error=f"samples query: {samples}")
+    return Sample(value, at, samples=samples if rule.samples_query else None)

@@ -1,0 +1,195 @@
+"""Manifests of the objects a loop owns, as pure functions of the loop (no API calls here)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import api
+from .api import ModelFeedbackLoopSpec, Resources, parse_duration
+
+MANAGED_BY = "feedbackloop"
+LOOP_LABEL = "feedbackloop.dev/loop"
+TRACK_LABEL = "feedbackloop.dev/track"
+VERSION_LABEL = "feedbackloop.dev/version"
+RUN_AS = 65532
+SCRATCH = "/var/run/mfl-scratch"
+SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}, {"name": "MPLCONFIGDIR", "value": SCRATCH}]
+
+
+def owner_reference(loop: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "name": loop["metadata"]["name"],
+            "uid": loop["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def common_labels(loop_name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": "model-feedback-loop",
+            "app.kubernetes.io/instance": loop_name, LOOP_LABEL: loop_name}
+
+
+def _metadata(loop: dict[str, Any], name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": loop["metadata"]["namespace"],
+            "labels": {**common_labels(loop["metadata"]["name"]), **(labels or {})},
+            "ownerReferences": [owner_reference(loop)]}
+
+
+def stable_name(loop_name: str) -> str:
+    return loop_name
+
+
+def canary_name(loop_name: str) -> str:
+    return f"{loop_name}-canary"
+
+
+def signing_secret_name(loop_name: str) -> str:
+    return f"{loop_name}-signing-key"
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def _resources(resources: Resources) -> dict[str, Any]:
+    return resources.model_dump(by_alias=True, exclude_none=True)
+
+
+def _storage_volume(spec: ModelFeedbackLoopSpec) -> dict[str, Any]:
+    storage = spec.model.storage
+    if storage.persistent_volume_claim is not None:
+        return {"name": "artifacts", "persistentVolumeClaim": {"claimName": storage.persistent_volume_claim.claim_name}}
+    assert storage.host_path is not None
+    return {"name": "artifacts", "hostPath": {"path": storage.host_path.path, "type": "DirectoryOrCreate"}}
+
+
+def _volumes(spec: ModelFeedbackLoopSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # The root filesystem is read-only: scratch space is an emptyDir, named by TMPDIR (not over /tmp, so a
+    # hostPath under /tmp stays reachable on the local test runtime).
+    volumes = [_storage_volume(spec), {"name": "scratch", "emptyDir": {}}]
+    mounts = [{"name": "artifacts", "mountPath": spec.model.storage.mount_path},
+              {"name": "scratch", "mountPath": SCRATCH}]
+    return volumes, mounts
+
+
+def server_deployment(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, track: str,
+                      replicas: int) -> dict[str, Any]:
+    loop_name = loop["metadata"]["name"]
+    name = stable_name(loop_name) if track == "stable" else canary_name(loop_name)
+    serving = spec.model.serving
+    selector = {LOOP_LABEL: loop_name, TRACK_LABEL: track}
+    pod_labels = {**common_labels(loop_name), "app.kubernetes.io/name": "mfl-server", TRACK_LABEL: track,
+                  VERSION_LABEL: str(version)}
+    volumes, mounts = _volumes(spec)
+    env = [
+        {"name": "MFL_MODEL_NAME", "value": spec.model.name},
+        {"name": "MFL_MODEL_VERSION", "value": str(version)},
+        {"name": "MFL_TRACK", "value": track},
+        {"name": "MFL_STORAGE_ROOT", "value": spec.model.storage.mount_path},
+        {"name": "MFL_PORT", "value": str(serving.port)},
+        {"name": "MFL_SIGNING_KEY", "valueFrom": {"secretKeyRef": {"name": signing_secret_name(loop_name),
+                                                                    "key": "key"}}},
+        *SCRATCH_ENV,
+        *[{"name": e.name, "value": e.value} for e in serving.env],
+    ]
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
+    container = {
+        "name": "server", "image": serving.image, "env": env,
+        "ports": [{"name": "http", "containerPort": serving.port}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 6, "initialDelaySeconds": 10},
+        "resources": _resources(serving.resources), "volumeMounts": mounts,
+        "securityContext": restricted_container_security(),
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _metadata(loop, name, {TRACK_LABEL: track, VERSION_LABEL: str(version)}),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(serving.port),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False,
+                         "securityContext": restricted_pod_security(), "terminationGracePeriodSeconds": 30},
+            },
+        },
+    }
+
+
+def service(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, track: str | None = None) -> dict[str, Any]:
+    loop_name = loop["metadata"]["name"]
+    name = loop_name if track is None else f"{loop_name}-{track}"
+    selector = {LOOP_LABEL: loop_name, **({TRACK_LABEL: track} if track else {})}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(loop, name),
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+
+
+def signing_secret(loop: dict[str, Any], key: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _metadata(loop, signing_secret_name(loop["metadata"]["name"])),
+            "stringData": {"key": key}}
+
+
+def trainer_config(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, parent: int | None,
+                   now: float | None = None) -> dict[str, Any]:
+    retraining = spec.retraining
+    assert retraining is not None
+    return {
+        "model": spec.model.name, "namespace": loop["metadata"]["namespace"],
+        "storageRoot": spec.model.storage.mount_path, "version": version, "parentVersion": parent,
+        "task": spec.model.task, "estimator": retraining.estimator,
+        "hyperparameters": retraining.hyperparameters, "features": retraining.features,
+        "target": retraining.target, "dataWindowSeconds": parse_duration(retraining.data_window),
+        "now": time.time() if now is None else now, "holdoutFraction": retraining.holdout_fraction,
+        "minRows": retraining.min_rows, "incremental": retraining.incremental,
+        "trainerImage": retraining.trainer.image,
+    }
+
+
+def training_job(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, name: str, version: int, parent: int | None,
+                 trigger: str, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    retraining = spec.retraining
+    assert retraining is not None
+    config = {**trainer_config(loop, spec, version, parent), **(extra_config or {})}
+    volumes, mounts = _volumes(spec)
+    labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
+    container = {
+        "name": "trainer", "image": retraining.trainer.image,
+        "env": [{"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)}, *SCRATCH_ENV],
+        "resources": _resources(retraining.trainer.resources), "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container_security(),
+    }
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {**_metadata(loop, name, labels),
+                     "annotations": {"feedbackloop.dev/trigger": trigger}},
+        "spec": {
+            "backoffLimit": retraining.trainer.backoff_limit,
+            "activeDeadlineSeconds": retraining.trainer.active_deadline_seconds,
+            "template": {
+                "metadata": {"labels": {**common_labels(loop["metadata"]["name"]), **labels}},
+                "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
+                         "automountServiceAccountToken": False, "securityContext": restricted_pod_security()},
+            },
+        },
+    }
+
+
+def http_route_weights(route: dict[str, Any], loop_name: str, canary_weight: int) -> dict[str, Any]:
+    """A merge patch for an HTTPRoute: stable and canary Services as the weighted backends of each rule."""
+    rules = route.get("spec", {}).get("rules") or [{}]
+    patched = []
+    for rule in rules:
+        backends = [{"name": f"{loop_name}-stable", "port": 80, "weight": 100 - canary_weight},
+                    {"name": f"{loop_name}-canary", "port": 80, "weight": canary_weight}]
+        patched.append({**rule, "backendRefs": backends})
+    return {"spec": {"rules": patched}}

@@ -1,0 +1,185 @@
+"""The trainer's configuration (docs/contracts.md, "Trainer"): parsing and validation."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import TrainerError
+
+DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
+TASKS = ("classification", "regression")
+DEFAULT_ESTIMATOR = {"classification": "hist_gradient_boosting",
+                     "regression": "hist_gradient_boosting_regressor"}
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model: str
+    version: int
+    target: str
+    storage_root: Path
+    namespace: str = ""
+    parent_version: int | None = None
+    task: str = "classification"
+    estimator: str = "hist_gradient_boosting"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)    # empty: every base-data column but the target
+    data_window_seconds: float | None = None               # None: all feedback up to `now`
+    now: float = 0.0
+    holdout_fraction: float = 0.25
+    min_rows: int = 200
+    min_holdout_rows: int = 50        # fewer recent feedback rows than this: base-data holdout instead
+    incremental: bool = False
+    incremental_steps: int | None = None  # partial_fit epochs, or trees/iterations added by warm start
+    recent_weight: float = 1.0        # sample weight of feedback rows (base rows weigh 1)
+    slice_features: list[str] = field(default_factory=list)
+    slice_bins: int = 5
+    slice_min_rows: int = 20
+    trainer_image: str = ""
+    label_noise: float = 0.0          # tests only: flip this fraction of training labels
+    seed: int = 0
+    ignored_keys: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)   # the document as given, for the content hash
+
+    @property
+    def window_start(self) -> float | None:
+        return None if self.data_window_seconds is None else self.now - self.data_window_seconds
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TrainerError(f"config: {key} must be an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TrainerError(f"config: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise TrainerError(f"config: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise TrainerError(f"config: {key} must be a string, got {value!r}")
+    return value
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TrainerError(f"config: {key} must be a list of non-empty strings, got {value!r}")
+    if len(set(value)) != len(value):
+        raise TrainerError(f"config: {key} has duplicates: {value!r}")
+    return value
+
+
+def _dict(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TrainerError(f"config: {key} must be an object, got {value!r}")
+    return value
+
+
+# JSON key -> (TrainerConfig attribute, parser)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "model": ("model", _str), "namespace": ("namespace", _str), "storageRoot": ("storage_root", _str),
+    "version": ("version", _int), "parentVersion": ("parent_version", _int), "task": ("task", _str),
+    "estimator": ("estimator", _str), "hyperparameters": ("hyperparameters", _dict),
+    "features": ("features", _str_list), "target": ("target", _str),
+    "dataWindowSeconds": ("data_window_seconds", _number), "now": ("now", _number),
+    "holdoutFraction": ("holdout_fraction", _number), "minRows": ("min_rows", _int),
+    "minHoldoutRows": ("min_holdout_rows", _int), "incremental": ("incremental", _bool),
+    "incrementalSteps": ("incremental_steps", _int), "recentWeight": ("recent_weight", _number),
+    "sliceFeatures": ("slice_features", _str_list), "sliceBins": ("slice_bins", _int),
+    "sliceMinRows": ("slice_min_rows", _int), "trainerImage": ("trainer_image", _str),
+    "labelNoise": ("label_noise", _number), "seed": ("seed", _int),
+}
+
+
+def parse_config(document: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                 clock: float | None = None) -> TrainerConfig:
+    """Validate the JSON document; missing optional fields get their defaults."""
+    env = os.environ if env is None else env
+    if not isinstance(document, Mapping):
+        raise TrainerError("config: the document must be a JSON object")
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in _FIELDS and value is not None:
+            attribute, parse = _FIELDS[key]
+            values[attribute] = parse(value, key)
+    for required in ("model", "version", "target"):
+        if required not in values:
+            raise TrainerError(f"config: {required} is required")
+    values.setdefault("storage_root", env.get("MFL_STORAGE_ROOT", DEFAULT_STORAGE_ROOT))
+    values["storage_root"] = Path(values["storage_root"])
+    values.setdefault("now", time.time() if clock is None else clock)
+    task = values.setdefault("task", "classification")
+    if task not in TASKS:
+        raise TrainerError(f"config: task must be one of {list(TASKS)}, got {task!r}")
+    values.setdefault("estimator", DEFAULT_ESTIMATOR[task])
+    values["ignored_keys"] = sorted(set(document) - set(_FIELDS))
+    values["raw"] = dict(document)
+    config = TrainerConfig(**values)
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(c: TrainerConfig) -> None:
+    problems = []
+    if not _MODEL_NAME.match(c.model) or ".." in c.model:
+        problems.append(f"model must be a plain name (letters, digits, '.', '_', '-'), got {c.model!r}")
+    if c.version < 1:
+        problems.append(f"version must be >= 1, got {c.version}")
+    if c.parent_version is not None and not 1 <= c.parent_version != c.version:
+        problems.append(f"parentVersion must be >= 1 and differ from version, got {c.parent_version}")
+    if c.data_window_seconds is not None and c.data_window_seconds <= 0:
+        problems.append(f"dataWindowSeconds must be positive, got {c.data_window_seconds}")
+    if not 0.0 < c.holdout_fraction < 1.0:
+        problems.append(f"holdoutFraction must be in (0, 1), got {c.holdout_fraction}")
+    if c.min_rows < 1 or c.min_holdout_rows < 1:
+        problems.append("minRows and minHoldoutRows must be >= 1")
+    if c.recent_weight <= 0:
+        problems.append(f"recentWeight must be positive, got {c.recent_weight}")
+    if not 0.0 <= c.label_noise < 1.0:
+        problems.append(f"labelNoise must be in [0, 1), got {c.label_noise}")
+    if c.slice_bins < 1 or c.slice_min_rows < 1:
+        problems.append("sliceBins and sliceMinRows must be >= 1")
+    if c.incremental_steps is not None and c.incremental_steps < 1:
+        problems.append(f"incrementalSteps must be >= 1, got {c.incremental_steps}")
+    if c.incremental and c.parent_version is None:
+        problems.append("incremental training needs parentVersion (the champion to start from)")
+    if c.target in c.features:
+        problems.append(f"target {c.target!r} is also listed in features")
+    if problems:
+        raise TrainerError("config: " + "; ".join(problems))
+
+
+def load_config_document(config_file: str | None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON document from ``--config FILE`` or env ``MFL_TRAINER_CONFIG``."""
+    env = os.environ if env is None else env
+    if config_file:
+        try:
+            text, origin = Path(config_file).read_text(), config_file
+        except OSError as error:
+            raise TrainerError(f"config: cannot read {config_file}: {error.strerror or error}") from error
+    elif env.get("MFL_TRAINER_CONFIG"):
+        text, origin = env["MFL_TRAINER_CONFIG"], "MFL_TRAINER_CONFIG"
+    else:
+        raise TrainerError("config: set MFL_TRAINER_CONFIG (JSON) or pass --config FILE")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TrainerError(f"config: {origin} is not valid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise TrainerError(f"config: {origin} must hold a JSON object")
+    return document
