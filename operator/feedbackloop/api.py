@@ -98,6 +98,8 @@ class Model(ApiModel):
     task: Literal["classification", "regression"] = "classification"
     serving: Serving = Field(default_factory=Serving)
     storage: Storage
+    initial_version: int | None = Field(default=None, ge=1, description="A registry version to serve when "
+                                        "the loop has none yet; omitted: the operator trains version 1.")
 
 
 # --- monitoring --------------------------------------------------------------------------------------

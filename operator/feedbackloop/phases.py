@@ -191,6 +191,9 @@ def decide(world: World) -> Decision:
         _invalid(world, decision, now_text)
         return decision
     status["observedGeneration"] = world.generation
+    if status.get("currentVersion") is None and world.spec.model.initial_version and not status.get("retraining"):
+        status["currentVersion"] = world.spec.model.initial_version
+        decision.event("Normal", "Adopted", f"serving registry version {status['currentVersion']} (initialVersion)")
     _handle_pause_requests(world, decision)
     _record_serving(world, decision)
     if world.health is not None:

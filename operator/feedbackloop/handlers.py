@@ -1,0 +1,62 @@
+"""kopf wiring: the watch feeds the engine; the engine decides and acts. Nothing else lives here.
+
+No create/update handlers: kopf would store its progress in annotations on the user's objects, and
+the engine already reacts to every watch event (a new generation or request annotation wakes it).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import api, resources
+from .engine import Engine, Settings
+from .kube import Kube, load_config
+
+
+def settings_from_env() -> Settings:
+    settings = Settings()
+    if os.environ.get("MFL_STATUS_REFRESH_SECONDS"):
+        settings.status_refresh_seconds = float(os.environ["MFL_STATUS_REFRESH_SECONDS"])
+    if os.environ.get("MFL_ACTIVE_RECONCILE_SECONDS"):
+        settings.active_reconcile_seconds = float(os.environ["MFL_ACTIVE_RECONCILE_SECONDS"])
+    if os.environ.get("MFL_TRAINER_EXTRA_CONFIG"):  # test hook: e.g. {"labelNoise": 0.4}
+        settings.job_extra_config = json.loads(os.environ["MFL_TRAINER_EXTRA_CONFIG"])
+    return settings
+
+
+@kopf.on.startup()
+async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.networking.request_timeout = 60
+    load_config(os.environ.get("KUBECONFIG"))
+    memo.engine = Engine(Kube(), settings_from_env())
+    memo.engine_task = asyncio.create_task(memo.engine.run(), name="feedbackloop-engine")
+
+
+@kopf.on.cleanup()
+async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "engine_task", None)
+    if task is not None:
+        task.cancel()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def loop_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.engine.observe_loop(event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": resources.MANAGED_BY})
+def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.engine.observe_deployment(event.get("type"), event["object"])
+
+
+@kopf.on.probe(id="loops")
+def loops_known(memo: kopf.Memo, **_: Any) -> int:
+    return len(memo.engine.loops)

@@ -1,0 +1,31 @@
+"""The operator's own Prometheus metrics (served on /metrics by main.py)."""
+from __future__ import annotations
+
+from collections import Counter as _Tally
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LOOPS = Gauge("mfl_operator_loops", "Loops by phase", ["phase"])
+LOOPS_DUE = Gauge("mfl_operator_loops_due", "Loops reconciled in the last cycle")
+POLL_SECONDS = Histogram("mfl_operator_poll_duration_seconds", "Duration of one fleet poll",
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+QUERIES = Counter("mfl_operator_prometheus_queries_total", "PromQL queries sent")
+QUERY_ERRORS = Counter("mfl_operator_prometheus_query_errors_total", "PromQL queries that failed")
+STATUS_WRITES = Counter("mfl_operator_status_writes_total", "Status patches written")
+RECONCILE_ERRORS = Counter("mfl_operator_reconcile_errors_total", "Reconciles that raised")
+EVENTS = Counter("mfl_operator_events_total", "Events posted", ["reason"])
+_PHASES_SEEN: set[str] = set()
+
+
+def record_poll(stats) -> None:
+    POLL_SECONDS.observe(stats.seconds)
+    QUERIES.inc(stats.queries)
+    QUERY_ERRORS.inc(stats.errors)
+
+
+def observe_phases(phases: Iterable[str]) -> None:
+    tally = _Tally(phases)
+    for phase in _PHASES_SEEN | set(tally):
+        LOOPS.labels(phase).set(tally.get(phase, 0))
+    _PHASES_SEEN.update(tally)

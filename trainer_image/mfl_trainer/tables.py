@@ -1,0 +1,169 @@
+"""Pure assembly of base rows and feedback rows into one typed, labelled table."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .datasource import MISSING_TEXT, BaseData, FeedbackRow
+from .errors import TrainerError
+
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+
+
+@dataclass
+class LabelledTable:
+    features: list[str]
+    feature_types: dict[str, str]
+    columns: dict[str, np.ndarray]    # float64 (numeric, NaN = missing) or object of str (categorical)
+    y: np.ndarray                     # int64 or object of str (classification), float64 (regression)
+    ts: np.ndarray                    # prediction time; NaN for base rows
+    is_feedback: np.ndarray           # bool
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def matrix(self, rows: np.ndarray | None = None, features: Sequence[str] | None = None,
+               feature_types: dict[str, str] | None = None) -> np.ndarray:
+        """Model input: one column per feature in order; float64, or object if any is categorical."""
+        features = list(features or self.features)
+        types = feature_types or self.feature_types
+        picked = [self.columns[name] if rows is None else self.columns[name][rows] for name in features]
+        if all(types.get(name, NUMERIC) == NUMERIC for name in features):
+            return np.column_stack(picked).astype(np.float64, copy=False)
+        return np.column_stack([column.astype(object) for column in picked])
+
+    @property
+    def classes(self) -> list[Any]:
+        return sorted(set(self.y.tolist()))
+
+
+def feature_types_of(features: list[str], base: BaseData | None,
+                     feedback: Sequence[FeedbackRow]) -> dict[str, str]:
+    """Base data decides the type when present (every value a number: numeric); else the feedback."""
+    if base is not None:
+        return {name: NUMERIC if base.columns[name].dtype == np.float64 else CATEGORICAL for name in features}
+    return {name: NUMERIC if all(_is_numeric_value(row.features.get(name)) for row in feedback)
+            else CATEGORICAL for name in features}
+
+
+def build_table(features: list[str], target: str, task: str, base: BaseData | None,
+                feedback: Sequence[FeedbackRow], stats: Counter,
+                extra_columns: Sequence[str] = ()) -> LabelledTable:
+    """Base rows first (file order), then feedback rows (time order). Unusable rows are counted.
+
+    ``extra_columns`` (e.g. features only the champion uses) are kept as columns, not as features.
+    """
+    names = [*features, *(name for name in extra_columns if name not in features)]
+    types = feature_types_of(names, base, feedback)
+    usable = _usable_feedback(feedback, names, stats)
+    base_target = base.columns[target] if base is not None else np.array([], dtype=np.float64)
+    y, keep = label_column(base_target, [row.label for row in usable], task)
+    n_base = len(base_target)
+    stats["baseRowsWithoutLabel"] += int((~keep[:n_base]).sum())
+    stats["feedbackRowsWithBadLabel"] += int((~keep[n_base:]).sum())
+    columns = {name: _feature_column(name, types[name], base, usable, stats)[keep] for name in names}
+    ts = np.concatenate([np.full(n_base, np.nan), np.array([r.ts for r in usable], dtype=np.float64)])
+    is_feedback = np.arange(len(keep)) >= n_base
+    return LabelledTable(features, types, columns, y[keep], ts[keep], is_feedback[keep])
+
+
+def _usable_feedback(feedback: Sequence[FeedbackRow], features: list[str], stats: Counter) -> list[FeedbackRow]:
+    usable = [row for row in feedback if all(name in row.features for name in features)]
+    stats["feedbackRowsMissingFeatures"] += len(feedback) - len(usable)
+    return usable
+
+
+def _feature_column(name: str, kind: str, base: BaseData | None, feedback: Sequence[FeedbackRow],
+                    stats: Counter) -> np.ndarray:
+    base_part = base.columns[name] if base is not None else np.array([], dtype=np.float64)
+    values = [row.features[name] for row in feedback]
+    if kind == NUMERIC:
+        numbers = [_as_number(v) for v in values]
+        stats["nonNumericFeatureValues"] += sum(1 for v, x in zip(values, numbers)
+                                                if math.isnan(x) and v is not None and v != "")
+        return np.concatenate([base_part.astype(np.float64), np.array(numbers, dtype=np.float64)])
+    texts = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    base_texts = base_part if base_part.dtype == object else _floats_as_text(base_part)
+    return np.concatenate([base_texts, texts])
+
+
+def label_column(base_target: np.ndarray, feedback_labels: list[Any], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of base rows then feedback rows as one comparable type, and which rows have one.
+
+    Classification: integers when every label is an integral number (so CSV "1", JSON 1 and 1.0 agree),
+    otherwise text. Regression: floats.
+    """
+    if task == "regression":
+        base = base_target if base_target.dtype == np.float64 else _numbers(base_target)
+        y = np.concatenate([base, _numbers(feedback_labels)])
+        return y, np.isfinite(y)
+    integral = _integral_labels(base_target, feedback_labels)
+    if integral is not None:
+        return integral
+    labels = [*base_target.tolist(), *feedback_labels]
+    keep = np.array([not _is_missing(v) for v in labels], dtype=bool)
+    return np.array([_as_text(v) if k else "" for v, k in zip(labels, keep)], dtype=object), keep
+
+
+def _integral_labels(base_target: np.ndarray, feedback_labels: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorised for large numeric base data; None when some label is not an integral number."""
+    base = base_target if base_target.dtype == np.float64 else _numbers(base_target)
+    if base_target.dtype == object and np.isnan(base).sum() > sum(_is_missing(v) for v in base_target):
+        return None
+    fb_missing = np.array([_is_missing(v) for v in feedback_labels], dtype=bool)
+    fb = _numbers(feedback_labels)
+    if np.isnan(fb[~fb_missing]).any():
+        return None
+    values = np.concatenate([base, fb])
+    keep = np.isfinite(values)
+    if not np.all(values[keep] == np.round(values[keep])):
+        return None
+    return np.where(keep, values, 0).astype(np.int64), keep
+
+
+def _numbers(values: Iterable[Any]) -> np.ndarray:
+    return np.array([_as_number(v) for v in values], dtype=np.float64)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in MISSING_TEXT
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))          # 1.0 from a numeric CSV column reads as "1"
+    return str(value).strip()
+
+
+def _as_number(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() not in MISSING_TEXT:
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def _is_numeric_value(value: Any) -> bool:
+    return value is None or value == "" or not math.isnan(_as_number(value))
+
+
+def _floats_as_text(values: np.ndarray) -> np.ndarray:
+    return np.array(["" if math.isnan(v) else f"{v:g}" for v in values], dtype=object)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise TrainerError(message)
