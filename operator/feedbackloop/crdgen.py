@@ -59,7 +59,8 @@ def _collapse_nullable(node: dict[str, Any]) -> dict[str, Any]:
     options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
     if len(options) != 1:
         raise ValueError(f"cannot express a union of {options} structurally")
-    return {**options[0], **node, "nullable": True}
+    option = {k: v for k, v in options[0].items() if k not in _DROPPED_KEYS}
+    return {**option, **node, "nullable": True}
 
 
 def _structural_object(node: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ difference of the two "good outcome" rates, d = p_canary - p_stable, in the norm
 information time (Whitehead 1997; Jennison & Turnbull 2000, ch. 3). At every look, from cumulative counts:
 
     d_hat = x_c / n_c - x_s / n_s                      (observed difference)
-    I     = 1 / (v_c / n_c + v_s / n_s)                (information; v = p~(1 - p~), p~ = (x+1)/(n+2))
+    I     = 1 / (v_c / n_c + v_s / n_s)                (information; v = p(1-p) at p_s~ - margin and p_s~,
+                                                        p_s~ = (x_s+1)/(n_s+2))
     log LR = theta * I * (d_hat - mid)                 (canary "good" vs canary "bad")
 
 with d_good = -margin + w, d_bad = -margin - w, theta = d_good - d_bad, mid = -margin and
@@ -85,21 +86,21 @@ class NonInferiorityDesign:
         return math.log(self.alpha)
 
 
-def smoothed_variance(good: ArrayOrFloat, total: ArrayOrFloat) -> ArrayOrFloat:
-    """Bernoulli variance with one pseudo-success and one pseudo-failure, so it is never zero."""
-    rate = (good + 1.0) / (total + 2.0)
-    return rate * (1.0 - rate)
-
-
 def difference_and_information(canary_good: ArrayOrFloat, canary_total: ArrayOrFloat, stable_good: ArrayOrFloat,
-                               stable_total: ArrayOrFloat) -> tuple[ArrayOrFloat, ArrayOrFloat]:
+                               stable_total: ArrayOrFloat, max_degradation: float) -> tuple[ArrayOrFloat, ArrayOrFloat]:
     """(d_hat, I): the observed rate difference and its inverse variance. Totals must be positive.
 
-    Plain arithmetic, so it works element-wise on numpy arrays (the simulation uses it vectorized).
+    The variances are taken at the indifference point (stable's smoothed rate, and that minus the margin
+    for the canary), not at the canary's own rate: otherwise a small canary arm that is lucky looks more
+    certain, which inflated the missed-regression rate in simulation. Plain arithmetic, so it works
+    element-wise on numpy arrays (the simulation uses it vectorized).
     """
     difference = canary_good / canary_total - stable_good / stable_total
-    variance = (smoothed_variance(canary_good, canary_total) / canary_total
-                + smoothed_variance(stable_good, stable_total) / stable_total)
+    stable_rate = (stable_good + 1.0) / (stable_total + 2.0)  # one pseudo-success and -failure: never 0 or 1
+    canary_floor = 1.0 / (canary_total + 2.0)
+    canary_rate = np.clip(stable_rate - max_degradation, canary_floor, 1.0 - canary_floor)
+    variance = (canary_rate * (1.0 - canary_rate) / canary_total
+                + stable_rate * (1.0 - stable_rate) / stable_total)
     return difference, 1.0 / variance
 
 
@@ -157,7 +158,9 @@ def judge_proportion(name: str, observation: CountObservation, design: NonInferi
         return Evidence(name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of "
                         f"{design.min_samples} per arm", counts)
     canary_good, canary_total, stable_good, stable_total = observation.good_counts(higher_is_better)
-    difference, information = difference_and_information(canary_good, canary_total, stable_good, stable_total)
+    difference, information = difference_and_information(canary_good, canary_total, stable_good, stable_total,
+                                                         design.max_degradation)
+    difference, information = float(difference), float(information)
     log_lr = log_likelihood_ratio(difference, information, design)
     decision = _decide(log_lr, observation, design)
     values = {**counts, **_statistic_values(difference, information, log_lr, design, higher_is_better)}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (v1.20.2) from Debian's
 # `kubernetes` source package and caches them. Idempotent: exits at once when the cache is complete.
-# Recipe and pitfalls: shared/notes/local-control-plane.md.
+# Recipe and pitfalls: shared/notes/local-control-plane.md. Ships in the package (feedbackloop.localdev)
+# so that `mfl demo` can build the control plane too; needs root (apt-get).
 set -euo pipefail
 
 CACHE="${MFL_CACHE:-$HOME/.cache/mfl}"
@@ -9,10 +10,19 @@ OUT="$CACHE/k8s-1.20.2/bin"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 complete() { for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
-if complete; then echo "control plane: cached in $OUT"; exit 0; fi
-
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 export DEBIAN_FRONTEND=noninteractive
+
+if complete; then
+  # The binaries may come from a restored cache on a machine without etcd.
+  if ! command -v etcd >/dev/null; then
+    step "installing etcd"
+    apt-get update -qq
+    apt-get install -y -qq etcd-server >/dev/null
+  fi
+  echo "control plane: cached in $OUT"
+  exit 0
+fi
 
 step "enabling Debian source packages"
 if ! grep -rqs 'deb-src' /etc/apt/sources.list.d/ /etc/apt/sources.list; then

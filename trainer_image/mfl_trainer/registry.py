@@ -1,0 +1,101 @@
+"""The versioned model registry: ``<root>/<model>/versions/<n>/``, written atomically.
+
+A version folder appears complete or not at all: files are written into a hidden temporary folder
+beside it, flushed to disk, then the folder is renamed. Readers list only integer folder names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import joblib
+
+from .errors import TrainerError
+
+MODEL_FILE, METADATA_FILE, REPORT_FILE = "model.joblib", "metadata.json", "report.json"
+
+
+class VersionExists(Exception):
+    """The final folder appeared while this trainer was writing (a concurrent retry won)."""
+
+
+def model_dir(root: Path, model: str) -> Path:
+    return root / model
+
+
+def version_dir(root: Path, model: str, version: int) -> Path:
+    return root / model / "versions" / str(version)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise TrainerError(f"cannot read {path}: {error}") from error
+
+
+def existing_metadata(root: Path, model: str, version: int) -> dict[str, Any] | None:
+    folder = version_dir(root, model, version)
+    return read_json(folder / METADATA_FILE) if folder.exists() else None
+
+
+def load_champion(root: Path, model: str, version: int) -> tuple[Any, dict[str, Any]]:
+    """The champion's fitted model and metadata; a missing or unreadable champion is bad input."""
+    folder = version_dir(root, model, version)
+    if not (folder / MODEL_FILE).is_file():
+        raise TrainerError(f"champion version {version} has no model: {folder / MODEL_FILE} not found")
+    metadata = read_json(folder / METADATA_FILE) if (folder / METADATA_FILE).is_file() else {}
+    try:
+        return joblib.load(folder / MODEL_FILE), metadata
+    except Exception as error:  # unpickling can raise almost anything
+        raise TrainerError(f"champion version {version}: cannot load {MODEL_FILE}: "
+                           f"{type(error).__name__}: {error}") from error
+
+
+def write_version(root: Path, model: str, version: int, write_files: Callable[[Path], None]) -> Path:
+    """Let ``write_files`` fill a temporary folder, then publish it as ``versions/<version>``."""
+    final = version_dir(root, model, version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        write_files(staging)
+        _fsync_tree(staging)
+        try:
+            os.rename(staging, final)        # atomic; fails if a non-empty final folder exists
+        except OSError as error:
+            if final.exists():
+                raise VersionExists(str(final)) from error
+            raise
+        _fsync_dir(final.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def save_model(folder: Path, model: Any) -> None:
+    joblib.dump(model, folder / MODEL_FILE)
+
+
+def save_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
