@@ -1,0 +1,287 @@
+"""The loop's decisions, without a cluster: every transition of phases.decide."""
+import pytest
+
+from feedbackloop import api, phases
+from feedbackloop.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, summarize
+from feedbackloop.phases import (EnsureCanary, EnsureStable, Event, JobObservation, RemoveCanary,
+                                 ServingObservation, StartTraining, World, decide)
+from feedbackloop.timeutil import format_time
+
+NOW = 1_800_000_000.0
+
+
+def make_spec(**overrides):
+    spec = {
+        "model": {"name": "churn", "storage": {"hostPath": {"path": "/d"}}},
+        "monitoring": {"prometheus": {"url": "http://p"}},
+        "retraining": {"features": ["a"], "target": "y", "cooldown": "1h", "maxRetrainsPerDay": 2},
+    }
+    for key, value in overrides.items():
+        spec[key] = value
+    return api.validate_spec(spec)
+
+
+def healthy():
+    return summarize({"accuracy": RuleState(HEALTHY, 0.9)})
+
+
+def breached():
+    return summarize({"accuracy": RuleState(BREACHING, 0.5, breach_since=NOW - 300, message="accuracy low")})
+
+
+def serving(version=1, ready=2):
+    return ServingObservation(stable_version=version, stable_ready=ready, stable_replicas=2)
+
+
+def world(status=None, spec=None, **kw):
+    return World(now=kw.pop("now", NOW), name="churn", generation=kw.pop("generation", 3),
+                 spec=spec if spec is not None else make_spec(), spec_error="", status=status or {}, **kw)
+
+
+def actions_of(decision, kind):
+    return [a for a in decision.actions if isinstance(a, kind)]
+
+
+def events(decision):
+    return [(a.type, a.reason) for a in decision.actions if isinstance(a, Event)]
+
+
+def condition(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+# --- validity ---------------------------------------------------------------------------------------
+
+def test_invalid_spec_sets_conditions_and_warns_once():
+    w = World(now=NOW, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad", status={})
+    first = decide(w)
+    assert first.status["phase"] == phases.INVALID
+    ready = condition(first.status, "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "InvalidSpec", 2)
+    assert condition(first.status, "Stalled")["status"] == "True"
+    assert events(first) == [("Warning", "InvalidSpec")]
+    again = decide(World(now=NOW + 30, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad",
+                         status=first.status))
+    assert events(again) == []  # not a hot loop of Events
+
+
+# --- first version ----------------------------------------------------------------------------------
+
+def test_a_new_loop_trains_its_first_version():
+    d = decide(world(health=summarize({"accuracy": RuleState(NO_DATA)})))
+    [start] = actions_of(d, StartTraining)
+    assert (start.version, start.parent_version, start.trigger) == (1, None, "Initial")
+    assert start.job_name == "churn-train-v1"
+    assert d.status["phase"] == phases.RETRAINING
+    assert condition(d.status, "Reconciling")["status"] == "True"
+
+
+def test_initial_version_is_served_without_training():
+    spec = make_spec(model={"name": "churn", "initialVersion": 4, "storage": {"hostPath": {"path": "/d"}}})
+    d = decide(world(spec=spec, serving=ServingObservation()))
+    assert d.status["currentVersion"] == 4
+    assert actions_of(d, EnsureStable) == [EnsureStable(4)]
+    assert not actions_of(d, StartTraining)
+
+
+def test_first_version_is_promoted_directly_when_its_job_succeeds():
+    status = decide(world()).status
+    job = JobObservation("churn-train-v1", "Succeeded", summary={"ok": True, "challenger": {"accuracy": 0.9}})
+    d = decide(world(status, job=job, serving=ServingObservation()))
+    assert d.status["currentVersion"] == 1 and d.status["retraining"] is None
+    assert EnsureStable(1) in d.actions
+    assert d.status["history"][-1]["outcome"] == "Promoted"
+
+
+# --- monitoring -------------------------------------------------------------------------------------
+
+def monitoring_status():
+    return {"currentVersion": 1, "phase": phases.MONITORING, "lastRetrainAt": format_time(NOW - 7200)}
+
+
+def test_healthy_loop_is_ready_and_monitoring():
+    d = decide(world(monitoring_status(), health=healthy(), serving=serving()))
+    assert d.status["phase"] == phases.MONITORING
+    assert condition(d.status, "Ready")["status"] == "True"
+    assert condition(d.status, "Reconciling")["status"] == "False"
+    assert condition(d.status, "Stalled")["status"] == "False"
+    assert d.status["summary"] == "accuracy=0.900"
+    assert not [a for a in d.actions if not isinstance(a, Event)]
+
+
+def test_serving_not_ready_is_reported_and_redeployed_when_the_version_differs():
+    d = decide(world(monitoring_status(), health=healthy(), serving=serving(version=None, ready=0)))
+    assert condition(d.status, "Ready")["reason"] == "ServingNotReady"
+    assert EnsureStable(1) in d.actions
+
+
+def test_breach_starts_a_retraining_with_an_event():
+    d = decide(world(monitoring_status(), health=breached(), serving=serving()))
+    assert ("Warning", "BreachStarted") in events(d)
+    [start] = actions_of(d, StartTraining)
+    assert (start.version, start.parent_version, start.trigger) == (2, 1, "Breach")
+    assert d.status["phase"] == phases.RETRAINING
+    assert condition(d.status, "Breached")["status"] == "True"
+
+
+def test_breach_without_retraining_spec_stays_breached():
+    d = decide(world(monitoring_status(), spec=make_spec(retraining=None), health=breached(), serving=serving()))
+    assert d.status["phase"] == phases.BREACHED
+    assert condition(d.status, "Ready")["reason"] == "Breached"
+    assert d.status["retrainBlockedBy"] == "retraining is disabled"
+
+
+def test_recovery_emits_an_event():
+    status = decide(world(monitoring_status(), spec=make_spec(retraining=None), health=breached(),
+                          serving=serving())).status
+    d = decide(world(status, spec=make_spec(retraining=None), health=healthy(), serving=serving()))
+    assert ("Normal", "Recovered") in events(d) and d.status["phase"] == phases.MONITORING
+
+
+def test_metrics_unavailable_event_once():
+    no_data = summarize({"accuracy": RuleState(NO_DATA, message="query failed")})
+    d = decide(world(monitoring_status(), health=no_data, serving=serving()))
+    assert ("Warning", "MetricsUnavailable") in events(d)
+    assert condition(d.status, "MetricsAvailable")["status"] == "False"
+    again = decide(world(d.status, health=no_data, serving=serving()))
+    assert ("Warning", "MetricsUnavailable") not in events(again)
+    assert again.status["phase"] == phases.MONITORING  # no data is never a breach
+
+
+def test_condition_transition_time_moves_only_on_flips():
+    first = decide(world(monitoring_status(), health=healthy(), serving=serving()))
+    later = decide(world(first.status, health=healthy(), serving=serving(), now=NOW + 600))
+    assert condition(later.status, "Ready")["lastTransitionTime"] == format_time(NOW)
+
+
+# --- retraining policy ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status_extra, trigger_blocked", [
+    ({"lastRetrainAt": format_time(NOW - 60)}, "cooldown"),
+    ({"retrainTimes": [format_time(NOW - 5000), format_time(NOW - 4000)]}, "daily budget"),
+    ({"failureBackoffUntil": format_time(NOW + 60)}, "backing off"),
+])
+def test_policy_blocks_breach_retraining(status_extra, trigger_blocked):
+    status = {**monitoring_status(), **status_extra}
+    d = decide(world(status, health=breached(), serving=serving()))
+    assert not actions_of(d, StartTraining)
+    assert trigger_blocked in d.status["retrainBlockedBy"]
+    assert d.status["phase"] == phases.BREACHED
+
+
+def test_budget_counts_only_the_last_day():
+    status = {**monitoring_status(), "retrainTimes": [format_time(NOW - 90000), format_time(NOW - 86500)]}
+    assert actions_of(decide(world(status, health=breached(), serving=serving())), StartTraining)
+
+
+def test_paused_loop_starts_nothing():
+    d = decide(world(monitoring_status(), spec=make_spec(paused=True), health=breached(), serving=serving()))
+    assert not actions_of(d, StartTraining) and d.status["phase"] == phases.PAUSED
+
+
+def test_manual_request_skips_cooldown_and_is_handled_once():
+    status = {**monitoring_status(), "lastRetrainAt": format_time(NOW - 60)}
+    d = decide(world(status, health=healthy(), serving=serving(), requests={"retrain": "2026-11-28T10:00"}))
+    [start] = actions_of(d, StartTraining)
+    assert start.trigger == "Manual"
+    assert d.status["handledRequests"]["retrain"] == "2026-11-28T10:00"
+
+
+def test_manual_request_respects_the_budget_with_an_event():
+    status = {**monitoring_status(), "retrainTimes": [format_time(NOW - 10)] * 2}
+    d = decide(world(status, health=healthy(), serving=serving(), requests={"retrain": "x"}))
+    assert not actions_of(d, StartTraining) and ("Warning", "RetrainSkipped") in events(d)
+    again = decide(world(d.status, health=healthy(), serving=serving(), requests={"retrain": "x"}))
+    assert ("Warning", "RetrainSkipped") not in events(again)
+
+
+def test_schedule_triggers_once_per_slot():
+    spec = make_spec(retraining={"features": ["a"], "target": "y", "schedule": "*/5 * * * *", "cooldown": "1m"})
+    now = 1_800_000_000.0 - (1_800_000_000.0 % 300) + 30  # 30 s after a slot
+    d = decide(world(monitoring_status(), spec=spec, health=healthy(), serving=serving(), now=now))
+    [start] = actions_of(d, StartTraining)
+    assert start.trigger == "Schedule"
+
+
+# --- following the Job ------------------------------------------------------------------------------
+
+def retraining_status(version=2):
+    return {**monitoring_status(), "phase": phases.RETRAINING,
+            "retraining": {"version": version, "jobName": f"churn-train-v{version}", "trigger": "Breach",
+                           "startedAt": format_time(NOW - 100), "parentVersion": 1}}
+
+
+def test_running_job_is_followed_without_actions():
+    d = decide(world(retraining_status(), job=JobObservation("churn-train-v2", "Running"), serving=serving()))
+    assert d.status["phase"] == phases.RETRAINING and not actions_of(d, StartTraining)
+
+
+def test_missing_job_is_recreated_under_the_same_name():
+    d = decide(world(retraining_status(), job=JobObservation("churn-train-v2", "Missing"), serving=serving()))
+    assert actions_of(d, StartTraining) == [StartTraining(2, 1, "Breach", "churn-train-v2")]
+
+
+def test_failed_job_backs_off_and_deploys_nothing():
+    job = JobObservation("churn-train-v2", "Failed", "Job BackoffLimitExceeded: too few rows")
+    d = decide(world(retraining_status(), job=job, serving=serving()))
+    assert d.status["retraining"] is None and d.status["failureBackoffUntil"] == format_time(NOW + 600)
+    assert ("Warning", "RetrainingFailed") in events(d)
+    assert not actions_of(d, EnsureCanary) and not actions_of(d, EnsureStable)
+    assert d.status["history"][-1]["outcome"] == "TrainingFailed"
+    assert d.status["currentVersion"] == 1
+
+
+def test_rejected_candidate_is_recorded_with_evidence():
+    job = JobObservation("churn-train-v2", "Succeeded", summary={
+        "ok": True, "challenger": {"accuracy": 0.80}, "champion": {"accuracy": 0.85}, "rows": {"holdout": 300}})
+    d = decide(world(retraining_status(), job=job, serving=serving()))
+    assert ("Warning", "CandidateRejected") in events(d)
+    record = d.status["history"][-1]
+    assert record["outcome"] == "Rejected" and "vs champion 0.8500" in record["message"]
+    assert d.status["currentVersion"] == 1 and not actions_of(d, EnsureCanary)
+
+
+def test_passing_candidate_starts_a_canary():
+    job = JobObservation("churn-train-v2", "Succeeded", summary={
+        "ok": True, "challenger": {"accuracy": 0.9}, "champion": {"accuracy": 0.85}})
+    d = decide(world(retraining_status(), job=job, serving=serving()))
+    [canary] = actions_of(d, EnsureCanary)
+    assert canary.version == 2 and canary.canary_replicas == 1
+    assert d.status["phase"] == phases.CANARY and d.status["rollout"]["step"] == 0
+    assert d.status["candidate"]["challenger"] == {"accuracy": 0.9}
+
+
+def test_version_numbers_never_repeat():
+    status = {**monitoring_status(), "history": [{"version": 5, "outcome": "Rejected"}]}
+    assert phases.next_version(status) == 6
+
+
+def test_job_names_fit_kubernetes_limits():
+    assert len(phases.job_name("x" * 80, 123)) <= 63
+
+
+# --- manual canary overrides ------------------------------------------------------------------------
+
+def canary_status(step=0, started=NOW - 100):
+    return {**monitoring_status(), "phase": phases.CANARY,
+            "rollout": {"version": 2, "step": step, "weight": 33, "startedAt": format_time(started),
+                        "stepStartedAt": format_time(started), "analysisPhase": "Running",
+                        "consecutiveErrors": 0, "evidence": [], "paused": False}}
+
+
+def test_abort_request_rolls_back_and_keeps_stable():
+    d = decide(world(canary_status(), serving=serving(), requests={"abort": "now"}))
+    assert RemoveCanary() in d.actions and not actions_of(d, EnsureStable)
+    assert d.status["currentVersion"] == 1 and d.status["rollout"] is None
+    assert d.status["history"][-1]["outcome"] == "RolledBack"
+
+
+def test_promote_request_promotes():
+    d = decide(world(canary_status(), serving=serving(), requests={"promote": "now"}))
+    assert EnsureStable(2) in d.actions and RemoveCanary() in d.actions
+    assert d.status["currentVersion"] == 2 and d.status["phase"] == phases.MONITORING
+
+
+def test_pause_request_holds_the_rollout():
+    d = decide(world(canary_status(), serving=serving(), requests={"pause": "p1"}))
+    assert d.status["rollout"]["paused"] is True and ("Normal", "RolloutPaused") in events(d)
