@@ -28,6 +28,8 @@ class FakePrometheus:
         regex = re.search(r'model=~"([^"]*)"', query)
         if regex:
             models = regex.group(1).split("|")
+            if query.startswith("sum("):  # aggregated away: one series without labels, as Prometheus does
+                return [({}, sum(self.values.get(m, 0) for m in models))]
             return [({"model": m, "namespace": "ns"}, self.values[m]) for m in models if m in self.values]
         exact = re.search(r'model="([^"]*)"', query).group(1)
         return [({}, self.values[exact])] if exact in self.values else []
