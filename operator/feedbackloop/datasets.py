@@ -19,10 +19,13 @@ one seed and a stream drawn with another agree on what concept 0 is.
 
     >>> X, y, names, concept = drift_stream(5000, drift_at=[2500], seed=1)
     >>> write_base_csv("data/base.csv", 2000, seed=2)   # concept 0 only
+    >>> write_feedback_logs("churn", X, y, names, ts=now + np.arange(5000))  # as the server logs them
 """
 from __future__ import annotations
 
 import csv
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple, Sequence
 
@@ -125,6 +128,36 @@ def write_base_csv(path: str | Path, n: int, seed: int = 0, generator: Generator
         for row, label in zip(X, y):
             writer.writerow([*(f"{v:.6g}" for v in row), int(label)])
     return names
+
+
+def write_feedback_logs(model_dir: str | Path, X: np.ndarray, y: np.ndarray, names: Sequence[str],
+                        ts: Sequence[float], version: int = 1, track: str = "stable",
+                        predictions: Sequence[object] | None = None, label_delay: float = 60.0,
+                        host: str = "synthetic") -> list[str]:
+    """Append rows as the model server logs them: a prediction line and, ``label_delay`` seconds
+    later, a feedback line, in UTC day partitions (docs/contracts.md). Returns the prediction ids."""
+    model_dir = Path(model_dir)
+    ids = [f"{host}-{int(t * 1000)}-{i}" for i, t in enumerate(ts)]
+    predicted = np.asarray(predictions).tolist() if predictions is not None else [None] * len(ids)
+    lines: dict[Path, list[str]] = {}
+    for row_id, row, label, t, guess in zip(ids, X, y, ts, predicted):
+        t, label_ts = float(t), float(t) + label_delay
+        _add_line(lines, model_dir / "predictions", t, host, {
+            "id": row_id, "ts": t, "version": version, "track": track,
+            "features": dict(zip(names, map(float, row))), "prediction": guess})
+        _add_line(lines, model_dir / "feedback", label_ts, host, {
+            "id": row_id, "ts": label_ts, "label": int(label), "version": version, "track": track,
+            "prediction": guess, "predictionTs": t})
+    for path, content in lines.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as out:
+            out.writelines(content)
+    return ids
+
+
+def _add_line(lines: dict[Path, list[str]], folder: Path, ts: float, host: str, record: dict) -> None:
+    day = datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+    lines.setdefault(folder / f"date={day}" / f"{host}-0.jsonl", []).append(json.dumps(record) + "\n")
 
 
 # --- generators ----------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[Any]) -> dict[str, Any]:
     """Rows are actual labels, columns predicted labels, in ``labels`` order."""
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
-    return {"labels": [_plain(label) for label in labels], "matrix": matrix.tolist()}
+    return {"labels": [plain(label) for label in labels], "matrix": matrix.tolist()}
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[Any]) -> list[dict[str, Any]]:
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    return [{"label": _plain(label), "precision": _round(p), "recall": _round(r), "f1": _round(f),
+    return [{"label": plain(label), "precision": _round(p), "recall": _round(r), "f1": _round(f),
              "support": int(s)} for label, p, r, f, s in zip(labels, precision, recall, f1, support)]
 
 
@@ -118,14 +118,14 @@ def _round(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
 
-def _plain(label: Any) -> Any:
+def plain(label: Any) -> Any:
     """A JSON-friendly label (numpy scalars to Python)."""
     return label.item() if isinstance(label, np.generic) else label
 
 
 def labels_of(*arrays: Sequence[Any]) -> list[Any]:
     """Sorted union of the labels in the arrays (truth and every model's predictions)."""
-    labels = {_plain(v) for array in arrays for v in array}
+    labels = {plain(v) for array in arrays for v in array}
     try:
         return sorted(labels)
     except TypeError:           # mixed label types (e.g. a champion trained on text labels)
