@@ -1,0 +1,369 @@
+"""The canary analysis state machine: pure, one call per look, state small enough for the CRD status.
+
+    evaluate(config, state, observations, now) -> (state, verdict, evidence)
+
+Phases: Running -> Successful | Failed | Inconclusive | Error (the last four are final).
+  Failed        some check failed (a sequential test crossed its rollback boundary, a significant latency
+                regression beyond tolerance, or a threshold check reached its failureLimit)
+  Successful    every check passes at this look (sequential checks latch their pass)
+  Error         a check's queries failed consecutiveErrorLimit times in a row
+  Inconclusive  the deadline (maxDuration) passed, or a sequential check spent its sample budget,
+                without a decision; the caller decides (onInconclusive, default rollback)
+No data and no traffic are never failures: the check is Pending until data arrives or the deadline passes.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Literal
+
+from .latency import HistogramObservation, LatencyDesign, judge_latency
+from .outcome import Evidence, Outcome
+from .sequential import CountObservation, NonInferiorityDesign, judge_proportion
+from .threshold import ThresholdDesign, ValueObservation, judge_threshold
+
+
+class Phase(str, Enum):
+    RUNNING = "Running"
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+    @property
+    def final(self) -> bool:
+        return self is not Phase.RUNNING
+
+
+# --- observations ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NoData:
+    """The query returned nothing (no traffic, no labels yet). Waiting, never a failure."""
+
+    reason: str = "no data"
+
+
+@dataclass(frozen=True)
+class MetricError:
+    """The query failed (Prometheus down, bad PromQL). Counts toward consecutiveErrorLimit."""
+
+    message: str
+
+
+Observation = CountObservation | HistogramObservation | ValueObservation | NoData | MetricError
+
+
+# --- configuration (the CRD's rollout.analysis section) -------------------------------------------------
+
+@dataclass(frozen=True)
+class ProportionCheck:
+    """A sequential non-inferiority check on counts: accuracy (higher is better) or error rate (lower)."""
+
+    name: str = "accuracy"
+    higher_is_better: bool = True
+    max_degradation: float | None = None        # None: the analysis-wide maxDegradation
+    detectable_degradation: float | None = None  # None: the analysis-wide detectableDegradation
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    name: str = "latency"
+    enabled: bool = True
+    max_increase: float = 0.2
+    min_samples: int = 100
+    quantiles: tuple[float, ...] = (0.5, 0.95)
+
+
+@dataclass(frozen=True)
+class ThresholdCheck:
+    name: str
+    min: float | None = None
+    max: float | None = None
+    failure_limit: int = 1
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """alpha is the analysis-wide false-rollback budget, split evenly over the statistical checks
+    (proportion checks and latency); beta bounds missing a regression of detectableDegradation on each
+    proportion check. Threshold checks carry no statistical guarantee."""
+
+    alpha: float = 0.05
+    beta: float = 0.10
+    max_degradation: float = 0.02
+    detectable_degradation: float | None = None  # None: 1.5 x maxDegradation
+    min_samples: int = 200
+    max_samples: int | None = None
+    max_duration_seconds: float = 7200.0
+    on_inconclusive: Literal["rollback", "promote"] = "rollback"
+    consecutive_error_limit: int = 4
+    proportions: tuple[ProportionCheck, ...] = (ProportionCheck(),)
+    latency: LatencyCheck = LatencyCheck()
+    checks: tuple[ThresholdCheck, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = self.check_names()
+        if not names:
+            raise ValueError("the analysis needs at least one check")
+        if len(names) != len(set(names)):
+            raise ValueError(f"check names must be unique, got {names}")
+        if self.consecutive_error_limit < 1 or self.max_duration_seconds <= 0:
+            raise ValueError("consecutiveErrorLimit must be >= 1 and maxDuration > 0")
+        if self.on_inconclusive not in ("rollback", "promote"):
+            raise ValueError(f"onInconclusive must be rollback or promote, got {self.on_inconclusive!r}")
+        for check in self.proportions:  # fail at configuration time, not at the first look
+            self.proportion_design(check)
+        self.latency_design()
+        for threshold in self.checks:
+            threshold_design(threshold)
+
+    def check_names(self) -> list[str]:
+        latency = [self.latency.name] if self.latency.enabled else []
+        return [check.name for check in self.proportions] + latency + [check.name for check in self.checks]
+
+    @property
+    def alpha_per_check(self) -> float:
+        """Bonferroni: each statistical check may falsely fail with at most alpha / k."""
+        statistical = len(self.proportions) + (1 if self.latency.enabled else 0)
+        return self.alpha / max(statistical, 1)
+
+    def proportion_design(self, check: ProportionCheck) -> NonInferiorityDesign:
+        margin = self.max_degradation if check.max_degradation is None else check.max_degradation
+        detectable = check.detectable_degradation
+        if detectable is None and check.max_degradation is None:
+            detectable = self.detectable_degradation
+        return NonInferiorityDesign(alpha=self.alpha_per_check, beta=self.beta, max_degradation=margin,
+                                    detectable_degradation=detectable, min_samples=self.min_samples,
+                                    max_samples=self.max_samples)
+
+    def latency_design(self) -> LatencyDesign:
+        latency = self.latency
+        return LatencyDesign(alpha=self.alpha_per_check, max_increase=latency.max_increase,
+                             min_samples=latency.min_samples, quantiles=tuple(latency.quantiles))
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> AnalysisConfig:
+        """From the CRD's camelCase `rollout.analysis` mapping; fields this core does not use are ignored."""
+        return cls(**_fields_from_spec(spec))
+
+
+def threshold_design(check: ThresholdCheck) -> ThresholdDesign:
+    return ThresholdDesign(min=check.min, max=check.max, failure_limit=check.failure_limit)
+
+
+_SCALARS = {"alpha": "alpha", "beta": "beta", "maxDegradation": "max_degradation",
+            "detectableDegradation": "detectable_degradation", "minSamples": "min_samples",
+            "maxSamples": "max_samples", "onInconclusive": "on_inconclusive",
+            "consecutiveErrorLimit": "consecutive_error_limit"}
+
+
+def _fields_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {python: spec[key] for key, python in _SCALARS.items() if key in spec}
+    if "maxDuration" in spec:
+        fields["max_duration_seconds"] = duration_seconds(spec["maxDuration"])
+    if "proportions" in spec:
+        fields["proportions"] = tuple(_proportion_from_spec(item) for item in spec["proportions"])
+    if "latency" in spec:
+        fields["latency"] = _latency_from_spec(spec["latency"])
+    if "checks" in spec:
+        fields["checks"] = tuple(ThresholdCheck(name=item["name"], min=item.get("min"), max=item.get("max"),
+                                                failure_limit=item.get("failureLimit", 1))
+                                 for item in spec["checks"])
+    return fields
+
+
+def _proportion_from_spec(item: Mapping[str, Any]) -> ProportionCheck:
+    direction = item.get("direction", "higherIsBetter")
+    if direction not in ("higherIsBetter", "lowerIsBetter"):
+        raise ValueError(f"direction must be higherIsBetter or lowerIsBetter, got {direction!r}")
+    return ProportionCheck(name=item["name"], higher_is_better=direction == "higherIsBetter",
+                           max_degradation=item.get("maxDegradation"),
+                           detectable_degradation=item.get("detectableDegradation"))
+
+
+def _latency_from_spec(item: Mapping[str, Any]) -> LatencyCheck:
+    default = LatencyCheck()
+    return LatencyCheck(name=item.get("name", default.name), enabled=item.get("enabled", default.enabled),
+                        max_increase=item.get("maxIncrease", default.max_increase),
+                        min_samples=item.get("minSamples", default.min_samples),
+                        quantiles=tuple(item.get("quantiles", default.quantiles)))
+
+
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str | float) -> float:
+    """'1h30m' -> 5400.0; numbers are seconds already (the API's duration grammar)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not re.fullmatch(r"([0-9]+(ms|s|m|h|d))+", value):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h30m")
+    return float(sum(int(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION.findall(value)))
+
+
+# --- state and verdict ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnalysisState:
+    """What must survive between looks: a phase, a few counters, no samples."""
+
+    started_at: float
+    phase: Phase = Phase.RUNNING
+    looks: int = 0
+    passed: tuple[str, ...] = ()  # sequential checks whose promote boundary was crossed (latched)
+    consecutive_errors: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # threshold checks: failed looks so far
+    finished_at: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase.value, "startedAt": self.started_at, "looks": self.looks,
+                "passed": list(self.passed), "consecutiveErrors": dict(self.consecutive_errors),
+                "failures": dict(self.failures), "finishedAt": self.finished_at, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AnalysisState:
+        return cls(started_at=float(data["startedAt"]), phase=Phase(data.get("phase", "Running")),
+                   looks=int(data.get("looks", 0)), passed=tuple(data.get("passed", ())),
+                   consecutive_errors={k: int(v) for k, v in data.get("consecutiveErrors", {}).items()},
+                   failures={k: int(v) for k, v in data.get("failures", {}).items()},
+                   finished_at=data.get("finishedAt"), message=data.get("message", ""))
+
+    @property
+    def max_consecutive_errors(self) -> int:
+        return max(self.consecutive_errors.values(), default=0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    action: Literal["wait", "promote", "rollback"]
+    message: str
+
+
+def start_analysis(now: float) -> AnalysisState:
+    return AnalysisState(started_at=now)
+
+
+def action_for(phase: Phase, config: AnalysisConfig) -> Literal["wait", "promote", "rollback"]:
+    if phase is Phase.SUCCESSFUL:
+        return "promote"
+    if phase is Phase.INCONCLUSIVE:
+        return config.on_inconclusive
+    if phase is Phase.RUNNING:
+        return "wait"
+    return "rollback"
+
+
+# --- one look -------------------------------------------------------------------------------------------
+
+def evaluate(config: AnalysisConfig, state: AnalysisState, observations: Mapping[str, Observation],
+             now: float) -> tuple[AnalysisState, Verdict, list[Evidence]]:
+    """Judge every check at this look and advance the state. A final state is returned unchanged."""
+    if state.phase.final:
+        return state, Verdict(state.phase, action_for(state.phase, config), state.message), []
+    judged = [_judge_check(config, state, name, observations.get(name, NoData("no observation")))
+              for name in config.check_names()]
+    failures = _threshold_failures(config, state, judged)
+    evidence = [_apply_failure_limit(config, failures, item) for item in judged]
+    counted = _count(config, state, evidence, failures)
+    phase, headline, relevant = _phase(config, counted, evidence, now)
+    short = f"{headline}: {', '.join(item.name for item in relevant)}" if relevant else headline
+    new_state = replace(counted, phase=phase, message=short, finished_at=now if phase.final else None)
+    message = f"{headline}: " + "; ".join(f"{item.name}: {item.message}" for item in relevant)
+    return new_state, Verdict(phase, action_for(phase, config), message), evidence
+
+
+def _judge_check(config: AnalysisConfig, state: AnalysisState, name: str, observation: Observation) -> Evidence:
+    if isinstance(observation, NoData):
+        return Evidence(name, Outcome.PENDING, f"{observation.reason}: waiting")
+    if isinstance(observation, MetricError):
+        return Evidence(name, Outcome.ERROR, f"query failed: {observation.message}")
+    try:
+        evidence = _judge_observation(config, name, observation)
+    except (ValueError, TypeError, ZeroDivisionError) as problem:
+        return Evidence(name, Outcome.ERROR, f"unusable observation: {problem}")
+    return _latch_pass(state, evidence)
+
+
+def _judge_observation(config: AnalysisConfig, name: str, observation: Observation) -> Evidence:
+    for check in config.proportions:
+        if check.name == name:
+            _expect(observation, CountObservation, name)
+            return judge_proportion(name, observation, config.proportion_design(check), check.higher_is_better)
+    if config.latency.enabled and config.latency.name == name:
+        _expect(observation, HistogramObservation, name)
+        return judge_latency(name, observation, config.latency_design())
+    threshold = next(check for check in config.checks if check.name == name)
+    _expect(observation, ValueObservation, name)
+    return judge_threshold(name, observation, threshold_design(threshold))
+
+
+def _expect(observation: Observation, kind: type, name: str) -> None:
+    if not isinstance(observation, kind):
+        raise TypeError(f"check {name!r} expects {kind.__name__}, got {type(observation).__name__}")
+
+
+def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
+    """A sequential check that crossed its promote boundary stays passed; a later rollback crossing
+    still fails it (P(ever crossing the rollback boundary) <= alpha, so this costs no guarantee)."""
+    if evidence.name not in state.passed or evidence.decision in (Outcome.FAIL, Outcome.PASS):
+        return evidence
+    return replace(evidence, decision=Outcome.PASS,
+                   message=f"passed earlier (promote boundary crossed); now: {evidence.message}")
+
+
+def _threshold_failures(config: AnalysisConfig, state: AnalysisState, judged: list[Evidence]) -> dict[str, int]:
+    thresholds = {check.name for check in config.checks}
+    failures = dict(state.failures)
+    for item in judged:
+        if item.name in thresholds and item.decision is Outcome.FAIL:
+            failures[item.name] = failures.get(item.name, 0) + 1
+    return failures
+
+
+def _apply_failure_limit(config: AnalysisConfig, failures: dict[str, int], evidence: Evidence) -> Evidence:
+    """A threshold check fails the analysis only at its failureLimit-th failed look (Flagger's threshold)."""
+    threshold = next((check for check in config.checks if check.name == evidence.name), None)
+    if threshold is None or evidence.decision is not Outcome.FAIL:
+        return evidence
+    count = failures[evidence.name]
+    message = f"{evidence.message} (failure {count} of {threshold.failure_limit})"
+    decision = Outcome.FAIL if count >= threshold.failure_limit else Outcome.PENDING
+    return replace(evidence, decision=decision, message=message)
+
+
+def _count(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence],
+           failures: dict[str, int]) -> AnalysisState:
+    errors = {item.name: state.consecutive_errors.get(item.name, 0) + 1
+              for item in evidence if item.decision is Outcome.ERROR}
+    sequential = {check.name for check in config.proportions}
+    passes = {item.name for item in evidence if item.decision is Outcome.PASS and item.name in sequential}
+    passed = tuple(sorted(set(state.passed) | passes))
+    return replace(state, looks=state.looks + 1, consecutive_errors=errors, failures=failures, passed=passed)
+
+
+def _phase(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float
+           ) -> tuple[Phase, str, list[Evidence]]:
+    """(phase, headline, the evidence that explains it). Failure beats error beats success."""
+    def having(outcome: Outcome) -> list[Evidence]:
+        return [item for item in evidence if item.decision is outcome]
+
+    undecided = [item for item in evidence if item.decision is not Outcome.PASS]
+    exhausted = [item for item in having(Outcome.ERROR)
+                 if state.consecutive_errors.get(item.name, 0) >= config.consecutive_error_limit]
+    if having(Outcome.FAIL):
+        return Phase.FAILED, "failed", having(Outcome.FAIL)
+    if exhausted:
+        return Phase.ERROR, f"{config.consecutive_error_limit} consecutive errors", exhausted
+    if not undecided:
+        return Phase.SUCCESSFUL, "all checks passed", evidence
+    if having(Outcome.INCONCLUSIVE):
+        return Phase.INCONCLUSIVE, "sample budget spent undecided", having(Outcome.INCONCLUSIVE)
+    if now >= state.started_at + config.max_duration_seconds:
+        return Phase.INCONCLUSIVE, f"deadline of {config.max_duration_seconds:g}s reached undecided", undecided
+    return Phase.RUNNING, "waiting", undecided
