@@ -50,7 +50,7 @@ def _structural(node: Any) -> Any:
         node["items"] = _structural(node["items"])
     if "properties" in node:
         node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
-    if node.get("default") is None:
+    if node.get("default") in (None, ""):  # Kubernetes 1.20 reads a "" default back as null and refuses it
         node.pop("default", None)
     return node
 
@@ -81,13 +81,21 @@ def openapi_schema(model: type[api.ApiModel]) -> dict[str, Any]:
 
 
 def _status_schema() -> dict[str, Any]:
-    schema = openapi_schema(api.ModelFeedbackLoopStatus)
+    schema = _without_defaults(openapi_schema(api.ModelFeedbackLoopStatus))  # status is written, not defaulted
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     schema["properties"]["history"]["maxItems"] = 20
     # Canary evidence values are free-form numbers; everything else is typed so nothing is pruned.
     return schema
+
+
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    return node
 
 
 PRINTER_COLUMNS = [

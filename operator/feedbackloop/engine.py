@@ -327,8 +327,8 @@ class Engine:
             changed = True
         if not (changed or stale):
             return
-        patch = _merge_patch(body.get("status") or {}, after) if memory.written_status is None else \
-            _merge_patch(before, after)
+        base = body.get("status") or {} if memory.written_status is None else before
+        patch = _merge_patch(_without_empty_strings(base), _without_empty_strings(after))
         await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
         metrics.STATUS_WRITES.inc()
         memory.written_status = copy.deepcopy(after)
@@ -389,6 +389,16 @@ def _significant(status: dict[str, Any]) -> Any:
                           for m in status.get("metrics", [])]
     trimmed["conditions"] = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])]
     return trimmed
+
+
+def _without_empty_strings(value: Any) -> Any:
+    """Drop "" values: an empty string is the same as an absent field for every reader, and the local
+    1.20 test control plane (built with a newer Go) decodes "" in custom resources as null and refuses it."""
+    if isinstance(value, dict):
+        return {k: _without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_without_empty_strings(v) for v in value]
+    return value
 
 
 def _merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["KUBECONFIG"] = args.kubeconfig
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per watch event and loop is noise at thousands of loops
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    import urllib3
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once in the kubeconfig
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     from . import handlers  # noqa: F401  (registers the handlers)

@@ -143,9 +143,24 @@ class FleetPoller:
                 return await asyncio.to_thread(self._query, endpoint, query)
             except Exception as error:  # any failure is "no data" with a reason, never a crash
                 stats.errors += 1
-                message = f"query failed at {endpoint.url}: {type(error).__name__}: {str(error)[:200]}"
+                message = f"query to {endpoint.url} failed: {short_error(error)}"
                 stats.error_messages.append(message)
                 return message
+
+
+def short_error(error: BaseException) -> str:
+    """The root cause in a few words (requests wraps it in pool and retry errors)."""
+    root: BaseException = error
+    while True:
+        inner = getattr(root, "reason", None) or root.__cause__ or root.__context__
+        if not isinstance(inner, BaseException) or inner is root:
+            break
+        root = inner
+    text = str(root)
+    for known in ("Connection refused", "timed out", "Name or service not known", "certificate verify failed"):
+        if known.lower() in str(error).lower() or known.lower() in text.lower():
+            return known.lower()
+    return f"{type(root).__name__}: {text[:160]}"
 
 
 def _split(plan: promql.BatchPlan, series: Series, members: list[LoopQuery]) -> dict[str, float | str | None] | None:
