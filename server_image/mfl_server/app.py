@@ -1,0 +1,258 @@
+"""The reference model server: aiohttp on one asyncio loop (docs/contracts.md, "Model server").
+
+Inference runs inline on the loop: a vectorised predict over a bounded batch takes well under a
+millisecond to a few milliseconds, cheaper than handing it to a thread. Logs are appended before the
+response is sent; SIGTERM stops listening, lets in-flight requests finish, then closes the logs.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from . import feedback as fb
+from .config import ConfigError, ServerConfig, from_env
+from .errors import RequestError, bad_request, too_large
+from .ids import IdSigner
+from .inputs import build_batch, instances_of
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .model import LoadedModel, ModelLoadError, load_model
+from .store import DailyJsonl, process_file_name
+
+log = logging.getLogger("mfl_server")
+SHUTDOWN_TIMEOUT = 20.0          # seconds for in-flight requests; the pod's grace period is 30
+Handler = Callable[["ModelServer", web.Request], Awaitable[web.Response]]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(value).encode(), status=status, content_type="application/json")
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response({"error": message}, status)
+
+
+def api_endpoint(name: str) -> Callable[[Handler], Handler]:
+    """Turns errors into JSON responses and counts every outcome in mfl_http_requests_total."""
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def run(self: "ModelServer", request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            try:
+                response = await handler(self, request)
+            except RequestError as error:
+                response = error_response(error.status, error.message)
+            except Exception:
+                log.exception("%s failed", name)
+                response = error_response(500, f"internal error in /{name}; see the server log")
+            self.metrics.count_request(name, response.status)
+            if name == "predict":
+                self.metrics.observe_latency(time.perf_counter() - started)
+            return response
+        return run
+    return decorate
+
+
+class ModelServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics(config.model, config.version, config.track)
+        self.signer = IdSigner(config.signing_key, config.model)
+        self.model: LoadedModel | None = None
+        self.confusion_labels = fb.ConfusionLabels(None)
+        self.not_ready_reason = "the model is loading"
+        self.shutting_down = False
+        self.seen_feedback = fb.SeenIds(config.dedup_size)
+        file_name = process_file_name()
+        self.predictions_log = DailyJsonl(config.model_dir / "predictions", file_name)
+        self.feedback_log = DailyJsonl(config.model_dir / "feedback", file_name)
+
+    def web_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post("/predict", self.predict)
+        app.router.add_post("/feedback", self.feedback)
+        app.router.add_get("/metrics", self.metrics_text)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def load_until_ready(self) -> None:
+        """Retries a missing or unreadable artifact; logs each new reason once."""
+        while self.model is None:
+            try:
+                model = await asyncio.to_thread(load_model, self.config.version_dir, self.config.version)
+            except ModelLoadError as error:
+                self._not_ready(str(error))
+            except Exception as error:
+                self._not_ready(f"unexpected error loading the model: {type(error).__name__}: {error}")
+            else:
+                self._ready(model)
+                return
+            await asyncio.sleep(self.config.reload_interval)
+
+    def _not_ready(self, reason: str) -> None:
+        if reason != self.not_ready_reason:
+            log.error("not ready: %s", reason)
+        self.not_ready_reason = reason
+
+    def _ready(self, model: LoadedModel) -> None:
+        self.confusion_labels = fb.ConfusionLabels(model.classes)
+        self.model = model
+        log.info("ready: model %s version %d (%s, %d features) on track %s", self.config.model,
+                 model.version, model.task, len(model.schema.features), self.config.track)
+
+    def close(self) -> None:
+        self.predictions_log.close()
+        self.feedback_log.close()
+
+    # --- endpoints -----------------------------------------------------------------------------
+
+    @api_endpoint("predict")
+    async def predict(self, request: web.Request) -> web.Response:
+        model = self._require_model()
+        instances = instances_of(await self._read_json(request), self.config.max_batch)
+        batch = build_batch(instances, model.schema)
+        labels = model.predict(batch.matrix)
+        ts = time.time()
+        ids = self.signer.sign_batch(model.version, self.config.track, labels, ts)
+        head = f'"ts":{ts!r},"version":{model.version},"track":"{self.config.track}"'
+        lines = "".join(f'{{"id":"{row_id}",{head},"features":{_dumps(record)},"prediction":{_dumps(label)}}}\n'
+                        for row_id, record, label in zip(ids, batch.records, labels))
+        self._append(self.predictions_log, lines.encode(), ts, "predictions")
+        self.metrics.count_predictions(len(labels))
+        return json_response({"predictions": labels, "ids": ids, "model": self.config.model,
+                              "version": model.version})
+
+    @api_endpoint("feedback")
+    async def feedback(self, request: web.Request) -> web.Response:
+        model = self._require_model()
+        entries = fb.entries_of(await self._read_json(request), self.config.max_batch)
+        accepted, rejected = fb.review(entries, self.signer.verify, model.task, self.seen_feedback.__contains__)
+        ts = time.time()
+        self._append(self.feedback_log, b"".join(_feedback_line(item, ts) for item in accepted), ts, "feedback")
+        for item in accepted:
+            self.seen_feedback.add(item.id)
+            self._score(item, model.task)
+        for item in rejected:
+            self.metrics.count_rejected(item.reason)
+        return json_response({"accepted": len(accepted), "rejected": [item.as_json() for item in rejected]})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.shutting_down:
+            return json_response({"status": "not ready", "reason": "shutting down"}, 503)
+        if self.model is None:
+            return json_response({"status": "not ready", "reason": self.not_ready_reason}, 503)
+        return json_response({"status": "ready", "model": self.config.model, "version": self.model.version,
+                              "track": self.config.track})
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _require_model(self) -> LoadedModel:
+        if self.model is None:
+            raise RequestError(503, f"not ready: {self.not_ready_reason}")
+        return self.model
+
+    async def _read_json(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(f"body larger than {self.config.max_body_bytes} bytes") from None
+        if not raw.strip():
+            raise bad_request("empty body: expected a JSON object")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as error:   # UnicodeDecodeError is a ValueError
+            raise bad_request(f"body is not valid JSON: {error}") from None
+
+    def _append(self, log_file: DailyJsonl, data: bytes, ts: float, what: str) -> None:
+        """Nothing is acknowledged that is not in the store: a failed write fails the request."""
+        try:
+            log_file.append(data, ts)
+        except OSError as error:
+            log.error("cannot append %s to %s: %s", what, log_file.folder, error)
+            raise RequestError(500, f"cannot record {what} in the artifact store: {error.strerror or error}")
+
+    def _score(self, item: fb.Accepted, task: str) -> None:
+        ref = item.ref
+        if task == "regression":
+            self.metrics.count_regression(ref.version, ref.track, fb.abs_error(ref.label, item.label))
+            return
+        self.metrics.count_classification(ref.version, ref.track, fb.is_correct(ref.label, item.label),
+                                          self.confusion_labels.actual(item.label), fb.label_key(ref.label))
+
+
+def _feedback_line(item: fb.Accepted, ts: float) -> bytes:
+    ref = item.ref
+    return (_dumps({"id": item.id, "ts": ts, "label": item.label, "version": ref.version, "track": ref.track,
+                    "prediction": ref.label, "predictionTs": ref.ts}) + "\n").encode()
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM/SIGINT (or ``stop`` is set), then shuts down gracefully."""
+    server = ModelServer(config)
+    runner = web.AppRunner(server.web_app(), handle_signals=False, access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    _on_signals(stop)
+    loader = asyncio.create_task(server.load_until_ready())
+    try:
+        await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+        log.info("listening on %s:%d", config.host, config.port)
+        await stop.wait()
+        log.info("stopping: no longer ready, finishing in-flight requests")
+        server.shutting_down = True
+        await asyncio.sleep(config.shutdown_delay)   # let endpoints drop this pod before we stop listening
+    finally:
+        loader.cancel()
+        await runner.cleanup()                       # stop listening, wait for in-flight handlers
+        server.close()
+    log.info("stopped")
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("MFL_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = from_env()
+    except ConfigError as error:
+        log.error("configuration: %s", error)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:     # e.g. the port is taken
+        log.error("cannot serve on %s:%d: %s", config.host, config.port, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

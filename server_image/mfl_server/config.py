@@ -1,0 +1,95 @@
+"""Server configuration from the environment (docs/contracts.md, "Model server")."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
+DEFAULT_PORT = 8080
+TRACKS = ("stable", "canary")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """The environment cannot describe a working server; the process exits non-zero."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str
+    version: int
+    track: str
+    storage_root: Path
+    signing_key: bytes
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    max_batch: int = 1024                 # rows per /predict request
+    max_body_bytes: int = 16 * 1024 * 1024
+    dedup_size: int = 200_000             # feedback ids remembered per replica (LRU)
+    shutdown_delay: float = 0.0           # seconds to keep serving (not ready) after SIGTERM
+    reload_interval: float = 5.0          # seconds between attempts to load a missing artifact
+
+    @property
+    def model_dir(self) -> Path:
+        return self.storage_root / self.model
+
+    @property
+    def version_dir(self) -> Path:
+        return self.model_dir / "versions" / str(self.version)
+
+
+def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
+    """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_DEDUP_SIZE, MFL_SHUTDOWN_DELAY_SECONDS."""
+    model = env.get("MFL_MODEL_NAME", "").strip()
+    if not _MODEL_NAME.match(model):
+        raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
+    track = env.get("MFL_TRACK", "stable").strip()
+    if track not in TRACKS:
+        raise ConfigError(f"MFL_TRACK must be one of {list(TRACKS)}, got {track!r}")
+    key = env.get("MFL_SIGNING_KEY", "")
+    if not key:
+        raise ConfigError("MFL_SIGNING_KEY is empty: prediction ids cannot be signed")
+    return ServerConfig(
+        model=model,
+        version=_int(env, "MFL_MODEL_VERSION", None, minimum=0),
+        track=track,
+        storage_root=Path(env.get("MFL_STORAGE_ROOT") or DEFAULT_STORAGE_ROOT),
+        signing_key=key.encode(),
+        port=_int(env, "MFL_PORT", DEFAULT_PORT, minimum=0, maximum=65535),
+        host=env.get("MFL_HOST") or "0.0.0.0",
+        max_batch=_int(env, "MFL_MAX_BATCH", 1024, minimum=1),
+        dedup_size=_int(env, "MFL_DEDUP_SIZE", 200_000, minimum=0),
+        shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int | None = None,
+         maximum: int | None = None) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        if default is None:
+            raise ConfigError(f"{name} is required")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {text!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} out of range: {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{name} must be >= 0, got {text!r}")
+    return value

@@ -1,0 +1,95 @@
+"""Prometheus metrics with the contract's names and labels (docs/contracts.md, "Model server").
+
+Every metric carries model, version, track. For feedback metrics those are the PREDICTION's version
+and track (decoded from its id), so a label given to any replica scores the model that made it.
+Label children are cached: ``labels()`` takes a lock and hashes the label tuple on every call.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+BASE_LABELS = ("model", "version", "track")
+# Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
+                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
+                     250.0, 1000.0, 10000.0)
+ENDPOINTS = ("predict", "feedback")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    def __init__(self, model: str, version: int, track: str) -> None:
+        prometheus_client.disable_created_metrics()   # only the contract's series, no *_created
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._model, self._own = model, (str(version), track)
+        families = _families(self.registry)
+        self._predictions, self._latency = families["predictions"], families["latency"]
+        self._feedback, self._correct = families["feedback"], families["correct"]
+        self._incorrect, self._confusion = families["incorrect"], families["confusion"]
+        self._abs_error, self._http, self._rejected = families["abs_error"], families["http"], families["rejected"]
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._initialise_own_series()
+
+    def count_predictions(self, rows: int) -> None:
+        self._child(self._predictions, *self._own).inc(rows)
+
+    def observe_latency(self, seconds: float) -> None:
+        self._child(self._latency, *self._own).observe(seconds)
+
+    def count_request(self, endpoint: str, code: int) -> None:
+        self._child(self._http, *self._own, endpoint, str(code)).inc()
+
+    def count_rejected(self, reason: str) -> None:
+        self._child(self._rejected, *self._own, reason).inc()
+
+    def count_classification(self, version: int, track: str, correct: bool, actual: str, predicted: str) -> None:
+        labels = (str(version), track)
+        self._child(self._feedback, *labels).inc()
+        self._child(self._correct if correct else self._incorrect, *labels).inc()
+        self._child(self._confusion, *labels, actual, predicted).inc()
+
+    def count_regression(self, version: int, track: str, abs_error: float) -> None:
+        labels = (str(version), track)
+        self._child(self._feedback, *labels).inc()
+        self._child(self._abs_error, *labels).observe(abs_error)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self._model, *labels)
+        return child
+
+    def _initialise_own_series(self) -> None:
+        """Zero-valued series from the start, so rate()/increase() see the first events."""
+        for family in (self._predictions, self._latency, self._feedback, self._correct, self._incorrect):
+            self._child(family, *self._own)
+        for endpoint in ENDPOINTS:
+            self._child(self._http, *self._own, endpoint, "200")
+
+
+def _families(registry: CollectorRegistry) -> dict[str, Any]:
+    def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, (*BASE_LABELS, *extra), registry=registry)
+
+    return {
+        "predictions": counter("mfl_predictions_total", "Rows predicted"),
+        "latency": Histogram("mfl_prediction_latency_seconds", "Time to serve one /predict request",
+                             BASE_LABELS, registry=registry, buckets=LATENCY_BUCKETS),
+        "feedback": counter("mfl_feedback_total", "Labels accepted, by the prediction's version and track"),
+        "correct": counter("mfl_feedback_correct_total", "Labels equal to the predicted class"),
+        "incorrect": counter("mfl_feedback_incorrect_total", "Labels different from the predicted class"),
+        "confusion": counter("mfl_confusion_total", "Labels by actual and predicted class", ("actual", "predicted")),
+        "abs_error": Histogram("mfl_feedback_abs_error", "Absolute error of regression predictions",
+                               BASE_LABELS, registry=registry, buckets=ABS_ERROR_BUCKETS),
+        "http": counter("mfl_http_requests_total", "API requests by endpoint and status code", ("endpoint", "code")),
+        "rejected": counter("mfl_feedback_rejected_total", "Feedback entries rejected, by reason", ("reason",)),
+    }
