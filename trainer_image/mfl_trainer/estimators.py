@@ -143,14 +143,18 @@ def fit(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, weights: np.ndarray) -
 
 # --- incremental ---------------------------------------------------------------------------------
 
-def continue_training(champion: Pipeline, spec: EstimatorSpec, hyperparameters: dict[str, Any],
-                      X: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int | None,
-                      seed: int) -> tuple[Pipeline, dict[str, Any]]:
-    """The champion trained further on new rows; its fitted preprocessing stays as it is."""
+def check_incremental(spec: EstimatorSpec) -> None:
     if spec.incremental is None:
         supported = sorted(n for n, s in ESTIMATORS.items() if s.incremental)
         raise TrainerError(f"estimator {spec.name!r} supports neither partial_fit nor warm_start, so it "
                            f"cannot train incrementally; incremental estimators: {supported}")
+
+
+def continue_training(champion: Pipeline, spec: EstimatorSpec, hyperparameters: dict[str, Any],
+                      X: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int | None,
+                      seed: int) -> tuple[Pipeline, dict[str, Any]]:
+    """The champion trained further on new rows; its fitted preprocessing stays as it is."""
+    check_incremental(spec)
     model = copy.deepcopy(champion)
     final = _final_step(model, spec)
     check_hyperparameter_names(spec, final, hyperparameters)

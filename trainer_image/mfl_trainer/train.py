@@ -48,6 +48,8 @@ def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
     started = time.monotonic()
     spec = estimators.estimator_spec(config.estimator, config.task)
     estimator = estimators.make_estimator(spec, config.hyperparameters, config.seed)
+    if config.incremental:
+        estimators.check_incremental(spec)
     inputs = load_inputs(config, progress)
     inputs.timings["load"] = time.monotonic() - started
     previous = registry.existing_metadata(config.storage_root, config.model, config.version)
@@ -147,6 +149,9 @@ def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
     if config.task == "classification" and not config.incremental and len(table.classes) < 2:
         raise TrainerError(f"target {config.target!r} has only one class {table.classes} in {len(table)} "
                            f"labelled rows; classification needs at least two")
+    unknown = [name for name in config.slice_features if name not in table.columns]
+    if unknown:
+        raise TrainerError(f"sliceFeatures {unknown} are not features of the data (features: {table.features})")
 
 
 def _existing_result(config: TrainerConfig, previous: dict[str, Any], hashes: dict[str, Any],
@@ -273,9 +278,6 @@ def _champion_predictions(champion: Champion, table: LabelledTable, rows: np.nda
 
 
 def _slice_features(config: TrainerConfig, table: LabelledTable) -> list[str]:
-    unknown = [name for name in config.slice_features if name not in table.columns]
-    if unknown:
-        raise TrainerError(f"sliceFeatures {unknown} are not features of the data (features: {table.features})")
     return list(config.slice_features) or list(table.features)
 
 
