@@ -1,23 +1,28 @@
-"""Latency check from Prometheus histogram buckets: canary vs stable, safe under repeated looks.
+"""Latency check from Prometheus histogram buckets: canary vs stable quantiles, safe under repeated looks.
 
-A Mann-Whitney U test on the binned samples (ties within a bucket handled by mid-ranks and the tie-corrected
-variance) says whether the canary is stochastically slower; the quantile ratio (canary / stable, p50 and
-p95 by default, interpolated like PromQL's histogram_quantile) says whether that matters.
+The question is the one users ask: is the canary's p50 / p95 at most `maxIncrease` worse than stable's?
+For each quantile q and each arm, an always-valid confidence interval comes from ranks: the number of
+samples at or below the true quantile, K_n, is Binomial(n, q), so S_n = (K_n - n q) / sqrt(q (1 - q)) is
+(asymptotically) a Brownian motion in n. A half-normal mixture of exponential martingales (Robbins 1970;
+Howard et al. 2021)
 
-    FAIL     the canary is significantly slower AND some quantile is more than maxIncrease worse
-    PASS     every quantile ratio is within 1 + maxIncrease (a slowdown within tolerance is fine)
-    PENDING  below minSamples per arm, or worse than tolerated but not yet significant
+    M(S, n) = 2 sqrt(rho / (n + rho)) exp(S^2 / (2 (n + rho))) Phi(S / sqrt(n + rho)),   rho = minSamples
 
-Significance uses an always-valid boundary, not the fixed-sample 1.645: the standardized U statistic over
-cumulative data behaves like a Brownian motion S in information time I = 1 / Var(U / n_c n_s), and a
-half-normal mixture of exponential martingales (Robbins 1970; Howard et al. 2021)
+stays below 1/eps forever with probability >= 1 - eps. Inverting it gives ranks n q -+ r_n that bracket the
+quantile at every n simultaneously; the histogram turns ranks into seconds by linear interpolation inside
+a bucket, as PromQL's histogram_quantile does. Then, with ratio bounds canary_low / stable_high and
+canary_high / stable_low:
 
-    M(S, I) = 2 sqrt(rho / (I + rho)) exp(S^2 / (2 (I + rho))) Phi(S / sqrt(I + rho))
+    FAIL     some quantile's ratio is surely above 1 + maxIncrease (lower bound above the limit)
+    PASS     every quantile's ratio is surely within it (upper bound at or below the limit)
+    PENDING  below minSamples per arm, no traffic, or not yet sure either way
 
-stays below 1/alpha forever with probability >= 1 - alpha when the arms are equal. So the false-failure
-rate of an equally fast canary is at most alpha however often one looks (asymptotically: the U statistic
-is only approximately Gaussian). rho is the information at minSamples per arm, which makes the boundary
-tightest at about ten times minSamples.
+Error budget: a FAIL with every ratio within the limit needs one of the 2k bounds it uses (canary low,
+stable high, k quantiles) to be wrong, each at alpha / 2k, so P(false FAIL, ever) <= alpha; likewise
+P(PASS, ever | some ratio >= limit) <= beta. Asymptotic in n (the Gaussian approximation of the rank
+count) and only as accurate as the buckets (interpolation). A Mann-Whitney U (tie-corrected, binned) is
+reported as evidence, not used to decide: it tests for any shift, while the question is a tolerance, and it
+is blind to tail-only regressions.
 """
 from __future__ import annotations
 
@@ -35,14 +40,15 @@ Buckets = Mapping[float | str, float]
 
 @dataclass(frozen=True)
 class LatencyDesign:
-    alpha: float = 0.05
+    alpha: float = 0.05  # bound on failing a canary whose quantile ratios are all within the limit
+    beta: float = 0.10   # bound on passing a canary with some quantile ratio at or above the limit
     max_increase: float = 0.2
     min_samples: int = 100
     quantiles: tuple[float, ...] = (0.5, 0.95)
 
     def __post_init__(self) -> None:
-        if not 0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
+            raise ValueError(f"alpha and beta must be in (0, 0.5), got {self.alpha}, {self.beta}")
         if self.max_increase < 0 or self.min_samples < 2:
             raise ValueError(f"need maxIncrease >= 0 and minSamples >= 2, got {self.max_increase}, "
                              f"{self.min_samples}")
@@ -78,60 +84,33 @@ def bin_counts(buckets: Buckets) -> tuple[np.ndarray, np.ndarray]:
     return edges, np.diff(cumulative, prepend=0.0)
 
 
-def histogram_quantile(q: float, edges: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """PromQL histogram_quantile along the last axis: linear inside the bucket holding rank q * total.
+def value_at_rank(rank: np.ndarray | float, edges: np.ndarray, counts: np.ndarray,
+                  above_largest_edge: str = "inf") -> np.ndarray:
+    """The latency at a (fractional) rank, interpolated inside its bucket; vectorized over leading axes.
 
-    Returns +inf where the rank falls in the +Inf bucket (the quantile is above the largest finite edge:
-    unknown, and PromQL's "largest finite edge" would understate a slow canary) and nan without samples.
+    Rank <= 0 gives the first bucket's lower end, rank above the count +inf (no upper bound known), and a
+    rank in the +Inf bucket +inf or, for lower bounds (above_largest_edge="edge"), the largest finite edge.
     """
     cumulative = np.cumsum(counts, axis=-1)
-    total = cumulative[..., -1:]
-    rank = q * total
-    index = np.minimum(np.argmax(cumulative >= rank, axis=-1), len(edges) - 1)[..., None]
+    total = cumulative[..., -1]
+    rank = np.broadcast_to(np.asarray(rank, dtype=float), total.shape)
+    index = np.argmax(cumulative >= rank[..., None], axis=-1)[..., None]
     lower_edges = np.concatenate(([min(0.0, edges[0])], edges[:-1]))
-    upper = edges[index]
-    lower = lower_edges[index]
-    below = np.take_along_axis(cumulative, index, axis=-1) - np.take_along_axis(counts, index, axis=-1)
-    in_bucket = np.take_along_axis(counts, index, axis=-1)
+    upper, lower = edges[index][..., 0], lower_edges[index][..., 0]
+    in_bucket = np.take_along_axis(counts, index, axis=-1)[..., 0]
+    below = np.take_along_axis(cumulative, index, axis=-1)[..., 0] - in_bucket
     with np.errstate(invalid="ignore", divide="ignore"):
-        fraction = np.where(in_bucket > 0, (rank - below) / in_bucket, 1.0)
-        value = np.where(np.isinf(upper), np.inf, lower + (upper - lower) * fraction)
-    value = np.where(total > 0, value, np.nan)
-    return value[..., 0]
+        fraction = np.clip(np.where(in_bucket > 0, (rank - below) / in_bucket, 1.0), 0.0, 1.0)
+        value = lower + (upper - lower) * fraction
+    beyond = lower if above_largest_edge == "edge" else np.inf
+    value = np.where(np.isinf(upper), beyond, value)
+    value = np.where(rank <= 0, lower_edges[0], np.where(rank > total, np.inf, value))
+    return np.where(total > 0, value, np.nan)
 
 
-# --- the rank test and its always-valid boundary ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class RankTest:
-    """Mann-Whitney U on binned samples; works element-wise on arrays of streams (last axis = bins)."""
-
-    u: np.ndarray                 # pairs (canary, stable) where the canary is slower, ties counted 1/2
-    z: np.ndarray                 # standardized U (> 0: canary slower)
-    information: np.ndarray       # 1 / Var(U / (n_c n_s)) under equality
-    slower_probability: np.ndarray  # U / (n_c n_s): P(canary request slower than a stable one)
-
-
-def rank_test(canary_counts: np.ndarray, stable_counts: np.ndarray) -> RankTest:
-    n_canary = canary_counts.sum(axis=-1)
-    n_stable = stable_counts.sum(axis=-1)
-    stable_below = np.cumsum(stable_counts, axis=-1) - stable_counts
-    u = (canary_counts * (stable_below + 0.5 * stable_counts)).sum(axis=-1)
-    n = n_canary + n_stable
-    ties = canary_counts + stable_counts
-    tie_term = (ties ** 3 - ties).sum(axis=-1) / np.maximum(n * (n - 1), 1.0)
-    variance = n_canary * n_stable / 12.0 * ((n + 1) - tie_term)
-    pairs = n_canary * n_stable
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where(variance > 0, (u - pairs / 2) / np.sqrt(variance), 0.0)
-        information = np.where(variance > 0, pairs ** 2 / variance, 0.0)
-        slower = np.where(pairs > 0, u / pairs, 0.5)
-    return RankTest(u, z, information, slower)
-
-
-def information_without_ties(samples_per_arm: float) -> float:
-    """I for n samples per arm and no ties: 12 n^2 / (2n + 1)."""
-    return 12.0 * samples_per_arm ** 2 / (2 * samples_per_arm + 1)
+def histogram_quantile(q: float, edges: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """PromQL's histogram_quantile, except +inf (not the largest finite edge) when it lies in +Inf."""
+    return value_at_rank(q * counts.sum(axis=-1), edges, counts)
 
 
 def mixture_boundary_z(information: np.ndarray | float, rho: float, alpha: float) -> np.ndarray:
@@ -150,7 +129,79 @@ def mixture_boundary_z(information: np.ndarray | float, rho: float, alpha: float
     return high * np.sqrt((information + rho) / information)
 
 
+def quantile_bounds(q: float, edges: np.ndarray, counts: np.ndarray, rho: float, low_error: float,
+                    high_error: float) -> tuple[np.ndarray, np.ndarray]:
+    """Always-valid (low, high) bounds on the q-quantile: wrong at any n with probability <= each error."""
+    n = counts.sum(axis=-1)
+    spread = np.sqrt(n * q * (1 - q))
+    sizes, position = np.unique(n, return_inverse=True)  # the boundary depends on n only: solve once per n
+    low_z = mixture_boundary_z(sizes, rho, low_error)[position].reshape(np.shape(n))
+    high_z = mixture_boundary_z(sizes, rho, high_error)[position].reshape(np.shape(n))
+    low_rank = n * q - low_z * spread
+    high_rank = n * q + high_z * spread + 1  # the next order statistic
+    return (value_at_rank(low_rank, edges, counts, above_largest_edge="edge"),
+            value_at_rank(high_rank, edges, counts))
+
+
+@dataclass(frozen=True)
+class RatioBounds:
+    """canary / stable for one quantile: point estimate and always-valid bounds (arrays over streams)."""
+
+    estimate: np.ndarray
+    low: np.ndarray   # used to FAIL (alpha side)
+    high: np.ndarray  # used to PASS (beta side)
+
+
+def ratio_bounds(q: float, edges: np.ndarray, canary: np.ndarray, stable: np.ndarray,
+                 design: LatencyDesign) -> RatioBounds:
+    rho = float(design.min_samples)
+    fail_error = design.alpha / (2 * len(design.quantiles))
+    pass_error = design.beta / 2
+    canary_low, canary_high = quantile_bounds(q, edges, canary, rho, fail_error, pass_error)
+    stable_low, stable_high = quantile_bounds(q, edges, stable, rho, pass_error, fail_error)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = histogram_quantile(q, edges, canary) / histogram_quantile(q, edges, stable)
+        low = np.where(np.isinf(stable_high), 0.0, canary_low / stable_high)
+        high = np.where(stable_low > 0, canary_high / stable_low, np.inf)
+    return RatioBounds(estimate, low, high)
+
+
+# --- Mann-Whitney, for the evidence record ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RankTest:
+    """Mann-Whitney U on binned samples; works element-wise on arrays of streams (last axis = bins)."""
+
+    u: np.ndarray                   # pairs (canary, stable) where the canary is slower, ties counted 1/2
+    z: np.ndarray                   # tie-corrected standardized U (> 0: canary slower)
+    slower_probability: np.ndarray  # U / (n_c n_s): P(a canary request is slower than a stable one)
+
+
+def rank_test(canary_counts: np.ndarray, stable_counts: np.ndarray) -> RankTest:
+    n_canary = canary_counts.sum(axis=-1)
+    n_stable = stable_counts.sum(axis=-1)
+    stable_below = np.cumsum(stable_counts, axis=-1) - stable_counts
+    u = (canary_counts * (stable_below + 0.5 * stable_counts)).sum(axis=-1)
+    n = n_canary + n_stable
+    ties = canary_counts + stable_counts
+    tie_term = (ties ** 3 - ties).sum(axis=-1) / np.maximum(n * (n - 1), 1.0)
+    variance = n_canary * n_stable / 12.0 * ((n + 1) - tie_term)
+    pairs = n_canary * n_stable
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(variance > 0, (u - pairs / 2) / np.sqrt(variance), 0.0)
+        slower = np.where(pairs > 0, u / pairs, 0.5)
+    return RankTest(u, z, slower)
+
+
 # --- one look -------------------------------------------------------------------------------------------
+
+def latency_decision(bounds: list[RatioBounds], max_increase: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fail, pass) flags, element-wise over streams."""
+    limit = 1 + max_increase
+    fail = np.any([b.low > limit for b in bounds], axis=0)
+    passed = np.all([b.high <= limit for b in bounds], axis=0)
+    return fail, passed & ~fail
+
 
 def judge_latency(name: str, observation: HistogramObservation, design: LatencyDesign) -> Evidence:
     canary_edges, canary_counts = bin_counts(observation.canary_buckets)
@@ -164,53 +215,43 @@ def judge_latency(name: str, observation: HistogramObservation, design: LatencyD
     if smallest_arm < design.min_samples:
         return Evidence(name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of "
                         f"{design.min_samples} per arm", counts)
+    bounds = {q: ratio_bounds(q, canary_edges, canary_counts, stable_counts, design) for q in design.quantiles}
+    fail, passed = latency_decision(list(bounds.values()), design.max_increase)
+    decision = Outcome.FAIL if fail else Outcome.PASS if passed else Outcome.PENDING
     test = rank_test(canary_counts, stable_counts)
-    boundary = float(mixture_boundary_z(test.information, information_without_ties(design.min_samples),
-                                        design.alpha))
-    ratios = _quantile_ratios(canary_edges, canary_counts, stable_counts, design.quantiles)
-    decision = _decide(float(test.z), boundary, ratios, design)
-    values = {**counts, "z": float(test.z), "zBoundary": boundary,
-              "slowerProbability": float(test.slower_probability), "maxIncrease": design.max_increase,
-              **{f"ratioP{_percent(q)}": ratio for q, ratio in ratios.items()}}
-    return Evidence(name, decision, _message(decision, float(test.z), boundary, ratios, design), values)
+    spans = {q: bucket_span(q, stable_edges, stable_counts) for q in design.quantiles}
+    values = {**counts, "maxIncrease": design.max_increase, "rankZ": float(test.z),
+              "slowerProbability": float(test.slower_probability)}
+    for q, bound in bounds.items():
+        label = _percent(q)
+        values.update({f"ratioP{label}": float(bound.estimate), f"ratioP{label}Low": float(bound.low),
+                       f"ratioP{label}High": float(bound.high), f"bucketSpanP{label}": spans[q]})
+    return Evidence(name, decision, _message(decision, bounds, test, design, spans), values)
 
 
-def _quantile_ratios(edges: np.ndarray, canary_counts: np.ndarray, stable_counts: np.ndarray,
-                     quantiles: tuple[float, ...]) -> dict[float, float]:
-    ratios = {}
-    for q in quantiles:
-        canary = float(histogram_quantile(q, edges, canary_counts))
-        stable = float(histogram_quantile(q, edges, stable_counts))
-        ratios[q] = _ratio(canary, stable)
-    return ratios
+def bucket_span(q: float, edges: np.ndarray, counts: np.ndarray) -> float:
+    """upper / lower edge of the bucket holding the q-quantile: the resolution of any ratio read there."""
+    cumulative = np.cumsum(counts)
+    index = int(np.argmax(cumulative >= q * cumulative[-1]))
+    lower = edges[index - 1] if index > 0 else min(0.0, float(edges[0]))
+    return float(edges[index] / lower) if lower > 0 else math.inf
 
 
-def _ratio(canary: float, stable: float) -> float:
-    if math.isinf(canary) and math.isinf(stable):
-        return math.nan  # both above the largest bucket: cannot compare
-    if math.isinf(canary) or stable <= 0:
-        return math.inf if canary > 0 else 1.0
-    return canary / stable
-
-
-def _decide(z: float, boundary: float, ratios: dict[float, float], design: LatencyDesign) -> Outcome:
-    limit = 1 + design.max_increase
-    if any(math.isnan(ratio) for ratio in ratios.values()):
-        return Outcome.PENDING
-    if all(ratio <= limit for ratio in ratios.values()):
-        return Outcome.PASS
-    return Outcome.FAIL if z >= boundary else Outcome.PENDING
-
-
-def _message(decision: Outcome, z: float, boundary: float, ratios: dict[float, float],
-             design: LatencyDesign) -> str:
-    shown = ", ".join(f"p{_percent(q)} x{ratio:.2f}" for q, ratio in ratios.items())
-    verdict = {Outcome.PASS: "within tolerance", Outcome.FAIL: "significantly slower beyond tolerance"}.get(
-        decision, "slower than tolerated but not yet significant")
-    if any(math.isnan(ratio) for ratio in ratios.values()):
-        verdict = "quantiles above the largest finite bucket in both arms: cannot compare"
-    return (f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}); rank test z = {z:.2f}, "
-            f"always-valid boundary {boundary:.2f}")
+def _message(decision: Outcome, bounds: dict[float, RatioBounds], test: RankTest, design: LatencyDesign,
+             spans: dict[float, float]) -> str:
+    verdict = {Outcome.PASS: "within tolerance", Outcome.FAIL: "slower than tolerated"}.get(
+        decision, "not sure yet")
+    shown = ", ".join(f"p{_percent(q)} x{float(b.estimate):.2f} [{float(b.low):.2f}, {float(b.high):.2f}]"
+                      for q, b in bounds.items())
+    if any(np.isinf(b.high) for b in bounds.values()):
+        verdict += " (a quantile reaches the +Inf bucket, so it cannot be bounded: add larger buckets)"
+    coarse = [f"p{_percent(q)} x{span:.2f}" for q, span in spans.items() if span > 1 + design.max_increase]
+    if coarse:
+        verdict += (f" (buckets around {', '.join(coarse)} are coarser than the tolerance: ratios are "
+                    "interpolated guesses, finer buckets make them exact)")
+    return (f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}; always-valid bounds); "
+            f"a canary request is slower than a stable one {100 * float(test.slower_probability):.0f}% of the "
+            f"time (rank test z = {float(test.z):.2f})")
 
 
 def _percent(q: float) -> str:

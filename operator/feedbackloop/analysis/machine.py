@@ -88,8 +88,9 @@ class ThresholdCheck:
 @dataclass(frozen=True)
 class AnalysisConfig:
     """alpha is the analysis-wide false-rollback budget, split evenly over the statistical checks
-    (proportion checks and latency); beta bounds missing a regression of detectableDegradation on each
-    proportion check. Threshold checks carry no statistical guarantee."""
+    (proportion checks and latency); beta bounds, per check, promoting a regression (detectableDegradation
+    on a proportion, a quantile ratio at or beyond 1 + maxIncrease on latency). Threshold checks carry no
+    statistical guarantee."""
 
     alpha: float = 0.05
     beta: float = 0.10
@@ -124,11 +125,15 @@ class AnalysisConfig:
         latency = [self.latency.name] if self.latency.enabled else []
         return [check.name for check in self.proportions] + latency + [check.name for check in self.checks]
 
+    def sequential_check_names(self) -> list[str]:
+        """The statistical checks: their PASS latches, and they share alpha."""
+        latency = [self.latency.name] if self.latency.enabled else []
+        return [check.name for check in self.proportions] + latency
+
     @property
     def alpha_per_check(self) -> float:
         """Bonferroni: each statistical check may falsely fail with at most alpha / k."""
-        statistical = len(self.proportions) + (1 if self.latency.enabled else 0)
-        return self.alpha / max(statistical, 1)
+        return self.alpha / max(len(self.sequential_check_names()), 1)
 
     def proportion_design(self, check: ProportionCheck) -> NonInferiorityDesign:
         margin = self.max_degradation if check.max_degradation is None else check.max_degradation
@@ -141,7 +146,7 @@ class AnalysisConfig:
 
     def latency_design(self) -> LatencyDesign:
         latency = self.latency
-        return LatencyDesign(alpha=self.alpha_per_check, max_increase=latency.max_increase,
+        return LatencyDesign(alpha=self.alpha_per_check, beta=self.beta, max_increase=latency.max_increase,
                              min_samples=latency.min_samples, quantiles=tuple(latency.quantiles))
 
     @classmethod
@@ -309,8 +314,8 @@ def _expect(observation: Observation, kind: type, name: str) -> None:
 
 
 def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
-    """A sequential check that crossed its promote boundary stays passed; a later rollback crossing
-    still fails it (P(ever crossing the rollback boundary) <= alpha, so this costs no guarantee)."""
+    """A statistical check that crossed its pass boundary stays passed (the first crossing carries the
+    guarantee); a later fail crossing still fails it, which costs nothing: P(ever failing) <= alpha."""
     if evidence.name not in state.passed or evidence.decision in (Outcome.FAIL, Outcome.PASS):
         return evidence
     return replace(evidence, decision=Outcome.PASS,
@@ -341,7 +346,7 @@ def _count(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence
            failures: dict[str, int]) -> AnalysisState:
     errors = {item.name: state.consecutive_errors.get(item.name, 0) + 1
               for item in evidence if item.decision is Outcome.ERROR}
-    sequential = {check.name for check in config.proportions}
+    sequential = set(config.sequential_check_names())
     passes = {item.name for item in evidence if item.decision is Outcome.PASS and item.name in sequential}
     passed = tuple(sorted(set(state.passed) | passes))
     return replace(state, looks=state.looks + 1, consecutive_errors=errors, failures=failures, passed=passed)
