@@ -159,7 +159,7 @@ class ControlPlane:
             self._start_etcd(etcd, etcd_port, etcd_peer_port, deadline)
             self._start_apiserver(api_port, deadline)
             self._start_controllers()
-            self._wait_for_default_service_account(deadline)
+            self.wait_for_service_account("default", max(deadline - time.monotonic(), 1.0))
         except BaseException:
             self.stop()
             raise
@@ -356,18 +356,21 @@ class ControlPlane:
             "--leader-elect=false", "--secure-port=0", "--port=0",
         ])  # fmt: skip
 
-    def _wait_for_default_service_account(self, deadline: float) -> None:
-        """Pods are admitted only once their ServiceAccount has a token Secret (1.20 admission)."""
+    def wait_for_service_account(self, namespace: str = "default", timeout: float = 30.0) -> None:
+        """Wait for the namespace's `default` ServiceAccount and its token Secret.
+
+        Kubernetes 1.20 admits a Pod only once its ServiceAccount has a token Secret.
+        """
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
 
         def has_token() -> bool:
-            account = self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
-            return bool(account.get("secrets"))
+            return bool(self.api("GET", path).get("secrets"))
 
         try:
             wait_until(
                 has_token,
-                timeout=max(deadline - time.monotonic(), 1.0),
-                what="the default ServiceAccount and its token",
+                timeout=timeout,
+                what=f"the default ServiceAccount of namespace {namespace} and its token",
                 on_poll=self._check_all_running,
             )
         except TimeoutError as error:

@@ -54,6 +54,7 @@ class Prometheus:
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
         self.port = 0
+        self.startup_seconds: float | None = None
         self.config_path = self.workdir / "prometheus.yml"
         self.targets_path = self.workdir / "file_sd" / "targets.json"
         self.log_path = self.workdir / "logs" / "prometheus.log"
@@ -69,8 +70,8 @@ class Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             raise TestbedUnavailable("prometheus not found: `apt-get install prometheus`")
+        started = time.monotonic()
         self.port = free_port()
-        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         self._write_targets()
         self._write_config()
         self._process = ManagedProcess("prometheus", self._command(binary), self.log_path)
@@ -84,6 +85,7 @@ class Prometheus:
             if isinstance(error, TimeoutError):
                 raise TestbedError(f"{error}; last lines of its log:\n{log}") from error
             raise
+        self.startup_seconds = time.monotonic() - started
         return self
 
     def stop(self) -> None:
@@ -118,7 +120,12 @@ class Prometheus:
             self._write_targets()
 
     def remove_target(self, address: str) -> None:
-        """Stop scraping `address`; its series go stale (absent) at once."""
+        """Stop scraping `address`; its series go stale (absent) once Prometheus applies it.
+
+        Prometheus applies discovered target changes every 5 s (fixed in 2.42), so adding or
+        removing a target takes effect within about 5 s; series a target stops exposing go
+        stale at its next scrape.
+        """
         with self._lock:
             self._targets.pop(address, None)
             self._write_targets()
@@ -227,6 +234,7 @@ class Prometheus:
 
     def _write_targets(self) -> None:
         groups = [{"targets": [address], "labels": labels} for address, labels in self._targets.items()]
+        self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         # Prometheus watches the file: a rename means it never reads half a document.
         _write_atomically(self.targets_path, json.dumps(groups, indent=1))
 
