@@ -72,7 +72,8 @@ def start_component(what: str, start: Callable[[], T], logs: Callable[[], str] =
     try:
         return start()
     except (TestbedError, OSError, subprocess.SubprocessError) as error:
-        unavailable(f"{what} could not start: {error}\n{logs()}")
+        reason = f"{what} could not start: {error}\n{logs()}"
+    unavailable(reason)  # outside the except block: no chained traceback in the report
 
 
 def require_root(what: str) -> None:
