@@ -248,7 +248,7 @@ def _message(decision: Outcome, bounds: dict[float, RatioBounds], test: RankTest
     coarse = [f"p{_percent(q)} x{span:.2f}" for q, span in spans.items() if span > 1 + design.max_increase]
     if coarse:
         verdict += (f" (buckets around {', '.join(coarse)} are coarser than the tolerance: ratios are "
-                    "interpolated guesses, finer buckets make them exact)")
+                    "interpolated guesses, finer buckets make them trustworthy)")
     return (f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}; always-valid bounds); "
             f"a canary request is slower than a stable one {100 * float(test.slower_probability):.0f}% of the "
             f"time (rank test z = {float(test.z):.2f})")

@@ -284,15 +284,18 @@ def evaluate(config: AnalysisConfig, state: AnalysisState, observations: Mapping
 
 
 def _judge_check(config: AnalysisConfig, state: AnalysisState, name: str, observation: Observation) -> Evidence:
+    return _latch_pass(state, _judge_raw(config, name, observation))
+
+
+def _judge_raw(config: AnalysisConfig, name: str, observation: Observation) -> Evidence:
     if isinstance(observation, NoData):
         return Evidence(name, Outcome.PENDING, f"{observation.reason}: waiting")
     if isinstance(observation, MetricError):
         return Evidence(name, Outcome.ERROR, f"query failed: {observation.message}")
     try:
-        evidence = _judge_observation(config, name, observation)
+        return _judge_observation(config, name, observation)
     except (ValueError, TypeError, ZeroDivisionError) as problem:
         return Evidence(name, Outcome.ERROR, f"unusable observation: {problem}")
-    return _latch_pass(state, evidence)
 
 
 def _judge_observation(config: AnalysisConfig, name: str, observation: Observation) -> Evidence:
@@ -315,7 +318,8 @@ def _expect(observation: Observation, kind: type, name: str) -> None:
 
 def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
     """A statistical check that crossed its pass boundary stays passed (the first crossing carries the
-    guarantee); a later fail crossing still fails it, which costs nothing: P(ever failing) <= alpha."""
+    guarantee), through no data and query errors too; a later fail crossing still fails it, which costs
+    nothing: P(ever failing) <= alpha."""
     if evidence.name not in state.passed or evidence.decision in (Outcome.FAIL, Outcome.PASS):
         return evidence
     return replace(evidence, decision=Outcome.PASS,
