@@ -10,7 +10,7 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 BASE_LABELS = ("model", "version", "track")
 # Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
@@ -19,7 +19,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
                      250.0, 1000.0, 10000.0)
 ENDPOINTS = ("predict", "feedback")
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format: every Prometheus version parses it, and our names need nothing newer.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServerMetrics:

@@ -18,9 +18,6 @@ from .inputs import CATEGORICAL, NUMERIC, InputSchema
 TASKS = ("classification", "regression")
 log = logging.getLogger("mfl_server.model")
 
-# An estimator fitted on a DataFrame warns on every ndarray call; the columns are in its order.
-warnings.filterwarnings("ignore", message="X does not have valid feature names")
-
 
 class ModelLoadError(Exception):
     """Why this version cannot serve; the server stays not-ready and logs it."""
@@ -45,8 +42,8 @@ class LoadedModel:
 
 
 def load_model(version_dir: Path, expected_version: int) -> LoadedModel:
-    metadata = _read_metadata(version_dir / "metadata.json")
     estimator = _read_estimator(version_dir / "model.joblib")
+    metadata = _read_metadata(version_dir / "metadata.json")
     _check_version(metadata, expected_version)
     task = _task(metadata, estimator)
     schema = _schema(metadata, estimator)
@@ -131,9 +128,10 @@ def _predictor(estimator: Any, schema: InputSchema) -> Callable[[np.ndarray], np
     ~0.2 ms per request, so it is used only when a warm-up prediction on an ndarray fails.
     """
     probe = _probe_row(schema)
+    ndarray_predict = _quiet_predictor(estimator)
     try:
-        estimator.predict(probe)
-        return estimator.predict
+        ndarray_predict(probe)
+        return ndarray_predict
     except Exception as ndarray_error:
         frame_predict = _frame_predictor(estimator, schema.columns)
         if frame_predict is not None:
@@ -145,7 +143,19 @@ def _predictor(estimator: Any, schema: InputSchema) -> Callable[[np.ndarray], np
                 pass
         log.warning("warm-up prediction on one all-zero row failed (serving anyway): %s",
                     _first_line(ndarray_error))
+        return ndarray_predict
+
+
+def _quiet_predictor(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """An estimator fitted on a DataFrame warns on every ndarray call; our columns are in its order."""
+    if getattr(estimator, "feature_names_in_", None) is None:
         return estimator.predict
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return estimator.predict(matrix)
+    return predict
 
 
 def _frame_predictor(estimator: Any, columns: list[str]) -> Callable[[np.ndarray], np.ndarray] | None:
