@@ -125,7 +125,8 @@ def dedicated_node(control_plane: ControlPlane) -> Iterator[str]:
             {"status": {"conditions": [ready], "capacity": resources, "allocatable": resources}},
             content_type="application/merge-patch+json",
         )
-        control_plane.kubectl("patch", "node", name, "--type=merge", "-p", json.dumps({"spec": {"taints": [taint]}}))
+        only_ours = json.dumps({"spec": {"taints": [taint]}})
+        control_plane.kubectl("patch", "node", name, "--type=merge", "-p", only_ours)
         yield name
     finally:
         control_plane.kubectl("delete", "node", name, "--wait=false", check=False)
@@ -150,9 +151,7 @@ def deployment(name: str, node: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def test_node_and_deployment_get_pods_scheduled(
-    kubectl: Any, dedicated_node: str
-) -> None:
+def test_node_and_deployment_get_pods_scheduled(kubectl: Any, dedicated_node: str) -> None:
     node = get_json(kubectl, "node", dedicated_node)
     assert {"type": "Ready", "status": "True"}.items() <= node["status"]["conditions"][0].items()
 
@@ -170,6 +169,8 @@ def test_node_and_deployment_get_pods_scheduled(
         assert {pod["status"]["phase"] for pod in pods} == {"Pending"}  # no kubelet runs them
     finally:
         kubectl("delete", "deployment", name, "-n", "default", "--wait=false")
+        # Bound Pods wait for a kubelet to confirm their deletion unless forced.
+        kubectl("delete", "pods", "-n", "default", "-l", f"app={name}", "--force", "--grace-period=0")
 
 
 # ---- Prometheus ------------------------------------------------------------------------------
@@ -254,17 +255,20 @@ def test_prometheus_http_sd_maps_pod_labels(tmp_path: Path) -> None:
             "__meta_kubernetes_namespace": "ml", "__meta_kubernetes_pod_name": "churn-a",
             "__meta_kubernetes_pod_label_app": "churn",
         }}])  # fmt: skip
-        second = TargetList([{"targets": [pod_b.address], "labels": {"namespace": "ml", "pod": "churn-b"}}])
+        plain_labels = {"namespace": "ml", "pod": "churn-b"}
+        second = TargetList([{"targets": [pod_b.address], "labels": plain_labels}])
         try:
             with Prometheus(tmp_path, http_sd_urls=[first.url]) as server:
-                result = server.wait_for('mfl_predictions_total{pod="churn-a"}', value_is(5.0), timeout=20)
-                labels = result[0]["metric"]
-                assert (labels["namespace"], labels["app"], labels["track"]) == ("ml", "churn", "stable")
+                query = 'mfl_predictions_total{pod="churn-a"}'
+                labels = server.wait_for(query, value_is(5.0), timeout=20)[0]["metric"]
+                assert (labels["namespace"], labels["app"]) == ("ml", "churn")
+                assert labels["track"] == "stable"
                 assert not any(label.startswith("__meta") for label in labels)
 
                 server.add_http_sd(second.url)  # reload with a second job
-                result = server.wait_for('mfl_predictions_total{pod="churn-b"}', value_is(2.0), timeout=20)
-                assert result[0]["metric"]["namespace"] == "ml"
+                query = 'mfl_predictions_total{pod="churn-b"}'
+                labels = server.wait_for(query, value_is(2.0), timeout=20)[0]["metric"]
+                assert labels["namespace"] == "ml"
         finally:
             first.close()
             second.close()

@@ -234,6 +234,26 @@ class ControlPlane:
         logs = sorted(self.logs_dir.glob("*.log")) if self.logs_dir.exists() else []
         return "\n".join(f"----- {log.name} -----\n{tail(log, lines)}" for log in logs)
 
+    def wait_for_service_account(self, namespace: str = "default", timeout: float = 30.0) -> None:
+        """Wait for the namespace's `default` ServiceAccount and its token Secret.
+
+        Kubernetes 1.20 admits a Pod only once its ServiceAccount has a token Secret.
+        """
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
+
+        def has_token() -> bool:
+            return bool(self.api("GET", path).get("secrets"))
+
+        try:
+            wait_until(
+                has_token,
+                timeout=timeout,
+                what=f"the default ServiceAccount of namespace {namespace} and its token",
+                on_poll=self._check_all_running,
+            )
+        except TimeoutError as error:
+            raise TestbedError(f"{error}\n{self.log_tails()}") from error
+
     # ---- start-up steps --------------------------------------------------------------------
 
     def _require_etcd(self) -> str:
@@ -272,8 +292,9 @@ class ControlPlane:
         )  # fmt: skip
         self._openssl("genrsa", "-out", str(self.pki_dir / "sa.key"), "2048")
         self._openssl(
-            "rsa", "-in", str(self.pki_dir / "sa.key"), "-pubout", "-out", str(self.pki_dir / "sa.pub")
-        )
+            "rsa", "-pubout",
+            "-in", str(self.pki_dir / "sa.key"), "-out", str(self.pki_dir / "sa.pub"),
+        )  # fmt: skip
 
     @staticmethod
     def _openssl(*args: str) -> None:
@@ -322,7 +343,8 @@ class ControlPlane:
             f"--bind-address={LOOPBACK}", f"--secure-port={port}", "--insecure-port=0",
             f"--advertise-address={ADVERTISE_ADDRESS}",
             f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc",
@@ -356,26 +378,6 @@ class ControlPlane:
             "--leader-elect=false", "--secure-port=0", "--port=0",
         ])  # fmt: skip
 
-    def wait_for_service_account(self, namespace: str = "default", timeout: float = 30.0) -> None:
-        """Wait for the namespace's `default` ServiceAccount and its token Secret.
-
-        Kubernetes 1.20 admits a Pod only once its ServiceAccount has a token Secret.
-        """
-        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/default"
-
-        def has_token() -> bool:
-            return bool(self.api("GET", path).get("secrets"))
-
-        try:
-            wait_until(
-                has_token,
-                timeout=timeout,
-                what=f"the default ServiceAccount of namespace {namespace} and its token",
-                on_poll=self._check_all_running,
-            )
-        except TimeoutError as error:
-            raise TestbedError(f"{error}\n{self.log_tails()}") from error
-
     def _check_all_running(self) -> None:
         for process in self._processes:
             process.check_running()
@@ -388,7 +390,10 @@ class ControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "testbed", "cluster": {"server": self.server, "insecure-skip-tls-verify": True}}
+                {
+                    "name": "testbed",
+                    "cluster": {"server": self.server, "insecure-skip-tls-verify": True},
+                }
             ],
             "users": [{"name": "admin", "user": {"token": self.token}}],
             "contexts": [

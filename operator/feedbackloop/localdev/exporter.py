@@ -73,7 +73,7 @@ class TestExporter:
     # ---- series ----------------------------------------------------------------------------
 
     def set(self, name: str, value: float, **labels: Any) -> None:
-        """Set the series `name{labels}` to `value`, e.g. `set("model_accuracy", 0.93, model="churn")`."""
+        """Set the series `name{labels}` to `value`: `set("model_accuracy", 0.93, model="churn")`."""
         key = _series_key(name, labels)
         with self._lock:
             self._series[key] = float(value)

@@ -78,7 +78,9 @@ class Prometheus:
         atexit.register(self.stop)
         self._process.start()
         try:
-            wait_until(self._ready, timeout, "prometheus to become ready", on_poll=self._process.check_running)
+            wait_until(
+                self._ready, timeout, "prometheus to become ready", on_poll=self._process.check_running
+            )
         except BaseException as error:
             log = self._process.tail()
             self.stop()
@@ -233,7 +235,9 @@ class Prometheus:
         _write_atomically(self.config_path, yaml.safe_dump(self._config(), sort_keys=False))
 
     def _write_targets(self) -> None:
-        groups = [{"targets": [address], "labels": labels} for address, labels in self._targets.items()]
+        groups = [
+            {"targets": [address], "labels": labels} for address, labels in self._targets.items()
+        ]
         self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         # Prometheus watches the file: a rename means it never reads half a document.
         _write_atomically(self.targets_path, json.dumps(groups, indent=1))
