@@ -114,8 +114,7 @@ class Engine:
         for key, body in list(self.loops.items()):
             memory = self.memory.setdefault(key, LoopMemory())
             self._parse(body, memory)
-            status = self._status(body, memory)
-            active = status.get("phase") in ACTIVE_PHASES
+            active = self._phase(body, memory) in ACTIVE_PHASES
             poll = memory.spec is not None and now >= memory.next_poll
             if poll or memory.dirty or (active and now >= memory.next_reconcile):
                 due.append(key)
@@ -124,8 +123,7 @@ class Engine:
         samples = await self._poll(due_poll, now)
         metrics.LOOPS_DUE.set(len(due))
         await asyncio.gather(*(self._reconcile_guarded(key, samples.get(key), now) for key in due))
-        metrics.observe_phases(self._status(b, self.memory[k]).get("phase", phases.PENDING)
-                               for k, b in self.loops.items())
+        metrics.observe_phases(self._phase(b, self.memory[k]) for k, b in self.loops.items())
 
     def _parse(self, body: dict[str, Any], memory: LoopMemory) -> None:
         generation = body["metadata"].get("generation")
@@ -150,6 +148,11 @@ class Engine:
             memory.spec, memory.spec_error = None, api.describe_validation_error(error)
         memory.next_poll = 0.0
 
+    @staticmethod
+    def _phase(body: dict[str, Any], memory: LoopMemory) -> str:
+        status = memory.written_status if memory.written_status is not None else body.get("status") or {}
+        return status.get("phase", phases.PENDING)
+
     def _status(self, body: dict[str, Any], memory: LoopMemory) -> dict[str, Any]:
         """The freshest status we know: our own last write, unless the object is newer than it."""
         if memory.written_status is not None:
@@ -163,6 +166,8 @@ class Engine:
             body, memory = self.loops[key], self.memory[key]
             spec = memory.spec
             assert spec is not None
+            if memory.next_poll:  # how late this poll is against its schedule
+                metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
             memory.next_poll = now + parse_duration(spec.monitoring.interval)
             try:
                 endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec))

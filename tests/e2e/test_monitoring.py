@@ -1,0 +1,143 @@
+"""The monitoring loop end to end: kubectl, the real control plane, a real Prometheus, the operator."""
+from __future__ import annotations
+
+import pytest
+
+from feedbackloop.localdev.controlplane import KubectlError
+
+from .conftest import condition_of
+
+ACCURACY = 'sum by (model, namespace) (test_model_accuracy{model="{{model}}",namespace="{{namespace}}"})'
+
+
+def loop_manifest(namespace, prometheus_url, name="churn", **monitoring):
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-e2e"}}},
+            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "1s",
+                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.8, "for": "3s"}],
+                           **monitoring},
+        },
+    }
+
+
+def test_breach_and_recovery_follow_prometheus(loops, prometheus, exporter, k8s_namespace):
+    ns = k8s_namespace
+    exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
+    prometheus.wait_for(f"test_model_accuracy{{namespace=\"{ns}\"}}", timeout=30)
+    loops.apply(loop_manifest(ns, prometheus.url))
+
+    status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30,
+                        "the first poll")
+    assert status["phase"] == "Monitoring"
+    assert status["observedGeneration"] == 1
+    assert condition_of(status, "MetricsAvailable")["status"] == "True"
+    assert condition_of(status, "Breached")["status"] == "False"
+    assert {c["type"] for c in status["conditions"]} >= {"Ready", "Reconciling", "Stalled", "Breached",
+                                                         "MetricsAvailable"}
+    for condition in status["conditions"]:
+        assert condition["lastTransitionTime"] and condition["reason"] and condition["observedGeneration"] == 1
+
+    exporter.set("test_model_accuracy", 0.5, model="churn", namespace=ns)
+    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 30, "phase Breached")
+    assert condition_of(status, "Breached")["status"] == "True"
+    assert condition_of(status, "Ready")["status"] == "False"
+    assert status["metrics"][0]["state"] == "Breaching" and status["breachSince"]
+    assert "BreachStarted" in loops.reasons(ns, "churn")
+
+    exporter.set("test_model_accuracy", 0.93, model="churn", namespace=ns)
+    loops.wait(ns, "churn", lambda s: s.get("phase") == "Monitoring", 30, "recovery")
+    assert "Recovered" in loops.reasons(ns, "churn")
+
+
+def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s_namespace):
+    ns = k8s_namespace
+    exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
+    loops.apply(loop_manifest(ns, prometheus.url))
+    loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "first poll")
+    exporter.clear("test_model_accuracy", model="churn", namespace=ns)  # the series goes stale
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
+                        60, "MetricsAvailable=False")
+    assert status["phase"] == "Monitoring"
+    assert "MetricsUnavailable" in loops.reasons(ns, "churn")
+
+
+def test_unreachable_prometheus_is_reported_never_a_breach(loops, k8s_namespace):
+    ns = k8s_namespace
+    loops.apply(loop_manifest(ns, "http://127.0.0.1:9"))  # nothing listens on the discard port
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
+                        30, "MetricsAvailable=False")
+    assert "connection refused" in condition_of(status, "MetricsAvailable")["message"]
+    assert status["phase"] == "Monitoring"
+
+
+def test_many_loops_share_one_query_per_template(loops, prometheus, exporter, k8s_namespace, operator_process):
+    ns = k8s_namespace
+    for i in range(5):
+        exporter.set("test_model_accuracy", 0.9 + i / 100, model=f"m{i}", namespace=ns)
+        loops.apply(loop_manifest(ns, prometheus.url, name=f"m{i}"))
+    for i in range(5):
+        loops.wait(ns, f"m{i}", lambda s, i=i: (s.get("metrics") or [{}])[0].get("value") == round(0.9 + i / 100, 6),
+                   30, f"m{i} value")
+
+
+def test_schema_breaking_spec_is_refused_by_kubectl(loops, prometheus, k8s_namespace):
+    manifest = loop_manifest(k8s_namespace, prometheus.url)
+    manifest["spec"]["monitoring"]["interval"] = "5 minutes"
+    with pytest.raises(KubectlError) as refused:
+        loops.apply(manifest)
+    assert "spec.monitoring.interval" in refused.value.stderr
+    del manifest["spec"]["model"]
+    with pytest.raises(KubectlError) as refused:
+        loops.apply(manifest)
+    assert "missing required field \"model\"" in refused.value.stderr
+
+
+def test_semantically_invalid_spec_ends_invalid_and_recovers_when_fixed(loops, prometheus, k8s_namespace):
+    ns = k8s_namespace
+    manifest = loop_manifest(ns, prometheus.url)
+    manifest["spec"]["monitoring"]["metrics"][0]["max"] = 0.1  # min 0.8 > max 0.1: the schema allows it
+    loops.apply(manifest)
+    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Invalid", 30, "phase Invalid")
+    ready = condition_of(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.monitoring.metrics.0" in ready["message"]
+    assert condition_of(status, "Stalled")["status"] == "True"
+    assert "InvalidSpec" in loops.reasons(ns, "churn")
+    del manifest["spec"]["monitoring"]["metrics"][0]["max"]
+    loops.apply(manifest)
+    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Monitoring" and s.get("observedGeneration") == 2,
+                        30, "phase Monitoring at generation 2")
+    assert condition_of(status, "Stalled")["status"] == "False"
+
+
+def test_printer_columns_show_live_values(loops, prometheus, exporter, kubectl, k8s_namespace):
+    ns = k8s_namespace
+    exporter.set("test_model_accuracy", 0.91, model="churn", namespace=ns)
+    loops.apply(loop_manifest(ns, prometheus.url))
+    loops.wait(ns, "churn", lambda s: s.get("summary") == "accuracy=0.910", 30, "summary")
+    table = kubectl("get", "mfl", "-n", ns).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "VERSION", "METRIC", "READY"]
+    assert row.split()[:4] == ["churn", "Monitoring", "1", "accuracy=0.910"]
+    assert "churn" in kubectl("get", "ml", "-n", ns).stdout  # the category
+
+
+def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_namespace, operator_process):
+    """A pending breach keeps its start across a crash: `for` is not restarted by the new process."""
+    ns = k8s_namespace
+    exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
+    manifest = loop_manifest(ns, prometheus.url)
+    manifest["spec"]["monitoring"]["metrics"][0]["for"] = "20s"
+    loops.apply(manifest)
+    loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "first poll")
+    exporter.set("test_model_accuracy", 0.5, model="churn", namespace=ns)
+    status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Pending", 30,
+                        "a pending breach")
+    since = status["metrics"][0]["breachSince"]
+    operator_process.kill()
+    operator_process.start()
+    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 60, "Breached after the restart")
+    assert status["metrics"][0]["breachSince"] == since
