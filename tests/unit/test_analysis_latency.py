@@ -143,7 +143,11 @@ class TestJudge:
         coarse = np.array([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
         buckets = lognormal_buckets(0.08, 20_000, coarse)
         evidence = judge_latency("latency", HistogramObservation(buckets, buckets), DESIGN)
-        assert "coarser than the tolerance" in evidence.message and evidence.values["bucketSpanP95"] == 2.5
+        assert "twice the tolerance" in evidence.message and evidence.values["bucketSpanP95"] == 2.5
+
+    def test_fine_buckets_are_not_flagged(self) -> None:
+        buckets = lognormal_buckets(0.08, 20_000)
+        assert "tolerance wide" not in judge_latency("latency", HistogramObservation(buckets, buckets), DESIGN).message
 
     def test_evidence_fields_and_json(self) -> None:
         observation = HistogramObservation(lognormal_buckets(0.08, 2_000), lognormal_buckets(0.08, 2_000))

@@ -245,10 +245,10 @@ def _message(decision: Outcome, bounds: dict[float, RatioBounds], test: RankTest
                       for q, b in bounds.items())
     if any(np.isinf(b.high) for b in bounds.values()):
         verdict += " (a quantile reaches the +Inf bucket, so it cannot be bounded: add larger buckets)"
-    coarse = [f"p{_percent(q)} x{span:.2f}" for q, span in spans.items() if span > 1 + design.max_increase]
+    coarse = [f"p{_percent(q)} x{span:.2f}" for q, span in spans.items() if span > 1 + 2 * design.max_increase]
     if coarse:
-        verdict += (f" (buckets around {', '.join(coarse)} are coarser than the tolerance: ratios are "
-                    "interpolated guesses, finer buckets make them trustworthy)")
+        verdict += (f" (buckets around {', '.join(coarse)} are over twice the tolerance wide: ratios are "
+                    "interpolated guesses there, finer buckets make them trustworthy)")
     return (f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}; always-valid bounds); "
             f"a canary request is slower than a stable one {100 * float(test.slower_probability):.0f}% of the "
             f"time (rank test z = {float(test.z):.2f})")

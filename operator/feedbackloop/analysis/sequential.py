@@ -11,11 +11,12 @@ information time (Whitehead 1997; Jennison & Turnbull 2000, ch. 3). At every loo
 
 with d_good = -margin + w, d_bad = -margin - w, theta = d_good - d_bad, mid = -margin and
 w = min(delta - margin, margin). PROMOTE when log LR >= log(1/beta); ROLL BACK when log LR <= log(alpha).
-Those are Ville's thresholds, not Wald's approximations: the likelihood ratio is a martingale under either
-hypothesis (a supermartingale beyond it), so P(ever roll back | d >= d_good) <= alpha and
-P(ever promote | d <= -delta) <= beta however often one looks, and stopping early for any reason
-(deadline, minimum samples, sample cap) only makes both errors rarer. The statistic depends only on the
-cumulative counts, so no state is needed between looks.
+Those are Ville's thresholds, not Wald's approximations: in the Brownian model the likelihood ratio is a
+martingale under either hypothesis (a supermartingale beyond it), so P(ever roll back | d >= d_good) <= alpha
+and P(ever promote | d <= -delta) <= beta however often one looks, and stopping early for any reason
+(deadline, minimum samples, sample cap) only makes both errors rarer. For counts the model holds
+asymptotically (central limit theorem, independent labels); benchmarks/canary_simulation.py checks the
+bounds at realistic sizes. The statistic depends only on the cumulative counts: no state between looks.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class NonInferiorityDesign:
 
     alpha: bound on rolling back a canary at least as good as `d_good` (so also an equal canary).
     beta: bound on promoting a canary `detectable_degradation` or more worse than stable.
-    max_degradation: the non-inferiority margin; the test's indifference point (50/50) sits on it.
+    max_degradation: the non-inferiority margin; the test's indifference point (about 50/50) sits on it.
     """
 
     alpha: float = 0.05
