@@ -50,6 +50,7 @@ def api_endpoint(name: str) -> Callable[[Handler], Handler]:
         @wraps(handler)
         async def run(self: "ModelServer", request: web.Request) -> web.Response:
             started = time.perf_counter()
+            self.in_flight.enter()
             try:
                 response = await handler(self, request)
             except RequestError as error:
@@ -57,12 +58,41 @@ def api_endpoint(name: str) -> Callable[[Handler], Handler]:
             except Exception:
                 log.exception("%s failed", name)
                 response = error_response(500, f"internal error in /{name}; see the server log")
+            finally:
+                self.in_flight.leave()
+            if self.shutting_down:
+                response.force_close()      # no keep-alive: the client reconnects to another replica
             self.metrics.count_request(name, response.status)
             if name == "predict":
                 self.metrics.observe_latency(time.perf_counter() - started)
             return response
         return run
     return decorate
+
+
+class InFlight:
+    """Counts API handlers running, so shutdown can wait for them before closing connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
 
 class ModelServer:
@@ -74,6 +104,7 @@ class ModelServer:
         self.confusion_labels = fb.ConfusionLabels(None)
         self.not_ready_reason = "the model is loading"
         self.shutting_down = False
+        self.in_flight = InFlight()
         self.seen_feedback = fb.SeenIds(config.dedup_size)
         file_name = process_file_name()
         self.predictions_log = DailyJsonl(config.model_dir / "predictions", file_name)
@@ -225,11 +256,25 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("stopping: no longer ready, finishing in-flight requests")
         server.shutting_down = True
         await asyncio.sleep(config.shutdown_delay)   # let endpoints drop this pod before we stop listening
+        await _drain(runner, server)
     finally:
         loader.cancel()
-        await runner.cleanup()                       # stop listening, wait for in-flight handlers
+        await runner.cleanup()                       # closes idle connections, cancels what is left
         server.close()
     log.info("stopped")
+
+
+async def _drain(runner: web.AppRunner, server: ModelServer) -> None:
+    """Stop accepting, then let running handlers finish before aiohttp closes their connections.
+
+    aiohttp's own cleanup stops reading from every connection at once, so a request whose body was
+    still arriving would never complete; waiting here first lets it.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    if not await server.in_flight.wait_idle(SHUTDOWN_TIMEOUT):
+        log.error("%d requests still running after %.0f s; cancelling them", server.in_flight.count,
+                  SHUTDOWN_TIMEOUT)
 
 
 def _on_signals(stop: asyncio.Event) -> None:

@@ -487,3 +487,42 @@ def test_bad_configuration_exits_non_zero(tmp_path):
 
 def test_config_replace_is_supported():
     assert replace(server_config(Path("/x")), version=3).version_dir == Path("/x/churn/versions/3")
+
+
+def test_a_request_in_flight_at_sigterm_is_answered_and_logged(tmp_path):
+    """Headers and half the body before SIGTERM, the rest after: the handler is mid-request."""
+    write_model(tmp_path)
+    port = free_port()
+    process = start_process(tmp_path, port)
+    body = json.dumps({"instances": rows_of(synthetic(3, seed=8)[0])}).encode()
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    async def ready() -> None:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, f"http://127.0.0.1:{port}", process)
+
+    try:
+        run(ready())
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
+            connection.sendall(head + body[:20])
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert process.poll() is None                       # still finishing our request
+            connection.sendall(body[20:])
+            response = b""
+            while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                response += chunk
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    status_line, _, payload = response.partition(b"\r\n")
+    assert b" 200 " in status_line, response
+    ids = json.loads(payload.split(b"\r\n\r\n", 1)[1])["ids"]
+    assert process.returncode == 0, stderr
+    assert [line["id"] for line in jsonl(tmp_path / "churn" / "predictions")] == ids
