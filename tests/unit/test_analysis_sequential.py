@@ -132,7 +132,12 @@ class TestJudge:
         assert "promote above" in evidence.message and "roll back below" in evidence.message
         assert json.loads(json.dumps(evidence.to_dict()))["decision"] == "Pending"
 
-    @pytest.mark.parametrize("counts", [(11, 10, 5, 10), (-1, 10, 5, 10), (1, 10, 5, math.inf)])
+    def test_extrapolation_excess_is_clamped(self) -> None:
+        observation = CountObservation(1000.4, 1000.1, 900.0, 1000.0)
+        assert observation.canary_events == 1000.1
+
+    @pytest.mark.parametrize("counts", [(20, 10, 5, 10), (-1, 10, 5, 10), (1, 10, 5, math.inf), (1, 10, 5, math.nan),
+                                        (math.nan, 10, 5, 10)])
     def test_refuses_impossible_counts(self, counts: tuple) -> None:
         with pytest.raises(ValueError):
             CountObservation(*counts)

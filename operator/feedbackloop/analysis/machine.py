@@ -323,7 +323,7 @@ def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
     if evidence.name not in state.passed or evidence.decision in (Outcome.FAIL, Outcome.PASS):
         return evidence
     return replace(evidence, decision=Outcome.PASS,
-                   message=f"passed earlier (promote boundary crossed); now: {evidence.message}")
+                   message=f"passed earlier (pass boundary crossed); now: {evidence.message}")
 
 
 def _threshold_failures(config: AnalysisConfig, state: AnalysisState, judged: list[Evidence]) -> dict[str, int]:

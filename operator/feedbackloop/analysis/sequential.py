@@ -128,6 +128,8 @@ class CountObservation:
     """Cumulative counts since the analysis started, both arms over the same window.
 
     events: correct predictions (accuracy, higher is better) or errors (error rate, lower is better).
+    Counts may be fractional (PromQL increase()). increase() extrapolates the events and the total series
+    separately, so events may exceed the total by a hair: up to 1% + 1 is clamped, more is refused.
     """
 
     canary_events: float
@@ -136,9 +138,11 @@ class CountObservation:
     stable_total: float
 
     def __post_init__(self) -> None:
-        for events, total in ((self.canary_events, self.canary_total), (self.stable_events, self.stable_total)):
-            if not (0 <= events <= total) or not math.isfinite(total):
+        for events_field, total in (("canary_events", self.canary_total), ("stable_events", self.stable_total)):
+            events = getattr(self, events_field)
+            if not (0 <= events <= 1.01 * total + 1) or not math.isfinite(total):
                 raise ValueError(f"counts must satisfy 0 <= events <= total, got {events} of {total}")
+            object.__setattr__(self, events_field, min(events, total))
 
     def good_counts(self, higher_is_better: bool) -> tuple[float, float, float, float]:
         """(canary_good, canary_total, stable_good, stable_total) in "good outcome" terms."""
