@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections import deque
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -45,8 +46,10 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
+        self._stopped = False
 
     def start(self) -> None:
+        self._stopped = False
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.args)}\n".encode())
@@ -83,19 +86,20 @@ class ManagedProcess:
             )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL after `timeout`; a no-op when not running."""
+        """SIGTERM the process group, SIGKILL after `timeout`. Safe to call more than once."""
         popen = self._popen
-        if popen is None:
+        if popen is None or self._stopped:
             return
-        if popen.poll() is None:
-            self._signal_group(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._signal_group(popen.pid, signal.SIGKILL)
-                popen.wait(timeout)
-        # Children that outlived the leader still belong to its group.
+        self._stopped = True
+        if popen.poll() is not None:
+            return  # already reaped: its pid (= group id) may belong to someone else by now
+        self._signal_group(popen.pid, signal.SIGTERM)
+        if not _exited_unreaped(popen.pid, timeout):
+            self._signal_group(popen.pid, signal.SIGKILL)
+            _exited_unreaped(popen.pid, timeout)
+        # The unreaped leader still holds the group id: children that outlived it die too.
         self._signal_group(popen.pid, signal.SIGKILL)
+        popen.wait()
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
@@ -106,3 +110,17 @@ class ManagedProcess:
 
     def tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
+
+
+def _exited_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` for child `pid` to exit, leaving it a zombie (not reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True  # reaped elsewhere
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
