@@ -31,6 +31,7 @@ class ServerConfig:
     dedup_size: int = 200_000             # feedback ids remembered per replica (LRU)
     shutdown_delay: float = 0.0           # seconds to keep serving (not ready) after SIGTERM
     reload_interval: float = 5.0          # seconds between attempts to load a missing artifact
+    inference_threads: int = 1            # OpenMP/BLAS threads; 0 leaves the libraries' default
 
     @property
     def model_dir(self) -> Path:
@@ -42,7 +43,8 @@ class ServerConfig:
 
 
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
-    """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_DEDUP_SIZE, MFL_SHUTDOWN_DELAY_SECONDS."""
+    """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_DEDUP_SIZE,
+    MFL_SHUTDOWN_DELAY_SECONDS and MFL_INFERENCE_THREADS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
     if not _MODEL_NAME.match(model):
         raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
@@ -63,6 +65,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
         max_batch=_int(env, "MFL_MAX_BATCH", 1024, minimum=1),
         dedup_size=_int(env, "MFL_DEDUP_SIZE", 200_000, minimum=0),
         shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
+        inference_threads=_int(env, "MFL_INFERENCE_THREADS", 1, minimum=0),
     )
 
 

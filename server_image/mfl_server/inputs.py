@@ -101,9 +101,12 @@ def _matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
 
 def _numeric_matrix(values: list[list[Any]], columns: list[str]) -> np.ndarray:
     types = {type(value) for row in values for value in row}
-    if types <= _NUMERIC_TYPES:
+    if not types <= _NUMERIC_TYPES:
+        raise _wrong_type(values, columns, lambda name: _NUMERIC_TYPES)
+    try:
         return np.array(values, dtype=np.float64)   # None -> NaN, bool -> 0/1
-    raise _wrong_type(values, columns, lambda name: _NUMERIC_TYPES)
+    except OverflowError:
+        raise unprocessable("a feature value is too large for a 64-bit float") from None
 
 
 def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
@@ -118,9 +121,16 @@ def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
     matrix = np.empty((len(values), len(schema.columns)), dtype=object)
     for index, row in enumerate(values):
         matrix[index] = [("" if value is None else str(value)) if is_text
-                         else (np.nan if value is None else float(value))
+                         else (np.nan if value is None else _float(value))
                          for value, is_text in zip(row, categorical)]
     return matrix
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise unprocessable("a feature value is too large for a 64-bit float") from None
 
 
 def _wrong_type(values: list[list[Any]], columns: list[str], allowed: Any) -> RequestError:
