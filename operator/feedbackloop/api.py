@@ -210,10 +210,13 @@ class LatencyCheck(ApiModel):
 
 
 class ThresholdCheck(ApiModel):
+    """A plain threshold on a custom canary metric (Flagger style); {{track}} renders as canary."""
+
     name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$")
     query: str = Field(min_length=1)
     min: float | None = None
     max: float | None = None
+    failure_limit: int = Field(default=1, ge=1)
 
 
 class Analysis(ApiModel):
@@ -222,8 +225,13 @@ class Analysis(ApiModel):
     interval: Duration = "30s"
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Bound on rolling back an equal canary.")
     beta: float = Field(default=0.1, gt=0, lt=0.5, description="Bound on promoting a canary `delta` worse.")
-    max_degradation: float = Field(default=0.02, ge=0, lt=1, description="Non-inferiority margin.")
+    max_degradation: float = Field(default=0.02, gt=0, lt=1, description="Non-inferiority margin on accuracy.")
+    detectable_degradation: float | None = Field(default=None, gt=0, lt=1, description="The regression `beta` "
+                                                 "covers; default 1.5 x maxDegradation.")
+    availability_max_degradation: float = Field(default=0.01, gt=0, lt=1, description="Margin on the share "
+                                                "of requests answered without a server error.")
     min_samples: int = Field(default=200, ge=10, description="Labelled predictions per arm before any verdict.")
+    max_samples: int | None = Field(default=None, ge=10, description="Per arm; undecided there: Inconclusive.")
     max_duration: Duration = Field(default="2h", description="Inconclusive after this long.")
     on_inconclusive: Literal["rollback", "promote"] = "rollback"
     consecutive_error_limit: int = Field(default=4, ge=1)
@@ -320,6 +328,19 @@ class CandidateStatus(ApiModel):
     gate: str = ""
 
 
+class AnalysisStateStatus(ApiModel):
+    """The sequential analysis' memory between looks: counters, never samples."""
+
+    phase: str = "Running"
+    started_at: float
+    looks: int = 0
+    passed: list[str] = Field(default_factory=list)
+    consecutive_errors: dict[str, int] = Field(default_factory=dict)
+    failures: dict[str, int] = Field(default_factory=dict)
+    finished_at: float | None = None
+    message: str = ""
+
+
 class RolloutStatus(ApiModel):
     version: int
     step: int = 0
@@ -329,6 +350,7 @@ class RolloutStatus(ApiModel):
     analysis_phase: str = "Running"
     consecutive_errors: int = 0
     evidence: list[CheckEvidence] = Field(default_factory=list)
+    analysis: AnalysisStateStatus | None = None
     paused: bool = False
 
 

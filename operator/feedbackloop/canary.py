@@ -5,7 +5,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import Analysis
+from .analysis import (AnalysisConfig, AnalysisState, CountObservation, HistogramObservation, LatencyCheck,
+                       MetricError, NoData, Observation, ProportionCheck, ThresholdCheck, ValueObservation,
+                       evaluate, start_analysis)
+from .api import Analysis, parse_duration
+from .timeutil import parse_time
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,52 @@ def replica_split(stable_replicas: int, weight: int) -> tuple[int, int]:
     return canary, round(100 * canary / (canary + stable_replicas))
 
 
-def judge_canary(analysis: Analysis, rollout: dict[str, Any], observation: CanaryObservation,
+def analysis_config(analysis: Analysis, task: str) -> AnalysisConfig:
+    """The analysis core's configuration from the CRD's rollout.analysis section."""
+    proportions = [ProportionCheck("availability", True, analysis.availability_max_degradation)]
+    if task == "classification":
+        proportions.insert(0, ProportionCheck("accuracy", True))
+    latency = analysis.latency
+    return AnalysisConfig(
+        alpha=analysis.alpha, beta=analysis.beta, max_degradation=analysis.max_degradation,
+        detectable_degradation=analysis.detectable_degradation, min_samples=analysis.min_samples,
+        max_samples=analysis.max_samples, max_duration_seconds=parse_duration(analysis.max_duration),
+        on_inconclusive=analysis.on_inconclusive, consecutive_error_limit=analysis.consecutive_error_limit,
+        proportions=tuple(proportions),
+        latency=LatencyCheck(enabled=latency.enabled, max_increase=latency.max_increase,
+                             min_samples=latency.min_samples),
+        checks=tuple(ThresholdCheck(c.name, c.min, c.max, c.failure_limit) for c in analysis.checks))
+
+
+def _counts(arms: tuple[ArmCounts, ArmCounts] | None, what: str) -> Observation:
+    if arms is None or arms[0].total <= 0 or arms[1].total <= 0:
+        return NoData(f"no {what} in one of the arms yet")
+    canary, stable = arms
+    return CountObservation(canary.success, canary.total, stable.success, stable.total)
+
+
+def observations_of(config: AnalysisConfig, observation: CanaryObservation) -> dict[str, Observation]:
+    if observation.error:
+        return {name: MetricError(observation.error) for name in config.check_names()}
+    found: dict[str, Observation] = {"accuracy": _counts(observation.accuracy, "labelled feedback"),
+                                     "availability": _counts(observation.availability, "requests")}
+    latency = observation.latency
+    if latency and sum(latency[0].values()) and sum(latency[1].values()):
+        found["latency"] = HistogramObservation(latency[0], latency[1])
+    for name, value in observation.checks.items():
+        found[name] = NoData("the query returned no single value") if value is None or math.isnan(value) \
+            else ValueObservation(value)
+    return found
+
+
+def judge_canary(analysis: Analysis, task: str, rollout: dict[str, Any], observation: CanaryObservation,
                  now: float) -> CanaryVerdict:
-    raise NotImplementedError  # wired to feedbackloop.analysis below
+    """One look of the sequential analysis; its state comes from and goes back to the rollout status."""
+    config = analysis_config(analysis, task)
+    started = parse_time(rollout.get("startedAt")) or now
+    state = AnalysisState.from_dict(rollout["analysis"]) if rollout.get("analysis") else start_analysis(started)
+    state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now)
+    fields = {"analysis": state.to_dict(), "analysisPhase": verdict.phase.value,
+              "consecutiveErrors": state.max_consecutive_errors,
+              "evidence": [item.to_dict() for item in evidence] or rollout.get("evidence", [])}
+    return CanaryVerdict(verdict.phase.value, verdict.message, fields)

@@ -100,7 +100,7 @@ class Engine:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.tick_seconds)
+                await asyncio.wait_for(self.wake.wait(), timeout=self._sleep_seconds(time.time()))
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
@@ -108,6 +108,11 @@ class Engine:
                 await self.cycle(time.time())
             except Exception:  # one bad cycle must not end the engine
                 log.exception("engine cycle failed")
+
+    def _sleep_seconds(self, now: float) -> float:
+        """Until the next poll falls due (polls start on time, not on the next tick), at most a tick."""
+        due = min((m.next_poll for m in self.memory.values() if m.spec is not None), default=now + 60)
+        return min(self.settings.tick_seconds, max(0.01, due - now))
 
     async def cycle(self, now: float) -> None:
         due_poll, due = [], []
@@ -168,7 +173,9 @@ class Engine:
             assert spec is not None
             if memory.next_poll:  # how late this poll is against its schedule
                 metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
-            memory.next_poll = now + parse_duration(spec.monitoring.interval)
+            # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
+            interval = parse_duration(spec.monitoring.interval)
+            memory.next_poll = (now // interval + 1) * interval
             try:
                 endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec))
             except Exception as error:

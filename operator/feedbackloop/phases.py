@@ -390,7 +390,7 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
     decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
     if world.canary is None:
         return
-    verdict = judge_canary(spec.rollout.analysis, rollout, world.canary, world.now)
+    verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now)
     rollout.update(verdict.rollout_fields)
     if verdict.phase in ("Failed", "Error"):
         _roll_back(world, decision, now, verdict.message)

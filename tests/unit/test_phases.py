@@ -285,3 +285,74 @@ def test_promote_request_promotes():
 def test_pause_request_holds_the_rollout():
     d = decide(world(canary_status(), serving=serving(), requests={"pause": "p1"}))
     assert d.status["rollout"]["paused"] is True and ("Normal", "RolloutPaused") in events(d)
+
+
+# --- the canary analysis through decide -------------------------------------------------------------
+
+from feedbackloop.canary import ArmCounts, CanaryObservation, replica_split  # noqa: E402
+
+
+def counts(canary_acc, stable_acc, n):
+    return CanaryObservation(accuracy=(ArmCounts(canary_acc * n, n), ArmCounts(stable_acc * n, n)),
+                             availability=(ArmCounts(n, n), ArmCounts(n, n)))
+
+
+def fast_spec():
+    return make_spec(rollout={"steps": [{"weight": 20, "pause": "1m"}, {"weight": 50, "pause": "1m"}],
+                              "analysis": {"latency": {"enabled": False}, "maxDuration": "1h"}})
+
+
+def run_canary(observation, looks, spec=None, step_seconds=60.0):
+    spec = spec or fast_spec()
+    status = canary_status(started=NOW)
+    d = None
+    for look in range(1, looks + 1):
+        d = decide(world(status, spec=spec, serving=serving(), canary=observation,
+                         now=NOW + look * step_seconds))
+        status = d.status
+        if status.get("rollout") is None:
+            break
+    return d
+
+
+def test_clear_regression_is_rolled_back_with_evidence():
+    d = run_canary(counts(0.70, 0.90, 2000), looks=3)
+    assert RemoveCanary() in d.actions and d.status["currentVersion"] == 1
+    record = d.status["history"][-1]
+    assert record["outcome"] == "RolledBack"
+    accuracy = next(e for e in record["evidence"] if e["name"] == "accuracy")
+    assert accuracy["decision"] == "Fail" and accuracy["values"]
+
+
+def test_equal_canary_walks_the_steps_then_is_promoted():
+    d = run_canary(counts(0.90, 0.90, 20000), looks=5)
+    assert d.status["currentVersion"] == 2 and d.status["history"][-1]["outcome"] == "Promoted"
+    assert ("Normal", "Promoted") in events(d)
+
+
+def test_no_data_waits_and_never_fails_until_the_deadline():
+    empty = CanaryObservation()
+    d = run_canary(empty, looks=10)
+    assert d.status["rollout"] is not None and d.status["rollout"]["analysisPhase"] == "Running"
+    d = run_canary(empty, looks=2, step_seconds=3700)
+    assert d.status["history"][-1]["outcome"] == "RolledBack"
+    assert "inconclusive" in d.status["history"][-1]["message"]
+
+
+def test_query_errors_end_in_error_after_the_limit():
+    broken = CanaryObservation(error="connection refused")
+    d = run_canary(broken, looks=3)
+    assert d.status["rollout"]["consecutiveErrors"] == 3
+    d = run_canary(broken, looks=4)
+    assert d.status["history"][-1]["outcome"] == "RolledBack"
+
+
+def test_the_analysis_state_survives_in_status():
+    d = run_canary(counts(0.90, 0.90, 300), looks=1)
+    assert d.status["rollout"]["analysis"]["looks"] == 1
+
+
+@pytest.mark.parametrize("replicas, weight, expected", [(2, 20, (1, 33)), (4, 20, (1, 20)), (2, 50, (2, 50)),
+                                                         (10, 10, (2, 17)), (3, 100, (3, 50))])
+def test_replica_split(replicas, weight, expected):
+    assert replica_split(replicas, weight) == expected
