@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def write_feedback_logs(model_dir: str | Path, X: np.ndarray, y: np.ndarray, nam
 
 
 def _add_line(lines: dict[Path, list[str]], folder: Path, ts: float, host: str, record: dict) -> None:
-    day = datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+    day = datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
     lines.setdefault(folder / f"date={day}" / f"{host}-0.jsonl", []).append(json.dumps(record) + "\n")
 
 

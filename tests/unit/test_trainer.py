@@ -11,7 +11,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
-
 from feedbackloop import datasets
 from mfl_trainer import main as trainer_main
 from mfl_trainer import registry
@@ -224,7 +223,7 @@ def test_only_partitions_in_the_window_are_read_and_malformed_lines_are_counted(
     write_feedback(root, n=800)
     old = model_dir(root) / "predictions" / "date=2020-01-01" / "broken.jsonl"
     old.mkdir(parents=True)                                     # unreadable as a file: must not be opened
-    day = sorted((model_dir(root) / "feedback").glob("date=*"))[0]
+    day = min((model_dir(root) / "feedback").glob("date=*"))
     with (day / "synthetic-0.jsonl").open("a") as handle:
         handle.write('not json\n["a list"]\n{"id": "x", "ts": 1, "label": 1}\n{"id": "torn", "ts": ')
     code, summary, _ = run_trainer(config(root, version=2, parentVersion=1), tmp_path, monkeypatch, capsys)
@@ -428,13 +427,13 @@ def test_console_entry_point_reads_env_config(root, tmp_path):
     env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config(root, hyperparameters={"max_iter": 20})),
            "MFL_TERMINATION_LOG": str(tmp_path / "term")}
     done = subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True
     assert "[mfl-trainer" in done.stderr
 
     env["MFL_TRAINER_CONFIG"] = "{not json"
     done = subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert done.returncode == 2
     assert "MFL_TRAINER_CONFIG is not valid JSON" in json.loads(done.stdout.strip())["error"]

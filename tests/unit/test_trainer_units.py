@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mfl_trainer import config as config_module
 from mfl_trainer import datasource, estimators, evaluation, split, summary, tables, threads
 from mfl_trainer.errors import TrainerError
@@ -207,7 +207,7 @@ def _lines(path: Path, records: list[dict]) -> None:
 
 
 def _day(ts: float) -> str:
-    return "date=" + datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+    return "date=" + datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
 
 
 def test_feedback_join_window_and_corrections(tmp_path):
@@ -273,3 +273,15 @@ def test_incremental_rejects_new_classes():
     other = estimators.estimator_spec("random_forest", "classification")
     with pytest.raises(TrainerError, match="needs a champion of the same kind"):
         estimators.continue_training(pipeline, other, {}, X, np.array([0, 1] * 10), np.ones(20), None, 0)
+
+
+def test_stale_staging_folders_are_removed(tmp_path):
+    from mfl_trainer import registry
+
+    old, fresh = tmp_path / ".tmp-2-aaa", tmp_path / ".tmp-3-bbb"
+    old.mkdir()
+    fresh.mkdir()
+    (tmp_path / "1").mkdir()
+    os.utime(old, (0, 0))
+    assert registry.remove_stale_staging(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-3-bbb", "1"]

@@ -12,10 +12,11 @@ import json
 import math
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -254,7 +255,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _utc_day(seconds: float) -> date:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).date()
+    return datetime.fromtimestamp(seconds, tz=UTC).date()
 
 
 def _partition_day(name: str) -> date | None:

@@ -7,14 +7,20 @@ every feature is numeric, object dtype when some feature is categorical (text).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (GradientBoostingClassifier, HistGradientBoostingClassifier,
-                              HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRegressor
 from sklearn.pipeline import Pipeline
@@ -196,13 +202,13 @@ def _partial_fit(final: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np
     for _ in range(epochs):
         order = rng.permutation(len(y))
         final.partial_fit(X[order], y[order], sample_weight=weights[order])
-    return {"mode": PARTIAL_FIT, "epochs": epochs, "rows": int(len(y))}
+    return {"mode": PARTIAL_FIT, "epochs": epochs, "rows": len(y)}
 
 
 def _warm_start(final: BaseEstimator, spec: EstimatorSpec, X: np.ndarray, y: np.ndarray,
                 weights: np.ndarray, steps: int | None) -> dict[str, Any]:
     final.set_params(warm_start=True)
-    detail: dict[str, Any] = {"mode": spec.incremental, "rows": int(len(y))}
+    detail: dict[str, Any] = {"mode": spec.incremental, "rows": len(y)}
     if spec.incremental == GROW:
         size = _fitted_size(final)
         added = steps or max(10, size // 2)

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, mean_absolute_error,
-                             mean_squared_error, precision_recall_fscore_support, r2_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+    r2_score,
+)
 
 from .tables import NUMERIC
 

@@ -7,8 +7,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")   # no display in a container; must precede the pyplot import
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 _MAX_ANNOTATED_CLASSES = 20
 

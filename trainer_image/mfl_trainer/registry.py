@@ -1,22 +1,28 @@
 """The versioned model registry: ``<root>/<model>/versions/<n>/``, written atomically.
 
 A version folder appears complete or not at all: files are written into a hidden temporary folder
-beside it, flushed to disk, then the folder is renamed. Readers list only integer folder names.
+beside it (``versions/.tmp-<n>-<random>``), flushed to disk, then the folder is renamed. Readers
+list only integer folder names; staging folders left by a killed trainer are removed after an hour.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import joblib
 
 from .errors import TrainerError
 
 MODEL_FILE, METADATA_FILE, REPORT_FILE = "model.joblib", "metadata.json", "report.json"
+STAGING_PREFIX = ".tmp-"
+# A staging folder lives only while files are written (seconds); an older one is a killed trainer's.
+STALE_STAGING_SECONDS = 3600
 
 
 class VersionExists(Exception):
@@ -60,7 +66,8 @@ def write_version(root: Path, model: str, version: int, write_files: Callable[[P
     """Let ``write_files`` fill a temporary folder, then publish it as ``versions/<version>``."""
     final = version_dir(root, model, version)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
+    remove_stale_staging(final.parent)
+    staging = final.parent / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
         write_files(staging)
@@ -76,6 +83,15 @@ def write_version(root: Path, model: str, version: int, write_files: Callable[[P
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def remove_stale_staging(versions: Path, now: float | None = None) -> list[Path]:
+    now = time.time() if now is None else now
+    stale = [path for path in versions.glob(f"{STAGING_PREFIX}*")
+             if path.is_dir() and now - path.stat().st_mtime > STALE_STAGING_SECONDS]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def save_model(folder: Path, model: Any) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SUMMARY_LIMIT_BYTES = 4000           # Kubernetes keeps at most 4096 bytes of a termination message
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"

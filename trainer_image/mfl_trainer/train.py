@@ -6,10 +6,11 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import sklearn
@@ -181,15 +182,15 @@ def train_and_publish(config: TrainerConfig, spec: estimators.EstimatorSpec, est
     _check_training_labels(config, y_train)
     weights = split.sample_weights(table.is_feedback[train_rows], config.recent_weight)
     X_train = table.matrix(train_rows)
-    progress(f"training {spec.name} on {len(train_rows)} rows"
-             f"{' incrementally from version %d' % config.parent_version if config.incremental else ''}")
+    origin = f" incrementally from version {config.parent_version}" if config.incremental else ""
+    progress(f"training {spec.name} on {len(train_rows)} rows{origin}")
     fit_started = time.monotonic()
     model, incremental = _fit(config, spec, estimator, inputs, X_train, y_train, weights)
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
     report, predictions = evaluate(config, table, holdout, model, inputs.champion)
     rows = {"base": int((~table.is_feedback).sum()), "feedback": int(table.is_feedback.sum()),
-            "train": int(len(train_rows)), "holdout": int(len(holdout.holdout)),
+            "train": len(train_rows), "holdout": len(holdout.holdout),
             "trainFeedback": int(table.is_feedback[train_rows].sum()), "labelNoiseFlipped": flipped}
     inputs.timings["total"] = time.monotonic() - started
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
@@ -256,7 +257,7 @@ def evaluate(config: TrainerConfig, table: LabelledTable, holdout: split.Split, 
     report = {
         "model": config.model, "version": config.version, "parentVersion": config.parent_version,
         "task": config.task, "target": config.target, "metric": evaluation.PRIMARY_METRIC[config.task],
-        "holdout": {"rows": int(len(rows)), "strategy": holdout.strategy, "reason": holdout.reason,
+        "holdout": {"rows": len(rows), "strategy": holdout.strategy, "reason": holdout.reason,
                     "timeRange": [float(np.nanmin(ts)), float(np.nanmax(ts))] if np.isfinite(ts).any() else None},
         "challenger": _model_report(config.task, y_true, predictions["challenger"], labels),
         "champion": (_model_report(config.task, y_true, predictions["champion"], labels)
