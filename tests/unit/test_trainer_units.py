@@ -247,7 +247,7 @@ def test_partition_files_ignore_odd_folder_names(tmp_path):
 
 def test_csv_with_missing_cells_and_text(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text('a,b,label\n1,x,0\n,"y, z",1\nshort\n')
+    path.write_text('\ufeffa,b,label\r\n1,x,0\r\n,"y, z",1\r\nshort\r\n', encoding="utf-8")   # BOM, CRLF
     base = datasource.read_base_data([path], ["a", "b", "label"])
     assert base.rows == 2 and base.malformed_rows == 1
     assert np.isnan(base.columns["a"][1]) and base.columns["b"].tolist() == ["x", "y, z"]

@@ -58,7 +58,7 @@ def base_files(model_dir: Path) -> list[Path]:
 
 def base_header(path: Path) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return [name.strip() for name in next(csv.reader(handle), [])]
     except (OSError, UnicodeDecodeError) as error:
         raise TrainerError(f"base data {path.name}: cannot read: {_describe(error)}") from error
@@ -105,7 +105,7 @@ def _read_text_csv(path: Path, header: list[str], columns: list[str]) -> tuple[d
     indices = [header.index(name) for name in columns]
     malformed = 0
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             next(reader, None)
             for record in reader:
