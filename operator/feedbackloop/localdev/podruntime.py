@@ -116,11 +116,9 @@ class PodRuntime:
         threading.Thread(target=self._watch_loop, name="podruntime-watch", daemon=True).start()
         if not self._listed.wait(timeout):
             raise TestbedError(f"could not list the Pods of node {self.node_name} in {timeout:.0f}s")
-        self.sd = SdServer(self.requested_sd_port, self.pod_snapshots, self.healthy)
+        self.sd = SdServer(self.requested_sd_port, self.pod_snapshots, self.healthy, self.info)
         self.sd.start()
-        self._ready_file().write_text(json.dumps({
-            "pid": os.getpid(), "sdUrl": self.sd_url, "node": self.node_name, "slot": self.slot.index,
-            "bridge": self.slot.bridge, "hostIP": self.slot.gateway, "podSubnet": str(self.slot.network)}))
+        self._ready_file().write_text(json.dumps(self.info()))
 
     def stop(self) -> None:
         """Stop every Pod's processes, remove the bridge and namespaces; the Pod objects stay."""
@@ -159,6 +157,14 @@ class PodRuntime:
     def sd_url(self) -> str:
         return f"http://{LOOPBACK}:{self.sd.port}/sd"
 
+    def info(self) -> dict[str, Any]:
+        """Where things are: served at /info and written to `<workdir>/podruntime.ready.json`."""
+        assert self.slot is not None
+        return {"pid": os.getpid(), "sdUrl": self.sd_url, "node": self.node_name, "slot": self.slot.index,
+                "bridge": self.slot.bridge, "hostIP": self.slot.gateway, "podSubnet": str(self.slot.network),
+                "workdir": str(self.workdir), "logs": str(self.workdir / "logs"),
+                "volumes": str(self.workdir / "volumes")}
+
     def healthy(self) -> bool:
         return not self._stopping.is_set() and time.monotonic() - self._last_contact < 2 * WATCH_SECONDS + 30
 
@@ -192,6 +198,9 @@ class PodRuntime:
         pods, resource_version = self.api.list_pods(self.node_name)
         self._last_contact = time.monotonic()
         present = {pod["metadata"]["uid"] for pod in pods}
+        if not self._listed.is_set():
+            with self.context.ip_lock:
+                self.context.allocator.avoid({(pod.get("status") or {}).get("podIP") for pod in pods} - {None})
         for pod in pods:
             self._handle("ADDED", pod)
         with self._lock:
@@ -263,44 +272,77 @@ class PodRuntime:
 
 
 # --- as a separate process -----------------------------------------------------------------------------
+class PodRuntimeProcess:
+    """The runtime as a child process (tests, `mfl demo`); its log is `<workdir>/podruntime.log`."""
+
+    def __init__(self, kubeconfig: str | Path, workdir: str | Path, node_name: str = DEFAULT_NODE,
+                 sd_port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+        self.kubeconfig = Path(kubeconfig)
+        self.workdir = Path(workdir).resolve()
+        self.node_name = node_name
+        self.port = sd_port or free_port()
+        self.extra_args = list(extra_args)
+        self.log_path = self.workdir / "podruntime.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def sd_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/sd"
+
+    def start(self, timeout: float = 60.0) -> "PodRuntimeProcess":
+        """Start it and wait until it serves /healthz; raises TestbedUnavailable / TestbedError."""
+        preflight()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ready_file = self.workdir / READY_FILE
+        ready_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "feedbackloop.localdev.podruntime", "--kubeconfig", str(self.kubeconfig),
+                   "--node-name", self.node_name, "--workdir", str(self.workdir), "--sd-port", str(self.port),
+                   *self.extra_args]
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        process = self.process
+
+        def exited() -> None:
+            if process.poll() is not None:
+                raise TestbedError(f"pod runtime exited with code {process.returncode}:\n{self.log_tail()}")
+
+        def serving() -> bool:
+            ready = ready_file.exists() and json.loads(ready_file.read_text()).get("pid") == process.pid
+            return ready and http_request(f"http://{LOOPBACK}:{self.port}/healthz", timeout=2.0)[0] == 200
+
+        try:
+            wait_until(serving, timeout=timeout, what="the pod runtime", on_poll=exited)
+        except TimeoutError as error:
+            self.stop()
+            raise TestbedError(f"{error}\n{self.log_tail()}") from error
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM: the runtime stops its Pods' processes and removes its network; SIGKILL after `timeout`."""
+        if self.process is not None:
+            stop_pod_runtime_process(self.process, timeout)
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(http_request(f"http://{LOOPBACK}:{self.port}/info", timeout=5.0)[1])
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+
 def start_pod_runtime_process(kubeconfig: str | Path, workdir: str | Path, node_name: str = DEFAULT_NODE,
                               sd_port: int | None = None, timeout: float = 60.0,
                               extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m feedbackloop.localdev.podruntime` and wait until it serves; (process, sd URL).
 
-    Its log is `<workdir>/podruntime.log`. Stop it with `stop_pod_runtime_process` (SIGTERM: it
-    stops its Pods and removes its network). Raises TestbedUnavailable / TestbedError.
+    Stop it with `stop_pod_runtime_process(process)`. Raises TestbedUnavailable / TestbedError.
     """
-    preflight()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = sd_port or free_port()
-    log_path = workdir / "podruntime.log"
-    ready_file = workdir / READY_FILE
-    ready_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "feedbackloop.localdev.podruntime", "--kubeconfig", str(kubeconfig),
-               "--node-name", node_name, "--workdir", str(workdir), "--sd-port", str(port), *extra_args]
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-
-    def exited() -> None:
-        if process.poll() is not None:
-            raise TestbedError(f"pod runtime exited with code {process.returncode}:\n{tail(log_path)}")
-
-    def serving() -> bool:
-        ready = ready_file.exists() and json.loads(ready_file.read_text()).get("pid") == process.pid
-        return ready and http_request(f"http://{LOOPBACK}:{port}/healthz", timeout=2.0)[0] == 200
-
-    try:
-        wait_until(serving, timeout=timeout, what="the pod runtime", on_poll=exited)
-    except TimeoutError as error:
-        stop_pod_runtime_process(process)
-        raise TestbedError(f"{error}\n{tail(log_path)}") from error
-    except BaseException:
-        stop_pod_runtime_process(process)
-        raise
-    return process, f"http://{LOOPBACK}:{port}/sd"
+    runtime = PodRuntimeProcess(kubeconfig, workdir, node_name, sd_port, extra_args).start(timeout)
+    assert runtime.process is not None
+    return runtime.process, runtime.sd_url
 
 
 def stop_pod_runtime_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

@@ -88,6 +88,12 @@ class IPAllocator:
     def release(self, key: str) -> None:
         self.assigned.pop(key, None)
 
+    def avoid(self, ips: set[str]) -> None:
+        """Continue after the highest of `ips` (stale Pod IPs still in the API), so they come back last."""
+        seen = [index for index, ip in enumerate(self.pool) if ip in ips]
+        if seen:
+            self._cursor = (max(seen) + 1) % len(self.pool)
+
 
 def acquire_slot(preferred: int | None = None) -> tuple[Slot, IO[str]]:
     """Lock a free slot (the preferred one, or the first free); the lock dies with the process."""

@@ -144,7 +144,9 @@ class PodWorker(threading.Thread):
     def _live(self) -> None:
         torn_down = False
         while self._stop_grace is None and not self._gone:
-            if self.volumes is None:
+            if self.volumes is None and self._nothing_to_run():
+                self.volumes = {}  # e.g. a Never pod adopted after a runtime restart: no sandbox needed
+            elif self.volumes is None:
                 self._try_sandbox()
             else:
                 self._step()
@@ -404,6 +406,9 @@ class PodWorker(threading.Thread):
             self._gone = True
         except Exception as error:  # noqa: BLE001 - retried on the next tick
             log.warning("pod %s: status write failed: %s", self.key, error)
+
+    def _nothing_to_run(self) -> bool:
+        return all(slot.next_start is None for slot in self.init + self.containers)
 
     def _running(self) -> bool:
         return any(slot.process is not None for slot in self.init + self.containers)

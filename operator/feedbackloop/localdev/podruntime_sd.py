@@ -53,11 +53,11 @@ def sd_targets(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 class SdServer:
-    """A tiny HTTP server on loopback: /sd, /healthz and /pods (a debugging summary)."""
+    """A tiny HTTP server on loopback: /sd, /healthz, /info (where logs and volumes are), /pods (debugging)."""
 
     def __init__(self, port: int, pods: Callable[[], list[dict[str, Any]]], healthy: Callable[[], bool],
-                 host: str = "127.0.0.1") -> None:
-        self._pods, self._healthy = pods, healthy
+                 info: Callable[[], dict[str, Any]] = dict, host: str = "127.0.0.1") -> None:
+        self._pods, self._healthy, self._info = pods, healthy, info
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="podruntime-sd", daemon=True)
@@ -78,6 +78,7 @@ class SdServer:
             "/sd": lambda: (200, sd_targets(self._pods())),
             "/healthz": lambda: (200, "ok") if self._healthy() else (503, "watch is not healthy"),
             "/pods": lambda: (200, [_summary(pod) for pod in self._pods()]),
+            "/info": lambda: (200, self._info()),
         }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
