@@ -84,3 +84,32 @@ def loops(control_plane: ControlPlane, operator_process: OperatorProcess) -> Loo
 
 def condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+@pytest.fixture(scope="session")
+def pod_runtime(control_plane: ControlPlane, prometheus, tmp_path_factory: pytest.TempPathFactory):
+    """The kubelet stand-in: Pods run as local processes in network namespaces; Prometheus discovers them."""
+    from feedbackloop.localdev.podruntime import PodRuntimeProcess
+
+    from tests.conftest import require_root
+    require_root("the pod runtime")
+    runtime = PodRuntimeProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("podruntime"))
+    start_component("pod runtime", runtime.start, runtime.log_tail)
+    prometheus.add_http_sd(runtime.sd_url)
+    yield runtime
+    runtime.stop()
+
+
+def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> list[str]:
+    """Base data of concept 0 and version 1 trained on it by the real trainer, as a first install would."""
+    import os
+    import subprocess
+    import sys
+
+    from feedbackloop import datasets
+    names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
+    config = {"model": model, "namespace": "seed", "storageRoot": str(root), "version": 1, "parentVersion": None,
+              "task": "classification", "features": names, "target": "label", "now": time.time()}
+    env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config), "MFL_TERMINATION_LOG": str(root / "seed.log")}
+    subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, check=True, capture_output=True, timeout=300)
+    return names

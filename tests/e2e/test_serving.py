@@ -1,0 +1,65 @@
+"""Issue 3 end to end: the operator's Deployment runs real model-server Pods; a traffic generator sends
+predictions and delayed ground truth through the Service's endpoints; Prometheus scrapes the Pods; the
+loop's status shows accuracy; drifting labels make the loop breach."""
+from __future__ import annotations
+
+import json
+
+from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
+
+from .conftest import condition_of, seed_registry
+
+ACCURACY = ('sum by (model, namespace) (increase(mfl_feedback_correct_total{model="{{model}}",namespace="{{namespace}}",'
+            'track="stable"}[20s])) / sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",'
+            'namespace="{{namespace}}",track="stable"}[20s]))')
+SAMPLES = ('sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",namespace="{{namespace}}",'
+           'track="stable"}[20s]))')
+
+
+def serving_loop(namespace, prometheus_url, storage, features):
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "metadata": {"name": "churn", "namespace": namespace},
+        "spec": {
+            "model": {"name": "churn", "initialVersion": 1, "serving": {"replicas": 2},
+                      "storage": {"hostPath": {"path": str(storage)}}},
+            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s",
+                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.75, "for": "6s",
+                                        "minSamples": 20, "samplesQuery": SAMPLES}]},
+        },
+    }
+
+
+def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, pod_runtime, kubectl,
+                                                             k8s_namespace, tmp_path):
+    ns = k8s_namespace
+    storage = tmp_path / "artifacts"
+    features = seed_registry(storage, "churn")
+    loops.apply(serving_loop(ns, prometheus.url, storage, features))
+
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120,
+                        "two ready server Pods")
+    assert status["serving"] == {"version": 1, "readyReplicas": 2, "replicas": 2}
+    deployment = json.loads(kubectl("get", "deployment", "churn", "-n", ns, "-o", "json").stdout)
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelFeedbackLoop"
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and pod_security["seccompProfile"]["type"] == "RuntimeDefault"
+
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=60, batch=6, label_delay=1.0).start()
+    try:
+        prometheus.wait_for(f'sum by (version) (mfl_feedback_total{{namespace="{ns}",version="1"}}) > 50', timeout=90)
+        status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 60,
+                            "a healthy accuracy from live feedback")
+        assert status["metrics"][0]["value"] > 0.75
+        assert status["phase"] == "Monitoring" and condition_of(status, "Ready")["status"] == "True"
+        # Feedback reached other replicas than the predictions did and still counted under version 1.
+        pods = prometheus.query_values(f'count(sum by (pod) (mfl_feedback_total{{namespace="{ns}"}}) > 0)')
+        assert pods == [2.0]
+
+        traffic.concept = 1  # the world changes: the labels drift away from what version 1 learned
+        status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 120, "a breach after drift")
+        assert status["metrics"][0]["value"] < 0.75
+        assert "BreachStarted" in loops.reasons(ns, "churn")
+    finally:
+        traffic.stop()
+    assert traffic.stats.errors <= 3, traffic.stats.last_error
