@@ -300,8 +300,9 @@ class Engine:
             return
         assert spec is not None
         if isinstance(action, phases.StartTraining):
+            extra = {**self.settings.job_extra_config, **trainer_overrides(body)}
             job = resources.training_job(body, spec, action.job_name, action.version, action.parent_version,
-                                         action.trigger, self.settings.job_extra_config)
+                                         action.trigger, extra)
             await asyncio.to_thread(self.kube.create_job, body, job)
         elif isinstance(action, phases.EnsureStable):
             await self._ensure_serving(body, spec, action.version)
@@ -345,6 +346,25 @@ class Engine:
         metrics.STATUS_WRITES.inc()
         memory.written_status = copy.deepcopy(after)
         memory.written_at = now
+
+
+TRAINER_OVERRIDES = "feedbackloop.dev/trainer-overrides"
+ALLOWED_OVERRIDES = {"labelNoise", "seed", "recentWeight"}
+
+
+def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    """Rehearsal hook: `feedbackloop.dev/trainer-overrides: '{"labelNoise": 0.4}'` trains a deliberately bad
+    candidate, to rehearse the canary's rollback on a real cluster. Only these keys pass: ALLOWED_OVERRIDES."""
+    import json
+    text = (body["metadata"].get("annotations") or {}).get(TRAINER_OVERRIDES)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        log.warning("ignoring %s: not JSON", TRAINER_OVERRIDES)
+        return {}
+    return {k: v for k, v in value.items() if k in ALLOWED_OVERRIDES} if isinstance(value, dict) else {}
 
 
 def _requests(body: dict[str, Any]) -> dict[str, str]:

@@ -313,6 +313,7 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     status["retrainTimes"] = [t for t in status.get("retrainTimes", [])
                               if world.now - (parse_time(t) or 0) < 86400] + [now]
     decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name))
+    _training_condition(world, decision, now, None, "Started", f"version {version} ({trigger}), Job {name}")
     decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
 
 
@@ -335,6 +336,7 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
         _remember(status, run["version"], run["trigger"], "TrainingFailed", now, message[:512])
         decision.event("Warning", "RetrainingFailed", f"version {run['version']}: {message[:512]}")
         status["lastFailure"] = message[:512]
+        _training_condition(world, decision, now, False, "TrainingFailed", f"version {run['version']}: {message}")
         return
     status.pop("failureBackoffUntil", None)
     status.pop("lastFailure", None)
@@ -342,6 +344,8 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
     gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None)
     status["candidate"] = {"version": run["version"], "challenger": _numbers(summary.get("challenger")),
                            "champion": _numbers(summary.get("champion")), "gate": gate.message}
+    _training_condition(world, decision, now, gate.passed, "GatePassed" if gate.passed else "CandidateRejected",
+                        f"version {run['version']}: {gate.message}")
     if not gate.passed:
         _remember(status, run["version"], run["trigger"], "Rejected", now, gate.message, summary)
         decision.event("Warning", "CandidateRejected", f"version {run['version']}: {gate.message}")
@@ -352,6 +356,13 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
         return
     decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
     _start_canary(world, decision, run["version"], now)
+
+
+def _training_condition(world: World, decision: Decision, now: str, outcome: bool | None, reason: str,
+                        message: str) -> None:
+    """`Retraining`: Unknown while a Job runs, then True (a candidate passed) or False (failed, rejected)."""
+    decision.status["conditions"] = cond.apply(decision.status.get("conditions", []), cond.ConditionUpdate(
+        cond.RETRAINING, outcome, reason, message[:1024]), now, world.generation)
 
 
 def _numbers(values: Any) -> dict[str, float]:

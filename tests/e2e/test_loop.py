@@ -1,0 +1,169 @@
+"""Issues 4 and 5 end to end: breach -> retraining Job (the real trainer in a Pod) -> offline gate ->
+canary judged by the sequential analysis -> promotion or rollback, across operator crashes."""
+from __future__ import annotations
+
+import json
+import time
+
+from feedbackloop import datasets
+from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
+
+from .conftest import condition_of, seed_registry
+
+SELECT = 'model="{{model}}",namespace="{{namespace}}",track="stable"'
+ACCURACY = (f"sum by (model, namespace) (increase(mfl_feedback_correct_total{{{SELECT}}}[20s])) / "
+            f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[20s]))")
+SAMPLES = f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[20s]))"
+
+
+def loop_manifest(namespace, prometheus_url, storage, *, initial_version=None, max_degradation=0.0,
+                  pauses=("4s", "4s"), annotations=None, features=None):
+    model = {"name": "churn", "serving": {"replicas": 2}, "storage": {"hostPath": {"path": str(storage)}}}
+    if initial_version:
+        model["initialVersion"] = initial_version
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "metadata": {"name": "churn", "namespace": namespace, "annotations": annotations or {}},
+        "spec": {
+            "model": model,
+            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s",
+                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.75, "for": "6s",
+                                        "minSamples": 20, "samplesQuery": SAMPLES}]},
+            "retraining": {"features": features or datasets.feature_names(), "target": "label",
+                           "estimator": "hist_gradient_boosting", "cooldown": "10s", "maxRetrainsPerDay": 10,
+                           "failureBackoff": "1m", "minRows": 100, "dataWindow": "1h", "holdoutFraction": 0.3,
+                           "gate": {"metric": "accuracy", "maxDegradation": max_degradation}},
+            "rollout": {"steps": [{"weight": 30, "pause": pauses[0]}, {"weight": 50, "pause": pauses[1]}],
+                        "analysis": {"interval": "2s", "minSamples": 100, "maxDegradation": 0.05,
+                                     "maxDuration": "4m", "latency": {"enabled": False}}},
+        },
+    }
+
+
+def jobs_of(kubectl, namespace):
+    items = json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    return sorted(job["metadata"]["name"] for job in items)
+
+
+def deployment(kubectl, namespace, name):
+    result = kubectl("get", "deployment", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def history_outcomes(status):
+    return [(h["version"], h["outcome"]) for h in status.get("history", [])]
+
+
+def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, pod_runtime, kubectl,
+                                                         k8s_namespace, tmp_path):
+    ns, storage = k8s_namespace, tmp_path / "artifacts"
+    datasets.write_base_csv(storage / "churn" / "data" / "base.csv", 3000, seed=1)
+    loops.apply(loop_manifest(ns, prometheus.url, storage))
+
+    # No version yet: the operator trains version 1 in a Job and serves it.
+    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the initial retraining")
+    assert status["retraining"]["trigger"] == "Initial" and jobs_of(kubectl, ns) == ["churn-train-v1"]
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "Ready").get("status") == "True", 180,
+                        "version 1 trained and served")
+    assert status["currentVersion"] == 1 and history_outcomes(status) == [(1, "Promoted")]
+    assert (storage / "churn" / "versions" / "1" / "report.json").exists()
+
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
+    try:
+        loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 90, "healthy")
+        traffic.concept = 1  # drift
+        status = loops.wait(ns, "churn", lambda s: (s.get("retraining") or {}).get("trigger") == "Breach", 120,
+                            "a retraining triggered by the breach")
+        assert status["retraining"]["version"] == 2
+        status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the candidate's canary")
+        candidate = status["candidate"]
+        assert candidate["version"] == 2 and candidate["challenger"]["accuracy"] > candidate["champion"]["accuracy"]
+        assert (storage / "churn" / "versions" / "2" / "confusion.png").exists()
+        assert deployment(kubectl, ns, "churn-canary")["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
+        status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "promotion of version 2")
+    finally:
+        traffic.stop()
+    assert history_outcomes(status)[-1] == (2, "Promoted")
+    assert {"RetrainingStarted", "CandidatePassedGate", "CanaryStarted", "Promoted"} <= set(loops.reasons(ns, "churn"))
+    stable = deployment(kubectl, ns, "churn")
+    assert stable["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
+    deadline = time.monotonic() + 30
+    while deployment(kubectl, ns, "churn-canary") is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert deployment(kubectl, ns, "churn-canary") is None
+
+
+def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, pod_runtime, kubectl,
+                                                           k8s_namespace, tmp_path):
+    ns, storage = k8s_namespace, tmp_path / "artifacts"
+    seed_registry(storage, "churn")
+    # Corrupted labels, and an offline gate that lets anything through: only the canary can stop it.
+    manifest = loop_manifest(ns, prometheus.url, storage, initial_version=1, max_degradation=1.0,
+                             annotations={"feedbackloop.dev/trainer-overrides": '{"labelNoise": 0.45}'})
+    loops.apply(manifest)
+    loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
+    stable_before = deployment(kubectl, ns, "churn")
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
+    try:
+        manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "rehearse-rollback"
+        loops.apply(manifest)
+        loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")
+        status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 300, "a rollback")
+    finally:
+        traffic.stop()
+    assert status["currentVersion"] == 1 and status["rollout"] is None
+    record = status["history"][-1]
+    accuracy = next(e for e in record["evidence"] if e["name"] == "accuracy")
+    assert accuracy["decision"] == "Fail" and accuracy["values"] and record["message"]
+    assert "RolledBack" in loops.reasons(ns, "churn")
+    stable_after = deployment(kubectl, ns, "churn")
+    assert stable_after["metadata"]["generation"] == stable_before["metadata"]["generation"]
+    assert stable_after["metadata"]["labels"]["feedbackloop.dev/version"] == "1"
+
+
+def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, pod_runtime, kubectl, k8s_namespace,
+                                                        tmp_path, operator_process):
+    ns, storage = k8s_namespace, tmp_path / "artifacts"
+    seed_registry(storage, "churn")
+    manifest = loop_manifest(ns, prometheus.url, storage, initial_version=1, max_degradation=1.0,
+                             pauses=("15s", "5s"))
+    loops.apply(manifest)
+    loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
+    try:
+        manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "crash-test"
+        loops.apply(manifest)
+        loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the retraining")
+        operator_process.kill()  # mid-Job
+        operator_process.start()
+        status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the canary")
+        assert jobs_of(kubectl, ns) == ["churn-train-v2"]  # no twin Job after the crash
+        step = status["rollout"]["step"]
+        operator_process.kill()  # mid-canary
+        operator_process.start()
+        status = loops.wait(ns, "churn", lambda s: s.get("rollout") is not None and s["rollout"]["step"] >= step, 30,
+                            "the same rollout after the restart")
+        assert status["rollout"]["version"] == 2
+        canaries = [d for d in json.loads(kubectl("get", "deployments", "-n", ns, "-o", "json").stdout)["items"]
+                    if d["metadata"]["labels"].get("feedbackloop.dev/track") == "canary"]
+        assert len(canaries) == 1
+        status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "the rollout finished")
+    finally:
+        traffic.stop()
+    assert history_outcomes(status)[-1] == (2, "Promoted")
+    assert jobs_of(kubectl, ns) == ["churn-train-v2"]
+
+
+def test_failing_trainer_gives_a_condition_an_event_and_no_candidate(loops, prometheus, pod_runtime, kubectl,
+                                                                     k8s_namespace, tmp_path):
+    ns, storage = k8s_namespace, tmp_path / "artifacts"
+    datasets.write_base_csv(storage / "churn" / "data" / "base.csv", 500, seed=1)
+    loops.apply(loop_manifest(ns, prometheus.url, storage, features=["x0", "no_such_column"]))
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "Retraining").get("reason") == "TrainingFailed",
+                        180, "a failed retraining")
+    assert "no_such_column" in condition_of(status, "Retraining")["message"]
+    assert status.get("currentVersion") is None and not status.get("candidate")
+    assert status["failureBackoffUntil"]
+    assert condition_of(status, "Ready")["status"] == "False"
+    assert "RetrainingFailed" in loops.reasons(ns, "churn")
+    assert not (storage / "churn" / "versions" / "1").exists()
