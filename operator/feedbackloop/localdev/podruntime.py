@@ -4,7 +4,8 @@ It registers a Node (Ready, untainted, heartbeats), watches the Pods the schedul
 runs every container as a local process in the Pod's own network namespace (a veth on the runtime's
 bridge, a Pod IP from 10.244.0.0/24) and private mount namespace (volumes bind-mounted at their
 mountPath). It writes Pod status as a kubelet does, so Deployments, Jobs, Services/Endpoints and
-probes behave as on a real node, and serves Prometheus http_sd for annotated Pods.
+probes behave as on a real node, serves Prometheus http_sd for annotated Pods, and binds unbound
+PersistentVolumeClaims to hostPath volumes (podruntime_storage), as there is no storage provisioner.
 
     python -m feedbackloop.localdev.podruntime --kubeconfig K --node-name mfl-node --workdir W --sd-port P
 
@@ -41,6 +42,7 @@ from .podruntime_node import EventRecorder, NodeAgent
 from .podruntime_pod import PodWorker, RuntimeContext, grace_seconds
 from .podruntime_sd import SdServer
 from .podruntime_status import TERMINAL_PHASES
+from .podruntime_storage import LocalProvisioner
 from .podruntime_volumes import MountpointRegistry
 
 log = logging.getLogger("feedbackloop.localdev.podruntime")
@@ -63,7 +65,7 @@ def preflight() -> None:
 class PodRuntime:
     def __init__(self, kubeconfig: str | Path | None, workdir: str | Path, node_name: str = DEFAULT_NODE,
                  sd_port: int = 0, slot: int | None = None, restart_backoff: float = 10.0,
-                 heartbeat_seconds: float = 10.0, shutdown_grace: float = 10.0) -> None:
+                 heartbeat_seconds: float = 10.0, shutdown_grace: float = 10.0, provision_volumes: bool = True) -> None:
         self.kubeconfig = str(kubeconfig) if kubeconfig else None
         self.workdir = Path(workdir).resolve()
         self.node_name = node_name
@@ -72,6 +74,7 @@ class PodRuntime:
         self.restart_backoff = restart_backoff
         self.heartbeat_seconds = heartbeat_seconds
         self.shutdown_grace = shutdown_grace
+        self.provision_volumes = provision_volumes
         self.workers: dict[str, PodWorker] = {}
         self.slot: Slot | None = None
         self._lock = threading.RLock()
@@ -113,6 +116,9 @@ class PodRuntime:
             allocator=IPAllocator(self.slot.network, reserved={self.slot.gateway}), node_name=self.node_name,
             host_ip=self.slot.gateway, workdir=self.workdir, host_env=dict(os.environ),
             restart_backoff=self.restart_backoff)
+        if self.provision_volumes:
+            self.provisioner = LocalProvisioner(self.api, self.workdir, self.node_name)
+            self.provisioner.start()
         threading.Thread(target=self._watch_loop, name="podruntime-watch", daemon=True).start()
         if not self._listed.wait(timeout):
             raise TestbedError(f"could not list the Pods of node {self.node_name} in {timeout:.0f}s")
@@ -133,7 +139,7 @@ class PodRuntime:
             worker.request_stop(min(grace_seconds(worker.pod), self.shutdown_grace), delete=False)
         for worker in workers:
             worker.join(self.shutdown_grace + 15)
-        for component in ("sd", "node", "events"):
+        for component in ("provisioner", "sd", "node", "events"):
             if hasattr(self, component):
                 getattr(self, component).stop()
         if hasattr(self, "network"):
@@ -363,13 +369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sd-port", type=int, default=0, help="port of /sd and /healthz on 127.0.0.1 (0: any)")
     parser.add_argument("--slot", type=int, default=None, help="network slot 0-3 (default: the first free one)")
     parser.add_argument("--restart-backoff", type=float, default=10.0, help="first CrashLoopBackOff delay (s)")
+    parser.add_argument("--no-provisioner", action="store_true",
+                        help="do not create hostPath PersistentVolumes for unbound claims")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    runtime = PodRuntime(args.kubeconfig, args.workdir, args.node_name, args.sd_port, args.slot, args.restart_backoff)
+    runtime = PodRuntime(args.kubeconfig, args.workdir, args.node_name, args.sd_port, args.slot, args.restart_backoff,
+                         provision_volumes=not args.no_provisioner)
     try:
         runtime.start()
     except TestbedError as error:

@@ -115,3 +115,24 @@ class KubeApi:
         except ApiException as error:
             if error.status not in (404, 409):  # 409: a different Pod of that name exists now
                 raise
+
+    # --- storage (the local provisioner) ------------------------------------------------------------------
+    def list_claims(self) -> list[dict[str, Any]]:
+        return self._json(self.core.list_persistent_volume_claim_for_all_namespaces).get("items") or []
+
+    def list_volumes(self, label_selector: str) -> list[dict[str, Any]]:
+        return self._json(self.core.list_persistent_volume, label_selector=label_selector).get("items") or []
+
+    def create_volume(self, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_persistent_volume(body, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def delete_volume(self, name: str) -> None:
+        try:
+            self.core.delete_persistent_volume(name, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status != 404:
+                raise
