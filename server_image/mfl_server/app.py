@@ -118,10 +118,13 @@ class ModelServer:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def load_until_ready(self) -> None:
-        """Retries a missing or unreadable artifact; logs each new reason once."""
+        """Retries a missing or unreadable artifact or store; logs each new reason once."""
         while self.model is None:
             try:
+                await asyncio.to_thread(self._check_store)
                 model = await asyncio.to_thread(load_model, self.config.version_dir, self.config.version)
+            except OSError as error:
+                self._not_ready(f"the artifact store is not writable: {error}")
             except ModelLoadError as error:
                 self._not_ready(str(error))
             except Exception as error:
@@ -130,6 +133,11 @@ class ModelServer:
                 self._ready(model)
                 return
             await asyncio.sleep(self.config.reload_interval)
+
+    def _check_store(self) -> None:
+        """Predictions that cannot be logged cannot be acknowledged: not ready until they can."""
+        self.predictions_log.check_writable()
+        self.feedback_log.check_writable()
 
     def _not_ready(self, reason: str) -> None:
         if reason != self.not_ready_reason:

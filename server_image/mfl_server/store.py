@@ -34,6 +34,12 @@ class DailyJsonl:
         self._day_start = self._day_end = 0.0
         self.path: Path | None = None
 
+    def check_writable(self) -> None:
+        """Raises OSError when lines could not be appended (read-only volume, wrong owner)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.folder} is not writable by uid {os.getuid()}")
+
     def append(self, data: bytes, ts: float) -> None:
         """``data``: complete lines, each ending in a newline; ``ts`` picks the day partition."""
         if not data:

@@ -390,6 +390,17 @@ def test_broken_artifacts_keep_the_server_not_ready(tmp_path, damage, words):
     assert words in run(scenario())
 
 
+def test_an_unwritable_store_keeps_the_server_not_ready(tmp_path):
+    write_model(tmp_path)
+    (tmp_path / "churn" / "predictions").write_text("a file where a folder belongs")
+
+    async def scenario() -> str:
+        async with serving(server_config(tmp_path, reload_interval=0.05), wait_ready=False) as (_, client):
+            return await first_not_ready_reason(client)
+
+    assert "artifact store is not writable" in run(scenario())
+
+
 def test_estimator_fitted_with_feature_names_gets_its_column_order(tmp_path):
     x, y = synthetic(400)
     estimator = LogisticRegression().fit(x[:, ::-1], y)              # columns f3, f2, f1, f0
