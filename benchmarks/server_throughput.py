@@ -5,8 +5,9 @@ turn, pinned to CPU 1; this process, the load generator (benchmarks/loadgen.py),
 Same load for every server: fixed concurrency, a bounded number of requests (and seconds), batch
 sizes 1 and 32, loopback only. Servers:
 
-- ``mfl-server`` with the standard library's json, and again with orjson when a safe one (>= 3.11.5)
-  can be had in a side virtualenv (``--orjson-venv``, created on first use with system site packages);
+- ``mfl-server`` as installed here (standard library json, asyncio loop), and again with its optional
+  accelerators, orjson (>= 3.11.5) and uvloop, from a side virtualenv (``--fast-venv``, created on
+  first use with system site packages, so it runs this checkout's mfl_server);
 - MLServer with its scikit-learn runtime (V2 inference protocol, ``parallel_workers: 0`` so inference
   runs in the serving process, as in mfl-server), from ``--mlserver-venv`` (created on first use).
 
@@ -287,7 +288,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--mlserver-venv", type=Path, default=CACHE / "mlserver")
-    parser.add_argument("--orjson-venv", type=Path, default=CACHE / "orjson")
+    parser.add_argument("--fast-venv", type=Path, default=CACHE / "mfl-fast")
     parser.add_argument("--no-setup", action="store_true", help="do not create missing virtualenvs")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2 and os.cpu_count() and os.cpu_count() < 2:
@@ -297,21 +298,29 @@ def main() -> None:
     pins = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"joblib=={joblib.__version__}"]
     mlserver_missing = ensure_venv(args.mlserver_venv, ["mlserver", "mlserver-sklearn", *pins],
                                    "import mlserver, mlserver_sklearn", setup)
-    orjson_missing = ensure_venv(args.orjson_venv, ["orjson>=3.11.5"],
-                                 "import mfl_server.jsonio as j; assert j.BACKEND == 'orjson'", setup, system_site=True)
+    fast_missing = ensure_venv(args.fast_venv, ["orjson>=3.11.5", "uvloop"],
+                               "import uvloop, mfl_server.jsonio as j; assert j.BACKEND == 'orjson'", setup,
+                               system_site=True)
     os.sched_setaffinity(0, {CLIENT_CPU})
+    load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="mfl-bench-") as tmp:
         workdir = Path(tmp)
         estimator, model_file = train(args.model, workdir / "store")
         specs = [
-            mfl_server_spec("mfl-server (stdlib json)", sys.executable, workdir / "store",
-                            extra_env={"MFL_JSON": "stdlib"}),
-            mfl_server_spec("mfl-server (orjson)", str(args.orjson_venv / "bin" / "python"), workdir / "store",
-                            unavailable=orjson_missing),
+            mfl_server_spec("mfl-server (json, asyncio)", sys.executable, workdir / "store",
+                            extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"}),
+            mfl_server_spec("mfl-server (orjson, uvloop)", str(args.fast_venv / "bin" / "python"),
+                            workdir / "store", unavailable=fast_missing),
             mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
         ]
         cells = [cell for spec in specs for cell in measure(spec, estimator, workdir, args.batches, args)]
     print(table(cells, args))
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {_load_average()} "
+          "(other work on these two CPUs slows every server alike)")
+
+
+def _load_average() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":
