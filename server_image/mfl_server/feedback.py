@@ -29,7 +29,8 @@ class Rejected:
     message: str
 
     def as_json(self) -> dict[str, Any]:
-        shown = self.id[:100] if isinstance(self.id, str) else self.id if self.id is None else str(self.id)[:100]
+        """The id is echoed cut short: a rejected one may be any JSON the client sent."""
+        shown = None if self.id is None else str(self.id)[:100]
         return {"index": self.index, "id": shown, "reason": self.reason, "error": self.message}
 
 
