@@ -134,6 +134,7 @@ def test_job_completes_with_its_termination_message(kubectl: Kubectl, namespace:
     assert (Path(info["volumes"]) / namespace / "artifacts" / "model.txt").read_text() == "trained"
     log = Path(info["logs"]) / f"{namespace}_{pod['metadata']['name']}_main.log"
     assert "trained" in log.read_text()
+    assert kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout == "trained\n"
 
 
 def test_failing_container_fails_the_pod_and_the_job(kubectl: Kubectl, namespace: str) -> None:

@@ -13,6 +13,8 @@ def test_node_reports_capacity_ready_and_only_an_internal_ip():
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["reason"] == "KubeletReady"
     assert status["nodeInfo"]["kubeletVersion"] == "v1.20.2"
+    assert status["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 0}}
+    assert node_status("ip", T0, kubelet_port=10250)["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
 
 
 def test_heartbeats_move_but_transition_times_stay():

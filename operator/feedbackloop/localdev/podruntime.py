@@ -14,7 +14,9 @@ Needs root (network namespaces, mounts) and `ip`/`unshare` (iproute2, util-linux
 
 Differences from a kubelet: no images (see podruntime_images.IMAGE_ENTRYPOINTS), containers share
 the host's file system and PATH, no resource limits, no Service ClusterIPs and no route out of the Pod
-subnet, and `kubectl logs`/`exec` do not work: logs are in `<workdir>/logs/<ns>_<pod>_<container>.log`.
+subnet. Container output goes to `<workdir>/logs/<ns>_<pod>_<container>.log` (restarts append);
+`kubectl logs [-f] [--tail]` reads it through a small kubelet endpoint on <bridge IP>:10250
+(podruntime_logs), but `kubectl exec`, `attach`, `port-forward` and `logs --previous` do not work.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from kubernetes.client.rest import ApiException
 from .netutil import LOOPBACK, free_port, http_request, wait_until
 from .process import TestbedError, TestbedUnavailable, tail
 from .podruntime_api import KubeApi
+from .podruntime_logs import KubeletLogServer
 from .podruntime_net import IPAllocator, Network, Slot, acquire_slot, other_slots_in_use
 from .podruntime_node import EventRecorder, NodeAgent
 from .podruntime_pod import PodWorker, RuntimeContext, grace_seconds
@@ -105,10 +108,13 @@ class PodRuntime:
         assert self.slot is not None
         self.network = Network(self.slot)
         self.network.setup()
+        self.log_server = KubeletLogServer(self.slot.gateway, self.workdir / "logs", self.workdir / "pki",
+                                           self.node_name, self._pod_is_running)
+        kubelet_port = self.log_server.port if self.log_server.start() else 0
         self.mountpoints = MountpointRegistry(self.workdir / "mountpoints.json")
         self.events = EventRecorder(self.api.client, self.node_name)
         self.node = NodeAgent(self.api.client, self.node_name, self.slot.gateway, str(self.slot.network),
-                              self.heartbeat_seconds)
+                              self.heartbeat_seconds, kubelet_port)
         self.node.register()
         self.node.start()
         self.context = RuntimeContext(
@@ -139,7 +145,7 @@ class PodRuntime:
             worker.request_stop(min(grace_seconds(worker.pod), self.shutdown_grace), delete=False)
         for worker in workers:
             worker.join(self.shutdown_grace + 15)
-        for component in ("provisioner", "sd", "node", "events"):
+        for component in ("provisioner", "sd", "log_server", "node", "events"):
             if hasattr(self, component):
                 getattr(self, component).stop()
         if hasattr(self, "network"):
@@ -177,6 +183,11 @@ class PodRuntime:
     def pod_snapshots(self) -> list[dict[str, Any]]:
         with self._lock:
             return [worker.snapshot() for worker in self.workers.values() if not worker.finished.is_set()]
+
+    def _pod_is_running(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return any(worker.key == f"{namespace}/{name}" and worker.running() and not worker.finished.is_set()
+                       for worker in self.workers.values())
 
     def _ready_file(self) -> Path:
         return self.workdir / READY_FILE
@@ -386,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"pod runtime ready: sd={runtime.sd_url}", flush=True)
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
             pass
     finally:
         runtime.stop()

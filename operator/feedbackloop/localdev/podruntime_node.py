@@ -47,7 +47,7 @@ def node_manifest(name: str, pod_cidr: str) -> dict[str, Any]:
 
 
 def node_status(internal_ip: str, now: datetime, ready: bool = True,
-                previous: list[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                previous: list[Mapping[str, Any]] | None = None, kubelet_port: int = 0) -> dict[str, Any]:
     """Capacity, addresses and conditions; transition times kept while a condition holds (pure)."""
     before = {condition["type"]: condition for condition in previous or []}
     conditions = []
@@ -65,7 +65,7 @@ def node_status(internal_ip: str, now: datetime, ready: bool = True,
         "capacity": dict(CAPACITY), "allocatable": dict(CAPACITY), "conditions": conditions,
         # InternalIP only: the apiserver would pick a Hostname address first and fail to resolve it.
         "addresses": [{"type": "InternalIP", "address": internal_ip}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},  # where `kubectl logs` goes
         "nodeInfo": _node_info(),
     }
 
@@ -101,10 +101,11 @@ class NodeAgent:
     """Registers the Node, keeps it Ready every `interval` seconds, renews its Lease."""
 
     def __init__(self, api: client.ApiClient, name: str, internal_ip: str, pod_cidr: str,
-                 interval: float = 10.0) -> None:
+                 interval: float = 10.0, kubelet_port: int = 0) -> None:
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         self.name, self.internal_ip, self.pod_cidr, self.interval = name, internal_ip, pod_cidr, interval
+        self.kubelet_port = kubelet_port
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._heartbeats, name="podruntime-node", daemon=True)
 
@@ -131,8 +132,8 @@ class NodeAgent:
 
     def post_status(self, ready: bool) -> None:
         previous = self._read().get("status", {}).get("conditions")
-        self.core.patch_node_status(self.name, {"status": node_status(self.internal_ip, utcnow(), ready, previous)},
-                                    _content_type=MERGE_PATCH, _request_timeout=10)
+        status = node_status(self.internal_ip, utcnow(), ready, previous, self.kubelet_port)
+        self.core.patch_node_status(self.name, {"status": status}, _content_type=MERGE_PATCH, _request_timeout=10)
 
     def _read(self) -> dict[str, Any]:
         return json.loads(self.core.read_node(self.name, _preload_content=False, _request_timeout=10).data)

@@ -151,7 +151,7 @@ class PodWorker(threading.Thread):
             else:
                 self._step()
             self._publish()
-            if self._terminal() and not torn_down and not self._running():
+            if self._terminal() and not torn_down and not self.running():
                 self._release_network()  # like a kubelet killing the sandbox of a finished pod
                 torn_down = True
             self._wake.wait(TICK if not torn_down else 5.0)
@@ -410,7 +410,7 @@ class PodWorker(threading.Thread):
     def _nothing_to_run(self) -> bool:
         return all(slot.next_start is None for slot in self.init + self.containers)
 
-    def _running(self) -> bool:
+    def running(self) -> bool:
         return any(slot.process is not None for slot in self.init + self.containers)
 
     def _terminal(self) -> bool:
