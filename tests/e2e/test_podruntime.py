@@ -101,7 +101,8 @@ TRAIN = """
 import json, os, pathlib, socket
 pathlib.Path('/artifacts/model.txt').write_text('trained')
 summary = {'ok': True, 'podIP': os.environ['POD_IP'], 'token': os.environ['TOKEN'], 'cwd': os.getcwd(),
-           'hostname': socket.gethostname(), 'unbuffered': os.environ.get('PYTHONUNBUFFERED')}
+           'hostname': socket.gethostname(), 'unbuffered': os.environ.get('PYTHONUNBUFFERED'),
+           'init': pathlib.Path('/scratch/init.txt').read_text()}
 pathlib.Path('/dev/termination-log').write_text(json.dumps(summary))
 print('trained')
 """
@@ -115,6 +116,9 @@ def test_job_completes_with_its_termination_message(kubectl: Kubectl, namespace:
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
     ], volumeMounts=[{"name": "artifacts", "mountPath": "/artifacts"}, {"name": "scratch", "mountPath": "/scratch"}])
+    train["spec"]["template"]["spec"]["initContainers"] = [{
+        "name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo -n prepared > /scratch/init.txt"],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]
     train["spec"]["template"]["spec"]["volumes"] = [
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": "artifacts"}},
         {"name": "scratch", "emptyDir": {}}]
@@ -128,7 +132,8 @@ def test_job_completes_with_its_termination_message(kubectl: Kubectl, namespace:
     assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
     summary = json.loads(terminated["message"])
     assert summary == {"ok": True, "podIP": pod["status"]["podIP"], "token": "s3cret", "cwd": "/scratch",
-                       "hostname": pod["metadata"]["name"], "unbuffered": "1"}
+                       "hostname": pod["metadata"]["name"], "unbuffered": "1", "init": "prepared"}
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     assert ipaddress.ip_address(pod["status"]["podIP"]) in POD_SUBNET
     info = runtime.info()
     assert (Path(info["volumes"]) / namespace / "artifacts" / "model.txt").read_text() == "trained"
@@ -267,6 +272,24 @@ def test_crashing_container_restarts_with_back_off(kubectl: Kubectl, namespace: 
     container = status["containerStatuses"][0]
     assert status["phase"] == "Running" and container["restartCount"] >= 1
     assert container["lastState"]["terminated"]["exitCode"] == 4
+
+
+def test_failing_liveness_probe_restarts_the_container(kubectl: Kubectl, namespace: str) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unwell"}, "spec": {
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{"name": "main", "image": "busybox", "command": ["python", "-m", "http.server", "8000"],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8000}, "periodSeconds": 1,
+                                          "failureThreshold": 2}}]}}  # http.server answers 404 there
+    apply(kubectl, namespace, pod)
+
+    def restarted() -> dict[str, Any] | None:
+        statuses = get(kubectl, namespace, "pod", "unwell")["status"].get("containerStatuses") or [{}]
+        return statuses[0] if statuses[0].get("restartCount", 0) >= 1 else None
+
+    container = wait_until(restarted, 60, "a liveness restart")
+    assert container["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM first, within the grace period
+    events = get(kubectl, namespace, "events", "--field-selector", "involvedObject.name=unwell")["items"]
+    assert {"Unhealthy", "Killing"} <= {event["reason"] for event in events}
 
 
 def test_unmapped_image_fails_with_a_clear_reason(kubectl: Kubectl, namespace: str) -> None:

@@ -111,6 +111,7 @@ class PodWorker(threading.Thread):
         self._stop_grace: float | None = None
         self._delete_after_stop = False
         self._gone = False
+        self._publish_after = 0.0  # monotonic; status writes pause a little after a failure
         policy = pod["spec"].get("restartPolicy", "Always")
         init_policy = "Never" if policy == "Never" else "OnFailure"
         self.init = [self._slot(c, init_policy) for c in pod["spec"].get("initContainers") or []]
@@ -144,18 +145,26 @@ class PodWorker(threading.Thread):
     def _live(self) -> None:
         torn_down = False
         while self._stop_grace is None and not self._gone:
-            if self.volumes is None and self._nothing_to_run():
-                self.volumes = {}  # e.g. a Never pod adopted after a runtime restart: no sandbox needed
-            elif self.volumes is None:
-                self._try_sandbox()
-            else:
-                self._step()
-            self._publish()
-            if self._terminal() and not torn_down and not self.running():
-                self._release_network()  # like a kubelet killing the sandbox of a finished pod
-                torn_down = True
+            try:
+                self._tick()
+                if self._terminal() and not torn_down and not self.running():
+                    self._release_network()  # like a kubelet killing the sandbox of a finished pod
+                    torn_down = True
+            except Exception:  # noqa: BLE001 - keep looking after this pod; the next tick may succeed
+                log.exception("pod %s: unexpected error, retrying", self.key)
+                self._wake.wait(1.0)
             self._wake.wait(TICK if not torn_down else 5.0)
             self._wake.clear()
+
+    def _tick(self) -> None:
+        if self.volumes is None and self._nothing_to_run():
+            self.volumes = {}  # e.g. a Never pod adopted after a runtime restart: no sandbox needed
+        elif self.volumes is None:
+            self._try_sandbox()
+        else:
+            self._step()
+        if time.monotonic() >= self._publish_after:
+            self._publish()
 
     # --- sandbox -------------------------------------------------------------------------------------
     def _try_sandbox(self) -> None:
@@ -165,7 +174,7 @@ class PodWorker(threading.Thread):
             self.volumes = prepare_volumes(self.pod, self.pod_dir, self.ctx.workdir, self.ctx.api,
                                            self.pod_ip, self.ctx.host_ip)
             self._write_hosts_file()
-        except (ConfigError, NetworkError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 - config, network, file system or API trouble: retry
             reason = "CreateContainerConfigError" if isinstance(error, ConfigError) else "ContainerCreating"
             for slot in self.init + self.containers:
                 if slot.process is None and slot.view.state == "waiting":
@@ -254,21 +263,28 @@ class PodWorker(threading.Thread):
                                 hostname=self._hostname() or self.ctx.node_name)
             argv = expand_argv(container_argv(slot.spec), env)
             mounts = self._mounts(slot)
-        except ConfigError as error:
-            slot.view.set_waiting(error.reason, str(error))
-            slot.next_start = time.monotonic() + CONFIG_RETRY
-            self._event("Warning", "Failed", f"Error: {error}", slot)
-            return
         except ImageNotMapped as error:
-            self._event("Warning", "Failed", f"Error: {error.reason}: {error}", slot)
-            self._after_exit(slot, Terminated(128, error.reason, str(error), finished_at=utcnow()), ran_for=0.0)
+            self._cannot_start(slot, error.reason, str(error))
+            return
+        except ConfigError as error:
+            self._retry_start(slot, error.reason, str(error))
+            return
+        except OSError as error:  # e.g. a mountPath that cannot be created on the host
+            self._cannot_start(slot, "StartError", f"cannot prepare the container: {error}")
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. the API is briefly unreachable
+            self._retry_start(slot, "ContainerCreating", f"cannot prepare the container: {error!r}")
             return
         spec = LaunchSpec(argv, env, mounts, slot.spec.get("workingDir") or "", self._hostname())
         launch_dir = self.pod_dir / "launch"
         self._termination_file(slot).write_bytes(b"")
         spec.write(launch_dir / f"{slot.name}.probe.json", launch_dir / f"{slot.name}.probe.error")
         log_path = self.ctx.logs_dir / f"{self.pod['metadata']['namespace']}_{self.pod['metadata']['name']}_{slot.name}.log"
-        slot.process = start_process(self.netns, spec, launch_dir / f"{slot.name}.json", log_path)
+        try:
+            slot.process = start_process(self.netns, spec, launch_dir / f"{slot.name}.json", log_path)
+        except OSError as error:
+            self._cannot_start(slot, "StartError", f"cannot start the container: {error}")
+            return
         if slot.runs:
             slot.view.restart_count += 1
         slot.runs += 1
@@ -276,6 +292,18 @@ class PodWorker(threading.Thread):
         self._arm_probes(slot)
         self._event("Normal", "Started", f"Started container {slot.name} (pid {slot.process.pid})", slot)
         log.info("pod %s: started %s (pid %s) at %s", self.key, slot.name, slot.process.pid, self.pod_ip)
+
+    def _cannot_start(self, slot: ContainerSlot, reason: str, message: str) -> None:
+        """The container fails without running (exit code 128); its restart policy decides what next."""
+        self._event("Warning", "Failed", f"Error: {reason}: {message}", slot)
+        self._after_exit(slot, Terminated(128, reason, message, finished_at=utcnow()), ran_for=0.0)
+
+    def _retry_start(self, slot: ContainerSlot, reason: str, message: str) -> None:
+        """Wait and try again, as the kubelet does for a missing Secret or ConfigMap."""
+        if slot.view.waiting_reason != reason or slot.view.waiting_message != message:
+            self._event("Warning", "Failed", f"Error: {message}", slot)
+        slot.view.set_waiting(reason, message)
+        slot.next_start = time.monotonic() + CONFIG_RETRY
 
     def _mounts(self, slot: ContainerSlot) -> list[Mount]:
         mounts = container_mounts(slot.spec, self.volumes or {})
@@ -404,8 +432,9 @@ class PodWorker(threading.Thread):
         except PodGone:
             log.info("pod %s is gone", self.key)
             self._gone = True
-        except Exception as error:  # noqa: BLE001 - retried on the next tick
+        except Exception as error:  # noqa: BLE001 - retried shortly
             log.warning("pod %s: status write failed: %s", self.key, error)
+            self._publish_after = time.monotonic() + 2.0
 
     def _nothing_to_run(self) -> bool:
         return all(slot.next_start is None for slot in self.init + self.containers)
