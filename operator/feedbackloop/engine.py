@@ -335,7 +335,7 @@ class Engine:
     async def _write_status(self, key: str, body: dict[str, Any], memory: LoopMemory, before: dict[str, Any],
                             after: dict[str, Any], now: float) -> None:
         changed = _significant(after) != _significant(before)
-        stale = after != before and now - memory.written_at >= self.settings.status_refresh_seconds
+        stale = _values(after) != _values(before) and now - memory.written_at >= self.settings.status_refresh_seconds
         if memory.written_status is None and (body.get("status") or {}) != after:
             changed = True
         if not (changed or stale):
@@ -343,7 +343,7 @@ class Engine:
         base = body.get("status") or {} if memory.written_status is None else before
         patch = _merge_patch(_without_empty_strings(base), _without_empty_strings(after))
         await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
-        metrics.STATUS_WRITES.inc()
+        metrics.STATUS_WRITES.labels("change" if changed else "refresh").inc()
         memory.written_status = copy.deepcopy(after)
         memory.written_at = now
 
@@ -412,6 +412,11 @@ def _drifted(observed: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
         return (spec.get("replicas"), container.get("image"), env.get("MFL_MODEL_VERSION"),
                 (d["metadata"].get("labels") or {}).get(resources.VERSION_LABEL), tuple(sorted(env.items())))
     return owned(observed) != owned(desired)
+
+
+def _values(status: dict[str, Any]) -> list[Any]:
+    """The live metric values (a new sample time alone is not worth a write)."""
+    return [m.get("value") for m in status.get("metrics", [])]
 
 
 def _significant(status: dict[str, Any]) -> Any:
