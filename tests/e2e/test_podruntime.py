@@ -11,11 +11,11 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from feedbackloop.localdev import TestbedError
 from feedbackloop.localdev.netutil import http_json, wait_until
 from feedbackloop.localdev.podruntime import PodRuntimeProcess
@@ -245,7 +245,7 @@ def test_deleting_a_pod_terminates_its_process_and_network(kubectl: Kubectl, nam
     apply(kubectl, namespace, pod)
     pid = int(wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(), 60, "the pid file"))
     uid = get(kubectl, namespace, "pod", "sleeper")["metadata"]["uid"]
-    assert alive(pid) and uid in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert alive(pid) and uid in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
 
     kubectl("delete", "-n", namespace, "pod", "sleeper", "--wait=false")
 
@@ -254,7 +254,7 @@ def test_deleting_a_pod_terminates_its_process_and_network(kubectl: Kubectl, nam
     wait_until(gone, 30, "the pod to disappear")
     assert (tmp_path / "sigterm").read_text() == "received"  # graceful: SIGTERM first
     wait_until(lambda: not alive(pid), 5, "the process to end")
-    assert uid not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert uid not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
 
 
 def test_crashing_container_restarts_with_back_off(kubectl: Kubectl, namespace: str) -> None:

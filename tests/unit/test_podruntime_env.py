@@ -1,5 +1,4 @@
 import pytest
-
 from feedbackloop.localdev.podruntime_env import ConfigError, container_env, expand, expand_argv
 
 

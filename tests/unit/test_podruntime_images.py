@@ -1,9 +1,7 @@
 import sys
 
 import pytest
-
-from feedbackloop.localdev.podruntime_images import (IMAGE_ENTRYPOINTS, ImageNotMapped, container_argv,
-                                                     image_repository)
+from feedbackloop.localdev.podruntime_images import IMAGE_ENTRYPOINTS, ImageNotMapped, container_argv, image_repository
 
 
 @pytest.mark.parametrize("image, repository", [

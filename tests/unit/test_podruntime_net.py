@@ -1,7 +1,6 @@
 import ipaddress
 
 import pytest
-
 from feedbackloop.localdev.podruntime_net import SLOT_COUNT, SUPERNET, IPAllocator, IPExhausted, Slot
 
 

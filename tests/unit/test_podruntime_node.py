@@ -1,8 +1,8 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from feedbackloop.localdev.podruntime_node import node_manifest, node_status, without_startup_taints
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_node_reports_capacity_ready_and_only_an_internal_ip():

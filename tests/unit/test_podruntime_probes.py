@@ -2,7 +2,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from feedbackloop.localdev.podruntime_probes import ProbeTracker, container_ports, resolve_port, run_probe
 
 

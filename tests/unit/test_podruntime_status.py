@@ -1,11 +1,18 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from feedbackloop.localdev.podruntime_status import (
+    ContainerView,
+    PodView,
+    Terminated,
+    build_pod_status,
+    cap_message,
+    pod_phase,
+    restart_delay,
+    should_restart,
+)
 
-from feedbackloop.localdev.podruntime_status import (ContainerView, PodView, Terminated, build_pod_status, cap_message,
-                                                     pod_phase, restart_delay, should_restart)
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def running(name="main", ready=True):

@@ -1,10 +1,13 @@
 import os
 
 import pytest
-
 from feedbackloop.localdev.podruntime_env import ConfigError
-from feedbackloop.localdev.podruntime_volumes import (MountpointRegistry, container_mounts, missing_path_chain,
-                                                      prepare_volumes)
+from feedbackloop.localdev.podruntime_volumes import (
+    MountpointRegistry,
+    container_mounts,
+    missing_path_chain,
+    prepare_volumes,
+)
 
 
 class Reader:

@@ -30,14 +30,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from .netutil import LOOPBACK, free_port, http_request, wait_until
-from .process import TestbedError, TestbedUnavailable, tail
 from .podruntime_api import KubeApi
 from .podruntime_logs import KubeletLogServer
 from .podruntime_net import IPAllocator, Network, Slot, acquire_slot, other_slots_in_use
@@ -47,6 +47,7 @@ from .podruntime_sd import SdServer
 from .podruntime_status import TERMINAL_PHASES
 from .podruntime_storage import LocalProvisioner
 from .podruntime_volumes import MountpointRegistry
+from .process import TestbedError, TestbedUnavailable, tail
 
 log = logging.getLogger("feedbackloop.localdev.podruntime")
 
@@ -88,7 +89,7 @@ class PodRuntime:
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "PodRuntime":
+    def start(self, timeout: float = 60.0) -> PodRuntime:
         preflight()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -158,7 +159,7 @@ class PodRuntime:
         self.api.close()
         log.info("pod runtime stopped")
 
-    def __enter__(self) -> "PodRuntime":
+    def __enter__(self) -> PodRuntime:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -250,7 +251,7 @@ class PodRuntime:
     def _handle(self, kind: str, pod: dict[str, Any]) -> None:
         try:
             self._dispatch(kind, pod)
-        except Exception:  # noqa: BLE001 - one Pod's trouble must not stop the watch
+        except Exception:
             log.exception("pod %s/%s: could not handle %s", pod["metadata"].get("namespace"),
                           pod["metadata"].get("name"), kind)
 
@@ -306,7 +307,7 @@ class PodRuntimeProcess:
     def sd_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/sd"
 
-    def start(self, timeout: float = 60.0) -> "PodRuntimeProcess":
+    def start(self, timeout: float = 60.0) -> PodRuntimeProcess:
         """Start it and wait until it serves /healthz; raises TestbedUnavailable / TestbedError."""
         preflight()
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ import base64
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import urllib3
 from kubernetes import client, config

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from kubernetes.utils.quantity import parse_quantity
 

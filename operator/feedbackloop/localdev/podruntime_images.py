@@ -8,7 +8,8 @@ as the command, or /bin/sh when there are none.
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Image repository (no tag or digest) -> argv of its local stand-in. Extend it to map more images.
 IMAGE_ENTRYPOINTS: dict[str, list[str]] = {
@@ -36,8 +37,7 @@ def image_repository(image: str) -> str:
     if colon > last_slash:  # a colon before the last slash is a registry port, not a tag
         name = name[:colon]
     for prefix in ("docker.io/", "index.docker.io/", "library/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        name = name.removeprefix(prefix)
     return name
 
 

@@ -14,9 +14,10 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class KubeletLogServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 match = _PATH.match(url.path)
                 if not match:
@@ -108,7 +109,7 @@ class KubeletLogServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("kubelet logs: " + format, *args)
 
         return Handler

@@ -11,8 +11,9 @@ import os
 import platform
 import queue
 import threading
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException

@@ -17,10 +17,21 @@ from .podruntime_images import ImageNotMapped, container_argv
 from .podruntime_net import IPAllocator, Network, NetworkError
 from .podruntime_node import EventRecorder
 from .podruntime_probes import ProbeTracker, container_ports, run_probe
-from .podruntime_proc import (ContainerProcess, LaunchSpec, read_termination_message, run_once, start_process)
-from .podruntime_status import (OUR_CONDITIONS, TERMINAL_PHASES, ContainerView, PodView, Terminated,
-                                build_pod_status, exit_reason, init_done, parse_rfc3339, restart_delay, should_restart,
-                                utcnow)
+from .podruntime_proc import ContainerProcess, LaunchSpec, read_termination_message, run_once, start_process
+from .podruntime_status import (
+    OUR_CONDITIONS,
+    TERMINAL_PHASES,
+    ContainerView,
+    PodView,
+    Terminated,
+    build_pod_status,
+    exit_reason,
+    init_done,
+    parse_rfc3339,
+    restart_delay,
+    should_restart,
+    utcnow,
+)
 from .podruntime_volumes import Mount, MountpointRegistry, container_mounts, missing_path_chain, prepare_volumes
 
 log = logging.getLogger(__name__)
@@ -136,7 +147,7 @@ class PodWorker(threading.Thread):
     def run(self) -> None:
         try:
             self._live()
-        except Exception:  # noqa: BLE001 - a broken pod must never take the runtime down
+        except Exception:
             log.exception("pod %s: worker failed", self.key)
         finally:
             self._shut_down()
@@ -150,7 +161,7 @@ class PodWorker(threading.Thread):
                 if self._terminal() and not torn_down and not self.running():
                     self._release_network()  # like a kubelet killing the sandbox of a finished pod
                     torn_down = True
-            except Exception:  # noqa: BLE001 - keep looking after this pod; the next tick may succeed
+            except Exception:
                 log.exception("pod %s: unexpected error, retrying", self.key)
                 self._wake.wait(1.0)
             self._wake.wait(TICK if not torn_down else 5.0)
@@ -311,11 +322,11 @@ class PodWorker(threading.Thread):
         mounts.append(Mount(str(self._termination_file(slot)), path, is_file=True))
         if not self.host_network:
             mounts.append(Mount(str(self.pod_dir / "hosts"), "/etc/hosts", is_file=True))
-        covered = [m.target for m in mounts]
+        targets = [m.target for m in mounts]
         for mount in mounts:  # create missing host mount points, except those inside another volume
-            if not any(mount.target.startswith(other.rstrip("/") + "/") for other in covered if other != mount.target):
-                if missing_path_chain(mount.target):
-                    self.ctx.mountpoints.ensure(mount.target, mount.is_file)
+            nested = any(mount.target.startswith(other.rstrip("/") + "/") for other in targets if other != mount.target)
+            if not nested and missing_path_chain(mount.target):
+                self.ctx.mountpoints.ensure(mount.target, mount.is_file)
         return mounts
 
     def _termination_file(self, slot: ContainerSlot) -> Path:

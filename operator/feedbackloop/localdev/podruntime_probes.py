@@ -7,8 +7,9 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 SUCCESS_CODES = range(200, 400)  # the kubelet counts redirects as success too
 
@@ -22,7 +23,7 @@ class ProbeSettings:
     failure_threshold: int = 3
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> "ProbeSettings":
+    def from_spec(cls, spec: Mapping[str, Any]) -> ProbeSettings:
         return cls(
             initial_delay=float(spec.get("initialDelaySeconds") or 0),
             period=float(spec.get("periodSeconds") or 10),

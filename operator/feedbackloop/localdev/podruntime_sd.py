@@ -10,8 +10,9 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class SdServer:
         routes = self._routes
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 route = routes().get(self.path.split("?", 1)[0])
                 code, body = route() if route else (404, "not found")
                 payload = (body if isinstance(body, str) else json.dumps(body)).encode()
@@ -95,7 +96,7 @@ class SdServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - Prometheus polls often
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("sd: " + format, *args)
 
         return Handler

@@ -6,9 +6,10 @@ restart), Succeeded and Failed.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 OUR_CONDITIONS = ("Initialized", "Ready", "ContainersReady", "PodScheduled")
@@ -16,18 +17,18 @@ MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet caps it
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(value: str) -> datetime | None:
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def exit_reason(exit_code: int) -> str:
@@ -191,9 +192,10 @@ def pod_conditions(pod: Mapping[str, Any], view: PodView, phase: str, now: datet
         reason, unready_message = "PodCompleted", ""
     else:
         reason, unready_message = "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]"
+    gates_message = (f"corresponding condition of pod readiness gate \"{' '.join(open_gates)}\" "
+                     "does not exist or is not True")
     ready_reason, ready_message = (reason, unready_message) if not containers_ready else (
-        "ReadinessGatesNotReady", f"corresponding condition of pod readiness gate \"{' '.join(open_gates)}\" "
-                                  "does not exist or is not True")
+        "ReadinessGatesNotReady", gates_message)
     conditions = [
         _condition(previous, "Initialized", not uninitialized, now,
                    "PodCompleted" if terminal else "ContainersNotInitialized",

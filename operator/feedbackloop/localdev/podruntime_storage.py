@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .podruntime_api import KubeApi
 from .podruntime_volumes import claim_dir

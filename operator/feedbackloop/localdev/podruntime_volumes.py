@@ -10,9 +10,10 @@ import json
 import os
 import posixpath
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .podruntime_env import ConfigError, ObjectReader, field_value, resource_value
 
