@@ -15,7 +15,7 @@ mfl-server does more per request than MLServer: it signs one id per row and appe
 features to the prediction log before answering. A server that cannot be installed or started gets
 a row saying why instead of numbers.
 
-    python benchmarks/server_throughput.py                   # logreg, 3000 requests per cell
+    python benchmarks/server_throughput.py                   # logreg, 3 rounds of 2000 requests per cell
     python benchmarks/server_throughput.py --model hgb --requests 1000
     python benchmarks/server_throughput.py --no-setup         # only what is already installed
 """
@@ -60,8 +60,13 @@ START_TIMEOUT = 90
 class Cell:
     server: str
     batch: int
-    result: LoadResult | None = None
+    runs: list[LoadResult] = field(default_factory=list)    # one per round
     note: str = ""
+
+    @property
+    def median(self) -> LoadResult | None:
+        ordered = sorted(self.runs, key=lambda run: run.requests_per_second)
+        return ordered[len(ordered) // 2] if ordered else None
 
 
 @dataclass
@@ -139,7 +144,7 @@ def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
                                        "data": rows.ravel().tolist()}]}).encode()
 
     return ServerSpec(
-        name=f"MLServer {_mlserver_version(venv)} (sklearn runtime)", start=start, unavailable=unavailable,
+        name=f"MLServer {_mlserver_version(venv)} (sklearn)", start=start, unavailable=unavailable,
         ready_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready",
         infer_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
         encode=encode, decode=lambda body: json.loads(body)["outputs"][0]["data"])
@@ -228,26 +233,47 @@ def _mlserver_version(venv: Path) -> str:
 
 # --- measuring -----------------------------------------------------------------------------------
 
-def measure(spec: ServerSpec, estimator: Any, workdir: Path, batches: list[int], args: argparse.Namespace) -> list[Cell]:
-    if spec.unavailable:
-        return [Cell(spec.name, batch, note=f"not run: {spec.unavailable}") for batch in batches]
-    try:
-        with running(spec, workdir) as port:
-            return [measure_batch(spec, port, estimator, batch, args) for batch in batches]
-    except Exception as error:     # a server that fails to start is reported, not fatal
-        return [Cell(spec.name, batch, note=f"not run: {type(error).__name__}: {error}") for batch in batches]
+def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: argparse.Namespace) -> list[Cell]:
+    """All servers stay up (idle ones cost nothing); rounds interleave them, so a burst of other
+    work on the machine hits every server rather than one."""
+    notes = {spec.name: f"not run: {spec.unavailable}" for spec in specs if spec.unavailable}
+    runs: dict[tuple[str, int], list[LoadResult]] = {}
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for spec in specs:
+            if spec.name in notes:
+                continue
+            try:
+                ports[spec.name] = stack.enter_context(running(spec, workdir))
+            except Exception as error:     # a server that fails to start is reported, not fatal
+                notes[spec.name] = f"not run: {type(error).__name__}: {error}"
+        live = [spec for spec in specs if spec.name in ports]
+        for round_index in range(args.rounds):
+            for batch in args.batches:
+                for spec in live:
+                    key = (spec.name, batch)
+                    if key in notes:
+                        continue
+                    outcome = measure_batch(spec, ports[spec.name], estimator, batch, args, check=round_index == 0)
+                    if isinstance(outcome, str):
+                        notes[key] = f"not run: {outcome}"
+                    else:
+                        runs.setdefault(key, []).append(outcome)
+    return [Cell(spec.name, batch, runs.get((spec.name, batch), []),
+                 notes.get(spec.name) or notes.get((spec.name, batch), ""))
+            for spec in specs for batch in args.batches]
 
 
-def measure_batch(spec: ServerSpec, port: int, estimator: Any, batch: int, args: argparse.Namespace) -> Cell:
+def measure_batch(spec: ServerSpec, port: int, estimator: Any, batch: int, args: argparse.Namespace,
+                  check: bool) -> LoadResult | str:
     rng = np.random.default_rng(batch)
     matrices = [rng.normal(size=(batch, N_FEATURES)) for _ in range(64)]
-    check = _check_predictions(spec, port, estimator, matrices[0])
-    if check:
-        return Cell(spec.name, batch, note=f"not run: {check}")
-    result = asyncio.run(run_load(spec.infer_url(port), [spec.encode(m) for m in matrices],
-                                  rows_per_request=batch, concurrency=args.concurrency,
-                                  requests=args.requests, warmup=args.warmup, max_seconds=args.max_seconds))
-    return Cell(spec.name, batch, result)
+    problem = _check_predictions(spec, port, estimator, matrices[0]) if check else ""
+    if problem:
+        return problem
+    return asyncio.run(run_load(spec.infer_url(port), [spec.encode(m) for m in matrices],
+                                rows_per_request=batch, concurrency=args.concurrency,
+                                requests=args.requests, warmup=args.warmup, max_seconds=args.max_seconds))
 
 
 def _check_predictions(spec: ServerSpec, port: int, estimator: Any, rows: np.ndarray) -> str:
@@ -261,21 +287,25 @@ def _check_predictions(spec: ServerSpec, port: int, estimator: Any, rows: np.nda
 
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
-    head = (f"{'server':<34} {'batch':>5} {'req/s':>8} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'ok':>6} {'errors':>6} {'client CPU':>10}")
-    lines = [f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; "
-             f"{args.requests} requests per cell (max {args.max_seconds:.0f} s) after {args.warmup} warm-up; "
-             f"server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}", head, "-" * len(head)]
+    head = (f"{'server':<30} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'errors':>6} {'client CPU':>10}")
+    lines = [f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; {args.requests} "
+             f"requests per run (max {args.max_seconds:.0f} s) after {args.warmup} warm-up; median of "
+             f"{args.rounds} interleaved rounds; server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}",
+             head, "-" * len(head)]
     for cell in cells:
-        if cell.result is None:
-            lines.append(f"{cell.server:<34} {cell.batch:>5} {cell.note}")
+        run = cell.median
+        if run is None:
+            lines.append(f"{cell.server:<30} {cell.batch:>5} {cell.note}")
             continue
-        r = cell.result
-        lines.append(f"{cell.server:<34} {cell.batch:>5} {r.requests_per_second:>8.0f} {r.rows_per_second:>9.0f} "
-                     f"{r.percentile_ms(0.5):>7.2f} {r.percentile_ms(0.99):>7.2f} {len(r.latencies):>6} "
-                     f"{r.errors:>6} {100 * r.client_cpu:>9.0f}%")
-        if r.first_error:
-            lines.append(f"{'':<34} first error: {r.first_error}")
+        rates = [r.requests_per_second for r in cell.runs]
+        spread = f"{min(rates):.0f}-{max(rates):.0f}"
+        lines.append(f"{cell.server:<30} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
+                     f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
+                     f"{sum(r.errors for r in cell.runs):>6} {100 * run.client_cpu:>9.0f}%")
+        errors = [r.first_error for r in cell.runs if r.first_error]
+        if errors:
+            lines.append(f"{'':<30} first error: {errors[0]}")
     return "\n".join(lines)
 
 
@@ -284,7 +314,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["logreg", "hgb"], default="logreg")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--mlserver-venv", type=Path, default=CACHE / "mlserver")
@@ -313,7 +344,7 @@ def main() -> None:
                             workdir / "store", unavailable=fast_missing),
             mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
         ]
-        cells = [cell for spec in specs for cell in measure(spec, estimator, workdir, args.batches, args)]
+        cells = measure_all(specs, estimator, workdir, args)
     print(table(cells, args))
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {_load_average()} "
           "(other work on these two CPUs slows every server alike)")
