@@ -187,6 +187,8 @@ class Retraining(ApiModel):
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
     min_rows: int = Field(default=200, ge=10)
     incremental: bool = False
+    recent_weight: float = Field(default=1.0, ge=1, le=100, description="Weight of labelled feedback rows "
+                                 "against base-data rows in training (adapts faster after a drift).")
     schedule: str | None = Field(default=None, pattern=r"^(\S+\s+){4}\S+$",
                                  description="Cron (5 fields, UTC): retrain on a schedule as well.")
     cooldown: Duration = "1h"

@@ -149,10 +149,12 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: fl
         return f"backing off after a failed retraining until {status['failureBackoffUntil']}"
     if trigger == "Initial":
         return ""
-    last = parse_time(status.get("lastRetrainAt"))
+    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show).
+    last = max(parse_time(status.get("lastRetrainAt")) or 0.0,
+               parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0)
     cooldown = parse_duration(retraining.cooldown)
     if last and now - last < cooldown and trigger != "Manual":
-        return f"cooldown: last retraining {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
+        return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
     recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
     if len(recent) >= retraining.max_retrains_per_day:
         return f"daily budget used: {len(recent)} of maxRetrainsPerDay {retraining.max_retrains_per_day}"
@@ -437,6 +439,13 @@ def _promote(world: World, decision: Decision, version: int, trigger: str, now: 
     status["currentVersion"] = version
     status["rollout"] = None
     status["candidate"] = None
+    # A new version is a new subject: its rules start afresh instead of inheriting the old one's breach.
+    status["metrics"] = [{**m, "state": "NoData", "breachSince": None, "message": f"version {version}: waiting "
+                          "for its own data"} for m in status.get("metrics", [])]
+    status["breachSince"] = None
+    status["conditions"] = cond.apply(status.get("conditions", []), cond.ConditionUpdate(
+        cond.BREACHED, False, "NewVersion", f"version {version} promoted; judged on its own data"),
+        now, world.generation)
     decision.actions += [EnsureStable(version), RemoveCanary()]
     _remember(status, version, trigger, "Promoted", now, message, summary, evidence)
     decision.event("Normal", "Promoted", f"version {version} now serves as stable: {message}")

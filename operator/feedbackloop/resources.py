@@ -150,6 +150,7 @@ def trainer_config(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: i
         "target": retraining.target, "dataWindowSeconds": parse_duration(retraining.data_window),
         "now": time.time() if now is None else now, "holdoutFraction": retraining.holdout_fraction,
         "minRows": retraining.min_rows, "incremental": retraining.incremental,
+        "recentWeight": retraining.recent_weight,
         "trainerImage": retraining.trainer.image,
     }
 

@@ -40,7 +40,7 @@ from kubernetes.client.rest import ApiException
 from .netutil import LOOPBACK, free_port, http_request, wait_until
 from .podruntime_api import KubeApi
 from .podruntime_logs import KubeletLogServer
-from .podruntime_net import IPAllocator, Network, Slot, acquire_slot, other_slots_in_use
+from .podruntime_net import IPAllocator, Network, Slot, acquire_slot, clean_abandoned_slots, other_slots_in_use
 from .podruntime_node import EventRecorder, NodeAgent
 from .podruntime_pod import PodWorker, RuntimeContext, grace_seconds
 from .podruntime_sd import SdServer
@@ -109,6 +109,7 @@ class PodRuntime:
         assert self.slot is not None
         self.network = Network(self.slot)
         self.network.setup()
+        clean_abandoned_slots(self.slot)
         self.log_server = KubeletLogServer(self.slot.gateway, self.workdir / "logs", self.workdir / "pki",
                                            self.node_name, self._pod_is_running)
         kubelet_port = self.log_server.port if self.log_server.start() else 0

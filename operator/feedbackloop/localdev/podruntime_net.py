@@ -117,6 +117,19 @@ def acquire_slot(preferred: int | None = None) -> tuple[Slot, IO[str]]:
                        f"(locks in {LOCK_DIR})")
 
 
+def clean_abandoned_slots(own: Slot) -> None:
+    """Remove what crashed runtimes left in slots nobody holds now (their lock died with them)."""
+    for index in range(SLOT_COUNT):
+        if index == own.index:
+            continue
+        with (LOCK_DIR / f"slot{index}.lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live runtime owns it
+            Network(Slot(index)).remove_leftovers()
+
+
 def other_slots_in_use(own: Slot) -> bool:
     for index in range(SLOT_COUNT):
         if index == own.index:

@@ -46,6 +46,8 @@ class TrafficGenerator:
         self.generator, self.n_features, self.noise = generator, n_features, noise
         self.names = datasets.feature_names(generator, n_features)
         self.concept = 0
+        self.next_concept: int | None = None  # gradual drift: rows take this concept with probability `mix`
+        self.mix = 0.0
         self.stats = TrafficStats()
         self._rng = np.random.default_rng(seed)
         self._pending: deque[tuple[float, str, int, str]] = deque()  # (due, id, label, version)
@@ -79,7 +81,10 @@ class TrafficGenerator:
         if not targets:
             return
         X = datasets.sample_features(self.batch, int(self._rng.integers(1 << 31)), self.generator, self.n_features)
-        labels = datasets.flip_labels(datasets.concept_labels(X, self.concept, self.generator), self.noise,
+        concepts = np.full(self.batch, self.concept)
+        if self.next_concept is not None:
+            concepts[self._rng.random(self.batch) < self.mix] = self.next_concept
+        labels = datasets.flip_labels(datasets.concept_labels(X, concepts, self.generator), self.noise,
                                       int(self._rng.integers(1 << 31)))
         body = json.dumps({"instances": datasets.to_records(X, self.names)}).encode()
         status, reply = http_request(f"http://{random.choice(targets)}/predict", "POST", body,
