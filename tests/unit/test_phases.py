@@ -356,3 +356,26 @@ def test_the_analysis_state_survives_in_status():
                                                          (10, 10, (2, 17)), (3, 100, (3, 50))])
 def test_replica_split(replicas, weight, expected):
     assert replica_split(replicas, weight) == expected
+
+
+def test_cooldown_also_runs_from_the_last_outcome():
+    status = {**monitoring_status(), "history": [{"version": 1, "outcome": "Promoted", "at": format_time(NOW - 30)}]}
+    d = decide(world(status, health=breached(), serving=serving()))
+    assert not actions_of(d, StartTraining) and "cooldown" in d.status["retrainBlockedBy"]
+
+
+def test_a_promoted_version_starts_with_fresh_rules():
+    status = {**canary_status(), "metrics": [{"name": "accuracy", "state": "Breaching", "value": 0.5,
+                                              "breachSince": format_time(NOW - 100)}]}
+    d = decide(world(status, serving=serving(), requests={"promote": "now"}))
+    assert d.status["metrics"][0]["state"] == "NoData" and d.status["metrics"][0]["breachSince"] is None
+    assert condition(d.status, "Breached")["reason"] == "NewVersion"
+
+
+def test_retraining_condition_tracks_the_job():
+    start = decide(world(monitoring_status(), health=breached(), serving=serving()))
+    assert condition(start.status, "Retraining")["status"] == "Unknown"
+    job = JobObservation("churn-train-v2", "Failed", "Job BackoffLimitExceeded: no rows")
+    failed = decide(world(start.status, job=job, serving=serving()))
+    assert (condition(failed.status, "Retraining")["status"], condition(failed.status, "Retraining")["reason"]) == \
+        ("False", "TrainingFailed")
