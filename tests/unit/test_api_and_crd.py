@@ -26,7 +26,7 @@ def test_committed_crd_matches_the_models():
 
 def test_kustomize_ships_the_generated_crd():
     kustomization = yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())
-    assert "../crds" in kustomization["resources"]
+    assert "../crds" in kustomization["bases"]
     crds = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
     assert crds["resources"] == [CRD_FILE.name]
 
