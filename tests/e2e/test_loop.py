@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from feedbackloop import datasets
 from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
@@ -100,6 +101,13 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, po
     # Corrupted labels, and an offline gate that lets anything through: only the canary can stop it.
     manifest = loop_manifest(ns, prometheus.url, storage, initial_version=1, max_degradation=1.0,
                              annotations={"feedbackloop.dev/trainer-overrides": '{"labelNoise": 0.45}'})
+    # Traffic split through a Gateway API HTTPRoute as well (its backend weights follow the steps).
+    kubectl("apply", "-f", str(Path(__file__).parent / "httproute-crd.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io")
+    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "churn-route"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"path": {"value": "/"}}]}]}}))
+    manifest["spec"]["rollout"]["trafficRouting"] = {"httpRoute": {"name": "churn-route"}}
     loops.apply(manifest)
     loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
     stable_before = deployment(kubectl, ns, "churn")
@@ -107,7 +115,9 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, po
     try:
         manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "rehearse-rollback"
         loops.apply(manifest)
-        loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")
+        status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")
+        weights = route_weights(kubectl, ns)
+        assert weights["churn-canary"] == status["rollout"]["weight"] and sum(weights.values()) == 100
         status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 300, "a rollback")
     finally:
         traffic.stop()
@@ -119,6 +129,15 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, po
     stable_after = deployment(kubectl, ns, "churn")
     assert stable_after["metadata"]["generation"] == stable_before["metadata"]["generation"]
     assert stable_after["metadata"]["labels"]["feedbackloop.dev/version"] == "1"
+    assert route_weights(kubectl, ns) == {"churn-stable": 100, "churn-canary": 0}
+
+
+def route_weights(kubectl, namespace):
+    route = json.loads(kubectl("get", "httproutes.gateway.networking.k8s.io", "churn-route", "-n", namespace,
+                               "-o", "json").stdout)
+    [rule] = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"value": "/"}}]  # the user's match is kept
+    return {b["name"]: b["weight"] for b in rule["backendRefs"]}
 
 
 def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, pod_runtime, kubectl, k8s_namespace,
