@@ -44,8 +44,10 @@ def loop_manifest(prometheus_url: str, storage: Path, fast: bool) -> dict[str, A
                          f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
                 "samplesQuery": f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))"}]},
             "retraining": {"features": datasets.feature_names(), "target": "label", "cooldown": "30s",
-                           "maxRetrainsPerDay": 10, "minRows": 100, "dataWindow": "3m", "holdoutFraction": 0.3,
-                           "recentWeight": 4},
+                           "maxRetrainsPerDay": 10, "minRows": 100, "holdoutFraction": 0.3,
+                           # A short window and heavy weight on fresh labels: after a drift the loop
+                           # adapts once about a window of new-concept labels exists.
+                           "dataWindow": "75s", "recentWeight": 10},
             "rollout": {"steps": [{"weight": 30, "pause": "8s" if fast else "15s"},
                                   {"weight": 50, "pause": "8s" if fast else "15s"}],
                         "analysis": {"interval": "2s", "minSamples": 150, "maxDegradation": 0.03,

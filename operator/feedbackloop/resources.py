@@ -14,7 +14,7 @@ TRACK_LABEL = "feedbackloop.dev/track"
 VERSION_LABEL = "feedbackloop.dev/version"
 RUN_AS = 65532
 SCRATCH = "/var/run/mfl-scratch"
-SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}, {"name": "MPLCONFIGDIR", "value": SCRATCH}]
+SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}]
 
 
 def owner_reference(loop: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +164,10 @@ def training_job(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, name: str, v
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
     container = {
         "name": "trainer", "image": retraining.trainer.image,
-        "env": [{"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)}, *SCRATCH_ENV],
+        "env": [{"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)}, *SCRATCH_ENV,
+                # As many threads as the CPU limit allows (the node's CPUs when there is none).
+                {"name": "MFL_TRAINER_THREADS", "valueFrom": {"resourceFieldRef": {
+                    "containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}}}],
         "resources": _resources(retraining.trainer.resources), "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
