@@ -18,10 +18,9 @@ import yaml
 
 from feedbackloop.localdev.controlplane import ControlPlane, ensure_binaries
 from feedbackloop.localdev.exporter import TestExporter
-from feedbackloop.localdev.operatorproc import OperatorProcess
+from feedbackloop.localdev.operatorproc import OperatorProcess, install_crd
 from feedbackloop.localdev.prometheus import Prometheus
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
 QUERY = 'sum by (model, namespace) (bench_model_accuracy{model="{{model}}",namespace="{{namespace}}"})'
 
@@ -87,8 +86,7 @@ def main() -> None:
     ensure_binaries(lambda line: print(f"[build] {line}", file=sys.stderr))
     with ControlPlane(work / "cp") as cp, TestExporter() as exporter, Prometheus(work / "prom") as prom:
         prom.add_target(exporter.address, {})
-        cp.kubectl("apply", "-f", str(ROOT / "crds" / "modelfeedbackloops.feedbackloop.dev.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/modelfeedbackloops.feedbackloop.dev")
+        install_crd(cp)
         cp.kubectl("create", "namespace", NAMESPACE)
         operator = OperatorProcess(cp.kubeconfig, work).start()
         rows, created = [], 0

@@ -24,8 +24,6 @@ import yaml
 from . import datasets
 from .timeutil import parse_time
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "modelfeedbackloops.feedbackloop.dev.yaml"
 NAMESPACE = "demo"
 LOOP = "churn"
 SELECT = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",track="stable"'
@@ -87,7 +85,7 @@ class Demo:
 
     def bring_up(self) -> None:
         from .localdev.controlplane import ControlPlane, ensure_binaries
-        from .localdev.operatorproc import OperatorProcess
+        from .localdev.operatorproc import OperatorProcess, install_crd
         from .localdev.podruntime import PodRuntimeProcess
         from .localdev.prometheus import Prometheus
         if os.geteuid() != 0:
@@ -100,8 +98,7 @@ class Demo:
         self.runtime = self._start(PodRuntimeProcess(self.cp.kubeconfig, self.workdir / "podruntime"),
                                    "pod runtime (the kubelet's stand-in)")
         self.prom.add_http_sd(self.runtime.sd_url)
-        self.cp.kubectl("apply", "-f", str(CRD))
-        self.cp.kubectl("wait", "--for=condition=Established", "crd/modelfeedbackloops.feedbackloop.dev")
+        install_crd(self.cp)
         self.operator = self._start(OperatorProcess(self.cp.kubeconfig, self.workdir / "operator",
                                                     env={"MFL_STATUS_REFRESH_SECONDS": "3",
                                                          "MFL_ACTIVE_RECONCILE_SECONDS": "1"}), "operator")
@@ -219,7 +216,7 @@ class Demo:
 
     def new_events(self) -> None:
         out = self.cp.kubectl("get", "events", "-n", NAMESPACE, "-o", "json",
-                              f"--field-selector=involvedObject.kind=ModelFeedbackLoop", check=False)
+                              "--field-selector=involvedObject.kind=ModelFeedbackLoop", check=False)
         if out.returncode != 0:
             return
         for event in sorted(json.loads(out.stdout)["items"], key=lambda e: e.get("firstTimestamp") or ""):

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from . import api, metrics, phases, promql, resources
 from .api import ModelFeedbackLoopSpec, parse_duration
-from .canary import ArmCounts, CanaryObservation
+from .canary import CanaryObservation
 from .kube import Kube, NotOurs
 from .monitoring import RuleState, evaluate_rule, rule_state_from_status, rules_of, summarize
 from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key
@@ -215,7 +215,7 @@ class Engine:
         async with self._semaphore:
             try:
                 await self._reconcile(key, rule_states, now)
-            except Exception as error:
+            except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 log.exception("reconcile of %s failed", key)
                 memory = self.memory.get(key)

@@ -25,7 +25,7 @@ from . import conditions as cond
 from . import cron
 from .api import ModelFeedbackLoopSpec, parse_duration
 from .canary import CanaryObservation, judge_canary, replica_split
-from .gate import GateResult, offline_gate
+from .gate import offline_gate
 from .monitoring import Health
 from .timeutil import format_time, parse_time
 

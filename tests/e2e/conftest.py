@@ -10,19 +10,16 @@ import pytest
 import yaml
 
 from feedbackloop.localdev.controlplane import ControlPlane
-from feedbackloop.localdev.operatorproc import OperatorProcess
+from feedbackloop.localdev.operatorproc import OperatorProcess, install_crd
 
 from tests.conftest import start_component
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "modelfeedbackloops.feedbackloop.dev.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: ControlPlane) -> None:
-    control_plane.kubectl("apply", "-f", str(CRD))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/modelfeedbackloops.feedbackloop.dev")
+    install_crd(control_plane)
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,12 @@ def test_breach_and_recovery_follow_prometheus(loops, prometheus, exporter, k8s_
     loops.wait(ns, "churn", lambda s: s.get("phase") == "Monitoring", 30, "recovery")
     assert "Recovered" in loops.reasons(ns, "churn")
 
+    # The operator never writes the user's object: no finalizers, no bookkeeping annotations, spec as applied.
+    metadata = loops.get(ns, "churn")["metadata"]
+    assert not metadata.get("finalizers")
+    assert not [a for a in metadata.get("annotations", {}) if "kopf" in a]
+    assert metadata["generation"] == 1
+
 
 def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s_namespace):
     ns = k8s_namespace

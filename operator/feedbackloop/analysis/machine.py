@@ -13,12 +13,12 @@ No data and no traffic are never failures: the check is Pending until data arriv
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal
 
+from ..api import parse_duration
 from .latency import HistogramObservation, LatencyDesign, judge_latency
 from .outcome import Evidence, Outcome
 from .sequential import CountObservation, NonInferiorityDesign, judge_proportion
@@ -197,17 +197,9 @@ def _latency_from_spec(item: Mapping[str, Any]) -> LatencyCheck:
                         quantiles=tuple(item.get("quantiles", default.quantiles)))
 
 
-_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def duration_seconds(value: str | float) -> float:
     """'1h30m' -> 5400.0; numbers are seconds already (the API's duration grammar)."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    if not re.fullmatch(r"([0-9]+(ms|s|m|h|d))+", value):
-        raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h30m")
-    return float(sum(int(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION.findall(value)))
+    return float(value) if isinstance(value, (int, float)) else parse_duration(value)
 
 
 # --- state and verdict ----------------------------------------------------------------------------------
