@@ -24,7 +24,9 @@ BENCHMARKS = ["canary_simulation.py", "operator_scale.py", "training_scale.py", 
 # --- reading a loop ---------------------------------------------------------------------------------
 
 def fetch_loop(name: str, namespace: str, kubeconfig: str | None) -> dict[str, Any]:
+    import urllib3
     from kubernetes import client
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the kubeconfig chose it
 
     from .kube import load_config
     load_config(kubeconfig)

@@ -41,13 +41,13 @@ def loop_manifest(prometheus_url: str, storage: Path, fast: bool) -> dict[str, A
                 "query": f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{SELECT}}}[{window}])) / "
                          f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
                 "samplesQuery": f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))"}]},
-            "retraining": {"features": datasets.feature_names(), "target": "label", "cooldown": "30s",
+            "retraining": {"features": datasets.feature_names(), "target": "label", "cooldown": "20s",
                            "maxRetrainsPerDay": 10, "minRows": 100, "holdoutFraction": 0.3,
                            # A short window and heavy weight on fresh labels: after a drift the loop
                            # adapts once about a window of new-concept labels exists.
-                           "dataWindow": "75s", "recentWeight": 10},
-            "rollout": {"steps": [{"weight": 30, "pause": "8s" if fast else "15s"},
-                                  {"weight": 50, "pause": "8s" if fast else "15s"}],
+                           "dataWindow": "45s", "recentWeight": 20},
+            "rollout": {"steps": [{"weight": 30, "pause": "8s" if fast else "12s"},
+                                  {"weight": 50, "pause": "8s" if fast else "12s"}],
                         "analysis": {"interval": "2s", "minSamples": 150, "maxDegradation": 0.03,
                                      "maxDuration": "5m", "latency": {"enabled": False}}},
         },
@@ -130,9 +130,9 @@ class Demo:
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(loop_manifest(self.prom.url, storage, self.args.fast)))
         self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
         self.wait_for(lambda s: s.get("currentVersion") == 1 and self.ready(s), 300, "version 1 serving")
-        self.traffic = TrafficGenerator(service_endpoints(self.cp.kubectl, NAMESPACE, LOOP), rate=80, batch=8,
+        self.traffic = TrafficGenerator(service_endpoints(self.cp.kubectl, NAMESPACE, LOOP), rate=80, batch=2,
                                         label_delay=1.0).start()
-        self.say("traffic: 80 predictions/s through the Service's endpoints, ground truth 1 s later")
+        self.say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
         try:
             self.watch(25 if self.args.fast else 40, "steady state")
             self.traffic.concept = 1
