@@ -24,8 +24,8 @@ from . import api, metrics, phases, promql, resources
 from .api import ModelFeedbackLoopSpec, parse_duration
 from .canary import CanaryObservation
 from .kube import Kube, NotOurs
-from .monitoring import RuleState, evaluate_rule, rule_state_from_status, rules_of, summarize
-from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key
+from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
+from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key, short_error
 
 log = logging.getLogger(__name__)
 ACTIVE_PHASES = (phases.RETRAINING, phases.CANARY)
@@ -69,6 +69,7 @@ class Engine:
         self.deployments: dict[str, dict[str, Any]] = {}  # namespace/name -> body, from the watch
         self.wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
+        self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
 
     # --- fed by kopf's watch ----------------------------------------------------------------------
     def observe_loop(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -166,7 +167,7 @@ class Engine:
 
     # --- polling ----------------------------------------------------------------------------------
     async def _poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
-        queries = []
+        queries, unreachable = [], {}
         for key in keys:
             body, memory = self.loops[key], self.memory[key]
             spec = memory.spec
@@ -176,39 +177,56 @@ class Engine:
             # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
             interval = parse_duration(spec.monitoring.interval)
             memory.next_poll = (now // interval + 1) * interval
+            rules = rules_of(spec.monitoring, spec.model.task)
             try:
-                endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec))
-            except Exception as error:
-                memory.spec_error = ""
-                log.warning("%s: cannot read Prometheus credentials: %s", key, error)
+                endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec, now))
+            except Exception as error:  # a missing Secret is no data with the reason, where users look
+                message = f"cannot read the Prometheus credentials: {error}"
+                unreachable[key] = {rule.name: Sample(None, now, error=message) for rule in rules}
                 continue
             status = self._status(body, memory)
             values = {"model": spec.model.name, "namespace": body["metadata"]["namespace"],
                       "version": str(status.get("currentVersion") or ""), "track": "stable"}
-            queries.append(LoopQuery(key, endpoint, values, rules_of(spec.monitoring, spec.model.task)))
-        if not queries:
-            return {}
-        samples, stats = await self.poller.poll(queries, now)
-        metrics.record_poll(stats)
-        states: dict[str, dict[str, RuleState]] = {}
-        for query in queries:
-            previous = {m.get("name"): rule_state_from_status(m)
-                        for m in self._status(self.loops[query.key], self.memory[query.key]).get("metrics", [])}
-            states[query.key] = {rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()),
-                                                          samples[query.key][rule.name]) for rule in query.rules}
-        return states
+            queries.append(LoopQuery(key, endpoint, values, rules))
+        samples: dict[str, dict[str, Sample]] = dict(unreachable)
+        if queries:
+            polled, stats = await self.poller.poll(queries, now)
+            metrics.record_poll(stats)
+            samples.update(polled)
+        return {key: self._evaluate(key, per_rule) for key, per_rule in samples.items()}
 
-    async def _credentials(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec) -> tuple[str | None, str | None]:
+    def _evaluate(self, key: str, samples: dict[str, Sample]) -> dict[str, RuleState]:
+        spec = self.memory[key].spec
+        assert spec is not None
+        previous = {m.get("name"): rule_state_from_status(m)
+                    for m in self._status(self.loops[key], self.memory[key]).get("metrics", [])}
+        return {rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()), samples[rule.name])
+                for rule in rules_of(spec.monitoring, spec.model.task)}
+
+    async def _credentials(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec,
+                           now: float | None = None) -> tuple[str | None, str | None]:
         prom = spec.monitoring.prometheus
         namespace = body["metadata"]["namespace"]
         token = ca_file = None
         if prom.bearer_token_secret_ref:
-            ref = prom.bearer_token_secret_ref
-            token = await asyncio.to_thread(self.kube.read_secret_key, namespace, ref.name, ref.key)
+            token = await self._secret_key(namespace, prom.bearer_token_secret_ref, now)
         if prom.ca_bundle_secret_ref:
-            ref = prom.ca_bundle_secret_ref
-            ca_file = _ca_file(await asyncio.to_thread(self.kube.read_secret_key, namespace, ref.name, ref.key))
+            ca_file = _ca_file(await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))
         return token, ca_file
+
+    async def _secret_key(self, namespace: str, ref: Any, now: float | None) -> str:
+        """A Secret's key, cached for a minute: not an API read per loop per poll (rotation still lands)."""
+        now = time.time() if now is None else now
+        cache_key = (namespace, ref.name, ref.key)
+        cached = self._secrets.get(cache_key)
+        if cached and now - cached[0] < 60:
+            return cached[1]
+        try:
+            value = await asyncio.to_thread(self.kube.read_secret_key, namespace, ref.name, ref.key)
+        except Exception as error:
+            raise RuntimeError(f"Secret {namespace}/{ref.name} key {ref.key!r}: {short_error(error)}") from error
+        self._secrets[cache_key] = (now, value)
+        return value
 
     # --- one loop ---------------------------------------------------------------------------------
     async def _reconcile_guarded(self, key: str, rule_states: dict[str, RuleState] | None, now: float) -> None:

@@ -150,6 +150,10 @@ class FleetPoller:
 
 def short_error(error: BaseException) -> str:
     """The root cause in a few words (requests wraps it in pool and retry errors)."""
+    if isinstance(getattr(error, "status", None), int) and isinstance(getattr(error, "reason", None), str):
+        return f"{error.status} {error.reason}"  # a Kubernetes ApiException
+    if isinstance(error, KeyError):
+        return str(error.args[0]) if error.args else "missing key"
     root: BaseException = error
     while True:
         inner = getattr(root, "reason", None) or root.__cause__ or root.__context__

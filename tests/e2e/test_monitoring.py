@@ -147,3 +147,19 @@ def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_names
     operator_process.start()
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 60, "Breached after the restart")
     assert status["metrics"][0]["breachSince"] == since
+
+
+def test_missing_credentials_secret_is_reported_then_used_once_it_exists(loops, prometheus, exporter, kubectl,
+                                                                         k8s_namespace):
+    ns = k8s_namespace
+    exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
+    manifest = loop_manifest(ns, prometheus.url)
+    manifest["spec"]["monitoring"]["prometheus"]["bearerTokenSecretRef"] = {"name": "prom-token", "key": "token"}
+    loops.apply(manifest)
+    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False", 30,
+                        "MetricsAvailable=False")
+    message = condition_of(status, "MetricsAvailable")["message"]
+    assert f"Secret {ns}/prom-token" in message and "404" in message
+    kubectl("create", "secret", "generic", "prom-token", "-n", ns, "--from-literal=token=s3cret")
+    loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 120,
+               "a value once the Secret exists (read again after the one-minute cache)")
