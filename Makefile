@@ -1,4 +1,4 @@
-# The two commands the README gives: `make run` and `make test`. Everything else is a step of theirs.
+# The two commands the README gives: `make demo` and `make test`. Everything else is a step of theirs.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux
@@ -33,8 +33,9 @@ e2e:
 crd:  ## regenerate crds/ from the pydantic models
 	$(PYTHON) -m feedbackloop.crdgen > crds/modelfeedbackloops.feedbackloop.dev.yaml
 
-bench:
+bench: deps
+	$(PIP) install -q river
 	mfl bench
 
-demo:
+demo: deps  ## install, then run the whole loop on this machine (local control plane, pods, Prometheus)
 	mfl demo
