@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from . import api, metrics, phases, promql, resources
+from . import api, canary_queries, cron, metrics, phases, promql, resources
 from .api import ModelFeedbackLoopSpec, parse_duration
 from .canary import CanaryObservation
 from .kube import Kube, NotOurs
@@ -142,7 +145,6 @@ class Engine:
                         for i, rule in enumerate(spec.monitoring.metrics)
                         for p in promql.check_template(rule.query) + promql.check_template(rule.samples_query or "")]
             if spec.retraining and spec.retraining.schedule:
-                from . import cron
                 try:
                     cron.parse(spec.retraining.schedule)
                 except ValueError as error:
@@ -295,7 +297,6 @@ class Engine:
         if not rollout or now < memory.next_analysis:
             return None
         memory.next_analysis = now + parse_duration(spec.rollout.analysis.interval)
-        from . import canary_queries
         token, ca_file = await self._credentials(body, spec)
         endpoint = endpoint_key(spec.monitoring.prometheus, token, ca_file)
         return await canary_queries.observe(self.clients.query, endpoint, spec, body["metadata"]["namespace"],
@@ -392,7 +393,6 @@ def _requests(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _parse_summary(message: str) -> dict[str, Any] | None:
-    import json
     for line in reversed(message.strip().splitlines()):
         try:
             value = json.loads(line)
@@ -469,8 +469,6 @@ _CA_FILES: dict[str, str] = {}
 
 
 def _ca_file(pem: str) -> str:
-    import hashlib
-    import tempfile
     digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
     if digest not in _CA_FILES:
         handle = tempfile.NamedTemporaryFile("w", prefix=f"mfl-ca-{digest}-", suffix=".pem", delete=False)

@@ -5,10 +5,10 @@ have checked that the object is ours (a controller owner reference to this loop)
 """
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import socket
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -100,14 +100,6 @@ class Kube:
             if error.status != 404:
                 raise
 
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.apps.read_namespaced_deployment(name, namespace).to_dict()
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
     # --- training ---------------------------------------------------------------------------------
     def create_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
         self._create_or_check(self.batch.create_namespaced_job, self.batch.read_namespaced_job,
@@ -145,18 +137,9 @@ class Kube:
                                                    route_name, patch)
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        import base64
         secret = self.core.read_namespaced_secret(name, namespace)
         data = (secret.data or {}).get(key)
         if data is None:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data).decode()
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False

@@ -26,7 +26,7 @@ from . import cron
 from .api import ModelFeedbackLoopSpec, parse_duration
 from .canary import CanaryObservation, judge_canary, replica_split
 from .gate import offline_gate
-from .monitoring import Health
+from .monitoring import Health, rule_state_to_status
 from .timeutil import format_time, parse_time
 
 PENDING, INVALID, MONITORING, BREACHED = "Pending", "Invalid", "Monitoring", "Breached"
@@ -250,7 +250,6 @@ def _record_serving(world: World, decision: Decision) -> None:
 
 
 def _record_health(world: World, decision: Decision, now: str) -> None:
-    from .monitoring import rule_state_to_status  # local: keeps the import graph one-way at load time
     health = world.health
     assert health is not None
     status = decision.status
