@@ -345,6 +345,7 @@ class AnalysisStateStatus(ApiModel):
 
 class RolloutStatus(ApiModel):
     version: int
+    trigger: str = ""
     step: int = 0
     weight: int = 0
     started_at: str = ""

@@ -356,7 +356,7 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
         _promote(world, decision, run["version"], run["trigger"], now, f"first version: {gate.message}", summary)
         return
     decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
-    _start_canary(world, decision, run["version"], now)
+    _start_canary(world, decision, run["version"], run["trigger"], now)
 
 
 def _training_condition(world: World, decision: Decision, now: str, outcome: bool | None, reason: str,
@@ -372,12 +372,12 @@ def _numbers(values: Any) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in values.items() if isinstance(v, (int, float))}
 
 
-def _start_canary(world: World, decision: Decision, version: int, now: str) -> None:
+def _start_canary(world: World, decision: Decision, version: int, trigger: str, now: str) -> None:
     spec = world.spec
     assert spec is not None
     first = spec.rollout.steps[0]
     replicas, weight = replica_split(spec.model.serving.replicas, first.weight)
-    decision.status["rollout"] = {"version": version, "step": 0, "weight": weight, "startedAt": now,
+    decision.status["rollout"] = {"version": version, "trigger": trigger, "step": 0, "weight": weight, "startedAt": now,
                                   "stepStartedAt": now, "analysisPhase": "Running", "consecutiveErrors": 0,
                                   "evidence": [], "paused": False}
     decision.actions.append(EnsureCanary(version, replicas, weight))
@@ -394,7 +394,8 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         if value and handled.get(name) != value:
             handled[name] = value
             if name == "promote":
-                _promote(world, decision, rollout["version"], "Manual", now, "promoted by annotation")
+                _promote(world, decision, rollout["version"], rollout.get("trigger") or "Manual", now,
+                         "promoted by annotation")
             else:
                 _roll_back(world, decision, now, "aborted by annotation")
             return
@@ -409,8 +410,8 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         return
     if verdict.phase == "Inconclusive":
         if spec.rollout.analysis.on_inconclusive == "promote":
-            _promote(world, decision, rollout["version"], "Canary", now, f"inconclusive, promoted as configured: "
-                     f"{verdict.message}")
+            _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now,
+                     f"inconclusive, promoted as configured: {verdict.message}")
         else:
             _roll_back(world, decision, now, f"inconclusive at the deadline: {verdict.message}")
         return
@@ -428,7 +429,7 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         decision.event("Normal", "CanaryStep", f"version {rollout['version']} step {rollout['step'] + 1}: "
                        f"{weight}% ({replicas} replica(s))")
     elif verdict.phase == "Successful":
-        _promote(world, decision, rollout["version"], "Canary", now, verdict.message)
+        _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, verdict.message)
 
 
 def _promote(world: World, decision: Decision, version: int, trigger: str, now: str, message: str,
@@ -456,7 +457,8 @@ def _roll_back(world: World, decision: Decision, now: str, message: str) -> None
     status["rollout"] = None
     status["candidate"] = None
     decision.actions.append(RemoveCanary())
-    _remember(status, rollout["version"], "Canary", "RolledBack", now, message, None, rollout.get("evidence"))
+    _remember(status, rollout["version"], rollout.get("trigger", ""), "RolledBack", now, message, None,
+              rollout.get("evidence"))
     decision.event("Warning", "RolledBack", f"version {rollout['version']}: {message}; "
                    f"stable version {status.get('currentVersion')} untouched")
 
