@@ -234,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="default: a new temporary folder")
     demo.add_argument("--fast", action="store_true", help="shorter phases (for tests)")
     demo.add_argument("--keep", action="store_true", help="leave everything running at the end")
+    demo.add_argument("--kubeconfig", default=argparse.SUPPRESS,
+                      help="run the demo on this existing cluster instead of the local test bed")
+    demo.add_argument("--registry", help="with --kubeconfig: where the project's images are (e.g. ghcr.io/you)")
+    demo.add_argument("--prometheus-url", help="with --kubeconfig: a Prometheus that scrapes the cluster's Pods")
+    demo.add_argument("--namespace", default="mfl-demo", help="with --kubeconfig: the demo's namespace")
+    demo.add_argument("--storage-class", help="with --kubeconfig: for the artifacts volume (default: the cluster's)")
+    demo.add_argument("--access-mode", default="ReadWriteOnce",
+                      help="with --kubeconfig: of the artifacts volume; ReadWriteMany when Pods spread over nodes")
     demo.set_defaults(handler=cmd_demo)
     return parser
 

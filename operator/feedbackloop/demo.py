@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,27 +22,32 @@ from typing import Any
 
 import yaml
 
-from . import datasets
+from . import datasets, resources
 from .timeutil import parse_time
 
 NAMESPACE = "demo"
 LOOP = "churn"
+IMAGE_TAG = "0.1.0"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 SELECT = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",track="stable"'
 
 
-def loop_manifest(prometheus_url: str, storage: Path, fast: bool) -> dict[str, Any]:
+def loop_manifest(prometheus_url: str, storage: dict[str, Any], fast: bool, namespace: str = NAMESPACE,
+                  registry: str | None = None) -> dict[str, Any]:
     window = "20s"
+    images = {"server": image(registry, "mfl-server"), "trainer": image(registry, "mfl-trainer")}
     return {
         "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
-        "metadata": {"name": LOOP, "namespace": NAMESPACE},
+        "metadata": {"name": LOOP, "namespace": namespace},
         "spec": {
-            "model": {"name": LOOP, "serving": {"replicas": 2}, "storage": {"hostPath": {"path": str(storage)}}},
+            "model": {"name": LOOP, "serving": {"replicas": 2, "image": images["server"]}, "storage": storage},
             "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s", "metrics": [{
                 "name": "accuracy", "min": 0.8, "for": "6s", "minSamples": 30,
                 "query": f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{SELECT}}}[{window}])) / "
                          f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
                 "samplesQuery": f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))"}]},
-            "retraining": {"features": datasets.feature_names(), "target": "label", "cooldown": "20s",
+            "retraining": {"trainer": {"image": images["trainer"]},
+                           "features": datasets.feature_names(), "target": "label", "cooldown": "20s",
                            "maxRetrainsPerDay": 10, "minRows": 100, "holdoutFraction": 0.3,
                            # A short window and heavy weight on fresh labels: after a drift the loop
                            # adapts once about a window of new-concept labels exists.
@@ -52,6 +58,11 @@ def loop_manifest(prometheus_url: str, storage: Path, fast: bool) -> dict[str, A
                                      "maxDuration": "5m", "latency": {"enabled": False}}},
         },
     }
+
+
+def image(registry: str | None, name: str) -> str:
+    """The project's image, from the user's registry when one is given (`mfl demo --kubeconfig`)."""
+    return f"{registry.rstrip('/') if registry else 'ghcr.io/feedbackloop'}/{name}:{IMAGE_TAG}"
 
 
 @dataclass
@@ -78,6 +89,7 @@ class Demo:
         self.components: list[Any] = []
         self.last_line = ""
         self.seen_events: set[str] = set()
+        self.namespace = NAMESPACE
 
     # --- set-up ---------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -123,31 +135,52 @@ class Demo:
 
     # --- the story ------------------------------------------------------------------------------
     def run(self) -> None:
-        from .localdev.traffic import TrafficGenerator, service_endpoints
-        storage = self.workdir / "artifacts"
-        datasets.write_base_csv(storage / LOOP / "data" / "base.csv", 3000, seed=1)
-        self.say("base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features)")
-        self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(loop_manifest(self.prom.url, storage, self.args.fast)))
-        self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
+        self.deploy_model()
         self.wait_for(lambda s: s.get("currentVersion") == 1 and self.ready(s), 300, "version 1 serving")
-        self.traffic = TrafficGenerator(service_endpoints(self.cp.kubectl, NAMESPACE, LOOP), rate=80, batch=2,
-                                        label_delay=1.0).start()
-        self.say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
+        self.start_traffic()
         try:
             self.watch(25 if self.args.fast else 40, "steady state")
-            self.traffic.concept = 1
+            self.set_concept(1)
             self.timeline.mark("abrupt drift")
             self.say("DRIFT: the labels switch abruptly to concept 1")
             self.wait_for(lambda s: self.adapted(s, 1), 480, "the loop to retrain, canary and promote a new version")
             if not self.args.fast:
                 self.watch(30, "after the first promotion")
-                self.traffic.next_concept = 2
+                version = self.status().get("currentVersion") or 0
+                self.drift_gradually(2, 60)
                 self.timeline.mark("gradual drift starts")
                 self.say("DRIFT: concept 2 creeps in gradually over 60 s")
-                version = self.status().get("currentVersion") or 0
-                self.ramp_until(lambda s: self.adapted(s, version), ramp_seconds=60, timeout=600)
+                self.wait_for(lambda s: self.adapted(s, version), 600, "the loop to adapt to the gradual drift")
             self.watch(20, "after promotion")
         finally:
+            self.stop_traffic()
+
+    # --- local setting: the test bed on this machine ---------------------------------------------
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # noqa: A002
+        return self.cp.kubectl(*args, check=check, input=input)
+
+    def deploy_model(self) -> None:
+        storage = self.workdir / "artifacts"
+        datasets.write_base_csv(storage / LOOP / "data" / "base.csv", 3000, seed=1)
+        self.say("base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features)")
+        manifest = loop_manifest(self.prom.url, {"hostPath": {"path": str(storage)}}, self.args.fast)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
+
+    def start_traffic(self) -> None:
+        from .localdev.traffic import TrafficGenerator, service_endpoints
+        self.traffic = TrafficGenerator(service_endpoints(self.kubectl, NAMESPACE, LOOP), rate=80, batch=2,
+                                        label_delay=1.0).start()
+        self.say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
+
+    def set_concept(self, concept: int) -> None:
+        self.traffic.concept = concept
+
+    def drift_gradually(self, concept: int, seconds: float) -> None:
+        self.traffic.drift_gradually(concept, seconds)
+
+    def stop_traffic(self) -> None:
+        if getattr(self, "traffic", None) is not None:
             self.traffic.stop()
 
     def adapted(self, status: dict[str, Any], old_version: int) -> bool:
@@ -159,7 +192,7 @@ class Demo:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
 
     def status(self) -> dict[str, Any]:
-        out = self.cp.kubectl("get", "mfl", LOOP, "-n", NAMESPACE, "-o", "json", check=False)
+        out = self.kubectl("get", "mfl", LOOP, "-n", self.namespace, "-o", "json", check=False)
         return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
     def wait_for(self, predicate, timeout: float, what: str) -> dict[str, Any]:
@@ -177,16 +210,6 @@ class Demo:
         while time.monotonic() < deadline:
             self.observe()
             time.sleep(1)
-
-    def ramp_until(self, predicate, ramp_seconds: float, timeout: float) -> None:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            self.traffic.mix = min(1.0, (time.monotonic() - started) / ramp_seconds)
-            if predicate(self.observe()):
-                self.traffic.concept, self.traffic.next_concept, self.traffic.mix = 2, None, 0.0
-                return
-            time.sleep(1)
-        raise TimeoutError("timed out waiting for the loop to adapt to the gradual drift")
 
     # --- the live view ----------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
@@ -215,7 +238,7 @@ class Demo:
         return line
 
     def new_events(self) -> None:
-        out = self.cp.kubectl("get", "events", "-n", NAMESPACE, "-o", "json",
+        out = self.kubectl("get", "events", "-n", self.namespace, "-o", "json",
                               "--field-selector=involvedObject.kind=ModelFeedbackLoop", check=False)
         if out.returncode != 0:
             return
@@ -241,6 +264,89 @@ class Demo:
         for at, label in sorted(self.timeline.marks):
             print(f"  {at:7.1f}s  {label}")
         print(f"\nplot: {plot}\nartifacts, logs and kubeconfig: {self.workdir}")
+
+
+class ClusterDemo(Demo):
+    """`mfl demo --kubeconfig`: the same story on an existing cluster, with the images from your registry.
+
+    It installs the operator (`manifests/`), a namespace with a PersistentVolumeClaim for the artifacts,
+    seeds the base data with a Job, and runs the traffic generator as a Deployment that reaches the
+    model through the Service's DNS name; the drifts are `kubectl set env` on that Deployment. Your
+    Prometheus must scrape Pods annotated `prometheus.io/scrape` and label them with `namespace`.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.namespace = args.namespace
+        self.base = ["kubectl", f"--kubeconfig={args.kubeconfig}"]
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # noqa: A002
+        result = subprocess.run([*self.base, *args], input=input, capture_output=True, text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def bring_up(self) -> None:
+        registry = self.args.registry
+        rendered = self.kubectl("kustomize", str(MANIFESTS)).stdout.replace("ghcr.io/feedbackloop", registry.rstrip("/"))
+        self.kubectl("apply", "-f", "-", input=rendered)
+        self.say(f"installed the CRD and the operator (images from {registry})")
+        self.kubectl("rollout", "status", "deployment/feedbackloop-operator", "-n", "feedbackloop-system",
+                     "--timeout=300s")
+        self.kubectl("create", "namespace", self.namespace, check=False)
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump_all(self.workload()))
+        self.kubectl("wait", "-n", self.namespace, "--for=condition=complete", "job/mfl-demo-seed", "--timeout=300s")
+        self.say("seeded 3,000 rows of base data into the artifacts volume")
+
+    def workload(self) -> list[dict[str, Any]]:
+        volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "mfl-demo-artifacts"}}
+        security = resources.restricted_pod_security()
+        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "mfl-demo-artifacts"},
+               "spec": {"accessModes": [self.args.access_mode], "resources": {"requests": {"storage": "1Gi"}},
+                        **({"storageClassName": self.args.storage_class} if self.args.storage_class else {})}}
+        seed = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "mfl-demo-seed"}, "spec": {
+            "backoffLimit": 2, "template": {"spec": {
+                "restartPolicy": "Never", "securityContext": security, "volumes": [volume],
+                "containers": [{"name": "seed", "image": image(self.args.registry, "mfl-trainer"),
+                                "command": ["python", "-m", "feedbackloop.localdev.traffic", "seed",
+                                            f"/var/lib/mfl/artifacts/{LOOP}/data/base.csv"],
+                                "securityContext": resources.restricted_container_security(),
+                                "volumeMounts": [{"name": "artifacts", "mountPath": "/var/lib/mfl/artifacts"}]}]}}}}
+        return [pvc, seed]
+
+    def deploy_model(self) -> None:
+        storage = {"persistentVolumeClaim": {"claimName": "mfl-demo-artifacts"}}
+        manifest = loop_manifest(self.args.prometheus_url, storage, self.args.fast, self.namespace, self.args.registry)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        self.say(f"applied ModelFeedbackLoop {self.namespace}/{LOOP}: the operator trains version 1")
+
+    def start_traffic(self) -> None:
+        labels = {"app.kubernetes.io/name": "mfl-demo-traffic"}
+        deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "mfl-demo-traffic"},
+                      "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                          "metadata": {"labels": labels}, "spec": {
+                              "securityContext": resources.restricted_pod_security(), "containers": [{
+                              "name": "traffic", "image": image(self.args.registry, "mfl-trainer"),
+                              "command": ["python", "-m", "feedbackloop.localdev.traffic", "run",
+                                          f"--url=http://{LOOP}.{self.namespace}.svc:80"],
+                              "securityContext": resources.restricted_container_security(),
+                              "env": [{"name": "MFL_CONCEPT", "value": "0"}]}]}}}}
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(deployment))
+        self.say("traffic: a Deployment sends 80 predictions/s to the Service, ground truth 1 s later")
+
+    def set_concept(self, concept: int) -> None:
+        self.kubectl("set", "env", "-n", self.namespace, "deployment/mfl-demo-traffic", f"MFL_CONCEPT={concept}")
+
+    def drift_gradually(self, concept: int, seconds: float) -> None:
+        self.kubectl("set", "env", "-n", self.namespace, "deployment/mfl-demo-traffic",
+                     f"MFL_NEXT_CONCEPT={concept}", f"MFL_RAMP_SECONDS={seconds:.0f}")
+
+    def stop_traffic(self) -> None:
+        self.kubectl("delete", "deployment", "mfl-demo-traffic", "-n", self.namespace, check=False)
+
+    def tear_down(self) -> None:
+        self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+        self.say(f"deleted namespace {self.namespace}; the operator stays (kubectl delete -k manifests/ removes it)")
 
 
 def write_plot(timeline: Timeline, path: Path) -> None:
@@ -273,7 +379,10 @@ def write_plot(timeline: Timeline, path: Path) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    demo = Demo(args)
+    if args.kubeconfig and not (args.registry and args.prometheus_url):
+        raise SystemExit("mfl demo --kubeconfig needs --registry (where the project's images are) and "
+                         "--prometheus-url (a Prometheus that scrapes the cluster's Pods)")
+    demo = ClusterDemo(args) if args.kubeconfig else Demo(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         demo.bring_up()

@@ -32,7 +32,8 @@ class TrafficStats:
     by_version: dict[str, list[int]] = field(default_factory=dict)  # version -> [labelled, correct]
 
     def accuracy(self) -> float:
-        return self.correct / self.feedback if self.feedback else float("nan")
+        """Client-side accuracy of every prediction made so far (labels are known at prediction time)."""
+        return self.correct / self.predictions if self.predictions else float("nan")
 
 
 class TrafficGenerator:
@@ -47,12 +48,22 @@ class TrafficGenerator:
         self.names = datasets.feature_names(generator, n_features)
         self.concept = 0
         self.next_concept: int | None = None  # gradual drift: rows take this concept with probability `mix`
-        self.mix = 0.0
+        self._ramp: tuple[float, float] | None = None  # (start, seconds) of a gradual drift
         self.stats = TrafficStats()
         self._rng = np.random.default_rng(seed)
         self._pending: deque[tuple[float, str, int, str]] = deque()  # (due, id, label, version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def drift_gradually(self, next_concept: int, seconds: float) -> None:
+        """From now on, a growing share of rows (0 to 1 over `seconds`) follows `next_concept`."""
+        self.next_concept, self._ramp = next_concept, (time.monotonic(), max(seconds, 1e-9))
+
+    @property
+    def mix(self) -> float:
+        if self._ramp is None:
+            return 0.0
+        return min(1.0, (time.monotonic() - self._ramp[0]) / self._ramp[1])
 
     def start(self) -> "TrafficGenerator":
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
@@ -135,3 +146,42 @@ def service_endpoints(kubectl: Callable[..., object], namespace: str, service: s
         cache.update(at=time.monotonic(), value=addresses)
         return addresses
     return read
+
+
+def main(argv: list[str] | None = None) -> int:
+    """In-cluster use (`mfl demo --kubeconfig`): seed base data into a volume, or drive a Service by DNS."""
+    import argparse
+    import os
+    parser = argparse.ArgumentParser(prog="python -m feedbackloop.localdev.traffic")
+    sub = parser.add_subparsers(dest="command", required=True)
+    seed = sub.add_parser("seed", help="write base training data (concept 0) as CSV")
+    seed.add_argument("path")
+    seed.add_argument("--rows", type=int, default=3000)
+    run = sub.add_parser("run", help="predictions and delayed feedback against a Service URL, until stopped")
+    run.add_argument("--url", required=True, help="e.g. http://churn.mfl-demo.svc:80")
+    run.add_argument("--rate", type=float, default=80.0)
+    run.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.command == "seed":
+        datasets.write_base_csv(args.path, args.rows, seed=1)
+        print(f"wrote {args.rows} rows to {args.path}", flush=True)
+        return 0
+    address = args.url.split("://", 1)[-1].rstrip("/")
+    generator = TrafficGenerator(lambda: [address], rate=args.rate, batch=args.batch, label_delay=1.0)
+    generator.concept = int(os.environ.get("MFL_CONCEPT", "0"))  # the demo changes these with `kubectl set env`
+    if os.environ.get("MFL_NEXT_CONCEPT"):
+        generator.drift_gradually(int(os.environ["MFL_NEXT_CONCEPT"]), float(os.environ.get("MFL_RAMP_SECONDS", "60")))
+    generator.start()
+    try:
+        while True:
+            time.sleep(10)
+            stats = generator.stats
+            print(f"predictions {stats.predictions} feedback {stats.feedback} accuracy {stats.accuracy():.3f} "
+                  f"errors {stats.errors} {stats.last_error}", flush=True)
+    except KeyboardInterrupt:
+        generator.stop()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
