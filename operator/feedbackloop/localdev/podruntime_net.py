@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -117,8 +118,8 @@ def acquire_slot(preferred: int | None = None) -> tuple[Slot, IO[str]]:
                        f"(locks in {LOCK_DIR})")
 
 
-def clean_abandoned_slots(own: Slot) -> None:
-    """Remove what crashed runtimes left in slots nobody holds now (their lock died with them)."""
+def _free_slots(own: Slot) -> Iterator[int]:
+    """Other slots no live runtime holds (its lock dies with it), each yielded while we hold its lock."""
     for index in range(SLOT_COUNT):
         if index == own.index:
             continue
@@ -127,19 +128,17 @@ def clean_abandoned_slots(own: Slot) -> None:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # a live runtime owns it
-            Network(Slot(index)).remove_leftovers()
+            yield index
+
+
+def clean_abandoned_slots(own: Slot) -> None:
+    """Remove what crashed runtimes left in slots nobody holds now."""
+    for index in _free_slots(own):
+        Network(Slot(index)).remove_leftovers()
 
 
 def other_slots_in_use(own: Slot) -> bool:
-    for index in range(SLOT_COUNT):
-        if index == own.index:
-            continue
-        with (LOCK_DIR / f"slot{index}.lock").open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return True
-    return False
+    return len(list(_free_slots(own))) < SLOT_COUNT - 1
 
 
 def run_ip(*args: str, netns: str | None = None, stdin: str | None = None, check: bool = True) -> str:
