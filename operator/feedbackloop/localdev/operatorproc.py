@@ -10,12 +10,11 @@ from typing import Mapping
 
 from .netutil import free_port, http_request
 
-CRD = Path(__file__).resolve().parents[3] / "crds" / "modelfeedbackloops.feedbackloop.dev.yaml"
-
-
 def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
-    """Apply the ModelFeedbackLoop CRD and wait until the API serves it."""
-    control_plane.kubectl("apply", "-f", str(CRD))
+    """Apply the ModelFeedbackLoop CRD (rendered from the models, so it works from a wheel too) and wait
+    until the API serves it."""
+    from ..crdgen import render
+    control_plane.kubectl("apply", "-f", "-", input=render())
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                           "crd/modelfeedbackloops.feedbackloop.dev")
 from .process import ManagedProcess, TestbedError, tail
