@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import require_root
 
 
+@pytest.mark.timeout(1000)  # the demo brings up its own test bed: longer than the suite's 600 s default
 def test_demo_runs_drift_breach_retraining_canary_promotion(tmp_path):
     require_root("mfl demo")
     result = subprocess.run([sys.executable, "-m", "feedbackloop.cli", "demo", "--fast", "--workdir", str(tmp_path)],
