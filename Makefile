@@ -39,3 +39,7 @@ bench: deps
 
 demo: deps  ## install, then run the whole loop on this machine (local control plane, pods, Prometheus)
 	mfl demo
+
+.PHONY: images
+images:  ## the operator, server and trainer images (one Dockerfile, buildah) + pause, as OCI archives in ~/.cache/mfl/images; cached by input hash
+	bash operator/feedbackloop/localdev/build-images.sh

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, NoReturn, TypeVar
 import pytest
 
 from feedbackloop.localdev import TestbedError
+from feedbackloop.localdev.cluster import Cluster
 from feedbackloop.localdev.controlplane import ControlPlane, ensure_binaries
 from feedbackloop.localdev.exporter import TestExporter
 from feedbackloop.localdev.prometheus import Prometheus
@@ -40,13 +41,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_DIR in Path(item.path).parents:
             item.add_marker(pytest.mark.e2e)
+    # `mfl demo` brings up its own cluster and there is one node per machine: it runs before the
+    # session's cluster starts (and the images' own checks before both).
+    first = {"test_images.py": 1, "test_demo.py": 2}
+    items.sort(key=lambda item: 0 if E2E_DIR not in Path(item.path).parents else first.get(Path(item.path).name, 3))
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # noqa: ANN001
     timings = config.stash.get(timings_key, {})
     if timings:
         summary = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items())
-        terminalreporter.write_line(f"test bed start-up: {summary}")
+        terminalreporter.write_line(f"test bed stages: {summary}")
 
 
 # ---- helpers for test bed fixtures (reuse them for new components) ---------------------------
@@ -71,7 +76,7 @@ def start_component(what: str, start: Callable[[], T], logs: Callable[[], str] =
     """Run `start()`, turning a start-up failure into `unavailable()` with the logs' tails."""
     try:
         return start()
-    except (TestbedError, OSError, subprocess.SubprocessError) as error:
+    except (TestbedError, OSError, subprocess.SubprocessError, TimeoutError) as error:
         reason = f"{what} could not start: {error}\n{logs()}"
     unavailable(reason)  # outside the except block: no chained traceback in the report
 
@@ -81,42 +86,65 @@ def require_root(what: str) -> None:
         unavailable(f"{what} needs root")
 
 
-def _print_build_progress(line: str) -> None:
-    # Straight to the terminal: a cold build takes minutes and pytest captures fixture output.
-    print(f"[control plane build] {line}", file=sys.__stderr__, flush=True)
+# ---- the cluster: control plane + a real node (kubelet, containerd, kube-proxy) + Prometheus ----
 
 
-# ---- control plane ---------------------------------------------------------------------------
+def _progress(line: str) -> None:
+    # Straight to the terminal: cold builds take minutes and pytest captures fixture output.
+    print(f"[test bed] {line}", file=sys.__stderr__, flush=True)
 
 
-@pytest.fixture(scope="session")
-def control_plane(
-    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> Iterator[ControlPlane]:
-    """A real kube-apiserver (1.20) with controller-manager and scheduler; no kubelet."""
-    start_component("control plane binaries", lambda: ensure_binaries(_print_build_progress))
-    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"))
-    start_component("control plane", plane.start, plane.log_tails)
-    pytestconfig.stash[timings_key]["control plane"] = plane.startup_seconds or 0.0
-    yield plane
-    plane.stop()
+def _timed(config: pytest.Config, stage: str, step: Callable[[], T]) -> T:
+    started = time.monotonic()
+    result = step()
+    config.stash[timings_key][stage] = time.monotonic() - started
+    return result
 
 
 @pytest.fixture(scope="session")
-def kubectl(control_plane: ControlPlane) -> Kubectl:
+def image_refs(pytestconfig: pytest.Config) -> dict[str, str]:
+    """The operator, server and trainer images built from this tree (`make images`), by content tag."""
+    from feedbackloop.localdev.images import ensure_images
+
+    require_root("building the images")
+    return start_component("images", lambda: _timed(pytestconfig, "images", lambda: ensure_images(_progress)))
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config, image_refs: dict[str, str]) -> Iterator[Cluster]:
+    """One real cluster per session; everything it changed on the machine is undone at the end."""
+    from feedbackloop.localdev.images import image_archives
+
+    require_root("the real node")
+    start_component("Kubernetes binaries",
+                    lambda: _timed(pytestconfig, "kubernetes build", lambda: ensure_binaries(_progress)))
+    bed = Cluster.create(image_archives())
+    start_component("cluster", lambda: bed.start(_progress), bed.log_tails)
+    pytestconfig.stash[timings_key].update({f"cluster: {k}": v for k, v in bed.timings.items()})
+    yield bed
+    bed.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster: Cluster) -> ControlPlane:
+    return cluster.plane
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Kubectl:
     """`kubectl("get", "pods", "-o", "json", check=True, input=None)` with the built kubectl."""
-    return control_plane.kubectl
+    return cluster.kubectl
 
 
 @pytest.fixture
-def k8s_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+def k8s_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, ready for Pods (its default ServiceAccount has a token)."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
     name = f"{slug}-{uuid.uuid4().hex[:6]}".strip("-")
-    control_plane.kubectl("create", "namespace", name)
-    control_plane.wait_for_service_account(name)
+    cluster.kubectl("create", "namespace", name)
+    cluster.plane.wait_for_service_account(name)
     yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -130,31 +158,13 @@ def exporter() -> Iterator[TestExporter]:
 
 
 @pytest.fixture(scope="session")
-def prometheus(
-    tmp_path_factory: pytest.TempPathFactory, exporter: TestExporter, pytestconfig: pytest.Config
-) -> Iterator[Prometheus]:
-    """Prometheus scraping `exporter` every second (job "testbed").
+def prometheus(cluster: Cluster, exporter: TestExporter) -> Prometheus:
+    """The cluster's Prometheus (it discovers annotated Pods), also scraping `exporter` (job "testbed").
 
-    More targets: `prometheus.add_target(address, labels)`; a pod runtime's service discovery:
-    `prometheus.add_http_sd(url)`.
+    It listens on the node's address, so the operator's Pod reaches it at `prometheus.url`.
     """
-    server = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    server = cluster.prometheus
     server.add_target(exporter.address, {})
-    started = time.monotonic()
-
-    def start_and_scrape() -> Prometheus:
-        server.start()
-        # Prometheus applies discovered targets every 5 s: wait here, not in the first test.
-        server.wait_for(f'up{{job="testbed",instance="{exporter.address}"}} == 1', timeout=30)
-        return server
-
-    start_component("prometheus", start_and_scrape, server.log_tail)
-    pytestconfig.stash[timings_key]["prometheus"] = time.monotonic() - started
-    yield server
-    server.stop()
-
-
-# ---- pod runtime and operator ----------------------------------------------------------------
-# Add session fixtures for the pod runtime (plays the kubelet; depends on `control_plane` and
-# registers its http_sd URL with `prometheus.add_http_sd`) and for the operator process here,
-# built on start_component()/unavailable() so they skip or fail like the fixtures above.
+    start_component("prometheus", lambda: server.wait_for(
+        f'up{{job="testbed",instance="{exporter.address}"}} == 1', timeout=30), server.log_tail)
+    return server

@@ -4,6 +4,7 @@
     mfl versions churn [--storage DIR]       every version with its outcome (status history + registry)
     mfl report churn [--version N] [--storage DIR]   error analysis of a version
     mfl demo                                 the whole loop on this machine (see `mfl demo --help`)
+    mfl testbed status|down                  the local test bed `mfl demo --keep` leaves running
     mfl bench                                every benchmark table
 """
 from __future__ import annotations
@@ -200,6 +201,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_testbed(args: argparse.Namespace) -> int:
+    from .localdev import node
+    if args.action == "down":
+        left = node.teardown(print)
+        print("test bed removed" if not left else f"left behind: {', '.join(left)}")
+        return 1 if left else 0
+    state = node.read_state()
+    if not state:
+        print("no test bed on this machine")
+        return 0
+    for name, pid in state.get("pids", {}).items():
+        print(f"{name:<24} pid {pid:<8} {'running' if node.alive(pid, name) else 'gone'}")
+    for folder in state.get("workdirs", []):
+        print(f"kubeconfig: {folder}/controlplane/kubeconfig")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -243,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--access-mode", default="ReadWriteOnce",
                       help="with --kubeconfig: of the artifacts volume; ReadWriteMany when Pods spread over nodes")
     demo.set_defaults(handler=cmd_demo)
+    testbed = sub.add_parser("testbed", help="the local test bed: `status`, or `down` to remove it and undo its "
+                                             "changes to the machine (after `mfl demo --keep` or a crash)")
+    testbed.add_argument("action", choices=["status", "down"])
+    testbed.set_defaults(handler=cmd_testbed)
     return parser
 
 

@@ -1,10 +1,10 @@
 """`mfl demo`: the whole loop on this machine — drift, breach, retraining, canary, promotion — live.
 
-It brings up the test bed (a real Kubernetes 1.20 control plane built once and cached, a pod runtime
-that runs Pods as local processes in network namespaces, a real Prometheus), installs the CRD and runs
-the operator, deploys a model for a synthetic concept-drift stream, drives traffic with delayed ground
+It brings up the test bed (a real one-node Kubernetes 1.20 cluster: control plane, kubelet,
+containerd, kube-proxy, built once and cached; a real Prometheus), builds the project's images, installs
+the operator in-cluster with `kubectl apply -k manifests/`, deploys a model for a synthetic concept-drift stream, drives traffic with delayed ground
 truth, drifts the labels (abruptly, then gradually), and prints what the loop does. At the end it writes
-a plot and a summary table. Ctrl-C tears everything down.
+a plot and a summary table. Ctrl-C tears everything down; `--keep` leaves the cluster running.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ SELECT = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",trac
 
 
 def loop_manifest(prometheus_url: str, storage: dict[str, Any], fast: bool, namespace: str = NAMESPACE,
-                  registry: str | None = None) -> dict[str, Any]:
+                  registry: str | None = None, images: dict[str, str] | None = None) -> dict[str, Any]:
     window = "20s"
-    images = {"server": image(registry, "mfl-server"), "trainer": image(registry, "mfl-trainer")}
+    images = images or {"server": image(registry, "mfl-server"), "trainer": image(registry, "mfl-trainer")}
     return {
         "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
         "metadata": {"name": LOOP, "namespace": namespace},
@@ -96,36 +96,30 @@ class Demo:
         print(f"[{self.timeline.t():6.1f}s] {text}", flush=True)
 
     def bring_up(self) -> None:
-        from .localdev.controlplane import ControlPlane, ensure_binaries
-        from .localdev.operatorproc import OperatorProcess, install_crd
-        from .localdev.podruntime import PodRuntimeProcess
-        from .localdev.prometheus import Prometheus
+        from .localdev.cluster import Cluster
+        from .localdev.controlplane import ensure_binaries
+        from .localdev.images import ensure_images, image_archives
         if os.geteuid() != 0:
-            raise SystemExit("mfl demo needs root: the pod runtime makes network namespaces for the Pods")
+            raise SystemExit("mfl demo needs root: it runs a real kubelet, containerd and a bridge on this machine")
         self.say(f"work folder {self.workdir}")
-        self.say("control plane binaries (built from Debian's kubernetes source once, ~5 min, then cached)")
+        self.say("Kubernetes 1.20 binaries: built from Debian's source once (~10 min cold), then cached")
         ensure_binaries(lambda line: print(f"           build: {line}", flush=True))
-        self.cp = self._start(ControlPlane(self.workdir / "controlplane"), "Kubernetes control plane")
-        self.prom = self._start(Prometheus(self.workdir / "prometheus"), "Prometheus")
-        self.runtime = self._start(PodRuntimeProcess(self.cp.kubeconfig, self.workdir / "podruntime"),
-                                   "pod runtime (the kubelet's stand-in)")
-        self.prom.add_http_sd(self.runtime.sd_url)
-        install_crd(self.cp)
-        self.operator = self._start(OperatorProcess(self.cp.kubeconfig, self.workdir / "operator",
-                                                    env={"MFL_STATUS_REFRESH_SECONDS": "3",
-                                                         "MFL_ACTIVE_RECONCILE_SECONDS": "1"}), "operator")
-        self.cp.kubectl("create", "namespace", NAMESPACE)
-        self.cp.wait_for_service_account(NAMESPACE)
-
-    def _start(self, component: Any, name: str) -> Any:
-        started = time.monotonic()
-        (component.workdir if hasattr(component, "workdir") else self.workdir).mkdir(parents=True, exist_ok=True)
-        component.start()
-        self.components.append(component)
-        self.say(f"{name} up in {time.monotonic() - started:.1f}s")
-        return component
+        self.say("images: operator, server, trainer from this tree's Dockerfile (~5 min cold, cached by content)")
+        self.refs = ensure_images(lambda line: print(f"           images: {line}", flush=True))
+        self.cluster = Cluster.create(image_archives())
+        self.cluster.start(lambda line: self.say(line))
+        self.components.append(self.cluster)
+        self.prometheus_url = self.cluster.prometheus.url
+        self.cluster.install_operator(MANIFESTS, {"operator": self.refs["operator"]})
+        self.say("operator installed in-cluster: kubectl apply -k manifests/ (its image from this tree)")
+        self.kubectl("create", "namespace", NAMESPACE)
+        self.cluster.plane.wait_for_service_account(NAMESPACE)
+        self.storage = self.cluster.artifact_volume(NAMESPACE, "churn-artifacts")
 
     def tear_down(self) -> None:
+        if self.args.keep and getattr(self, "cluster", None) is not None:
+            print("\n" + self.cluster.keep(), flush=True)
+            return
         for component in reversed(self.components):
             try:
                 component.stop()
@@ -157,13 +151,17 @@ class Demo:
 
     # --- local setting: the test bed on this machine ---------------------------------------------
     def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # noqa: A002
-        return self.cp.kubectl(*args, check=check, input=input)
+        return self.cluster.kubectl(*args, check=check, input=input)
 
     def deploy_model(self) -> None:
-        storage = self.workdir / "artifacts"
-        datasets.write_base_csv(storage / LOOP / "data" / "base.csv", 3000, seed=1)
-        self.say("base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features)")
-        manifest = loop_manifest(self.prom.url, {"hostPath": {"path": str(storage)}}, self.args.fast)
+        from .localdev.cluster import give_to_images
+        datasets.write_base_csv(self.storage / LOOP / "data" / "base.csv", 3000, seed=1)
+        give_to_images(self.storage)
+        self.say("base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features) in the "
+                 "PersistentVolumeClaim churn-artifacts")
+        storage = {"persistentVolumeClaim": {"claimName": "churn-artifacts"}}
+        manifest = loop_manifest(self.prometheus_url, storage, self.args.fast,
+                                 images={"server": self.refs["server"], "trainer": self.refs["trainer"]})
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
 
@@ -250,6 +248,16 @@ class Demo:
             self.timeline.marks.append((self.timeline.t(parse_time(event.get("firstTimestamp")) or time.time()),
                                         event["reason"]))
             self.say(f"  event {event['type']:<7} {event['reason']}: {event['message'][:150]}")
+            if event["reason"] in {"RetrainingStarted", "CanaryStarted"}:
+                self.show_pods()
+
+    def show_pods(self) -> None:
+        """What `kubectl get pods` shows now: the Pods of the loop, all from the project's images."""
+        out = self.kubectl("get", "pods", "-n", self.namespace, "-o",
+                           "custom-columns=POD:.metadata.name,PHASE:.status.phase,IMAGE:.spec.containers[0].image",
+                           check=False)
+        for line in out.stdout.splitlines():
+            print(f"           {line}", flush=True)
 
     # --- results ----------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -263,7 +271,7 @@ class Demo:
         print("\ntimeline (seconds since the demo started):")
         for at, label in sorted(self.timeline.marks):
             print(f"  {at:7.1f}s  {label}")
-        print(f"\nplot: {plot}\nartifacts, logs and kubeconfig: {self.workdir}")
+        print(f"\nplot: {plot}")
 
 
 class ClusterDemo(Demo):
@@ -287,6 +295,7 @@ class ClusterDemo(Demo):
         return result
 
     def bring_up(self) -> None:
+        self.prometheus_url = self.args.prometheus_url
         registry = self.args.registry
         rendered = self.kubectl("kustomize", str(MANIFESTS)).stdout.replace("ghcr.io/feedbackloop", registry.rstrip("/"))
         self.kubectl("apply", "-f", "-", input=rendered)
@@ -345,6 +354,8 @@ class ClusterDemo(Demo):
         self.kubectl("delete", "deployment", "mfl-demo-traffic", "-n", self.namespace, check=False)
 
     def tear_down(self) -> None:
+        if self.args.keep:
+            return
         self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
         self.say(f"deleted namespace {self.namespace}; the operator stays (kubectl delete -k manifests/ removes it)")
 
@@ -393,5 +404,4 @@ def run_demo(args: argparse.Namespace) -> int:
         print("\ninterrupted: tearing down", flush=True)
         return 130
     finally:
-        if not args.keep:
-            demo.tear_down()  # the work folder stays: it holds the plot, the logs and the artifacts
+        demo.tear_down()  # with --keep: prints how to use the cluster and how to remove it

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 import kopf
 from prometheus_client import start_http_server
@@ -33,7 +34,17 @@ def main(argv: list[str] | None = None) -> None:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     from . import handlers  # noqa: F401  (registers the handlers)
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
-             liveness_endpoint=args.liveness or None)
+             liveness_endpoint=args.liveness or None, identity=operator_identity())
+
+
+def operator_identity() -> str:
+    """Who this replica is: the Pod's name (downward API, or the hostname a Pod gets), then the pid.
+
+    kopf's own default asks getpass.getuser(), which raises for a uid without a passwd entry
+    (any `runAsUser` a cluster picks); the identity must never depend on the image's /etc/passwd.
+    """
+    name = os.environ.get("POD_NAME") or socket.gethostname() or "mfl-operator"
+    return f"{name}/{os.getpid()}"
 
 
 if __name__ == "__main__":

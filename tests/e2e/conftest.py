@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import yaml
 
-from feedbackloop.localdev.controlplane import ControlPlane
-from feedbackloop.localdev.operatorproc import OperatorProcess, install_crd
+from feedbackloop.localdev.cluster import Cluster, give_to_images
 
 from tests.conftest import start_component
 
@@ -18,27 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def crd_installed(control_plane: ControlPlane) -> None:
-    install_crd(control_plane)
-
-
-@pytest.fixture(scope="session")
-def operator_process(control_plane: ControlPlane, crd_installed: None,
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """The operator as a process, as in a Pod (tests may kill and restart it)."""
-    process = OperatorProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("operator"),
-                              env={"MFL_STATUS_REFRESH_SECONDS": "5", "MFL_ACTIVE_RECONCILE_SECONDS": "1"})
-    start_component("operator", process.start, process.log_tail)
-    yield process
-    process.stop()
+def operator(cluster: Cluster, image_refs: dict[str, str], prometheus) -> Cluster:
+    """The operator running in-cluster from its image, installed as users install it:
+    `kubectl apply -k` of manifests/, unchanged but for kustomize `images:` naming this tree's build."""
+    start_component("operator", lambda: cluster.install_operator(ROOT / "manifests", {"operator": image_refs["operator"]}),
+                    cluster.operator_logs)
+    return cluster
 
 
 class Loops:
     """Apply loops and read them back through the API, as a user with kubectl would."""
 
-    def __init__(self, control_plane: ControlPlane, operator: OperatorProcess) -> None:
-        self.cp = control_plane
-        self.operator = operator
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.cp = cluster.plane
 
     def apply(self, manifest: dict[str, Any]) -> None:
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
@@ -71,30 +63,16 @@ class Loops:
             time.sleep(0.5)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; status: "
                              f"{json.dumps(status, indent=1)[:3000]}\n--- operator log ---\n"
-                             f"{self.operator.log_tail(40)}")
+                             f"{self.cluster.operator_logs(40)}")
 
 
 @pytest.fixture
-def loops(control_plane: ControlPlane, operator_process: OperatorProcess) -> Loops:
-    return Loops(control_plane, operator_process)
+def loops(operator: Cluster) -> Loops:
+    return Loops(operator)
 
 
 def condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
-@pytest.fixture(scope="session")
-def pod_runtime(control_plane: ControlPlane, prometheus, tmp_path_factory: pytest.TempPathFactory):
-    """The kubelet stand-in: Pods run as local processes in network namespaces; Prometheus discovers them."""
-    from feedbackloop.localdev.podruntime import PodRuntimeProcess
-
-    from tests.conftest import require_root
-    require_root("the pod runtime")
-    runtime = PodRuntimeProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("podruntime"))
-    start_component("pod runtime", runtime.start, runtime.log_tail)
-    prometheus.add_http_sd(runtime.sd_url)
-    yield runtime
-    runtime.stop()
 
 
 def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> list[str]:
@@ -109,4 +87,18 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
               "task": "classification", "features": names, "target": "label", "now": time.time()}
     env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config), "MFL_TERMINATION_LOG": str(root / "seed.log")}
     subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, check=True, capture_output=True, timeout=300)
+    give_to_images(root)
     return names
+
+
+def write_base_data(root: Path, model: str, rows: int, seed: int = 1) -> list[str]:
+    from feedbackloop import datasets
+    names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
+    give_to_images(root)
+    return names
+
+
+def artifact_claim(cluster: Cluster, namespace: str) -> tuple[dict[str, Any], Path]:
+    """A PersistentVolumeClaim for the loop's artifacts (bound to a hostPath PV) and its folder on the host."""
+    path = cluster.artifact_volume(namespace, "churn-artifacts")
+    return {"persistentVolumeClaim": {"claimName": "churn-artifacts"}}, path

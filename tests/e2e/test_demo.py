@@ -1,5 +1,6 @@
 """`mfl demo --fast` runs the whole story on this machine and writes its plot (issue: one command shows
-the whole loop). It brings up its own control plane, pod runtime, Prometheus and operator."""
+the whole loop). It brings up its own cluster (control plane, a real kubelet, containerd), Prometheus, and
+the operator in-cluster from its image, and leaves nothing behind."""
 from __future__ import annotations
 
 import os
@@ -22,3 +23,8 @@ def test_demo_runs_drift_breach_retraining_canary_promotion(tmp_path):
         assert step in output, f"{step} missing:\n{output[-4000:]}"
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "versions:" in output and "plot:" in output
+    # `kubectl get pods` as the demo printed it: the training Job's and the servers' Pods, from our images.
+    assert "churn-train-v" in output and "ghcr.io/feedbackloop/mfl-trainer:dev-" in output
+    assert "churn-canary-" in output and "ghcr.io/feedbackloop/mfl-server:" in output
+    from feedbackloop.localdev import node
+    assert node.read_state() == {} and node.running_components() == []  # torn down, machine restored

@@ -9,7 +9,7 @@ from pathlib import Path
 from feedbackloop import datasets
 from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 
-from .conftest import condition_of, seed_registry
+from .conftest import artifact_claim, condition_of, seed_registry, write_base_data
 
 SELECT = 'model="{{model}}",namespace="{{namespace}}",track="stable"'
 ACCURACY = (f"sum by (model, namespace) (increase(mfl_feedback_correct_total{{{SELECT}}}[20s])) / "
@@ -19,7 +19,7 @@ SAMPLES = f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[2
 
 def loop_manifest(namespace, prometheus_url, storage, *, initial_version=None, max_degradation=0.0,
                   pauses=("4s", "4s"), annotations=None, features=None):
-    model = {"name": "churn", "serving": {"replicas": 2}, "storage": {"hostPath": {"path": str(storage)}}}
+    model = {"name": "churn", "serving": {"replicas": 2}, "storage": storage}
     if initial_version:
         model["initialVersion"] = initial_version
     return {
@@ -55,11 +55,11 @@ def history_outcomes(status):
     return [(h["version"], h["outcome"]) for h in status.get("history", [])]
 
 
-def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, pod_runtime, kubectl,
-                                                         k8s_namespace, tmp_path):
-    ns, storage = k8s_namespace, tmp_path / "artifacts"
-    datasets.write_base_csv(storage / "churn" / "data" / "base.csv", 3000, seed=1)
-    loops.apply(loop_manifest(ns, prometheus.url, storage))
+def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kubectl, k8s_namespace):
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
+    write_base_data(storage, "churn", 3000)
+    loops.apply(loop_manifest(ns, prometheus.url, claim))
 
     # No version yet: the operator trains version 1 in a Job and serves it.
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the initial retraining")
@@ -94,12 +94,12 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, pod_
     assert deployment(kubectl, ns, "churn-canary") is None
 
 
-def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, pod_runtime, kubectl,
-                                                           k8s_namespace, tmp_path):
-    ns, storage = k8s_namespace, tmp_path / "artifacts"
+def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, kubectl, k8s_namespace):
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
     # Corrupted labels, and an offline gate that lets anything through: only the canary can stop it.
-    manifest = loop_manifest(ns, prometheus.url, storage, initial_version=1, max_degradation=1.0,
+    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0,
                              annotations={"feedbackloop.dev/trainer-overrides": '{"labelNoise": 0.45}'})
     # Traffic split through a Gateway API HTTPRoute as well (its backend weights follow the steps).
     kubectl("apply", "-f", str(Path(__file__).parent / "httproute-crd.yaml"))
@@ -140,11 +140,11 @@ def route_weights(kubectl, namespace):
     return {b["name"]: b["weight"] for b in rule["backendRefs"]}
 
 
-def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, pod_runtime, kubectl, k8s_namespace,
-                                                        tmp_path, operator_process):
-    ns, storage = k8s_namespace, tmp_path / "artifacts"
+def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, kubectl, k8s_namespace):
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
-    manifest = loop_manifest(ns, prometheus.url, storage, initial_version=1, max_degradation=1.0,
+    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0,
                              pauses=("15s", "5s"))
     loops.apply(manifest)
     loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
@@ -153,13 +153,11 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, pod_r
         manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "crash-test"
         loops.apply(manifest)
         loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the retraining")
-        operator_process.kill()  # mid-Job
-        operator_process.start()
+        loops.cluster.crash_operator()  # mid-Job
         status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the canary")
         assert jobs_of(kubectl, ns) == ["churn-train-v2"]  # no twin Job after the crash
         step = status["rollout"]["step"]
-        operator_process.kill()  # mid-canary
-        operator_process.start()
+        loops.cluster.crash_operator()  # mid-canary
         status = loops.wait(ns, "churn", lambda s: s.get("rollout") is not None and s["rollout"]["step"] >= step, 30,
                             "the same rollout after the restart")
         assert status["rollout"]["version"] == 2
@@ -173,11 +171,11 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, pod_r
     assert jobs_of(kubectl, ns) == ["churn-train-v2"]
 
 
-def test_failing_trainer_gives_a_condition_an_event_and_no_candidate(loops, prometheus, pod_runtime, kubectl,
-                                                                     k8s_namespace, tmp_path):
-    ns, storage = k8s_namespace, tmp_path / "artifacts"
-    datasets.write_base_csv(storage / "churn" / "data" / "base.csv", 500, seed=1)
-    loops.apply(loop_manifest(ns, prometheus.url, storage, features=["x0", "no_such_column"]))
+def test_failing_trainer_gives_a_condition_an_event_and_no_candidate(loops, prometheus, kubectl, k8s_namespace):
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
+    write_base_data(storage, "churn", 500)
+    loops.apply(loop_manifest(ns, prometheus.url, claim, features=["x0", "no_such_column"]))
     status = loops.wait(ns, "churn", lambda s: condition_of(s, "Retraining").get("reason") == "TrainingFailed",
                         180, "a failed retraining")
     assert "no_such_column" in condition_of(status, "Retraining")["message"]

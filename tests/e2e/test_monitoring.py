@@ -79,7 +79,7 @@ def test_unreachable_prometheus_is_reported_never_a_breach(loops, k8s_namespace)
     assert status["phase"] == "Monitoring"
 
 
-def test_many_loops_share_one_query_per_template(loops, prometheus, exporter, k8s_namespace, operator_process):
+def test_many_loops_share_one_query_per_template(loops, prometheus, exporter, k8s_namespace):
     ns = k8s_namespace
     for i in range(5):
         exporter.set("test_model_accuracy", 0.9 + i / 100, model=f"m{i}", namespace=ns)
@@ -131,7 +131,7 @@ def test_printer_columns_show_live_values(loops, prometheus, exporter, kubectl, 
     assert "churn" in kubectl("get", "ml", "-n", ns).stdout  # the category
 
 
-def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_namespace, operator_process):
+def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_namespace):
     """A pending breach keeps its start across a crash: `for` is not restarted by the new process."""
     ns = k8s_namespace
     exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
@@ -143,8 +143,7 @@ def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_names
     status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Pending", 30,
                         "a pending breach")
     since = status["metrics"][0]["breachSince"]
-    operator_process.kill()
-    operator_process.start()
+    loops.cluster.crash_operator()
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 60, "Breached after the restart")
     assert status["metrics"][0]["breachSince"] == since
 

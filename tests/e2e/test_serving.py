@@ -7,7 +7,7 @@ import json
 
 from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 
-from .conftest import condition_of, seed_registry
+from .conftest import artifact_claim, condition_of, seed_registry
 
 ACCURACY = ('sum by (model, namespace) (increase(mfl_feedback_correct_total{model="{{model}}",namespace="{{namespace}}",'
             'track="stable"}[20s])) / sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",'
@@ -22,7 +22,7 @@ def serving_loop(namespace, prometheus_url, storage, features):
         "metadata": {"name": "churn", "namespace": namespace},
         "spec": {
             "model": {"name": "churn", "initialVersion": 1, "serving": {"replicas": 2},
-                      "storage": {"hostPath": {"path": str(storage)}}},
+                      "storage": storage},
             "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s",
                            "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.75, "for": "6s",
                                         "minSamples": 20, "samplesQuery": SAMPLES}]},
@@ -30,12 +30,11 @@ def serving_loop(namespace, prometheus_url, storage, features):
     }
 
 
-def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, pod_runtime, kubectl,
-                                                             k8s_namespace, tmp_path):
+def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, kubectl, k8s_namespace):
     ns = k8s_namespace
-    storage = tmp_path / "artifacts"
+    claim, storage = artifact_claim(loops.cluster, ns)
     features = seed_registry(storage, "churn")
-    loops.apply(serving_loop(ns, prometheus.url, storage, features))
+    loops.apply(serving_loop(ns, prometheus.url, claim, features))
 
     status = loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120,
                         "two ready server Pods")

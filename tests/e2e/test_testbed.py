@@ -8,13 +8,13 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from feedbackloop.localdev.controlplane import ADVERTISE_ADDRESS, ControlPlane
 from feedbackloop.localdev.exporter import TestExporter
-from feedbackloop.localdev.netutil import LOOPBACK, wait_until
+from feedbackloop.localdev.netutil import LOOPBACK, http_request, wait_until
+from feedbackloop.localdev.node import NODE_IP, NODE_NAME
 from feedbackloop.localdev.prometheus import Prometheus
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,7 @@ def test_configmap_round_trip(kubectl: Any) -> None:
 def test_kubernetes_service_points_at_advertise_address(kubectl: Any) -> None:
     endpoints = get_json(kubectl, "endpoints", "kubernetes", "-n", "default")
     addresses = [address["ip"] for subset in endpoints["subsets"] for address in subset["addresses"]]
-    assert addresses == [ADVERTISE_ADDRESS]
+    assert addresses == [NODE_IP]  # the node's address: Pods reach the apiserver through the Service
 
 
 def widget_crd(group: str) -> dict[str, Any]:
@@ -102,75 +102,46 @@ def test_crd_and_custom_resource_round_trip(kubectl: Any) -> None:
         kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
 
 
-@pytest.fixture
-def dedicated_node(control_plane: ControlPlane) -> Iterator[str]:
-    """A Ready Node that only Pods tolerating its taint may use, so other tests' Pods never land
-    on it. The apiserver taints new Nodes not-ready; without a node-lifecycle controller the
-    test lifts that taint itself."""
-    name = unique("testbed-node")
-    taint = {"key": "testbed.mfl.dev/dedicated", "value": name, "effect": "NoSchedule"}
-    node = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {"taints": [taint]},
-    }
-    control_plane.kubectl("apply", "-f", "-", input=json.dumps(node))
-    try:
-        resources = {"cpu": "4", "memory": "8Gi", "pods": "110"}
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "testbed"}
-        control_plane.api(
-            "PATCH",
-            f"/api/v1/nodes/{name}/status",
-            {"status": {"conditions": [ready], "capacity": resources, "allocatable": resources}},
-            content_type="application/merge-patch+json",
-        )
-        only_ours = json.dumps({"spec": {"taints": [taint]}})
-        control_plane.kubectl("patch", "node", name, "--type=merge", "-p", only_ours)
-        yield name
-    finally:
-        control_plane.kubectl("delete", "node", name, "--wait=false", check=False)
-
-
-def deployment(name: str, node: str, replicas: int) -> dict[str, Any]:
+def web_deployment(name: str, image: str) -> list[dict[str, Any]]:
+    """Two replicas of a tiny web server from one of our images, restricted, behind a Service."""
     labels = {"app": name}
-    pod_spec = {
-        "nodeSelector": {"kubernetes.io/hostname": node},
-        "tolerations": [{"key": "testbed.mfl.dev/dedicated", "operator": "Equal", "value": node}],
-        "containers": [{"name": "main", "image": "example.invalid/none:1", "command": ["sleep", "60"]}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
-    }
+    container = {"name": "web", "image": image, "command": ["python", "-m", "http.server", "8080"],
+                 "ports": [{"name": "http", "containerPort": 8080}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}}}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+         "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"containers": [container], "securityContext": {"runAsNonRoot": True},
+                                        "terminationGracePeriodSeconds": 1}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}},
+    ]
 
 
-def test_node_and_deployment_get_pods_scheduled(kubectl: Any, dedicated_node: str) -> None:
-    node = get_json(kubectl, "node", dedicated_node)
-    assert {"type": "Ready", "status": "True"}.items() <= node["status"]["conditions"][0].items()
-
-    name = unique("testbed-deploy")
-    kubectl("apply", "-f", "-", input=json.dumps(deployment(name, dedicated_node, replicas=2)))
+def test_real_node_runs_a_deployment_behind_a_service(kubectl: Any, image_refs: dict[str, str]) -> None:
+    """Scheduler -> kubelet -> containerd -> runc: Pods get IPs on the bridge, pass probes, and
+    kube-proxy routes the Service's ClusterIP to them."""
+    node = get_json(kubectl, "node", NODE_NAME)
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+    name = unique("testbed-web")
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": web_deployment(name, image_refs["server"])}))
     try:
-
-        def scheduled_pods() -> list[dict[str, Any]]:
-            pods = get_json(kubectl, "pods", "-n", "default", "-l", f"app={name}")["items"]
-            bound = [pod for pod in pods if pod["spec"].get("nodeName") == dedicated_node]
-            return pods if len(pods) == 2 and len(bound) == 2 else []
-
-        # Deployment -> ReplicaSet -> Pods (controller-manager), then binding (scheduler).
-        pods = wait_until(scheduled_pods, timeout=30, what="2 Pods bound to the dedicated Node")
-        assert {pod["status"]["phase"] for pod in pods} == {"Pending"}  # no kubelet runs them
+        kubectl("rollout", "status", f"deployment/{name}", "--timeout=120s", timeout=130)
+        pods = get_json(kubectl, "pods", "-l", f"app={name}")["items"]
+        assert {pod["spec"]["nodeName"] for pod in pods} == {NODE_NAME}
+        assert all(pod["status"]["podIP"].startswith("10.245.0.") for pod in pods)
+        cluster_ip = get_json(kubectl, "service", name)["spec"]["clusterIP"]
+        status, _ = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(http_request(f"http://{cluster_ip}/")),
+                               timeout=30, what="the Service's ClusterIP through kube-proxy")
+        assert status == 200
+        logs = kubectl("logs", pods[0]["metadata"]["name"]).stdout + kubectl("logs", pods[1]["metadata"]["name"]).stdout
+        assert "GET / HTTP" in logs  # kubectl logs reaches the kubelet
     finally:
-        kubectl("delete", "deployment", name, "-n", "default", "--wait=false")
-        # Bound Pods wait for a kubelet to confirm their deletion unless forced.
-        kubectl("delete", "pods", "-n", "default", "-l", f"app={name}", "--force", "--grace-period=0")
+        kubectl("delete", "deployment,service", name, "--wait=false")
 
 
 # ---- Prometheus ------------------------------------------------------------------------------

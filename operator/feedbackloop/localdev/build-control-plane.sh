@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (v1.20.2) from Debian's
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and the node's kubelet and
+# kube-proxy (v1.20.2) from Debian's
 # `kubernetes` source package and caches them. Idempotent: exits at once when the cache is complete.
 # Recipe and pitfalls: shared/notes/local-control-plane.md. Ships in the package (feedbackloop.localdev)
 # so that `mfl demo` can build the control plane too; needs root (apt-get).
@@ -7,7 +8,7 @@ set -euo pipefail
 
 CACHE="${MFL_CACHE:-$HOME/.cache/mfl}"
 OUT="$CACHE/k8s-1.20.2/bin"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 complete() { for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -54,12 +55,14 @@ if [ ! -d "$SRC/cmd" ]; then
   find "$SRC/vendor/github.com/modern-go/reflect2" -name '*_test.go' -delete
 fi
 
-step "building (about 5 minutes on 2 cores from a cold Go cache)"
+step "building (about 10 minutes on 2 cores from a cold Go cache; only what is missing when some are cached)"
 cd "$SRC"
 export PATH="/usr/lib/go-1.19/bin:$PATH"
 unset GOPATH GOFLAGS
 make generated_files >/dev/null
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl"
 mkdir -p "$OUT"
-for b in "${BINARIES[@]}"; do cp "_output/bin/$b" "$OUT/$b"; done
+missing=(); for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || missing+=("$b"); done
+step "building ${missing[*]}"
+make WHAT="$(printf 'cmd/%s ' "${missing[@]}")"
+for b in "${missing[@]}"; do cp "_output/bin/$b" "$OUT/$b"; done
 step "control plane built into $OUT"

@@ -32,13 +32,15 @@ from feedbackloop.localdev.netutil import (
 from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail
 
 K8S_VERSION = "1.20.2"
-BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 BUILD_SCRIPT = Path(__file__).with_name("build-control-plane.sh")
 # Outside 127/8 on purpose: a loopback advertise address makes the `kubernetes` Endpoints invalid.
 ADVERTISE_ADDRESS = "10.0.0.1"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 # No node IPAM (Pod IPs come from the test runtime) and no node lifecycle (no kubelet heartbeats).
 CONTROLLERS = "*,-nodeipam,-nodelifecycle"
+# With a real kubelet, node lifecycle lifts the not-ready taint once the node reports Ready.
+CONTROLLERS_WITH_NODE = "*,-nodeipam"
 
 
 def cache_dir() -> Path:
@@ -132,9 +134,17 @@ class ControlPlane:
     `workdir/logs/<component>.log`; `log_tails()` collects their ends for failure reports.
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, workdir: Path, bin_dir: Path | None = None, host: str = LOOPBACK,
+                 node_name: str | None = None) -> None:
+        """`host`: the address the apiserver listens on and advertises (a real node's IP when a
+        kubelet joins; loopback otherwise). `node_name`: a kubelet of that name joins, so the
+        apiserver authorizes it (Node authorizer) and the node lifecycle controller runs."""
         self.workdir = Path(workdir)
         self.bin_dir = bin_dir or binaries_dir()
+        self.host = host
+        self.node_name = node_name
+        self.node_token = secrets.token_hex(16)
+        self.node_kubeconfig = self.workdir / "kubelet.kubeconfig"
         self.pki_dir = self.workdir / "pki"
         self.logs_dir = self.workdir / "logs"
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -155,7 +165,8 @@ class ControlPlane:
         atexit.register(self.stop)
         try:
             self._prepare_files()
-            etcd_port, etcd_peer_port, api_port = free_ports(3)
+            etcd_port, etcd_peer_port = free_ports(2)
+            api_port = free_ports(1, self.host)[0]
             self._start_etcd(etcd, etcd_port, etcd_peer_port, deadline)
             self._start_apiserver(api_port, deadline)
             self._start_controllers()
@@ -179,8 +190,21 @@ class ControlPlane:
         self.stop()
 
     @property
+    def processes(self) -> list[ManagedProcess]:
+        return list(self._processes)
+
+    def detach(self) -> None:
+        """Leave the components running when this process exits (`mfl demo --keep`)."""
+        atexit.unregister(self.stop)
+        self._processes.clear()
+
+    @property
     def running(self) -> bool:
         return bool(self._processes) and all(process.running for process in self._processes)
+
+    @property
+    def advertise_address(self) -> str:
+        return ADVERTISE_ADDRESS if self.host == LOOPBACK else self.host
 
     # ---- clients ---------------------------------------------------------------------------
 
@@ -273,7 +297,11 @@ class ControlPlane:
             folder.mkdir(parents=True, exist_ok=True)
         self._generate_keys()
         token_file = self.pki_dir / "tokens.csv"
-        token_file.write_text(f'{self.token},admin,admin,"system:masters"\n')
+        lines = [f'{self.token},admin,admin,"system:masters"']
+        if self.node_name:
+            user = f"system:node:{self.node_name}"
+            lines.append(f'{self.node_token},{user},{user},"system:nodes"')
+        token_file.write_text("\n".join(lines) + "\n")
         token_file.chmod(0o600)
 
     def _generate_keys(self) -> None:
@@ -281,7 +309,7 @@ class ControlPlane:
         if shutil.which("openssl") is None:
             raise TestbedUnavailable("openssl not found: `apt-get install openssl`")
         subject_alt_names = ",".join(
-            [f"IP:{LOOPBACK}", f"IP:{ADVERTISE_ADDRESS}", "IP:10.96.0.1", "DNS:localhost"]
+            [f"IP:{LOOPBACK}", f"IP:{self.advertise_address}", "IP:10.96.0.1", "DNS:localhost"]
             + [f"DNS:kubernetes.default.svc{suffix}" for suffix in ("", ".cluster.local")]
         )
         self._openssl(
@@ -335,18 +363,19 @@ class ControlPlane:
         self._wait(process, healthy, deadline)
 
     def _start_apiserver(self, port: int, deadline: float) -> None:
-        self.server = f"https://{LOOPBACK}:{port}"
+        self.server = f"https://{self.host}:{port}"
         pki = self.pki_dir
         process = self._spawn("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers={self.etcd_url}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={port}", "--insecure-port=0",
-            f"--advertise-address={ADVERTISE_ADDRESS}",
+            f"--bind-address={self.host}", f"--secure-port={port}", "--insecure-port=0",
+            f"--advertise-address={self.advertise_address}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=" + ("Node,RBAC" if self.node_name else "RBAC"),
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -370,7 +399,7 @@ class ControlPlane:
             str(self.bin_dir / "kube-controller-manager"), kubeconfig,
             f"--service-account-private-key-file={self.pki_dir / 'sa.key'}",
             f"--root-ca-file={self.pki_dir / 'apiserver.crt'}",
-            f"--controllers={CONTROLLERS}",
+            f"--controllers={CONTROLLERS_WITH_NODE if self.node_name else CONTROLLERS}",
             "--leader-elect=false", "--secure-port=0", "--port=0",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [
@@ -406,3 +435,7 @@ class ControlPlane:
         }
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
         self.kubeconfig.chmod(0o600)
+        if self.node_name:
+            config["users"] = [{"name": "admin", "user": {"token": self.node_token}}]
+            self.node_kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+            self.node_kubeconfig.chmod(0o600)

@@ -50,8 +50,11 @@ class Prometheus:
         scrape_interval: str = "1s",
         http_sd_urls: Sequence[str] = (),
         extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
+        host: str = LOOPBACK,
     ) -> None:
+        """`host`: the address it listens on (a node's IP, so that Pods such as the operator reach it)."""
         self.workdir = Path(workdir)
+        self.host = host
         self.scrape_interval = scrape_interval
         self.port = 0
         self.startup_seconds: float | None = None
@@ -71,7 +74,7 @@ class Prometheus:
         if binary is None:
             raise TestbedUnavailable("prometheus not found: `apt-get install prometheus`")
         started = time.monotonic()
-        self.port = free_port()
+        self.port = free_port(self.host)
         self._write_targets()
         self._write_config()
         self._process = ManagedProcess("prometheus", self._command(binary), self.log_path)
@@ -105,7 +108,16 @@ class Prometheus:
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def detach(self) -> None:
+        """Leave Prometheus running when this process exits (`mfl demo --keep`)."""
+        atexit.unregister(self.stop)
+        self._process = None
 
     def log_tail(self, lines: int = 40) -> str:
         return self._process.tail(lines) if self._process else ""
@@ -193,7 +205,7 @@ class Prometheus:
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.workdir / 'tsdb'}",
             "--storage.tsdb.retention.time=1d",
-            f"--web.listen-address={LOOPBACK}:{self.port}",
+            f"--web.listen-address={self.host}:{self.port}",
             "--web.enable-lifecycle",
         ]
 

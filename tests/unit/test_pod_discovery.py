@@ -1,4 +1,4 @@
-from feedbackloop.localdev.podruntime_sd import sanitize_label, sd_targets
+from feedbackloop.localdev.pod_discovery import sanitize_label, sd_targets
 
 
 def pod(name, phase="Running", ip="10.244.0.5", annotations=None, labels=None, ports=(8080,)):
@@ -35,10 +35,3 @@ def test_targets_are_sorted():
 
 def test_sanitize_label():
     assert sanitize_label("app.kubernetes.io/name") == "app_kubernetes_io_name"
-
-
-def test_kubectl_logs_tail_lines():
-    from feedbackloop.localdev.podruntime_logs import tail_bytes
-    data = b"a\nb\nc\n"
-    assert tail_bytes(data, None) == data and tail_bytes(data, -1) == data
-    assert tail_bytes(data, 2) == b"b\nc\n" and tail_bytes(data, 0) == b"" and tail_bytes(data, 10) == data
