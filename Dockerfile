@@ -8,9 +8,11 @@
 #   make images    # all three with buildah, cached by input hash (operator/feedbackloop/localdev/build-images.sh)
 #
 # Every image holds the one project wheel (all three packages, pure Python) installed --no-deps, plus
-# only its own component's requirements (requirements/<component>.txt) in a venv, /opt/mfl. The venv
-# is built in a stage of its own and copied whole: nothing of the build (wheels, pip's cache, the
-# build venv) reaches a final image. COPY --from is checksummed, so `--layers` caching stays correct.
+# only its own component's requirements (requirements/<component>.txt) in a venv, /opt/mfl. Both are
+# built in stages of their own and copied in as two layers, the dependencies (changed only by the
+# requirements file) and the project (a few hundred KB, changed by every code change): nothing of the
+# build (wheels, pip, the build backend) reaches a final image. Stages pass files only by COPY --from,
+# which buildah checksums, so `buildah bud --layers` caching stays correct (no RUN --mount=from=...).
 # Run as uid/gid 65532 (`mfl`, home /nonexistent), numeric so that runAsNonRoot can check it; the root
 # filesystem may be read-only.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -72,16 +74,14 @@ RUN python -m venv --without-pip /opt/mfl
 COPY requirements/server.txt requirements/fast.txt /tmp/requirements/
 RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/server.txt -r /tmp/requirements/fast.txt
 RUN cd /opt/mfl/lib/python3.*/site-packages \
- && for p in numpy scipy sklearn matplotlib; do [ ! -d $p ] || find $p -depth -type d -name tests -exec rm -rf {} +; done \
- && rm -rf kubernetes/aio
+ && for p in numpy scipy sklearn matplotlib; do [ ! -d $p ] || find $p -depth -type d -name tests -exec rm -rf {} +; done
 
 FROM base AS trainer-deps
 RUN python -m venv --without-pip /opt/mfl
 COPY requirements/trainer.txt /tmp/requirements/
 RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/trainer.txt
 RUN cd /opt/mfl/lib/python3.*/site-packages \
- && for p in numpy scipy sklearn matplotlib; do [ ! -d $p ] || find $p -depth -type d -name tests -exec rm -rf {} +; done \
- && rm -rf kubernetes/aio
+ && for p in numpy scipy sklearn matplotlib; do [ ! -d $p ] || find $p -depth -type d -name tests -exec rm -rf {} +; done
 # matplotlib's font cache, built here: the trainer may run with a read-only root filesystem.
 RUN mkdir -p /opt/matplotlib \
  && MPLCONFIGDIR=/opt/matplotlib MPLBACKEND=Agg /opt/mfl/bin/python -c "import matplotlib.pyplot" \

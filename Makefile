@@ -1,28 +1,35 @@
 # The two commands the README gives: `make demo` and `make test`. Everything else is a step of theirs.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux
+# The node: containerd + runc + CNI plugins run the Pods, buildah + mmdebstrap build the images.
+APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux iptables \
+	containerd runc containernetworking-plugins buildah mmdebstrap
+# `$(call timed,stage,command)`: run a stage and print how long it took (CI keeps these lines).
+timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) - start ))s"; exit $$rc
 
-.PHONY: run test deps system-deps python-deps control-plane unit e2e crd bench demo
+.PHONY: run test deps system-deps python-deps control-plane images unit e2e crd bench demo
 
 run: python-deps  ## install, then run the operator against the current kubeconfig
 	mfl-operator
 
-test: deps  ## install what the tests need, build (or reuse) the control plane, run every test
-	$(PYTHON) -m pytest -ra
+test: deps  ## install what the tests need, build (or reuse) Kubernetes and the images, run every test
+	$(call timed,tests,$(PYTHON) -m pytest -ra)
 
-deps: system-deps python-deps control-plane
+deps: system-deps python-deps control-plane images
 
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	$(call timed,debian packages,missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || \
+	  missing="$$missing $$p"; done; if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi)
 
 python-deps:
-	$(PIP) install -q -e '.[test]'
+	$(call timed,python packages,$(PIP) install -q -e '.[test]')
 
-control-plane:
-	bash operator/feedbackloop/localdev/build-control-plane.sh
+control-plane:  ## Kubernetes 1.20 from Debian's source: control plane, kubelet, kube-proxy (cached)
+	$(call timed,kubernetes build,bash operator/feedbackloop/localdev/build-control-plane.sh)
+
+images:  ## the operator, server and trainer images from ./Dockerfile as OCI archives (cached by content)
+	$(call timed,images,bash operator/feedbackloop/localdev/build-images.sh)
 
 unit:
 	$(PYTHON) -m pytest -q tests/unit
@@ -37,9 +44,6 @@ bench: deps
 	$(PIP) install -q river
 	mfl bench
 
-demo: deps  ## install, then run the whole loop on this machine (local control plane, pods, Prometheus)
+demo: deps  ## install, then run the whole loop on this machine (a real one-node cluster, Prometheus)
 	mfl demo
 
-.PHONY: images
-images:  ## the operator, server and trainer images (one Dockerfile, buildah) + pause, as OCI archives in ~/.cache/mfl/images; cached by input hash
-	bash operator/feedbackloop/localdev/build-images.sh

@@ -58,6 +58,8 @@ done
 VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' "$REPO/pyproject.toml")
 [ -n "$VERSION" ] || die "no version in $REPO/pyproject.toml"
 mkdir -p "$OUT"
+exec 9>"$OUT/build.lock"
+flock 9   # one build at a time per cache (images.py holds a lock of its own, ensure.lock, around this)
 
 # ---- the base image: python:3.11-slim without a registry (Debian bookworm's python3.11 via mmdebstrap) ----
 if ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -184,6 +186,11 @@ for name in "${COMPONENTS[@]}"; do
   mv "$OUT/mfl-$name.partial.tar" "$archive"
   printf '%s\n%s\n' "$dev_ref" "$version_ref" > "$ref_file"
   echo "$HASH" > "$stamp"
+  # Earlier content tags of this image: untagged, so that buildah's storage does not grow with every
+  # code change (the layer cache stays; an image a container still uses stays too).
+  for old in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' --filter "reference=$image"); do
+    case "$old" in "$image:dev-"*) [ "$old" = "$dev_ref" ] || buildah rmi "$old" >/dev/null 2>&1 || true;; esac
+  done
   size=$(buildah images --noheading --format '{{.Size}}' "$dev_ref")   # no `| head`: SIGPIPE under pipefail
   size=${size%%$'\n'*}
   echo "mfl-$name: built in $built s, $size ($dev_ref) $(( $(date +%s) - start - built )) s to export $archive"

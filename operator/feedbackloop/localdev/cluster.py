@@ -142,8 +142,10 @@ class Cluster:
 
     # ---- what users install ----------------------------------------------------------------
 
-    def install_operator(self, manifests: Path, image_refs: Mapping[str, str], timeout: float = 240.0) -> str:
-        """`kubectl apply -k` of an overlay that only points `manifests/` at these images."""
+    def install_operator(self, manifests: Path, image_refs: Mapping[str, str], env: Mapping[str, str] | None = None,
+                         timeout: float = 240.0) -> str:
+        """`kubectl apply -k` of an overlay that points `manifests/` at these images (and nothing else,
+        unless `env` adds variables to the operator's container, as the demo does to refresh faster)."""
         overlay = self.workdir / "install"
         overlay.mkdir(exist_ok=True)
         kustomization = {
@@ -152,6 +154,13 @@ class Cluster:
             "images": [{"name": f"{IMAGE_REPOSITORY}/mfl-{component}", "newName": ref.rsplit(":", 1)[0],
                         "newTag": ref.rsplit(":", 1)[1]} for component, ref in image_refs.items()],
         }
+        if env:
+            patch = {"apiVersion": "apps/v1", "kind": "Deployment",
+                     "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
+                     "spec": {"template": {"spec": {"containers": [
+                         {"name": "operator", "env": [{"name": k, "value": v} for k, v in env.items()]}]}}}}
+            (overlay / "env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
+            kustomization["patchesStrategicMerge"] = ["env.yaml"]
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         applied = self.kubectl("apply", "-k", str(overlay)).stdout
         self.kubectl("rollout", "status", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,

@@ -55,7 +55,9 @@ def ensure_images(progress: Callable[[str], None] = _print_progress) -> dict[str
     if not BUILD_SCRIPT.exists():
         raise TestbedUnavailable(f"build script {BUILD_SCRIPT} is not installed with the package")
     images_dir().mkdir(parents=True, exist_ok=True)
-    with (images_dir() / "build.lock").open("w") as lock:
+    # Not the script's own build.lock (it takes that one too, for `make images`): a second flock on
+    # the same file from the child would wait for this one forever.
+    with (images_dir() / "ensure.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building right now
         _run_build_script(progress)
         return {name: _dev_ref(name) for name in COMPONENTS}
