@@ -191,7 +191,7 @@ def test_prometheus_targets_added_and_removed_at_run_time(prometheus: Prometheus
 
 
 class TargetList:
-    """A minimal http_sd endpoint, as the pod runtime will serve one."""
+    """A minimal http_sd endpoint, as the test bed's Pod discovery serves one."""
 
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.groups = groups

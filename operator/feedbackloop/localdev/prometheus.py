@@ -2,7 +2,7 @@
 
 Debian builds Prometheus without `kubernetes_sd_configs`, so targets come from
 - a `file_sd_configs` job (`add_target` / `remove_target`), and
-- `http_sd_configs` jobs (`http_sd_urls` or `add_http_sd`), which the pod runtime serves.
+- `http_sd_configs` jobs (`http_sd_urls` or `add_http_sd`), such as the test bed's Pod discovery (`pod_discovery`).
 """
 
 from __future__ import annotations
