@@ -1,4 +1,4 @@
-"""The operator as a host process against a local control plane (tests, benchmarks, `mfl demo`)."""
+"""The operator as a host process against a local control plane (the scale and latency benchmarks)."""
 from __future__ import annotations
 
 import os
