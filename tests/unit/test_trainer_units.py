@@ -285,3 +285,29 @@ def test_stale_staging_folders_are_removed(tmp_path):
     os.utime(old, (0, 0))
     assert registry.remove_stale_staging(tmp_path) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-3-bbb", "1"]
+
+
+def test_unwritable_store_fails_before_training_with_what_to_fix(tmp_path, monkeypatch):
+    """A root-owned hostPath on a real kubelet: the trainer (uid 65532) must say so, not crash mid-way."""
+    from pathlib import Path
+
+    import pytest
+
+    from mfl_trainer import registry
+    from mfl_trainer.errors import TrainerError
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(TrainerError) as error:
+        registry.require_writable(tmp_path, "churn")
+    message = str(error.value)
+    assert "not writable" in message and "uid" in message and "hostPath" in message
+    assert f"{tmp_path} is owned by uid" in message
+
+
+def test_writable_store_passes_and_leaves_nothing(tmp_path):
+    from mfl_trainer import registry
+    registry.require_writable(tmp_path, "churn")
+    assert [p.name for p in (tmp_path / "churn" / "versions").iterdir()] == []

@@ -62,6 +62,34 @@ def load_champion(root: Path, model: str, version: int) -> tuple[Any, dict[str, 
                            f"{type(error).__name__}: {error}") from error
 
 
+def require_writable(root: Path, model: str) -> None:
+    """Fail before training, with what to fix, when the store's versions folder is not writable.
+
+    Found on a real kubelet: a hostPath folder the kubelet creates (`DirectoryOrCreate`) belongs to root,
+    fsGroup does not apply to hostPath, and the images run as uid 65532.
+    """
+    versions = version_dir(root, model, 0).parent
+    try:
+        versions.mkdir(parents=True, exist_ok=True)
+        probe = versions / f".write-check-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        owner = _owner_of_nearest(versions)
+        raise TrainerError(
+            f"artifact store not writable: {error.strerror} on {versions} (running as uid {os.getuid()}, "
+            f"{owner}); give the folder to this uid (a hostPath must be created owned by it) or use a "
+            f"PersistentVolumeClaim whose volume honours fsGroup") from error
+
+
+def _owner_of_nearest(path: Path) -> str:
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            info = candidate.stat()
+            return f"{candidate} is owned by uid {info.st_uid} with mode {info.st_mode & 0o7777:o}"
+    return "no folder of it exists"
+
+
 def write_version(root: Path, model: str, version: int, write_files: Callable[[Path], None]) -> Path:
     """Let ``write_files`` fill a temporary folder, then publish it as ``versions/<version>``."""
     final = version_dir(root, model, version)

@@ -56,6 +56,7 @@ def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
     previous = registry.existing_metadata(config.storage_root, config.model, config.version)
     if previous is not None:
         return _existing_result(config, previous, inputs.content_hashes, progress)
+    registry.require_writable(config.storage_root, config.model)
     check_trainable(config, inputs.table)
     return train_and_publish(config, spec, estimator, inputs, progress, started)
 

@@ -64,14 +64,14 @@ class Cluster:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self, progress: Callable[[str], None] = _say) -> "Cluster":
-        running = node_module.running_components()
-        if running:
+        running, state = node_module.running_components(), node_module.read_state()
+        if running and (state.get("kept") or node_module.pid_exists(state.get("owner"))):
             raise TestbedUnavailable(f"a test bed is already running on this machine ({', '.join(running)}); "
                                      f"`mfl testbed down` removes it")
-        left = node_module.teardown(progress)  # what a crashed test bed left: undo it first
+        left = node_module.teardown(progress)  # what a crashed test run left behind: undo it first
         if left:
             raise TestbedError(f"an earlier test bed could not be torn down: {', '.join(left)}")
-        record(workdirs=[str(self.workdir)])
+        record(workdirs=[str(self.workdir)], owner=os.getpid(), kept=False)
         atexit.register(self.stop)
         try:
             self._step("network", self.node.prepare_network, progress)
@@ -117,6 +117,7 @@ class Cluster:
     def keep(self) -> str:
         """Leave the cluster running after this process exits; returns how to use and remove it."""
         self._kept = True
+        record(kept=True)
         atexit.unregister(self.stop)
         self.plane.detach()
         self.node.detach()

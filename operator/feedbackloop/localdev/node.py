@@ -335,6 +335,18 @@ def alive(pid: int, name: str) -> bool:
         return False
 
 
+def pid_exists(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def running_components() -> list[str]:
     """Components of a test bed recorded in the state file that still run."""
     return [name for name, pid in read_state().get("pids", {}).items() if alive(pid, name)]
