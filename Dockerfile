@@ -19,6 +19,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- base: the interpreter, pip's settings and the user every image runs as --------------------
 FROM ${PYTHON_IMAGE} AS base
+LABEL org.opencontainers.image.source="https://github.com/feedbackloop/model-feedback-loop" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -90,10 +93,7 @@ RUN mkdir -p /opt/matplotlib \
 # --- the images ----------------------------------------------------------------------------------
 FROM base AS operator
 LABEL org.opencontainers.image.title="mfl-operator" \
-      org.opencontainers.image.description="model-feedback-loop: the operator (kopf)" \
-      org.opencontainers.image.source="https://github.com/feedbackloop/model-feedback-loop" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.description="model-feedback-loop: the operator (kopf)"
 COPY --from=operator-deps /opt/mfl /opt/mfl
 COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
@@ -106,10 +106,7 @@ ENTRYPOINT ["mfl-operator"]
 
 FROM base AS server
 LABEL org.opencontainers.image.title="mfl-server" \
-      org.opencontainers.image.description="model-feedback-loop: the reference model server (docs/contracts.md)" \
-      org.opencontainers.image.source="https://github.com/feedbackloop/model-feedback-loop" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.description="model-feedback-loop: the reference model server (docs/contracts.md)"
 ENV MFL_PORT=8080 \
     MFL_STORAGE_ROOT=/var/lib/mfl/artifacts
 # The artifact store is mounted here; the folder is the user's for a run without a volume.
@@ -127,10 +124,7 @@ ENTRYPOINT ["mfl-server"]
 FROM base AS trainer
 ARG CODE_VERSION=""
 LABEL org.opencontainers.image.title="mfl-trainer" \
-      org.opencontainers.image.description="model-feedback-loop: the trainer, one training Job (docs/contracts.md)" \
-      org.opencontainers.image.source="https://github.com/feedbackloop/model-feedback-loop" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.description="model-feedback-loop: the trainer, one training Job (docs/contracts.md)"
 ENV MPLBACKEND=Agg \
     MPLCONFIGDIR=/opt/matplotlib \
     OMP_WAIT_POLICY=PASSIVE \

@@ -254,10 +254,9 @@ class Demo:
                 self.show_pods()
 
     def show_pods(self) -> None:
-        """What `kubectl get pods` shows now: the Pods of the loop, all from the project's images."""
-        out = self.kubectl("get", "pods", "-n", self.namespace, "-o",
-                           "custom-columns=POD:.metadata.name,PHASE:.status.phase,IMAGE:.spec.containers[0].image",
-                           check=False)
+        """What `kubectl get pods -A` shows now: the operator and the loop's Pods, all from the project's images."""
+        out = self.kubectl("get", "pods", "--all-namespaces", "-o", "custom-columns=NAMESPACE:.metadata.namespace,"
+                           "POD:.metadata.name,PHASE:.status.phase,IMAGE:.spec.containers[0].image", check=False)
         for line in out.stdout.splitlines():
             print(f"           {line}", flush=True)
 

@@ -26,5 +26,6 @@ def test_demo_runs_drift_breach_retraining_canary_promotion(tmp_path):
     # `kubectl get pods` as the demo printed it: the training Job's and the servers' Pods, from our images.
     assert "churn-train-v" in output and "ghcr.io/feedbackloop/mfl-trainer:dev-" in output
     assert "churn-canary-" in output and "ghcr.io/feedbackloop/mfl-server:" in output
+    assert "feedbackloop-operator-" in output and "ghcr.io/feedbackloop/mfl-operator:dev-" in output
     from feedbackloop.localdev import node
     assert node.read_state() == {} and node.running_components() == []  # torn down, machine restored

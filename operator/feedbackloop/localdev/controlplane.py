@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +28,7 @@ from feedbackloop.localdev.netutil import (
     insecure_tls_context,
     wait_until,
 )
-from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail
+from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, run_script, tail
 
 K8S_VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
@@ -90,27 +89,7 @@ def ensure_binaries(progress: Callable[[str], None] = _print_progress) -> Path:
 
 
 def _run_build_script(progress: Callable[[str], None]) -> None:
-    env = {**os.environ, "MFL_CACHE": str(cache_dir())}
-    last_lines: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        env=env,
-    ) as build:
-        assert build.stdout is not None
-        for line in build.stdout:
-            line = line.rstrip("\n")
-            last_lines.append(line)
-            progress(line)
-    if build.returncode != 0:
-        output = "\n".join(last_lines)
-        raise TestbedUnavailable(
-            f"{BUILD_SCRIPT.name} failed with exit code {build.returncode}:\n{output}"
-        )
+    run_script(BUILD_SCRIPT, [], {**os.environ, "MFL_CACHE": str(cache_dir())}, progress)
 
 
 class KubectlError(subprocess.CalledProcessError):

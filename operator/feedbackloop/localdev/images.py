@@ -15,13 +15,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from feedbackloop.localdev.process import TestbedUnavailable
+from feedbackloop.localdev.process import TestbedUnavailable, run_script
 
 COMPONENTS = ("operator", "server", "trainer")
 PAUSE_IMAGE = "k8s.gcr.io/pause:3.2"
@@ -82,22 +80,4 @@ def _dev_ref(name: str) -> str:
 
 
 def _run_build_script(progress: Callable[[str], None]) -> None:
-    env = {**os.environ, "MFL_CACHE": str(cache_dir())}
-    last_lines: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT), *COMPONENTS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        env=env,
-    ) as build:
-        assert build.stdout is not None
-        for line in build.stdout:
-            line = line.rstrip("\n")
-            last_lines.append(line)
-            progress(line)
-    if build.returncode != 0:
-        output = "\n".join(last_lines)
-        raise TestbedUnavailable(f"{BUILD_SCRIPT.name} failed with exit code {build.returncode}:\n{output}")
+    run_script(BUILD_SCRIPT, [*COMPONENTS], {**os.environ, "MFL_CACHE": str(cache_dir())}, progress)

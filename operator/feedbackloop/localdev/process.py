@@ -8,7 +8,7 @@ import subprocess
 import time
 from collections import deque
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 
 class TestbedError(RuntimeError):
@@ -19,6 +19,23 @@ class TestbedError(RuntimeError):
 
 class TestbedUnavailable(TestbedError):
     """A test bed component cannot run on this machine (missing binary, not root, ...)."""
+
+
+def run_script(script: Path, args: Sequence[str], env: Mapping[str, str],
+               progress: Callable[[str], None]) -> None:
+    """Run a build script, streaming its output line by line to `progress` (cold builds take
+    minutes); raise TestbedUnavailable with its last lines when it fails."""
+    last_lines: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(["bash", str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace", env=dict(env)) as build:
+        assert build.stdout is not None
+        for line in build.stdout:
+            line = line.rstrip("\n")
+            last_lines.append(line)
+            progress(line)
+    if build.returncode != 0:
+        output = "\n".join(last_lines)
+        raise TestbedUnavailable(f"{script.name} failed with exit code {build.returncode}:\n{output}")
 
 
 def tail(path: Path, lines: int = 40) -> str:
