@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -435,24 +436,27 @@ def _remove_iptables_chains(log: Callable[[str], None]) -> None:
     """kube-proxy's and the kubelet's KUBE-* rules and chains (nothing else here uses KUBE-*)."""
     removed = 0
     for table in ("filter", "nat", "mangle"):
-        dump = run("iptables-save", "-t", table, check=False)
-        for line in dump.splitlines():
-            if line.startswith("-A ") and "-j KUBE-" in line and not line.split()[1].startswith("KUBE-"):
-                run("iptables", "-t", table, *_split_rule(line.replace("-A ", "-D ", 1)), check=False)
-                removed += 1
-        chains = [line[1:].split()[0] for line in dump.splitlines() if line.startswith(":KUBE-")]
-        for chain in chains:
-            run("iptables", "-t", table, "-F", chain, check=False)
-        for chain in chains:
-            run("iptables", "-t", table, "-X", chain, check=False)
-        removed += len(chains)
+        jumps, chains = kube_iptables(run("iptables-save", "-t", table, check=False))
+        for rule in jumps:
+            run("iptables", "-t", table, "-D", *rule, check=False)
+        for flag in ("-F", "-X"):  # flush every chain first: they jump to each other
+            for chain in chains:
+                run("iptables", "-t", table, flag, chain, check=False)
+        removed += len(jumps) + len(chains)
     if removed:
         log(f"removed {removed} iptables KUBE-* rules and chains")
 
 
-def _split_rule(rule: str) -> list[str]:
-    import shlex
-    return shlex.split(rule)
+def kube_iptables(dump: str) -> tuple[list[list[str]], list[str]]:
+    """From one table's `iptables-save`: the rules of built-in chains that jump into KUBE-* chains
+    (as `-D` arguments: chain then rule), and the KUBE-* chains themselves."""
+    jumps, chains = [], []
+    for line in dump.splitlines():
+        if line.startswith(":KUBE-"):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A ") and "-j KUBE-" in line and not line.split()[1].startswith("KUBE-"):
+            jumps.append(shlex.split(line)[1:])
+    return jumps, chains
 
 
 def _restore_sysctls(values: dict[str, str]) -> None:
