@@ -7,6 +7,7 @@ makes a fresh loop whose accuracy metric drops below its threshold at once; the 
 Prometheus query first returns the low value and stops when the API server first lists the Job.
 Expected: about one polling interval (the poll grid) plus `for`, plus a few hundred ms of work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,20 @@ QUERY = 'sum by (model, namespace) (bench_accuracy{model="{{model}}",namespace="
 
 
 def loop(name: str, prometheus_url: str, interval: int, for_: str) -> dict:
-    return {"apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-lat"}}},
-                     "monitoring": {"prometheus": {"url": prometheus_url}, "interval": f"{interval}s",
-                                    "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": for_}]},
-                     "retraining": {"features": ["x0"], "target": "label", "cooldown": "1h"}}}
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-lat"}}},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": f"{interval}s",
+                "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": for_}],
+            },
+            "retraining": {"features": ["x0"], "target": "label", "cooldown": "1h"},
+        },
+    }
 
 
 def wait(predicate, timeout: float, step: float = 0.02) -> float:
@@ -55,13 +64,15 @@ def trial(cp, prom, exporter, name: str, interval: int, for_: str) -> float:
     def polled_healthy() -> bool:
         status = cp.api("GET", f"/apis/feedbackloop.dev/v1alpha1/namespaces/{NAMESPACE}/modelfeedbackloops/{name}")
         return ((status.get("status") or {}).get("metrics") or [{}])[0].get("state") == "Healthy"
+
     wait(polled_healthy, 120, 0.2)
     time.sleep(PHASES.uniform(0, interval))  # land the drop anywhere on the poll grid
     exporter.set("bench_accuracy", 0.5, model=name, namespace=NAMESPACE)
     visible = wait(lambda: prom.query_values(f'bench_accuracy{{model="{name}",namespace="{NAMESPACE}"}}') == [0.5], 60)
     jobs = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
-    created = wait(lambda: any(j["metadata"]["name"].startswith(f"{name}-train-")
-                               for j in cp.api("GET", jobs)["items"]), 120)
+    created = wait(
+        lambda: any(j["metadata"]["name"].startswith(f"{name}-train-") for j in cp.api("GET", jobs)["items"]), 120
+    )
     return created - visible
 
 
@@ -86,23 +97,32 @@ def main() -> None:
                     for i in range(args.trials):
                         name = f"l{interval}-{for_.replace('s', '')}-{i}"
                         latencies.append(trial(cp, prom, exporter, name, interval, for_))
-                        print(f"  interval {interval}s for {for_}: trial {i + 1}: {latencies[-1]:.2f}s",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"  interval {interval}s for {for_}: trial {i + 1}: {latencies[-1]:.2f}s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     rows.append((interval, for_, latencies))
         finally:
             operator.stop()
-    print("\nDetection latency: breach visible in Prometheus -> retraining Job exists "
-          f"({args.trials} trials each; the drop lands at an arbitrary point of the poll grid)")
+    print(
+        "\nDetection latency: breach visible in Prometheus -> retraining Job exists "
+        f"({args.trials} trials each; the drop lands at an arbitrary point of the poll grid)"
+    )
     header = f"{'interval':>8} | {'for':>4} | {'min (s)':>7} | {'p50 (s)':>7} | {'max (s)':>7} | {'bound (s)':>9}"
     print(header)
     print("-" * len(header))
     for interval, for_, latencies in rows:
         bound = interval + math.ceil(float(for_.rstrip("s")) / interval) * interval
-        print(f"{interval:>7}s | {for_:>4} | {min(latencies):>7.2f} | {statistics.median(latencies):>7.2f} | "
-              f"{max(latencies):>7.2f} | "
-              f"{bound:>9.0f}")
-    print("bound = the first poll after the drop (<= interval) + `for` rounded up to whole polls; "
-          "the rest is query, reconcile and the Job create")
+        print(
+            f"{interval:>7}s | {for_:>4} | {min(latencies):>7.2f} | {statistics.median(latencies):>7.2f} | "
+            f"{max(latencies):>7.2f} | "
+            f"{bound:>9.0f}"
+        )
+    print(
+        "bound = the first poll after the drop (<= interval) + `for` rounded up to whole polls; "
+        "the rest is query, reconcile and the Job create"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the full response, records the latency and sends the next, until ``requests`` we
 ``max_seconds`` passed. Warm-up requests are sent first and not measured. The client's own CPU use is
 reported, so a saturated client is visible instead of being mistaken for a slow server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,8 @@ class LoadResult:
     errors: int
     elapsed: float
     rows_per_request: int
-    client_cpu: float                    # client CPU seconds / wall seconds (1.0 = one core saturated)
-    latencies: list[float] = field(default_factory=list)    # seconds, successful requests only
+    client_cpu: float  # client CPU seconds / wall seconds (1.0 = one core saturated)
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
     first_error: str | None = None
 
     @property
@@ -43,8 +44,16 @@ class LoadResult:
         return 1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def run_load(url: str, bodies: list[bytes], *, rows_per_request: int, concurrency: int = 8,
-                   requests: int = 2000, warmup: int = 200, max_seconds: float = 30.0) -> LoadResult:
+async def run_load(
+    url: str,
+    bodies: list[bytes],
+    *,
+    rows_per_request: int,
+    concurrency: int = 8,
+    requests: int = 2000,
+    warmup: int = 200,
+    max_seconds: float = 30.0,
+) -> LoadResult:
     _require_loopback(url)
     headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -59,8 +68,16 @@ async def run_load(url: str, bodies: list[bytes], *, rows_per_request: int, conc
     return result
 
 
-async def _phase(session: aiohttp.ClientSession, url: str, bodies: list[bytes], headers: dict[str, str],
-                 concurrency: int, requests: int, max_seconds: float, result: LoadResult | None) -> None:
+async def _phase(
+    session: aiohttp.ClientSession,
+    url: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
+    result: LoadResult | None,
+) -> None:
     deadline = time.perf_counter() + max_seconds
     tickets = iter(range(requests))
     cycle = itertools.cycle(bodies)
@@ -74,15 +91,16 @@ async def _phase(session: aiohttp.ClientSession, url: str, bodies: list[bytes], 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-               result: LoadResult | None) -> None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], result: LoadResult | None
+) -> None:
     sent = time.perf_counter()
     try:
         async with session.post(url, data=body, headers=headers) as response:
             payload = await response.read()
             ok = response.status == 200
             problem = None if ok else f"HTTP {response.status}: {payload[:200]!r}"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         ok, problem = False, f"{type(error).__name__}: {error}"
     if result is None:
         return

@@ -22,6 +22,7 @@ last `window` labelled rows, those weighted `recent_weight` (retraining.recentWe
 - oracle: knows each drift; as soon as labels of the new concept can exist (drift + label_delay) it is
   refitted on `window` fresh rows of the new concept: an upper bound, not a real system.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,23 @@ from threadpoolctl import threadpool_limits
 from feedbackloop import api, datasets
 from feedbackloop.canary import ArmCounts, CanaryObservation
 from feedbackloop.monitoring import Health, RuleState, Sample, evaluate_rule, rule_state_from_status, summarize
-from feedbackloop.phases import (EnsureCanary, EnsureStable, Event, JobObservation, RemoveCanary,
-                                 ServingObservation, StartTraining, World, decide)
+from feedbackloop.phases import (
+    EnsureCanary,
+    EnsureStable,
+    Event,
+    JobObservation,
+    RemoveCanary,
+    ServingObservation,
+    StartTraining,
+    World,
+    decide,
+)
 from feedbackloop.timeutil import parse_time
 from mfl_trainer import split
 
 EPOCH = 1_800_000_000.0  # the loop's clock: row r is predicted at EPOCH + r seconds
-MIN_HOLDOUT_ROWS = 50    # the trainer's default minHoldoutRows
-RECOVERY_STRETCH = 500   # rows of accuracy back at the healthy level that count as recovered
+MIN_HOLDOUT_ROWS = 50  # the trainer's default minHoldoutRows
+RECOVERY_STRETCH = 500  # rows of accuracy back at the healthy level that count as recovered
 DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "ml_efficacy.png"
 
 
@@ -54,21 +64,21 @@ DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "ml_efficacy.png"
 class Settings:
     rows: int = 60_000
     seed: int = 7
-    label_delay: int = 500        # rows (= seconds) from a prediction to its label
-    window: int = 5_000           # labelled rows in every training table (retraining.dataWindow)
-    base_rows: int = 3_000        # concept-0 base data, always in the table
-    recent_weight: float = 4.0    # weight of feedback rows against base rows
-    tick: int = 30                # rows between looks (monitoring and analysis interval: 30s)
+    label_delay: int = 500  # rows (= seconds) from a prediction to its label
+    window: int = 5_000  # labelled rows in every training table (retraining.dataWindow)
+    base_rows: int = 3_000  # concept-0 base data, always in the table
+    recent_weight: float = 4.0  # weight of feedback rows against base rows
+    tick: int = 30  # rows between looks (monitoring and analysis interval: 30s)
     schedules: tuple[int, ...] = (4_000, 8_000)
     post_drift_span: int = 5_000  # accuracy measured over these rows after each drift
     # the loop's spec
-    rule_window: int = 600        # the accuracy rule's query window (labels that arrived in the last 10m)
-    rule_for: int = 300           # `for`: 5m
+    rule_window: int = 600  # the accuracy rule's query window (labels that arrived in the last 10m)
+    rule_for: int = 300  # `for`: 5m
     rule_min_samples: int = 200
-    cooldown: int = 1_800         # 30m
+    cooldown: int = 1_800  # 30m
     max_retrains_per_day: int = 24
     holdout_fraction: float = 0.25
-    training_seconds: int = 120   # how long the simulated training Job runs
+    training_seconds: int = 120  # how long the simulated training Job runs
     canary_steps: tuple[tuple[int, int], ...] = ((20, 120), (50, 120))  # (weight %, pause s): the defaults
     canary_max_degradation: float = 0.02
     canary_min_samples: int = 200
@@ -79,13 +89,27 @@ class Settings:
 def quick_settings(rows: int = 8_000, seed: int = 7) -> Settings:
     """A small run with the time constants and windows scaled down (3-5x), for smoke tests; its drifts are
     too close together for the slower strategies to recover between them."""
-    return Settings(rows=rows, seed=seed, label_delay=100, window=1_000, base_rows=1_000, schedules=(1_000,),
-                    post_drift_span=min(1_000, rows // 8), rule_window=200, rule_for=60, rule_min_samples=100,
-                    cooldown=360, training_seconds=30, canary_steps=((20, 30), (50, 30)), canary_min_samples=100,
-                    canary_max_duration=900)
+    return Settings(
+        rows=rows,
+        seed=seed,
+        label_delay=100,
+        window=1_000,
+        base_rows=1_000,
+        schedules=(1_000,),
+        post_drift_span=min(1_000, rows // 8),
+        rule_window=200,
+        rule_for=60,
+        rule_min_samples=100,
+        cooldown=360,
+        training_seconds=30,
+        canary_steps=((20, 30), (50, 30)),
+        canary_min_samples=100,
+        canary_max_duration=900,
+    )
 
 
 # --- streams ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Case:
@@ -107,10 +131,12 @@ class Case:
         return f"{self.kind} drift ({self.generator}{width}) at rows {self.drifts}"
 
 
-def make_case(name: str, generator: str, kind: str, drifts: list[int], width: int, threshold: float,
-              settings: Settings) -> Case:
-    stream = datasets.drift_stream(settings.rows, drifts, kind=kind, width=width, seed=settings.seed,
-                                   generator=generator)
+def make_case(
+    name: str, generator: str, kind: str, drifts: list[int], width: int, threshold: float, settings: Settings
+) -> Case:
+    stream = datasets.drift_stream(
+        settings.rows, drifts, kind=kind, width=width, seed=settings.seed, generator=generator
+    )
     base_X = datasets.sample_features(settings.base_rows, seed=settings.seed + 1000, generator=generator)
     base_y = datasets.flip_labels(datasets.concept_labels(base_X, 0, generator), 0.05, settings.seed + 1000)
     return Case(name, generator, kind, drifts, width, threshold, stream.X, stream.y, base_X, base_y)
@@ -118,11 +144,14 @@ def make_case(name: str, generator: str, kind: str, drifts: list[int], width: in
 
 def make_cases(settings: Settings) -> list[Case]:
     n = settings.rows
-    return [make_case("abrupt", "hyperplane", "abrupt", [n // 4, n // 2, 3 * n // 4], 1, 0.80, settings),
-            make_case("gradual", "agrawal", "gradual", [n // 3, 2 * n // 3], n // 10, 0.85, settings)]
+    return [
+        make_case("abrupt", "hyperplane", "abrupt", [n // 4, n // 2, 3 * n // 4], 1, 0.80, settings),
+        make_case("gradual", "agrawal", "gradual", [n // 3, 2 * n // 3], n // 10, 0.85, settings),
+    ]
 
 
 # --- models and the shared training table ----------------------------------------------------------
+
 
 class Model:
     """A fitted estimator and its predictions, made in one batch, for every row from `first_row` on."""
@@ -134,7 +163,7 @@ class Model:
 
     def predictions(self, rows: slice) -> np.ndarray:
         assert rows.start >= self.first_row, "a model cannot serve rows from before it existed"
-        return self.cached[rows.start - self.first_row:rows.stop - self.first_row]
+        return self.cached[rows.start - self.first_row : rows.stop - self.first_row]
 
     def prediction(self, row: int) -> int:
         assert row >= self.first_row, "a model cannot score rows from before it existed"
@@ -163,8 +192,11 @@ class Lab:
         """The trainer's table: base data, then the last `window` labelled rows before `end`, in time order."""
         recent = slice(max(0, end - self.settings.window), end)
         X, y = self.case.X[recent], self.case.y[recent]
-        return Table(np.vstack([self.case.base_X, X]), np.concatenate([self.case.base_y, y]),
-                     np.r_[np.zeros(len(self.case.base_y), bool), np.ones(len(y), bool)])
+        return Table(
+            np.vstack([self.case.base_X, X]),
+            np.concatenate([self.case.base_y, y]),
+            np.r_[np.zeros(len(self.case.base_y), bool), np.ones(len(y), bool)],
+        )
 
     def fit(self, X: np.ndarray, y: np.ndarray, weights: np.ndarray, first_row: int) -> Model:
         """A fitted model that will score rows from `first_row` on (rows it was not trained on)."""
@@ -185,6 +217,7 @@ class Lab:
 
 
 # --- strategies ------------------------------------------------------------------------------------
+
 
 class Strategy(Protocol):
     name: str
@@ -247,6 +280,7 @@ class Oracle(Retrainer):
 
 # --- ADWIN: river's DriftRetrainingClassifier around the same sklearn model -------------------------
 
+
 class LabelledHistory:
     """How far the labels river has been given go. Shared by every clone river makes, never copied."""
 
@@ -289,10 +323,12 @@ def window_classifier_class():
 class RiverDriftRetraining:
     def __init__(self, lab: Lab) -> None:
         from river.drift import ADWIN, DriftRetrainingClassifier
+
         self.name, self.lab = "ADWIN", lab
         self.history = LabelledHistory(lab)
-        self.river = DriftRetrainingClassifier(window_classifier_class()(self.history), drift_detector=ADWIN(),
-                                               train_in_background=False)  # ADWIN gives no warnings
+        self.river = DriftRetrainingClassifier(
+            window_classifier_class()(self.history), drift_detector=ADWIN(), train_in_background=False
+        )  # ADWIN gives no warnings
         self.retrains = 0
 
     def serve(self, rows: slice) -> np.ndarray:
@@ -313,6 +349,7 @@ class RiverDriftRetraining:
 
 # --- this loop: the operator's own decisions ---------------------------------------------------------
 
+
 @dataclass
 class TrainingJob:
     done_at: int
@@ -324,21 +361,49 @@ def seconds(rows: int) -> str:
 
 
 def loop_spec(settings: Settings, threshold: float) -> api.ModelFeedbackLoopSpec:
-    return api.validate_spec({
-        "model": {"name": "bench", "storage": {"hostPath": {"path": "/unused"}}, "initialVersion": 1,
-                  "serving": {"replicas": settings.replicas}},
-        "monitoring": {"prometheus": {"url": "http://unused"}, "interval": seconds(settings.tick), "metrics": [{
-            "name": "accuracy", "query": "correct/labelled", "min": threshold, "for": seconds(settings.rule_for),
-            "minSamples": settings.rule_min_samples, "samplesQuery": "labelled"}]},
-        "retraining": {"features": ["x"], "target": "label", "dataWindow": seconds(settings.window),
-                       "holdoutFraction": settings.holdout_fraction, "recentWeight": settings.recent_weight,
-                       "cooldown": seconds(settings.cooldown), "maxRetrainsPerDay": settings.max_retrains_per_day},
-        "rollout": {
-            "steps": [{"weight": w, "pause": seconds(p)} for w, p in settings.canary_steps],
-            "analysis": {"interval": seconds(settings.tick), "maxDegradation": settings.canary_max_degradation,
-                         "minSamples": settings.canary_min_samples,
-                         "maxDuration": seconds(settings.canary_max_duration), "latency": {"enabled": False}}},
-    })
+    return api.validate_spec(
+        {
+            "model": {
+                "name": "bench",
+                "storage": {"hostPath": {"path": "/unused"}},
+                "initialVersion": 1,
+                "serving": {"replicas": settings.replicas},
+            },
+            "monitoring": {
+                "prometheus": {"url": "http://unused"},
+                "interval": seconds(settings.tick),
+                "metrics": [
+                    {
+                        "name": "accuracy",
+                        "query": "correct/labelled",
+                        "min": threshold,
+                        "for": seconds(settings.rule_for),
+                        "minSamples": settings.rule_min_samples,
+                        "samplesQuery": "labelled",
+                    }
+                ],
+            },
+            "retraining": {
+                "features": ["x"],
+                "target": "label",
+                "dataWindow": seconds(settings.window),
+                "holdoutFraction": settings.holdout_fraction,
+                "recentWeight": settings.recent_weight,
+                "cooldown": seconds(settings.cooldown),
+                "maxRetrainsPerDay": settings.max_retrains_per_day,
+            },
+            "rollout": {
+                "steps": [{"weight": w, "pause": seconds(p)} for w, p in settings.canary_steps],
+                "analysis": {
+                    "interval": seconds(settings.tick),
+                    "maxDegradation": settings.canary_max_degradation,
+                    "minSamples": settings.canary_min_samples,
+                    "maxDuration": seconds(settings.canary_max_duration),
+                    "latency": {"enabled": False},
+                },
+            },
+        }
+    )
 
 
 class FeedbackLoop:
@@ -353,8 +418,8 @@ class FeedbackLoop:
         self.stable, self.canary, self.canary_share = 1, None, 0.0
         self.jobs: dict[str, TrainingJob] = {}
         n = len(lab.case.y)
-        self.version = np.zeros(n, np.int32)      # which version served each row
-        self.on_canary = np.zeros(n, bool)        # and on which track
+        self.version = np.zeros(n, np.int32)  # which version served each row
+        self.on_canary = np.zeros(n, bool)  # and on which track
         self.correct = np.zeros(n, bool)
         self.rng = np.random.default_rng(lab.settings.seed)
         self.retrains = 0
@@ -375,9 +440,18 @@ class FeedbackLoop:
     # one reconcile, as engine._reconcile does it
     def observe(self, now: int, correct: np.ndarray) -> None:
         self.correct = correct
-        world = World(now=EPOCH + now, name="bench", generation=1, spec=self.spec, spec_error="",
-                      status=self.status, health=self.health(now), job=self.job(now), serving=self.serving(),
-                      canary=self.canary_counts(now))
+        world = World(
+            now=EPOCH + now,
+            name="bench",
+            generation=1,
+            spec=self.spec,
+            spec_error="",
+            status=self.status,
+            health=self.health(now),
+            job=self.job(now),
+            serving=self.serving(),
+            canary=self.canary_counts(now),
+        )
         decision = decide(world)
         self.status = decision.status
         for action in decision.actions:
@@ -391,8 +465,9 @@ class FeedbackLoop:
         labelled = int(mine.sum())
         value = float(self.correct[rows][mine].mean()) if labelled else None
         previous = {m["name"]: rule_state_from_status(m) for m in self.status.get("metrics", [])}
-        state = evaluate_rule(self.rule, previous.get(self.rule.name, RuleState()),
-                              Sample(value, EPOCH + now, samples=float(labelled)))
+        state = evaluate_rule(
+            self.rule, previous.get(self.rule.name, RuleState()), Sample(value, EPOCH + now, samples=float(labelled))
+        )
         return summarize({self.rule.name: state})
 
     def job(self, now: int) -> JobObservation | None:
@@ -406,8 +481,13 @@ class FeedbackLoop:
 
     def serving(self) -> ServingObservation:
         replicas = self.settings.replicas
-        return ServingObservation(stable_version=self.stable, stable_ready=replicas, stable_replicas=replicas,
-                                  canary_version=self.canary, canary_ready=1 if self.canary else 0)
+        return ServingObservation(
+            stable_version=self.stable,
+            stable_ready=replicas,
+            stable_replicas=replicas,
+            canary_version=self.canary,
+            canary_ready=1 if self.canary else 0,
+        )
 
     def canary_counts(self, now: int) -> CanaryObservation | None:
         """Both arms since the canary started, as canary_queries reads them: labels that arrived since
@@ -420,7 +500,8 @@ class FeedbackLoop:
         served = slice(started, now)
         return CanaryObservation(
             accuracy=(self.arm(labelled, rollout["version"], True), self.arm(labelled, self.stable, False)),
-            availability=(self.requests(served, rollout["version"], True), self.requests(served, self.stable, False)))
+            availability=(self.requests(served, rollout["version"], True), self.requests(served, self.stable, False)),
+        )
 
     def arm(self, rows: slice, version: int, canary: bool) -> ArmCounts:
         mine = (self.version[rows] == version) & (self.on_canary[rows] == canary)
@@ -448,26 +529,38 @@ class FeedbackLoop:
     def train(self, action: StartTraining, now: int) -> None:
         """The trainer's run: time-ordered holdout, fit on the rest, both models scored on the holdout."""
         table = self.lab.table(self.lab.labelled_end(now))
-        holdout = split.choose_holdout(table.is_feedback, table.y, self.settings.holdout_fraction,
-                                       MIN_HOLDOUT_ROWS, stratify=True, seed=self.settings.seed)
+        holdout = split.choose_holdout(
+            table.is_feedback,
+            table.y,
+            self.settings.holdout_fraction,
+            MIN_HOLDOUT_ROWS,
+            stratify=True,
+            seed=self.settings.seed,
+        )
         rows = holdout.train
         weights = split.sample_weights(table.is_feedback[rows], self.settings.recent_weight)
         challenger = self.lab.fit(table.X[rows], table.y[rows], weights, now)
         self.models[action.version] = challenger
         X, y = table.X[holdout.holdout], table.y[holdout.holdout]
         champion = self.models[action.parent_version or self.stable].estimator
-        summary = {"ok": True, "rows": {"holdout": len(y)},
-                   "challenger": {"accuracy": float((challenger.estimator.predict(X) == y).mean())},
-                   "champion": {"accuracy": float((champion.predict(X) == y).mean())}}
+        summary = {
+            "ok": True,
+            "rows": {"holdout": len(y)},
+            "challenger": {"accuracy": float((challenger.estimator.predict(X) == y).mean())},
+            "champion": {"accuracy": float((champion.predict(X) == y).mean())},
+        }
         self.jobs[action.job_name] = TrainingJob(now + self.settings.training_seconds, summary)
         self.retrains += 1
 
     def notes(self) -> str:
-        return (f"{self.events['Promoted']} promoted, {self.events['RolledBack']} rolled back, "
-                f"{self.events['CandidateRejected']} rejected by the gate")
+        return (
+            f"{self.events['Promoted']} promoted, {self.events['RolledBack']} rolled back, "
+            f"{self.events['CandidateRejected']} rejected by the gate"
+        )
 
 
 # --- running and reporting -------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -482,7 +575,7 @@ class Result:
         return float(self.correct.mean())
 
     def after_drifts(self, drifts: list[int], span: int) -> list[float]:
-        return [float(self.correct[d:d + span].mean()) for d in drifts]
+        return [float(self.correct[d : d + span].mean()) for d in drifts]
 
     def recoveries(self, case: Case, target: float, stretch: int = RECOVERY_STRETCH) -> list[int | None]:
         """Rows from each drift to the first `stretch`-row run at `target` accuracy (None: not before the
@@ -504,15 +597,26 @@ def run(strategy: Strategy, case: Case, settings: Settings) -> Result:
         rows = slice(start, min(start + settings.tick, len(case.y)))
         correct[rows] = strategy.serve(rows) == case.y[rows]
         strategy.observe(rows.stop, correct)
-    return Result(strategy.name, correct, strategy.retrains, strategy.notes(), time.monotonic() - started,
-                  getattr(strategy, "timeline", []))
+    return Result(
+        strategy.name,
+        correct,
+        strategy.retrains,
+        strategy.notes(),
+        time.monotonic() - started,
+        getattr(strategy, "timeline", []),
+    )
 
 
 def strategies(settings: Settings) -> dict[str, Callable[[Lab], Strategy]]:
     """Every strategy by name, in table order."""
     scheduled = {f"sched {rows}": schedule(rows) for rows in settings.schedules}
-    return {"none": lambda lab: Retrainer("none", lab, never), **scheduled, "ADWIN": RiverDriftRetraining,
-            "loop": FeedbackLoop, "oracle": Oracle}
+    return {
+        "none": lambda lab: Retrainer("none", lab, never),
+        **scheduled,
+        "ADWIN": RiverDriftRetraining,
+        "loop": FeedbackLoop,
+        "oracle": Oracle,
+    }
 
 
 def schedule(rows: int) -> Callable[[Lab], Strategy]:
@@ -527,18 +631,26 @@ def run_case(case: Case, settings: Settings, names: list[str] | None = None) -> 
 def print_settings(settings: Settings) -> None:
     s = settings
     steps = ", ".join(f"{w}% for {p}s" for w, p in s.canary_steps)
-    print(f"rows {s.rows}, seed {s.seed}; one row per second; label delay {s.label_delay} rows; every "
-          f"strategy acts every {s.tick} rows")
-    print(f"model: HistGradientBoostingClassifier (defaults); training table: {s.base_rows} base rows of "
-          f"concept 0 + the last {s.window} labelled rows x recentWeight {s.recent_weight:g}")
-    print(f"sched N: every N rows, ungated | ADWIN: river DriftRetrainingClassifier + "
-          f"ADWIN(delta=0.002) on the 0/1 errors | oracle: {s.window} fresh rows of the new concept at "
-          f"drift + label delay")
-    print(f"loop: accuracy over the last {s.rule_window} labels (min as per stream, for {s.rule_for}s, minSamples "
-          f"{s.rule_min_samples}); cooldown {s.cooldown}s; maxRetrainsPerDay {s.max_retrains_per_day}; training "
-          f"Job {s.training_seconds}s; holdoutFraction {s.holdout_fraction}; gate maxDegradation 0; canary "
-          f"{steps} ({s.replicas} stable replicas: weights by replica share), maxDegradation "
-          f"{s.canary_max_degradation}, minSamples {s.canary_min_samples}/arm, maxDuration {s.canary_max_duration}s")
+    print(
+        f"rows {s.rows}, seed {s.seed}; one row per second; label delay {s.label_delay} rows; every "
+        f"strategy acts every {s.tick} rows"
+    )
+    print(
+        f"model: HistGradientBoostingClassifier (defaults); training table: {s.base_rows} base rows of "
+        f"concept 0 + the last {s.window} labelled rows x recentWeight {s.recent_weight:g}"
+    )
+    print(
+        f"sched N: every N rows, ungated | ADWIN: river DriftRetrainingClassifier + "
+        f"ADWIN(delta=0.002) on the 0/1 errors | oracle: {s.window} fresh rows of the new concept at "
+        f"drift + label delay"
+    )
+    print(
+        f"loop: accuracy over the last {s.rule_window} labels (min as per stream, for {s.rule_for}s, minSamples "
+        f"{s.rule_min_samples}); cooldown {s.cooldown}s; maxRetrainsPerDay {s.max_retrains_per_day}; training "
+        f"Job {s.training_seconds}s; holdoutFraction {s.holdout_fraction}; gate maxDegradation 0; canary "
+        f"{steps} ({s.replicas} stable replicas: weights by replica share), maxDegradation "
+        f"{s.canary_max_degradation}, minSamples {s.canary_min_samples}/arm, maxDuration {s.canary_max_duration}s"
+    )
 
 
 def recovery_target(case: Case, reference: Result, margin: float = 0.05) -> float:
@@ -549,30 +661,42 @@ def recovery_target(case: Case, reference: Result, margin: float = 0.05) -> floa
 
 def print_table(case: Case, results: list[Result], settings: Settings) -> None:
     span, target = settings.post_drift_span, recovery_target(case, results[0])
-    print(f"\n{case.describe()} of {settings.rows} rows; loop rule: accuracy min {case.threshold}; recovered: "
-          f"first {RECOVERY_STRETCH} rows at >= {target:.3f} (healthy - 0.05)")
-    header = (f"{'strategy':<10} | {'prequential':>11} | {f'acc, {span} rows after each drift':>29} | {'mean':>5} | "
-              f"{'rows to recover':>23} | {'retrainings':>11} | loop outcomes")
+    print(
+        f"\n{case.describe()} of {settings.rows} rows; loop rule: accuracy min {case.threshold}; recovered: "
+        f"first {RECOVERY_STRETCH} rows at >= {target:.3f} (healthy - 0.05)"
+    )
+    header = (
+        f"{'strategy':<10} | {'prequential':>11} | {f'acc, {span} rows after each drift':>29} | {'mean':>5} | "
+        f"{'rows to recover':>23} | {'retrainings':>11} | loop outcomes"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         after = r.after_drifts(case.drifts, span)
         recovered = " / ".join("never" if n is None else str(n) for n in r.recoveries(case, target))
-        print(f"{r.name:<10} | {r.accuracy():>11.4f} | {' / '.join(f'{a:.3f}' for a in after):>29} | "
-              f"{np.mean(after):>5.3f} | {recovered:>23} | {r.retrains:>11} | {r.notes}")
+        print(
+            f"{r.name:<10} | {r.accuracy():>11.4f} | {' / '.join(f'{a:.3f}' for a in after):>29} | "
+            f"{np.mean(after):>5.3f} | {recovered:>23} | {r.retrains:>11} | {r.notes}"
+        )
 
 
 def plot(outcomes: list[tuple[Case, list[Result]]], path: Path, smoothing: int = 1000) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(outcomes), 1, figsize=(12, 4 * len(outcomes)), squeeze=False)
     markers = {"Promoted": ("^", "green"), "RolledBack": ("v", "red"), "CandidateRejected": ("x", "grey")}
     for ax, (case, results) in zip(axes[:, 0], outcomes):
         for r in results:
             rolling = np.convolve(r.correct, np.ones(smoothing) / smoothing, mode="valid")
-            ax.plot(np.arange(len(rolling)) + smoothing, rolling, lw=1.3 if r.name == "loop" else 1.0,
-                    label=f"{r.name}: {r.accuracy():.3f}, {r.retrains} retrainings")
+            ax.plot(
+                np.arange(len(rolling)) + smoothing,
+                rolling,
+                lw=1.3 if r.name == "loop" else 1.0,
+                label=f"{r.name}: {r.accuracy():.3f}, {r.retrains} retrainings",
+            )
             for at, reason in r.timeline:
                 marker, color = markers[reason]
                 ax.scatter([at], [0.33], marker=marker, color=color, s=30, zorder=3)
@@ -580,8 +704,10 @@ def plot(outcomes: list[tuple[Case, list[Result]]], path: Path, smoothing: int =
             ax.axvline(d, color="black", ls="--", alpha=0.5)
             if case.kind == "gradual":
                 ax.axvspan(d - case.width / 2, d + case.width / 2, color="grey", alpha=0.08)
-        ax.set_title(f"{case.describe()}: rolling accuracy over {smoothing} rows "
-                     "(loop: ^ promoted, v rolled back, x rejected)", fontsize=10)
+        ax.set_title(
+            f"{case.describe()}: rolling accuracy over {smoothing} rows (loop: ^ promoted, v rolled back, x rejected)",
+            fontsize=10,
+        )
         ax.set_ylim(0.3, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")

@@ -5,6 +5,7 @@
 For each N it prints poll lag p99, poll duration p99, operator RSS, Prometheus queries per poll cycle
 and per loop-interval, and apiserver status writes per loop per hour in steady state.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,19 @@ QUERY = 'sum by (model, namespace) (bench_model_accuracy{model="{{model}}",names
 
 
 def loop(name: str, prometheus_url: str, interval: int) -> dict:
-    return {"apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"model": {"name": name, "initialVersion": 1,
-                               "storage": {"hostPath": {"path": "/tmp/mfl-bench"}}},
-                     "monitoring": {"prometheus": {"url": prometheus_url}, "interval": f"{interval}s",
-                                    "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": "1m"}]}}}
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-bench"}}},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": f"{interval}s",
+                "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": "1m"}],
+            },
+        },
+    }
 
 
 def histogram(metrics_text: str, name: str) -> dict[float, float]:
@@ -70,17 +78,24 @@ def rss_mib(pid: int) -> float:
 def counter(text: str, name: str) -> float:
     """Sum of the samples of `name`, or of one labelled series when `name` carries its labels."""
     if "{" in name:
-        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + " "))
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + " ")
-               or l.startswith(name + "{"))
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 2000])
     parser.add_argument("--interval", type=int, default=10, help="monitoring.interval of every loop (s)")
-    parser.add_argument("--window", type=int, default=300,
-                        help="steady-state measuring window (s); >= the operator's 300 s status refresh")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=300,
+        help="steady-state measuring window (s); >= the operator's 300 s status refresh",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mfl-bench-scale-"))
     ensure_binaries(lambda line: print(f"[build] {line}", file=sys.stderr))
@@ -105,8 +120,13 @@ def measure(cp, prom, exporter, operator, created: int, size: int, args) -> dict
         exporter.set("bench_model_accuracy", 0.9, model=f"m{i}", namespace=NAMESPACE)
     manifests = [loop(f"m{i}", prom.url, args.interval) for i in range(created, size)]
     for start in range(0, len(manifests), 250):
-        cp.kubectl("apply", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "List",
-                                                            "items": manifests[start:start + 250]}), timeout=300)
+        cp.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": manifests[start : start + 250]}),
+            timeout=300,
+        )
     wait_all_polled(cp, size)
     start_jitter(exporter, size)
     time.sleep(args.interval)  # let creation-time writes settle
@@ -115,22 +135,38 @@ def measure(cp, prom, exporter, operator, created: int, size: int, args) -> dict
     time.sleep(args.window)
     text_after = operator.metrics()
     seconds = time.monotonic() - started
-    queries = counter(text_after, "mfl_operator_prometheus_queries_total") - \
-        counter(text_before, "mfl_operator_prometheus_queries_total")
-    cycles = counter(text_after, "mfl_operator_poll_cycles_total") - counter(text_before, "mfl_operator_poll_cycles_total")
-    changes = counter(text_after, 'mfl_operator_status_writes_total{reason="change"}') - \
-        counter(text_before, 'mfl_operator_status_writes_total{reason="change"}')
-    refreshes = counter(text_after, 'mfl_operator_status_writes_total{reason="refresh"}') - \
-        counter(text_before, 'mfl_operator_status_writes_total{reason="refresh"}')
-    lag = quantile(histogram(text_before, "mfl_operator_poll_lag_seconds"),
-                   histogram(text_after, "mfl_operator_poll_lag_seconds"), 0.99)
-    duration = quantile(histogram(text_before, "mfl_operator_poll_duration_seconds"),
-                        histogram(text_after, "mfl_operator_poll_duration_seconds"), 0.99)
-    return {"loops": size, "lag_p99": lag, "poll_p99": duration, "rss": rss_mib(operator._process.pid),
-            "queries_per_cycle": queries / cycles if cycles else float("nan"),
-            "queries_per_interval": queries / seconds * args.interval,
-            "changes_per_loop_hour": changes / size * 3600 / seconds,
-            "refreshes_per_loop_hour": refreshes / size * 3600 / seconds}
+    queries = counter(text_after, "mfl_operator_prometheus_queries_total") - counter(
+        text_before, "mfl_operator_prometheus_queries_total"
+    )
+    cycles = counter(text_after, "mfl_operator_poll_cycles_total") - counter(
+        text_before, "mfl_operator_poll_cycles_total"
+    )
+    changes = counter(text_after, 'mfl_operator_status_writes_total{reason="change"}') - counter(
+        text_before, 'mfl_operator_status_writes_total{reason="change"}'
+    )
+    refreshes = counter(text_after, 'mfl_operator_status_writes_total{reason="refresh"}') - counter(
+        text_before, 'mfl_operator_status_writes_total{reason="refresh"}'
+    )
+    lag = quantile(
+        histogram(text_before, "mfl_operator_poll_lag_seconds"),
+        histogram(text_after, "mfl_operator_poll_lag_seconds"),
+        0.99,
+    )
+    duration = quantile(
+        histogram(text_before, "mfl_operator_poll_duration_seconds"),
+        histogram(text_after, "mfl_operator_poll_duration_seconds"),
+        0.99,
+    )
+    return {
+        "loops": size,
+        "lag_p99": lag,
+        "poll_p99": duration,
+        "rss": rss_mib(operator._process.pid),
+        "queries_per_cycle": queries / cycles if cycles else float("nan"),
+        "queries_per_interval": queries / seconds * args.interval,
+        "changes_per_loop_hour": changes / size * 3600 / seconds,
+        "refreshes_per_loop_hour": refreshes / size * 3600 / seconds,
+    }
 
 
 _JITTER: dict[str, object] = {}
@@ -140,6 +176,7 @@ def start_jitter(exporter, size: int) -> None:
     """Values move a little every few seconds, as a real model's accuracy does, always above the threshold."""
     import random
     import threading
+
     _JITTER["size"] = size
     if "thread" in _JITTER:
         return
@@ -147,9 +184,14 @@ def start_jitter(exporter, size: int) -> None:
     def jitter() -> None:
         while True:
             for i in range(int(_JITTER["size"])):  # type: ignore[arg-type]
-                exporter.set("bench_model_accuracy", round(0.9 + random.uniform(-0.02, 0.02), 4),
-                             model=f"m{i}", namespace=NAMESPACE)
+                exporter.set(
+                    "bench_model_accuracy",
+                    round(0.9 + random.uniform(-0.02, 0.02), 4),
+                    model=f"m{i}",
+                    namespace=NAMESPACE,
+                )
             time.sleep(5)
+
     _JITTER["thread"] = threading.Thread(target=jitter, daemon=True)
     _JITTER["thread"].start()  # type: ignore[attr-defined]
 
@@ -167,20 +209,28 @@ def wait_all_polled(cp, size: int, timeout: float = 600) -> None:
 
 
 def print_table(rows: list[dict], args) -> None:
-    print(f"\nOperator scale (one replica, interval {args.interval}s, steady-state window {args.window}s, "
-          "one PromQL template shared by all loops)")
-    header = (f"{'loops':>6} | {'poll lag p99 (s)':>16} | {'poll p99 (s)':>12} | {'RSS (MiB)':>9} | "
-              f"{'queries/cycle':>13} | {'queries/interval':>16} | {'change writes/loop/h':>20} | "
-              f"{'refresh writes/loop/h':>21}")
+    print(
+        f"\nOperator scale (one replica, interval {args.interval}s, steady-state window {args.window}s, "
+        "one PromQL template shared by all loops)"
+    )
+    header = (
+        f"{'loops':>6} | {'poll lag p99 (s)':>16} | {'poll p99 (s)':>12} | {'RSS (MiB)':>9} | "
+        f"{'queries/cycle':>13} | {'queries/interval':>16} | {'change writes/loop/h':>20} | "
+        f"{'refresh writes/loop/h':>21}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['loops']:>6} | {r['lag_p99']:>16.3f} | {r['poll_p99']:>12.3f} | {r['rss']:>9.0f} | "
-              f"{r['queries_per_cycle']:>13.2f} | {r['queries_per_interval']:>16.2f} | "
-              f"{r['changes_per_loop_hour']:>20.2f} | {r['refreshes_per_loop_hour']:>21.2f}")
-    print("Steady state: every value jitters inside its threshold (no state change). Change writes follow a state "
-          "change (breach, recovery, ...); refresh writes carry new live values at most every "
-          "MFL_STATUS_REFRESH_SECONDS (300 s), so <= 12 per loop per hour by design.")
+        print(
+            f"{r['loops']:>6} | {r['lag_p99']:>16.3f} | {r['poll_p99']:>12.3f} | {r['rss']:>9.0f} | "
+            f"{r['queries_per_cycle']:>13.2f} | {r['queries_per_interval']:>16.2f} | "
+            f"{r['changes_per_loop_hour']:>20.2f} | {r['refreshes_per_loop_hour']:>21.2f}"
+        )
+    print(
+        "Steady state: every value jitters inside its threshold (no state change). Change writes follow a state "
+        "change (breach, recovery, ...); refresh writes carry new live values at most every "
+        "MFL_STATUS_REFRESH_SECONDS (300 s), so <= 12 per loop per hour by design."
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ a row saying why instead of numbers.
     python benchmarks/server_throughput.py --model hgb --requests 1000
     python benchmarks/server_throughput.py --no-setup         # only what is already installed
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import joblib
 import numpy as np
@@ -60,7 +62,7 @@ START_TIMEOUT = 90
 class Cell:
     server: str
     batch: int
-    runs: list[LoadResult] = field(default_factory=list)    # one per round
+    runs: list[LoadResult] = field(default_factory=list)  # one per round
     note: str = ""
 
     @property
@@ -77,52 +79,81 @@ class ServerSpec:
     infer_url: Callable[[int], str]
     encode: Callable[[np.ndarray], bytes]
     decode: Callable[[bytes], list[Any]]
-    unavailable: str = ""                 # why this server cannot run, if it cannot
+    unavailable: str = ""  # why this server cannot run, if it cannot
     env: dict[str, str] = field(default_factory=dict)
 
 
 # --- the model -----------------------------------------------------------------------------------
 
+
 def train(kind: str, root: Path) -> tuple[Any, Path]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20_000, N_FEATURES))
     y = (x[:, 0] + 0.5 * x[:, 1] - x[:, 2] + 0.3 * rng.normal(size=len(x)) > 0).astype(np.int64)
-    estimator = (HistGradientBoostingClassifier(max_iter=100, random_state=0) if kind == "hgb"
-                 else LogisticRegression(max_iter=1000)).fit(x, y)
+    estimator = (
+        HistGradientBoostingClassifier(max_iter=100, random_state=0)
+        if kind == "hgb"
+        else LogisticRegression(max_iter=1000)
+    ).fit(x, y)
     folder = root / MODEL / "versions" / "1"
     folder.mkdir(parents=True)
     joblib.dump(estimator, folder / "model.joblib")
-    (folder / "metadata.json").write_text(json.dumps({
-        "version": 1, "task": "classification", "features": FEATURES, "target": "label",
-        "classes": estimator.classes_.tolist()}))
+    (folder / "metadata.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "task": "classification",
+                "features": FEATURES,
+                "target": "label",
+                "classes": estimator.classes_.tolist(),
+            }
+        )
+    )
     return estimator, folder / "model.joblib"
 
 
 # --- servers -------------------------------------------------------------------------------------
 
+
 def pinned(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """Started in its own session (so its whole group can be stopped), on the server CPU."""
+
     def pin() -> None:
         os.sched_setaffinity(0, {SERVER_CPU})
+
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin, start_new_session=True
+        )
 
 
-def mfl_server_spec(name: str, python: str, storage: Path, unavailable: str = "",
-                    extra_env: dict[str, str] | None = None) -> ServerSpec:
+def mfl_server_spec(
+    name: str, python: str, storage: Path, unavailable: str = "", extra_env: dict[str, str] | None = None
+) -> ServerSpec:
     def start(workdir: Path, port: int) -> subprocess.Popen:
-        env = {**os.environ, "MFL_MODEL_NAME": MODEL, "MFL_MODEL_VERSION": "1", "MFL_TRACK": "stable",
-               "MFL_STORAGE_ROOT": str(storage), "MFL_PORT": str(port), "MFL_HOST": "127.0.0.1",
-               "MFL_SIGNING_KEY": "bench-key", "MFL_LOG_LEVEL": "WARNING", **(extra_env or {})}
+        env = {
+            **os.environ,
+            "MFL_MODEL_NAME": MODEL,
+            "MFL_MODEL_VERSION": "1",
+            "MFL_TRACK": "stable",
+            "MFL_STORAGE_ROOT": str(storage),
+            "MFL_PORT": str(port),
+            "MFL_HOST": "127.0.0.1",
+            "MFL_SIGNING_KEY": "bench-key",
+            "MFL_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
         return pinned([python, "-m", "mfl_server.app"], env, workdir / f"{name}.log")
 
     return ServerSpec(
-        name=name, start=start, unavailable=unavailable,
+        name=name,
+        start=start,
+        unavailable=unavailable,
         ready_url=lambda port: f"http://127.0.0.1:{port}/readyz",
         infer_url=lambda port: f"http://127.0.0.1:{port}/predict",
         encode=lambda rows: json.dumps({"instances": rows.tolist()}).encode(),
-        decode=lambda body: json.loads(body)["predictions"])
+        decode=lambda body: json.loads(body)["predictions"],
+    )
 
 
 def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
@@ -130,24 +161,49 @@ def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
         folder = workdir / "mlserver"
         folder.mkdir(exist_ok=True)
         shutil.copy(model_file, folder / "model.joblib")
-        (folder / "settings.json").write_text(json.dumps({
-            "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-            "parallel_workers": 0, "debug": False}))
-        (folder / "model-settings.json").write_text(json.dumps({
-            "name": MODEL, "implementation": "mlserver_sklearn.SKLearnModel",
-            "parameters": {"uri": "./model.joblib", "version": "1"}}))
-        return pinned([str(venv / "bin" / "mlserver"), "start", str(folder)], dict(os.environ),
-                      workdir / "mlserver.log")
+        (folder / "settings.json").write_text(
+            json.dumps(
+                {
+                    "host": "127.0.0.1",
+                    "http_port": port,
+                    "grpc_port": free_port(),
+                    "metrics_port": free_port(),
+                    "parallel_workers": 0,
+                    "debug": False,
+                }
+            )
+        )
+        (folder / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": MODEL,
+                    "implementation": "mlserver_sklearn.SKLearnModel",
+                    "parameters": {"uri": "./model.joblib", "version": "1"},
+                }
+            )
+        )
+        return pinned(
+            [str(venv / "bin" / "mlserver"), "start", str(folder)], dict(os.environ), workdir / "mlserver.log"
+        )
 
     def encode(rows: np.ndarray) -> bytes:
-        return json.dumps({"inputs": [{"name": "predict", "shape": list(rows.shape), "datatype": "FP64",
-                                       "data": rows.ravel().tolist()}]}).encode()
+        return json.dumps(
+            {
+                "inputs": [
+                    {"name": "predict", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}
+                ]
+            }
+        ).encode()
 
     return ServerSpec(
-        name=f"MLServer {_mlserver_version(venv)} (sklearn)", start=start, unavailable=unavailable,
+        name=f"MLServer {_mlserver_version(venv)} (sklearn)",
+        start=start,
+        unavailable=unavailable,
         ready_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready",
         infer_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
-        encode=encode, decode=lambda body: json.loads(body)["outputs"][0]["data"])
+        encode=encode,
+        decode=lambda body: json.loads(body)["outputs"][0]["data"],
+    )
 
 
 @contextlib.contextmanager
@@ -166,10 +222,9 @@ def wait_ready(url: str, process: subprocess.Popen, workdir: Path) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode} before becoming ready (logs in {workdir})")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"not ready after {START_TIMEOUT} s")
 
@@ -178,7 +233,7 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)      # the group we created for this server
+        os.killpg(process.pid, signal.SIGTERM)  # the group we created for this server
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -195,6 +250,7 @@ def free_port() -> int:
 
 # --- side virtualenvs ----------------------------------------------------------------------------
 
+
 def ensure_venv(path: Path, packages: list[str], probe: str, setup: bool, system_site: bool = False) -> str:
     """'' when ``probe`` imports in the venv (creating it if allowed), else why not."""
     python = path / "bin" / "python"
@@ -205,8 +261,12 @@ def ensure_venv(path: Path, packages: list[str], probe: str, setup: bool, system
     try:
         command = [sys.executable, "-m", "venv", *(["--system-site-packages"] if system_site else []), str(path)]
         subprocess.run(command, check=True, capture_output=True, timeout=120)
-        installed = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages],
-                                   capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+        installed = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *packages],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+        )
     except (subprocess.SubprocessError, OSError) as error:
         return f"cannot create {path}: {error}"
     if installed.returncode != 0:
@@ -224,14 +284,19 @@ def _imports(python: Path, code: str) -> bool:
 
 def _mlserver_version(venv: Path) -> str:
     try:
-        found = subprocess.run([str(venv / "bin" / "python"), "-c", "import mlserver; print(mlserver.__version__)"],
-                               capture_output=True, text=True, timeout=60)
+        found = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import mlserver; print(mlserver.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return found.stdout.strip() or "?"
     except (subprocess.SubprocessError, OSError):
         return "?"
 
 
 # --- measuring -----------------------------------------------------------------------------------
+
 
 def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: argparse.Namespace) -> list[Cell]:
     """All servers stay up (idle ones cost nothing); rounds interleave them, so a burst of other
@@ -245,7 +310,7 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
                 continue
             try:
                 ports[spec.name] = stack.enter_context(running(spec, workdir))
-            except Exception as error:     # a server that fails to start is reported, not fatal
+            except Exception as error:  # a server that fails to start is reported, not fatal
                 notes[spec.name] = f"not run: {type(error).__name__}: {error}"
         live = [spec for spec in specs if spec.name in ports]
         for round_index in range(args.rounds):
@@ -259,27 +324,44 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
                         notes[key] = f"not run: {outcome}"
                     else:
                         runs.setdefault(key, []).append(outcome)
-    return [Cell(spec.name, batch, runs.get((spec.name, batch), []),
-                 notes.get(spec.name) or notes.get((spec.name, batch), ""))
-            for spec in specs for batch in args.batches]
+    return [
+        Cell(
+            spec.name,
+            batch,
+            runs.get((spec.name, batch), []),
+            notes.get(spec.name) or notes.get((spec.name, batch), ""),
+        )
+        for spec in specs
+        for batch in args.batches
+    ]
 
 
-def measure_batch(spec: ServerSpec, port: int, estimator: Any, batch: int, args: argparse.Namespace,
-                  check: bool) -> LoadResult | str:
+def measure_batch(
+    spec: ServerSpec, port: int, estimator: Any, batch: int, args: argparse.Namespace, check: bool
+) -> LoadResult | str:
     rng = np.random.default_rng(batch)
     matrices = [rng.normal(size=(batch, N_FEATURES)) for _ in range(64)]
     problem = _check_predictions(spec, port, estimator, matrices[0]) if check else ""
     if problem:
         return problem
-    return asyncio.run(run_load(spec.infer_url(port), [spec.encode(m) for m in matrices],
-                                rows_per_request=batch, concurrency=args.concurrency,
-                                requests=args.requests, warmup=args.warmup, max_seconds=args.max_seconds))
+    return asyncio.run(
+        run_load(
+            spec.infer_url(port),
+            [spec.encode(m) for m in matrices],
+            rows_per_request=batch,
+            concurrency=args.concurrency,
+            requests=args.requests,
+            warmup=args.warmup,
+            max_seconds=args.max_seconds,
+        )
+    )
 
 
 def _check_predictions(spec: ServerSpec, port: int, estimator: Any, rows: np.ndarray) -> str:
     """Both servers must answer what the estimator answers, or their numbers mean nothing."""
-    request = urllib.request.Request(spec.infer_url(port), data=spec.encode(rows),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        spec.infer_url(port), data=spec.encode(rows), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         got = [int(v) for v in spec.decode(response.read())]
     expected = estimator.predict(rows).tolist()
@@ -287,12 +369,17 @@ def _check_predictions(spec: ServerSpec, port: int, estimator: Any, rows: np.nda
 
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
-    head = (f"{'server':<30} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'errors':>6} {'client CPU':>10}")
-    lines = [f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; {args.requests} "
-             f"requests per run (max {args.max_seconds:.0f} s) after {args.warmup} warm-up; median of "
-             f"{args.rounds} interleaved rounds; server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}",
-             head, "-" * len(head)]
+    head = (
+        f"{'server':<30} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'errors':>6} {'client CPU':>10}"
+    )
+    lines = [
+        f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; {args.requests} "
+        f"requests per run (max {args.max_seconds:.0f} s) after {args.warmup} warm-up; median of "
+        f"{args.rounds} interleaved rounds; server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}",
+        head,
+        "-" * len(head),
+    ]
     for cell in cells:
         run = cell.median
         if run is None:
@@ -300,9 +387,11 @@ def table(cells: list[Cell], args: argparse.Namespace) -> str:
             continue
         rates = [r.requests_per_second for r in cell.runs]
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        lines.append(f"{cell.server:<30} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
-                     f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
-                     f"{sum(r.errors for r in cell.runs):>6} {100 * run.client_cpu:>9.0f}%")
+        lines.append(
+            f"{cell.server:<30} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
+            f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
+            f"{sum(r.errors for r in cell.runs):>6} {100 * run.client_cpu:>9.0f}%"
+        )
         errors = [r.first_error for r in cell.runs if r.first_error]
         if errors:
             lines.append(f"{'':<30} first error: {errors[0]}")
@@ -326,28 +415,44 @@ def main() -> None:
         raise SystemExit("needs two CPUs: one for the server, one for the load generator")
     setup = not args.no_setup
     import sklearn
+
     pins = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"joblib=={joblib.__version__}"]
-    mlserver_missing = ensure_venv(args.mlserver_venv, ["mlserver", "mlserver-sklearn", *pins],
-                                   "import mlserver, mlserver_sklearn", setup)
-    fast_missing = ensure_venv(args.fast_venv, ["orjson>=3.11.5", "uvloop"],
-                               "import uvloop, mfl_server.jsonio as j; assert j.BACKEND == 'orjson'", setup,
-                               system_site=True)
+    mlserver_missing = ensure_venv(
+        args.mlserver_venv, ["mlserver", "mlserver-sklearn", *pins], "import mlserver, mlserver_sklearn", setup
+    )
+    fast_missing = ensure_venv(
+        args.fast_venv,
+        ["orjson>=3.11.5", "uvloop"],
+        "import uvloop, mfl_server.jsonio as j; assert j.BACKEND == 'orjson'",
+        setup,
+        system_site=True,
+    )
     os.sched_setaffinity(0, {CLIENT_CPU})
     load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="mfl-bench-") as tmp:
         workdir = Path(tmp)
         estimator, model_file = train(args.model, workdir / "store")
         specs = [
-            mfl_server_spec("mfl-server (json, asyncio)", sys.executable, workdir / "store",
-                            extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"}),
-            mfl_server_spec("mfl-server (orjson, uvloop)", str(args.fast_venv / "bin" / "python"),
-                            workdir / "store", unavailable=fast_missing),
+            mfl_server_spec(
+                "mfl-server (json, asyncio)",
+                sys.executable,
+                workdir / "store",
+                extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"},
+            ),
+            mfl_server_spec(
+                "mfl-server (orjson, uvloop)",
+                str(args.fast_venv / "bin" / "python"),
+                workdir / "store",
+                unavailable=fast_missing,
+            ),
             mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
         ]
         cells = measure_all(specs, estimator, workdir, args)
     print(table(cells, args))
-    print(f"load average (1, 5, 15 min) before: {load_before}, after: {_load_average()} "
-          "(other work on these two CPUs slows every server alike)")
+    print(
+        f"load average (1, 5, 15 min) before: {load_before}, after: {_load_average()} "
+        "(other work on these two CPUs slows every server alike)"
+    )
 
 
 def _load_average() -> str:

@@ -6,6 +6,7 @@ that child's own ``ru_maxrss`` (``os.wait4``), so sizes do not mask each other.
     python benchmarks/training_scale.py                  # 10k, 100k, 1M rows
     python benchmarks/training_scale.py --sizes 10000 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,32 +37,53 @@ class Result:
 def run_size(rows: int, workdir: Path, threads: int | None) -> Result:
     root = workdir / f"rows-{rows}"
     features = write_base_csv(root / MODEL / "data" / "base.csv", rows, seed=rows, n_features=N_FEATURES)
-    config = {"model": MODEL, "storageRoot": str(root), "version": 1, "features": features, "target": "label",
-              "now": 1_764_340_000.0, "minRows": 200}
-    env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config),
-           "MFL_TERMINATION_LOG": str(workdir / f"termination-{rows}")}
+    config = {
+        "model": MODEL,
+        "storageRoot": str(root),
+        "version": 1,
+        "features": features,
+        "target": "label",
+        "now": 1_764_340_000.0,
+        "minRows": 200,
+    }
+    env = {
+        **os.environ,
+        "MFL_TRAINER_CONFIG": json.dumps(config),
+        "MFL_TERMINATION_LOG": str(workdir / f"termination-{rows}"),
+    }
     if threads:
         env["MFL_TRAINER_THREADS"] = str(threads)
     started = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-m", "mfl_trainer.main"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mfl_trainer.main"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     stdout = child.stdout.read() if child.stdout else ""
     _, status, usage = os.wait4(child.pid, 0)
     total = time.monotonic() - started
-    child.returncode = os.waitstatus_to_exitcode(status)   # already reaped: keep Popen from waiting again
+    child.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
     summary = json.loads(stdout.strip().splitlines()[-1])
     if child.returncode != 0 or not summary.get("ok"):
         raise SystemExit(f"trainer failed for {rows} rows: {summary}")
     metadata = json.loads((root / MODEL / "versions" / "1" / "metadata.json").read_text())
-    return Result(rows, metadata["seconds"]["fit"], total, usage.ru_maxrss / 1024,   # ru_maxrss is KiB on Linux
-                  summary["challenger"]["accuracy"])
+    return Result(
+        rows,
+        metadata["seconds"]["fit"],
+        total,
+        usage.ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
+        summary["challenger"]["accuracy"],
+    )
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| rows | fit seconds | total seconds | peak RSS MiB | holdout accuracy |",
-             "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.rows:,} | {r.fit_seconds:.2f} | {r.total_seconds:.2f} | {r.peak_rss_mib:.0f} | "
-              f"{r.accuracy:.4f} |" for r in results]
+    lines = ["| rows | fit seconds | total seconds | peak RSS MiB | holdout accuracy |", "|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"| {r.rows:,} | {r.fit_seconds:.2f} | {r.total_seconds:.2f} | {r.peak_rss_mib:.0f} | {r.accuracy:.4f} |"
+        for r in results
+    ]
     return "\n".join(lines)
 
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
 
@@ -116,13 +117,15 @@ def cluster(pytestconfig: pytest.Config, image_refs: dict[str, str]) -> Iterator
     from feedbackloop.localdev.images import image_archives
 
     require_root("the real node")
-    start_component("Kubernetes binaries",
-                    lambda: _timed(pytestconfig, "kubernetes build", lambda: ensure_binaries(_progress)))
+    start_component(
+        "Kubernetes binaries", lambda: _timed(pytestconfig, "kubernetes build", lambda: ensure_binaries(_progress))
+    )
     bed = Cluster.create(image_archives())
     start_component("cluster", lambda: bed.start(_progress), bed.log_tails)
     pytestconfig.stash[timings_key].update({f"cluster: {k}": v for k, v in bed.timings.items()})
     yield bed
-    bed.stop()
+    left = bed.stop()
+    assert not left, f"the test bed's teardown left {left} on the machine"
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +168,9 @@ def prometheus(cluster: Cluster, exporter: TestExporter) -> Prometheus:
     """
     server = cluster.prometheus
     server.add_target(exporter.address, {})
-    start_component("prometheus", lambda: server.wait_for(
-        f'up{{job="testbed",instance="{exporter.address}"}} == 1', timeout=30), server.log_tail)
+    start_component(
+        "prometheus",
+        lambda: server.wait_for(f'up{{job="testbed",instance="{exporter.address}"}} == 1', timeout=30),
+        server.log_tail,
+    )
     return server

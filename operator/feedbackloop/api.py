@@ -3,6 +3,7 @@
 `crds/` is generated from these models (`python -m feedbackloop.crdgen`), and a test fails when the two
 drift. Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,6 +43,7 @@ class ApiModel(BaseModel):
 
 
 # --- model -------------------------------------------------------------------------------------------
+
 
 class ResourceList(ApiModel):
     cpu: Quantity | None = None
@@ -98,11 +100,15 @@ class Model(ApiModel):
     task: Literal["classification", "regression"] = "classification"
     serving: Serving = Field(default_factory=Serving)
     storage: Storage
-    initial_version: int | None = Field(default=None, ge=1, description="A registry version to serve when "
-                                        "the loop has none yet; omitted: the operator trains version 1.")
+    initial_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="A registry version to serve when the loop has none yet; omitted: the operator trains version 1.",
+    )
 
 
 # --- monitoring --------------------------------------------------------------------------------------
+
 
 class PrometheusEndpoint(ApiModel):
     url: str = Field(pattern=r"^https?://")
@@ -116,15 +122,21 @@ class MetricRule(ApiModel):
     """One health rule, shaped like a Prometheus alerting rule: a query, a threshold and `for`."""
 
     name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$", max_length=63)
-    query: str = Field(min_length=1, description="PromQL template; placeholders {{model}}, {{namespace}}, "
-                       "{{version}} and {{track}} are replaced by label-safe values.")
+    query: str = Field(
+        min_length=1,
+        description="PromQL template; placeholders {{model}}, {{namespace}}, "
+        "{{version}} and {{track}} are replaced by label-safe values.",
+    )
     min: float | None = None
     max: float | None = None
     for_: Duration = Field(default="0s", alias="for")
     on_no_data: Literal["hold", "ignore", "breach"] = "hold"
     min_samples: int | None = Field(default=None, ge=1)
-    samples_query: str | None = Field(default=None, description="PromQL template counting the samples behind "
-                                      "`query`; below minSamples the value counts as no data.")
+    samples_query: str | None = Field(
+        default=None,
+        description="PromQL template counting the samples behind "
+        "`query`; below minSamples the value counts as no data.",
+    )
 
     @model_validator(mode="after")
     def _has_threshold(self) -> MetricRule:
@@ -140,8 +152,11 @@ class MetricRule(ApiModel):
 class Monitoring(ApiModel):
     prometheus: PrometheusEndpoint
     interval: Duration = "30s"
-    metrics: list[MetricRule] = Field(default_factory=list, max_length=20, description="Empty: the reference "
-                                      "server's default accuracy, error-rate and latency rules.")
+    metrics: list[MetricRule] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Empty: the reference server's default accuracy, error-rate and latency rules.",
+    )
     default_accuracy_min: float = Field(default=0.8, ge=0, le=1)
     default_latency_p99_max_seconds: float = Field(default=0.5, gt=0)
 
@@ -156,9 +171,16 @@ class Monitoring(ApiModel):
 
 # --- retraining --------------------------------------------------------------------------------------
 
-Estimator = Literal["hist_gradient_boosting", "logistic_regression", "random_forest", "sgd",
-                    "gradient_boosting", "ridge", "random_forest_regressor",
-                    "hist_gradient_boosting_regressor"]
+Estimator = Literal[
+    "hist_gradient_boosting",
+    "logistic_regression",
+    "random_forest",
+    "sgd",
+    "gradient_boosting",
+    "ridge",
+    "random_forest_regressor",
+    "hist_gradient_boosting_regressor",
+]
 
 
 class Trainer(ApiModel):
@@ -187,10 +209,16 @@ class Retraining(ApiModel):
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
     min_rows: int = Field(default=200, ge=10)
     incremental: bool = False
-    recent_weight: float = Field(default=1.0, ge=1, le=100, description="Weight of labelled feedback rows "
-                                 "against base-data rows in training (adapts faster after a drift).")
-    schedule: str | None = Field(default=None, pattern=r"^(\S+\s+){4}\S+$",
-                                 description="Cron (5 fields, UTC): retrain on a schedule as well.")
+    recent_weight: float = Field(
+        default=1.0,
+        ge=1,
+        le=100,
+        description="Weight of labelled feedback rows "
+        "against base-data rows in training (adapts faster after a drift).",
+    )
+    schedule: str | None = Field(
+        default=None, pattern=r"^(\S+\s+){4}\S+$", description="Cron (5 fields, UTC): retrain on a schedule as well."
+    )
     cooldown: Duration = "1h"
     max_retrains_per_day: int = Field(default=3, ge=0, le=100)
     failure_backoff: Duration = "10m"
@@ -199,6 +227,7 @@ class Retraining(ApiModel):
 
 # --- rollout -----------------------------------------------------------------------------------------
 
+
 class CanaryStep(ApiModel):
     weight: int = Field(ge=1, le=100, description="Percent of traffic (replica share with a plain Service).")
     pause: Duration = "1m"
@@ -206,8 +235,11 @@ class CanaryStep(ApiModel):
 
 class LatencyCheck(ApiModel):
     enabled: bool = True
-    max_increase: float = Field(default=0.2, ge=0, description="Canary latency may be at most this "
-                                "fraction worse than stable (effect-size limit).")
+    max_increase: float = Field(
+        default=0.2,
+        ge=0,
+        description="Canary latency may be at most this fraction worse than stable (effect-size limit).",
+    )
     min_samples: int = Field(default=100, ge=1)
 
 
@@ -228,10 +260,12 @@ class Analysis(ApiModel):
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Bound on rolling back an equal canary.")
     beta: float = Field(default=0.1, gt=0, lt=0.5, description="Bound on promoting a canary `delta` worse.")
     max_degradation: float = Field(default=0.02, gt=0, lt=1, description="Non-inferiority margin on accuracy.")
-    detectable_degradation: float | None = Field(default=None, gt=0, lt=1, description="The regression `beta` "
-                                                 "covers; default 1.5 x maxDegradation.")
-    availability_max_degradation: float = Field(default=0.01, gt=0, lt=1, description="Margin on the share "
-                                                "of requests answered without a server error.")
+    detectable_degradation: float | None = Field(
+        default=None, gt=0, lt=1, description="The regression `beta` covers; default 1.5 x maxDegradation."
+    )
+    availability_max_degradation: float = Field(
+        default=0.01, gt=0, lt=1, description="Margin on the share of requests answered without a server error."
+    )
     min_samples: int = Field(default=200, ge=10, description="Labelled predictions per arm before any verdict.")
     max_samples: int | None = Field(default=None, ge=10, description="Per arm; undecided there: Inconclusive.")
     max_duration: Duration = Field(default="2h", description="Inconclusive after this long.")
@@ -246,14 +280,17 @@ class HTTPRouteRef(ApiModel):
 
 
 class TrafficRouting(ApiModel):
-    http_route: HTTPRouteRef | None = Field(default=None, description="Gateway API HTTPRoute whose "
-                                            "backend weights carry the split; omitted: replica ratio.")
+    http_route: HTTPRouteRef | None = Field(
+        default=None, description="Gateway API HTTPRoute whose backend weights carry the split; omitted: replica ratio."
+    )
 
 
 class Rollout(ApiModel):
-    steps: list[CanaryStep] = Field(default_factory=lambda: [CanaryStep(weight=20, pause="2m"),
-                                                             CanaryStep(weight=50, pause="2m")],
-                                    min_length=1, max_length=10)
+    steps: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=20, pause="2m"), CanaryStep(weight=50, pause="2m")],
+        min_length=1,
+        max_length=10,
+    )
     analysis: Analysis = Field(default_factory=Analysis)
     traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
 
@@ -268,6 +305,7 @@ class Rollout(ApiModel):
 
 # --- the spec ----------------------------------------------------------------------------------------
 
+
 class ModelFeedbackLoopSpec(ApiModel):
     model: Model
     monitoring: Monitoring
@@ -277,6 +315,7 @@ class ModelFeedbackLoopSpec(ApiModel):
 
 
 # --- status ------------------------------------------------------------------------------------------
+
 
 class Condition(ApiModel):
     type: str

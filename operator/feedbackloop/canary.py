@@ -1,13 +1,26 @@
 """Canary traffic split and the bridge from live observations to the sequential analysis core."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .analysis import (AnalysisConfig, AnalysisState, CountObservation, HistogramObservation, LatencyCheck,
-                       MetricError, NoData, Observation, ProportionCheck, ThresholdCheck, ValueObservation,
-                       evaluate, start_analysis)
+from .analysis import (
+    AnalysisConfig,
+    AnalysisState,
+    CountObservation,
+    HistogramObservation,
+    LatencyCheck,
+    MetricError,
+    NoData,
+    Observation,
+    ProportionCheck,
+    ThresholdCheck,
+    ValueObservation,
+    evaluate,
+    start_analysis,
+)
 from .api import Analysis, parse_duration
 from .timeutil import parse_time
 
@@ -24,7 +37,7 @@ class ArmCounts:
 class CanaryObservation:
     """What Prometheus said about canary vs stable since the canary started."""
 
-    accuracy: tuple[ArmCounts, ArmCounts] | None = None      # (canary, stable)
+    accuracy: tuple[ArmCounts, ArmCounts] | None = None  # (canary, stable)
     availability: tuple[ArmCounts, ArmCounts] | None = None  # non-5xx of requests
     latency: tuple[dict[float, float], dict[float, float]] | None = None  # cumulative buckets le -> count
     checks: dict[str, float | None] = field(default_factory=dict)
@@ -54,14 +67,21 @@ def analysis_config(analysis: Analysis, task: str) -> AnalysisConfig:
         proportions.insert(0, ProportionCheck("accuracy", True))
     latency = analysis.latency
     return AnalysisConfig(
-        alpha=analysis.alpha, beta=analysis.beta, max_degradation=analysis.max_degradation,
-        detectable_degradation=analysis.detectable_degradation, min_samples=analysis.min_samples,
-        max_samples=analysis.max_samples, max_duration_seconds=parse_duration(analysis.max_duration),
-        on_inconclusive=analysis.on_inconclusive, consecutive_error_limit=analysis.consecutive_error_limit,
+        alpha=analysis.alpha,
+        beta=analysis.beta,
+        max_degradation=analysis.max_degradation,
+        detectable_degradation=analysis.detectable_degradation,
+        min_samples=analysis.min_samples,
+        max_samples=analysis.max_samples,
+        max_duration_seconds=parse_duration(analysis.max_duration),
+        on_inconclusive=analysis.on_inconclusive,
+        consecutive_error_limit=analysis.consecutive_error_limit,
         proportions=tuple(proportions),
-        latency=LatencyCheck(enabled=latency.enabled, max_increase=latency.max_increase,
-                             min_samples=latency.min_samples),
-        checks=tuple(ThresholdCheck(c.name, c.min, c.max, c.failure_limit) for c in analysis.checks))
+        latency=LatencyCheck(
+            enabled=latency.enabled, max_increase=latency.max_increase, min_samples=latency.min_samples
+        ),
+        checks=tuple(ThresholdCheck(c.name, c.min, c.max, c.failure_limit) for c in analysis.checks),
+    )
 
 
 def _counts(arms: tuple[ArmCounts, ArmCounts] | None, what: str) -> Observation:
@@ -74,25 +94,34 @@ def _counts(arms: tuple[ArmCounts, ArmCounts] | None, what: str) -> Observation:
 def observations_of(config: AnalysisConfig, observation: CanaryObservation) -> dict[str, Observation]:
     if observation.error:
         return {name: MetricError(observation.error) for name in config.check_names()}
-    found: dict[str, Observation] = {"accuracy": _counts(observation.accuracy, "labelled feedback"),
-                                     "availability": _counts(observation.availability, "requests")}
+    found: dict[str, Observation] = {
+        "accuracy": _counts(observation.accuracy, "labelled feedback"),
+        "availability": _counts(observation.availability, "requests"),
+    }
     latency = observation.latency
     if latency and sum(latency[0].values()) and sum(latency[1].values()):
         found["latency"] = HistogramObservation(latency[0], latency[1])
     for name, value in observation.checks.items():
-        found[name] = NoData("the query returned no single value") if value is None or math.isnan(value) \
+        found[name] = (
+            NoData("the query returned no single value")
+            if value is None or math.isnan(value)
             else ValueObservation(value)
+        )
     return found
 
 
-def judge_canary(analysis: Analysis, task: str, rollout: dict[str, Any], observation: CanaryObservation,
-                 now: float) -> CanaryVerdict:
+def judge_canary(
+    analysis: Analysis, task: str, rollout: dict[str, Any], observation: CanaryObservation, now: float
+) -> CanaryVerdict:
     """One look of the sequential analysis; its state comes from and goes back to the rollout status."""
     config = analysis_config(analysis, task)
     started = parse_time(rollout.get("startedAt")) or now
     state = AnalysisState.from_dict(rollout["analysis"]) if rollout.get("analysis") else start_analysis(started)
     state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now)
-    fields = {"analysis": state.to_dict(), "analysisPhase": verdict.phase.value,
-              "consecutiveErrors": state.max_consecutive_errors,
-              "evidence": [item.to_dict() for item in evidence] or rollout.get("evidence", [])}
+    fields = {
+        "analysis": state.to_dict(),
+        "analysisPhase": verdict.phase.value,
+        "consecutiveErrors": state.max_consecutive_errors,
+        "evidence": [item.to_dict() for item in evidence] or rollout.get("evidence", []),
+    }
     return CanaryVerdict(verdict.phase.value, verdict.message, fields)

@@ -3,6 +3,7 @@
 Both arms are read over the same window, from the canary's start to now, with increase() so that a
 restarted server Pod (a counter reset) does not corrupt the counts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,10 @@ from .timeutil import parse_time
 
 
 def _selector(spec: ModelFeedbackLoopSpec, namespace: str) -> str:
-    return (f'model="{promql.escape_string(spec.model.name)}",namespace="{promql.escape_string(namespace)}",'
-            'track=~"stable|canary"')
+    return (
+        f'model="{promql.escape_string(spec.model.name)}",namespace="{promql.escape_string(namespace)}",'
+        'track=~"stable|canary"'
+    )
 
 
 def _arms(series: Series, stable_version: str, canary_version: str) -> tuple[float, float]:
@@ -42,8 +45,15 @@ def _buckets(series: Series, track: str, version: str) -> dict[float, float]:
     return buckets
 
 
-async def observe(query: QueryFn, endpoint: EndpointKey, spec: ModelFeedbackLoopSpec, namespace: str,
-                  status: dict[str, Any], rollout: dict[str, Any], now: float) -> CanaryObservation:
+async def observe(
+    query: QueryFn,
+    endpoint: EndpointKey,
+    spec: ModelFeedbackLoopSpec,
+    namespace: str,
+    status: dict[str, Any],
+    rollout: dict[str, Any],
+    now: float,
+) -> CanaryObservation:
     started = parse_time(rollout.get("startedAt")) or now
     window = f"{max(60, int(now - started) + 1)}s"
     selector = _selector(spec, namespace)
@@ -51,24 +61,33 @@ async def observe(query: QueryFn, endpoint: EndpointKey, spec: ModelFeedbackLoop
     texts = {
         "correct": f"{by} (increase(mfl_feedback_correct_total{{{selector}}}[{window}]))",
         "labelled": f"{by} (increase(mfl_feedback_total{{{selector}}}[{window}]))",
-        "requests": f"{by} (increase(mfl_http_requests_total{{{selector},endpoint=\"predict\"}}[{window}]))",
-        "failed": f"{by} (increase(mfl_http_requests_total{{{selector},endpoint=\"predict\",code=~\"5..\"}}[{window}]))",
-        "latency": f"sum by (track, version, le) (increase(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}]))",
+        "requests": f'{by} (increase(mfl_http_requests_total{{{selector},endpoint="predict"}}[{window}]))',
+        "failed": f'{by} (increase(mfl_http_requests_total{{{selector},endpoint="predict",code=~"5.."}}[{window}]))',
+        "latency": "sum by (track, version, le) "
+        f"(increase(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}]))",
     }
     values = {"model": spec.model.name, "namespace": namespace, "version": str(rollout["version"]), "track": "canary"}
     for check in spec.rollout.analysis.checks:
         texts[f"check:{check.name}"] = promql.render(check.query, values)
     try:
-        results = dict(zip(texts, await asyncio.gather(*(asyncio.to_thread(query, endpoint, q) for q in texts.values()))))
+        results = dict(
+            zip(texts, await asyncio.gather(*(asyncio.to_thread(query, endpoint, q) for q in texts.values())))
+        )
     except Exception as error:
         return CanaryObservation(error=f"{type(error).__name__}: {str(error)[:200]}")
     stable_v, canary_v = str(status.get("currentVersion")), str(rollout["version"])
     correct, labelled = _arms(results["correct"], stable_v, canary_v), _arms(results["labelled"], stable_v, canary_v)
     requests, failed = _arms(results["requests"], stable_v, canary_v), _arms(results["failed"], stable_v, canary_v)
-    checks = {name.split(":", 1)[1]: (series[0][1] if len(series) == 1 else None)
-              for name, series in results.items() if name.startswith("check:")}
+    checks = {
+        name.split(":", 1)[1]: (series[0][1] if len(series) == 1 else None)
+        for name, series in results.items()
+        if name.startswith("check:")
+    }
     return CanaryObservation(
-        accuracy=(ArmCounts(correct[0], labelled[0]), ArmCounts(correct[1], labelled[1])) if spec.model.task == "classification" else None,
+        accuracy=(ArmCounts(correct[0], labelled[0]), ArmCounts(correct[1], labelled[1]))
+        if spec.model.task == "classification"
+        else None,
         availability=(ArmCounts(requests[0] - failed[0], requests[0]), ArmCounts(requests[1] - failed[1], requests[1])),
         latency=(_buckets(results["latency"], "canary", canary_v), _buckets(results["latency"], "stable", stable_v)),
-        checks=checks)
+        checks=checks,
+    )

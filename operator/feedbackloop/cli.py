@@ -1,12 +1,13 @@
 """`mfl`: see what a loop is doing and why, read a version's error analysis, run the demo and benchmarks.
 
-    mfl status churn [-n NAMESPACE]          phase, conditions, metrics, retraining, canary evidence
-    mfl versions churn [--storage DIR]       every version with its outcome (status history + registry)
-    mfl report churn [--version N] [--storage DIR]   error analysis of a version
-    mfl demo                                 the whole loop on this machine (see `mfl demo --help`)
-    mfl testbed status|down                  the local test bed `mfl demo --keep` leaves running
-    mfl bench                                every benchmark table
+mfl status churn [-n NAMESPACE]          phase, conditions, metrics, retraining, canary evidence
+mfl versions churn [--storage DIR]       every version with its outcome (status history + registry)
+mfl report churn [--version N] [--storage DIR]   error analysis of a version
+mfl demo                                 the whole loop on this machine (see `mfl demo --help`)
+mfl testbed status|down                  the local test bed `mfl demo --keep` leaves running
+mfl bench                                every benchmark table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,18 +19,27 @@ from typing import Any
 
 from . import api
 
-BENCHMARKS = ["canary_simulation.py", "operator_scale.py", "training_scale.py", "server_throughput.py",
-              "ml_efficacy.py", "detection_latency.py"]
+BENCHMARKS = [
+    "canary_simulation.py",
+    "operator_scale.py",
+    "training_scale.py",
+    "server_throughput.py",
+    "ml_efficacy.py",
+    "detection_latency.py",
+]
 
 
 # --- reading a loop ---------------------------------------------------------------------------------
 
+
 def fetch_loop(name: str, namespace: str, kubeconfig: str | None) -> dict[str, Any]:
     import urllib3
     from kubernetes import client
+
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the kubeconfig chose it
 
     from .kube import load_config
+
     load_config(kubeconfig)
     return client.CustomObjectsApi().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
 
@@ -44,17 +54,41 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 def render_status(loop: dict[str, Any]) -> str:
     status = loop.get("status") or {}
     meta = loop["metadata"]
-    out = [f"{meta['namespace']}/{meta['name']}: phase {status.get('phase', '?')}, serving version "
-           f"{status.get('currentVersion', '-')}, generation {meta.get('generation')} "
-           f"(observed {status.get('observedGeneration', '-')})", ""]
+    out = [
+        f"{meta['namespace']}/{meta['name']}: phase {status.get('phase', '?')}, serving version "
+        f"{status.get('currentVersion', '-')}, generation {meta.get('generation')} "
+        f"(observed {status.get('observedGeneration', '-')})",
+        "",
+    ]
     conditions = status.get("conditions", [])
     if conditions:
-        out += [table([[c["type"], c["status"], c.get("reason", ""), c.get("lastTransitionTime", ""),
-                        (c.get("message") or "")[:90]] for c in conditions],
-                      ["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"]), ""]
+        out += [
+            table(
+                [
+                    [
+                        c["type"],
+                        c["status"],
+                        c.get("reason", ""),
+                        c.get("lastTransitionTime", ""),
+                        (c.get("message") or "")[:90],
+                    ]
+                    for c in conditions
+                ],
+                ["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"],
+            ),
+            "",
+        ]
     if status.get("metrics"):
-        out += [table([[m["name"], m.get("state"), m.get("value"), m.get("sampleTime"), m.get("breachSince")]
-                       for m in status["metrics"]], ["METRIC", "STATE", "VALUE", "SAMPLED", "BREACH SINCE"]), ""]
+        out += [
+            table(
+                [
+                    [m["name"], m.get("state"), m.get("value"), m.get("sampleTime"), m.get("breachSince")]
+                    for m in status["metrics"]
+                ],
+                ["METRIC", "STATE", "VALUE", "SAMPLED", "BREACH SINCE"],
+            ),
+            "",
+        ]
     if status.get("retraining"):
         r = status["retraining"]
         out += [f"Retraining: version {r['version']} ({r['trigger']}), Job {r['jobName']}, since {r['startedAt']}", ""]
@@ -66,23 +100,37 @@ def render_status(loop: dict[str, Any]) -> str:
     if status.get("rollout"):
         out += render_rollout(status["rollout"])
     if status.get("history"):
-        out += [table([[h["version"], h.get("trigger"), h.get("outcome"), h.get("at"), (h.get("message") or "")[:80]]
-                       for h in status["history"]], ["VERSION", "TRIGGER", "OUTCOME", "AT", "WHY"])]
+        out += [
+            table(
+                [
+                    [h["version"], h.get("trigger"), h.get("outcome"), h.get("at"), (h.get("message") or "")[:80]]
+                    for h in status["history"]
+                ],
+                ["VERSION", "TRIGGER", "OUTCOME", "AT", "WHY"],
+            )
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 
 def render_rollout(rollout: dict[str, Any]) -> list[str]:
-    lines = [f"Canary: version {rollout['version']}, step {rollout.get('step', 0) + 1} at {rollout.get('weight')}%, "
-             f"analysis {rollout.get('analysisPhase')}{' (paused)' if rollout.get('paused') else ''}, "
-             f"since {rollout.get('startedAt')}"]
+    lines = [
+        f"Canary: version {rollout['version']}, step {rollout.get('step', 0) + 1} at {rollout.get('weight')}%, "
+        f"analysis {rollout.get('analysisPhase')}{' (paused)' if rollout.get('paused') else ''}, "
+        f"since {rollout.get('startedAt')}"
+    ]
     evidence = rollout.get("evidence") or []
     if evidence:
-        lines.append(table([[e["name"], e.get("decision"), (e.get("message") or "")[:110]] for e in evidence],
-                           ["CHECK", "DECISION", "EVIDENCE"]))
+        lines.append(
+            table(
+                [[e["name"], e.get("decision"), (e.get("message") or "")[:110]] for e in evidence],
+                ["CHECK", "DECISION", "EVIDENCE"],
+            )
+        )
     return lines + [""]
 
 
 # --- the registry -----------------------------------------------------------------------------------
+
 
 def storage_root(loop: dict[str, Any] | None, given: str | None) -> Path | None:
     """The artifact store as a local folder: given, or the loop's hostPath when this host has it."""
@@ -112,22 +160,38 @@ def render_versions(loop: dict[str, Any] | None, root: Path | None, model: str) 
         record, metadata = history.get(version, {}), registry.get(version, {})
         metrics = metadata.get("metrics", {}).get("challenger") or record.get("metrics") or {}
         score = ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:2]) if isinstance(metrics, dict) else ""
-        rows.append([f"{version}{' *' if version == current else ''}", metadata.get("parentVersion", ""),
-                     record.get("trigger", ""), record.get("outcome", "(in registry)" if metadata else ""),
-                     score, (metadata.get("rows") or {}).get("train", ""), (record.get("message") or "")[:60]])
+        rows.append(
+            [
+                f"{version}{' *' if version == current else ''}",
+                metadata.get("parentVersion", ""),
+                record.get("trigger", ""),
+                record.get("outcome", "(in registry)" if metadata else ""),
+                score,
+                (metadata.get("rows") or {}).get("train", ""),
+                (record.get("message") or "")[:60],
+            ]
+        )
     if not rows:
         return "no versions yet\n"
     note = "" if root else "\n(registry not reachable from here: pass --storage DIR to add its metadata)"
-    return table(rows, ["VERSION", "PARENT", "TRIGGER", "OUTCOME", "OFFLINE", "TRAIN ROWS", "WHY"]) + \
-        "\n* = serving" + note + "\n"
+    return (
+        table(rows, ["VERSION", "PARENT", "TRIGGER", "OUTCOME", "OFFLINE", "TRAIN ROWS", "WHY"])
+        + "\n* = serving"
+        + note
+        + "\n"
+    )
 
 
 def render_report(report: dict[str, Any], folder: Path) -> str:
-    out = [f"{report.get('model')} version {report.get('version')} (parent {report.get('parentVersion')}), "
-           f"{report.get('task')}, target {report.get('target')!r}"]
+    out = [
+        f"{report.get('model')} version {report.get('version')} (parent {report.get('parentVersion')}), "
+        f"{report.get('task')}, target {report.get('target')!r}"
+    ]
     holdout = report.get("holdout") or {}
-    out.append(f"holdout: {holdout.get('rows')} rows, {holdout.get('strategy')}" +
-               (f" ({holdout['reason']})" if holdout.get("reason") else ""))
+    out.append(
+        f"holdout: {holdout.get('rows')} rows, {holdout.get('strategy')}"
+        + (f" ({holdout['reason']})" if holdout.get("reason") else "")
+    )
     for role in ("challenger", "champion"):
         part = report.get(role)
         if not part:
@@ -136,18 +200,33 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
         confusion = part.get("confusion")
         if confusion:
             labels = confusion["labels"]
-            out.append(table([[f"actual {a}", *row] for a, row in zip(labels, confusion["matrix"])],
-                             ["", *[f"pred {p}" for p in labels]]))
+            out.append(
+                table(
+                    [[f"actual {a}", *row] for a, row in zip(labels, confusion["matrix"])],
+                    ["", *[f"pred {p}" for p in labels]],
+                )
+            )
         if part.get("perClass"):
-            out.append(table([[c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
-                               c["support"]] for c in part["perClass"]],
-                             ["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"]))
+            out.append(
+                table(
+                    [
+                        [c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
+                        for c in part["perClass"]
+                    ],
+                    ["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"],
+                )
+            )
     slices = (report.get("worstSlices") or {}).get("challenger") or []
     if slices:
         metric = next((k for k in slices[0] if k not in ("feature", "bin", "rows")), "accuracy")
-        out += ["", "worst slices (challenger):",
-                table([[s["feature"], s["bin"], f"{s[metric]:.3f}", s["rows"]] for s in slices[:10]],
-                      ["FEATURE", "BIN", metric.upper(), "ROWS"])]
+        out += [
+            "",
+            "worst slices (challenger):",
+            table(
+                [[s["feature"], s["bin"], f"{s[metric]:.3f}", s["rows"]] for s in slices[:10]],
+                ["FEATURE", "BIN", metric.upper(), "ROWS"],
+            ),
+        ]
     png = folder / "confusion.png"
     if png.exists():
         out += ["", f"confusion matrix plot: {png}"]
@@ -155,6 +234,7 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
 
 
 # --- commands ---------------------------------------------------------------------------------------
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     loop = fetch_loop(args.loop, args.namespace, args.kubeconfig)
@@ -174,11 +254,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     model = ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
     root = storage_root(loop, args.storage)
     if root is None:
-        print("the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC)",
-              file=sys.stderr)
+        print("the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC)", file=sys.stderr)
         return 2
-    version = args.version or ((loop or {}).get("status") or {}).get("currentVersion") or \
-        max(registry_versions(root, model), default=None)
+    version = (
+        args.version
+        or ((loop or {}).get("status") or {}).get("currentVersion")
+        or max(registry_versions(root, model), default=None)
+    )
     folder = root / model / "versions" / str(version)
     if version is None or not (folder / "report.json").exists():
         print(f"no report for {model} version {version} under {root}", file=sys.stderr)
@@ -203,6 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_testbed(args: argparse.Namespace) -> int:
     from .localdev import node
+
     if args.action == "down":
         left = node.teardown(print)
         print("test bed removed" if not left else f"left behind: {', '.join(left)}")
@@ -220,11 +303,14 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+
     return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,9 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     loop_command("status", cmd_status, "phase, conditions, metrics, retraining and canary evidence").add_argument(
-        "--json", action="store_true", help="the raw status")
-    for name, handler, help_ in (("versions", cmd_versions, "versions and their outcomes"),
-                                 ("report", cmd_report, "a version's error analysis")):
+        "--json", action="store_true", help="the raw status"
+    )
+    for name, handler, help_ in (
+        ("versions", cmd_versions, "versions and their outcomes"),
+        ("report", cmd_report, "a version's error analysis"),
+    ):
         command = loop_command(name, handler, help_)
         command.add_argument("--storage", help="the artifact store as a local folder")
         command.add_argument("--offline", action="store_true", help="read only --storage, not the cluster")
@@ -252,17 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="default: a new temporary folder")
     demo.add_argument("--fast", action="store_true", help="shorter phases (for tests)")
     demo.add_argument("--keep", action="store_true", help="leave everything running at the end")
-    demo.add_argument("--kubeconfig", default=argparse.SUPPRESS,
-                      help="run the demo on this existing cluster instead of the local test bed")
+    demo.add_argument(
+        "--kubeconfig",
+        default=argparse.SUPPRESS,
+        help="run the demo on this existing cluster instead of the local test bed",
+    )
     demo.add_argument("--registry", help="with --kubeconfig: where the project's images are (e.g. ghcr.io/you)")
     demo.add_argument("--prometheus-url", help="with --kubeconfig: a Prometheus that scrapes the cluster's Pods")
     demo.add_argument("--namespace", default="mfl-demo", help="with --kubeconfig: the demo's namespace")
     demo.add_argument("--storage-class", help="with --kubeconfig: for the artifacts volume (default: the cluster's)")
-    demo.add_argument("--access-mode", default="ReadWriteOnce",
-                      help="with --kubeconfig: of the artifacts volume; ReadWriteMany when Pods spread over nodes")
+    demo.add_argument(
+        "--access-mode",
+        default="ReadWriteOnce",
+        help="with --kubeconfig: of the artifacts volume; ReadWriteMany when Pods spread over nodes",
+    )
     demo.set_defaults(handler=cmd_demo)
-    testbed = sub.add_parser("testbed", help="the local test bed: `status`, or `down` to remove it and undo its "
-                                             "changes to the machine (after `mfl demo --keep` or a crash)")
+    testbed = sub.add_parser(
+        "testbed",
+        help="the local test bed: `status`, or `down` to remove it and undo its "
+        "changes to the machine (after `mfl demo --keep` or a crash)",
+    )
     testbed.add_argument("action", choices=["status", "down"])
     testbed.set_defaults(handler=cmd_testbed)
     return parser
@@ -276,9 +374,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as error:  # a clear one-liner for users; tracebacks are for bugs in tests
         from kubernetes.client.rest import ApiException
+
         if isinstance(error, ApiException):
-            print(f"mfl: {error.status} {error.reason}: {json.loads(error.body or '{}').get('message', '')}",
-                  file=sys.stderr)
+            print(
+                f"mfl: {error.status} {error.reason}: {json.loads(error.body or '{}').get('message', '')}",
+                file=sys.stderr,
+            )
             sys.exit(1)
         raise
 

@@ -2,14 +2,15 @@
 
 lastTransitionTime moves only when `status` flips; reason and message may change without a transition.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
 READY = "Ready"
-RECONCILING = "Reconciling"   # kstatus: abnormal-true while the operator works towards the spec
-STALLED = "Stalled"           # kstatus: abnormal-true when it cannot progress without a change
+RECONCILING = "Reconciling"  # kstatus: abnormal-true while the operator works towards the spec
+STALLED = "Stalled"  # kstatus: abnormal-true when it cannot progress without a change
 METRICS_AVAILABLE = "MetricsAvailable"
 BREACHED = "Breached"
 SERVING_READY = "ServingReady"
@@ -20,7 +21,7 @@ CANARY = "Canary"
 @dataclass(frozen=True)
 class ConditionUpdate:
     type: str
-    status: bool | None   # None = Unknown
+    status: bool | None  # None = Unknown
     reason: str
     message: str = ""
 
@@ -29,21 +30,29 @@ def _status_text(value: bool | None) -> str:
     return "Unknown" if value is None else ("True" if value else "False")
 
 
-def apply(conditions: list[dict[str, Any]], update: ConditionUpdate, now: str,
-          generation: int | None) -> list[dict[str, Any]]:
+def apply(
+    conditions: list[dict[str, Any]], update: ConditionUpdate, now: str, generation: int | None
+) -> list[dict[str, Any]]:
     """A new list with one condition set; others are kept in order."""
     status = _status_text(update.status)
     previous = next((c for c in conditions if c.get("type") == update.type), None)
     transition = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
-    entry = {"type": update.type, "status": status, "reason": update.reason, "message": update.message[:1024],
-             "lastTransitionTime": transition, "observedGeneration": generation}
+    entry = {
+        "type": update.type,
+        "status": status,
+        "reason": update.reason,
+        "message": update.message[:1024],
+        "lastTransitionTime": transition,
+        "observedGeneration": generation,
+    }
     if previous is None:
         return [*conditions, entry]
     return [entry if c.get("type") == update.type else c for c in conditions]
 
 
-def apply_all(conditions: list[dict[str, Any]], updates: list[ConditionUpdate], now: str,
-              generation: int | None) -> list[dict[str, Any]]:
+def apply_all(
+    conditions: list[dict[str, Any]], updates: list[ConditionUpdate], now: str, generation: int | None
+) -> list[dict[str, Any]]:
     for update in updates:
         conditions = apply(conditions, update, now, generation)
     return conditions

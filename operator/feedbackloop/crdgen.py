@@ -6,6 +6,7 @@ pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0
 anyOf-with-null (nullable instead), no `const`, no `additionalProperties` beside `properties`, and the
 boolean form of exclusiveMinimum. This module converts one into the other.
 """
+
 from __future__ import annotations
 
 import sys
@@ -101,11 +102,9 @@ def _without_defaults(node: Any) -> Any:
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Version", "type": "integer", "jsonPath": ".status.currentVersion"},
-    {"name": "Metric", "type": "string", "jsonPath": ".status.summary",
-     "description": "The first metric's last value"},
+    {"name": "Metric", "type": "string", "jsonPath": ".status.summary", "description": "The first metric's last value"},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-    {"name": "Reason", "type": "string", "priority": 1,
-     "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+    {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -119,27 +118,36 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
-            "names": {"kind": api.KIND, "plural": api.PLURAL, "singular": api.SINGULAR,
-                      "shortNames": api.SHORT_NAMES, "categories": api.CATEGORIES},
-            "versions": [{
-                "name": api.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "One production model whose feedback loop the operator runs.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                        "status": _status_schema(),
+            "names": {
+                "kind": api.KIND,
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": api.SHORT_NAMES,
+                "categories": api.CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "One production model whose feedback loop the operator runs.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": _status_schema(),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 

@@ -3,9 +3,10 @@
 Supports `*`, `*/n`, `a-b`, `a-b/n` and comma lists; as in cron, when both day fields are restricted a
 time matches if either does.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _BOUNDS = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
 
@@ -43,10 +44,13 @@ def parse(expression: str) -> list[set[int]]:
 
 def matches(expression: str, minute_start: float) -> bool:
     minute, hour, dom, month, dow = parse(expression)
-    t = datetime.fromtimestamp(minute_start, tz=timezone.utc)
+    t = datetime.fromtimestamp(minute_start, tz=UTC)
     day_restricted = expression.split()[2] != "*" and expression.split()[4] != "*"
-    day_ok = ((t.day in dom) or (t.isoweekday() % 7 in dow)) if day_restricted else \
-        (t.day in dom and t.isoweekday() % 7 in dow)
+    day_ok = (
+        ((t.day in dom) or (t.isoweekday() % 7 in dow))
+        if day_restricted
+        else (t.day in dom and t.isoweekday() % 7 in dow)
+    )
     return t.minute in minute and t.hour in hour and t.month in month and day_ok
 
 

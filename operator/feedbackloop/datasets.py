@@ -21,6 +21,7 @@ one seed and a stream drawn with another agree on what concept 0 is.
     >>> write_base_csv("data/base.csv", 2000, seed=2)   # concept 0 only
     >>> write_feedback_logs("churn", X, y, names, ts=now + np.arange(5000))  # as the server logs them
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,10 +40,10 @@ AGRAWAL_FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "
 
 
 class Stream(NamedTuple):
-    X: np.ndarray              # (n, n_features) float64
-    y: np.ndarray              # (n,) int64, 0 or 1
+    X: np.ndarray  # (n, n_features) float64
+    y: np.ndarray  # (n,) int64, 0 or 1
     feature_names: list[str]
-    concept: np.ndarray        # (n,) concept index of each row
+    concept: np.ndarray  # (n,) concept index of each row
 
 
 def feature_names(generator: Generator = "hyperplane", n_features: int = 10) -> list[str]:
@@ -52,8 +53,7 @@ def feature_names(generator: Generator = "hyperplane", n_features: int = 10) -> 
     return [f"x{i}" for i in range(n_features)]
 
 
-def sample_features(n: int, seed: int = 0, generator: Generator = "hyperplane",
-                    n_features: int = 10) -> np.ndarray:
+def sample_features(n: int, seed: int = 0, generator: Generator = "hyperplane", n_features: int = 10) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if generator == "agrawal":
         return _sample_agrawal(n, rng)
@@ -61,8 +61,9 @@ def sample_features(n: int, seed: int = 0, generator: Generator = "hyperplane",
     return rng.random((n, n_features))
 
 
-def concept_labels(X: np.ndarray, concept: int | np.ndarray, generator: Generator = "hyperplane",
-                   concept_seed: int = 0) -> np.ndarray:
+def concept_labels(
+    X: np.ndarray, concept: int | np.ndarray, generator: Generator = "hyperplane", concept_seed: int = 0
+) -> np.ndarray:
     """Labels of the rows of ``X`` under ``concept`` (one index, or one per row)."""
     concepts = np.broadcast_to(np.asarray(concept, dtype=np.int64), (len(X),))
     y = np.zeros(len(X), dtype=np.int64)
@@ -72,8 +73,9 @@ def concept_labels(X: np.ndarray, concept: int | np.ndarray, generator: Generato
     return y
 
 
-def concept_index(n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrupt",
-                  width: int = 1000, seed: int = 0) -> np.ndarray:
+def concept_index(
+    n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrupt", width: int = 1000, seed: int = 0
+) -> np.ndarray:
     """Concept of each of ``n`` rows: how many drift positions the row has passed."""
     t = np.arange(n)[:, None]
     positions = np.sort(np.asarray(drift_at, dtype=np.float64))[None, :]
@@ -89,9 +91,17 @@ def concept_index(n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrup
     return (u < share_new).sum(axis=1).astype(np.int64)
 
 
-def drift_stream(n: int, drift_at: Sequence[int] = (), kind: DriftKind = "abrupt", width: int = 1000,
-                 seed: int = 0, generator: Generator = "hyperplane", n_features: int = 10,
-                 noise: float = 0.05, concept_seed: int = 0) -> Stream:
+def drift_stream(
+    n: int,
+    drift_at: Sequence[int] = (),
+    kind: DriftKind = "abrupt",
+    width: int = 1000,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+) -> Stream:
     """``n`` rows whose labelling concept changes at the ``drift_at`` positions.
 
     ``noise`` flips that fraction of labels at random (label noise, independent of the concept).
@@ -114,9 +124,17 @@ def to_records(X: np.ndarray, names: Sequence[str]) -> list[dict[str, float]]:
     return [dict(zip(names, map(float, row))) for row in X]
 
 
-def write_base_csv(path: str | Path, n: int, seed: int = 0, generator: Generator = "hyperplane",
-                   n_features: int = 10, target: str = "label", noise: float = 0.05,
-                   concept: int = 0, concept_seed: int = 0) -> list[str]:
+def write_base_csv(
+    path: str | Path,
+    n: int,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    target: str = "label",
+    noise: float = 0.05,
+    concept: int = 0,
+    concept_seed: int = 0,
+) -> list[str]:
     """Write ``n`` rows of one concept as CSV (features + ``target``); returns the feature names."""
     X = sample_features(n, seed, generator, n_features)
     y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
@@ -131,10 +149,18 @@ def write_base_csv(path: str | Path, n: int, seed: int = 0, generator: Generator
     return names
 
 
-def write_feedback_logs(model_dir: str | Path, X: np.ndarray, y: np.ndarray, names: Sequence[str],
-                        ts: Sequence[float], version: int = 1, track: str = "stable",
-                        predictions: Sequence[object] | None = None, label_delay: float = 60.0,
-                        host: str = "synthetic") -> list[str]:
+def write_feedback_logs(
+    model_dir: str | Path,
+    X: np.ndarray,
+    y: np.ndarray,
+    names: Sequence[str],
+    ts: Sequence[float],
+    version: int = 1,
+    track: str = "stable",
+    predictions: Sequence[object] | None = None,
+    label_delay: float = 60.0,
+    host: str = "synthetic",
+) -> list[str]:
     """Append rows as the model server logs them: a prediction line and, ``label_delay`` seconds
     later, a feedback line, in UTC day partitions (docs/contracts.md). Returns the prediction ids."""
     model_dir = Path(model_dir)
@@ -143,12 +169,35 @@ def write_feedback_logs(model_dir: str | Path, X: np.ndarray, y: np.ndarray, nam
     lines: dict[Path, list[str]] = {}
     for row_id, row, label, t, guess in zip(ids, X, y, ts, predicted):
         t, label_ts = float(t), float(t) + label_delay
-        _add_line(lines, model_dir / "predictions", t, host, {
-            "id": row_id, "ts": t, "version": version, "track": track,
-            "features": dict(zip(names, map(float, row))), "prediction": guess})
-        _add_line(lines, model_dir / "feedback", label_ts, host, {
-            "id": row_id, "ts": label_ts, "label": int(label), "version": version, "track": track,
-            "prediction": guess, "predictionTs": t})
+        _add_line(
+            lines,
+            model_dir / "predictions",
+            t,
+            host,
+            {
+                "id": row_id,
+                "ts": t,
+                "version": version,
+                "track": track,
+                "features": dict(zip(names, map(float, row))),
+                "prediction": guess,
+            },
+        )
+        _add_line(
+            lines,
+            model_dir / "feedback",
+            label_ts,
+            host,
+            {
+                "id": row_id,
+                "ts": label_ts,
+                "label": int(label),
+                "version": version,
+                "track": track,
+                "prediction": guess,
+                "predictionTs": t,
+            },
+        )
     for path, content in lines.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as out:
@@ -162,6 +211,7 @@ def _add_line(lines: dict[Path, list[str]], folder: Path, ts: float, host: str, 
 
 
 # --- generators ----------------------------------------------------------------------------------
+
 
 def _check_generator(generator: str) -> None:
     if generator not in ("hyperplane", "agrawal"):
@@ -227,5 +277,8 @@ def _rule_disposable_income(X: np.ndarray) -> np.ndarray:
 
 
 AGRAWAL_RULES: list[Callable[[np.ndarray], np.ndarray]] = [
-    _rule_age, _rule_age_salary, _rule_age_education, _rule_disposable_income,
+    _rule_age,
+    _rule_age_salary,
+    _rule_age_education,
+    _rule_disposable_income,
 ]

@@ -2,10 +2,12 @@
 
 It brings up the test bed (a real one-node Kubernetes 1.20 cluster: control plane, kubelet,
 containerd, kube-proxy, built once and cached; a real Prometheus), builds the project's images, installs
-the operator in-cluster with `kubectl apply -k manifests/`, deploys a model for a synthetic concept-drift stream, drives traffic with delayed ground
-truth, drifts the labels (abruptly, then gradually), and prints what the loop does. At the end it writes
-a plot and a summary table. Ctrl-C tears everything down; `--keep` leaves the cluster running.
+the operator in-cluster with `kubectl apply -k manifests/`, deploys a model for a synthetic concept-drift
+stream, drives traffic with delayed ground truth, drifts the labels (abruptly, then gradually), and
+prints what the loop does. At the end it writes a plot and a summary table. Ctrl-C tears everything
+down; `--keep` leaves the cluster running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,33 +31,67 @@ NAMESPACE = "demo"
 LOOP = "churn"
 IMAGE_TAG = "0.1.0"
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+BY_VERSION = "sum by (model, namespace, version)"
 SELECT = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",track="stable"'
 
 
-def loop_manifest(prometheus_url: str, storage: dict[str, Any], fast: bool, namespace: str = NAMESPACE,
-                  registry: str | None = None, images: dict[str, str] | None = None) -> dict[str, Any]:
+def loop_manifest(
+    prometheus_url: str,
+    storage: dict[str, Any],
+    fast: bool,
+    namespace: str = NAMESPACE,
+    registry: str | None = None,
+    images: dict[str, str] | None = None,
+) -> dict[str, Any]:
     window = "20s"
     images = images or {"server": image(registry, "mfl-server"), "trainer": image(registry, "mfl-trainer")}
     return {
-        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
         "metadata": {"name": LOOP, "namespace": namespace},
         "spec": {
             "model": {"name": LOOP, "serving": {"replicas": 2, "image": images["server"]}, "storage": storage},
-            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s", "metrics": [{
-                "name": "accuracy", "min": 0.8, "for": "6s", "minSamples": 30,
-                "query": f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{SELECT}}}[{window}])) / "
-                         f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
-                "samplesQuery": f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{SELECT}}}[{window}]))"}]},
-            "retraining": {"trainer": {"image": images["trainer"]},
-                           "features": datasets.feature_names(), "target": "label", "cooldown": "20s",
-                           "maxRetrainsPerDay": 10, "minRows": 100, "holdoutFraction": 0.3,
-                           # A short window and heavy weight on fresh labels: after a drift the loop
-                           # adapts once about a window of new-concept labels exists.
-                           "dataWindow": "45s", "recentWeight": 20},
-            "rollout": {"steps": [{"weight": 30, "pause": "8s" if fast else "12s"},
-                                  {"weight": 50, "pause": "8s" if fast else "12s"}],
-                        "analysis": {"interval": "2s", "minSamples": 150, "maxDegradation": 0.03,
-                                     "maxDuration": "5m", "latency": {"enabled": False}}},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": "2s",
+                "metrics": [
+                    {
+                        "name": "accuracy",
+                        "min": 0.8,
+                        "for": "6s",
+                        "minSamples": 30,
+                        "query": f"{BY_VERSION} (increase(mfl_feedback_correct_total{{{SELECT}}}[{window}])) / "
+                        f"{BY_VERSION} (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
+                        "samplesQuery": f"{BY_VERSION} (increase(mfl_feedback_total{{{SELECT}}}[{window}]))",
+                    }
+                ],
+            },
+            "retraining": {
+                "trainer": {"image": images["trainer"]},
+                "features": datasets.feature_names(),
+                "target": "label",
+                "cooldown": "20s",
+                "maxRetrainsPerDay": 10,
+                "minRows": 100,
+                "holdoutFraction": 0.3,
+                # A short window and heavy weight on fresh labels: after a drift the loop
+                # adapts once about a window of new-concept labels exists.
+                "dataWindow": "45s",
+                "recentWeight": 20,
+            },
+            "rollout": {
+                "steps": [
+                    {"weight": 30, "pause": "8s" if fast else "12s"},
+                    {"weight": 50, "pause": "8s" if fast else "12s"},
+                ],
+                "analysis": {
+                    "interval": "2s",
+                    "minSamples": 150,
+                    "maxDegradation": 0.03,
+                    "maxDuration": "5m",
+                    "latency": {"enabled": False},
+                },
+            },
         },
     }
 
@@ -99,6 +135,7 @@ class Demo:
         from .localdev.cluster import Cluster
         from .localdev.controlplane import ensure_binaries
         from .localdev.images import ensure_images, image_archives
+
         if os.geteuid() != 0:
             raise SystemExit("mfl demo needs root: it runs a real kubelet, containerd and a bridge on this machine")
         self.say(f"work folder {self.workdir}")
@@ -111,8 +148,11 @@ class Demo:
         self.components.append(self.cluster)
         self.prometheus_url = self.cluster.prometheus.url
         # Status values refresh every 3 s instead of 5 min, so that the live view and the plot follow them.
-        self.cluster.install_operator(MANIFESTS, {"operator": self.refs["operator"]},
-                                      env={"MFL_STATUS_REFRESH_SECONDS": "3", "MFL_ACTIVE_RECONCILE_SECONDS": "1"})
+        self.cluster.install_operator(
+            MANIFESTS,
+            {"operator": self.refs["operator"]},
+            env={"MFL_STATUS_REFRESH_SECONDS": "3", "MFL_ACTIVE_RECONCILE_SECONDS": "1"},
+        )
         self.say("operator installed in-cluster: kubectl apply -k manifests/ (its image from this tree)")
         self.kubectl("create", "namespace", NAMESPACE)
         self.cluster.plane.wait_for_service_account(NAMESPACE)
@@ -157,20 +197,29 @@ class Demo:
 
     def deploy_model(self) -> None:
         from .localdev.cluster import give_to_images
+
         datasets.write_base_csv(self.storage / LOOP / "data" / "base.csv", 3000, seed=1)
         give_to_images(self.storage)
-        self.say("base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features) in the "
-                 "PersistentVolumeClaim churn-artifacts")
+        self.say(
+            "base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features) in the "
+            "PersistentVolumeClaim churn-artifacts"
+        )
         storage = {"persistentVolumeClaim": {"claimName": "churn-artifacts"}}
-        manifest = loop_manifest(self.prometheus_url, storage, self.args.fast,
-                                 images={"server": self.refs["server"], "trainer": self.refs["trainer"]})
+        manifest = loop_manifest(
+            self.prometheus_url,
+            storage,
+            self.args.fast,
+            images={"server": self.refs["server"], "trainer": self.refs["trainer"]},
+        )
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
 
     def start_traffic(self) -> None:
         from .localdev.traffic import TrafficGenerator, service_endpoints
-        self.traffic = TrafficGenerator(service_endpoints(self.kubectl, NAMESPACE, LOOP), rate=80, batch=2,
-                                        label_delay=1.0).start()
+
+        self.traffic = TrafficGenerator(
+            service_endpoints(self.kubectl, NAMESPACE, LOOP), rate=80, batch=2, label_delay=1.0
+        ).start()
         self.say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
 
     def set_concept(self, concept: int) -> None:
@@ -215,7 +264,9 @@ class Demo:
     def observe(self) -> dict[str, Any]:
         status = self.status()
         metric = (status.get("metrics") or [{}])[0].get("value")
-        self.timeline.samples.append((self.timeline.t(), metric, status.get("phase", "?"), status.get("currentVersion")))
+        self.timeline.samples.append(
+            (self.timeline.t(), metric, status.get("phase", "?"), status.get("currentVersion"))
+        )
         traffic = getattr(self, "traffic", None)
         if traffic is not None:
             self.timeline.client.append((self.timeline.t(), traffic.stats.accuracy()))
@@ -233,13 +284,23 @@ class Demo:
             line += f"  | training v{status['retraining']['version']} ({status['retraining']['trigger']})"
         rollout = status.get("rollout")
         if rollout:
-            line += (f"  | canary v{rollout['version']} step {rollout['step'] + 1} at {rollout['weight']}%, "
-                     f"analysis {rollout.get('analysisPhase')}")
+            line += (
+                f"  | canary v{rollout['version']} step {rollout['step'] + 1} at {rollout['weight']}%, "
+                f"analysis {rollout.get('analysisPhase')}"
+            )
         return line
 
     def new_events(self) -> None:
-        out = self.kubectl("get", "events", "-n", self.namespace, "-o", "json",
-                              "--field-selector=involvedObject.kind=ModelFeedbackLoop", check=False)
+        out = self.kubectl(
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "-o",
+            "json",
+            "--field-selector=involvedObject.kind=ModelFeedbackLoop",
+            check=False,
+        )
         if out.returncode != 0:
             return
         for event in sorted(json.loads(out.stdout)["items"], key=lambda e: e.get("firstTimestamp") or ""):
@@ -247,16 +308,24 @@ class Demo:
             if uid in self.seen_events:
                 continue
             self.seen_events.add(uid)
-            self.timeline.marks.append((self.timeline.t(parse_time(event.get("firstTimestamp")) or time.time()),
-                                        event["reason"]))
+            self.timeline.marks.append(
+                (self.timeline.t(parse_time(event.get("firstTimestamp")) or time.time()), event["reason"])
+            )
             self.say(f"  event {event['type']:<7} {event['reason']}: {event['message'][:150]}")
             if event["reason"] in {"RetrainingStarted", "CanaryStarted"}:
                 self.show_pods()
 
     def show_pods(self) -> None:
         """What `kubectl get pods -A` shows now: the operator and the loop's Pods, all from the project's images."""
-        out = self.kubectl("get", "pods", "--all-namespaces", "-o", "custom-columns=NAMESPACE:.metadata.namespace,"
-                           "POD:.metadata.name,PHASE:.status.phase,IMAGE:.spec.containers[0].image", check=False)
+        out = self.kubectl(
+            "get",
+            "pods",
+            "--all-namespaces",
+            "-o",
+            "custom-columns=NAMESPACE:.metadata.namespace,"
+            "POD:.metadata.name,PHASE:.status.phase,IMAGE:.spec.containers[0].image",
+            check=False,
+        )
         for line in out.stdout.splitlines():
             print(f"           {line}", flush=True)
 
@@ -267,8 +336,10 @@ class Demo:
         write_plot(self.timeline, plot)
         print("\nversions:")
         for record in status.get("history", []):
-            print(f"  v{record['version']:<3} {record.get('trigger', ''):<9} {record.get('outcome', ''):<12} "
-                  f"{record.get('at', '')}  {record.get('message', '')[:90]}")
+            print(
+                f"  v{record['version']:<3} {record.get('trigger', ''):<9} {record.get('outcome', ''):<12} "
+                f"{record.get('at', '')}  {record.get('message', '')[:90]}"
+            )
         print("\ntimeline (seconds since the demo started):")
         for at, label in sorted(self.timeline.marks):
             print(f"  {at:7.1f}s  {label}")
@@ -298,11 +369,14 @@ class ClusterDemo(Demo):
     def bring_up(self) -> None:
         self.prometheus_url = self.args.prometheus_url
         registry = self.args.registry
-        rendered = self.kubectl("kustomize", str(MANIFESTS)).stdout.replace("ghcr.io/feedbackloop", registry.rstrip("/"))
+        rendered = self.kubectl("kustomize", str(MANIFESTS)).stdout.replace(
+            "ghcr.io/feedbackloop", registry.rstrip("/")
+        )
         self.kubectl("apply", "-f", "-", input=rendered)
         self.say(f"installed the CRD and the operator (images from {registry})")
-        self.kubectl("rollout", "status", "deployment/feedbackloop-operator", "-n", "feedbackloop-system",
-                     "--timeout=300s")
+        self.kubectl(
+            "rollout", "status", "deployment/feedbackloop-operator", "-n", "feedbackloop-system", "--timeout=300s"
+        )
         self.kubectl("create", "namespace", self.namespace, check=False)
         self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump_all(self.workload()))
         self.kubectl("wait", "-n", self.namespace, "--for=condition=complete", "job/mfl-demo-seed", "--timeout=300s")
@@ -311,17 +385,46 @@ class ClusterDemo(Demo):
     def workload(self) -> list[dict[str, Any]]:
         volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "mfl-demo-artifacts"}}
         security = resources.restricted_pod_security()
-        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "mfl-demo-artifacts"},
-               "spec": {"accessModes": [self.args.access_mode], "resources": {"requests": {"storage": "1Gi"}},
-                        **({"storageClassName": self.args.storage_class} if self.args.storage_class else {})}}
-        seed = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "mfl-demo-seed"}, "spec": {
-            "backoffLimit": 2, "template": {"spec": {
-                "restartPolicy": "Never", "securityContext": security, "volumes": [volume],
-                "containers": [{"name": "seed", "image": image(self.args.registry, "mfl-trainer"),
-                                "command": ["python", "-m", "feedbackloop.localdev.traffic", "seed",
-                                            f"/var/lib/mfl/artifacts/{LOOP}/data/base.csv"],
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "mfl-demo-artifacts"},
+            "spec": {
+                "accessModes": [self.args.access_mode],
+                "resources": {"requests": {"storage": "1Gi"}},
+                **({"storageClassName": self.args.storage_class} if self.args.storage_class else {}),
+            },
+        }
+        seed = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "mfl-demo-seed"},
+            "spec": {
+                "backoffLimit": 2,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "securityContext": security,
+                        "volumes": [volume],
+                        "containers": [
+                            {
+                                "name": "seed",
+                                "image": image(self.args.registry, "mfl-trainer"),
+                                "command": [
+                                    "python",
+                                    "-m",
+                                    "feedbackloop.localdev.traffic",
+                                    "seed",
+                                    f"/var/lib/mfl/artifacts/{LOOP}/data/base.csv",
+                                ],
                                 "securityContext": resources.restricted_container_security(),
-                                "volumeMounts": [{"name": "artifacts", "mountPath": "/var/lib/mfl/artifacts"}]}]}}}}
+                                "volumeMounts": [{"name": "artifacts", "mountPath": "/var/lib/mfl/artifacts"}],
+                            }
+                        ],
+                    }
+                },
+            },
+        }
         return [pvc, seed]
 
     def deploy_model(self) -> None:
@@ -332,15 +435,36 @@ class ClusterDemo(Demo):
 
     def start_traffic(self) -> None:
         labels = {"app.kubernetes.io/name": "mfl-demo-traffic"}
-        deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "mfl-demo-traffic"},
-                      "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-                          "metadata": {"labels": labels}, "spec": {
-                              "securityContext": resources.restricted_pod_security(), "containers": [{
-                              "name": "traffic", "image": image(self.args.registry, "mfl-trainer"),
-                              "command": ["python", "-m", "feedbackloop.localdev.traffic", "run",
-                                          f"--url=http://{LOOP}.{self.namespace}.svc:80"],
-                              "securityContext": resources.restricted_container_security(),
-                              "env": [{"name": "MFL_CONCEPT", "value": "0"}]}]}}}}
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "mfl-demo-traffic"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "securityContext": resources.restricted_pod_security(),
+                        "containers": [
+                            {
+                                "name": "traffic",
+                                "image": image(self.args.registry, "mfl-trainer"),
+                                "command": [
+                                    "python",
+                                    "-m",
+                                    "feedbackloop.localdev.traffic",
+                                    "run",
+                                    f"--url=http://{LOOP}.{self.namespace}.svc:80",
+                                ],
+                                "securityContext": resources.restricted_container_security(),
+                                "env": [{"name": "MFL_CONCEPT", "value": "0"}],
+                            }
+                        ],
+                    },
+                },
+            },
+        }
         self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(deployment))
         self.say("traffic: a Deployment sends 80 predictions/s to the Service, ground truth 1 s later")
 
@@ -348,8 +472,15 @@ class ClusterDemo(Demo):
         self.kubectl("set", "env", "-n", self.namespace, "deployment/mfl-demo-traffic", f"MFL_CONCEPT={concept}")
 
     def drift_gradually(self, concept: int, seconds: float) -> None:
-        self.kubectl("set", "env", "-n", self.namespace, "deployment/mfl-demo-traffic",
-                     f"MFL_NEXT_CONCEPT={concept}", f"MFL_RAMP_SECONDS={seconds:.0f}")
+        self.kubectl(
+            "set",
+            "env",
+            "-n",
+            self.namespace,
+            "deployment/mfl-demo-traffic",
+            f"MFL_NEXT_CONCEPT={concept}",
+            f"MFL_RAMP_SECONDS={seconds:.0f}",
+        )
 
     def stop_traffic(self) -> None:
         self.kubectl("delete", "deployment", "mfl-demo-traffic", "-n", self.namespace, check=False)
@@ -363,14 +494,22 @@ class ClusterDemo(Demo):
 
 def write_plot(timeline: Timeline, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(11, 4.5))
     points = [(t, v) for t, v, _, _ in timeline.samples if v is not None]
     if points:
         ax.plot(*zip(*points), label="stable accuracy (loop status, 20 s window)", color="tab:blue")
-    colors = {"drift": "tab:red", "BreachStarted": "tab:orange", "RetrainingStarted": "tab:purple",
-              "CanaryStarted": "tab:cyan", "Promoted": "tab:green", "RolledBack": "black"}
+    colors = {
+        "drift": "tab:red",
+        "BreachStarted": "tab:orange",
+        "RetrainingStarted": "tab:purple",
+        "CanaryStarted": "tab:cyan",
+        "Promoted": "tab:green",
+        "RolledBack": "black",
+    }
     seen: set[str] = set()
     for at, label in sorted(timeline.marks):
         key = "drift" if "drift" in label else label
@@ -392,8 +531,10 @@ def write_plot(timeline: Timeline, path: Path) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     if args.kubeconfig and not (args.registry and args.prometheus_url):
-        raise SystemExit("mfl demo --kubeconfig needs --registry (where the project's images are) and "
-                         "--prometheus-url (a Prometheus that scrapes the cluster's Pods)")
+        raise SystemExit(
+            "mfl demo --kubeconfig needs --registry (where the project's images are) and "
+            "--prometheus-url (a Prometheus that scrapes the cluster's Pods)"
+        )
     demo = ClusterDemo(args) if args.kubeconfig else Demo(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

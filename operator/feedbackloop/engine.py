@@ -9,6 +9,7 @@ The engine is the only writer of `status`. It keeps the status it last wrote, so
 lags behind its own write never makes it act twice; after a restart it starts from the status that
 the API server holds.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +40,8 @@ VOLATILE_METRIC_FIELDS = ("value", "sampleTime", "message")
 @dataclass
 class Settings:
     tick_seconds: float = 1.0
-    active_reconcile_seconds: float = 5.0     # Retraining/Canary loops: follow Jobs and canaries this often
-    status_refresh_seconds: float = 300.0     # rewrite live metric values at most this often
+    active_reconcile_seconds: float = 5.0  # Retraining/Canary loops: follow Jobs and canaries this often
+    status_refresh_seconds: float = 300.0  # rewrite live metric values at most this often
     concurrency: int = 16
     job_extra_config: dict[str, Any] = field(default_factory=dict)  # e.g. labelNoise in tests
 
@@ -105,7 +106,7 @@ class Engine:
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self._sleep_seconds(time.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.wake.clear()
             try:
@@ -141,9 +142,11 @@ class Engine:
         memory.parsed_generation = generation
         try:
             spec = api.validate_spec(body.get("spec") or {})
-            problems = [f"spec.monitoring.metrics[{i}].query: {p}"
-                        for i, rule in enumerate(spec.monitoring.metrics)
-                        for p in promql.check_template(rule.query) + promql.check_template(rule.samples_query or "")]
+            problems = [
+                f"spec.monitoring.metrics[{i}].query: {p}"
+                for i, rule in enumerate(spec.monitoring.metrics)
+                for p in promql.check_template(rule.query) + promql.check_template(rule.samples_query or "")
+            ]
             if spec.retraining and spec.retraining.schedule:
                 try:
                     cron.parse(spec.retraining.schedule)
@@ -187,8 +190,12 @@ class Engine:
                 unreachable[key] = {rule.name: Sample(None, now, error=message) for rule in rules}
                 continue
             status = self._status(body, memory)
-            values = {"model": spec.model.name, "namespace": body["metadata"]["namespace"],
-                      "version": str(status.get("currentVersion") or ""), "track": "stable"}
+            values = {
+                "model": spec.model.name,
+                "namespace": body["metadata"]["namespace"],
+                "version": str(status.get("currentVersion") or ""),
+                "track": "stable",
+            }
             queries.append(LoopQuery(key, endpoint, values, rules))
         samples: dict[str, dict[str, Sample]] = dict(unreachable)
         if queries:
@@ -200,13 +207,18 @@ class Engine:
     def _evaluate(self, key: str, samples: dict[str, Sample]) -> dict[str, RuleState]:
         spec = self.memory[key].spec
         assert spec is not None
-        previous = {m.get("name"): rule_state_from_status(m)
-                    for m in self._status(self.loops[key], self.memory[key]).get("metrics", [])}
-        return {rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()), samples[rule.name])
-                for rule in rules_of(spec.monitoring, spec.model.task)}
+        previous = {
+            m.get("name"): rule_state_from_status(m)
+            for m in self._status(self.loops[key], self.memory[key]).get("metrics", [])
+        }
+        return {
+            rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()), samples[rule.name])
+            for rule in rules_of(spec.monitoring, spec.model.task)
+        }
 
-    async def _credentials(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec,
-                           now: float | None = None) -> tuple[str | None, str | None]:
+    async def _credentials(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, now: float | None = None
+    ) -> tuple[str | None, str | None]:
         prom = spec.monitoring.prometheus
         namespace = body["metadata"]["namespace"]
         token = ca_file = None
@@ -251,13 +263,18 @@ class Engine:
         status = self._status(body, memory)
         spec = memory.spec
         world = phases.World(
-            now=now, name=body["metadata"]["name"], generation=body["metadata"].get("generation", 0),
-            spec=spec, spec_error=memory.spec_error, status=status,
+            now=now,
+            name=body["metadata"]["name"],
+            generation=body["metadata"].get("generation", 0),
+            spec=spec,
+            spec_error=memory.spec_error,
+            status=status,
             health=summarize(rule_states) if rule_states is not None else None,
             job=await self._observe_job(body, status) if spec else None,
             serving=self._observe_serving(body) if spec else None,
             canary=await self._observe_canary(body, spec, status, memory, now) if spec else None,
-            requests=_requests(body))
+            requests=_requests(body),
+        )
         decision = phases.decide(world)
         await self._act(body, spec, decision)
         await self._write_status(key, body, memory, status, decision.status, now)
@@ -279,28 +296,34 @@ class Engine:
             return phases.JobObservation(run["jobName"], "Succeeded", message, summary)
         failed = conditions["Failed"]
         detail = (summary or {}).get("error") or message or failed.get("message") or ""
-        return phases.JobObservation(run["jobName"], "Failed",
-                                     f"Job {failed.get('reason', 'Failed')}: {detail or reason}".strip(), summary)
+        return phases.JobObservation(
+            run["jobName"], "Failed", f"Job {failed.get('reason', 'Failed')}: {detail or reason}".strip(), summary
+        )
 
     def _observe_serving(self, body: dict[str, Any]) -> phases.ServingObservation:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         stable = self.deployments.get(f"{namespace}/{resources.stable_name(name)}")
         canary = self.deployments.get(f"{namespace}/{resources.canary_name(name)}")
         return phases.ServingObservation(
-            stable_version=_deployment_version(stable), stable_ready=_ready(stable),
+            stable_version=_deployment_version(stable),
+            stable_ready=_ready(stable),
             stable_replicas=(stable or {}).get("spec", {}).get("replicas") or 0,
-            canary_version=_deployment_version(canary), canary_ready=_ready(canary))
+            canary_version=_deployment_version(canary),
+            canary_ready=_ready(canary),
+        )
 
-    async def _observe_canary(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: dict[str, Any],
-                              memory: LoopMemory, now: float) -> CanaryObservation | None:
+    async def _observe_canary(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: dict[str, Any], memory: LoopMemory, now: float
+    ) -> CanaryObservation | None:
         rollout = status.get("rollout")
         if not rollout or now < memory.next_analysis:
             return None
         memory.next_analysis = now + parse_duration(spec.rollout.analysis.interval)
         token, ca_file = await self._credentials(body, spec)
         endpoint = endpoint_key(spec.monitoring.prometheus, token, ca_file)
-        return await canary_queries.observe(self.clients.query, endpoint, spec, body["metadata"]["namespace"],
-                                            status, rollout, now)
+        return await canary_queries.observe(
+            self.clients.query, endpoint, spec, body["metadata"]["namespace"], status, rollout, now
+        )
 
     # --- acting -----------------------------------------------------------------------------------
     async def _act(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, decision: phases.Decision) -> None:
@@ -320,8 +343,9 @@ class Engine:
         assert spec is not None
         if isinstance(action, phases.StartTraining):
             extra = {**self.settings.job_extra_config, **trainer_overrides(body)}
-            job = resources.training_job(body, spec, action.job_name, action.version, action.parent_version,
-                                         action.trigger, extra)
+            job = resources.training_job(
+                body, spec, action.job_name, action.version, action.parent_version, action.trigger, extra
+            )
             await asyncio.to_thread(self.kube.create_job, body, job)
         elif isinstance(action, phases.EnsureStable):
             await self._ensure_serving(body, spec, action.version)
@@ -331,13 +355,15 @@ class Engine:
                 await asyncio.to_thread(self.kube.ensure_deployment, body, desired)
             if spec.rollout.traffic_routing.http_route:
                 await self._ensure_route_services(body, spec)
-                await asyncio.to_thread(self.kube.set_route_weights, body,
-                                        spec.rollout.traffic_routing.http_route.name, action.weight)
+                await asyncio.to_thread(
+                    self.kube.set_route_weights, body, spec.rollout.traffic_routing.http_route.name, action.weight
+                )
         elif isinstance(action, phases.RemoveCanary):
             await asyncio.to_thread(self.kube.delete_deployment, namespace, resources.canary_name(name))
             if spec.rollout.traffic_routing.http_route:
-                await asyncio.to_thread(self.kube.set_route_weights, body,
-                                        spec.rollout.traffic_routing.http_route.name, 0)
+                await asyncio.to_thread(
+                    self.kube.set_route_weights, body, spec.rollout.traffic_routing.http_route.name, 0
+                )
 
     async def _ensure_serving(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int) -> None:
         await asyncio.to_thread(self.kube.ensure_signing_secret, body)
@@ -351,8 +377,15 @@ class Engine:
         for track in ("stable", "canary"):
             await asyncio.to_thread(self.kube.ensure_service, body, resources.service(body, spec, track))
 
-    async def _write_status(self, key: str, body: dict[str, Any], memory: LoopMemory, before: dict[str, Any],
-                            after: dict[str, Any], now: float) -> None:
+    async def _write_status(
+        self,
+        key: str,
+        body: dict[str, Any],
+        memory: LoopMemory,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        now: float,
+    ) -> None:
         changed = _significant(after) != _significant(before)
         stale = _values(after) != _values(before) and now - memory.written_at >= self.settings.status_refresh_seconds
         if memory.written_status is None and (body.get("status") or {}) != after:
@@ -375,6 +408,7 @@ def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:
     """Rehearsal hook: `feedbackloop.dev/trainer-overrides: '{"labelNoise": 0.4}'` trains a deliberately bad
     candidate, to rehearse the canary's rollback on a real cluster. Only these keys pass: ALLOWED_OVERRIDES."""
     import json
+
     text = (body["metadata"].get("annotations") or {}).get(TRAINER_OVERRIDES)
     if not text:
         return {}
@@ -388,8 +422,11 @@ def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:
 
 def _requests(body: dict[str, Any]) -> dict[str, str]:
     annotations = body["metadata"].get("annotations") or {}
-    return {name: annotations[phases.ANNOTATION_PREFIX + name] for name in phases.REQUEST_ANNOTATIONS
-            if annotations.get(phases.ANNOTATION_PREFIX + name)}
+    return {
+        name: annotations[phases.ANNOTATION_PREFIX + name]
+        for name in phases.REQUEST_ANNOTATIONS
+        if annotations.get(phases.ANNOTATION_PREFIX + name)
+    }
 
 
 def _parse_summary(message: str) -> dict[str, Any] | None:
@@ -423,12 +460,19 @@ def _drifted(observed: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
     """Whether the fields we own differ (the watch cache saves a write per reconcile)."""
     if observed is None:
         return True
+
     def owned(d: dict[str, Any]) -> tuple:
         spec = d.get("spec", {})
         container = spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
         env = {e.get("name"): e.get("value") for e in container.get("env") or []}
-        return (spec.get("replicas"), container.get("image"), env.get("MFL_MODEL_VERSION"),
-                (d["metadata"].get("labels") or {}).get(resources.VERSION_LABEL), tuple(sorted(env.items())))
+        return (
+            spec.get("replicas"),
+            container.get("image"),
+            env.get("MFL_MODEL_VERSION"),
+            (d["metadata"].get("labels") or {}).get(resources.VERSION_LABEL),
+            tuple(sorted(env.items())),
+        )
+
     return owned(observed) != owned(desired)
 
 
@@ -440,8 +484,9 @@ def _values(status: dict[str, Any]) -> list[Any]:
 def _significant(status: dict[str, Any]) -> Any:
     """The status without what changes on every poll."""
     trimmed = {k: v for k, v in status.items() if k not in ("summary",)}
-    trimmed["metrics"] = [{k: v for k, v in m.items() if k not in VOLATILE_METRIC_FIELDS}
-                          for m in status.get("metrics", [])]
+    trimmed["metrics"] = [
+        {k: v for k, v in m.items() if k not in VOLATILE_METRIC_FIELDS} for m in status.get("metrics", [])
+    ]
     trimmed["conditions"] = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])]
     return trimmed
 
@@ -471,7 +516,8 @@ _CA_FILES: dict[str, str] = {}
 def _ca_file(pem: str) -> str:
     digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
     if digest not in _CA_FILES:
-        handle = tempfile.NamedTemporaryFile("w", prefix=f"mfl-ca-{digest}-", suffix=".pem", delete=False)
+        # Kept open-ended on purpose: the file must outlive this call (the HTTP client reads it later).
+        handle = tempfile.NamedTemporaryFile("w", prefix=f"mfl-ca-{digest}-", suffix=".pem", delete=False)  # noqa: SIM115
         handle.write(pem)
         handle.close()
         _CA_FILES[digest] = handle.name

@@ -1,4 +1,5 @@
 """The offline gate: may a challenger go on to a canary? Pure, over the trainer's summary."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ def offline_gate(spec: ModelFeedbackLoopSpec, summary: dict[str, Any], first_ver
         return GateResult(False, f"champion {metric} missing: cannot compare on the same data")
     tolerance = gate.max_degradation if gate else 0.0
     delta = (champion - challenger) if metric in LOWER_IS_BETTER else (challenger - champion)
-    verdict = f"challenger {metric}={challenger:.4f} vs champion {champion:.4f} (delta {delta:+.4f}, " \
-              f"maxDegradation {tolerance:g}, holdout {summary.get('rows', {}).get('holdout', '?')} rows)"
+    verdict = (
+        f"challenger {metric}={challenger:.4f} vs champion {champion:.4f} (delta {delta:+.4f}, "
+        f"maxDegradation {tolerance:g}, holdout {summary.get('rows', {}).get('holdout', '?')} rows)"
+    )
     return GateResult(delta >= -tolerance, verdict)
 
 

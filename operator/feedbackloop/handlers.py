@@ -3,6 +3,7 @@
 No create/update handlers: kopf would store its progress in annotations on the user's objects, and
 the engine already reacts to every watch event (a new generation or request annotation wakes it).
 """
+
 from __future__ import annotations
 
 import asyncio

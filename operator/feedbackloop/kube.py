@@ -3,13 +3,14 @@
 Every create is idempotent: names are deterministic, and AlreadyExists means "it is there" once we
 have checked that the object is ours (a controller owner reference to this loop).
 """
+
 from __future__ import annotations
 
 import base64
 import logging
 import secrets
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -43,19 +44,32 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the status subresource (null deletes a key; lists are replaced whole)."""
         return self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status})
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
+        )
 
     def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = loop["metadata"]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
-                api_version=f"{api.GROUP}/{api.VERSION}", kind=api.KIND, name=meta["name"],
-                namespace=meta["namespace"], uid=meta["uid"], resource_version=meta.get("resourceVersion")),
-            reason=reason, message=message[:1024], type=type_, count=1, first_timestamp=now, last_timestamp=now,
+                api_version=f"{api.GROUP}/{api.VERSION}",
+                kind=api.KIND,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta["uid"],
+                resource_version=meta.get("resourceVersion"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            count=1,
+            first_timestamp=now,
+            last_timestamp=now,
             source=client.V1EventSource(component="feedbackloop-operator", host=self.host),
-            reporting_component="feedbackloop.dev/operator", reporting_instance=self.host)
+            reporting_component="feedbackloop.dev/operator",
+            reporting_instance=self.host,
+        )
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as error:  # an Event is best effort; never fail a reconcile for it
@@ -71,27 +85,45 @@ class Kube:
         existing = read(body["metadata"]["name"], namespace)
         owners = existing.metadata.owner_references or []
         if not any(o.uid == loop_uid and o.controller for o in owners):
-            raise NotOurs(f"{body['kind']} {namespace}/{body['metadata']['name']} exists and is not owned by "
-                          f"this loop; rename or delete it")
+            raise NotOurs(
+                f"{body['kind']} {namespace}/{body['metadata']['name']} exists and is not owned by "
+                f"this loop; rename or delete it"
+            )
         return existing.to_dict()
 
     # --- serving ----------------------------------------------------------------------------------
     def ensure_signing_secret(self, loop: dict[str, Any]) -> None:
         body = resources.signing_secret(loop, secrets.token_urlsafe(32))
-        self._create_or_check(self.core.create_namespaced_secret, self.core.read_namespaced_secret,
-                              loop["metadata"]["namespace"], body, loop["metadata"]["uid"])
+        self._create_or_check(
+            self.core.create_namespaced_secret,
+            self.core.read_namespaced_secret,
+            loop["metadata"]["namespace"],
+            body,
+            loop["metadata"]["uid"],
+        )
 
     def ensure_service(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
-        self._create_or_check(self.core.create_namespaced_service, self.core.read_namespaced_service,
-                              loop["metadata"]["namespace"], body, loop["metadata"]["uid"])
+        self._create_or_check(
+            self.core.create_namespaced_service,
+            self.core.read_namespaced_service,
+            loop["metadata"]["namespace"],
+            body,
+            loop["metadata"]["uid"],
+        )
 
     def ensure_deployment(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
         namespace, name = loop["metadata"]["namespace"], body["metadata"]["name"]
-        self._create_or_check(self.apps.create_namespaced_deployment, self.apps.read_namespaced_deployment,
-                              namespace, body, loop["metadata"]["uid"])
+        self._create_or_check(
+            self.apps.create_namespaced_deployment,
+            self.apps.read_namespaced_deployment,
+            namespace,
+            body,
+            loop["metadata"]["uid"],
+        )
         # Converge replicas, labels and the pod template; a no-op patch does not bump the generation.
-        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": {"labels": body["metadata"]["labels"]},
-                                                                "spec": body["spec"]})
+        self.apps.patch_namespaced_deployment(
+            name, namespace, {"metadata": {"labels": body["metadata"]["labels"]}, "spec": body["spec"]}
+        )
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         try:
@@ -102,8 +134,13 @@ class Kube:
 
     # --- training ---------------------------------------------------------------------------------
     def create_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
-        self._create_or_check(self.batch.create_namespaced_job, self.batch.read_namespaced_job,
-                              loop["metadata"]["namespace"], body, loop["metadata"]["uid"])
+        self._create_or_check(
+            self.batch.create_namespaced_job,
+            self.batch.read_namespaced_job,
+            loop["metadata"]["namespace"],
+            body,
+            loop["metadata"]["uid"],
+        )
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -120,8 +157,12 @@ class Kube:
         for pod in pods:
             for status in pod.status.container_statuses or []:
                 if status.state and status.state.terminated:
-                    finished.append((status.state.terminated.finished_at or datetime.min.replace(tzinfo=timezone.utc),
-                                     status.state.terminated))
+                    finished.append(
+                        (
+                            status.state.terminated.finished_at or datetime.min.replace(tzinfo=UTC),
+                            status.state.terminated,
+                        )
+                    )
         if not finished:
             return "", ""
         terminated = max(finished, key=lambda item: item[0])[1]
@@ -130,11 +171,13 @@ class Kube:
     # --- traffic routing --------------------------------------------------------------------------
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:
         namespace = loop["metadata"]["namespace"]
-        route = self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace,
-                                                         "httproutes", route_name)
+        route = self.custom.get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name
+        )
         patch = resources.http_route_weights(route, loop["metadata"]["name"], canary_weight)
-        self.custom.patch_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
-                                                   route_name, patch)
+        self.custom.patch_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name, patch
+        )
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         secret = self.core.read_namespaced_secret(name, namespace)
@@ -142,4 +185,3 @@ class Kube:
         if data is None:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data).decode()
-

@@ -1,4 +1,5 @@
 """The operator's own Prometheus metrics (served on /metrics by main.py)."""
+
 from __future__ import annotations
 
 from collections import Counter as _Tally
@@ -8,10 +9,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 LOOPS = Gauge("mfl_operator_loops", "Loops by phase", ["phase"])
 LOOPS_DUE = Gauge("mfl_operator_loops_due", "Loops reconciled in the last cycle")
-POLL_SECONDS = Histogram("mfl_operator_poll_duration_seconds", "Duration of one fleet poll",
-                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-POLL_LAG = Histogram("mfl_operator_poll_lag_seconds", "How late a loop's poll starts against its interval",
-                     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60))
+POLL_SECONDS = Histogram(
+    "mfl_operator_poll_duration_seconds",
+    "Duration of one fleet poll",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+POLL_LAG = Histogram(
+    "mfl_operator_poll_lag_seconds",
+    "How late a loop's poll starts against its interval",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60),
+)
 CYCLES_POLLED = Counter("mfl_operator_poll_cycles_total", "Engine cycles that polled Prometheus")
 QUERIES = Counter("mfl_operator_prometheus_queries_total", "PromQL queries sent")
 QUERY_ERRORS = Counter("mfl_operator_prometheus_query_errors_total", "PromQL queries that failed")

@@ -4,6 +4,7 @@ Pure functions over plain data. The state of every rule lives in the loop's stat
 timestamp), so a restarted operator picks up a pending breach where it was: `for` keeps counting from
 the breach start it reads back, it does not restart.
 """
+
 from __future__ import annotations
 
 import math
@@ -134,30 +135,46 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
     window = "5m"
     latency = MetricRule(
         name="latencyP99",
-        query=("histogram_quantile(0.99, sum by (model, namespace, version, le) "
-               f"(rate(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}])))"),
-        max=monitoring.default_latency_p99_max_seconds, **{"for": "2m"})
+        query=(
+            "histogram_quantile(0.99, sum by (model, namespace, version, le) "
+            f"(rate(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}])))"
+        ),
+        max=monitoring.default_latency_p99_max_seconds,
+        **{"for": "2m"},
+    )
     error_rate = MetricRule(
         name="errorRate",
         # `or ... * 0`: no 5xx series at all is a zero error rate, not missing data
-        query=(f'(sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector},code=~"5.."}}[{window}])) '
-               f"or sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}])) * 0) / "
-               f"sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}]))"),
-        max=0.05, **{"for": "2m"})
+        query=(
+            f'(sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector},code=~"5.."}}[{window}])) '
+            f"or sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}])) * 0) / "
+            f"sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}]))"
+        ),
+        max=0.05,
+        **{"for": "2m"},
+    )
     if task == "regression":
         quality = MetricRule(
             name="meanAbsError",
-            query=(f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_sum{{{selector}}}[{window}])) / "
-                   f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_count{{{selector}}}[{window}]))"),
-            max=1.0, **{"for": "2m"})
+            query=(
+                f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_sum{{{selector}}}[{window}])) / "
+                f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_count{{{selector}}}[{window}]))"
+            ),
+            max=1.0,
+            **{"for": "2m"},
+        )
         return [quality, error_rate, latency]
     accuracy = MetricRule(
         name="accuracy",
-        query=(f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{selector}}}[{window}])) / "
-               f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))"),
-        min=monitoring.default_accuracy_min, min_samples=50,
+        query=(
+            f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{selector}}}[{window}])) / "
+            f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))"
+        ),
+        min=monitoring.default_accuracy_min,
+        min_samples=50,
         samples_query=f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))",
-        **{"for": "1m"})
+        **{"for": "1m"},
+    )
     return [accuracy, error_rate, latency]
 
 

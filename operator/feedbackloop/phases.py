@@ -14,6 +14,7 @@
 `decide(world)` reads what the operator observed and returns the next status and the actions to take.
 The adapters (engine.py) only observe and act; every decision is here and tested without a cluster.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,6 +38,7 @@ ANNOTATION_PREFIX = "feedbackloop.dev/"
 
 
 # --- what the operator observed ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class JobObservation:
@@ -63,14 +65,15 @@ class World:
     spec: ModelFeedbackLoopSpec | None
     spec_error: str
     status: dict[str, Any]
-    health: Health | None = None               # None: not polled this round
-    job: JobObservation | None = None          # the Job of status.retraining, when there is one
+    health: Health | None = None  # None: not polled this round
+    job: JobObservation | None = None  # the Job of status.retraining, when there is one
     serving: ServingObservation | None = None
-    canary: CanaryObservation | None = None    # None: not analysed this round
+    canary: CanaryObservation | None = None  # None: not analysed this round
     requests: dict[str, str] = field(default_factory=dict)  # annotation suffix -> value
 
 
 # --- what the operator should do --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EnsureStable:
@@ -118,6 +121,7 @@ class Decision:
 
 # --- naming -----------------------------------------------------------------------------------------
 
+
 def job_name(loop_name: str, version: int) -> str:
     """Deterministic, so a retried or restarted operator finds the Job it made instead of a twin."""
     suffix = f"-train-v{version}"
@@ -135,6 +139,7 @@ def next_version(status: dict[str, Any]) -> int:
 
 # --- policy: may we retrain now? --------------------------------------------------------------------
 
+
 def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: float, trigger: str) -> str:
     """Why a retraining may not start now ('' when it may). Manual requests skip the cooldown only."""
     retraining = spec.retraining
@@ -150,8 +155,9 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: fl
     if trigger == "Initial":
         return ""
     # The cooldown runs from the last start and from the last outcome (a promotion needs time to show).
-    last = max(parse_time(status.get("lastRetrainAt")) or 0.0,
-               parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0)
+    last = max(
+        parse_time(status.get("lastRetrainAt")) or 0.0, parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0
+    )
     cooldown = parse_duration(retraining.cooldown)
     if last and now - last < cooldown and trigger != "Manual":
         return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
@@ -185,6 +191,7 @@ def retrain_trigger(world: World, status: dict[str, Any]) -> tuple[str, str]:
 
 # --- the decision -----------------------------------------------------------------------------------
 
+
 def decide(world: World) -> Decision:
     status = copy.deepcopy(world.status)
     decision = Decision(status)
@@ -204,8 +211,11 @@ def decide(world: World) -> Decision:
         _follow_training(world, decision, now_text)
     elif status.get("rollout"):
         _follow_canary(world, decision, now_text)
-    elif status.get("currentVersion") is not None and world.serving is not None \
-            and world.serving.stable_version != status["currentVersion"]:
+    elif (
+        status.get("currentVersion") is not None
+        and world.serving is not None
+        and world.serving.stable_version != status["currentVersion"]
+    ):
         decision.actions.append(EnsureStable(status["currentVersion"]))
     if not status.get("retraining") and not status.get("rollout"):
         _maybe_start_training(world, decision, now_text)
@@ -215,15 +225,22 @@ def decide(world: World) -> Decision:
 
 def _invalid(world: World, decision: Decision, now: str) -> None:
     status = decision.status
-    was_invalid = status.get("phase") == INVALID and \
-        (cond.get(status.get("conditions", []), cond.READY) or {}).get("message") == world.spec_error
+    was_invalid = (
+        status.get("phase") == INVALID
+        and (cond.get(status.get("conditions", []), cond.READY) or {}).get("message") == world.spec_error
+    )
     status["phase"] = INVALID
     status["observedGeneration"] = world.generation
-    status["conditions"] = cond.apply_all(status.get("conditions", []), [
-        cond.ConditionUpdate(cond.READY, False, "InvalidSpec", world.spec_error),
-        cond.ConditionUpdate(cond.STALLED, True, "InvalidSpec", world.spec_error),
-        cond.ConditionUpdate(cond.RECONCILING, False, "InvalidSpec", "waiting for a valid spec"),
-    ], now, world.generation)
+    status["conditions"] = cond.apply_all(
+        status.get("conditions", []),
+        [
+            cond.ConditionUpdate(cond.READY, False, "InvalidSpec", world.spec_error),
+            cond.ConditionUpdate(cond.STALLED, True, "InvalidSpec", world.spec_error),
+            cond.ConditionUpdate(cond.RECONCILING, False, "InvalidSpec", "waiting for a valid spec"),
+        ],
+        now,
+        world.generation,
+    )
     if not was_invalid:
         decision.event("Warning", "InvalidSpec", world.spec_error)
 
@@ -237,16 +254,21 @@ def _handle_pause_requests(world: World, decision: Decision) -> None:
             handled[name] = value
             if status.get("rollout"):
                 status["rollout"]["paused"] = name == "pause"
-                decision.event("Normal", "RolloutPaused" if name == "pause" else "RolloutResumed",
-                               f"canary of version {status['rollout']['version']} {name}d by annotation")
+                decision.event(
+                    "Normal",
+                    "RolloutPaused" if name == "pause" else "RolloutResumed",
+                    f"canary of version {status['rollout']['version']} {name}d by annotation",
+                )
 
 
 def _record_serving(world: World, decision: Decision) -> None:
     if world.serving is None:
         return
-    decision.status["serving"] = {"version": world.serving.stable_version,
-                                  "readyReplicas": world.serving.stable_ready,
-                                  "replicas": world.serving.stable_replicas}
+    decision.status["serving"] = {
+        "version": world.serving.stable_version,
+        "readyReplicas": world.serving.stable_ready,
+        "replicas": world.serving.stable_replicas,
+    }
 
 
 def _record_health(world: World, decision: Decision, now: str) -> None:
@@ -268,15 +290,26 @@ def _record_health(world: World, decision: Decision, now: str) -> None:
     if not available and (had_metrics is None or had_metrics.get("status") != "False"):
         reasons = "; ".join(health.rules[n].message for n in health.no_data[:3])
         decision.event("Warning", "MetricsUnavailable", reasons)
-    status["conditions"] = cond.apply_all(status.get("conditions", []), [
-        cond.ConditionUpdate(cond.BREACHED, health.breached,
-                             "ThresholdBreached" if health.breached else "WithinThresholds",
-                             "; ".join(health.rules[n].message for n in health.breaching) or "no rule fires"),
-        cond.ConditionUpdate(cond.METRICS_AVAILABLE, available,
-                             "QueriesSucceeded" if available else "NoData",
-                             "; ".join(health.rules[n].message for n in health.no_data[:3]) or
-                             f"{len(health.rules)} metric(s) reporting"),
-    ], now, world.generation)
+    status["conditions"] = cond.apply_all(
+        status.get("conditions", []),
+        [
+            cond.ConditionUpdate(
+                cond.BREACHED,
+                health.breached,
+                "ThresholdBreached" if health.breached else "WithinThresholds",
+                "; ".join(health.rules[n].message for n in health.breaching) or "no rule fires",
+            ),
+            cond.ConditionUpdate(
+                cond.METRICS_AVAILABLE,
+                available,
+                "QueriesSucceeded" if available else "NoData",
+                "; ".join(health.rules[n].message for n in health.no_data[:3])
+                or f"{len(health.rules)} metric(s) reporting",
+            ),
+        ],
+        now,
+        world.generation,
+    )
 
 
 def _summary(first: tuple[str, Any] | None) -> str:
@@ -308,11 +341,17 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     status.pop("retrainBlockedBy", None)
     version = next_version(status)
     name = job_name(world.name, version)
-    status["retraining"] = {"version": version, "jobName": name, "trigger": trigger, "startedAt": now,
-                            "parentVersion": status.get("currentVersion")}
+    status["retraining"] = {
+        "version": version,
+        "jobName": name,
+        "trigger": trigger,
+        "startedAt": now,
+        "parentVersion": status.get("currentVersion"),
+    }
     status["lastRetrainAt"] = now
-    status["retrainTimes"] = [t for t in status.get("retrainTimes", [])
-                              if world.now - (parse_time(t) or 0) < 86400] + [now]
+    status["retrainTimes"] = [t for t in status.get("retrainTimes", []) if world.now - (parse_time(t) or 0) < 86400] + [
+        now
+    ]
     decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name))
     _training_condition(world, decision, now, None, "Started", f"version {version} ({trigger}), Job {name}")
     decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
@@ -326,8 +365,7 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
     if job is None or job.state == "Running":
         return
     if job.state == "Missing":  # created-then-lost, or status written before a crash: create it again
-        decision.actions.append(StartTraining(run["version"], run.get("parentVersion"), run["trigger"],
-                                              run["jobName"]))
+        decision.actions.append(StartTraining(run["version"], run.get("parentVersion"), run["trigger"], run["jobName"]))
         return
     status["retraining"] = None
     if job.state == "Failed" or not (job.summary or {}).get("ok"):
@@ -343,10 +381,20 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
     status.pop("lastFailure", None)
     summary = job.summary or {}
     gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None)
-    status["candidate"] = {"version": run["version"], "challenger": _numbers(summary.get("challenger")),
-                           "champion": _numbers(summary.get("champion")), "gate": gate.message}
-    _training_condition(world, decision, now, gate.passed, "GatePassed" if gate.passed else "CandidateRejected",
-                        f"version {run['version']}: {gate.message}")
+    status["candidate"] = {
+        "version": run["version"],
+        "challenger": _numbers(summary.get("challenger")),
+        "champion": _numbers(summary.get("champion")),
+        "gate": gate.message,
+    }
+    _training_condition(
+        world,
+        decision,
+        now,
+        gate.passed,
+        "GatePassed" if gate.passed else "CandidateRejected",
+        f"version {run['version']}: {gate.message}",
+    )
     if not gate.passed:
         _remember(status, run["version"], run["trigger"], "Rejected", now, gate.message, summary)
         decision.event("Warning", "CandidateRejected", f"version {run['version']}: {gate.message}")
@@ -359,11 +407,16 @@ def _follow_training(world: World, decision: Decision, now: str) -> None:
     _start_canary(world, decision, run["version"], run["trigger"], now)
 
 
-def _training_condition(world: World, decision: Decision, now: str, outcome: bool | None, reason: str,
-                        message: str) -> None:
+def _training_condition(
+    world: World, decision: Decision, now: str, outcome: bool | None, reason: str, message: str
+) -> None:
     """`Retraining`: Unknown while a Job runs, then True (a candidate passed) or False (failed, rejected)."""
-    decision.status["conditions"] = cond.apply(decision.status.get("conditions", []), cond.ConditionUpdate(
-        cond.RETRAINING, outcome, reason, message[:1024]), now, world.generation)
+    decision.status["conditions"] = cond.apply(
+        decision.status.get("conditions", []),
+        cond.ConditionUpdate(cond.RETRAINING, outcome, reason, message[:1024]),
+        now,
+        world.generation,
+    )
 
 
 def _numbers(values: Any) -> dict[str, float]:
@@ -377,9 +430,18 @@ def _start_canary(world: World, decision: Decision, version: int, trigger: str, 
     assert spec is not None
     first = spec.rollout.steps[0]
     replicas, weight = replica_split(spec.model.serving.replicas, first.weight)
-    decision.status["rollout"] = {"version": version, "trigger": trigger, "step": 0, "weight": weight, "startedAt": now,
-                                  "stepStartedAt": now, "analysisPhase": "Running", "consecutiveErrors": 0,
-                                  "evidence": [], "paused": False}
+    decision.status["rollout"] = {
+        "version": version,
+        "trigger": trigger,
+        "step": 0,
+        "weight": weight,
+        "startedAt": now,
+        "stepStartedAt": now,
+        "analysisPhase": "Running",
+        "consecutiveErrors": 0,
+        "evidence": [],
+        "paused": False,
+    }
     decision.actions.append(EnsureCanary(version, replicas, weight))
     decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
 
@@ -394,8 +456,14 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         if value and handled.get(name) != value:
             handled[name] = value
             if name == "promote":
-                _promote(world, decision, rollout["version"], rollout.get("trigger") or "Manual", now,
-                         "promoted by annotation")
+                _promote(
+                    world,
+                    decision,
+                    rollout["version"],
+                    rollout.get("trigger") or "Manual",
+                    now,
+                    "promoted by annotation",
+                )
             else:
                 _roll_back(world, decision, now, "aborted by annotation")
             return
@@ -410,8 +478,14 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         return
     if verdict.phase == "Inconclusive":
         if spec.rollout.analysis.on_inconclusive == "promote":
-            _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now,
-                     f"inconclusive, promoted as configured: {verdict.message}")
+            _promote(
+                world,
+                decision,
+                rollout["version"],
+                rollout.get("trigger", ""),
+                now,
+                f"inconclusive, promoted as configured: {verdict.message}",
+            )
         else:
             _roll_back(world, decision, now, f"inconclusive at the deadline: {verdict.message}")
         return
@@ -426,26 +500,41 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
         replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
         rollout["weight"] = weight
         decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
-        decision.event("Normal", "CanaryStep", f"version {rollout['version']} step {rollout['step'] + 1}: "
-                       f"{weight}% ({replicas} replica(s))")
+        decision.event(
+            "Normal",
+            "CanaryStep",
+            f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
+        )
     elif verdict.phase == "Successful":
         _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, verdict.message)
 
 
-def _promote(world: World, decision: Decision, version: int, trigger: str, now: str, message: str,
-             summary: dict[str, Any] | None = None) -> None:
+def _promote(
+    world: World,
+    decision: Decision,
+    version: int,
+    trigger: str,
+    now: str,
+    message: str,
+    summary: dict[str, Any] | None = None,
+) -> None:
     status = decision.status
     evidence = (status.get("rollout") or {}).get("evidence") or []
     status["currentVersion"] = version
     status["rollout"] = None
     status["candidate"] = None
     # A new version is a new subject: its rules start afresh instead of inheriting the old one's breach.
-    status["metrics"] = [{**m, "state": "NoData", "breachSince": None, "message": f"version {version}: waiting "
-                          "for its own data"} for m in status.get("metrics", [])]
+    status["metrics"] = [
+        {**m, "state": "NoData", "breachSince": None, "message": f"version {version}: waiting for its own data"}
+        for m in status.get("metrics", [])
+    ]
     status["breachSince"] = None
-    status["conditions"] = cond.apply(status.get("conditions", []), cond.ConditionUpdate(
-        cond.BREACHED, False, "NewVersion", f"version {version} promoted; judged on its own data"),
-        now, world.generation)
+    status["conditions"] = cond.apply(
+        status.get("conditions", []),
+        cond.ConditionUpdate(cond.BREACHED, False, "NewVersion", f"version {version} promoted; judged on its own data"),
+        now,
+        world.generation,
+    )
     decision.actions += [EnsureStable(version), RemoveCanary()]
     _remember(status, version, trigger, "Promoted", now, message, summary, evidence)
     decision.event("Normal", "Promoted", f"version {version} now serves as stable: {message}")
@@ -457,17 +546,41 @@ def _roll_back(world: World, decision: Decision, now: str, message: str) -> None
     status["rollout"] = None
     status["candidate"] = None
     decision.actions.append(RemoveCanary())
-    _remember(status, rollout["version"], rollout.get("trigger", ""), "RolledBack", now, message, None,
-              rollout.get("evidence"))
-    decision.event("Warning", "RolledBack", f"version {rollout['version']}: {message}; "
-                   f"stable version {status.get('currentVersion')} untouched")
+    _remember(
+        status,
+        rollout["version"],
+        rollout.get("trigger", ""),
+        "RolledBack",
+        now,
+        message,
+        None,
+        rollout.get("evidence"),
+    )
+    decision.event(
+        "Warning",
+        "RolledBack",
+        f"version {rollout['version']}: {message}; stable version {status.get('currentVersion')} untouched",
+    )
 
 
-def _remember(status: dict[str, Any], version: int, trigger: str, outcome: str, now: str, message: str,
-              summary: dict[str, Any] | None = None, evidence: list | None = None) -> None:
-    record: dict[str, Any] = {"version": version, "trigger": trigger, "outcome": outcome, "at": now,
-                              "message": message[:512],
-                              "metrics": _numbers((summary or {}).get("challenger"))}
+def _remember(
+    status: dict[str, Any],
+    version: int,
+    trigger: str,
+    outcome: str,
+    now: str,
+    message: str,
+    summary: dict[str, Any] | None = None,
+    evidence: list | None = None,
+) -> None:
+    record: dict[str, Any] = {
+        "version": version,
+        "trigger": trigger,
+        "outcome": outcome,
+        "at": now,
+        "message": message[:512],
+        "metrics": _numbers((summary or {}).get("challenger")),
+    }
     if evidence:
         record["evidence"] = evidence[:6]
     status["history"] = ([*status.get("history", []), record])[-HISTORY_LIMIT:]
@@ -490,31 +603,45 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
         phase = BREACHED if breached else MONITORING
     status["phase"] = phase
     serving = world.serving
-    serving_ready = bool(serving and serving.stable_version == status.get("currentVersion")
-                         and serving.stable_replicas and serving.stable_ready >= serving.stable_replicas)
+    serving_ready = bool(
+        serving
+        and serving.stable_version == status.get("currentVersion")
+        and serving.stable_replicas
+        and serving.stable_ready >= serving.stable_replicas
+    )
     updates = [cond.ConditionUpdate(cond.STALLED, False, "Progressing", "")]
     if phase in (RETRAINING, CANARY):
         work = status.get("retraining") or status.get("rollout") or {}
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, phase, f"version {work.get('version')}"))
     elif status.get("currentVersion") is not None and not serving_ready:
-        updates.append(cond.ConditionUpdate(cond.RECONCILING, True, "RollingOut",
-                                            f"waiting for version {status['currentVersion']} to be ready"))
+        updates.append(
+            cond.ConditionUpdate(
+                cond.RECONCILING, True, "RollingOut", f"waiting for version {status['currentVersion']} to be ready"
+            )
+        )
     else:
         updates.append(cond.ConditionUpdate(cond.RECONCILING, False, "Reconciled", ""))
     if status.get("currentVersion") is None:
-        ready = cond.ConditionUpdate(cond.READY, False, "NoModelVersion",
-                                     status.get("lastFailure") or "training the first version")
+        ready = cond.ConditionUpdate(
+            cond.READY, False, "NoModelVersion", status.get("lastFailure") or "training the first version"
+        )
     elif not serving_ready:
-        ready = cond.ConditionUpdate(cond.READY, False, "ServingNotReady",
-                                     f"stable Deployment not ready for version {status['currentVersion']}")
+        ready = cond.ConditionUpdate(
+            cond.READY, False, "ServingNotReady", f"stable Deployment not ready for version {status['currentVersion']}"
+        )
     elif breached:
         ready = cond.ConditionUpdate(cond.READY, False, "Breached", status.get("summary", ""))
     else:
         ready = cond.ConditionUpdate(cond.READY, True, phase, f"version {status['currentVersion']} serving")
     updates.append(ready)
-    updates.append(cond.ConditionUpdate(cond.SERVING_READY, serving_ready,
-                                        "DeploymentReady" if serving_ready else "DeploymentNotReady",
-                                        _serving_message(serving)))
+    updates.append(
+        cond.ConditionUpdate(
+            cond.SERVING_READY,
+            serving_ready,
+            "DeploymentReady" if serving_ready else "DeploymentNotReady",
+            _serving_message(serving),
+        )
+    )
     status["conditions"] = cond.apply_all(status.get("conditions", []), updates, now, world.generation)
 
 
@@ -522,4 +649,3 @@ def _serving_message(serving: ServingObservation | None) -> str:
     if serving is None:
         return "not observed yet"
     return f"version {serving.stable_version}: {serving.stable_ready}/{serving.stable_replicas} ready"
-

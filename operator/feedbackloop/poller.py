@@ -3,6 +3,7 @@
 The thin edge around prometheus-api-client. Errors, timeouts, NaN and empty results all become
 "no data" samples with the reason; the pure rule evaluation decides what no data means.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,9 @@ QueryFn = Callable[[EndpointKey, str], Series]
 
 
 def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str | None) -> EndpointKey:
-    return EndpointKey(endpoint.url.rstrip("/"), token, ca_file, endpoint.insecure_skip_verify,
-                       parse_duration(endpoint.timeout))
+    return EndpointKey(
+        endpoint.url.rstrip("/"), token, ca_file, endpoint.insecure_skip_verify, parse_duration(endpoint.timeout)
+    )
 
 
 class PrometheusClients:
@@ -76,8 +78,13 @@ class PrometheusClients:
 
     def _connect(self, endpoint: EndpointKey) -> PrometheusConnect:
         headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else None
-        client = PrometheusConnect(url=endpoint.url, headers=headers, disable_ssl=endpoint.insecure,
-                                   retry=Retry(total=0), timeout=endpoint.timeout)
+        client = PrometheusConnect(
+            url=endpoint.url,
+            headers=headers,
+            disable_ssl=endpoint.insecure,
+            retry=Retry(total=0),
+            timeout=endpoint.timeout,
+        )
         if endpoint.ca_file and not endpoint.insecure:
             client._session.verify = endpoint.ca_file  # the client exposes no CA option of its own
         self._clients[endpoint] = client
@@ -96,7 +103,9 @@ class FleetPoller:
         self._query = query
         self._semaphore = asyncio.Semaphore(concurrency)
 
-    async def poll(self, loops: Iterable[LoopQuery], now: float | None = None) -> tuple[dict[str, dict[str, Sample]], PollStats]:
+    async def poll(
+        self, loops: Iterable[LoopQuery], now: float | None = None
+    ) -> tuple[dict[str, dict[str, Sample]], PollStats]:
         """Samples per loop key and rule name for every loop given."""
         started = time.monotonic()
         at = time.time() if now is None else now
@@ -107,8 +116,12 @@ class FleetPoller:
                 groups[(loop.endpoint, rule.query)].append(loop)
                 if rule.samples_query:
                     groups[(loop.endpoint, rule.samples_query)].append(loop)
-        results = await asyncio.gather(*(self._run_template(endpoint, template, members, stats)
-                                         for (endpoint, template), members in groups.items()))
+        results = await asyncio.gather(
+            *(
+                self._run_template(endpoint, template, members, stats)
+                for (endpoint, template), members in groups.items()
+            )
+        )
         by_template: dict[tuple[EndpointKey, str], dict[str, float | str | None]] = dict(zip(groups, results))
         samples: dict[str, dict[str, Sample]] = defaultdict(dict)
         for (endpoint, template), members in groups.items():
@@ -119,8 +132,9 @@ class FleetPoller:
         stats.seconds = time.monotonic() - started
         return samples, stats
 
-    async def _run_template(self, endpoint: EndpointKey, template: str, members: list[LoopQuery],
-                            stats: PollStats) -> dict[str, float | str | None]:
+    async def _run_template(
+        self, endpoint: EndpointKey, template: str, members: list[LoopQuery], stats: PollStats
+    ) -> dict[str, float | str | None]:
         """Value (or error text, or None for no data) per loop key."""
         plan = promql.plan_batch(template, (m.values for m in members)) if len(members) > 1 else None
         if plan is not None:
@@ -132,8 +146,9 @@ class FleetPoller:
                 stats.batched_templates += 1
                 return split
         stats.unbatched_templates += 1
-        outcomes = await asyncio.gather(*(self._one(endpoint, promql.render(template, m.values), stats)
-                                          for m in members))
+        outcomes = await asyncio.gather(
+            *(self._one(endpoint, promql.render(template, m.values), stats) for m in members)
+        )
         return {m.key: (o if isinstance(o, str) else _single(o)) for m, o in zip(members, outcomes)}
 
     async def _one(self, endpoint: EndpointKey, query: str, stats: PollStats) -> Series | str:
@@ -187,8 +202,13 @@ def _single(series: Series) -> float | str | None:
     return series[0][1]
 
 
-def _sample(rule: MetricRule, loop: LoopQuery, endpoint: EndpointKey,
-            by_template: Mapping[tuple[EndpointKey, str], Mapping[str, float | str | None]], at: float) -> Sample:
+def _sample(
+    rule: MetricRule,
+    loop: LoopQuery,
+    endpoint: EndpointKey,
+    by_template: Mapping[tuple[EndpointKey, str], Mapping[str, float | str | None]],
+    at: float,
+) -> Sample:
     value = by_template[(endpoint, rule.query)].get(loop.key)
     samples = by_template[(endpoint, rule.samples_query)].get(loop.key) if rule.samples_query else None
     if isinstance(value, str):

@@ -8,6 +8,7 @@ loop's values (`label=~"a|b|c"`), and each result series is handed back to the l
 labels carry. A template that aggregates those labels away cannot be split and falls back to one query
 per loop (its results carry no labels to split by).
 """
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,10 @@ def check_template(template: str) -> list[str]:
 
 def render(template: str, values: Mapping[str, str]) -> str:
     """Fill a template for one loop; every value is escaped as a string literal's content."""
+
     def substitute(match: re.Match[str]) -> str:
         return escape_string(str(values.get(match.group(1), "")))
+
     return _PLACEHOLDER.sub(substitute, template)
 
 
@@ -82,4 +85,5 @@ def plan_batch(template: str, loops: Iterable[Mapping[str, str]]) -> BatchPlan |
         label, placeholder = match.group(1), match.group(2)
         alternation = "|".join(escape_regex(v) for v in alternatives[placeholder])
         return f'{label}=~"{escape_string(alternation)}"'
+
     return BatchPlan(query=_EXACT_MATCHER.sub(to_regex, template), label_of=label_of)

@@ -1,4 +1,5 @@
 """Manifests of the objects a loop owns, as pure functions of the loop (no API calls here)."""
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,32 @@ SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}]
 
 
 def owner_reference(loop: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "name": loop["metadata"]["name"],
-            "uid": loop["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "name": loop["metadata"]["name"],
+        "uid": loop["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def common_labels(loop_name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": "model-feedback-loop",
-            "app.kubernetes.io/instance": loop_name, LOOP_LABEL: loop_name}
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "model-feedback-loop",
+        "app.kubernetes.io/instance": loop_name,
+        LOOP_LABEL: loop_name,
+    }
 
 
 def _metadata(loop: dict[str, Any], name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"name": name, "namespace": loop["metadata"]["namespace"],
-            "labels": {**common_labels(loop["metadata"]["name"]), **(labels or {})},
-            "ownerReferences": [owner_reference(loop)]}
+    return {
+        "name": name,
+        "namespace": loop["metadata"]["namespace"],
+        "labels": {**common_labels(loop["metadata"]["name"]), **(labels or {})},
+        "ownerReferences": [owner_reference(loop)],
+    }
 
 
 def stable_name(loop_name: str) -> str:
@@ -46,13 +60,22 @@ def signing_secret_name(loop_name: str) -> str:
 
 
 def restricted_pod_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def restricted_container_security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+    }
 
 
 def _resources(resources: Resources) -> dict[str, Any]:
@@ -71,19 +94,26 @@ def _volumes(spec: ModelFeedbackLoopSpec) -> tuple[list[dict[str, Any]], list[di
     # The root filesystem is read-only: scratch space is an emptyDir, named by TMPDIR (not over /tmp, so a
     # hostPath under /tmp stays reachable on the local test runtime).
     volumes = [_storage_volume(spec), {"name": "scratch", "emptyDir": {}}]
-    mounts = [{"name": "artifacts", "mountPath": spec.model.storage.mount_path},
-              {"name": "scratch", "mountPath": SCRATCH}]
+    mounts = [
+        {"name": "artifacts", "mountPath": spec.model.storage.mount_path},
+        {"name": "scratch", "mountPath": SCRATCH},
+    ]
     return volumes, mounts
 
 
-def server_deployment(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, track: str,
-                      replicas: int) -> dict[str, Any]:
+def server_deployment(
+    loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, track: str, replicas: int
+) -> dict[str, Any]:
     loop_name = loop["metadata"]["name"]
     name = stable_name(loop_name) if track == "stable" else canary_name(loop_name)
     serving = spec.model.serving
     selector = {LOOP_LABEL: loop_name, TRACK_LABEL: track}
-    pod_labels = {**common_labels(loop_name), "app.kubernetes.io/name": "mfl-server", TRACK_LABEL: track,
-                  VERSION_LABEL: str(version)}
+    pod_labels = {
+        **common_labels(loop_name),
+        "app.kubernetes.io/name": "mfl-server",
+        TRACK_LABEL: track,
+        VERSION_LABEL: str(version),
+    }
     volumes, mounts = _volumes(spec)
     env = [
         {"name": "MFL_MODEL_NAME", "value": spec.model.name},
@@ -91,34 +121,54 @@ def server_deployment(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version
         {"name": "MFL_TRACK", "value": track},
         {"name": "MFL_STORAGE_ROOT", "value": spec.model.storage.mount_path},
         {"name": "MFL_PORT", "value": str(serving.port)},
-        {"name": "MFL_SIGNING_KEY", "valueFrom": {"secretKeyRef": {"name": signing_secret_name(loop_name),
-                                                                    "key": "key"}}},
+        {
+            "name": "MFL_SIGNING_KEY",
+            "valueFrom": {"secretKeyRef": {"name": signing_secret_name(loop_name), "key": "key"}},
+        },
         *SCRATCH_ENV,
         *[{"name": e.name, "value": e.value} for e in serving.env],
     ]
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
     container = {
-        "name": "server", "image": serving.image, "env": env,
+        "name": "server",
+        "image": serving.image,
+        "env": env,
         "ports": [{"name": "http", "containerPort": serving.port}],
         "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 6, "initialDelaySeconds": 10},
-        "resources": _resources(serving.resources), "volumeMounts": mounts,
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+            "initialDelaySeconds": 10,
+        },
+        "resources": _resources(serving.resources),
+        "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
     }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": _metadata(loop, name, {TRACK_LABEL: track, VERSION_LABEL: str(version)}),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(serving.port),
-                    "prometheus.io/path": "/metrics"}},
-                "spec": {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False,
-                         "securityContext": restricted_pod_security(), "terminationGracePeriodSeconds": 30},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(serving.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "containers": [container],
+                    "volumes": volumes,
+                    "automountServiceAccountToken": False,
+                    "securityContext": restricted_pod_security(),
+                    "terminationGracePeriodSeconds": 30,
+                },
             },
         },
     }
@@ -128,61 +178,100 @@ def service(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, track: str | None
     loop_name = loop["metadata"]["name"]
     name = loop_name if track is None else f"{loop_name}-{track}"
     selector = {LOOP_LABEL: loop_name, **({TRACK_LABEL: track} if track else {})}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(loop, name),
-            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(loop, name),
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
 
 
 def signing_secret(loop: dict[str, Any], key: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _metadata(loop, signing_secret_name(loop["metadata"]["name"])),
-            "stringData": {"key": key}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(loop, signing_secret_name(loop["metadata"]["name"])),
+        "stringData": {"key": key},
+    }
 
 
-def trainer_config(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, parent: int | None,
-                   now: float | None = None) -> dict[str, Any]:
+def trainer_config(
+    loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, parent: int | None, now: float | None = None
+) -> dict[str, Any]:
     retraining = spec.retraining
     assert retraining is not None
     return {
-        "model": spec.model.name, "namespace": loop["metadata"]["namespace"],
-        "storageRoot": spec.model.storage.mount_path, "version": version, "parentVersion": parent,
-        "task": spec.model.task, "estimator": retraining.estimator,
-        "hyperparameters": retraining.hyperparameters, "features": retraining.features,
-        "target": retraining.target, "dataWindowSeconds": parse_duration(retraining.data_window),
-        "now": time.time() if now is None else now, "holdoutFraction": retraining.holdout_fraction,
-        "minRows": retraining.min_rows, "incremental": retraining.incremental,
+        "model": spec.model.name,
+        "namespace": loop["metadata"]["namespace"],
+        "storageRoot": spec.model.storage.mount_path,
+        "version": version,
+        "parentVersion": parent,
+        "task": spec.model.task,
+        "estimator": retraining.estimator,
+        "hyperparameters": retraining.hyperparameters,
+        "features": retraining.features,
+        "target": retraining.target,
+        "dataWindowSeconds": parse_duration(retraining.data_window),
+        "now": time.time() if now is None else now,
+        "holdoutFraction": retraining.holdout_fraction,
+        "minRows": retraining.min_rows,
+        "incremental": retraining.incremental,
         "recentWeight": retraining.recent_weight,
         "trainerImage": retraining.trainer.image,
     }
 
 
-def training_job(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, name: str, version: int, parent: int | None,
-                 trigger: str, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def training_job(
+    loop: dict[str, Any],
+    spec: ModelFeedbackLoopSpec,
+    name: str,
+    version: int,
+    parent: int | None,
+    trigger: str,
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     retraining = spec.retraining
     assert retraining is not None
     config = {**trainer_config(loop, spec, version, parent), **(extra_config or {})}
     volumes, mounts = _volumes(spec)
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
     container = {
-        "name": "trainer", "image": retraining.trainer.image,
-        "env": [{"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)}, *SCRATCH_ENV,
-                # As many threads as the CPU limit allows (the node's CPUs when there is none).
-                {"name": "MFL_TRAINER_THREADS", "valueFrom": {"resourceFieldRef": {
-                    "containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}}}],
-        "resources": _resources(retraining.trainer.resources), "volumeMounts": mounts,
-        "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError",
+        "name": "trainer",
+        "image": retraining.trainer.image,
+        "env": [
+            {"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)},
+            *SCRATCH_ENV,
+            # As many threads as the CPU limit allows (the node's CPUs when there is none).
+            {
+                "name": "MFL_TRAINER_THREADS",
+                "valueFrom": {
+                    "resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}
+                },
+            },
+        ],
+        "resources": _resources(retraining.trainer.resources),
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_container_security(),
     }
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {**_metadata(loop, name, labels),
-                     "annotations": {"feedbackloop.dev/trigger": trigger}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_metadata(loop, name, labels), "annotations": {"feedbackloop.dev/trigger": trigger}},
         "spec": {
             "backoffLimit": retraining.trainer.backoff_limit,
             "activeDeadlineSeconds": retraining.trainer.active_deadline_seconds,
             "template": {
                 "metadata": {"labels": {**common_labels(loop["metadata"]["name"]), **labels}},
-                "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
-                         "automountServiceAccountToken": False, "securityContext": restricted_pod_security()},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": volumes,
+                    "automountServiceAccountToken": False,
+                    "securityContext": restricted_pod_security(),
+                },
             },
         },
     }
@@ -193,7 +282,9 @@ def http_route_weights(route: dict[str, Any], loop_name: str, canary_weight: int
     rules = route.get("spec", {}).get("rules") or [{}]
     patched = []
     for rule in rules:
-        backends = [{"name": f"{loop_name}-stable", "port": 80, "weight": 100 - canary_weight},
-                    {"name": f"{loop_name}-canary", "port": 80, "weight": canary_weight}]
+        backends = [
+            {"name": f"{loop_name}-stable", "port": 80, "weight": 100 - canary_weight},
+            {"name": f"{loop_name}-canary", "port": 80, "weight": canary_weight},
+        ]
         patched.append({**rule, "backendRefs": backends})
     return {"spec": {"rules": patched}}

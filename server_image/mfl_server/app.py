@@ -4,6 +4,7 @@ Inference runs inline on the loop: a vectorised predict over a bounded batch tak
 millisecond to a few milliseconds, cheaper than handing it to a thread. Logs are appended before the
 response is sent; SIGTERM stops listening, lets in-flight requests finish, then closes the logs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -28,7 +30,7 @@ from .model import LoadedModel, ModelLoadError, load_model
 from .store import DailyJsonl, process_file_name
 
 log = logging.getLogger("mfl_server")
-SHUTDOWN_TIMEOUT = 20.0          # seconds for in-flight requests; the pod's grace period is 30
+SHUTDOWN_TIMEOUT = 20.0  # seconds for in-flight requests; the pod's grace period is 30
 Handler = Callable[["ModelServer", web.Request], Awaitable[web.Response]]
 
 
@@ -42,9 +44,10 @@ def error_response(status: int, message: str) -> web.Response:
 
 def api_endpoint(name: str) -> Callable[[Handler], Handler]:
     """Turns errors into JSON responses and counts every outcome in mfl_http_requests_total."""
+
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
-        async def run(self: "ModelServer", request: web.Request) -> web.Response:
+        async def run(self: ModelServer, request: web.Request) -> web.Response:
             started = time.perf_counter()
             self.in_flight.enter()
             try:
@@ -57,12 +60,14 @@ def api_endpoint(name: str) -> Callable[[Handler], Handler]:
             finally:
                 self.in_flight.leave()
             if self.shutting_down:
-                response.force_close()      # no keep-alive: the client reconnects to another replica
+                response.force_close()  # no keep-alive: the client reconnects to another replica
             self.metrics.count_request(name, response.status)
             if name == "predict":
                 self.metrics.observe_latency(time.perf_counter() - started)
             return response
+
         return run
+
     return decorate
 
 
@@ -87,7 +92,7 @@ class InFlight:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 
@@ -147,8 +152,14 @@ class ModelServer:
     def _ready(self, model: LoadedModel) -> None:
         self.confusion_labels = fb.ConfusionLabels(model.classes)
         self.model = model
-        log.info("ready: model %s version %d (%s, %d features) on track %s", self.config.model,
-                 model.version, model.task, len(model.schema.features), self.config.track)
+        log.info(
+            "ready: model %s version %d (%s, %d features) on track %s",
+            self.config.model,
+            model.version,
+            model.task,
+            len(model.schema.features),
+            self.config.track,
+        )
 
     def close(self) -> None:
         self.predictions_log.close()
@@ -165,14 +176,15 @@ class ModelServer:
         ts = time.time()
         ids = self.signer.sign_batch(model.version, self.config.track, labels, ts)
         try:
-            lines = b"".join(_prediction_line(row_id, ts, model.version, self.config.track, record, label)
-                             for row_id, record, label in zip(ids, batch.records, labels))
-        except RecursionError:     # an extra key holding a deeply nested value
+            lines = b"".join(
+                _prediction_line(row_id, ts, model.version, self.config.track, record, label)
+                for row_id, record, label in zip(ids, batch.records, labels)
+            )
+        except RecursionError:  # an extra key holding a deeply nested value
             raise RequestError(422, "a row cannot be recorded: a value is nested too deeply") from None
         self._append(self.predictions_log, lines, ts, "predictions")
         self.metrics.count_predictions(len(labels))
-        return json_response({"predictions": labels, "ids": ids, "model": self.config.model,
-                              "version": model.version})
+        return json_response({"predictions": labels, "ids": ids, "model": self.config.model, "version": model.version})
 
     @api_endpoint("feedback")
     async def feedback(self, request: web.Request) -> web.Response:
@@ -201,8 +213,9 @@ class ModelServer:
             return json_response({"status": "not ready", "reason": "shutting down"}, 503)
         if self.model is None:
             return json_response({"status": "not ready", "reason": self.not_ready_reason}, 503)
-        return json_response({"status": "ready", "model": self.config.model, "version": self.model.version,
-                              "track": self.config.track})
+        return json_response(
+            {"status": "ready", "model": self.config.model, "version": self.model.version, "track": self.config.track}
+        )
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -229,50 +242,74 @@ class ModelServer:
             log_file.append(data, ts)
         except OSError as error:
             log.error("cannot append %s to %s: %s", what, log_file.folder, error)
-            raise RequestError(500, f"cannot record {what} in the artifact store: {error.strerror or error}")
+            raise RequestError(500, f"cannot record {what} in the artifact store: {error.strerror or error}") from error
 
     def _score(self, item: fb.Accepted, task: str) -> None:
         ref = item.ref
         if task == "regression":
             self.metrics.count_regression(ref.version, ref.track, fb.abs_error(ref.label, item.label))
             return
-        self.metrics.count_classification(ref.version, ref.track, fb.is_correct(ref.label, item.label),
-                                          self.confusion_labels.actual(item.label), fb.label_key(ref.label))
+        self.metrics.count_classification(
+            ref.version,
+            ref.track,
+            fb.is_correct(ref.label, item.label),
+            self.confusion_labels.actual(item.label),
+            fb.label_key(ref.label),
+        )
 
 
-def _prediction_line(row_id: str, ts: float, version: int, track: str, features: dict[str, Any],
-                     label: Any) -> bytes:
-    return jsonio.dumps({"id": row_id, "ts": ts, "version": version, "track": track, "features": features,
-                         "prediction": label}) + b"\n"
+def _prediction_line(row_id: str, ts: float, version: int, track: str, features: dict[str, Any], label: Any) -> bytes:
+    return (
+        jsonio.dumps(
+            {"id": row_id, "ts": ts, "version": version, "track": track, "features": features, "prediction": label}
+        )
+        + b"\n"
+    )
 
 
 def _feedback_line(item: fb.Accepted, ts: float) -> bytes:
     ref = item.ref
-    return jsonio.dumps({"id": item.id, "ts": ts, "label": item.label, "version": ref.version,
-                         "track": ref.track, "prediction": ref.label, "predictionTs": ref.ts}) + b"\n"
+    return (
+        jsonio.dumps(
+            {
+                "id": item.id,
+                "ts": ts,
+                "label": item.label,
+                "version": ref.version,
+                "track": ref.track,
+                "prediction": ref.label,
+                "predictionTs": ref.ts,
+            }
+        )
+        + b"\n"
+    )
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs until SIGTERM/SIGINT (or ``stop`` is set), then shuts down gracefully."""
     server = ModelServer(config)
-    runner = web.AppRunner(server.web_app(), handle_signals=False, access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(server.web_app(), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     stop = stop or asyncio.Event()
     _on_signals(stop)
     loader = asyncio.create_task(server.load_until_ready())
     try:
         await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
-        log.info("listening on %s:%d (json: %s, event loop: %s)", config.host, config.port, jsonio.BACKEND,
-                 type(asyncio.get_running_loop()).__module__.split(".")[0])
+        log.info(
+            "listening on %s:%d (json: %s, event loop: %s)",
+            config.host,
+            config.port,
+            jsonio.BACKEND,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
         await stop.wait()
         log.info("stopping: no longer ready, finishing in-flight requests")
         server.shutting_down = True
-        await asyncio.sleep(config.shutdown_delay)   # let endpoints drop this pod before we stop listening
+        await asyncio.sleep(config.shutdown_delay)  # let endpoints drop this pod before we stop listening
         await _drain(runner, server)
     finally:
         loader.cancel()
-        await runner.cleanup()                       # closes idle connections, cancels what is left
+        await runner.cleanup()  # closes idle connections, cancels what is left
         server.close()
     log.info("stopped")
 
@@ -286,8 +323,7 @@ async def _drain(runner: web.AppRunner, server: ModelServer) -> None:
     for site in list(runner.sites):
         await site.stop()
     if not await server.in_flight.wait_idle(SHUTDOWN_TIMEOUT):
-        log.error("%d requests still running after %.0f s; cancelling them", server.in_flight.count,
-                  SHUTDOWN_TIMEOUT)
+        log.error("%d requests still running after %.0f s; cancelling them", server.in_flight.count, SHUTDOWN_TIMEOUT)
 
 
 def _on_signals(stop: asyncio.Event) -> None:
@@ -313,12 +349,16 @@ def _limit_inference_threads(threads: int) -> None:
     and competes with the loop for the pod's CPU."""
     if threads > 0:
         from threadpoolctl import threadpool_limits
+
         threadpool_limits(limits=threads)
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("MFL_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MFL_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = from_env()
     except ConfigError as error:
@@ -328,7 +368,7 @@ def main() -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(config))
-    except OSError as error:     # e.g. the port is taken
+    except OSError as error:  # e.g. the port is taken
         log.error("cannot serve on %s:%d: %s", config.host, config.port, error)
         return 1
     return 0

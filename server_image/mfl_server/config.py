@@ -1,11 +1,12 @@
 """Server configuration from the environment (docs/contracts.md, "Model server")."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 DEFAULT_PORT = 8080
@@ -26,12 +27,12 @@ class ServerConfig:
     signing_key: bytes
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
-    max_batch: int = 1024                 # rows per /predict request
+    max_batch: int = 1024  # rows per /predict request
     max_body_bytes: int = 16 * 1024 * 1024
-    dedup_size: int = 200_000             # feedback ids remembered per replica (LRU)
-    shutdown_delay: float = 0.0           # seconds to keep serving (not ready) after SIGTERM
-    reload_interval: float = 5.0          # seconds between attempts to load a missing artifact
-    inference_threads: int = 1            # OpenMP/BLAS threads; 0 leaves the libraries' default
+    dedup_size: int = 200_000  # feedback ids remembered per replica (LRU)
+    shutdown_delay: float = 0.0  # seconds to keep serving (not ready) after SIGTERM
+    reload_interval: float = 5.0  # seconds between attempts to load a missing artifact
+    inference_threads: int = 1  # OpenMP/BLAS threads; 0 leaves the libraries' default
 
     @property
     def model_dir(self) -> Path:
@@ -69,8 +70,9 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     )
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int | None = None,
-         maximum: int | None = None) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int | None, minimum: int | None = None, maximum: int | None = None
+) -> int:
     text = env.get(name, "").strip()
     if not text:
         if default is None:

@@ -1,4 +1,5 @@
 """Errors a request can end with: the client gets ``status`` and a JSON body naming the problem."""
+
 from __future__ import annotations
 
 

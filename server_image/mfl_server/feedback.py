@@ -1,17 +1,19 @@
 """Pure feedback review: which labels to accept, and how each one scores against its prediction."""
+
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import bad_request, too_large, unprocessable
 from .ids import InvalidId, PredictionRef
 
-MISSING_TEXT = frozenset({"", "na", "n/a", "null", "none", "nan"})   # the trainer drops these labels
-OTHER_LABEL = "__other__"            # confusion label for actual values outside the known classes
-MAX_CONFUSION_LABELS = 100           # bound on series when the classes are unknown
+MISSING_TEXT = frozenset({"", "na", "n/a", "null", "none", "nan"})  # the trainer drops these labels
+OTHER_LABEL = "__other__"  # confusion label for actual values outside the known classes
+MAX_CONFUSION_LABELS = 100  # bound on series when the classes are unknown
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Accepted:
 class Rejected:
     index: int
     id: Any
-    reason: str          # malformed | bad_signature | bad_label | duplicate
+    reason: str  # malformed | bad_signature | bad_label | duplicate
     message: str
 
     def as_json(self) -> dict[str, Any]:
@@ -47,8 +49,9 @@ def entries_of(body: Any, max_entries: int) -> list[Any]:
     return entries
 
 
-def review(entries: list[Any], verify: Callable[[Any], tuple[str, PredictionRef]], task: str,
-           seen: Callable[[str], bool]) -> tuple[list[Accepted], list[Rejected]]:
+def review(
+    entries: list[Any], verify: Callable[[Any], tuple[str, PredictionRef]], task: str, seen: Callable[[str], bool]
+) -> tuple[list[Accepted], list[Rejected]]:
     """Split entries into accepted and rejected; ``seen`` tells ids already accepted here."""
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
@@ -65,11 +68,16 @@ def review(entries: list[Any], verify: Callable[[Any], tuple[str, PredictionRef]
     return accepted, rejected
 
 
-def _review_one(index: int, entry: Any, verify: Callable[[Any], tuple[str, PredictionRef]],
-                task: str) -> Accepted | Rejected:
+def _review_one(
+    index: int, entry: Any, verify: Callable[[Any], tuple[str, PredictionRef]], task: str
+) -> Accepted | Rejected:
     if not isinstance(entry, dict) or "id" not in entry or "label" not in entry:
-        return Rejected(index, entry.get("id") if isinstance(entry, dict) else None, "malformed",
-                        'each entry must be an object with "id" and "label"')
+        return Rejected(
+            index,
+            entry.get("id") if isinstance(entry, dict) else None,
+            "malformed",
+            'each entry must be an object with "id" and "label"',
+        )
     try:
         canonical, ref = verify(entry["id"])
     except InvalidId as error:

@@ -10,6 +10,7 @@ An id is the url-safe base64 (no padding) of ``payload || tag``:
 The model name is bound into the tag (not carried), so an id from another model's server that
 happens to share the key is rejected. A binary-class or integer label gives a 47-character id.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,8 @@ class InvalidId(ValueError):
 class PredictionRef:
     version: int
     track: str
-    label: Any            # int, float, str or bool, as the model predicted it
-    ts: float             # Unix seconds, millisecond precision
+    label: Any  # int, float, str or bool, as the model predicted it
+    ts: float  # Unix seconds, millisecond precision
 
 
 class IdSigner:
@@ -55,8 +56,10 @@ class IdSigner:
         """One id per label; the header is shared, the nonce is per row."""
         header = bytes((FORMAT, _TRACK_CODES[track])) + _uvarint(version) + _millis(ts)
         nonces = os.urandom(NONCE_BYTES * len(labels))
-        return [self._finish(header + nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES] + encode_label(label))
-                for i, label in enumerate(labels)]
+        return [
+            self._finish(header + nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES] + encode_label(label))
+            for i, label in enumerate(labels)
+        ]
 
     def verify(self, text: Any) -> tuple[str, PredictionRef]:
         """The canonical id and what it carries; raises InvalidId."""
@@ -101,8 +104,7 @@ def decode_label(kind: int, data: bytes) -> Any:
 
 def _decode(text: Any) -> bytes:
     if not isinstance(text, str) or not text or len(text) > MAX_ID_CHARS:
-        raise InvalidId("malformed", "prediction id must be a non-empty string of at most "
-                                     f"{MAX_ID_CHARS} characters")
+        raise InvalidId("malformed", f"prediction id must be a non-empty string of at most {MAX_ID_CHARS} characters")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -120,9 +122,9 @@ def _parse_payload(payload: bytes) -> PredictionRef:
             raise ValueError(f"unknown id format {payload[0]}")
         track = _TRACK_NAMES[payload[1]]
         version, offset = _read_uvarint(payload, 2)
-        millis = int.from_bytes(payload[offset:offset + _MILLIS_BYTES], "big")
+        millis = int.from_bytes(payload[offset : offset + _MILLIS_BYTES], "big")
         offset += _MILLIS_BYTES + NONCE_BYTES
-        label = decode_label(payload[offset], payload[offset + 1:])
+        label = decode_label(payload[offset], payload[offset + 1 :])
     except (IndexError, KeyError, ValueError, UnicodeDecodeError) as error:
         raise InvalidId("malformed", f"prediction id payload is not readable: {error}") from None
     return PredictionRef(version=version, track=track, label=label, ts=millis / 1000.0)

@@ -4,24 +4,26 @@ The hot path builds one Python list per row and converts the batch with a single
 Only when that fails (or a value has a non-numeric type) do we walk the batch again to name the
 first offending row and feature, so clear error messages cost nothing on valid requests.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import RequestError, bad_request, too_large, unprocessable
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
-_NUMERIC_TYPES = frozenset({int, float, bool, type(None)})   # None is a missing value (NaN)
+_NUMERIC_TYPES = frozenset({int, float, bool, type(None)})  # None is a missing value (NaN)
 _CATEGORICAL_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 @dataclass(frozen=True)
 class InputSchema:
-    features: list[str]                          # metadata order: positional rows use it
-    columns: list[str]                           # the estimator's column order
+    features: list[str]  # metadata order: positional rows use it
+    columns: list[str]  # the estimator's column order
     feature_types: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -31,8 +33,8 @@ class InputSchema:
 
 @dataclass
 class Batch:
-    matrix: np.ndarray                           # float64, or object when a feature is categorical
-    records: list[dict[str, Any]]                # per row: the features to log, by name
+    matrix: np.ndarray  # float64, or object when a feature is categorical
+    records: list[dict[str, Any]]  # per row: the features to log, by name
 
 
 def instances_of(body: Any, max_batch: int) -> list[Any]:
@@ -83,14 +85,15 @@ def _missing_feature(records: list[dict[str, Any]], columns: list[str]) -> Reque
         missing = [name for name in columns if name not in record]
         if missing:
             return unprocessable(f"row {index}: missing feature {_names(missing)}")
-    return unprocessable("missing feature")   # unreachable: a KeyError names a missing key
+    return unprocessable("missing feature")  # unreachable: a KeyError names a missing key
 
 
 def _check_row_lengths(rows: list[list[Any]], features: list[str]) -> None:
     for index, row in enumerate(rows):
         if len(row) != len(features):
-            raise unprocessable(f"row {index} has {len(row)} values, expected {len(features)} "
-                                f"in this order: {features}")
+            raise unprocessable(
+                f"row {index} has {len(row)} values, expected {len(features)} in this order: {features}"
+            )
 
 
 def _matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
@@ -104,13 +107,14 @@ def _numeric_matrix(values: list[list[Any]], columns: list[str]) -> np.ndarray:
     if not types <= _NUMERIC_TYPES:
         raise _wrong_type(values, columns, lambda name: _NUMERIC_TYPES)
     try:
-        return np.array(values, dtype=np.float64)   # None -> NaN, bool -> 0/1
+        return np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
     except OverflowError:
         raise unprocessable("a feature value is too large for a 64-bit float") from None
 
 
 def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
     """Object matrix as the trainer builds it: numbers as float, categories as text ('' if missing)."""
+
     def allowed(name: str) -> frozenset[type]:
         return _CATEGORICAL_TYPES if schema.feature_types.get(name) == CATEGORICAL else _NUMERIC_TYPES
 
@@ -120,9 +124,10 @@ def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
     categorical = [schema.feature_types.get(name) == CATEGORICAL for name in schema.columns]
     matrix = np.empty((len(values), len(schema.columns)), dtype=object)
     for index, row in enumerate(values):
-        matrix[index] = [("" if value is None else str(value)) if is_text
-                         else (np.nan if value is None else _float(value))
-                         for value, is_text in zip(row, categorical)]
+        matrix[index] = [
+            ("" if value is None else str(value)) if is_text else (np.nan if value is None else _float(value))
+            for value, is_text in zip(row, categorical)
+        ]
     return matrix
 
 
@@ -138,8 +143,9 @@ def _wrong_type(values: list[list[Any]], columns: list[str], allowed: Any) -> Re
         for name, value in zip(columns, row):
             if type(value) not in allowed(name):
                 expected = "a number or null" if allowed(name) is _NUMERIC_TYPES else "a string, number or null"
-                return unprocessable(f"row {index}: feature {name!r} has the wrong type: expected "
-                                     f"{expected}, got {_json_type(value)}")
+                return unprocessable(
+                    f"row {index}: feature {name!r} has the wrong type: expected {expected}, got {_json_type(value)}"
+                )
     return unprocessable("a feature value has the wrong type")
 
 

@@ -5,11 +5,13 @@ ten times faster (measured: 32 rows x 20 floats, 200 -> 40 us to parse, 430 -> 2
 ``MFL_JSON=stdlib`` forces the standard library (benchmarks compare both); an orjson older than
 3.11.5 is ignored.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Older orjson overflows the C stack on deeply nested input (CVE-2024-27454, GHSA-hx9q-6w63-j58v).
 SAFE_ORJSON = (3, 11, 5)
@@ -20,7 +22,7 @@ def _safe_orjson() -> Any:
         return None
     try:
         import orjson
-    except ImportError:    # not a hard dependency
+    except ImportError:  # not a hard dependency
         return None
     return orjson if _version(orjson.__version__) >= SAFE_ORJSON else None
 
@@ -36,7 +38,7 @@ def _version(text: str) -> tuple[int, ...]:
 orjson = _safe_orjson()
 
 BACKEND = "orjson" if orjson is not None else "json"
-DECODE_ERRORS: tuple[type[BaseException], ...] = (ValueError, RecursionError)   # incl. UnicodeDecodeError
+DECODE_ERRORS: tuple[type[BaseException], ...] = (ValueError, RecursionError)  # incl. UnicodeDecodeError
 
 
 def _stdlib_dumps(value: Any) -> bytes:
@@ -46,7 +48,7 @@ def _stdlib_dumps(value: Any) -> bytes:
 def _orjson_dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError:      # an integer beyond 64 bits, or deep nesting: rare, so fall back
+    except TypeError:  # an integer beyond 64 bits, or deep nesting: rare, so fall back
         return _stdlib_dumps(value)
 
 

@@ -4,6 +4,7 @@ Every metric carries model, version, track. For feedback metrics those are the P
 and track (decoded from its id), so a label given to any replica scores the model that made it.
 Label children are cached: ``labels()`` takes a lock and hashes the label tuple on every call.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,10 +15,26 @@ from prometheus_client.exposition import generate_latest
 
 BASE_LABELS = ("model", "version", "track")
 # Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
-                   0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0,
-                     250.0, 1000.0, 10000.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 10000.0)
 ENDPOINTS = ("predict", "feedback")
 # The classic text format: every Prometheus version parses it, and our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -25,7 +42,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class ServerMetrics:
     def __init__(self, model: str, version: int, track: str) -> None:
-        prometheus_client.disable_created_metrics()   # only the contract's series, no *_created
+        prometheus_client.disable_created_metrics()  # only the contract's series, no *_created
         self.registry = CollectorRegistry(auto_describe=True)
         self._model, self._own = model, (str(version), track)
         families = _families(self.registry)
@@ -83,14 +100,24 @@ def _families(registry: CollectorRegistry) -> dict[str, Any]:
 
     return {
         "predictions": counter("mfl_predictions_total", "Rows predicted"),
-        "latency": Histogram("mfl_prediction_latency_seconds", "Time to serve one /predict request",
-                             BASE_LABELS, registry=registry, buckets=LATENCY_BUCKETS),
+        "latency": Histogram(
+            "mfl_prediction_latency_seconds",
+            "Time to serve one /predict request",
+            BASE_LABELS,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        ),
         "feedback": counter("mfl_feedback_total", "Labels accepted, by the prediction's version and track"),
         "correct": counter("mfl_feedback_correct_total", "Labels equal to the predicted class"),
         "incorrect": counter("mfl_feedback_incorrect_total", "Labels different from the predicted class"),
         "confusion": counter("mfl_confusion_total", "Labels by actual and predicted class", ("actual", "predicted")),
-        "abs_error": Histogram("mfl_feedback_abs_error", "Absolute error of regression predictions",
-                               BASE_LABELS, registry=registry, buckets=ABS_ERROR_BUCKETS),
+        "abs_error": Histogram(
+            "mfl_feedback_abs_error",
+            "Absolute error of regression predictions",
+            BASE_LABELS,
+            registry=registry,
+            buckets=ABS_ERROR_BUCKETS,
+        ),
         "http": counter("mfl_http_requests_total", "API requests by endpoint and status code", ("endpoint", "code")),
         "rejected": counter("mfl_feedback_rejected_total", "Feedback entries rejected, by reason", ("reason",)),
     }

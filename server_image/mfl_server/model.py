@@ -1,12 +1,14 @@
 """Loading a model version from the artifact store and predicting with it."""
+
 from __future__ import annotations
 
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import joblib
 import numpy as np
@@ -36,7 +38,7 @@ class LoadedModel:
         """Native Python labels (int, float, str, bool) for the rows of ``matrix``."""
         try:
             predicted = self.predict_fn(matrix)
-        except (ValueError, TypeError) as error:   # sklearn's input validation (NaN, unknown category)
+        except (ValueError, TypeError) as error:  # sklearn's input validation (NaN, unknown category)
             raise unprocessable(f"the model cannot predict these rows: {_first_line(error)}") from None
         return np.asarray(predicted).ravel().tolist()
 
@@ -49,8 +51,9 @@ def load_model(version_dir: Path, expected_version: int) -> LoadedModel:
     schema = _schema(metadata, estimator)
     classes = _classes(metadata, estimator) if task == "classification" else None
     predict_fn = _predictor(estimator, schema)
-    return LoadedModel(version=expected_version, task=task, schema=schema, classes=classes,
-                       metadata=metadata, predict_fn=predict_fn)
+    return LoadedModel(
+        version=expected_version, task=task, schema=schema, classes=classes, metadata=metadata, predict_fn=predict_fn
+    )
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def _read_estimator(path: Path) -> Any:
         raise ModelLoadError(f"{path} does not exist")
     try:
         estimator = joblib.load(path)
-    except Exception as error:   # unpickling can raise anything: truncated file, missing class, ...
+    except Exception as error:  # unpickling can raise anything: truncated file, missing class, ...
         raise ModelLoadError(f"{path} is unreadable: {type(error).__name__}: {_first_line(error)}") from None
     if not callable(getattr(estimator, "predict", None)):
         raise ModelLoadError(f"{path} holds a {type(estimator).__name__}, which has no predict()")
@@ -141,8 +144,7 @@ def _predictor(estimator: Any, schema: InputSchema) -> Callable[[np.ndarray], np
                 return frame_predict
             except Exception:
                 pass
-        log.warning("warm-up prediction on one all-zero row failed (serving anyway): %s",
-                    _first_line(ndarray_error))
+        log.warning("warm-up prediction on one all-zero row failed (serving anyway): %s", _first_line(ndarray_error))
         return ndarray_predict
 
 
@@ -155,6 +157,7 @@ def _quiet_predictor(estimator: Any) -> Callable[[np.ndarray], np.ndarray]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
             return estimator.predict(matrix)
+
     return predict
 
 
@@ -171,8 +174,9 @@ def _frame_predictor(estimator: Any, columns: list[str]) -> Callable[[np.ndarray
 def _probe_row(schema: InputSchema) -> np.ndarray:
     if schema.all_numeric:
         return np.zeros((1, len(schema.columns)), dtype=np.float64)
-    return np.array([["" if schema.feature_types.get(name) == CATEGORICAL else 0.0
-                      for name in schema.columns]], dtype=object)
+    return np.array(
+        [["" if schema.feature_types.get(name) == CATEGORICAL else 0.0 for name in schema.columns]], dtype=object
+    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -4,12 +4,13 @@
 ``write`` of whole lines, so it has reached the kernel when ``append`` returns: a crash of this
 process loses nothing acknowledged. (No fsync per request: surviving a node crash is the volume's job.)
 """
+
 from __future__ import annotations
 
 import os
 import re
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +24,7 @@ def process_file_name(host: str | None = None, pid: int | None = None) -> str:
 
 
 def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
 
 
 class DailyJsonl:
@@ -49,10 +50,10 @@ class DailyJsonl:
                 self._open_day(ts)
             view = memoryview(data)
             while view:
-                written = self._file.write(view)    # raw FileIO may write less than asked
+                written = self._file.write(view)  # raw FileIO may write less than asked
                 view = view[written:]
         except OSError:
-            self.close()    # reopening ends a torn line before the next append
+            self.close()  # reopening ends a torn line before the next append
             raise
 
     def close(self) -> None:
@@ -61,7 +62,7 @@ class DailyJsonl:
         if file is None:
             return
         try:
-            os.fsync(file.fileno())   # once per file, not per request: makes a clean stop durable
+            os.fsync(file.fileno())  # once per file, not per request: makes a clean stop durable
         except OSError:
             pass
         finally:
@@ -72,7 +73,7 @@ class DailyJsonl:
         day_start = ts - ts % _DAY_SECONDS
         self.path = self.folder / f"date={utc_day(day_start)}" / self.file_name
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open across appends; close() ends it
         self._end_torn_line()
         self._day_start, self._day_end = day_start, day_start + _DAY_SECONDS
 

@@ -1,16 +1,17 @@
 """Fixtures for the operator's own e2e tests: the CRD installed and the operator running."""
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 
 from feedbackloop.localdev.cluster import Cluster, give_to_images
-
 from tests.conftest import start_component
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def operator(cluster: Cluster, image_refs: dict[str, str], prometheus) -> Cluster:
     """The operator running in-cluster from its image, installed as users install it:
     `kubectl apply -k` of manifests/, unchanged but for kustomize `images:` naming this tree's build."""
-    start_component("operator", lambda: cluster.install_operator(ROOT / "manifests", {"operator": image_refs["operator"]}),
-                    cluster.operator_logs)
+    start_component(
+        "operator",
+        lambda: cluster.install_operator(ROOT / "manifests", {"operator": image_refs["operator"]}),
+        cluster.operator_logs,
+    )
     return cluster
 
 
@@ -45,15 +49,19 @@ class Loops:
         return next((c for c in self.status(namespace, name).get("conditions", []) if c["type"] == type_), {})
 
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        items = json.loads(self.cp.kubectl("get", "events", "-n", namespace, "-o", "json",
-                                           f"--field-selector=involvedObject.name={name}").stdout)["items"]
+        items = json.loads(
+            self.cp.kubectl(
+                "get", "events", "-n", namespace, "-o", "json", f"--field-selector=involvedObject.name={name}"
+            ).stdout
+        )["items"]
         return [e for e in items if e["involvedObject"].get("kind") == "ModelFeedbackLoop"]
 
     def reasons(self, namespace: str, name: str) -> list[str]:
         return [e["reason"] for e in self.events(namespace, name)]
 
-    def wait(self, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float,
-             what: str) -> dict[str, Any]:
+    def wait(
+        self, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -61,9 +69,11 @@ class Loops:
             if predicate(status):
                 return status
             time.sleep(0.5)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; status: "
-                             f"{json.dumps(status, indent=1)[:3000]}\n--- operator log ---\n"
-                             f"{self.cluster.operator_logs(40)}")
+        raise AssertionError(
+            f"timed out after {timeout:.0f}s waiting for {what}; status: "
+            f"{json.dumps(status, indent=1)[:3000]}\n--- operator log ---\n"
+            f"{self.cluster.operator_logs(40)}"
+        )
 
 
 @pytest.fixture
@@ -82,9 +92,19 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
     import sys
 
     from feedbackloop import datasets
+
     names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
-    config = {"model": model, "namespace": "seed", "storageRoot": str(root), "version": 1, "parentVersion": None,
-              "task": "classification", "features": names, "target": "label", "now": time.time()}
+    config = {
+        "model": model,
+        "namespace": "seed",
+        "storageRoot": str(root),
+        "version": 1,
+        "parentVersion": None,
+        "task": "classification",
+        "features": names,
+        "target": "label",
+        "now": time.time(),
+    }
     env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config), "MFL_TERMINATION_LOG": str(root / "seed.log")}
     subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, check=True, capture_output=True, timeout=300)
     give_to_images(root)
@@ -93,6 +113,7 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
 
 def write_base_data(root: Path, model: str, rows: int, seed: int = 1) -> list[str]:
     from feedbackloop import datasets
+
     names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
     give_to_images(root)
     return names

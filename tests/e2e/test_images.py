@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,7 +34,7 @@ ABSENT = {
 # The real entry points, as far as they go without a cluster, a model or a config.
 HELP = {
     "operator": [["mfl-operator", "--help"]],
-    "server": [],   # no --help: see test_image_specifics
+    "server": [],  # no --help: see test_image_specifics
     "trainer": [["mfl-trainer", "--help"], ["python", "-m", "feedbackloop.localdev.traffic", "--help"]],
 }
 UID = 65532
@@ -51,6 +51,7 @@ def image_refs() -> dict[str, str]:
     if os.geteuid() != 0:
         unavailable("the images are in root's buildah storage: run the tests as root")
     from feedbackloop.localdev.images import ensure_images
+
     try:
         return ensure_images(progress=lambda line: None)
     except TestbedUnavailable as error:
@@ -71,8 +72,9 @@ class Container:
 
     def check(self, *command: str) -> str:
         result = self.run(*command)
-        assert result.returncode == 0, (f"{self.ref}: {' '.join(command)} -> {result.returncode}\n"
-                                        f"stdout: {result.stdout}\nstderr: {result.stderr}")
+        assert result.returncode == 0, (
+            f"{self.ref}: {' '.join(command)} -> {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+        )
         return result.stdout
 
     def remove(self) -> None:
@@ -93,12 +95,16 @@ def test_the_entry_point_imports_with_only_its_own_dependencies(container: Conta
     container.check("python", "-c", f"import {', '.join(modules)}")
     for command in HELP[container.name]:
         container.check(*command)
-    assert container.check("sh", "-c", f"command -v mfl-{container.name}").strip() == f"/opt/mfl/bin/mfl-{container.name}"
+    assert (
+        container.check("sh", "-c", f"command -v mfl-{container.name}").strip() == f"/opt/mfl/bin/mfl-{container.name}"
+    )
 
 
 def test_the_other_components_dependencies_are_absent(container: Container) -> None:
-    probe = ("import importlib.util, json, sys; "
-             "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))")
+    probe = (
+        "import importlib.util, json, sys; "
+        "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))"
+    )
     present = json.loads(container.check("python", "-c", probe, *ABSENT[container.name]))
     assert not [module for module, found in present.items() if found], f"{container.ref} carries {present}"
 
@@ -106,7 +112,7 @@ def test_the_other_components_dependencies_are_absent(container: Container) -> N
 def test_runs_as_mfl_with_a_passwd_entry(container: Container) -> None:
     """kopf asks getpass.getuser(), which raises KeyError for a uid /etc/passwd does not know."""
     config = json.loads(buildah("inspect", "--type", "image", container.ref).stdout)["OCIv1"]["config"]
-    assert config["User"] == f"{UID}:{UID}"      # numeric, so runAsNonRoot can check it
+    assert config["User"] == f"{UID}:{UID}"  # numeric, so runAsNonRoot can check it
     assert config["Entrypoint"] == [f"mfl-{container.name}"]
     assert container.check("id", "-un").strip() == "mfl"
     assert container.check("id", "-u").strip() == str(UID)

@@ -1,5 +1,6 @@
 """`kubectl apply -k manifests/` installs the operator as users install it, and it runs in-cluster from its
 image on its ServiceAccount's least-privilege RBAC, under restricted Pod security enforced by a real kubelet."""
+
 from __future__ import annotations
 
 import json
@@ -18,25 +19,45 @@ def test_kustomize_install_renders_only_an_image_override(kubectl, operator):
     assert set(overlay) == {"apiVersion", "kind", "bases", "images"}  # manifests/ itself is applied unchanged
     rendered = list(yaml.safe_load_all(kubectl("kustomize", str(ROOT / "manifests")).stdout))
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered}
-    assert {("CustomResourceDefinition", "modelfeedbackloops.feedbackloop.dev"),
-            ("ClusterRole", "feedbackloop-operator"), ("Deployment", "feedbackloop-operator")} <= kinds
+    assert {
+        ("CustomResourceDefinition", "modelfeedbackloops.feedbackloop.dev"),
+        ("ClusterRole", "feedbackloop-operator"),
+        ("Deployment", "feedbackloop-operator"),
+    } <= kinds
 
 
 def test_operator_runs_in_cluster_on_its_service_account_with_restricted_security(kubectl, operator):
-    [pod] = [p for p in operator.pods(SYSTEM, "app.kubernetes.io/name=feedbackloop-operator")
-             if not p["metadata"].get("deletionTimestamp")]
+    [pod] = [
+        p
+        for p in operator.pods(SYSTEM, "app.kubernetes.io/name=feedbackloop-operator")
+        if not p["metadata"].get("deletionTimestamp")
+    ]
     assert pod["spec"]["serviceAccountName"] == "feedbackloop-operator"
     assert pod["spec"]["nodeName"] == "mfl-node" and pod["status"]["phase"] == "Running"
     container = pod["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    can_i = kubectl("auth", "can-i", "update", "modelfeedbackloops.feedbackloop.dev",
-                    f"--as=system:serviceaccount:{SYSTEM}:feedbackloop-operator", check=False).stdout.strip()
+    can_i = kubectl(
+        "auth",
+        "can-i",
+        "update",
+        "modelfeedbackloops.feedbackloop.dev",
+        f"--as=system:serviceaccount:{SYSTEM}:feedbackloop-operator",
+        check=False,
+    ).stdout.strip()
     assert can_i == "no"  # the spec is the user's; the operator writes status only
     # What the kubelet really enforces inside the running container:
     name = pod["metadata"]["name"]
-    who = kubectl("exec", "-n", SYSTEM, name, "--", "python", "-c",
-                  "import os, getpass; print(os.getuid(), os.getgid(), getpass.getuser())").stdout.split()
+    who = kubectl(
+        "exec",
+        "-n",
+        SYSTEM,
+        name,
+        "--",
+        "python",
+        "-c",
+        "import os, getpass; print(os.getuid(), os.getgid(), getpass.getuser())",
+    ).stdout.split()
     assert who == ["65532", "65532", "mfl"]
     write = kubectl("exec", "-n", SYSTEM, name, "--", "python", "-c", "open('/usr/evil', 'w')", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr

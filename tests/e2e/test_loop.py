@@ -1,5 +1,6 @@
 """Issues 4 and 5 end to end: breach -> retraining Job (the real trainer in a Pod) -> offline gate ->
 canary judged by the sequential analysis -> promotion or rollback, across operator crashes."""
+
 from __future__ import annotations
 
 import json
@@ -12,31 +13,69 @@ from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 from .conftest import artifact_claim, condition_of, seed_registry, write_base_data
 
 SELECT = 'model="{{model}}",namespace="{{namespace}}",track="stable"'
-ACCURACY = (f"sum by (model, namespace) (increase(mfl_feedback_correct_total{{{SELECT}}}[20s])) / "
-            f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[20s]))")
+ACCURACY = (
+    f"sum by (model, namespace) (increase(mfl_feedback_correct_total{{{SELECT}}}[20s])) / "
+    f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[20s]))"
+)
 SAMPLES = f"sum by (model, namespace) (increase(mfl_feedback_total{{{SELECT}}}[20s]))"
 
 
-def loop_manifest(namespace, prometheus_url, storage, *, initial_version=None, max_degradation=0.0,
-                  pauses=("4s", "4s"), annotations=None, features=None):
+def loop_manifest(
+    namespace,
+    prometheus_url,
+    storage,
+    *,
+    initial_version=None,
+    max_degradation=0.0,
+    pauses=("4s", "4s"),
+    annotations=None,
+    features=None,
+):
     model = {"name": "churn", "serving": {"replicas": 2}, "storage": storage}
     if initial_version:
         model["initialVersion"] = initial_version
     return {
-        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
         "metadata": {"name": "churn", "namespace": namespace, "annotations": annotations or {}},
         "spec": {
             "model": model,
-            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s",
-                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.75, "for": "6s",
-                                        "minSamples": 20, "samplesQuery": SAMPLES}]},
-            "retraining": {"features": features or datasets.feature_names(), "target": "label",
-                           "estimator": "hist_gradient_boosting", "cooldown": "10s", "maxRetrainsPerDay": 10,
-                           "failureBackoff": "1m", "minRows": 100, "dataWindow": "1h", "holdoutFraction": 0.3,
-                           "gate": {"metric": "accuracy", "maxDegradation": max_degradation}},
-            "rollout": {"steps": [{"weight": 30, "pause": pauses[0]}, {"weight": 50, "pause": pauses[1]}],
-                        "analysis": {"interval": "2s", "minSamples": 100, "maxDegradation": 0.05,
-                                     "maxDuration": "4m", "latency": {"enabled": False}}},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": "2s",
+                "metrics": [
+                    {
+                        "name": "accuracy",
+                        "query": ACCURACY,
+                        "min": 0.75,
+                        "for": "6s",
+                        "minSamples": 20,
+                        "samplesQuery": SAMPLES,
+                    }
+                ],
+            },
+            "retraining": {
+                "features": features or datasets.feature_names(),
+                "target": "label",
+                "estimator": "hist_gradient_boosting",
+                "cooldown": "10s",
+                "maxRetrainsPerDay": 10,
+                "failureBackoff": "1m",
+                "minRows": 100,
+                "dataWindow": "1h",
+                "holdoutFraction": 0.3,
+                "gate": {"metric": "accuracy", "maxDegradation": max_degradation},
+            },
+            "rollout": {
+                "steps": [{"weight": 30, "pause": pauses[0]}, {"weight": 50, "pause": pauses[1]}],
+                "analysis": {
+                    "interval": "2s",
+                    "minSamples": 100,
+                    "maxDegradation": 0.05,
+                    "maxDuration": "4m",
+                    "latency": {"enabled": False},
+                },
+            },
         },
     }
 
@@ -64,8 +103,9 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     # No version yet: the operator trains version 1 in a Job and serves it.
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the initial retraining")
     assert status["retraining"]["trigger"] == "Initial" and jobs_of(kubectl, ns) == ["churn-train-v1"]
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "Ready").get("status") == "True", 180,
-                        "version 1 trained and served")
+    status = loops.wait(
+        ns, "churn", lambda s: condition_of(s, "Ready").get("status") == "True", 180, "version 1 trained and served"
+    )
     assert status["currentVersion"] == 1 and history_outcomes(status) == [(1, "Promoted")]
     assert (storage / "churn" / "versions" / "1" / "report.json").exists()
 
@@ -73,8 +113,13 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     try:
         loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 90, "healthy")
         traffic.concept = 1  # drift
-        status = loops.wait(ns, "churn", lambda s: (s.get("retraining") or {}).get("trigger") == "Breach", 120,
-                            "a retraining triggered by the breach")
+        status = loops.wait(
+            ns,
+            "churn",
+            lambda s: (s.get("retraining") or {}).get("trigger") == "Breach",
+            120,
+            "a retraining triggered by the breach",
+        )
         assert status["retraining"]["version"] == 2
         status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the candidate's canary")
         candidate = status["candidate"]
@@ -99,14 +144,32 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
     claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
     # Corrupted labels, and an offline gate that lets anything through: only the canary can stop it.
-    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0,
-                             annotations={"feedbackloop.dev/trainer-overrides": '{"labelNoise": 0.45}'})
+    manifest = loop_manifest(
+        ns,
+        prometheus.url,
+        claim,
+        initial_version=1,
+        max_degradation=1.0,
+        annotations={"feedbackloop.dev/trainer-overrides": '{"labelNoise": 0.45}'},
+    )
     # Traffic split through a Gateway API HTTPRoute as well (its backend weights follow the steps).
     kubectl("apply", "-f", str(Path(__file__).parent / "httproute-crd.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io")
-    kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "churn-route"},
-        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"path": {"value": "/"}}]}]}}))
+    kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"name": "churn-route"},
+                "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"path": {"value": "/"}}]}]},
+            }
+        ),
+    )
     manifest["spec"]["rollout"]["trafficRouting"] = {"httpRoute": {"name": "churn-route"}}
     loops.apply(manifest)
     loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
@@ -133,8 +196,9 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
 
 
 def route_weights(kubectl, namespace):
-    route = json.loads(kubectl("get", "httproutes.gateway.networking.k8s.io", "churn-route", "-n", namespace,
-                               "-o", "json").stdout)
+    route = json.loads(
+        kubectl("get", "httproutes.gateway.networking.k8s.io", "churn-route", "-n", namespace, "-o", "json").stdout
+    )
     [rule] = route["spec"]["rules"]
     assert rule["matches"] == [{"path": {"value": "/"}}]  # the user's match is kept
     return {b["name"]: b["weight"] for b in rule["backendRefs"]}
@@ -144,8 +208,7 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, kubec
     ns = k8s_namespace
     claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
-    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0,
-                             pauses=("15s", "5s"))
+    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0, pauses=("15s", "5s"))
     loops.apply(manifest)
     loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
     traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
@@ -158,11 +221,19 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, kubec
         assert jobs_of(kubectl, ns) == ["churn-train-v2"]  # no twin Job after the crash
         step = status["rollout"]["step"]
         loops.cluster.crash_operator()  # mid-canary
-        status = loops.wait(ns, "churn", lambda s: s.get("rollout") is not None and s["rollout"]["step"] >= step, 30,
-                            "the same rollout after the restart")
+        status = loops.wait(
+            ns,
+            "churn",
+            lambda s: s.get("rollout") is not None and s["rollout"]["step"] >= step,
+            30,
+            "the same rollout after the restart",
+        )
         assert status["rollout"]["version"] == 2
-        canaries = [d for d in json.loads(kubectl("get", "deployments", "-n", ns, "-o", "json").stdout)["items"]
-                    if d["metadata"]["labels"].get("feedbackloop.dev/track") == "canary"]
+        canaries = [
+            d
+            for d in json.loads(kubectl("get", "deployments", "-n", ns, "-o", "json").stdout)["items"]
+            if d["metadata"]["labels"].get("feedbackloop.dev/track") == "canary"
+        ]
         assert len(canaries) == 1
         status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "the rollout finished")
     finally:
@@ -176,8 +247,13 @@ def test_failing_trainer_gives_a_condition_an_event_and_no_candidate(loops, prom
     claim, storage = artifact_claim(loops.cluster, ns)
     write_base_data(storage, "churn", 500)
     loops.apply(loop_manifest(ns, prometheus.url, claim, features=["x0", "no_such_column"]))
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "Retraining").get("reason") == "TrainingFailed",
-                        180, "a failed retraining")
+    status = loops.wait(
+        ns,
+        "churn",
+        lambda s: condition_of(s, "Retraining").get("reason") == "TrainingFailed",
+        180,
+        "a failed retraining",
+    )
     assert "no_such_column" in condition_of(status, "Retraining")["message"]
     assert status.get("currentVersion") is None and not status.get("candidate")
     assert status["failureBackoffUntil"]

@@ -1,4 +1,5 @@
 """The monitoring loop end to end: kubectl, the real control plane, a real Prometheus, the operator."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,13 +13,17 @@ ACCURACY = 'sum by (model, namespace) (test_model_accuracy{model="{{model}}",nam
 
 def loop_manifest(namespace, prometheus_url, name="churn", **monitoring):
     return {
-        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-e2e"}}},
-            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "1s",
-                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.8, "for": "3s"}],
-                           **monitoring},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": "1s",
+                "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.8, "for": "3s"}],
+                **monitoring,
+            },
         },
     }
 
@@ -26,17 +31,21 @@ def loop_manifest(namespace, prometheus_url, name="churn", **monitoring):
 def test_breach_and_recovery_follow_prometheus(loops, prometheus, exporter, k8s_namespace):
     ns = k8s_namespace
     exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
-    prometheus.wait_for(f"test_model_accuracy{{namespace=\"{ns}\"}}", timeout=30)
+    prometheus.wait_for(f'test_model_accuracy{{namespace="{ns}"}}', timeout=30)
     loops.apply(loop_manifest(ns, prometheus.url))
 
-    status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30,
-                        "the first poll")
+    status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "the first poll")
     assert status["phase"] == "Monitoring"
     assert status["observedGeneration"] == 1
     assert condition_of(status, "MetricsAvailable")["status"] == "True"
     assert condition_of(status, "Breached")["status"] == "False"
-    assert {c["type"] for c in status["conditions"]} >= {"Ready", "Reconciling", "Stalled", "Breached",
-                                                         "MetricsAvailable"}
+    assert {c["type"] for c in status["conditions"]} >= {
+        "Ready",
+        "Reconciling",
+        "Stalled",
+        "Breached",
+        "MetricsAvailable",
+    }
     for condition in status["conditions"]:
         assert condition["lastTransitionTime"] and condition["reason"] and condition["observedGeneration"] == 1
 
@@ -64,8 +73,13 @@ def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s
     loops.apply(loop_manifest(ns, prometheus.url))
     loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "first poll")
     exporter.clear("test_model_accuracy", model="churn", namespace=ns)  # the series goes stale
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
-                        60, "MetricsAvailable=False")
+    status = loops.wait(
+        ns,
+        "churn",
+        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
+        60,
+        "MetricsAvailable=False",
+    )
     assert status["phase"] == "Monitoring"
     assert "MetricsUnavailable" in loops.reasons(ns, "churn")
 
@@ -73,8 +87,13 @@ def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s
 def test_unreachable_prometheus_is_reported_never_a_breach(loops, k8s_namespace):
     ns = k8s_namespace
     loops.apply(loop_manifest(ns, "http://127.0.0.1:9"))  # nothing listens on the discard port
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
-                        30, "MetricsAvailable=False")
+    status = loops.wait(
+        ns,
+        "churn",
+        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
+        30,
+        "MetricsAvailable=False",
+    )
     assert "connection refused" in condition_of(status, "MetricsAvailable")["message"]
     assert status["phase"] == "Monitoring"
 
@@ -85,8 +104,13 @@ def test_many_loops_share_one_query_per_template(loops, prometheus, exporter, k8
         exporter.set("test_model_accuracy", 0.9 + i / 100, model=f"m{i}", namespace=ns)
         loops.apply(loop_manifest(ns, prometheus.url, name=f"m{i}"))
     for i in range(5):
-        loops.wait(ns, f"m{i}", lambda s, i=i: (s.get("metrics") or [{}])[0].get("value") == round(0.9 + i / 100, 6),
-                   30, f"m{i} value")
+        loops.wait(
+            ns,
+            f"m{i}",
+            lambda s, i=i: (s.get("metrics") or [{}])[0].get("value") == round(0.9 + i / 100, 6),
+            30,
+            f"m{i} value",
+        )
 
 
 def test_schema_breaking_spec_is_refused_by_kubectl(loops, prometheus, k8s_namespace):
@@ -98,7 +122,7 @@ def test_schema_breaking_spec_is_refused_by_kubectl(loops, prometheus, k8s_names
     del manifest["spec"]["model"]
     with pytest.raises(KubectlError) as refused:
         loops.apply(manifest)
-    assert "missing required field \"model\"" in refused.value.stderr
+    assert 'missing required field "model"' in refused.value.stderr
 
 
 def test_semantically_invalid_spec_ends_invalid_and_recovers_when_fixed(loops, prometheus, k8s_namespace):
@@ -114,8 +138,13 @@ def test_semantically_invalid_spec_ends_invalid_and_recovers_when_fixed(loops, p
     assert "InvalidSpec" in loops.reasons(ns, "churn")
     del manifest["spec"]["monitoring"]["metrics"][0]["max"]
     loops.apply(manifest)
-    status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Monitoring" and s.get("observedGeneration") == 2,
-                        30, "phase Monitoring at generation 2")
+    status = loops.wait(
+        ns,
+        "churn",
+        lambda s: s.get("phase") == "Monitoring" and s.get("observedGeneration") == 2,
+        30,
+        "phase Monitoring at generation 2",
+    )
     assert condition_of(status, "Stalled")["status"] == "False"
 
 
@@ -140,25 +169,37 @@ def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_names
     loops.apply(manifest)
     loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "first poll")
     exporter.set("test_model_accuracy", 0.5, model="churn", namespace=ns)
-    status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Pending", 30,
-                        "a pending breach")
+    status = loops.wait(
+        ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Pending", 30, "a pending breach"
+    )
     since = status["metrics"][0]["breachSince"]
     loops.cluster.crash_operator()
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Breached", 60, "Breached after the restart")
     assert status["metrics"][0]["breachSince"] == since
 
 
-def test_missing_credentials_secret_is_reported_then_used_once_it_exists(loops, prometheus, exporter, kubectl,
-                                                                         k8s_namespace):
+def test_missing_credentials_secret_is_reported_then_used_once_it_exists(
+    loops, prometheus, exporter, kubectl, k8s_namespace
+):
     ns = k8s_namespace
     exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
     manifest = loop_manifest(ns, prometheus.url)
     manifest["spec"]["monitoring"]["prometheus"]["bearerTokenSecretRef"] = {"name": "prom-token", "key": "token"}
     loops.apply(manifest)
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "MetricsAvailable").get("status") == "False", 30,
-                        "MetricsAvailable=False")
+    status = loops.wait(
+        ns,
+        "churn",
+        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
+        30,
+        "MetricsAvailable=False",
+    )
     message = condition_of(status, "MetricsAvailable")["message"]
     assert f"Secret {ns}/prom-token" in message and "404" in message
     kubectl("create", "secret", "generic", "prom-token", "-n", ns, "--from-literal=token=s3cret")
-    loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 120,
-               "a value once the Secret exists (read again after the one-minute cache)")
+    loops.wait(
+        ns,
+        "churn",
+        lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95,
+        120,
+        "a value once the Secret exists (read again after the one-minute cache)",
+    )

@@ -1,5 +1,6 @@
 """Restricted Pod security is enforced for real by the kubelet, for the Pods the operator creates from the
 server and trainer images (the operator's own Pod: test_install)."""
+
 from __future__ import annotations
 
 import json
@@ -10,25 +11,34 @@ import pytest
 
 from feedbackloop import api, resources
 
-PROBE = ("import os, getpass, json\n"
-         "def attempt(path):\n"
-         "    try:\n"
-         "        open(path, 'w').write('x'); return 'written'\n"
-         "    except OSError as error:\n"
-         "        return error.strerror\n"
-         "print(json.dumps({'uid': os.getuid(), 'user': getpass.getuser(), 'root_fs': attempt('/evil'),\n"
-         "                  'scratch': attempt(os.path.join(os.environ['TMPDIR'], 'ok'))}))\n")
+PROBE = (
+    "import os, getpass, json\n"
+    "def attempt(path):\n"
+    "    try:\n"
+    "        open(path, 'w').write('x'); return 'written'\n"
+    "    except OSError as error:\n"
+    "        return error.strerror\n"
+    "print(json.dumps({'uid': os.getuid(), 'user': getpass.getuser(), 'root_fs': attempt('/evil'),\n"
+    "                  'scratch': attempt(os.path.join(os.environ['TMPDIR'], 'ok'))}))\n"
+)
 
 
 def loop_object(namespace: str) -> dict:
-    return {"apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
-            "metadata": {"name": "churn", "namespace": namespace, "uid": str(uuid.uuid4())}}
+    return {
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
+        "metadata": {"name": "churn", "namespace": namespace, "uid": str(uuid.uuid4())},
+    }
 
 
 def spec() -> api.ModelFeedbackLoopSpec:
-    return api.validate_spec({"model": {"name": "churn", "storage": {"hostPath": {"path": "/var/tmp"}}},
-                           "monitoring": {"prometheus": {"url": "http://127.0.0.1:9"}},
-                           "retraining": {"features": ["x0"], "target": "label"}})
+    return api.validate_spec(
+        {
+            "model": {"name": "churn", "storage": {"hostPath": {"path": "/var/tmp"}}},
+            "monitoring": {"prometheus": {"url": "http://127.0.0.1:9"}},
+            "retraining": {"features": ["x0"], "target": "label"},
+        }
+    )
 
 
 def pod_templates(namespace: str) -> dict[str, dict]:
@@ -54,7 +64,8 @@ def run_pod(kubectl, namespace: str, name: str, template: dict, command: list[st
         current = json.loads(kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
         waiting = [s["state"].get("waiting", {}) for s in current["status"].get("containerStatuses", [])]
         if current["status"].get("phase") in {"Succeeded", "Failed"} or any(
-                w.get("reason") == "CreateContainerConfigError" for w in waiting):
+            w.get("reason") == "CreateContainerConfigError" for w in waiting
+        ):
             return current
         time.sleep(1)
     raise AssertionError(f"pod {name} did not finish: {json.dumps(current['status'])[:2000]}")

@@ -1,6 +1,7 @@
 """Issue 3 end to end: the operator's Deployment runs real model-server Pods; a traffic generator sends
 predictions and delayed ground truth through the Service's endpoints; Prometheus scrapes the Pods; the
 loop's status shows accuracy; drifting labels make the loop breach."""
+
 from __future__ import annotations
 
 import json
@@ -9,23 +10,38 @@ from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 
 from .conftest import artifact_claim, condition_of, seed_registry
 
-ACCURACY = ('sum by (model, namespace) (increase(mfl_feedback_correct_total{model="{{model}}",namespace="{{namespace}}",'
-            'track="stable"}[20s])) / sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",'
-            'namespace="{{namespace}}",track="stable"}[20s]))')
-SAMPLES = ('sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",namespace="{{namespace}}",'
-           'track="stable"}[20s]))')
+ACCURACY = (
+    'sum by (model, namespace) (increase(mfl_feedback_correct_total{model="{{model}}",namespace="{{namespace}}",'
+    'track="stable"}[20s])) / sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",'
+    'namespace="{{namespace}}",track="stable"}[20s]))'
+)
+SAMPLES = (
+    'sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",namespace="{{namespace}}",'
+    'track="stable"}[20s]))'
+)
 
 
 def serving_loop(namespace, prometheus_url, storage, features):
     return {
-        "apiVersion": "feedbackloop.dev/v1alpha1", "kind": "ModelFeedbackLoop",
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
         "metadata": {"name": "churn", "namespace": namespace},
         "spec": {
-            "model": {"name": "churn", "initialVersion": 1, "serving": {"replicas": 2},
-                      "storage": storage},
-            "monitoring": {"prometheus": {"url": prometheus_url}, "interval": "2s",
-                           "metrics": [{"name": "accuracy", "query": ACCURACY, "min": 0.75, "for": "6s",
-                                        "minSamples": 20, "samplesQuery": SAMPLES}]},
+            "model": {"name": "churn", "initialVersion": 1, "serving": {"replicas": 2}, "storage": storage},
+            "monitoring": {
+                "prometheus": {"url": prometheus_url},
+                "interval": "2s",
+                "metrics": [
+                    {
+                        "name": "accuracy",
+                        "query": ACCURACY,
+                        "min": 0.75,
+                        "for": "6s",
+                        "minSamples": 20,
+                        "samplesQuery": SAMPLES,
+                    }
+                ],
+            },
         },
     }
 
@@ -36,8 +52,9 @@ def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, 
     features = seed_registry(storage, "churn")
     loops.apply(serving_loop(ns, prometheus.url, claim, features))
 
-    status = loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120,
-                        "two ready server Pods")
+    status = loops.wait(
+        ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "two ready server Pods"
+    )
     assert status["serving"] == {"version": 1, "readyReplicas": 2, "replicas": 2}
     deployment = json.loads(kubectl("get", "deployment", "churn", "-n", ns, "-o", "json").stdout)
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelFeedbackLoop"
@@ -47,8 +64,13 @@ def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, 
     traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=60, batch=6, label_delay=1.0).start()
     try:
         prometheus.wait_for(f'sum by (version) (mfl_feedback_total{{namespace="{ns}",version="1"}}) > 50', timeout=90)
-        status = loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 60,
-                            "a healthy accuracy from live feedback")
+        status = loops.wait(
+            ns,
+            "churn",
+            lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy",
+            60,
+            "a healthy accuracy from live feedback",
+        )
         assert status["metrics"][0]["value"] > 0.75
         assert status["phase"] == "Monitoring" and condition_of(status, "Ready")["status"] == "True"
         # Feedback reached other replicas than the predictions did and still counted under version 1.

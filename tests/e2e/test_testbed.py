@@ -72,9 +72,7 @@ def widget_crd(group: str) -> dict[str, Any]:
             "group": group,
             "scope": "Namespaced",
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [
-                {"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}
-            ],
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}],
         },
     }
 
@@ -105,19 +103,42 @@ def test_crd_and_custom_resource_round_trip(kubectl: Any) -> None:
 def web_deployment(name: str, image: str) -> list[dict[str, Any]]:
     """Two replicas of a tiny web server from one of our images, restricted, behind a Service."""
     labels = {"app": name}
-    container = {"name": "web", "image": image, "command": ["python", "-m", "http.server", "8080"],
-                 "ports": [{"name": "http", "containerPort": 8080}],
-                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                     "capabilities": {"drop": ["ALL"]}}}
+    container = {
+        "name": "web",
+        "image": image,
+        "command": ["python", "-m", "http.server", "8080"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
-         "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"containers": [container], "securityContext": {"runAsNonRoot": True},
-                                        "terminationGracePeriodSeconds": 1}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [container],
+                        "securityContext": {"runAsNonRoot": True},
+                        "terminationGracePeriodSeconds": 1,
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]},
+        },
     ]
 
 
@@ -127,16 +148,23 @@ def test_real_node_runs_a_deployment_behind_a_service(kubectl: Any, image_refs: 
     node = get_json(kubectl, "node", NODE_NAME)
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
     name = unique("testbed-web")
-    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                  "items": web_deployment(name, image_refs["server"])}))
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": web_deployment(name, image_refs["server"])}),
+    )
     try:
         kubectl("rollout", "status", f"deployment/{name}", "--timeout=120s", timeout=130)
         pods = get_json(kubectl, "pods", "-l", f"app={name}")["items"]
         assert {pod["spec"]["nodeName"] for pod in pods} == {NODE_NAME}
         assert all(pod["status"]["podIP"].startswith("10.245.0.") for pod in pods)
         cluster_ip = get_json(kubectl, "service", name)["spec"]["clusterIP"]
-        status, _ = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(http_request(f"http://{cluster_ip}/")),
-                               timeout=30, what="the Service's ClusterIP through kube-proxy")
+        status, _ = wait_until(
+            lambda: (lambda r: r if r[0] == 200 else None)(http_request(f"http://{cluster_ip}/")),
+            timeout=30,
+            what="the Service's ClusterIP through kube-proxy",
+        )
         assert status == 200
         logs = kubectl("logs", pods[0]["metadata"]["name"]).stdout + kubectl("logs", pods[1]["metadata"]["name"]).stdout
         assert "GET / HTTP" in logs  # kubectl logs reaches the kubelet
@@ -151,9 +179,7 @@ def value_is(expected: float) -> Any:
     return lambda result: len(result) == 1 and float(result[0]["value"][1]) == expected
 
 
-def test_prometheus_scrapes_exporter_and_forgets_cleared_series(
-    prometheus: Prometheus, exporter: TestExporter
-) -> None:
+def test_prometheus_scrapes_exporter_and_forgets_cleared_series(prometheus: Prometheus, exporter: TestExporter) -> None:
     metric = unique("testbed_accuracy").replace("-", "_")
     exporter.set(metric, 0.93, model="churn", namespace="default")
     exporter.set(metric, 0.70, model="other", namespace="default")

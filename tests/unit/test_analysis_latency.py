@@ -1,4 +1,5 @@
 """The latency check from histogram buckets (feedbackloop.analysis.latency)."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,18 @@ import pytest
 from scipy.special import log_ndtr
 from scipy.stats import mannwhitneyu, norm
 
-from feedbackloop.analysis.latency import (HistogramObservation, LatencyDesign, bin_counts, bucket_span,
-                                           histogram_quantile, judge_latency, mixture_boundary_z,
-                                           quantile_bounds, rank_test, value_at_rank)
+from feedbackloop.analysis.latency import (
+    HistogramObservation,
+    LatencyDesign,
+    bin_counts,
+    bucket_span,
+    histogram_quantile,
+    judge_latency,
+    mixture_boundary_z,
+    quantile_bounds,
+    rank_test,
+    value_at_rank,
+)
 from feedbackloop.analysis.outcome import Outcome
 
 EDGES = 0.01 * 1.25 ** np.arange(25)  # fine buckets, 10 ms .. 2.1 s
@@ -98,8 +108,9 @@ class TestMixtureBoundary:
 
 class TestJudge:
     def test_below_minimum_samples_is_pending(self) -> None:
-        evidence = judge_latency("latency", HistogramObservation(lognormal_buckets(0.3, 400),
-                                                                 lognormal_buckets(0.08, 400)), DESIGN)
+        evidence = judge_latency(
+            "latency", HistogramObservation(lognormal_buckets(0.3, 400), lognormal_buckets(0.08, 400)), DESIGN
+        )
         assert evidence.decision is Outcome.PENDING and "waiting for samples" in evidence.message
 
     def test_no_traffic_is_pending(self) -> None:
@@ -108,8 +119,7 @@ class TestJudge:
 
     def test_different_buckets_are_an_error(self) -> None:
         with pytest.raises(ValueError):
-            judge_latency("latency", HistogramObservation({"0.1": 600, "+Inf": 600},
-                                                          {"0.2": 600, "+Inf": 600}), DESIGN)
+            judge_latency("latency", HistogramObservation({"0.1": 600, "+Inf": 600}, {"0.2": 600, "+Inf": 600}), DESIGN)
 
     def test_equal_latency_passes(self) -> None:
         observation = HistogramObservation(lognormal_buckets(0.08, 20_000), lognormal_buckets(0.08, 20_000))
@@ -129,8 +139,10 @@ class TestJudge:
     def test_tail_only_regression_fails(self) -> None:
         """Same median, p95 twice as slow: a rank test barely notices, the p95 bound does."""
         stable = lognormal_buckets(0.08, 10_000)
-        canary = {le: 0.9 * count + 0.1 * slow for (le, count), slow
-                  in zip(stable.items(), lognormal_buckets(0.4, 10_000).values())}
+        canary = {
+            le: 0.9 * count + 0.1 * slow
+            for (le, count), slow in zip(stable.items(), lognormal_buckets(0.4, 10_000).values())
+        }
         evidence = judge_latency("latency", HistogramObservation(canary, stable), DESIGN)
         assert evidence.decision is Outcome.FAIL and evidence.values["ratioP95Low"] > 1.2
 
@@ -152,13 +164,26 @@ class TestJudge:
     def test_evidence_fields_and_json(self) -> None:
         observation = HistogramObservation(lognormal_buckets(0.08, 2_000), lognormal_buckets(0.08, 2_000))
         evidence = judge_latency("latency", observation, DESIGN)
-        for key in ("canaryCount", "stableCount", "maxIncrease", "rankZ", "slowerProbability", "ratioP50",
-                    "ratioP50Low", "ratioP50High", "ratioP95", "ratioP95Low", "ratioP95High"):
+        for key in (
+            "canaryCount",
+            "stableCount",
+            "maxIncrease",
+            "rankZ",
+            "slowerProbability",
+            "ratioP50",
+            "ratioP50Low",
+            "ratioP50High",
+            "ratioP95",
+            "ratioP95Low",
+            "ratioP95High",
+        ):
             assert key in evidence.values
         json.dumps(evidence.to_dict())
 
-    @pytest.mark.parametrize("arguments", [{"alpha": 0.6}, {"max_increase": -0.1}, {"min_samples": 1},
-                                           {"quantiles": ()}, {"quantiles": (1.0,)}])
+    @pytest.mark.parametrize(
+        "arguments",
+        [{"alpha": 0.6}, {"max_increase": -0.1}, {"min_samples": 1}, {"quantiles": ()}, {"quantiles": (1.0,)}],
+    )
     def test_refuses_bad_designs(self, arguments: dict) -> None:
         with pytest.raises(ValueError):
             LatencyDesign(**arguments)

@@ -1,14 +1,29 @@
 """The analysis state machine, its configuration and the threshold judge (feedbackloop.analysis)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from feedbackloop.analysis import (AnalysisConfig, AnalysisState, CountObservation, Evidence,
-                                   HistogramObservation, MetricError, NoData, Outcome, Phase, ProportionCheck,
-                                   ThresholdCheck, ThresholdDesign, ValueObservation, evaluate, judge_threshold,
-                                   start_analysis)
+from feedbackloop.analysis import (
+    AnalysisConfig,
+    AnalysisState,
+    CountObservation,
+    Evidence,
+    HistogramObservation,
+    MetricError,
+    NoData,
+    Outcome,
+    Phase,
+    ProportionCheck,
+    ThresholdCheck,
+    ThresholdDesign,
+    ValueObservation,
+    evaluate,
+    judge_threshold,
+    start_analysis,
+)
 from feedbackloop.analysis.machine import LatencyCheck, duration_seconds
 
 ACCURACY_ONLY = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=3600)
@@ -23,14 +38,25 @@ def look(config: AnalysisConfig, state: AnalysisState, now: float, **observation
 
 class TestConfig:
     def test_from_the_crd_section(self) -> None:
-        config = AnalysisConfig.from_spec({
-            "interval": "30s", "alpha": 0.04, "beta": 0.2, "maxDegradation": 0.01, "detectableDegradation": 0.02,
-            "minSamples": 300, "maxDuration": "1h30m", "onInconclusive": "promote", "consecutiveErrorLimit": 2,
-            "latency": {"enabled": True, "maxIncrease": 0.1, "minSamples": 50, "quantiles": [0.5, 0.99]},
-            "checks": [{"name": "gpu", "query": "up", "max": 0.9, "failureLimit": 3}],
-            "proportions": [{"name": "accuracy"},
-                            {"name": "errorRate", "direction": "lowerIsBetter", "maxDegradation": 0.005}],
-        })
+        config = AnalysisConfig.from_spec(
+            {
+                "interval": "30s",
+                "alpha": 0.04,
+                "beta": 0.2,
+                "maxDegradation": 0.01,
+                "detectableDegradation": 0.02,
+                "minSamples": 300,
+                "maxDuration": "1h30m",
+                "onInconclusive": "promote",
+                "consecutiveErrorLimit": 2,
+                "latency": {"enabled": True, "maxIncrease": 0.1, "minSamples": 50, "quantiles": [0.5, 0.99]},
+                "checks": [{"name": "gpu", "query": "up", "max": 0.9, "failureLimit": 3}],
+                "proportions": [
+                    {"name": "accuracy"},
+                    {"name": "errorRate", "direction": "lowerIsBetter", "maxDegradation": 0.005},
+                ],
+            }
+        )
         assert config.max_duration_seconds == 5400 and config.on_inconclusive == "promote"
         assert config.check_names() == ["accuracy", "errorRate", "latency", "gpu"]
         assert config.alpha_per_check == pytest.approx(0.04 / 3)  # accuracy, errorRate, latency
@@ -46,15 +72,18 @@ class TestConfig:
         assert config.max_duration_seconds == 7200 and config.on_inconclusive == "rollback"
         assert config.check_names() == ["accuracy", "latency"]
 
-    @pytest.mark.parametrize("spec", [
-        {"latency": {"enabled": False}, "proportions": []},
-        {"checks": [{"name": "accuracy", "min": 0.5}]},
-        {"maxDegradation": 0.0},
-        {"onInconclusive": "maybe"},
-        {"proportions": [{"name": "x", "direction": "sideways"}]},
-        {"checks": [{"name": "gpu"}]},
-        {"maxDuration": "soon"},
-    ])
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"latency": {"enabled": False}, "proportions": []},
+            {"checks": [{"name": "accuracy", "min": 0.5}]},
+            {"maxDegradation": 0.0},
+            {"onInconclusive": "maybe"},
+            {"proportions": [{"name": "x", "direction": "sideways"}]},
+            {"checks": [{"name": "gpu"}]},
+            {"maxDuration": "soon"},
+        ],
+    )
     def test_refuses_bad_configuration(self, spec: dict) -> None:
         with pytest.raises(ValueError):
             AnalysisConfig.from_spec(spec)
@@ -103,8 +132,7 @@ class TestStateMachine:
         assert "deadline" in verdict.message
 
     def test_inconclusive_action_is_configurable(self) -> None:
-        config = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=60,
-                                on_inconclusive="promote")
+        config = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=60, on_inconclusive="promote")
         state, verdict, _ = look(config, start_analysis(0), 60, accuracy=UNDECIDED)
         assert state.phase is Phase.INCONCLUSIVE and verdict.action == "promote"
 
@@ -142,8 +170,7 @@ class TestStateMachine:
         state, _, evidence = look(config, state, 120, accuracy=NoData(), latency=NoData())
         assert evidence[0].decision is Outcome.PASS and "passed earlier" in evidence[0].message
         buckets = {"0.05": 1000.0, "0.1": 3000.0, "0.2": 3900.0, "0.4": 4000.0, "+Inf": 4000.0}
-        state, verdict, _ = look(config, state, 180, accuracy=NoData(),
-                                 latency=HistogramObservation(buckets, buckets))
+        state, verdict, _ = look(config, state, 180, accuracy=NoData(), latency=HistogramObservation(buckets, buckets))
         assert state.phase is Phase.SUCCESSFUL and verdict.action == "promote"
 
     def test_query_errors_after_a_pass_do_not_count(self) -> None:
@@ -160,8 +187,9 @@ class TestStateMachine:
         assert state.phase is Phase.FAILED
 
     def test_threshold_check_fails_at_its_failure_limit(self) -> None:
-        config = AnalysisConfig(latency=LatencyCheck(enabled=False), checks=(ThresholdCheck("gpu", max=0.9,
-                                                                                          failure_limit=3),))
+        config = AnalysisConfig(
+            latency=LatencyCheck(enabled=False), checks=(ThresholdCheck("gpu", max=0.9, failure_limit=3),)
+        )
         state = start_analysis(0)
         for minute in (1, 2):
             state, _, evidence = look(config, state, 60 * minute, accuracy=UNDECIDED, gpu=ValueObservation(0.95))
@@ -190,14 +218,21 @@ class TestStateMachine:
 
     def test_state_round_trips_through_json(self) -> None:
         config = AnalysisConfig(checks=(ThresholdCheck("gpu", max=0.9, failure_limit=5),))
-        state, _, _ = look(config, start_analysis(1_700_000_000.5), 1_700_000_060.5, accuracy=EQUAL,
-                           latency=MetricError("x"), gpu=ValueObservation(1.0))
+        state, _, _ = look(
+            config,
+            start_analysis(1_700_000_000.5),
+            1_700_000_060.5,
+            accuracy=EQUAL,
+            latency=MetricError("x"),
+            gpu=ValueObservation(1.0),
+        )
         document = json.dumps(state.to_dict())
         assert AnalysisState.from_dict(json.loads(document)) == state
         assert len(document) < 400  # small enough for a CRD status
 
     def test_the_error_rate_direction(self) -> None:
-        config = AnalysisConfig(latency=LatencyCheck(enabled=False),
-                                proportions=(ProportionCheck("errorRate", higher_is_better=False),))
+        config = AnalysisConfig(
+            latency=LatencyCheck(enabled=False), proportions=(ProportionCheck("errorRate", higher_is_better=False),)
+        )
         state, _, _ = look(config, start_analysis(0), 60, errorRate=CountObservation(300, 2000, 100, 2000))
         assert state.phase is Phase.FAILED

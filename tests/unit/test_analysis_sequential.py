@@ -1,4 +1,5 @@
 """The sequential non-inferiority test on counts (feedbackloop.analysis.sequential)."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,29 @@ import numpy as np
 import pytest
 
 from feedbackloop.analysis.outcome import Outcome
-from feedbackloop.analysis.sequential import (CountObservation, NonInferiorityDesign, decision_boundaries,
-                                              difference_and_information, judge_proportion,
-                                              log_likelihood_ratio, operating_point)
+from feedbackloop.analysis.sequential import (
+    CountObservation,
+    NonInferiorityDesign,
+    decision_boundaries,
+    difference_and_information,
+    judge_proportion,
+    log_likelihood_ratio,
+    operating_point,
+)
 
-DESIGN = NonInferiorityDesign(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03,
-                              min_samples=200)
+DESIGN = NonInferiorityDesign(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03, min_samples=200)
 
 
-def llr(canary_good: float, canary_total: float, stable_good: float, stable_total: float,
-        design: NonInferiorityDesign = DESIGN) -> float:
-    difference, information = difference_and_information(canary_good, canary_total, stable_good, stable_total,
-                                                         design.max_degradation)
+def llr(
+    canary_good: float,
+    canary_total: float,
+    stable_good: float,
+    stable_total: float,
+    design: NonInferiorityDesign = DESIGN,
+) -> float:
+    difference, information = difference_and_information(
+        canary_good, canary_total, stable_good, stable_total, design.max_degradation
+    )
     return float(log_likelihood_ratio(difference, information, design))
 
 
@@ -38,10 +50,17 @@ class TestDesign:
     def test_default_detectable_degradation_is_one_and_a_half_margins(self) -> None:
         assert NonInferiorityDesign(max_degradation=0.04).detectable == pytest.approx(0.06)
 
-    @pytest.mark.parametrize("arguments", [
-        {"max_degradation": 0.0}, {"max_degradation": 0.02, "detectable_degradation": 0.02},
-        {"alpha": 0.0}, {"beta": 0.5}, {"min_samples": 0}, {"min_samples": 500, "max_samples": 100},
-    ])
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            {"max_degradation": 0.0},
+            {"max_degradation": 0.02, "detectable_degradation": 0.02},
+            {"alpha": 0.0},
+            {"beta": 0.5},
+            {"min_samples": 0},
+            {"min_samples": 500, "max_samples": 100},
+        ],
+    )
     def test_refuses_designs_without_a_meaning(self, arguments: dict) -> None:
         with pytest.raises(ValueError):
             NonInferiorityDesign(**arguments)
@@ -75,9 +94,11 @@ class TestStatistic:
         difference, information = difference_and_information(900.0, 1000.0, 905.0, 1000.0, 0.02)
         rollback_at, promote_at = decision_boundaries(float(information), DESIGN)
         assert float(log_likelihood_ratio(promote_at, information, DESIGN)) == pytest.approx(
-            DESIGN.promote_log_threshold)
+            DESIGN.promote_log_threshold
+        )
         assert float(log_likelihood_ratio(rollback_at, information, DESIGN)) == pytest.approx(
-            DESIGN.rollback_log_threshold)
+            DESIGN.rollback_log_threshold
+        )
 
     def test_perfect_arms_have_finite_information(self) -> None:
         difference, information = difference_and_information(1000.0, 1000.0, 1000.0, 1000.0, 0.02)
@@ -125,9 +146,20 @@ class TestJudge:
 
     def test_evidence_explains_the_decision(self) -> None:
         evidence = judge_proportion("accuracy", CountObservation(900, 1000, 905, 1000), DESIGN)
-        for key in ("canaryEvents", "canaryTotal", "stableEvents", "stableTotal", "difference",
-                    "logLikelihoodRatio", "promoteLogThreshold", "rollbackLogThreshold",
-                    "promoteDifference", "rollbackDifference", "maxDegradation", "information"):
+        for key in (
+            "canaryEvents",
+            "canaryTotal",
+            "stableEvents",
+            "stableTotal",
+            "difference",
+            "logLikelihoodRatio",
+            "promoteLogThreshold",
+            "rollbackLogThreshold",
+            "promoteDifference",
+            "rollbackDifference",
+            "maxDegradation",
+            "information",
+        ):
             assert key in evidence.values
         assert "promote above" in evidence.message and "roll back below" in evidence.message
         assert json.loads(json.dumps(evidence.to_dict()))["decision"] == "Pending"
@@ -136,8 +168,9 @@ class TestJudge:
         observation = CountObservation(1000.4, 1000.1, 900.0, 1000.0)
         assert observation.canary_events == 1000.1
 
-    @pytest.mark.parametrize("counts", [(20, 10, 5, 10), (-1, 10, 5, 10), (1, 10, 5, math.inf), (1, 10, 5, math.nan),
-                                        (math.nan, 10, 5, 10)])
+    @pytest.mark.parametrize(
+        "counts", [(20, 10, 5, 10), (-1, 10, 5, 10), (1, 10, 5, math.inf), (1, 10, 5, math.nan), (math.nan, 10, 5, 10)]
+    )
     def test_refuses_impossible_counts(self, counts: tuple) -> None:
         with pytest.raises(ValueError):
             CountObservation(*counts)

@@ -1,23 +1,29 @@
 """Error rates under looks at every interval, by seeded simulation (small and fast; the benchmark in
 benchmarks/canary_simulation.py runs the full comparison)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from feedbackloop.analysis import (AnalysisConfig, CountObservation, LatencyCheck, Phase, evaluate,
-                                   start_analysis)
+from feedbackloop.analysis import AnalysisConfig, CountObservation, LatencyCheck, Phase, evaluate, start_analysis
 from feedbackloop.analysis.latency import LatencyDesign, latency_decision, ratio_bounds
 from feedbackloop.analysis.sequential import NonInferiorityDesign, difference_and_information, log_likelihood_ratio
 
-DESIGN = NonInferiorityDesign(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03,
-                              min_samples=200)
+DESIGN = NonInferiorityDesign(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03, min_samples=200)
 STREAMS, LOOKS = 1000, 40
 
 
-def cumulative_counts(seed: int, difference: float, canary_labels: int = 200, stable_labels: int = 200,
-                      streams: int = STREAMS, looks: int = LOOKS, stable_rate: float = 0.9):
+def cumulative_counts(
+    seed: int,
+    difference: float,
+    canary_labels: int = 200,
+    stable_labels: int = 200,
+    streams: int = STREAMS,
+    looks: int = LOOKS,
+    stable_rate: float = 0.9,
+):
     rng = np.random.default_rng(seed)
     canary = rng.binomial(canary_labels, stable_rate + difference, (streams, looks)).cumsum(axis=1)
     stable = rng.binomial(stable_labels, stable_rate, (streams, looks)).cumsum(axis=1)
@@ -35,12 +41,14 @@ def first_crossings(flags_promote: np.ndarray, flags_rollback: np.ndarray) -> tu
 
 def sequential_rates(seed: int, difference: float, **arms: int) -> tuple[float, float]:
     canary_good, canary_total, stable_good, stable_total = cumulative_counts(seed, difference, **arms)
-    d_hat, information = difference_and_information(canary_good, canary_total, stable_good, stable_total,
-                                                    DESIGN.max_degradation)
+    d_hat, information = difference_and_information(
+        canary_good, canary_total, stable_good, stable_total, DESIGN.max_degradation
+    )
     log_lr = log_likelihood_ratio(d_hat, information, DESIGN)
     enough = np.minimum(canary_total, stable_total) >= DESIGN.min_samples
-    return first_crossings((log_lr >= DESIGN.promote_log_threshold) & enough,
-                           (log_lr <= DESIGN.rollback_log_threshold) & enough)
+    return first_crossings(
+        (log_lr >= DESIGN.promote_log_threshold) & enough, (log_lr <= DESIGN.rollback_log_threshold) & enough
+    )
 
 
 def slack(rate: float, streams: int = STREAMS) -> float:
@@ -73,27 +81,37 @@ def test_peeking_at_a_fixed_sample_z_test_breaks_alpha() -> None:
     canary_good, canary_total, stable_good, stable_total = cumulative_counts(15, 0.0)
     pooled = (canary_good + stable_good) / (canary_total + stable_total)
     z = (canary_good / canary_total - stable_good / stable_total) / np.sqrt(
-        pooled * (1 - pooled) * (1 / canary_total + 1 / stable_total))
+        pooled * (1 - pooled) * (1 / canary_total + 1 / stable_total)
+    )
     peeked_rollback = float(np.mean((z < -norm.ppf(0.95)).any(axis=1)))
     assert peeked_rollback > 3 * DESIGN.alpha
 
 
 def test_state_machine_agrees_with_the_vectorized_test() -> None:
-    config = AnalysisConfig(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03,
-                            min_samples=200, latency=LatencyCheck(enabled=False), max_duration_seconds=1e9)
+    config = AnalysisConfig(
+        alpha=0.05,
+        beta=0.10,
+        max_degradation=0.02,
+        detectable_degradation=0.03,
+        min_samples=200,
+        latency=LatencyCheck(enabled=False),
+        max_duration_seconds=1e9,
+    )
     canary_good, canary_total, stable_good, stable_total = cumulative_counts(16, -0.02, streams=30)
     d_hat, information = difference_and_information(canary_good, canary_total, stable_good, stable_total, 0.02)
     log_lr = log_likelihood_ratio(d_hat, information, DESIGN)
     for stream in range(30):
         state = start_analysis(0.0)
         for index in range(LOOKS):
-            observation = CountObservation(canary_good[stream, index], canary_total[index],
-                                           stable_good[stream, index], stable_total[index])
+            observation = CountObservation(
+                canary_good[stream, index], canary_total[index], stable_good[stream, index], stable_total[index]
+            )
             state, _, _ = evaluate(config, state, {"accuracy": observation}, float(index + 1))
             if state.phase.final:
                 break
-        crossed = np.flatnonzero((log_lr[stream] >= DESIGN.promote_log_threshold)
-                                 | (log_lr[stream] <= DESIGN.rollback_log_threshold))
+        crossed = np.flatnonzero(
+            (log_lr[stream] >= DESIGN.promote_log_threshold) | (log_lr[stream] <= DESIGN.rollback_log_threshold)
+        )
         if crossed.size == 0:
             assert state.phase is Phase.RUNNING
             continue
@@ -113,8 +131,9 @@ def latency_rates(seed: int, slowdown: float, streams: int = 400, looks: int = 2
         return rng.multinomial(1000, probabilities, size=(streams, looks)).cumsum(axis=1).astype(float)
 
     stable, canary = arm(0.08), arm(0.08 * slowdown)
-    fail, passed = latency_decision([ratio_bounds(q, EDGES, canary, stable, LATENCY) for q in LATENCY.quantiles],
-                                    LATENCY.max_increase)
+    fail, passed = latency_decision(
+        [ratio_bounds(q, EDGES, canary, stable, LATENCY) for q in LATENCY.quantiles], LATENCY.max_increase
+    )
     return first_crossings(passed, fail)
 
 

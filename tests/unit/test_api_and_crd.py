@@ -1,4 +1,5 @@
 """The CRD in crds/ is generated from the pydantic models; these tests fail when the two drift."""
+
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,26 @@ def test_schema_is_structural():
 def test_every_status_field_the_operator_writes_is_in_the_schema():
     """Fields missing from the schema are silently pruned by the API server."""
     status = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
-    written = {"phase", "observedGeneration", "conditions", "currentVersion", "serving", "metrics", "summary",
-               "breachSince", "retraining", "candidate", "rollout", "lastRetrainAt", "retrainTimes",
-               "failureBackoffUntil", "lastFailure", "retrainBlockedBy", "history", "handledRequests"}
+    written = {
+        "phase",
+        "observedGeneration",
+        "conditions",
+        "currentVersion",
+        "serving",
+        "metrics",
+        "summary",
+        "breachSince",
+        "retraining",
+        "candidate",
+        "rollout",
+        "lastRetrainAt",
+        "retrainTimes",
+        "failureBackoffUntil",
+        "lastFailure",
+        "retrainBlockedBy",
+        "history",
+        "handledRequests",
+    }
     assert written <= set(status["properties"])
     assert status["properties"]["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     record = status["properties"]["history"]["items"]["properties"]
@@ -91,19 +109,32 @@ def test_minimal_spec_gets_defaults():
     assert spec.retraining is None
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda s: s["model"].update(storage={}), "spec.model.storage"),
-    (lambda s: s["model"].update(storage={"hostPath": {"path": "/a"}, "persistentVolumeClaim": {"claimName": "c"}}),
-     "spec.model.storage"),
-    (lambda s: s["monitoring"].update(metrics=[{"name": "acc", "query": "up"}]), "spec.monitoring.metrics.0"),
-    (lambda s: s["monitoring"].update(metrics=[{"name": "acc", "query": "up", "min": 2, "max": 1}]),
-     "spec.monitoring.metrics.0"),
-    (lambda s: s["monitoring"].update(interval="5 minutes"), "spec.monitoring.interval"),
-    (lambda s: s.update(rollout={"steps": [{"weight": 50}, {"weight": 20}]}), "spec.rollout.steps"),
-    (lambda s: s["monitoring"].update(metrics=[{"name": "a", "query": "x", "min": 1}, {"name": "a", "query": "y", "min": 1}]),
-     "spec.monitoring.metrics"),
-    (lambda s: s.update(unknownField=1), "spec.unknownField"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda s: s["model"].update(storage={}), "spec.model.storage"),
+        (
+            lambda s: s["model"].update(
+                storage={"hostPath": {"path": "/a"}, "persistentVolumeClaim": {"claimName": "c"}}
+            ),
+            "spec.model.storage",
+        ),
+        (lambda s: s["monitoring"].update(metrics=[{"name": "acc", "query": "up"}]), "spec.monitoring.metrics.0"),
+        (
+            lambda s: s["monitoring"].update(metrics=[{"name": "acc", "query": "up", "min": 2, "max": 1}]),
+            "spec.monitoring.metrics.0",
+        ),
+        (lambda s: s["monitoring"].update(interval="5 minutes"), "spec.monitoring.interval"),
+        (lambda s: s.update(rollout={"steps": [{"weight": 50}, {"weight": 20}]}), "spec.rollout.steps"),
+        (
+            lambda s: s["monitoring"].update(
+                metrics=[{"name": "a", "query": "x", "min": 1}, {"name": "a", "query": "y", "min": 1}]
+            ),
+            "spec.monitoring.metrics",
+        ),
+        (lambda s: s.update(unknownField=1), "spec.unknownField"),
+    ],
+)
 def test_invalid_specs_name_the_field(mutate, field):
     spec = minimal_spec()
     mutate(spec)

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -7,17 +7,20 @@ from feedbackloop.gate import offline_gate
 
 
 def ts(text):
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-@pytest.mark.parametrize("expr, when, expected", [
-    ("0 3 * * *", "2026-11-28T03:00", True),
-    ("0 3 * * *", "2026-11-28T03:01", False),
-    ("*/15 * * * *", "2026-11-28T10:45", True),
-    ("0 0 * * 1-5", "2026-11-28T00:00", False),  # a Saturday
-    ("0 0 * * 6", "2026-11-28T00:00", True),
-    ("0 0 1 * 6", "2026-11-28T00:00", True),     # either day field when both are restricted
-])
+@pytest.mark.parametrize(
+    "expr, when, expected",
+    [
+        ("0 3 * * *", "2026-11-28T03:00", True),
+        ("0 3 * * *", "2026-11-28T03:01", False),
+        ("*/15 * * * *", "2026-11-28T10:45", True),
+        ("0 0 * * 1-5", "2026-11-28T00:00", False),  # a Saturday
+        ("0 0 * * 6", "2026-11-28T00:00", True),
+        ("0 0 1 * 6", "2026-11-28T00:00", True),  # either day field when both are restricted
+    ],
+)
 def test_matches(expr, when, expected):
     assert cron.matches(expr, ts(when)) is expected
 
@@ -34,11 +37,13 @@ def test_parse_refuses(expr):
 
 
 def spec(**gate):
-    return api.validate_spec({
-        "model": {"name": "m", "storage": {"hostPath": {"path": "/d"}}},
-        "monitoring": {"prometheus": {"url": "http://p"}},
-        "retraining": {"features": ["a"], "target": "y", "gate": gate},
-    })
+    return api.validate_spec(
+        {
+            "model": {"name": "m", "storage": {"hostPath": {"path": "/d"}}},
+            "monitoring": {"prometheus": {"url": "http://p"}},
+            "retraining": {"features": ["a"], "target": "y", "gate": gate},
+        }
+    )
 
 
 def test_gate_passes_a_better_challenger():

@@ -1,4 +1,5 @@
 """`mfl demo` builds valid objects for both settings (the cluster setting cannot run here: no cluster)."""
+
 import argparse
 
 from feedbackloop import api, cli, demo
@@ -11,8 +12,13 @@ def test_local_loop_is_a_valid_spec():
 
 
 def test_cluster_loop_takes_images_from_the_registry_and_a_claim():
-    manifest = demo.loop_manifest("http://prom:9090", {"persistentVolumeClaim": {"claimName": "c"}}, fast=False,
-                                  namespace="x", registry="registry.example/team/")
+    manifest = demo.loop_manifest(
+        "http://prom:9090",
+        {"persistentVolumeClaim": {"claimName": "c"}},
+        fast=False,
+        namespace="x",
+        registry="registry.example/team/",
+    )
     spec = api.validate_spec(manifest["spec"])
     assert spec.model.serving.image == "registry.example/team/mfl-server:0.1.0"
     assert spec.retraining.trainer.image == "registry.example/team/mfl-trainer:0.1.0"
@@ -20,8 +26,19 @@ def test_cluster_loop_takes_images_from_the_registry_and_a_claim():
 
 
 def test_cluster_workload_is_restricted_and_mounts_the_claim():
-    args = cli.build_parser().parse_args(["demo", "--kubeconfig", "k", "--registry", "r.example", "--prometheus-url",
-                                          "http://p", "--storage-class", "fast"])
+    args = cli.build_parser().parse_args(
+        [
+            "demo",
+            "--kubeconfig",
+            "k",
+            "--registry",
+            "r.example",
+            "--prometheus-url",
+            "http://p",
+            "--storage-class",
+            "fast",
+        ]
+    )
     assert args.kubeconfig == "k" and args.namespace == "mfl-demo"
     pvc, seed = demo.ClusterDemo(args).workload()
     assert pvc["spec"]["storageClassName"] == "fast" and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]

@@ -1,11 +1,15 @@
 """The engine's pure helpers: what is worth a status write, merge patches, drift of owned objects."""
+
 from feedbackloop import engine
 
 
 def status(value, state="Healthy", message="m"):
-    return {"phase": "Monitoring", "summary": f"accuracy={value}",
-            "metrics": [{"name": "accuracy", "state": state, "value": value, "sampleTime": "t", "message": message}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Monitoring", "message": message}]}
+    return {
+        "phase": "Monitoring",
+        "summary": f"accuracy={value}",
+        "metrics": [{"name": "accuracy", "state": state, "value": value, "sampleTime": "t", "message": message}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Monitoring", "message": message}],
+    }
 
 
 def test_a_new_value_alone_is_not_significant_but_a_new_state_is():
@@ -25,10 +29,16 @@ def test_empty_strings_are_dropped_everywhere():
 
 
 def deployment(replicas=2, image="i:1", version="1"):
-    return {"metadata": {"labels": {"feedbackloop.dev/version": version}, "generation": 3},
-            "spec": {"replicas": replicas, "template": {"spec": {"containers": [
-                {"image": image, "env": [{"name": "MFL_MODEL_VERSION", "value": version}]}]}}},
-            "status": {"observedGeneration": 3, "readyReplicas": replicas, "updatedReplicas": replicas}}
+    return {
+        "metadata": {"labels": {"feedbackloop.dev/version": version}, "generation": 3},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "spec": {"containers": [{"image": image, "env": [{"name": "MFL_MODEL_VERSION", "value": version}]}]}
+            },
+        },
+        "status": {"observedGeneration": 3, "readyReplicas": replicas, "updatedReplicas": replicas},
+    }
 
 
 def test_drift_detects_what_the_operator_owns():

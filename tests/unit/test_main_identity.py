@@ -1,5 +1,6 @@
 """The operator's identity never depends on a passwd entry for its uid (found on the first real kubelet:
 `KeyError: 'getpwuid(): uid not found: 65532'` from kopf's default identity)."""
+
 from __future__ import annotations
 
 import getpass

@@ -1,4 +1,5 @@
 """The ML-efficacy benchmark's quick path: its strategies run and behave sanely on one abrupt drift."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,7 +30,10 @@ def outcome(bench):
 def test_the_oracle_beats_no_retraining_after_the_drift(outcome):
     case, settings, results = outcome
     span = settings.post_drift_span
-    [oracle], [none] = results["oracle"].after_drifts(case.drifts, span), results["none"].after_drifts(case.drifts, span)
+    [oracle], [none] = (
+        results["oracle"].after_drifts(case.drifts, span),
+        results["none"].after_drifts(case.drifts, span),
+    )
     assert oracle > none + 0.2
     assert results["oracle"].accuracy() >= max(r.accuracy() for r in results.values()) - 0.01
 
@@ -46,4 +50,4 @@ def test_every_strategy_scores_every_row_and_is_better_than_chance_before_the_dr
     case, _, results = outcome
     for result in results.values():
         assert len(result.correct) == len(case.y)
-        assert result.correct[:case.drifts[0]].mean() > 0.8, result.name
+        assert result.correct[: case.drifts[0]].mean() > 0.8, result.name

@@ -3,8 +3,19 @@ import math
 import pytest
 
 from feedbackloop.api import MetricRule, Monitoring
-from feedbackloop.monitoring import (BREACHING, HEALTHY, NO_DATA, PENDING, RuleState, Sample, default_rules,
-                                     evaluate_rule, rule_state_from_status, rule_state_to_status, summarize)
+from feedbackloop.monitoring import (
+    BREACHING,
+    HEALTHY,
+    NO_DATA,
+    PENDING,
+    RuleState,
+    Sample,
+    default_rules,
+    evaluate_rule,
+    rule_state_from_status,
+    rule_state_to_status,
+    summarize,
+)
 
 
 def rule(**kw):
@@ -30,8 +41,8 @@ def test_healthy_value():
 def test_breach_pending_until_for_elapsed_then_breaching():
     r = rule()
     assert run(r, [0.5]).state == PENDING
-    assert run(r, [0.5] * 6).state == PENDING          # 50 s
-    state = run(r, [0.5] * 7)                           # 60 s
+    assert run(r, [0.5] * 6).state == PENDING  # 50 s
+    state = run(r, [0.5] * 7)  # 60 s
     assert state.state == BREACHING and state.breach_since == 1000.0
 
 

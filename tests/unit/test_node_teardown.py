@@ -1,5 +1,6 @@
 """The real node's teardown plans its iptables clean-up from `iptables-save` (kube-proxy and the kubelet
 add KUBE-* chains machine-wide; nothing else on these machines uses that prefix)."""
+
 from __future__ import annotations
 
 from feedbackloop.localdev.node import kube_iptables
@@ -37,3 +38,31 @@ def test_other_rules_and_chains_are_left_alone():
     assert "DOCKER" not in chains
     assert not any("MASQUERADE" in rule for rule in jumps)
     assert kube_iptables("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n") == ([], [])
+
+
+def test_our_shims_are_those_serving_our_containerd_only():
+    from feedbackloop.localdev.node import STATE_DIR, our_shims
+
+    def cmd(*args: str) -> bytes:
+        return "\0".join(args).encode() + b"\0"
+
+    ours = cmd(
+        "/usr/bin/containerd-shim-runc-v2",
+        "-namespace",
+        "k8s.io",
+        "-id",
+        "abc",
+        "-address",
+        f"{STATE_DIR}/containerd/containerd.sock",
+    )
+    theirs = cmd(
+        "/usr/bin/containerd-shim-runc-v2",
+        "-namespace",
+        "moby",
+        "-id",
+        "def",
+        "-address",
+        "/run/containerd/containerd.sock",
+    )
+    table = {10: (1, ours), 11: (1, theirs), 12: (10, cmd("/pause")), 13: (1, cmd("grep", str(STATE_DIR)))}
+    assert our_shims(table) == [10]

@@ -1,10 +1,20 @@
 """The loop's decisions, without a cluster: every transition of phases.decide."""
+
 import pytest
 
 from feedbackloop import api, phases
 from feedbackloop.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, summarize
-from feedbackloop.phases import (EnsureCanary, EnsureStable, Event, JobObservation, RemoveCanary,
-                                 ServingObservation, StartTraining, World, decide)
+from feedbackloop.phases import (
+    EnsureCanary,
+    EnsureStable,
+    Event,
+    JobObservation,
+    RemoveCanary,
+    ServingObservation,
+    StartTraining,
+    World,
+    decide,
+)
 from feedbackloop.timeutil import format_time
 
 NOW = 1_800_000_000.0
@@ -34,8 +44,15 @@ def serving(version=1, ready=2):
 
 
 def world(status=None, spec=None, **kw):
-    return World(now=kw.pop("now", NOW), name="churn", generation=kw.pop("generation", 3),
-                 spec=spec if spec is not None else make_spec(), spec_error="", status=status or {}, **kw)
+    return World(
+        now=kw.pop("now", NOW),
+        name="churn",
+        generation=kw.pop("generation", 3),
+        spec=spec if spec is not None else make_spec(),
+        spec_error="",
+        status=status or {},
+        **kw,
+    )
 
 
 def actions_of(decision, kind):
@@ -52,6 +69,7 @@ def condition(status, type_):
 
 # --- validity ---------------------------------------------------------------------------------------
 
+
 def test_invalid_spec_sets_conditions_and_warns_once():
     w = World(now=NOW, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad", status={})
     first = decide(w)
@@ -60,12 +78,16 @@ def test_invalid_spec_sets_conditions_and_warns_once():
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("False", "InvalidSpec", 2)
     assert condition(first.status, "Stalled")["status"] == "True"
     assert events(first) == [("Warning", "InvalidSpec")]
-    again = decide(World(now=NOW + 30, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad",
-                         status=first.status))
+    again = decide(
+        World(
+            now=NOW + 30, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad", status=first.status
+        )
+    )
     assert events(again) == []  # not a hot loop of Events
 
 
 # --- first version ----------------------------------------------------------------------------------
+
 
 def test_a_new_loop_trains_its_first_version():
     d = decide(world(health=summarize({"accuracy": RuleState(NO_DATA)})))
@@ -94,6 +116,7 @@ def test_first_version_is_promoted_directly_when_its_job_succeeds():
 
 
 # --- monitoring -------------------------------------------------------------------------------------
+
 
 def monitoring_status():
     return {"currentVersion": 1, "phase": phases.MONITORING, "lastRetrainAt": format_time(NOW - 7200)}
@@ -132,8 +155,9 @@ def test_breach_without_retraining_spec_stays_breached():
 
 
 def test_recovery_emits_an_event():
-    status = decide(world(monitoring_status(), spec=make_spec(retraining=None), health=breached(),
-                          serving=serving())).status
+    status = decide(
+        world(monitoring_status(), spec=make_spec(retraining=None), health=breached(), serving=serving())
+    ).status
     d = decide(world(status, spec=make_spec(retraining=None), health=healthy(), serving=serving()))
     assert ("Normal", "Recovered") in events(d) and d.status["phase"] == phases.MONITORING
 
@@ -156,11 +180,15 @@ def test_condition_transition_time_moves_only_on_flips():
 
 # --- retraining policy ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status_extra, trigger_blocked", [
-    ({"lastRetrainAt": format_time(NOW - 60)}, "cooldown"),
-    ({"retrainTimes": [format_time(NOW - 5000), format_time(NOW - 4000)]}, "daily budget"),
-    ({"failureBackoffUntil": format_time(NOW + 60)}, "backing off"),
-])
+
+@pytest.mark.parametrize(
+    "status_extra, trigger_blocked",
+    [
+        ({"lastRetrainAt": format_time(NOW - 60)}, "cooldown"),
+        ({"retrainTimes": [format_time(NOW - 5000), format_time(NOW - 4000)]}, "daily budget"),
+        ({"failureBackoffUntil": format_time(NOW + 60)}, "backing off"),
+    ],
+)
 def test_policy_blocks_breach_retraining(status_extra, trigger_blocked):
     status = {**monitoring_status(), **status_extra}
     d = decide(world(status, health=breached(), serving=serving()))
@@ -205,10 +233,19 @@ def test_schedule_triggers_once_per_slot():
 
 # --- following the Job ------------------------------------------------------------------------------
 
+
 def retraining_status(version=2):
-    return {**monitoring_status(), "phase": phases.RETRAINING,
-            "retraining": {"version": version, "jobName": f"churn-train-v{version}", "trigger": "Breach",
-                           "startedAt": format_time(NOW - 100), "parentVersion": 1}}
+    return {
+        **monitoring_status(),
+        "phase": phases.RETRAINING,
+        "retraining": {
+            "version": version,
+            "jobName": f"churn-train-v{version}",
+            "trigger": "Breach",
+            "startedAt": format_time(NOW - 100),
+            "parentVersion": 1,
+        },
+    }
 
 
 def test_running_job_is_followed_without_actions():
@@ -232,8 +269,16 @@ def test_failed_job_backs_off_and_deploys_nothing():
 
 
 def test_rejected_candidate_is_recorded_with_evidence():
-    job = JobObservation("churn-train-v2", "Succeeded", summary={
-        "ok": True, "challenger": {"accuracy": 0.80}, "champion": {"accuracy": 0.85}, "rows": {"holdout": 300}})
+    job = JobObservation(
+        "churn-train-v2",
+        "Succeeded",
+        summary={
+            "ok": True,
+            "challenger": {"accuracy": 0.80},
+            "champion": {"accuracy": 0.85},
+            "rows": {"holdout": 300},
+        },
+    )
     d = decide(world(retraining_status(), job=job, serving=serving()))
     assert ("Warning", "CandidateRejected") in events(d)
     record = d.status["history"][-1]
@@ -242,8 +287,11 @@ def test_rejected_candidate_is_recorded_with_evidence():
 
 
 def test_passing_candidate_starts_a_canary():
-    job = JobObservation("churn-train-v2", "Succeeded", summary={
-        "ok": True, "challenger": {"accuracy": 0.9}, "champion": {"accuracy": 0.85}})
+    job = JobObservation(
+        "churn-train-v2",
+        "Succeeded",
+        summary={"ok": True, "challenger": {"accuracy": 0.9}, "champion": {"accuracy": 0.85}},
+    )
     d = decide(world(retraining_status(), job=job, serving=serving()))
     [canary] = actions_of(d, EnsureCanary)
     assert canary.version == 2 and canary.canary_replicas == 1
@@ -262,11 +310,23 @@ def test_job_names_fit_kubernetes_limits():
 
 # --- manual canary overrides ------------------------------------------------------------------------
 
+
 def canary_status(step=0, started=NOW - 100):
-    return {**monitoring_status(), "phase": phases.CANARY,
-            "rollout": {"version": 2, "step": step, "weight": 33, "startedAt": format_time(started),
-                        "stepStartedAt": format_time(started), "analysisPhase": "Running",
-                        "consecutiveErrors": 0, "evidence": [], "paused": False}}
+    return {
+        **monitoring_status(),
+        "phase": phases.CANARY,
+        "rollout": {
+            "version": 2,
+            "step": step,
+            "weight": 33,
+            "startedAt": format_time(started),
+            "stepStartedAt": format_time(started),
+            "analysisPhase": "Running",
+            "consecutiveErrors": 0,
+            "evidence": [],
+            "paused": False,
+        },
+    }
 
 
 def test_abort_request_rolls_back_and_keeps_stable():
@@ -293,13 +353,19 @@ from feedbackloop.canary import ArmCounts, CanaryObservation, replica_split  # n
 
 
 def counts(canary_acc, stable_acc, n):
-    return CanaryObservation(accuracy=(ArmCounts(canary_acc * n, n), ArmCounts(stable_acc * n, n)),
-                             availability=(ArmCounts(n, n), ArmCounts(n, n)))
+    return CanaryObservation(
+        accuracy=(ArmCounts(canary_acc * n, n), ArmCounts(stable_acc * n, n)),
+        availability=(ArmCounts(n, n), ArmCounts(n, n)),
+    )
 
 
 def fast_spec():
-    return make_spec(rollout={"steps": [{"weight": 20, "pause": "1m"}, {"weight": 50, "pause": "1m"}],
-                              "analysis": {"latency": {"enabled": False}, "maxDuration": "1h"}})
+    return make_spec(
+        rollout={
+            "steps": [{"weight": 20, "pause": "1m"}, {"weight": 50, "pause": "1m"}],
+            "analysis": {"latency": {"enabled": False}, "maxDuration": "1h"},
+        }
+    )
 
 
 def run_canary(observation, looks, spec=None, step_seconds=60.0):
@@ -307,8 +373,7 @@ def run_canary(observation, looks, spec=None, step_seconds=60.0):
     status = canary_status(started=NOW)
     d = None
     for look in range(1, looks + 1):
-        d = decide(world(status, spec=spec, serving=serving(), canary=observation,
-                         now=NOW + look * step_seconds))
+        d = decide(world(status, spec=spec, serving=serving(), canary=observation, now=NOW + look * step_seconds))
         status = d.status
         if status.get("rollout") is None:
             break
@@ -352,8 +417,10 @@ def test_the_analysis_state_survives_in_status():
     assert d.status["rollout"]["analysis"]["looks"] == 1
 
 
-@pytest.mark.parametrize("replicas, weight, expected", [(2, 20, (1, 33)), (4, 20, (1, 20)), (2, 50, (2, 50)),
-                                                         (10, 10, (2, 17)), (3, 100, (3, 50))])
+@pytest.mark.parametrize(
+    "replicas, weight, expected",
+    [(2, 20, (1, 33)), (4, 20, (1, 20)), (2, 50, (2, 50)), (10, 10, (2, 17)), (3, 100, (3, 50))],
+)
 def test_replica_split(replicas, weight, expected):
     assert replica_split(replicas, weight) == expected
 
@@ -365,8 +432,10 @@ def test_cooldown_also_runs_from_the_last_outcome():
 
 
 def test_a_promoted_version_starts_with_fresh_rules():
-    status = {**canary_status(), "metrics": [{"name": "accuracy", "state": "Breaching", "value": 0.5,
-                                              "breachSince": format_time(NOW - 100)}]}
+    status = {
+        **canary_status(),
+        "metrics": [{"name": "accuracy", "state": "Breaching", "value": 0.5, "breachSince": format_time(NOW - 100)}],
+    }
     d = decide(world(status, serving=serving(), requests={"promote": "now"}))
     assert d.status["metrics"][0]["state"] == "NoData" and d.status["metrics"][0]["breachSince"] is None
     assert condition(d.status, "Breached")["reason"] == "NewVersion"
@@ -377,5 +446,7 @@ def test_retraining_condition_tracks_the_job():
     assert condition(start.status, "Retraining")["status"] == "Unknown"
     job = JobObservation("churn-train-v2", "Failed", "Job BackoffLimitExceeded: no rows")
     failed = decide(world(start.status, job=job, serving=serving()))
-    assert (condition(failed.status, "Retraining")["status"], condition(failed.status, "Retraining")["reason"]) == \
-        ("False", "TrainingFailed")
+    assert (condition(failed.status, "Retraining")["status"], condition(failed.status, "Retraining")["reason"]) == (
+        "False",
+        "TrainingFailed",
+    )

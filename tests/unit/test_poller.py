@@ -1,5 +1,6 @@
 """FleetPoller batching and error handling, against a fake query function (a unit test of one module;
 the real Prometheus is exercised in tests/e2e)."""
+
 import asyncio
 import math
 import re
@@ -8,8 +9,9 @@ from feedbackloop.api import MetricRule
 from feedbackloop.poller import EndpointKey, FleetPoller, LoopQuery
 
 ENDPOINT = EndpointKey("http://p", None, None, False, 5.0)
-BATCHABLE = MetricRule.model_validate({"name": "acc", "min": 0.5, "query":
-                                       'sum by (model, namespace) (x{model="{{model}}",namespace="{{namespace}}"})'})
+BATCHABLE = MetricRule.model_validate(
+    {"name": "acc", "min": 0.5, "query": 'sum by (model, namespace) (x{model="{{model}}",namespace="{{namespace}}"})'}
+)
 AGGREGATED = MetricRule.model_validate({"name": "acc", "min": 0.5, "query": 'sum(x{model="{{model}}"})'})
 
 
@@ -71,7 +73,14 @@ def test_nan_passes_through_as_nan():
 
 
 def test_samples_query_is_fetched_too():
-    rule = MetricRule.model_validate({"name": "acc", "min": 0.5, "query": BATCHABLE.query, "minSamples": 10,
-                                      "samplesQuery": BATCHABLE.query.replace("x{", "n{")})
+    rule = MetricRule.model_validate(
+        {
+            "name": "acc",
+            "min": 0.5,
+            "query": BATCHABLE.query,
+            "minSamples": 10,
+            "samplesQuery": BATCHABLE.query.replace("x{", "n{"),
+        }
+    )
     samples, stats = poll(FakePrometheus({"m0": 0.9, "m1": 0.8}), loops(2, rule))
     assert samples["ns/m0"]["acc"].samples == 0.9 and stats.queries == 2

@@ -6,8 +6,10 @@ TEMPLATE = 'sum by (model, namespace) (rate(x{model="{{model}}",namespace="{{nam
 
 
 def test_render_fills_placeholders():
-    assert promql.render(TEMPLATE, {"model": "churn", "namespace": "prod"}) == \
-        'sum by (model, namespace) (rate(x{model="churn",namespace="prod"}[5m]))'
+    assert (
+        promql.render(TEMPLATE, {"model": "churn", "namespace": "prod"})
+        == 'sum by (model, namespace) (rate(x{model="churn",namespace="prod"}[5m]))'
+    )
 
 
 @pytest.mark.parametrize("evil", ['a"} or vector(1) #', 'a\\"}', "a\nb"])

@@ -21,7 +21,11 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements"
-PACKAGES = {"feedbackloop": ROOT / "operator", "mfl_server": ROOT / "server_image", "mfl_trainer": ROOT / "trainer_image"}
+PACKAGES = {
+    "feedbackloop": ROOT / "operator",
+    "mfl_server": ROOT / "server_image",
+    "mfl_trainer": ROOT / "trainer_image",
+}
 # What each image runs, and the requirement files its venv installs (Dockerfile).
 ENTRY_MODULES = {
     "operator": ["feedbackloop.main", "feedbackloop.handlers"],
@@ -69,9 +73,11 @@ def test_a_package_in_several_files_has_one_specifier() -> None:
 def test_pyproject_reads_its_extras_from_the_files() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "optional-dependencies" in project["project"]["dynamic"]
-    assert not project["project"].get("dependencies")        # each image installs the wheel --no-deps
-    extras = {extra: table["file"]
-              for extra, table in project["tool"]["setuptools"]["dynamic"]["optional-dependencies"].items()}
+    assert not project["project"].get("dependencies")  # each image installs the wheel --no-deps
+    extras = {
+        extra: table["file"]
+        for extra, table in project["tool"]["setuptools"]["dynamic"]["optional-dependencies"].items()
+    }
     for files in extras.values():
         for file in files:
             assert (ROOT / file).is_file(), file
@@ -133,7 +139,7 @@ def third_party_imports(entry_modules: list[str]) -> dict[str, str]:
             continue
         seen.add(module)
         parts = module.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]        # parent packages run first
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
         path = files[module]
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         tree = ast.parse(path.read_text())

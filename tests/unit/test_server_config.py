@@ -1,4 +1,5 @@
 """Server configuration from the environment (mfl_server.config)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,16 +24,19 @@ def test_every_contract_variable_is_read():
     assert (config.track, config.storage_root, config.port) == ("canary", Path("/data"), 9000)
 
 
-@pytest.mark.parametrize("override, words", [
-    ({"MFL_MODEL_NAME": ""}, "MFL_MODEL_NAME"),
-    ({"MFL_MODEL_NAME": "../etc"}, "MFL_MODEL_NAME"),
-    ({"MFL_MODEL_VERSION": ""}, "MFL_MODEL_VERSION is required"),
-    ({"MFL_MODEL_VERSION": "v2"}, "MFL_MODEL_VERSION must be an integer"),
-    ({"MFL_TRACK": "beta"}, "MFL_TRACK must be one of"),
-    ({"MFL_SIGNING_KEY": ""}, "MFL_SIGNING_KEY is empty"),
-    ({"MFL_PORT": "70000"}, "MFL_PORT out of range"),
-    ({"MFL_SHUTDOWN_DELAY_SECONDS": "-1"}, "must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"MFL_MODEL_NAME": ""}, "MFL_MODEL_NAME"),
+        ({"MFL_MODEL_NAME": "../etc"}, "MFL_MODEL_NAME"),
+        ({"MFL_MODEL_VERSION": ""}, "MFL_MODEL_VERSION is required"),
+        ({"MFL_MODEL_VERSION": "v2"}, "MFL_MODEL_VERSION must be an integer"),
+        ({"MFL_TRACK": "beta"}, "MFL_TRACK must be one of"),
+        ({"MFL_SIGNING_KEY": ""}, "MFL_SIGNING_KEY is empty"),
+        ({"MFL_PORT": "70000"}, "MFL_PORT out of range"),
+        ({"MFL_SHUTDOWN_DELAY_SECONDS": "-1"}, "must be >= 0"),
+    ],
+)
 def test_bad_environment_is_named(override, words):
     with pytest.raises(ConfigError, match=words):
         from_env({**BASE, **override})

@@ -1,11 +1,12 @@
 """Signed prediction ids (mfl_server.ids): round trip, tamper and forgery rejection."""
+
 from __future__ import annotations
 
 import base64
 
 import pytest
 
-from mfl_server.ids import FORMAT, IdSigner, InvalidId, TAG_BYTES
+from mfl_server.ids import FORMAT, TAG_BYTES, IdSigner, InvalidId
 
 SIGNER = IdSigner(b"secret-key", "churn")
 
@@ -23,8 +24,7 @@ def test_ids_are_compact_url_safe_and_unique():
     ids = SIGNER.sign_batch(3, "stable", [1] * 1000, 1764340000.0)
     assert len(set(ids)) == 1000
     assert all(len(row_id) <= 48 for row_id in ids)
-    assert all(set(row_id) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-               for row_id in ids)
+    assert all(set(row_id) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for row_id in ids)
 
 
 def test_any_replica_with_the_key_verifies():
@@ -53,7 +53,7 @@ def test_every_flipped_byte_is_rejected():
 def test_forged_label_change_is_rejected():
     [row_id] = SIGNER.sign_batch(1, "stable", [0], 1.0)
     raw = _decode(row_id)
-    forged = raw[:-TAG_BYTES - 1] + bytes([1]) + raw[-TAG_BYTES:]
+    forged = raw[: -TAG_BYTES - 1] + bytes([1]) + raw[-TAG_BYTES:]
     with pytest.raises(InvalidId) as caught:
         SIGNER.verify(_encode(forged))
     assert caught.value.reason == "bad_signature"

@@ -1,4 +1,5 @@
 """Request parsing for /predict (mfl_server.inputs) and feedback review (mfl_server.feedback)."""
+
 from __future__ import annotations
 
 import math
@@ -40,49 +41,75 @@ def test_categorical_features_make_an_object_matrix():
     assert matrix[0].tolist() == [1.0, "Oslo"] and math.isnan(matrix[1, 0]) and matrix[1, 1] == ""
 
 
-@pytest.mark.parametrize("instances, status, words", [
-    ([{"a": 1, "b": 2}], 422, "row 0: missing feature 'c'"),
-    ([{"a": 1, "b": 2, "c": 3}, {"a": 1, "c": 3}], 422, "row 1: missing feature 'b'"),
-    ([{"a": 1, "b": "x", "c": 3}], 422, "feature 'b' has the wrong type"),
-    ([{"a": 1, "b": [1], "c": 3}], 422, "feature 'b' has the wrong type"),
-    ([{"a": 1, "b": {"x": 1}, "c": 3}], 422, "got an object"),
-    ([[1, 2]], 422, "row 0 has 2 values, expected 3"),
-    ([{"a": 1, "b": 2, "c": 3}, [1, 2, 3]], 422, "row 1 must be an object"),
-    (["abc"], 422, "row 0 must be an object of feature values or a list"),
-])
+@pytest.mark.parametrize(
+    "instances, status, words",
+    [
+        ([{"a": 1, "b": 2}], 422, "row 0: missing feature 'c'"),
+        ([{"a": 1, "b": 2, "c": 3}, {"a": 1, "c": 3}], 422, "row 1: missing feature 'b'"),
+        ([{"a": 1, "b": "x", "c": 3}], 422, "feature 'b' has the wrong type"),
+        ([{"a": 1, "b": [1], "c": 3}], 422, "feature 'b' has the wrong type"),
+        ([{"a": 1, "b": {"x": 1}, "c": 3}], 422, "got an object"),
+        ([[1, 2]], 422, "row 0 has 2 values, expected 3"),
+        ([{"a": 1, "b": 2, "c": 3}, [1, 2, 3]], 422, "row 1 must be an object"),
+        (["abc"], 422, "row 0 must be an object of feature values or a list"),
+    ],
+)
 def test_bad_rows_name_the_problem(instances, status, words):
     with pytest.raises(RequestError) as caught:
         build_batch(instances, SCHEMA)
     assert caught.value.status == status and words in caught.value.message
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ([1, 2], 400, "JSON object"),
-    ({}, 422, 'missing "instances"'),
-    ({"instances": {"a": 1}}, 422, "must be a list"),
-    ({"instances": []}, 422, "empty batch"),
-    ({"instances": [[1, 2, 3]] * 5}, 413, "batch too large: 5 rows, at most 4"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ([1, 2], 400, "JSON object"),
+        ({}, 422, 'missing "instances"'),
+        ({"instances": {"a": 1}}, 422, "must be a list"),
+        ({"instances": []}, 422, "empty batch"),
+        ({"instances": [[1, 2, 3]] * 5}, 413, "batch too large: 5 rows, at most 4"),
+    ],
+)
 def test_bad_bodies_name_the_problem(body, status, words):
     with pytest.raises(RequestError) as caught:
         instances_of(body, max_batch=4)
     assert caught.value.status == status and words in caught.value.message
 
 
-@pytest.mark.parametrize("predicted, actual, same", [
-    (1, 1, True), (1, "1", True), (1, 1.0, True), (1, " 1 ", True), (True, 1, True),
-    ("yes", "yes", True), ("yes", "no", False), (0, 1, False), (0.5, "0.5", True),
-])
+@pytest.mark.parametrize(
+    "predicted, actual, same",
+    [
+        (1, 1, True),
+        (1, "1", True),
+        (1, 1.0, True),
+        (1, " 1 ", True),
+        (True, 1, True),
+        ("yes", "yes", True),
+        ("yes", "no", False),
+        (0, 1, False),
+        (0.5, "0.5", True),
+    ],
+)
 def test_labels_compare_as_the_trainer_compares_them(predicted, actual, same):
     assert fb.is_correct(predicted, actual) is same
 
 
-@pytest.mark.parametrize("label, task, ok", [
-    (1, "classification", True), ("yes", "classification", True), (None, "classification", False),
-    ("", "classification", False), ("n/a", "classification", False), ([1], "classification", False),
-    (2.5, "regression", True), ("2.5", "regression", True), ("x", "regression", False),
-    (float("nan"), "regression", False), (None, "regression", False),
-])
+@pytest.mark.parametrize(
+    "label, task, ok",
+    [
+        (1, "classification", True),
+        ("yes", "classification", True),
+        (None, "classification", False),
+        ("", "classification", False),
+        ("n/a", "classification", False),
+        ([1], "classification", False),
+        (2.5, "regression", True),
+        ("2.5", "regression", True),
+        ("x", "regression", False),
+        (float("nan"), "regression", False),
+        (None, "regression", False),
+    ],
+)
 def test_label_validation(label, task, ok):
     assert (fb.label_problem(label, task) is None) is ok
 
@@ -90,24 +117,39 @@ def test_label_validation(label, task, ok):
 def test_review_splits_entries_and_counts_duplicates_once():
     signer = IdSigner(b"k", "m")
     first, second = signer.sign_batch(1, "stable", [1, 0], 1.0)
-    forged = first[:-1] + ("Q" if first.endswith("A") else "A")   # canonical spelling, wrong tag
+    forged = first[:-1] + ("Q" if first.endswith("A") else "A")  # canonical spelling, wrong tag
     seen = fb.SeenIds(10)
     seen.add(second)
     accepted, rejected = fb.review(
-        [{"id": first, "label": 1}, {"id": first, "label": 0}, {"id": second, "label": 0},
-         {"id": "junk", "label": 1}, {"label": 1}, "text", {"id": forged, "label": 1}],
-        signer.verify, "classification", seen.__contains__)
+        [
+            {"id": first, "label": 1},
+            {"id": first, "label": 0},
+            {"id": second, "label": 0},
+            {"id": "junk", "label": 1},
+            {"label": 1},
+            "text",
+            {"id": forged, "label": 1},
+        ],
+        signer.verify,
+        "classification",
+        seen.__contains__,
+    )
     assert [item.id for item in accepted] == [first]
     assert [(item.index, item.reason) for item in rejected] == [
-        (1, "duplicate"), (2, "duplicate"), (3, "malformed"), (4, "malformed"), (5, "malformed"),
-        (6, "bad_signature")]
+        (1, "duplicate"),
+        (2, "duplicate"),
+        (3, "malformed"),
+        (4, "malformed"),
+        (5, "malformed"),
+        (6, "bad_signature"),
+    ]
 
 
 def test_seen_ids_is_a_bounded_lru():
     seen = fb.SeenIds(2)
     for key in ("a", "b"):
         seen.add(key)
-    assert "a" in seen        # touch: "b" is now the oldest
+    assert "a" in seen  # touch: "b" is now the oldest
     seen.add("c")
     assert "b" not in seen and "a" in seen and "c" in seen and len(seen) == 2
 

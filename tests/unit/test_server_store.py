@@ -1,11 +1,12 @@
 """JSON-lines logs in the artifact store (mfl_server.store)."""
+
 from __future__ import annotations
 
 import json
 
 from mfl_server.store import DailyJsonl, process_file_name, utc_day
 
-DAY1 = 1764288000.0          # 2025-11-28T00:00:00Z
+DAY1 = 1764288000.0  # 2025-11-28T00:00:00Z
 
 
 def test_lines_go_to_the_utc_day_of_their_timestamp(tmp_path):
@@ -23,7 +24,7 @@ def test_lines_go_to_the_utc_day_of_their_timestamp(tmp_path):
 def test_lines_are_in_the_file_before_append_returns(tmp_path):
     log = DailyJsonl(tmp_path, "h-1.jsonl")
     log.append(b'{"n":1}\n', DAY1)
-    assert log.path.read_bytes() == b'{"n":1}\n'      # no close, no flush call
+    assert log.path.read_bytes() == b'{"n":1}\n'  # no close, no flush call
     log.close()
 
 

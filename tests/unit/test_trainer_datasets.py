@@ -1,4 +1,5 @@
 """The synthetic concept-drift generator shared by tests, demo and benchmarks."""
+
 from __future__ import annotations
 
 import csv
@@ -6,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from feedbackloop import datasets
 
 
@@ -60,9 +62,10 @@ def test_write_base_csv(tmp_path):
 
 def test_write_feedback_logs_uses_the_contract_layout(tmp_path):
     stream = datasets.drift_stream(3, seed=1)
-    ts = [1_764_000_000.0, 1_764_000_001.0, 1_764_090_000.0]      # the last on the next UTC day
-    ids = datasets.write_feedback_logs(tmp_path, stream.X, stream.y, stream.feature_names, ts,
-                                       predictions=np.array([1, 0, 1]))
+    ts = [1_764_000_000.0, 1_764_000_001.0, 1_764_090_000.0]  # the last on the next UTC day
+    ids = datasets.write_feedback_logs(
+        tmp_path, stream.X, stream.y, stream.feature_names, ts, predictions=np.array([1, 0, 1])
+    )
     days = sorted(p.name for p in (tmp_path / "predictions").iterdir())
     assert days == ["date=2025-11-24", "date=2025-11-25"]
     first = json.loads((tmp_path / "predictions" / days[0] / "synthetic-0.jsonl").read_text().splitlines()[0])

@@ -1,4 +1,5 @@
 """The trainer's pure parts: config, holdout, labels, slices, summary, threads, feedback join."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mfl_trainer import config as config_module
 from mfl_trainer import datasource, estimators, evaluation, split, summary, tables, threads
 from mfl_trainer.errors import TrainerError
@@ -18,29 +20,34 @@ BASE = {"model": "churn", "version": 3, "target": "label"}
 
 # --- config --------------------------------------------------------------------------------------
 
+
 def test_config_defaults_and_unknown_keys():
     parsed = config_module.parse_config({**BASE, "futureField": 1}, env={}, clock=100.0)
     assert parsed.estimator == "hist_gradient_boosting" and parsed.now == 100.0
     assert str(parsed.storage_root) == "/var/lib/mfl/artifacts"
     assert parsed.window_start is None and parsed.ignored_keys == ["futureField"]
-    regression = config_module.parse_config({**BASE, "task": "regression", "dataWindowSeconds": 10,
-                                             "now": 50}, env={"MFL_STORAGE_ROOT": "/data"})
+    regression = config_module.parse_config(
+        {**BASE, "task": "regression", "dataWindowSeconds": 10, "now": 50}, env={"MFL_STORAGE_ROOT": "/data"}
+    )
     assert regression.estimator == "hist_gradient_boosting_regressor"
     assert regression.window_start == 40 and str(regression.storage_root) == "/data"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"model": "../etc"}, "model must be a plain name"),
-    ({"version": True}, "version must be an integer"),
-    ({"version": 0}, "version must be >= 1"),
-    ({"parentVersion": 3}, "parentVersion must be >= 1 and differ from version"),
-    ({"incremental": True}, "incremental training needs parentVersion"),
-    ({"features": ["a", "a"]}, "features has duplicates"),
-    ({"features": ["label"]}, "target 'label' is also listed in features"),
-    ({"labelNoise": 1.0}, "labelNoise must be in [0, 1)"),
-    ({"task": "ranking"}, "task must be one of"),
-    ({"hyperparameters": []}, "hyperparameters must be an object"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": "../etc"}, "model must be a plain name"),
+        ({"version": True}, "version must be an integer"),
+        ({"version": 0}, "version must be >= 1"),
+        ({"parentVersion": 3}, "parentVersion must be >= 1 and differ from version"),
+        ({"incremental": True}, "incremental training needs parentVersion"),
+        ({"features": ["a", "a"]}, "features has duplicates"),
+        ({"features": ["label"]}, "target 'label' is also listed in features"),
+        ({"labelNoise": 1.0}, "labelNoise must be in [0, 1)"),
+        ({"task": "ranking"}, "task must be one of"),
+        ({"hyperparameters": []}, "hyperparameters must be an object"),
+    ],
+)
 def test_config_rejects(overrides, message):
     with pytest.raises(TrainerError, match=None) as caught:
         config_module.parse_config({**BASE, **overrides}, env={})
@@ -59,6 +66,7 @@ def test_config_document_sources(tmp_path):
 
 
 # --- holdout, noise, weights ---------------------------------------------------------------------
+
 
 def test_holdout_is_the_newest_feedback():
     is_feedback = np.array([False] * 10 + [True] * 8)
@@ -101,6 +109,7 @@ def test_sample_weights_favour_feedback():
 
 # --- labels and table ----------------------------------------------------------------------------
 
+
 def test_labels_from_csv_and_json_agree():
     y, keep = tables.label_column(np.array([0.0, 1.0, np.nan]), [1, "0", 1.0, None], "classification")
     assert y[keep].tolist() == [0, 1, 1, 0, 1] and keep.tolist() == [True, True, False, True, True, True, False]
@@ -112,10 +121,15 @@ def test_labels_from_csv_and_json_agree():
 
 
 def test_table_types_from_base_and_unusable_feedback_counted():
-    base = datasource.BaseData(columns={"a": np.array([1.0, 2.0]), "c": np.array(["x", "y"], dtype=object),
-                                        "label": np.array([0.0, 1.0])}, rows=2, file_hashes={})
-    feedback = [datasource.FeedbackRow("1", 10.0, {"a": "oops", "c": 7}, 1),
-                datasource.FeedbackRow("2", 11.0, {"a": 3}, 0)]          # no "c": skipped
+    base = datasource.BaseData(
+        columns={"a": np.array([1.0, 2.0]), "c": np.array(["x", "y"], dtype=object), "label": np.array([0.0, 1.0])},
+        rows=2,
+        file_hashes={},
+    )
+    feedback = [
+        datasource.FeedbackRow("1", 10.0, {"a": "oops", "c": 7}, 1),
+        datasource.FeedbackRow("2", 11.0, {"a": 3}, 0),
+    ]  # no "c": skipped
     stats: Counter = Counter()
     table = tables.build_table(["a", "c"], "label", "classification", base, feedback, stats)
     assert table.feature_types == {"a": "numeric", "c": "categorical"}
@@ -127,6 +141,7 @@ def test_table_types_from_base_and_unusable_feedback_counted():
 
 
 # --- slices and metrics --------------------------------------------------------------------------
+
 
 def test_numeric_slices_are_quantile_intervals():
     values = np.array([*range(100), np.nan], dtype=float)
@@ -142,21 +157,35 @@ def test_worst_slices_rank_by_accuracy_and_skip_small_slices():
     y_true = np.zeros(65, dtype=int)
     challenger = np.concatenate([np.ones(10), np.zeros(50), np.ones(5)]).astype(int)
     champion = np.zeros(65, dtype=int)
-    table = evaluation.slice_table("classification", {"colour": colour}, {"colour": "categorical"}, y_true,
-                                   {"challenger": challenger, "champion": champion}, 5, min_rows=20)
+    table = evaluation.slice_table(
+        "classification",
+        {"colour": colour},
+        {"colour": "categorical"},
+        y_true,
+        {"challenger": challenger, "champion": champion},
+        5,
+        min_rows=20,
+    )
     worst = evaluation.worst_slices(table, "challenger", "classification")
     assert worst == [
-        {"feature": "colour", "bin": "red", "accuracy": pytest.approx(2 / 3, abs=1e-6), "rows": 30,
-         "championAccuracy": 1.0},
-        {"feature": "colour", "bin": "blue", "accuracy": 1.0, "rows": 30, "championAccuracy": 1.0}]
+        {
+            "feature": "colour",
+            "bin": "red",
+            "accuracy": pytest.approx(2 / 3, abs=1e-6),
+            "rows": 30,
+            "championAccuracy": 1.0,
+        },
+        {"feature": "colour", "bin": "blue", "accuracy": 1.0, "rows": 30, "championAccuracy": 1.0},
+    ]
 
 
 def test_regression_metrics_and_worst_slices_by_mae():
     result = evaluation.metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
     assert result["mae"] == pytest.approx(2 / 3, abs=1e-6) and result["rmse"] == pytest.approx(np.sqrt(4 / 3), abs=1e-6)
     x = np.arange(40, dtype=float)
-    table = evaluation.slice_table("regression", {"x": x}, {"x": "numeric"}, np.zeros(40),
-                                   {"challenger": np.where(x < 20, 0.0, 3.0)}, 2, 10)
+    table = evaluation.slice_table(
+        "regression", {"x": x}, {"x": "numeric"}, np.zeros(40), {"challenger": np.where(x < 20, 0.0, 3.0)}, 2, 10
+    )
     assert [s["mae"] for s in evaluation.worst_slices(table, "challenger", "regression")] == [3.0, 0.0]
 
 
@@ -168,6 +197,7 @@ def test_confusion_and_per_class_keep_label_order():
 
 
 # --- summary -------------------------------------------------------------------------------------
+
 
 def test_summary_line_drops_slices_then_cuts_the_error():
     slices = [{"feature": "f" * 300, "bin": "[0, 1)", "accuracy": 0.5, "rows": 40} for _ in range(20)]
@@ -190,6 +220,7 @@ def test_emit_survives_an_unwritable_termination_log(tmp_path, capsys):
 
 # --- threads -------------------------------------------------------------------------------------
 
+
 def test_thread_budget_follows_env_then_cgroup_quota(tmp_path):
     cpu_max = tmp_path / "cpu.max"
     assert threads.thread_budget({"MFL_TRAINER_THREADS": "3"}, cpu_max) == 3
@@ -200,6 +231,7 @@ def test_thread_budget_follows_env_then_cgroup_quota(tmp_path):
 
 
 # --- feedback join -------------------------------------------------------------------------------
+
 
 def _lines(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,29 +244,30 @@ def _day(ts: float) -> str:
 
 def test_feedback_join_window_and_corrections(tmp_path):
     day = 86_400.0
-    now = 20_000 * day + 3_600          # 2024-10-04 01:00 UTC
+    now = 20_000 * day + 3_600  # 2024-10-04 01:00 UTC
     predictions = [
-        {"id": "early", "ts": now - 3 * day, "features": {"a": 1}},     # before the 2-day window
+        {"id": "early", "ts": now - 3 * day, "features": {"a": 1}},  # before the 2-day window
         {"id": "p1", "ts": now - day, "features": {"a": 1}},
         {"id": "p2", "ts": now - day + 5, "features": {"a": 2}},
         {"id": "p3", "ts": now - 10, "features": {"a": 3}},
     ]
     feedback = [
         {"id": "p1", "ts": now - day + 60, "label": 0},
-        {"id": "p1", "ts": now - day + 90, "label": 1},                 # a later correction wins
-        {"id": "p2", "ts": now + 60, "label": 1},                       # given after `now`
+        {"id": "p1", "ts": now - day + 90, "label": 1},  # a later correction wins
+        {"id": "p2", "ts": now + 60, "label": 1},  # given after `now`
         {"id": "p3", "ts": now - 5, "label": 0},
         {"id": "ghost", "ts": now - 5, "label": 0},
     ]
     for folder, records in (("predictions", predictions), ("feedback", feedback)):
         for record in records:
             path = tmp_path / folder / _day(record["ts"]) / "h-1.jsonl"
-            _lines(path, [*(json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])),
-                          record])
+            _lines(
+                path, [*(json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])), record]
+            )
     data = datasource.read_feedback(tmp_path, now - 2 * day, now)
     assert [(r.id, r.label) for r in data.rows] == [("p1", 1), ("p3", 0)]
     assert data.stats == Counter(duplicateFeedback=1, feedbackAfterNow=1, feedbackWithoutPrediction=1)
-    assert data.files_read == 4      # 10-03 and 10-04 for both; the 10-01 partition lies before the window
+    assert data.files_read == 4  # 10-03 and 10-04 for both; the 10-01 partition lies before the window
 
 
 def test_partition_files_ignore_odd_folder_names(tmp_path):
@@ -247,13 +280,14 @@ def test_partition_files_ignore_odd_folder_names(tmp_path):
 
 def test_csv_with_missing_cells_and_text(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text('\ufeffa,b,label\r\n1,x,0\r\n,"y, z",1\r\nshort\r\n', encoding="utf-8")   # BOM, CRLF
+    path.write_text('\ufeffa,b,label\r\n1,x,0\r\n,"y, z",1\r\nshort\r\n', encoding="utf-8")  # BOM, CRLF
     base = datasource.read_base_data([path], ["a", "b", "label"])
     assert base.rows == 2 and base.malformed_rows == 1
     assert np.isnan(base.columns["a"][1]) and base.columns["b"].tolist() == ["x", "y, z"]
 
 
 # --- estimators ----------------------------------------------------------------------------------
+
 
 def test_estimator_gets_a_fixed_random_state_and_checked_names():
     spec = estimators.estimator_spec("random_forest", "classification")
@@ -309,5 +343,6 @@ def test_unwritable_store_fails_before_training_with_what_to_fix(tmp_path, monke
 
 def test_writable_store_passes_and_leaves_nothing(tmp_path):
     from mfl_trainer import registry
+
     registry.require_writable(tmp_path, "churn")
     assert [p.name for p in (tmp_path / "churn" / "versions").iterdir()] == []

@@ -1,4 +1,5 @@
 """The trainer's configuration (docs/contracts.md, "Trainer"): parsing and validation."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from .errors import TrainerError
 
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 TASKS = ("classification", "regression")
-DEFAULT_ESTIMATOR = {"classification": "hist_gradient_boosting",
-                     "regression": "hist_gradient_boosting_regressor"}
+DEFAULT_ESTIMATOR = {"classification": "hist_gradient_boosting", "regression": "hist_gradient_boosting_regressor"}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -30,23 +30,23 @@ class TrainerConfig:
     task: str = "classification"
     estimator: str = "hist_gradient_boosting"
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    features: list[str] = field(default_factory=list)    # empty: every base-data column but the target
-    data_window_seconds: float | None = None               # None: all feedback up to `now`
+    features: list[str] = field(default_factory=list)  # empty: every base-data column but the target
+    data_window_seconds: float | None = None  # None: all feedback up to `now`
     now: float = 0.0
     holdout_fraction: float = 0.25
     min_rows: int = 200
-    min_holdout_rows: int = 50        # fewer recent feedback rows than this: base-data holdout instead
+    min_holdout_rows: int = 50  # fewer recent feedback rows than this: base-data holdout instead
     incremental: bool = False
     incremental_steps: int | None = None  # partial_fit epochs, or trees/iterations added by warm start
-    recent_weight: float = 1.0        # sample weight of feedback rows (base rows weigh 1)
+    recent_weight: float = 1.0  # sample weight of feedback rows (base rows weigh 1)
     slice_features: list[str] = field(default_factory=list)
     slice_bins: int = 5
     slice_min_rows: int = 20
     trainer_image: str = ""
-    label_noise: float = 0.0          # tests only: flip this fraction of training labels
+    label_noise: float = 0.0  # tests only: flip this fraction of training labels
     seed: int = 0
     ignored_keys: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)   # the document as given, for the content hash
+    raw: dict[str, Any] = field(default_factory=dict)  # the document as given, for the content hash
 
     @property
     def window_start(self) -> float | None:
@@ -93,22 +93,36 @@ def _dict(value: Any, key: str) -> dict[str, Any]:
 
 # JSON key -> (TrainerConfig attribute, parser)
 _FIELDS: dict[str, tuple[str, Any]] = {
-    "model": ("model", _str), "namespace": ("namespace", _str), "storageRoot": ("storage_root", _str),
-    "version": ("version", _int), "parentVersion": ("parent_version", _int), "task": ("task", _str),
-    "estimator": ("estimator", _str), "hyperparameters": ("hyperparameters", _dict),
-    "features": ("features", _str_list), "target": ("target", _str),
-    "dataWindowSeconds": ("data_window_seconds", _number), "now": ("now", _number),
-    "holdoutFraction": ("holdout_fraction", _number), "minRows": ("min_rows", _int),
-    "minHoldoutRows": ("min_holdout_rows", _int), "incremental": ("incremental", _bool),
-    "incrementalSteps": ("incremental_steps", _int), "recentWeight": ("recent_weight", _number),
-    "sliceFeatures": ("slice_features", _str_list), "sliceBins": ("slice_bins", _int),
-    "sliceMinRows": ("slice_min_rows", _int), "trainerImage": ("trainer_image", _str),
-    "labelNoise": ("label_noise", _number), "seed": ("seed", _int),
+    "model": ("model", _str),
+    "namespace": ("namespace", _str),
+    "storageRoot": ("storage_root", _str),
+    "version": ("version", _int),
+    "parentVersion": ("parent_version", _int),
+    "task": ("task", _str),
+    "estimator": ("estimator", _str),
+    "hyperparameters": ("hyperparameters", _dict),
+    "features": ("features", _str_list),
+    "target": ("target", _str),
+    "dataWindowSeconds": ("data_window_seconds", _number),
+    "now": ("now", _number),
+    "holdoutFraction": ("holdout_fraction", _number),
+    "minRows": ("min_rows", _int),
+    "minHoldoutRows": ("min_holdout_rows", _int),
+    "incremental": ("incremental", _bool),
+    "incrementalSteps": ("incremental_steps", _int),
+    "recentWeight": ("recent_weight", _number),
+    "sliceFeatures": ("slice_features", _str_list),
+    "sliceBins": ("slice_bins", _int),
+    "sliceMinRows": ("slice_min_rows", _int),
+    "trainerImage": ("trainer_image", _str),
+    "labelNoise": ("label_noise", _number),
+    "seed": ("seed", _int),
 }
 
 
-def parse_config(document: Mapping[str, Any], env: Mapping[str, str] | None = None,
-                 clock: float | None = None) -> TrainerConfig:
+def parse_config(
+    document: Mapping[str, Any], env: Mapping[str, str] | None = None, clock: float | None = None
+) -> TrainerConfig:
     """Validate the JSON document; missing optional fields get their defaults."""
     env = os.environ if env is None else env
     if not isinstance(document, Mapping):

@@ -3,6 +3,7 @@
 Layout (docs/contracts.md): ``<model>/data/*.csv``, ``<model>/predictions/date=YYYY-MM-DD/*.jsonl``,
 ``<model>/feedback/date=YYYY-MM-DD/*.jsonl``. Only day partitions overlapping the data window are read.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,29 +29,30 @@ _HASH_CHUNK = 1 << 20
 
 @dataclass
 class BaseData:
-    columns: dict[str, np.ndarray]        # float64 when every value parses as a number, else object (str)
+    columns: dict[str, np.ndarray]  # float64 when every value parses as a number, else object (str)
     rows: int
-    file_hashes: dict[str, str]           # file name -> sha256 of its bytes
+    file_hashes: dict[str, str]  # file name -> sha256 of its bytes
     malformed_rows: int = 0
 
 
 @dataclass(frozen=True)
 class FeedbackRow:
     id: str
-    ts: float                              # prediction time: when the features were seen
+    ts: float  # prediction time: when the features were seen
     features: dict[str, Any]
     label: Any
 
 
 @dataclass
 class FeedbackData:
-    rows: list[FeedbackRow]               # ordered by (ts, id)
+    rows: list[FeedbackRow]  # ordered by (ts, id)
     stats: Counter = field(default_factory=Counter)
     files_read: int = 0
-    digest: str = ""                       # sha256 of the joined rows: stable while files grow after `now`
+    digest: str = ""  # sha256 of the joined rows: stable while files grow after `now`
 
 
 # --- base data -----------------------------------------------------------------------------------
+
 
 def base_files(model_dir: Path) -> list[Path]:
     return sorted((model_dir / "data").glob("*.csv"))
@@ -70,9 +72,12 @@ def read_base_data(files: list[Path], columns: list[str]) -> BaseData | None:
         return None
     parts = [_read_csv(path, columns) for path in files]
     merged = {name: _concat([part[0][name] for part in parts]) for name in columns}
-    return BaseData(columns=merged, rows=sum(len(part[0][columns[0]]) for part in parts),
-                    file_hashes={path.name: sha256_file(path) for path in files},
-                    malformed_rows=sum(part[1] for part in parts))
+    return BaseData(
+        columns=merged,
+        rows=sum(len(part[0][columns[0]]) for part in parts),
+        file_hashes={path.name: sha256_file(path) for path in files},
+        malformed_rows=sum(part[1] for part in parts),
+    )
 
 
 def _read_csv(path: Path, columns: list[str]) -> tuple[dict[str, np.ndarray], int]:
@@ -91,9 +96,17 @@ def _read_numeric_csv(path: Path, indices: list[int]) -> np.ndarray | None:
     """Fast path for all-numeric files (numpy's C parser); None when some cell is not a number."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")      # "empty input file" for a header-only CSV
-            return np.loadtxt(path, delimiter=",", skiprows=1, usecols=indices, dtype=np.float64,
-                              ndmin=2, quotechar='"', encoding="utf-8")
+            warnings.simplefilter("ignore")  # "empty input file" for a header-only CSV
+            return np.loadtxt(
+                path,
+                delimiter=",",
+                skiprows=1,
+                usecols=indices,
+                dtype=np.float64,
+                ndmin=2,
+                quotechar='"',
+                encoding="utf-8",
+            )
     except (ValueError, IndexError):
         return None
     except (OSError, UnicodeDecodeError) as error:
@@ -124,8 +137,7 @@ def _read_text_csv(path: Path, header: list[str], columns: list[str]) -> tuple[d
 def parse_column(values: list[str]) -> np.ndarray:
     """Numbers (missing -> NaN) when every value parses, else the text as an object array."""
     try:
-        return np.array([math.nan if v.lower() in MISSING_TEXT else float(v) for v in values],
-                        dtype=np.float64)
+        return np.array([math.nan if v.lower() in MISSING_TEXT else float(v) for v in values], dtype=np.float64)
     except ValueError:
         return np.array(values, dtype=object)
 
@@ -152,6 +164,7 @@ def sha256_file(path: Path) -> str:
 
 
 # --- feedback ------------------------------------------------------------------------------------
+
 
 def partition_files(folder: Path, start: float | None, end: float) -> list[Path]:
     """``*.jsonl`` files under ``date=YYYY-MM-DD`` folders whose UTC day overlaps [start, end]."""
@@ -183,12 +196,14 @@ def read_feedback(model_dir: Path, start: float | None, now: float) -> FeedbackD
         ts, features = predictions[row_id]
         rows.append(FeedbackRow(row_id, ts, features, label))
     rows.sort(key=lambda r: (r.ts, r.id))
-    return FeedbackData(rows=rows, stats=stats, files_read=len(prediction_files) + len(feedback_files),
-                        digest=_digest_rows(rows))
+    return FeedbackData(
+        rows=rows, stats=stats, files_read=len(prediction_files) + len(feedback_files), digest=_digest_rows(rows)
+    )
 
 
-def _read_predictions(files: list[Path], start: float | None, now: float,
-                      stats: Counter) -> dict[str, tuple[float, dict[str, Any]]]:
+def _read_predictions(
+    files: list[Path], start: float | None, now: float, stats: Counter
+) -> dict[str, tuple[float, dict[str, Any]]]:
     predictions: dict[str, tuple[float, dict[str, Any]]] = {}
     for record in _json_lines(files, stats, "malformedPredictionLines"):
         row_id, ts, features = record.get("id"), record.get("ts"), record.get("features")
@@ -232,7 +247,7 @@ def _json_lines(files: list[Path], stats: Counter, malformed_key: str) -> Iterat
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:          # also a torn last line of a file still being appended to
+            except ValueError:  # also a torn last line of a file still being appended to
                 stats[malformed_key] += 1
                 continue
             if isinstance(record, dict):
@@ -244,8 +259,7 @@ def _json_lines(files: list[Path], stats: Counter, malformed_key: str) -> Iterat
 def _digest_rows(rows: list[FeedbackRow]) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row.id, row.ts, row.features, row.label], sort_keys=True,
-                                 default=str).encode())
+        digest.update(json.dumps([row.id, row.ts, row.features, row.label], sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 

@@ -1,4 +1,5 @@
 """Errors the trainer reports as ``{"ok": false, "error": ...}``."""
+
 from __future__ import annotations
 
 EXIT_UNEXPECTED = 1

@@ -4,6 +4,7 @@ The saved model is a scikit-learn ``Pipeline``: ``prepare`` (a ``ColumnTransform
 Its input is a 2-D array with one column per feature in ``metadata.features`` order: float64 when
 every feature is numeric, object dtype when some feature is categorical (text).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - private module moved
     InvalidParameterError = ValueError  # type: ignore[misc,assignment]
 
-MAX_CATEGORIES = 32             # per categorical feature; rarer values share one "infrequent" column
+MAX_CATEGORIES = 32  # per categorical feature; rarer values share one "infrequent" column
 PARTIAL_FIT, GROW, WARM_REFIT = "partial_fit", "grow", "warm_refit"
 DEFAULT_EPOCHS = 5
 
@@ -45,30 +46,63 @@ class EstimatorSpec:
     task: str
     factory: Callable[..., BaseEstimator]
     defaults: dict[str, Any] = field(default_factory=dict)
-    linear: bool = False         # impute and standardise numeric features
-    native_nan: bool = False     # handles missing values itself
-    incremental: str | None = None   # PARTIAL_FIT, GROW (warm start adds trees) or WARM_REFIT
+    linear: bool = False  # impute and standardise numeric features
+    native_nan: bool = False  # handles missing values itself
+    incremental: str | None = None  # PARTIAL_FIT, GROW (warm start adds trees) or WARM_REFIT
     growth_param: str | None = None  # GROW: the parameter counting trees / iterations
 
 
-ESTIMATORS: dict[str, EstimatorSpec] = {spec.name: spec for spec in [
-    EstimatorSpec("logistic_regression", "classification", LogisticRegression, {"max_iter": 1000},
-                  linear=True, incremental=WARM_REFIT),
-    EstimatorSpec("random_forest", "classification", RandomForestClassifier,
-                  incremental=GROW, growth_param="n_estimators"),
-    EstimatorSpec("hist_gradient_boosting", "classification", HistGradientBoostingClassifier,
-                  native_nan=True, incremental=GROW, growth_param="max_iter"),
-    EstimatorSpec("sgd", "classification", SGDClassifier, {"loss": "log_loss"},
-                  linear=True, incremental=PARTIAL_FIT),
-    EstimatorSpec("gradient_boosting", "classification", GradientBoostingClassifier,
-                  incremental=GROW, growth_param="n_estimators"),
-    EstimatorSpec("ridge", "regression", Ridge, linear=True),
-    EstimatorSpec("random_forest_regressor", "regression", RandomForestRegressor,
-                  incremental=GROW, growth_param="n_estimators"),
-    EstimatorSpec("hist_gradient_boosting_regressor", "regression", HistGradientBoostingRegressor,
-                  native_nan=True, incremental=GROW, growth_param="max_iter"),
-    EstimatorSpec("sgd_regressor", "regression", SGDRegressor, linear=True, incremental=PARTIAL_FIT),
-]}
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    spec.name: spec
+    for spec in [
+        EstimatorSpec(
+            "logistic_regression",
+            "classification",
+            LogisticRegression,
+            {"max_iter": 1000},
+            linear=True,
+            incremental=WARM_REFIT,
+        ),
+        EstimatorSpec(
+            "random_forest", "classification", RandomForestClassifier, incremental=GROW, growth_param="n_estimators"
+        ),
+        EstimatorSpec(
+            "hist_gradient_boosting",
+            "classification",
+            HistGradientBoostingClassifier,
+            native_nan=True,
+            incremental=GROW,
+            growth_param="max_iter",
+        ),
+        EstimatorSpec(
+            "sgd", "classification", SGDClassifier, {"loss": "log_loss"}, linear=True, incremental=PARTIAL_FIT
+        ),
+        EstimatorSpec(
+            "gradient_boosting",
+            "classification",
+            GradientBoostingClassifier,
+            incremental=GROW,
+            growth_param="n_estimators",
+        ),
+        EstimatorSpec("ridge", "regression", Ridge, linear=True),
+        EstimatorSpec(
+            "random_forest_regressor",
+            "regression",
+            RandomForestRegressor,
+            incremental=GROW,
+            growth_param="n_estimators",
+        ),
+        EstimatorSpec(
+            "hist_gradient_boosting_regressor",
+            "regression",
+            HistGradientBoostingRegressor,
+            native_nan=True,
+            incremental=GROW,
+            growth_param="max_iter",
+        ),
+        EstimatorSpec("sgd_regressor", "regression", SGDRegressor, linear=True, incremental=PARTIAL_FIT),
+    ]
+}
 
 
 def estimator_spec(name: str, task: str) -> EstimatorSpec:
@@ -92,13 +126,14 @@ def make_estimator(spec: EstimatorSpec, hyperparameters: dict[str, Any], seed: i
     return estimator
 
 
-def check_hyperparameter_names(spec: EstimatorSpec, estimator: BaseEstimator,
-                               hyperparameters: dict[str, Any]) -> None:
+def check_hyperparameter_names(spec: EstimatorSpec, estimator: BaseEstimator, hyperparameters: dict[str, Any]) -> None:
     valid = estimator.get_params(deep=False)
     unknown = sorted(set(hyperparameters) - set(valid))
     if unknown:
-        raise TrainerError(f"unknown hyperparameter(s) {unknown} for estimator {spec.name!r} "
-                           f"({type(estimator).__name__}); valid: {sorted(valid)}")
+        raise TrainerError(
+            f"unknown hyperparameter(s) {unknown} for estimator {spec.name!r} "
+            f"({type(estimator).__name__}); valid: {sorted(valid)}"
+        )
 
 
 def _validate_values(spec: EstimatorSpec, estimator: BaseEstimator) -> None:
@@ -111,8 +146,9 @@ def _validate_values(spec: EstimatorSpec, estimator: BaseEstimator) -> None:
         raise TrainerError(f"invalid hyperparameter for estimator {spec.name!r}: {error}") from error
 
 
-def make_pipeline(spec: EstimatorSpec, estimator: BaseEstimator, features: list[str],
-                  feature_types: dict[str, str]) -> Pipeline:
+def make_pipeline(
+    spec: EstimatorSpec, estimator: BaseEstimator, features: list[str], feature_types: dict[str, str]
+) -> Pipeline:
     numeric = [i for i, name in enumerate(features) if feature_types[name] == NUMERIC]
     categorical = [i for i, name in enumerate(features) if feature_types[name] != NUMERIC]
     parts = []
@@ -133,32 +169,46 @@ def _numeric_steps(spec: EstimatorSpec) -> Any:
 
 
 def _categorical_steps() -> Pipeline:
-    return Pipeline([
-        ("fill", SimpleImputer(missing_values=None, strategy="constant", fill_value="")),
-        ("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES,
-                                 sparse_output=False)),
-    ])
+    return Pipeline(
+        [
+            ("fill", SimpleImputer(missing_values=None, strategy="constant", fill_value="")),
+            (
+                "onehot",
+                OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=MAX_CATEGORIES, sparse_output=False),
+            ),
+        ]
+    )
 
 
 def fit(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> Pipeline:
     try:
         return pipeline.fit(X, y, model__sample_weight=weights)
-    except ValueError as error:   # sklearn's way to reject a parameter combination or the data
+    except ValueError as error:  # sklearn's way to reject a parameter combination or the data
         raise TrainerError(f"training failed: {error}") from error
 
 
 # --- incremental ---------------------------------------------------------------------------------
 
+
 def check_incremental(spec: EstimatorSpec) -> None:
     if spec.incremental is None:
         supported = sorted(n for n, s in ESTIMATORS.items() if s.incremental)
-        raise TrainerError(f"estimator {spec.name!r} supports neither partial_fit nor warm_start, so it "
-                           f"cannot train incrementally; incremental estimators: {supported}")
+        raise TrainerError(
+            f"estimator {spec.name!r} supports neither partial_fit nor warm_start, so it "
+            f"cannot train incrementally; incremental estimators: {supported}"
+        )
 
 
-def continue_training(champion: Pipeline, spec: EstimatorSpec, hyperparameters: dict[str, Any],
-                      X: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int | None,
-                      seed: int) -> tuple[Pipeline, dict[str, Any]]:
+def continue_training(
+    champion: Pipeline,
+    spec: EstimatorSpec,
+    hyperparameters: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    steps: int | None,
+    seed: int,
+) -> tuple[Pipeline, dict[str, Any]]:
     """The champion trained further on new rows; its fitted preprocessing stays as it is."""
     check_incremental(spec)
     model = copy.deepcopy(champion)
@@ -178,8 +228,10 @@ def _final_step(model: Any, spec: EstimatorSpec) -> BaseEstimator:
     final = model[-1] if isinstance(model, Pipeline) else None
     if final is None or type(final) is not spec.factory:
         kind = type(final).__name__ if final is not None else type(model).__name__
-        raise TrainerError(f"incremental training with {spec.name!r} needs a champion of the same kind "
-                           f"({spec.factory.__name__} in a Pipeline); the champion is a {kind}")
+        raise TrainerError(
+            f"incremental training with {spec.name!r} needs a champion of the same kind "
+            f"({spec.factory.__name__} in a Pipeline); the champion is a {kind}"
+        )
     return final
 
 
@@ -189,15 +241,20 @@ def _check_new_classes(spec: EstimatorSpec, final: BaseEstimator, y: np.ndarray)
         return
     known_set, new_set = set(known.tolist()), set(y.tolist())
     if not new_set <= known_set:
-        raise TrainerError(f"incremental training cannot add classes: feedback has {sorted(new_set - known_set)} "
-                           f"unknown to the champion (classes {sorted(known_set)})")
+        raise TrainerError(
+            f"incremental training cannot add classes: feedback has {sorted(new_set - known_set)} "
+            f"unknown to the champion (classes {sorted(known_set)})"
+        )
     if spec.incremental != PARTIAL_FIT and new_set != known_set:
-        raise TrainerError(f"incremental warm start with {spec.name!r} needs every champion class in the new "
-                           f"feedback; missing {sorted(known_set - new_set)}")
+        raise TrainerError(
+            f"incremental warm start with {spec.name!r} needs every champion class in the new "
+            f"feedback; missing {sorted(known_set - new_set)}"
+        )
 
 
-def _partial_fit(final: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np.ndarray, epochs: int,
-                 seed: int) -> dict[str, Any]:
+def _partial_fit(
+    final: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np.ndarray, epochs: int, seed: int
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(len(y))
@@ -205,8 +262,9 @@ def _partial_fit(final: BaseEstimator, X: np.ndarray, y: np.ndarray, weights: np
     return {"mode": PARTIAL_FIT, "epochs": epochs, "rows": len(y)}
 
 
-def _warm_start(final: BaseEstimator, spec: EstimatorSpec, X: np.ndarray, y: np.ndarray,
-                weights: np.ndarray, steps: int | None) -> dict[str, Any]:
+def _warm_start(
+    final: BaseEstimator, spec: EstimatorSpec, X: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int | None
+) -> dict[str, Any]:
     final.set_params(warm_start=True)
     detail: dict[str, Any] = {"mode": spec.incremental, "rows": len(y)}
     if spec.incremental == GROW:

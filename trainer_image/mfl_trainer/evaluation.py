@@ -1,4 +1,5 @@
 """Pure error analysis on the holdout: metrics, confusion matrix, per-class scores, worst slices."""
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,15 @@ TOP_SLICES = 10
 
 def metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
     if task == "classification":
-        return {"accuracy": _round(accuracy_score(y_true, y_pred)),
-                "f1_macro": _round(f1_score(y_true, y_pred, average="macro", zero_division=0))}
-    return {"mae": _round(mean_absolute_error(y_true, y_pred)),
-            "rmse": _round(math.sqrt(mean_squared_error(y_true, y_pred))),
-            "r2": _round(r2_score(y_true, y_pred)) if len(y_true) > 1 else None}
+        return {
+            "accuracy": _round(accuracy_score(y_true, y_pred)),
+            "f1_macro": _round(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        }
+    return {
+        "mae": _round(mean_absolute_error(y_true, y_pred)),
+        "rmse": _round(math.sqrt(mean_squared_error(y_true, y_pred))),
+        "r2": _round(r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
+    }
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[Any]) -> dict[str, Any]:
@@ -40,13 +45,15 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: list[Any]) -> dict
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[Any]) -> list[dict[str, Any]]:
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    return [{"label": plain(label), "precision": _round(p), "recall": _round(r), "f1": _round(f),
-             "support": int(s)} for label, p, r, f, s in zip(labels, precision, recall, f1, support)]
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return [
+        {"label": plain(label), "precision": _round(p), "recall": _round(r), "f1": _round(f), "support": int(s)}
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+    ]
 
 
 # --- slices --------------------------------------------------------------------------------------
+
 
 def slice_bins(values: np.ndarray, kind: str, n_bins: int) -> np.ndarray:
     """Slice name of each value: a quantile interval for numbers, the value itself for text.
@@ -75,9 +82,15 @@ def _interval(low: float, high: float, closed: bool) -> str:
     return f"[{low:.4g}, {high:.4g}{']' if closed else ')'}"
 
 
-def slice_table(task: str, columns: dict[str, np.ndarray], feature_types: dict[str, str],
-                y_true: np.ndarray, predictions: dict[str, np.ndarray], n_bins: int,
-                min_rows: int) -> list[dict[str, Any]]:
+def slice_table(
+    task: str,
+    columns: dict[str, np.ndarray],
+    feature_types: dict[str, str],
+    y_true: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    n_bins: int,
+    min_rows: int,
+) -> list[dict[str, Any]]:
     """Every slice with at least ``min_rows`` holdout rows, scored for each model in ``predictions``."""
     metric = PRIMARY_METRIC[task]
     table = []
@@ -121,6 +134,7 @@ def _slice_score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 # --- helpers -------------------------------------------------------------------------------------
 
+
 def _round(value: float) -> float | None:
     value = float(value)
     return round(value, 6) if math.isfinite(value) else None
@@ -136,5 +150,5 @@ def labels_of(*arrays: Sequence[Any]) -> list[Any]:
     labels = {plain(v) for array in arrays for v in array}
     try:
         return sorted(labels)
-    except TypeError:           # mixed label types (e.g. a champion trained on text labels)
+    except TypeError:  # mixed label types (e.g. a champion trained on text labels)
         return sorted(labels, key=str)

@@ -2,6 +2,7 @@
 
 Exit codes: 0 done (or the same version already exists), 2 bad configuration or data, 1 unexpected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in config.ignored_keys:
             progress(f"note: ignoring unknown config field {key!r}")
         from .train import run  # heavy imports (scikit-learn, matplotlib) after the config is known good
+
         threads = thread_budget()
         progress(f"training {config.model} version {config.version} with {threads} threads")
         with limit_threads(threads):

@@ -1,4 +1,5 @@
 """Plots for the version folder (matplotlib, headless)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")   # no display in a container; must precede the pyplot import
+matplotlib.use("Agg")  # no display in a container; must precede the pyplot import
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -38,8 +39,7 @@ def _confusion_panel(axis: Any, name: str, labels: list[Any], counts: np.ndarray
     if len(labels) <= _MAX_ANNOTATED_CLASSES:
         for (i, j), count in np.ndenumerate(counts):
             colour = "white" if normalised[i, j] > 0.5 else "black"
-            axis.text(j, i, f"{count}\n{normalised[i, j]:.0%}", ha="center", va="center", color=colour,
-                      fontsize=8)
+            axis.text(j, i, f"{count}\n{normalised[i, j]:.0%}", ha="center", va="center", color=colour, fontsize=8)
     axis.figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
 
 

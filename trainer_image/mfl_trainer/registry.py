@@ -4,6 +4,7 @@ A version folder appears complete or not at all: files are written into a hidden
 beside it (``versions/.tmp-<n>-<random>``), flushed to disk, then the folder is renamed. Readers
 list only integer folder names; staging folders left by a killed trainer are removed after an hour.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ def load_champion(root: Path, model: str, version: int) -> tuple[Any, dict[str, 
     try:
         return joblib.load(folder / MODEL_FILE), metadata
     except Exception as error:  # unpickling can raise almost anything
-        raise TrainerError(f"champion version {version}: cannot load {MODEL_FILE}: "
-                           f"{type(error).__name__}: {error}") from error
+        raise TrainerError(
+            f"champion version {version}: cannot load {MODEL_FILE}: {type(error).__name__}: {error}"
+        ) from error
 
 
 def require_writable(root: Path, model: str) -> None:
@@ -79,7 +81,8 @@ def require_writable(root: Path, model: str) -> None:
         raise TrainerError(
             f"artifact store not writable: {error.strerror} on {versions} (running as uid {os.getuid()}, "
             f"{owner}); give the folder to this uid (a hostPath must be created owned by it) or use a "
-            f"PersistentVolumeClaim whose volume honours fsGroup") from error
+            f"PersistentVolumeClaim whose volume honours fsGroup"
+        ) from error
 
 
 def _owner_of_nearest(path: Path) -> str:
@@ -101,7 +104,7 @@ def write_version(root: Path, model: str, version: int, write_files: Callable[[P
         write_files(staging)
         _fsync_tree(staging)
         try:
-            os.rename(staging, final)        # atomic; fails if a non-empty final folder exists
+            os.rename(staging, final)  # atomic; fails if a non-empty final folder exists
         except OSError as error:
             if final.exists():
                 raise VersionExists(str(final)) from error
@@ -115,8 +118,11 @@ def write_version(root: Path, model: str, version: int, write_files: Callable[[P
 
 def remove_stale_staging(versions: Path, now: float | None = None) -> list[Path]:
     now = time.time() if now is None else now
-    stale = [path for path in versions.glob(f"{STAGING_PREFIX}*")
-             if path.is_dir() and now - path.stat().st_mtime > STALE_STAGING_SECONDS]
+    stale = [
+        path
+        for path in versions.glob(f"{STAGING_PREFIX}*")
+        if path.is_dir() and now - path.stat().st_mtime > STALE_STAGING_SECONDS
+    ]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale

@@ -1,4 +1,5 @@
 """The JSON summary the operator reads from the termination message (< 4 KiB, Kubernetes' limit)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SUMMARY_LIMIT_BYTES = 4000           # Kubernetes keeps at most 4096 bytes of a termination message
+SUMMARY_LIMIT_BYTES = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -16,10 +17,15 @@ def success_summary(metadata: Mapping[str, Any], report: Mapping[str, Any], exis
     metrics = metadata["metrics"]
     rows = metadata["rows"]
     return {
-        "ok": True, "model": metadata.get("model"), "version": metadata["version"],
-        "parentVersion": metadata.get("parentVersion"), "task": metadata.get("task"),
-        "metric": metrics["metric"], "greaterIsBetter": metrics.get("greaterIsBetter"),
-        "challenger": metrics["challenger"], "champion": metrics.get("champion"),
+        "ok": True,
+        "model": metadata.get("model"),
+        "version": metadata["version"],
+        "parentVersion": metadata.get("parentVersion"),
+        "task": metadata.get("task"),
+        "metric": metrics["metric"],
+        "greaterIsBetter": metrics.get("greaterIsBetter"),
+        "challenger": metrics["challenger"],
+        "champion": metrics.get("champion"),
         "rows": {key: rows[key] for key in ("base", "feedback", "train", "holdout")},
         "holdout": metadata.get("holdout", {}).get("strategy"),
         "existing": existing,
@@ -72,5 +78,6 @@ def emit(line: str, env: Mapping[str, str] | None = None) -> None:
     try:
         path.write_text(line)
     except OSError as error:
-        print(f"[mfl-trainer] note: cannot write the termination message to {path}: {error}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[mfl-trainer] note: cannot write the termination message to {path}: {error}", file=sys.stderr, flush=True
+        )

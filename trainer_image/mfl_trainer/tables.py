@@ -1,4 +1,5 @@
 """Pure assembly of base rows and feedback rows into one typed, labelled table."""
+
 from __future__ import annotations
 
 import math
@@ -19,16 +20,20 @@ NUMERIC, CATEGORICAL = "numeric", "categorical"
 class LabelledTable:
     features: list[str]
     feature_types: dict[str, str]
-    columns: dict[str, np.ndarray]    # float64 (numeric, NaN = missing) or object of str (categorical)
-    y: np.ndarray                     # int64 or object of str (classification), float64 (regression)
-    ts: np.ndarray                    # prediction time; NaN for base rows
-    is_feedback: np.ndarray           # bool
+    columns: dict[str, np.ndarray]  # float64 (numeric, NaN = missing) or object of str (categorical)
+    y: np.ndarray  # int64 or object of str (classification), float64 (regression)
+    ts: np.ndarray  # prediction time; NaN for base rows
+    is_feedback: np.ndarray  # bool
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def matrix(self, rows: np.ndarray | None = None, features: Sequence[str] | None = None,
-               feature_types: dict[str, str] | None = None) -> np.ndarray:
+    def matrix(
+        self,
+        rows: np.ndarray | None = None,
+        features: Sequence[str] | None = None,
+        feature_types: dict[str, str] | None = None,
+    ) -> np.ndarray:
         """Model input: one column per feature in order; float64, or object if any is categorical."""
         features = list(features or self.features)
         types = feature_types or self.feature_types
@@ -42,18 +47,25 @@ class LabelledTable:
         return sorted(set(self.y.tolist()))
 
 
-def feature_types_of(features: list[str], base: BaseData | None,
-                     feedback: Sequence[FeedbackRow]) -> dict[str, str]:
+def feature_types_of(features: list[str], base: BaseData | None, feedback: Sequence[FeedbackRow]) -> dict[str, str]:
     """Base data decides the type when present (every value a number: numeric); else the feedback."""
     if base is not None:
         return {name: NUMERIC if base.columns[name].dtype == np.float64 else CATEGORICAL for name in features}
-    return {name: NUMERIC if all(_is_numeric_value(row.features.get(name)) for row in feedback)
-            else CATEGORICAL for name in features}
+    return {
+        name: NUMERIC if all(_is_numeric_value(row.features.get(name)) for row in feedback) else CATEGORICAL
+        for name in features
+    }
 
 
-def build_table(features: list[str], target: str, task: str, base: BaseData | None,
-                feedback: Sequence[FeedbackRow], stats: Counter,
-                extra_columns: Sequence[str] = ()) -> LabelledTable:
+def build_table(
+    features: list[str],
+    target: str,
+    task: str,
+    base: BaseData | None,
+    feedback: Sequence[FeedbackRow],
+    stats: Counter,
+    extra_columns: Sequence[str] = (),
+) -> LabelledTable:
     """Base rows first (file order), then feedback rows (time order). Unusable rows are counted.
 
     ``extra_columns`` (e.g. features only the champion uses) are kept as columns, not as features.
@@ -78,14 +90,16 @@ def _usable_feedback(feedback: Sequence[FeedbackRow], features: list[str], stats
     return usable
 
 
-def _feature_column(name: str, kind: str, base: BaseData | None, feedback: Sequence[FeedbackRow],
-                    stats: Counter) -> np.ndarray:
+def _feature_column(
+    name: str, kind: str, base: BaseData | None, feedback: Sequence[FeedbackRow], stats: Counter
+) -> np.ndarray:
     base_part = base.columns[name] if base is not None else np.array([], dtype=np.float64)
     values = [row.features[name] for row in feedback]
     if kind == NUMERIC:
         numbers = [_as_number(v) for v in values]
-        stats["nonNumericFeatureValues"] += sum(1 for v, x in zip(values, numbers)
-                                                if math.isnan(x) and v is not None and v != "")
+        stats["nonNumericFeatureValues"] += sum(
+            1 for v, x in zip(values, numbers) if math.isnan(x) and v is not None and v != ""
+        )
         return np.concatenate([base_part.astype(np.float64), np.array(numbers, dtype=np.float64)])
     texts = np.array(["" if v is None else str(v) for v in values], dtype=object)
     base_texts = base_part if base_part.dtype == object else _floats_as_text(base_part)
@@ -140,7 +154,7 @@ def _is_missing(value: Any) -> bool:
 
 def _as_text(value: Any) -> str:
     if isinstance(value, float) and value == int(value):
-        return str(int(value))          # 1.0 from a numeric CSV column reads as "1"
+        return str(int(value))  # 1.0 from a numeric CSV column reads as "1"
     return str(value).strip()
 
 

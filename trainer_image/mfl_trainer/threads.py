@@ -4,6 +4,7 @@ OpenMP and BLAS default to one thread per host CPU. In a pod with a CPU limit th
 quota and the spinning threads get throttled (a small fit can take 10x longer), so the budget is the
 cgroup quota unless ``MFL_TRAINER_THREADS`` says otherwise (a Job can fill it from ``limits.cpu``).
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """One training run: load, split, train, evaluate challenger and champion, publish the version."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,10 @@ from .summary import success_summary
 from .tables import LabelledTable, build_table
 
 Progress = Callable[[str], None]
-INPUT_FORMAT = ("2-D array, one column per feature in `features` order; float64 when every feature is "
-                "numeric, otherwise object dtype (categorical features as text)")
+INPUT_FORMAT = (
+    "2-D array, one column per feature in `features` order; float64 when every feature is "
+    "numeric, otherwise object dtype (categorical features as text)"
+)
 
 
 @dataclass
@@ -63,27 +66,34 @@ def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
 
 # --- loading -------------------------------------------------------------------------------------
 
+
 def load_inputs(config: TrainerConfig, progress: Progress) -> Inputs:
     root = registry.model_dir(config.storage_root, config.model)
     champion = _load_champion(config, progress)
     progress(f"loading feedback predicted in the data window ({_window_text(config)}) from {root}")
     feedback = datasource.read_feedback(root, config.window_start, config.now)
-    progress(f"feedback: {len(feedback.rows)} labelled rows from {feedback.files_read} files; "
-             f"skipped {dict(feedback.stats) or 'nothing'}")
+    progress(
+        f"feedback: {len(feedback.rows)} labelled rows from {feedback.files_read} files; "
+        f"skipped {dict(feedback.stats) or 'nothing'}"
+    )
     files = datasource.base_files(root)
     features = _features(config, champion, files, feedback.rows)
     extra = [name for name in (champion.metadata.get("features") or []) if name not in features] if champion else []
     progress(f"loading base data: {len(files)} CSV files in {root / 'data'}")
     base = datasource.read_base_data(files, [*features, *extra, config.target])
     if base is None and not feedback.rows:
-        raise TrainerError(f"no data: no base data (*.csv) in {root / 'data'} and no labelled feedback in the "
-                           f"data window ({_window_text(config)}; {feedback.files_read} partition files read)")
+        raise TrainerError(
+            f"no data: no base data (*.csv) in {root / 'data'} and no labelled feedback in the "
+            f"data window ({_window_text(config)}; {feedback.files_read} partition files read)"
+        )
     stats = Counter(feedback.stats)
     if base is not None and base.malformed_rows:
         stats["malformedBaseRows"] += base.malformed_rows
     table = build_table(features, config.target, config.task, base, feedback.rows, stats, extra)
-    progress(f"rows: {int((~table.is_feedback).sum())} base + {int(table.is_feedback.sum())} feedback "
-             f"= {len(table)} labelled rows, {len(features)} features")
+    progress(
+        f"rows: {int((~table.is_feedback).sum())} base + {int(table.is_feedback.sum())} feedback "
+        f"= {len(table)} labelled rows, {len(features)} features"
+    )
     hashes = _content_hashes(config, base, feedback, champion)
     return Inputs(table, features, +stats, hashes, champion)
 
@@ -97,14 +107,17 @@ def _load_champion(config: TrainerConfig, progress: Progress) -> Champion | None
     return Champion(config.parent_version, model, metadata, datasource.sha256_file(folder / registry.MODEL_FILE))
 
 
-def _features(config: TrainerConfig, champion: Champion | None, files: list[Path],
-              feedback: list[datasource.FeedbackRow]) -> list[str]:
+def _features(
+    config: TrainerConfig, champion: Champion | None, files: list[Path], feedback: list[datasource.FeedbackRow]
+) -> list[str]:
     """Configured features; else the champion's (incremental), the base header's, or the feedback's."""
     champion_features = list(champion.metadata.get("features") or []) if champion else []
     if config.incremental and champion_features:
         if config.features and config.features != champion_features:
-            raise TrainerError(f"incremental training keeps the champion's features {champion_features}; "
-                               f"config features {config.features} differ")
+            raise TrainerError(
+                f"incremental training keeps the champion's features {champion_features}; "
+                f"config features {config.features} differ"
+            )
         return champion_features
     if config.features:
         return list(config.features)
@@ -115,13 +128,19 @@ def _features(config: TrainerConfig, champion: Champion | None, files: list[Path
         return [name for name in header if name != config.target]
     common = set.intersection(*(set(row.features) for row in feedback)) if feedback else set()
     if not common:
-        raise TrainerError("no features: config features is empty and there is no base data header or "
-                           "common feature set in the feedback to infer them from")
+        raise TrainerError(
+            "no features: config features is empty and there is no base data header or "
+            "common feature set in the feedback to infer them from"
+        )
     return sorted(common)
 
 
-def _content_hashes(config: TrainerConfig, base: datasource.BaseData | None, feedback: datasource.FeedbackData,
-                    champion: Champion | None) -> dict[str, Any]:
+def _content_hashes(
+    config: TrainerConfig,
+    base: datasource.BaseData | None,
+    feedback: datasource.FeedbackData,
+    champion: Champion | None,
+) -> dict[str, Any]:
     # The storage root is where the inputs are, not what they are: a different mount path is the same run.
     recipe = {key: value for key, value in config.raw.items() if key != "storageRoot"}
     return {
@@ -143,27 +162,35 @@ def _window_text(config: TrainerConfig) -> str:
 
 # --- checks --------------------------------------------------------------------------------------
 
+
 def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
     n_base, n_feedback = int((~table.is_feedback).sum()), int(table.is_feedback.sum())
     if len(table) < config.min_rows:
-        raise TrainerError(f"too few rows: {len(table)} labelled rows (base {n_base}, feedback {n_feedback}) "
-                           f"< minRows {config.min_rows}")
+        raise TrainerError(
+            f"too few rows: {len(table)} labelled rows (base {n_base}, feedback {n_feedback}) "
+            f"< minRows {config.min_rows}"
+        )
     if config.task == "classification" and not config.incremental and len(table.classes) < 2:
-        raise TrainerError(f"target {config.target!r} has only one class {table.classes} in {len(table)} "
-                           f"labelled rows; classification needs at least two")
+        raise TrainerError(
+            f"target {config.target!r} has only one class {table.classes} in {len(table)} "
+            f"labelled rows; classification needs at least two"
+        )
     unknown = [name for name in config.slice_features if name not in table.columns]
     if unknown:
         raise TrainerError(f"sliceFeatures {unknown} are not features of the data (features: {table.features})")
 
 
-def _existing_result(config: TrainerConfig, previous: dict[str, Any], hashes: dict[str, Any],
-                     progress: Progress) -> dict[str, Any]:
+def _existing_result(
+    config: TrainerConfig, previous: dict[str, Any], hashes: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
     folder = registry.version_dir(config.storage_root, config.model, config.version)
     old = previous.get("contentHashes") or {}
     differing = sorted(key for key in set(old) | set(hashes) if old.get(key) != hashes.get(key))
     if differing:
-        raise TrainerError(f"version {config.version} already exists at {folder} with different inputs "
-                           f"({', '.join(differing)} differ); refusing to overwrite it")
+        raise TrainerError(
+            f"version {config.version} already exists at {folder} with different inputs "
+            f"({', '.join(differing)} differ); refusing to overwrite it"
+        )
     progress(f"version {config.version} already exists with the same inputs: reporting it")
     report = registry.read_json(folder / registry.REPORT_FILE)
     return success_summary(previous, report, existing=True)
@@ -171,15 +198,29 @@ def _existing_result(config: TrainerConfig, previous: dict[str, Any], hashes: di
 
 # --- training ------------------------------------------------------------------------------------
 
-def train_and_publish(config: TrainerConfig, spec: estimators.EstimatorSpec, estimator: Any, inputs: Inputs,
-                      progress: Progress, started: float) -> dict[str, Any]:
+
+def train_and_publish(
+    config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
+    estimator: Any,
+    inputs: Inputs,
+    progress: Progress,
+    started: float,
+) -> dict[str, Any]:
     table = inputs.table
-    holdout = split.choose_holdout(table.is_feedback, table.y, config.holdout_fraction,
-                                   config.min_holdout_rows, config.task == "classification", config.seed)
+    holdout = split.choose_holdout(
+        table.is_feedback,
+        table.y,
+        config.holdout_fraction,
+        config.min_holdout_rows,
+        config.task == "classification",
+        config.seed,
+    )
     progress(f"holdout: {len(holdout.holdout)} rows ({holdout.strategy}: {holdout.reason})")
     train_rows = _training_rows(config, inputs, holdout)
-    y_train, flipped = split.flip_labels(table.y[train_rows], config.label_noise, table.classes, config.seed,
-                                         regression=config.task == "regression")
+    y_train, flipped = split.flip_labels(
+        table.y[train_rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
+    )
     _check_training_labels(config, y_train)
     weights = split.sample_weights(table.is_feedback[train_rows], config.recent_weight)
     X_train = table.matrix(train_rows)
@@ -190,16 +231,24 @@ def train_and_publish(config: TrainerConfig, spec: estimators.EstimatorSpec, est
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
     report, predictions = evaluate(config, table, holdout, model, inputs.champion)
-    rows = {"base": int((~table.is_feedback).sum()), "feedback": int(table.is_feedback.sum()),
-            "train": len(train_rows), "holdout": len(holdout.holdout),
-            "trainFeedback": int(table.is_feedback[train_rows].sum()), "labelNoiseFlipped": flipped}
+    rows = {
+        "base": int((~table.is_feedback).sum()),
+        "feedback": int(table.is_feedback.sum()),
+        "train": len(train_rows),
+        "holdout": len(holdout.holdout),
+        "trainFeedback": int(table.is_feedback[train_rows].sum()),
+        "labelNoiseFlipped": flipped,
+    }
     inputs.timings["total"] = time.monotonic() - started
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
     progress(f"writing version {config.version}")
     try:
-        registry.write_version(config.storage_root, config.model, config.version,
-                               lambda folder: _write_files(folder, config, model, metadata, report,
-                                                           table.y[holdout.holdout], predictions))
+        registry.write_version(
+            config.storage_root,
+            config.model,
+            config.version,
+            lambda folder: _write_files(folder, config, model, metadata, report, table.y[holdout.holdout], predictions),
+        )
     except registry.VersionExists:
         previous = registry.existing_metadata(config.storage_root, config.model, config.version) or {}
         return _existing_result(config, previous, inputs.content_hashes, progress)
@@ -217,32 +266,46 @@ def _training_rows(config: TrainerConfig, inputs: Inputs, holdout: split.Split) 
         fresh &= table.ts[holdout.train] > seen_until
     rows = holdout.train[fresh]
     if len(rows) == 0:
-        raise TrainerError(f"incremental training found no new labelled feedback to train on "
-                           f"(feedback predicted after the champion's data window end {seen_until}, "
-                           f"outside the holdout)")
+        raise TrainerError(
+            f"incremental training found no new labelled feedback to train on "
+            f"(feedback predicted after the champion's data window end {seen_until}, "
+            f"outside the holdout)"
+        )
     return rows
 
 
 def _check_training_labels(config: TrainerConfig, y_train: np.ndarray) -> None:
     if config.task == "classification" and not config.incremental and len(set(y_train.tolist())) < 2:
-        raise TrainerError(f"target {config.target!r} has only one class {sorted(set(y_train.tolist()))} in the "
-                           f"{len(y_train)} training rows (after the holdout); classification needs two")
+        raise TrainerError(
+            f"target {config.target!r} has only one class {sorted(set(y_train.tolist()))} in the "
+            f"{len(y_train)} training rows (after the holdout); classification needs two"
+        )
 
 
-def _fit(config: TrainerConfig, spec: estimators.EstimatorSpec, estimator: Any, inputs: Inputs,
-         X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[Any, dict[str, Any] | None]:
+def _fit(
+    config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
+    estimator: Any,
+    inputs: Inputs,
+    X: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+) -> tuple[Any, dict[str, Any] | None]:
     if config.incremental:
         assert inputs.champion is not None  # config validation requires parentVersion
-        return estimators.continue_training(inputs.champion.model, spec, config.hyperparameters, X, y, weights,
-                                            config.incremental_steps, config.seed)
+        return estimators.continue_training(
+            inputs.champion.model, spec, config.hyperparameters, X, y, weights, config.incremental_steps, config.seed
+        )
     pipeline = estimators.make_pipeline(spec, estimator, inputs.features, inputs.table.feature_types)
     return estimators.fit(pipeline, X, y, weights), None
 
 
 # --- evaluation ----------------------------------------------------------------------------------
 
-def evaluate(config: TrainerConfig, table: LabelledTable, holdout: split.Split, model: Any,
-             champion: Champion | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+
+def evaluate(
+    config: TrainerConfig, table: LabelledTable, holdout: split.Split, model: Any, champion: Champion | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Challenger and champion scored on the same holdout rows; the report and the predictions."""
     rows = holdout.holdout
     y_true = table.y[rows]
@@ -251,18 +314,33 @@ def evaluate(config: TrainerConfig, table: LabelledTable, holdout: split.Split, 
         predictions["champion"] = _champion_predictions(champion, table, rows)
     labels = evaluation.labels_of(y_true, *predictions.values()) if config.task == "classification" else []
     slice_features = _slice_features(config, table)
-    slice_table = evaluation.slice_table(config.task, {f: table.columns[f][rows] for f in slice_features},
-                                         table.feature_types, y_true, predictions, config.slice_bins,
-                                         config.slice_min_rows)
+    slice_table = evaluation.slice_table(
+        config.task,
+        {f: table.columns[f][rows] for f in slice_features},
+        table.feature_types,
+        y_true,
+        predictions,
+        config.slice_bins,
+        config.slice_min_rows,
+    )
     ts = table.ts[rows]
     report = {
-        "model": config.model, "version": config.version, "parentVersion": config.parent_version,
-        "task": config.task, "target": config.target, "metric": evaluation.PRIMARY_METRIC[config.task],
-        "holdout": {"rows": len(rows), "strategy": holdout.strategy, "reason": holdout.reason,
-                    "timeRange": [float(np.nanmin(ts)), float(np.nanmax(ts))] if np.isfinite(ts).any() else None},
+        "model": config.model,
+        "version": config.version,
+        "parentVersion": config.parent_version,
+        "task": config.task,
+        "target": config.target,
+        "metric": evaluation.PRIMARY_METRIC[config.task],
+        "holdout": {
+            "rows": len(rows),
+            "strategy": holdout.strategy,
+            "reason": holdout.reason,
+            "timeRange": [float(np.nanmin(ts)), float(np.nanmax(ts))] if np.isfinite(ts).any() else None,
+        },
         "challenger": _model_report(config.task, y_true, predictions["challenger"], labels),
-        "champion": (_model_report(config.task, y_true, predictions["champion"], labels)
-                     if champion is not None else None),
+        "champion": (
+            _model_report(config.task, y_true, predictions["champion"], labels) if champion is not None else None
+        ),
         "sliceSettings": {"features": slice_features, "bins": config.slice_bins, "minRows": config.slice_min_rows},
         "worstSlices": {name: evaluation.worst_slices(slice_table, name, config.task) for name in predictions},
     }
@@ -275,8 +353,9 @@ def _champion_predictions(champion: Champion, table: LabelledTable, rows: np.nda
     try:
         return champion.model.predict(table.matrix(rows, features, types))
     except Exception as error:  # a champion from another code version may fail in many ways
-        raise TrainerError(f"champion version {champion.version} cannot score the holdout: "
-                           f"{type(error).__name__}: {error}") from error
+        raise TrainerError(
+            f"champion version {champion.version} cannot score the holdout: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _slice_features(config: TrainerConfig, table: LabelledTable) -> list[str]:
@@ -296,39 +375,71 @@ def _model_report(task: str, y_true: np.ndarray, y_pred: np.ndarray, labels: lis
 
 # --- publishing ----------------------------------------------------------------------------------
 
-def _metadata(config: TrainerConfig, spec: estimators.EstimatorSpec, model: Any, inputs: Inputs,
-              holdout: split.Split, rows: dict[str, int], report: dict[str, Any],
-              incremental: dict[str, Any] | None) -> dict[str, Any]:
+
+def _metadata(
+    config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
+    model: Any,
+    inputs: Inputs,
+    holdout: split.Split,
+    rows: dict[str, int],
+    report: dict[str, Any],
+    incremental: dict[str, Any] | None,
+) -> dict[str, Any]:
     table = inputs.table
     metric = evaluation.PRIMARY_METRIC[config.task]
     classes = getattr(model, "classes_", None)
     return {
-        "model": config.model, "namespace": config.namespace, "version": config.version,
-        "parentVersion": config.parent_version, "task": config.task, "estimator": spec.name,
-        "hyperparameters": config.hyperparameters, "incremental": incremental,
-        "features": inputs.features, "featureTypes": {f: table.feature_types[f] for f in inputs.features},
+        "model": config.model,
+        "namespace": config.namespace,
+        "version": config.version,
+        "parentVersion": config.parent_version,
+        "task": config.task,
+        "estimator": spec.name,
+        "hyperparameters": config.hyperparameters,
+        "incremental": incremental,
+        "features": inputs.features,
+        "featureTypes": {f: table.feature_types[f] for f in inputs.features},
         "target": config.target,
         "classes": [evaluation.plain(c) for c in classes] if classes is not None else None,
         "inputFormat": INPUT_FORMAT,
         "dataWindow": {"start": config.window_start, "end": config.now, "seconds": config.data_window_seconds},
         "rows": rows,
-        "holdout": {"strategy": holdout.strategy, "reason": holdout.reason, "fraction": config.holdout_fraction,
-                    "timeRange": report["holdout"]["timeRange"]},
-        "recentWeight": config.recent_weight, "labelNoise": config.label_noise, "seed": config.seed,
-        "metrics": {"metric": metric, "greaterIsBetter": evaluation.GREATER_IS_BETTER[metric],
-                    "challenger": report["challenger"]["metrics"],
-                    "champion": report["champion"]["metrics"] if report["champion"] else None},
+        "holdout": {
+            "strategy": holdout.strategy,
+            "reason": holdout.reason,
+            "fraction": config.holdout_fraction,
+            "timeRange": report["holdout"]["timeRange"],
+        },
+        "recentWeight": config.recent_weight,
+        "labelNoise": config.label_noise,
+        "seed": config.seed,
+        "metrics": {
+            "metric": metric,
+            "greaterIsBetter": evaluation.GREATER_IS_BETTER[metric],
+            "challenger": report["challenger"]["metrics"],
+            "champion": report["champion"]["metrics"] if report["champion"] else None,
+        },
         "skipped": dict(inputs.stats),
         "contentHashes": inputs.content_hashes,
-        "trainerImage": config.trainer_image, "codeVersion": code_version(),
+        "trainerImage": config.trainer_image,
+        "codeVersion": code_version(),
         "libraries": {"scikit-learn": sklearn.__version__, "numpy": np.__version__},
         "ignoredConfigKeys": config.ignored_keys,
-        "createdAt": time.time(), "seconds": {k: round(v, 3) for k, v in inputs.timings.items()},
+        "createdAt": time.time(),
+        "seconds": {k: round(v, 3) for k, v in inputs.timings.items()},
     }
 
 
-def _write_files(folder: Path, config: TrainerConfig, model: Any, metadata: dict[str, Any],
-                 report: dict[str, Any], y_true: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
+def _write_files(
+    folder: Path,
+    config: TrainerConfig,
+    model: Any,
+    metadata: dict[str, Any],
+    report: dict[str, Any],
+    y_true: np.ndarray,
+    predictions: dict[str, np.ndarray],
+) -> None:
     registry.save_model(folder, model)
     registry.save_json(folder / registry.REPORT_FILE, report)
     title = f"{config.model} version {config.version}"
@@ -337,7 +448,7 @@ def _write_files(folder: Path, config: TrainerConfig, model: Any, metadata: dict
         plots.confusion_png(folder / "confusion.png", panels, f"{title}: holdout confusion")
     else:
         plots.residuals_png(folder / "residuals.png", y_true, predictions, f"{title}: holdout predictions")
-    registry.save_json(folder / registry.METADATA_FILE, metadata)   # last: its presence marks completeness
+    registry.save_json(folder / registry.METADATA_FILE, metadata)  # last: its presence marks completeness
 
 
 def code_version() -> str:

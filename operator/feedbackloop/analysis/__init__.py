@@ -5,18 +5,52 @@
 
 Everything here is pure (no I/O, no clock): the caller passes the time and persists `state.to_dict()`.
 """
+
 from .latency import HistogramObservation, LatencyDesign, judge_latency
-from .machine import (AnalysisConfig, AnalysisState, LatencyCheck, MetricError, NoData, Observation, Phase,
-                      ProportionCheck, ThresholdCheck, Verdict, action_for, evaluate, start_analysis)
+from .machine import (
+    AnalysisConfig,
+    AnalysisState,
+    LatencyCheck,
+    MetricError,
+    NoData,
+    Observation,
+    Phase,
+    ProportionCheck,
+    ThresholdCheck,
+    Verdict,
+    action_for,
+    evaluate,
+    start_analysis,
+)
 from .outcome import Evidence, Outcome
-from .sequential import (CountObservation, NonInferiorityDesign, OperatingPoint, judge_proportion,
-                         operating_point)
+from .sequential import CountObservation, NonInferiorityDesign, OperatingPoint, judge_proportion, operating_point
 from .threshold import ThresholdDesign, ValueObservation, judge_threshold
 
 __all__ = [
-    "AnalysisConfig", "AnalysisState", "CountObservation", "Evidence", "HistogramObservation", "LatencyCheck",
-    "LatencyDesign", "MetricError", "NoData", "NonInferiorityDesign", "Observation", "OperatingPoint",
-    "Outcome", "Phase", "ProportionCheck", "ThresholdCheck", "ThresholdDesign", "ValueObservation", "Verdict",
-    "action_for", "evaluate", "judge_latency", "judge_proportion", "judge_threshold", "operating_point",
+    "AnalysisConfig",
+    "AnalysisState",
+    "CountObservation",
+    "Evidence",
+    "HistogramObservation",
+    "LatencyCheck",
+    "LatencyDesign",
+    "MetricError",
+    "NoData",
+    "NonInferiorityDesign",
+    "Observation",
+    "OperatingPoint",
+    "Outcome",
+    "Phase",
+    "ProportionCheck",
+    "ThresholdCheck",
+    "ThresholdDesign",
+    "ValueObservation",
+    "Verdict",
+    "action_for",
+    "evaluate",
+    "judge_latency",
+    "judge_proportion",
+    "judge_threshold",
+    "operating_point",
     "start_analysis",
 ]

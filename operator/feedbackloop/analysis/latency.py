@@ -24,6 +24,7 @@ count) and only as accurate as the buckets (interpolation). A Mann-Whitney U (ti
 reported as evidence, not used to decide: it tests for any shift, while the question is a tolerance, and it
 is blind to tail-only regressions.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ Buckets = Mapping[float | str, float]
 @dataclass(frozen=True)
 class LatencyDesign:
     alpha: float = 0.05  # bound on failing a canary whose quantile ratios are all within the limit
-    beta: float = 0.10   # bound on passing a canary with some quantile ratio at or above the limit
+    beta: float = 0.10  # bound on passing a canary with some quantile ratio at or above the limit
     max_increase: float = 0.2
     min_samples: int = 100
     quantiles: tuple[float, ...] = (0.5, 0.95)
@@ -50,8 +51,7 @@ class LatencyDesign:
         if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
             raise ValueError(f"alpha and beta must be in (0, 0.5), got {self.alpha}, {self.beta}")
         if self.max_increase < 0 or self.min_samples < 2:
-            raise ValueError(f"need maxIncrease >= 0 and minSamples >= 2, got {self.max_increase}, "
-                             f"{self.min_samples}")
+            raise ValueError(f"need maxIncrease >= 0 and minSamples >= 2, got {self.max_increase}, {self.min_samples}")
         if not self.quantiles or not all(0 < q < 1 for q in self.quantiles):
             raise ValueError(f"quantiles must be in (0, 1), got {self.quantiles}")
 
@@ -65,6 +65,7 @@ class HistogramObservation:
 
 
 # --- histogram handling ---------------------------------------------------------------------------------
+
 
 def bin_counts(buckets: Buckets) -> tuple[np.ndarray, np.ndarray]:
     """(upper edges ascending, count per bin) from cumulative `le` buckets.
@@ -84,8 +85,9 @@ def bin_counts(buckets: Buckets) -> tuple[np.ndarray, np.ndarray]:
     return edges, np.diff(cumulative, prepend=0.0)
 
 
-def value_at_rank(rank: np.ndarray | float, edges: np.ndarray, counts: np.ndarray,
-                  above_largest_edge: str = "inf") -> np.ndarray:
+def value_at_rank(
+    rank: np.ndarray | float, edges: np.ndarray, counts: np.ndarray, above_largest_edge: str = "inf"
+) -> np.ndarray:
     """The latency at a (fractional) rank, interpolated inside its bucket; vectorized over leading axes.
 
     Rank <= 0 gives the first bucket's lower end, rank above the count +inf (no upper bound known), and a
@@ -124,13 +126,14 @@ def mixture_boundary_z(information: np.ndarray | float, rho: float, alpha: float
     low, high = np.full_like(information, -10.0), np.full_like(information, 50.0)
     for _ in range(60):
         middle = (low + high) / 2
-        too_low = middle ** 2 / 2 + log_ndtr(middle) < target
+        too_low = middle**2 / 2 + log_ndtr(middle) < target
         low, high = np.where(too_low, middle, low), np.where(too_low, high, middle)
     return high * np.sqrt((information + rho) / information)
 
 
-def quantile_bounds(q: float, edges: np.ndarray, counts: np.ndarray, rho: float, low_error: float,
-                    high_error: float) -> tuple[np.ndarray, np.ndarray]:
+def quantile_bounds(
+    q: float, edges: np.ndarray, counts: np.ndarray, rho: float, low_error: float, high_error: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Always-valid (low, high) bounds on the q-quantile: wrong at any n with probability <= each error."""
     n = counts.sum(axis=-1)
     spread = np.sqrt(n * q * (1 - q))
@@ -139,8 +142,7 @@ def quantile_bounds(q: float, edges: np.ndarray, counts: np.ndarray, rho: float,
     high_z = mixture_boundary_z(sizes, rho, high_error)[position].reshape(np.shape(n))
     low_rank = n * q - low_z * spread
     high_rank = n * q + high_z * spread + 1  # the next order statistic
-    return (value_at_rank(low_rank, edges, counts, above_largest_edge="edge"),
-            value_at_rank(high_rank, edges, counts))
+    return (value_at_rank(low_rank, edges, counts, above_largest_edge="edge"), value_at_rank(high_rank, edges, counts))
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,13 @@ class RatioBounds:
     """canary / stable for one quantile: point estimate and always-valid bounds (arrays over streams)."""
 
     estimate: np.ndarray
-    low: np.ndarray   # used to FAIL (alpha side)
+    low: np.ndarray  # used to FAIL (alpha side)
     high: np.ndarray  # used to PASS (beta side)
 
 
-def ratio_bounds(q: float, edges: np.ndarray, canary: np.ndarray, stable: np.ndarray,
-                 design: LatencyDesign) -> RatioBounds:
+def ratio_bounds(
+    q: float, edges: np.ndarray, canary: np.ndarray, stable: np.ndarray, design: LatencyDesign
+) -> RatioBounds:
     rho = float(design.min_samples)
     fail_error = design.alpha / (2 * len(design.quantiles))
     pass_error = design.beta / 2
@@ -168,12 +171,13 @@ def ratio_bounds(q: float, edges: np.ndarray, canary: np.ndarray, stable: np.nda
 
 # --- Mann-Whitney, for the evidence record ----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RankTest:
     """Mann-Whitney U on binned samples; works element-wise on arrays of streams (last axis = bins)."""
 
-    u: np.ndarray                   # pairs (canary, stable) where the canary is slower, ties counted 1/2
-    z: np.ndarray                   # tie-corrected standardized U (> 0: canary slower)
+    u: np.ndarray  # pairs (canary, stable) where the canary is slower, ties counted 1/2
+    z: np.ndarray  # tie-corrected standardized U (> 0: canary slower)
     slower_probability: np.ndarray  # U / (n_c n_s): P(a canary request is slower than a stable one)
 
 
@@ -184,7 +188,7 @@ def rank_test(canary_counts: np.ndarray, stable_counts: np.ndarray) -> RankTest:
     u = (canary_counts * (stable_below + 0.5 * stable_counts)).sum(axis=-1)
     n = n_canary + n_stable
     ties = canary_counts + stable_counts
-    tie_term = (ties ** 3 - ties).sum(axis=-1) / np.maximum(n * (n - 1), 1.0)
+    tie_term = (ties**3 - ties).sum(axis=-1) / np.maximum(n * (n - 1), 1.0)
     variance = n_canary * n_stable / 12.0 * ((n + 1) - tie_term)
     pairs = n_canary * n_stable
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -194,6 +198,7 @@ def rank_test(canary_counts: np.ndarray, stable_counts: np.ndarray) -> RankTest:
 
 
 # --- one look -------------------------------------------------------------------------------------------
+
 
 def latency_decision(bounds: list[RatioBounds], max_increase: float) -> tuple[np.ndarray, np.ndarray]:
     """(fail, pass) flags, element-wise over streams."""
@@ -213,19 +218,30 @@ def judge_latency(name: str, observation: HistogramObservation, design: LatencyD
     if not np.array_equal(canary_edges, stable_edges):
         raise ValueError("canary and stable histograms have different buckets")
     if smallest_arm < design.min_samples:
-        return Evidence(name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of "
-                        f"{design.min_samples} per arm", counts)
+        return Evidence(
+            name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of {design.min_samples} per arm", counts
+        )
     bounds = {q: ratio_bounds(q, canary_edges, canary_counts, stable_counts, design) for q in design.quantiles}
     fail, passed = latency_decision(list(bounds.values()), design.max_increase)
     decision = Outcome.FAIL if fail else Outcome.PASS if passed else Outcome.PENDING
     test = rank_test(canary_counts, stable_counts)
     spans = {q: bucket_span(q, stable_edges, stable_counts) for q in design.quantiles}
-    values = {**counts, "maxIncrease": design.max_increase, "rankZ": float(test.z),
-              "slowerProbability": float(test.slower_probability)}
+    values = {
+        **counts,
+        "maxIncrease": design.max_increase,
+        "rankZ": float(test.z),
+        "slowerProbability": float(test.slower_probability),
+    }
     for q, bound in bounds.items():
         label = _percent(q)
-        values.update({f"ratioP{label}": float(bound.estimate), f"ratioP{label}Low": float(bound.low),
-                       f"ratioP{label}High": float(bound.high), f"bucketSpanP{label}": spans[q]})
+        values.update(
+            {
+                f"ratioP{label}": float(bound.estimate),
+                f"ratioP{label}Low": float(bound.low),
+                f"ratioP{label}High": float(bound.high),
+                f"bucketSpanP{label}": spans[q],
+            }
+        )
     return Evidence(name, decision, _message(decision, bounds, test, design, spans), values)
 
 
@@ -237,21 +253,30 @@ def bucket_span(q: float, edges: np.ndarray, counts: np.ndarray) -> float:
     return float(edges[index] / lower) if lower > 0 else math.inf
 
 
-def _message(decision: Outcome, bounds: dict[float, RatioBounds], test: RankTest, design: LatencyDesign,
-             spans: dict[float, float]) -> str:
-    verdict = {Outcome.PASS: "within tolerance", Outcome.FAIL: "slower than tolerated"}.get(
-        decision, "not sure yet")
-    shown = ", ".join(f"p{_percent(q)} x{float(b.estimate):.2f} [{float(b.low):.2f}, {float(b.high):.2f}]"
-                      for q, b in bounds.items())
+def _message(
+    decision: Outcome,
+    bounds: dict[float, RatioBounds],
+    test: RankTest,
+    design: LatencyDesign,
+    spans: dict[float, float],
+) -> str:
+    verdict = {Outcome.PASS: "within tolerance", Outcome.FAIL: "slower than tolerated"}.get(decision, "not sure yet")
+    shown = ", ".join(
+        f"p{_percent(q)} x{float(b.estimate):.2f} [{float(b.low):.2f}, {float(b.high):.2f}]" for q, b in bounds.items()
+    )
     if any(np.isinf(b.high) for b in bounds.values()):
         verdict += " (a quantile reaches the +Inf bucket, so it cannot be bounded: add larger buckets)"
     coarse = [f"p{_percent(q)} x{span:.2f}" for q, span in spans.items() if span > 1 + 2 * design.max_increase]
     if coarse:
-        verdict += (f" (buckets around {', '.join(coarse)} are over twice the tolerance wide: ratios are "
-                    "interpolated guesses there, finer buckets make them trustworthy)")
-    return (f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}; always-valid bounds); "
-            f"a canary request is slower than a stable one {100 * float(test.slower_probability):.0f}% of the "
-            f"time (rank test z = {float(test.z):.2f})")
+        verdict += (
+            f" (buckets around {', '.join(coarse)} are over twice the tolerance wide: ratios are "
+            "interpolated guesses there, finer buckets make them trustworthy)"
+        )
+    return (
+        f"{verdict}: canary/stable {shown} (limit x{1 + design.max_increase:.2f}; always-valid bounds); "
+        f"a canary request is slower than a stable one {100 * float(test.slower_probability):.0f}% of the "
+        f"time (rank test z = {float(test.z):.2f})"
+    )
 
 
 def _percent(q: float) -> str:

@@ -11,6 +11,7 @@ Phases: Running -> Successful | Failed | Inconclusive | Error (the last four are
                 without a decision; the caller decides (onInconclusive, default rollback)
 No data and no traffic are never failures: the check is Pending until data arrives or the deadline passes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ class Phase(str, Enum):
 
 # --- observations ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NoData:
     """The query returned nothing (no traffic, no labels yet). Waiting, never a failure."""
@@ -58,13 +60,14 @@ Observation = CountObservation | HistogramObservation | ValueObservation | NoDat
 
 # --- configuration (the CRD's rollout.analysis section) -------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProportionCheck:
     """A sequential non-inferiority check on counts: accuracy (higher is better) or error rate (lower)."""
 
     name: str = "accuracy"
     higher_is_better: bool = True
-    max_degradation: float | None = None        # None: the analysis-wide maxDegradation
+    max_degradation: float | None = None  # None: the analysis-wide maxDegradation
     detectable_degradation: float | None = None  # None: the analysis-wide detectableDegradation
 
 
@@ -140,14 +143,24 @@ class AnalysisConfig:
         detectable = check.detectable_degradation
         if detectable is None and check.max_degradation is None:
             detectable = self.detectable_degradation
-        return NonInferiorityDesign(alpha=self.alpha_per_check, beta=self.beta, max_degradation=margin,
-                                    detectable_degradation=detectable, min_samples=self.min_samples,
-                                    max_samples=self.max_samples)
+        return NonInferiorityDesign(
+            alpha=self.alpha_per_check,
+            beta=self.beta,
+            max_degradation=margin,
+            detectable_degradation=detectable,
+            min_samples=self.min_samples,
+            max_samples=self.max_samples,
+        )
 
     def latency_design(self) -> LatencyDesign:
         latency = self.latency
-        return LatencyDesign(alpha=self.alpha_per_check, beta=self.beta, max_increase=latency.max_increase,
-                             min_samples=latency.min_samples, quantiles=tuple(latency.quantiles))
+        return LatencyDesign(
+            alpha=self.alpha_per_check,
+            beta=self.beta,
+            max_increase=latency.max_increase,
+            min_samples=latency.min_samples,
+            quantiles=tuple(latency.quantiles),
+        )
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> AnalysisConfig:
@@ -159,10 +172,16 @@ def threshold_design(check: ThresholdCheck) -> ThresholdDesign:
     return ThresholdDesign(min=check.min, max=check.max, failure_limit=check.failure_limit)
 
 
-_SCALARS = {"alpha": "alpha", "beta": "beta", "maxDegradation": "max_degradation",
-            "detectableDegradation": "detectable_degradation", "minSamples": "min_samples",
-            "maxSamples": "max_samples", "onInconclusive": "on_inconclusive",
-            "consecutiveErrorLimit": "consecutive_error_limit"}
+_SCALARS = {
+    "alpha": "alpha",
+    "beta": "beta",
+    "maxDegradation": "max_degradation",
+    "detectableDegradation": "detectable_degradation",
+    "minSamples": "min_samples",
+    "maxSamples": "max_samples",
+    "onInconclusive": "on_inconclusive",
+    "consecutiveErrorLimit": "consecutive_error_limit",
+}
 
 
 def _fields_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,9 +193,12 @@ def _fields_from_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if "latency" in spec:
         fields["latency"] = _latency_from_spec(spec["latency"])
     if "checks" in spec:
-        fields["checks"] = tuple(ThresholdCheck(name=item["name"], min=item.get("min"), max=item.get("max"),
-                                                failure_limit=item.get("failureLimit", 1))
-                                 for item in spec["checks"])
+        fields["checks"] = tuple(
+            ThresholdCheck(
+                name=item["name"], min=item.get("min"), max=item.get("max"), failure_limit=item.get("failureLimit", 1)
+            )
+            for item in spec["checks"]
+        )
     return fields
 
 
@@ -184,17 +206,23 @@ def _proportion_from_spec(item: Mapping[str, Any]) -> ProportionCheck:
     direction = item.get("direction", "higherIsBetter")
     if direction not in ("higherIsBetter", "lowerIsBetter"):
         raise ValueError(f"direction must be higherIsBetter or lowerIsBetter, got {direction!r}")
-    return ProportionCheck(name=item["name"], higher_is_better=direction == "higherIsBetter",
-                           max_degradation=item.get("maxDegradation"),
-                           detectable_degradation=item.get("detectableDegradation"))
+    return ProportionCheck(
+        name=item["name"],
+        higher_is_better=direction == "higherIsBetter",
+        max_degradation=item.get("maxDegradation"),
+        detectable_degradation=item.get("detectableDegradation"),
+    )
 
 
 def _latency_from_spec(item: Mapping[str, Any]) -> LatencyCheck:
     default = LatencyCheck()
-    return LatencyCheck(name=item.get("name", default.name), enabled=item.get("enabled", default.enabled),
-                        max_increase=item.get("maxIncrease", default.max_increase),
-                        min_samples=item.get("minSamples", default.min_samples),
-                        quantiles=tuple(item.get("quantiles", default.quantiles)))
+    return LatencyCheck(
+        name=item.get("name", default.name),
+        enabled=item.get("enabled", default.enabled),
+        max_increase=item.get("maxIncrease", default.max_increase),
+        min_samples=item.get("minSamples", default.min_samples),
+        quantiles=tuple(item.get("quantiles", default.quantiles)),
+    )
 
 
 def duration_seconds(value: str | float) -> float:
@@ -203,6 +231,7 @@ def duration_seconds(value: str | float) -> float:
 
 
 # --- state and verdict ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AnalysisState:
@@ -218,17 +247,29 @@ class AnalysisState:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase.value, "startedAt": self.started_at, "looks": self.looks,
-                "passed": list(self.passed), "consecutiveErrors": dict(self.consecutive_errors),
-                "failures": dict(self.failures), "finishedAt": self.finished_at, "message": self.message}
+        return {
+            "phase": self.phase.value,
+            "startedAt": self.started_at,
+            "looks": self.looks,
+            "passed": list(self.passed),
+            "consecutiveErrors": dict(self.consecutive_errors),
+            "failures": dict(self.failures),
+            "finishedAt": self.finished_at,
+            "message": self.message,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnalysisState:
-        return cls(started_at=float(data["startedAt"]), phase=Phase(data.get("phase", "Running")),
-                   looks=int(data.get("looks", 0)), passed=tuple(data.get("passed", ())),
-                   consecutive_errors={k: int(v) for k, v in data.get("consecutiveErrors", {}).items()},
-                   failures={k: int(v) for k, v in data.get("failures", {}).items()},
-                   finished_at=data.get("finishedAt"), message=data.get("message", ""))
+        return cls(
+            started_at=float(data["startedAt"]),
+            phase=Phase(data.get("phase", "Running")),
+            looks=int(data.get("looks", 0)),
+            passed=tuple(data.get("passed", ())),
+            consecutive_errors={k: int(v) for k, v in data.get("consecutiveErrors", {}).items()},
+            failures={k: int(v) for k, v in data.get("failures", {}).items()},
+            finished_at=data.get("finishedAt"),
+            message=data.get("message", ""),
+        )
 
     @property
     def max_consecutive_errors(self) -> int:
@@ -258,13 +299,17 @@ def action_for(phase: Phase, config: AnalysisConfig) -> Literal["wait", "promote
 
 # --- one look -------------------------------------------------------------------------------------------
 
-def evaluate(config: AnalysisConfig, state: AnalysisState, observations: Mapping[str, Observation],
-             now: float) -> tuple[AnalysisState, Verdict, list[Evidence]]:
+
+def evaluate(
+    config: AnalysisConfig, state: AnalysisState, observations: Mapping[str, Observation], now: float
+) -> tuple[AnalysisState, Verdict, list[Evidence]]:
     """Judge every check at this look and advance the state. A final state is returned unchanged."""
     if state.phase.final:
         return state, Verdict(state.phase, action_for(state.phase, config), state.message), []
-    judged = [_judge_check(config, state, name, observations.get(name, NoData("no observation")))
-              for name in config.check_names()]
+    judged = [
+        _judge_check(config, state, name, observations.get(name, NoData("no observation")))
+        for name in config.check_names()
+    ]
     failures = _threshold_failures(config, state, judged)
     evidence = [_apply_failure_limit(config, failures, item) for item in judged]
     counted = _count(config, state, evidence, failures)
@@ -314,8 +359,9 @@ def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
     nothing: P(ever failing) <= alpha."""
     if evidence.name not in state.passed or evidence.decision in (Outcome.FAIL, Outcome.PASS):
         return evidence
-    return replace(evidence, decision=Outcome.PASS,
-                   message=f"passed earlier (pass boundary crossed); now: {evidence.message}")
+    return replace(
+        evidence, decision=Outcome.PASS, message=f"passed earlier (pass boundary crossed); now: {evidence.message}"
+    )
 
 
 def _threshold_failures(config: AnalysisConfig, state: AnalysisState, judged: list[Evidence]) -> dict[str, int]:
@@ -338,25 +384,32 @@ def _apply_failure_limit(config: AnalysisConfig, failures: dict[str, int], evide
     return replace(evidence, decision=decision, message=message)
 
 
-def _count(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence],
-           failures: dict[str, int]) -> AnalysisState:
-    errors = {item.name: state.consecutive_errors.get(item.name, 0) + 1
-              for item in evidence if item.decision is Outcome.ERROR}
+def _count(
+    config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], failures: dict[str, int]
+) -> AnalysisState:
+    errors = {
+        item.name: state.consecutive_errors.get(item.name, 0) + 1 for item in evidence if item.decision is Outcome.ERROR
+    }
     sequential = set(config.sequential_check_names())
     passes = {item.name for item in evidence if item.decision is Outcome.PASS and item.name in sequential}
     passed = tuple(sorted(set(state.passed) | passes))
     return replace(state, looks=state.looks + 1, consecutive_errors=errors, failures=failures, passed=passed)
 
 
-def _phase(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float
-           ) -> tuple[Phase, str, list[Evidence]]:
+def _phase(
+    config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float
+) -> tuple[Phase, str, list[Evidence]]:
     """(phase, headline, the evidence that explains it). Failure beats error beats success."""
+
     def having(outcome: Outcome) -> list[Evidence]:
         return [item for item in evidence if item.decision is outcome]
 
     undecided = [item for item in evidence if item.decision is not Outcome.PASS]
-    exhausted = [item for item in having(Outcome.ERROR)
-                 if state.consecutive_errors.get(item.name, 0) >= config.consecutive_error_limit]
+    exhausted = [
+        item
+        for item in having(Outcome.ERROR)
+        if state.consecutive_errors.get(item.name, 0) >= config.consecutive_error_limit
+    ]
     if having(Outcome.FAIL):
         return Phase.FAILED, "failed", having(Outcome.FAIL)
     if exhausted:

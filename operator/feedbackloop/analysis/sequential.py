@@ -18,6 +18,7 @@ and P(ever promote | d <= -delta) <= beta however often one looks, and stopping 
 asymptotically (central limit theorem, independent labels); benchmarks/canary_simulation.py checks the
 bounds at realistic sizes. The statistic depends only on the cumulative counts: no state between looks.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,11 +52,15 @@ class NonInferiorityDesign:
         if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
             raise ValueError(f"alpha and beta must be in (0, 0.5), got {self.alpha}, {self.beta}")
         if not 0 < self.max_degradation < 1:
-            raise ValueError("maxDegradation must be in (0, 1): with a zero margin an equally good canary "
-                             f"cannot be told apart from a slightly worse one, got {self.max_degradation}")
+            raise ValueError(
+                "maxDegradation must be in (0, 1): with a zero margin an equally good canary "
+                f"cannot be told apart from a slightly worse one, got {self.max_degradation}"
+            )
         if not self.max_degradation < self.detectable < 1:
-            raise ValueError(f"detectableDegradation ({self.detectable}) must exceed maxDegradation "
-                             f"({self.max_degradation}) and be below 1")
+            raise ValueError(
+                f"detectableDegradation ({self.detectable}) must exceed maxDegradation "
+                f"({self.max_degradation}) and be below 1"
+            )
         if self.min_samples < 1 or (self.max_samples is not None and self.max_samples < self.min_samples):
             raise ValueError(f"need 1 <= minSamples <= maxSamples, got {self.min_samples}, {self.max_samples}")
 
@@ -87,8 +92,13 @@ class NonInferiorityDesign:
         return math.log(self.alpha)
 
 
-def difference_and_information(canary_good: ArrayOrFloat, canary_total: ArrayOrFloat, stable_good: ArrayOrFloat,
-                               stable_total: ArrayOrFloat, max_degradation: float) -> tuple[ArrayOrFloat, ArrayOrFloat]:
+def difference_and_information(
+    canary_good: ArrayOrFloat,
+    canary_total: ArrayOrFloat,
+    stable_good: ArrayOrFloat,
+    stable_total: ArrayOrFloat,
+    max_degradation: float,
+) -> tuple[ArrayOrFloat, ArrayOrFloat]:
     """(d_hat, I): the observed rate difference and its inverse variance. Totals must be positive.
 
     The variances are taken at the indifference point (stable's smoothed rate, and that minus the margin
@@ -100,13 +110,13 @@ def difference_and_information(canary_good: ArrayOrFloat, canary_total: ArrayOrF
     stable_rate = (stable_good + 1.0) / (stable_total + 2.0)  # one pseudo-success and -failure: never 0 or 1
     canary_floor = 1.0 / (canary_total + 2.0)
     canary_rate = np.clip(stable_rate - max_degradation, canary_floor, 1.0 - canary_floor)
-    variance = (canary_rate * (1.0 - canary_rate) / canary_total
-                + stable_rate * (1.0 - stable_rate) / stable_total)
+    variance = canary_rate * (1.0 - canary_rate) / canary_total + stable_rate * (1.0 - stable_rate) / stable_total
     return difference, 1.0 / variance
 
 
-def log_likelihood_ratio(difference: ArrayOrFloat, information: ArrayOrFloat,
-                         design: NonInferiorityDesign) -> ArrayOrFloat:
+def log_likelihood_ratio(
+    difference: ArrayOrFloat, information: ArrayOrFloat, design: NonInferiorityDesign
+) -> ArrayOrFloat:
     """log LR of "canary is d_good" against "canary is d_bad" for an observed difference."""
     separation = design.good_difference - design.bad_difference
     return separation * information * (difference + design.max_degradation)
@@ -119,8 +129,10 @@ def decision_boundaries(information: float, design: NonInferiorityDesign) -> tup
     """
     separation = design.good_difference - design.bad_difference
     mid = -design.max_degradation
-    return (mid + design.rollback_log_threshold / (separation * information),
-            mid + design.promote_log_threshold / (separation * information))
+    return (
+        mid + design.rollback_log_threshold / (separation * information),
+        mid + design.promote_log_threshold / (separation * information),
+    )
 
 
 @dataclass(frozen=True)
@@ -148,23 +160,30 @@ class CountObservation:
         """(canary_good, canary_total, stable_good, stable_total) in "good outcome" terms."""
         if higher_is_better:
             return self.canary_events, self.canary_total, self.stable_events, self.stable_total
-        return (self.canary_total - self.canary_events, self.canary_total,
-                self.stable_total - self.stable_events, self.stable_total)
+        return (
+            self.canary_total - self.canary_events,
+            self.canary_total,
+            self.stable_total - self.stable_events,
+            self.stable_total,
+        )
 
 
-def judge_proportion(name: str, observation: CountObservation, design: NonInferiorityDesign,
-                     higher_is_better: bool = True) -> Evidence:
+def judge_proportion(
+    name: str, observation: CountObservation, design: NonInferiorityDesign, higher_is_better: bool = True
+) -> Evidence:
     """One look of the sequential test. Too few samples is Pending, never a failure."""
     counts = _count_values(observation)
     smallest_arm = min(observation.canary_total, observation.stable_total)
     if smallest_arm == 0:
         return Evidence(name, Outcome.PENDING, "no traffic/labels yet in one arm: waiting", counts)
     if smallest_arm < design.min_samples:
-        return Evidence(name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of "
-                        f"{design.min_samples} per arm", counts)
+        return Evidence(
+            name, Outcome.PENDING, f"waiting for samples: {smallest_arm:g} of {design.min_samples} per arm", counts
+        )
     canary_good, canary_total, stable_good, stable_total = observation.good_counts(higher_is_better)
-    difference, information = difference_and_information(canary_good, canary_total, stable_good, stable_total,
-                                                         design.max_degradation)
+    difference, information = difference_and_information(
+        canary_good, canary_total, stable_good, stable_total, design.max_degradation
+    )
     difference, information = float(difference), float(information)
     log_lr = log_likelihood_ratio(difference, information, design)
     decision = _decide(log_lr, observation, design)
@@ -177,30 +196,42 @@ def _decide(log_lr: float, observation: CountObservation, design: NonInferiority
         return Outcome.FAIL
     if log_lr >= design.promote_log_threshold:
         return Outcome.PASS
-    budget_spent = (design.max_samples is not None
-                    and min(observation.canary_total, observation.stable_total) >= design.max_samples)
+    budget_spent = (
+        design.max_samples is not None and min(observation.canary_total, observation.stable_total) >= design.max_samples
+    )
     return Outcome.INCONCLUSIVE if budget_spent else Outcome.PENDING
 
 
 def _count_values(observation: CountObservation) -> dict[str, float]:
-    return {"canaryEvents": observation.canary_events, "canaryTotal": observation.canary_total,
-            "stableEvents": observation.stable_events, "stableTotal": observation.stable_total}
+    return {
+        "canaryEvents": observation.canary_events,
+        "canaryTotal": observation.canary_total,
+        "stableEvents": observation.stable_events,
+        "stableTotal": observation.stable_total,
+    }
 
 
-def _statistic_values(difference: float, information: float, log_lr: float, design: NonInferiorityDesign,
-                      higher_is_better: bool) -> dict[str, float]:
+def _statistic_values(
+    difference: float, information: float, log_lr: float, design: NonInferiorityDesign, higher_is_better: bool
+) -> dict[str, float]:
     """The statistic and its boundaries, in the metric's own direction (error-rate differences are > 0 when worse)."""
     sign = 1.0 if higher_is_better else -1.0
     rollback_at, promote_at = decision_boundaries(information, design)
-    return {"difference": sign * difference, "logLikelihoodRatio": log_lr,
-            "promoteLogThreshold": design.promote_log_threshold,
-            "rollbackLogThreshold": design.rollback_log_threshold,
-            "promoteDifference": sign * promote_at, "rollbackDifference": sign * rollback_at,
-            "maxDegradation": design.max_degradation, "information": information}
+    return {
+        "difference": sign * difference,
+        "logLikelihoodRatio": log_lr,
+        "promoteLogThreshold": design.promote_log_threshold,
+        "rollbackLogThreshold": design.rollback_log_threshold,
+        "promoteDifference": sign * promote_at,
+        "rollbackDifference": sign * rollback_at,
+        "maxDegradation": design.max_degradation,
+        "information": information,
+    }
 
 
-def _message(decision: Outcome, difference: float, information: float, design: NonInferiorityDesign,
-             higher_is_better: bool) -> str:
+def _message(
+    decision: Outcome, difference: float, information: float, design: NonInferiorityDesign, higher_is_better: bool
+) -> str:
     rollback_at, promote_at = decision_boundaries(information, design)
     if higher_is_better:
         observed = f"canary - stable = {_points(difference)}"
@@ -208,10 +239,15 @@ def _message(decision: Outcome, difference: float, information: float, design: N
     else:
         observed = f"canary - stable error rate = {_points(-difference)}"
         bounds = f"promote below {_points(-promote_at)}, roll back above {_points(-rollback_at)}"
-    verdict = {Outcome.PASS: "no worse than the margin allows", Outcome.FAIL: "worse than the margin allows",
-               Outcome.INCONCLUSIVE: "sample budget spent without a decision"}.get(decision, "not decided yet")
-    return (f"{verdict}: {observed} ({bounds} at this sample size; "
-            f"maxDegradation {100 * design.max_degradation:.2f} pts, alpha {design.alpha:g}, beta {design.beta:g})")
+    verdict = {
+        Outcome.PASS: "no worse than the margin allows",
+        Outcome.FAIL: "worse than the margin allows",
+        Outcome.INCONCLUSIVE: "sample budget spent without a decision",
+    }.get(decision, "not decided yet")
+    return (
+        f"{verdict}: {observed} ({bounds} at this sample size; "
+        f"maxDegradation {100 * design.max_degradation:.2f} pts, alpha {design.alpha:g}, beta {design.beta:g})"
+    )
 
 
 def _points(rate_difference: float) -> str:
@@ -219,6 +255,7 @@ def _points(rate_difference: float) -> str:
 
 
 # --- planning -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -238,7 +275,7 @@ def operating_point(design: NonInferiorityDesign, stable_rate: float, difference
     variance_per_pair = canary_rate * (1 - canary_rate) + stable_rate * (1 - stable_rate)
     separation = design.good_difference - design.bad_difference
     drift = separation * (difference + design.max_degradation)
-    diffusion = separation ** 2
+    diffusion = separation**2
     upper, lower = design.promote_log_threshold, -design.rollback_log_threshold
     if abs(drift) < 1e-12:
         promote = lower / (upper + lower)

@@ -3,6 +3,7 @@
 No statistics here: use it for guards that have no stable arm to compare against (GPU memory, queue
 depth, a business KPI already aggregated by PromQL). The state machine counts failures up to failureLimit.
 """
+
 from __future__ import annotations
 
 import math

@@ -19,8 +19,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -35,7 +36,9 @@ OPERATOR_NAMESPACE = "feedbackloop-system"
 OPERATOR_DEPLOYMENT = "feedbackloop-operator"
 IMAGE_REPOSITORY = "ghcr.io/feedbackloop"
 RUN_AS = 65532
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `feedbackloop` is importable from  # the images' user: hostPath folders it writes must be its own
+PACKAGE_ROOT = (
+    Path(__file__).resolve().parents[2]
+)  # where `feedbackloop` is importable from  # the images' user: hostPath folders it writes must be its own
 
 
 def _say(line: str) -> None:
@@ -47,15 +50,16 @@ class Cluster:
         self.workdir = Path(workdir)
         self.images = images or []
         self.plane = ControlPlane(self.workdir / "controlplane", host=NODE_IP, node_name=NODE_NAME)
-        self.node = Node(self.workdir / "node", binaries_dir(), self.plane.kubeconfig, self.plane.node_kubeconfig,
-                         self.images)
+        self.node = Node(
+            self.workdir / "node", binaries_dir(), self.plane.kubeconfig, self.plane.node_kubeconfig, self.images
+        )
         self.prometheus = Prometheus(self.workdir / "prometheus", host=NODE_IP)
         self.discovery: ManagedProcess | None = None
         self.timings: dict[str, float] = {}
         self._kept = False
 
     @classmethod
-    def create(cls, images: list[Path] | None = None, prefix: str = "mfl-testbed-") -> "Cluster":
+    def create(cls, images: list[Path] | None = None, prefix: str = "mfl-testbed-") -> Cluster:
         # Not under pytest's 0700 temp folders: hostPath volumes here are read by the images' user.
         workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
         workdir.chmod(0o755)
@@ -63,11 +67,12 @@ class Cluster:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self, progress: Callable[[str], None] = _say) -> "Cluster":
+    def start(self, progress: Callable[[str], None] = _say) -> Cluster:
         running, state = node_module.running_components(), node_module.read_state()
         if running and (state.get("kept") or node_module.pid_exists(state.get("owner"))):
-            raise TestbedUnavailable(f"a test bed is already running on this machine ({', '.join(running)}); "
-                                     f"`mfl testbed down` removes it")
+            raise TestbedUnavailable(
+                f"a test bed is already running on this machine ({', '.join(running)}); `mfl testbed down` removes it"
+            )
         left = node_module.teardown(progress)  # what a crashed test run left behind: undo it first
         if left:
             raise TestbedError(f"an earlier test bed could not be torn down: {', '.join(left)}")
@@ -93,26 +98,36 @@ class Cluster:
 
     def _start_prometheus(self) -> None:
         port = free_port()
-        self.discovery = ManagedProcess("pod-discovery", [
-            sys.executable, "-m", "feedbackloop.localdev.pod_discovery", f"--kubectl={self.plane.bin_dir / 'kubectl'}",
-            f"--kubeconfig={self.plane.kubeconfig}", f"--port={port}"], self.workdir / "logs" / "pod-discovery.log",
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])})
+        self.discovery = ManagedProcess(
+            "pod-discovery",
+            [
+                sys.executable,
+                "-m",
+                "feedbackloop.localdev.pod_discovery",
+                f"--kubectl={self.plane.bin_dir / 'kubectl'}",
+                f"--kubeconfig={self.plane.kubeconfig}",
+                f"--port={port}",
+            ],
+            self.workdir / "logs" / "pod-discovery.log",
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
         self.discovery.start()
         record(pids={"pod-discovery": self.discovery.pid})
         self.prometheus.add_http_sd(f"http://127.0.0.1:{port}/sd")
         self.prometheus.start()
         record(pids={"prometheus": self.prometheus.pid})
 
-    def stop(self) -> None:
-        """Stop everything and restore the machine. Safe to call more than once."""
+    def stop(self) -> list[str]:
+        """Stop everything and restore the machine; returns what could not be undone (nothing, normally).
+        Safe to call more than once."""
         atexit.unregister(self.stop)
         if self._kept:
-            return
+            return []
         self.prometheus.stop()
         if self.discovery is not None:
             self.discovery.stop()
         self.plane.stop()
-        self.node.stop()
+        return self.node.stop()
 
     def keep(self) -> str:
         """Leave the cluster running after this process exits; returns how to use and remove it."""
@@ -122,12 +137,14 @@ class Cluster:
         self.plane.detach()
         self.node.detach()
         self.prometheus.detach()
-        return (f"The cluster keeps running.\n"
-                f"  export KUBECONFIG={self.plane.kubeconfig}\n"
-                f"  {self.plane.bin_dir / 'kubectl'} get pods -A -o wide\n"
-                f"  Prometheus: {self.prometheus.url}\n"
-                f"  logs: {self.workdir}\n"
-                f"Tear it down (processes, containers, mounts, bridge, iptables, sysctls): mfl testbed down")
+        return (
+            f"The cluster keeps running.\n"
+            f"  export KUBECONFIG={self.plane.kubeconfig}\n"
+            f"  {self.plane.bin_dir / 'kubectl'} get pods -A -o wide\n"
+            f"  Prometheus: {self.prometheus.url}\n"
+            f"  logs: {self.workdir}\n"
+            f"Tear it down (processes, containers, mounts, bridge, iptables, sysctls): mfl testbed down"
+        )
 
     def log_tails(self) -> str:
         return f"{self.plane.log_tails()}\n{self.node.log_tails()}"
@@ -143,47 +160,81 @@ class Cluster:
 
     # ---- what users install ----------------------------------------------------------------
 
-    def install_operator(self, manifests: Path, image_refs: Mapping[str, str], env: Mapping[str, str] | None = None,
-                         timeout: float = 240.0) -> str:
+    def install_operator(
+        self,
+        manifests: Path,
+        image_refs: Mapping[str, str],
+        env: Mapping[str, str] | None = None,
+        timeout: float = 240.0,
+    ) -> str:
         """`kubectl apply -k` of an overlay that points `manifests/` at these images (and nothing else,
         unless `env` adds variables to the operator's container, as the demo does to refresh faster)."""
         overlay = self.workdir / "install"
         overlay.mkdir(exist_ok=True)
         kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
             "bases": [os.path.relpath(manifests, overlay)],
-            "images": [{"name": f"{IMAGE_REPOSITORY}/mfl-{component}", "newName": ref.rsplit(":", 1)[0],
-                        "newTag": ref.rsplit(":", 1)[1]} for component, ref in image_refs.items()],
+            "images": [
+                {
+                    "name": f"{IMAGE_REPOSITORY}/mfl-{component}",
+                    "newName": ref.rsplit(":", 1)[0],
+                    "newTag": ref.rsplit(":", 1)[1],
+                }
+                for component, ref in image_refs.items()
+            ],
         }
         if env:
-            patch = {"apiVersion": "apps/v1", "kind": "Deployment",
-                     "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
-                     "spec": {"template": {"spec": {"containers": [
-                         {"name": "operator", "env": [{"name": k, "value": v} for k, v in env.items()]}]}}}}
+            patch = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "operator", "env": [{"name": k, "value": v} for k, v in env.items()]}
+                            ]
+                        }
+                    }
+                },
+            }
             (overlay / "env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
             kustomization["patchesStrategicMerge"] = ["env.yaml"]
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         applied = self.kubectl("apply", "-k", str(overlay)).stdout
-        self.kubectl("rollout", "status", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,
-                     f"--timeout={timeout:.0f}s", timeout=timeout + 10)
+        self.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{OPERATOR_DEPLOYMENT}",
+            "-n",
+            OPERATOR_NAMESPACE,
+            f"--timeout={timeout:.0f}s",
+            timeout=timeout + 10,
+        )
         return applied
 
     def operator_logs(self, lines: int = 60) -> str:
-        result = self.kubectl("logs", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,
-                              f"--tail={lines}", check=False)
+        result = self.kubectl(
+            "logs", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE, f"--tail={lines}", check=False
+        )
         return result.stdout + result.stderr
 
     def crash_operator(self, timeout: float = 120.0) -> None:
         """SIGKILL the operator's process, as a crash would; the kubelet restarts the container."""
-        [pod] = [p for p in self.pods(OPERATOR_NAMESPACE, "app.kubernetes.io/name=feedbackloop-operator")
-                 if not p["metadata"].get("deletionTimestamp")]
+        [pod] = [
+            p
+            for p in self.pods(OPERATOR_NAMESPACE, "app.kubernetes.io/name=feedbackloop-operator")
+            if not p["metadata"].get("deletionTimestamp")
+        ]
         [container] = pod["status"]["containerStatuses"]
         restarts = container["restartCount"]
         node_module.ctr("tasks", "kill", "-s", "SIGKILL", container["containerID"].split("://", 1)[1])
 
         def restarted_and_ready() -> bool:
-            pod_now = json.loads(self.kubectl("get", "pod", pod["metadata"]["name"], "-n", OPERATOR_NAMESPACE,
-                                              "-o", "json").stdout)
+            pod_now = json.loads(
+                self.kubectl("get", "pod", pod["metadata"]["name"], "-n", OPERATOR_NAMESPACE, "-o", "json").stdout
+            )
             [status] = pod_now["status"]["containerStatuses"]
             return status["restartCount"] > restarts and status["ready"]
 
@@ -197,14 +248,30 @@ class Cluster:
         os.chown(path, RUN_AS, RUN_AS)
         name = f"{namespace}-{claim}"[:253]
         manifests = [
-            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
-             "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                      "persistentVolumeReclaimPolicy": "Retain",
-                      "hostPath": {"path": str(path), "type": "Directory"},
-                      "claimRef": {"namespace": namespace, "name": claim}}},
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
-             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": name,
-                      "resources": {"requests": {"storage": size}}}},
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": name,
+                    "resources": {"requests": {"storage": size}},
+                },
+            },
         ]
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
         return path
@@ -215,8 +282,10 @@ class Cluster:
 
     def wait_for_prometheus_target(self, namespace: str, timeout: float = 60.0) -> None:
         def scraped() -> bool:
-            return any(t["labels"].get("namespace") == namespace and t["health"] == "up"
-                       for t in self.prometheus.active_targets())
+            return any(
+                t["labels"].get("namespace") == namespace and t["health"] == "up"
+                for t in self.prometheus.active_targets()
+            )
 
         wait_until(scraped, timeout, f"Prometheus to scrape a Pod of {namespace}", interval=1.0)
 

@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -113,8 +114,9 @@ class ControlPlane:
     `workdir/logs/<component>.log`; `log_tails()` collects their ends for failure reports.
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path | None = None, host: str = LOOPBACK,
-                 node_name: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path | None = None, host: str = LOOPBACK, node_name: str | None = None
+    ) -> None:
         """`host`: the address the apiserver listens on and advertises (a real node's IP when a
         kubelet joins; loopback otherwise). `node_name`: a kubelet of that name joins, so the
         apiserver authorizes it (Node authorizer) and the node lifecycle controller runs."""
@@ -136,7 +138,7 @@ class ControlPlane:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> "ControlPlane":
+    def start(self, timeout: float = 120.0) -> ControlPlane:
         """Start every component and wait until the cluster can run workloads."""
         started = time.monotonic()
         deadline = started + timeout
@@ -162,7 +164,7 @@ class ControlPlane:
             self._processes.pop().stop()
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -207,9 +209,7 @@ class ControlPlane:
             f"--cache-dir={self.workdir / 'kubectl-cache'}",
             *args,
         ]
-        result = subprocess.run(
-            command, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, command, result.stdout, result.stderr)
         return result
@@ -225,9 +225,7 @@ class ControlPlane:
         """One raw API request as admin, e.g. to patch a status subresource; returns the JSON."""
         data = None if body is None else json.dumps(body).encode()
         headers = {**self._auth_headers(), "Content-Type": content_type}
-        status, reply = http_request(
-            self.server + path, method, data, headers, timeout, context=self._tls
-        )
+        status, reply = http_request(self.server + path, method, data, headers, timeout, context=self._tls)
         if status >= 400:
             raise KubeApiError(method, path, status, reply)
         return json.loads(reply) if reply else None
@@ -263,8 +261,7 @@ class ControlPlane:
         missing = [name for name in BINARIES if not os.access(self.bin_dir / name, os.X_OK)]
         if missing:
             raise TestbedUnavailable(
-                f"{', '.join(missing)} not found in {self.bin_dir}: call ensure_binaries() "
-                f"or run `bash {BUILD_SCRIPT}`"
+                f"{', '.join(missing)} not found in {self.bin_dir}: call ensure_binaries() or run `bash {BUILD_SCRIPT}`"
             )
         etcd = shutil.which("etcd")
         if etcd is None:
@@ -365,9 +362,7 @@ class ControlPlane:
         self._write_kubeconfig()
 
         def ready() -> bool:
-            status, body = http_request(
-                f"{self.server}/readyz", headers=self._auth_headers(), context=self._tls
-            )
+            status, body = http_request(f"{self.server}/readyz", headers=self._auth_headers(), context=self._tls)
             return status == 200 and body.strip() == b"ok"
 
         self._wait(process, ready, deadline)

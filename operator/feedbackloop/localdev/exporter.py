@@ -33,13 +33,11 @@ class TestExporter:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "TestExporter":
+    def start(self) -> TestExporter:
         if self._server is None:
             self._server = ThreadingHTTPServer((self.host, 0), self._handler_class())
             self._server.daemon_threads = True
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="test-exporter", daemon=True
-            )
+            self._thread = threading.Thread(target=self._server.serve_forever, name="test-exporter", daemon=True)
             self._thread.start()
         return self
 
@@ -49,7 +47,7 @@ class TestExporter:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "TestExporter":
+    def __enter__(self) -> TestExporter:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -147,10 +145,7 @@ def _matches(key: SeriesKey, name: str, wanted: dict[str, str]) -> bool:
 def _format_labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
-    escaped = (
-        (key, value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"'))
-        for key, value in labels
-    )
+    escaped = ((key, value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')) for key, value in labels)
     return "{" + ",".join(f'{key}="{value}"' for key, value in escaped) + "}"
 
 

@@ -16,8 +16,8 @@ import fcntl
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from feedbackloop.localdev.process import TestbedUnavailable, run_script
 
@@ -66,8 +66,10 @@ def image_archives() -> list[Path]:
     archives = [images_dir() / "pause.tar", *(images_dir() / f"mfl-{name}.tar" for name in COMPONENTS)]
     missing = [str(archive) for archive in archives if not archive.is_file()]
     if missing:
-        raise TestbedUnavailable(f"image archives missing ({', '.join(missing)}): run `make images` "
-                                 f"or feedbackloop.localdev.images.ensure_images()")
+        raise TestbedUnavailable(
+            f"image archives missing ({', '.join(missing)}): run `make images` "
+            f"or feedbackloop.localdev.images.ensure_images()"
+        )
     return archives
 
 

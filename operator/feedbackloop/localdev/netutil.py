@@ -8,8 +8,9 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

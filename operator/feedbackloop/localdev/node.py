@@ -19,8 +19,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from feedbackloop.localdev.netutil import free_ports, wait_until
 from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail
@@ -35,11 +36,25 @@ STATE_DIR = Path("/run/mfl-testbed")
 SOCKET = STATE_DIR / "containerd" / "containerd.sock"
 NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
 # Kernel tunables the kubelet (overcommit, panic) and kube-proxy (route_localnet, forwarding) change.
-SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward",
-           "net/ipv4/conf/all/route_localnet", "net/bridge/bridge-nf-call-iptables")
-REQUIRED_COMMANDS = {"containerd": "containerd", "runc": "runc", "ctr": "containerd", "ip": "iproute2",
-                     "iptables": "iptables", "iptables-save": "iptables"}
+SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/route_localnet",
+    "net/bridge/bridge-nf-call-iptables",
+)
+REQUIRED_COMMANDS = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "iptables-save": "iptables",
+}
 CNI_BIN = Path("/usr/lib/cni")
 
 
@@ -109,8 +124,9 @@ class Node:
     non-root user (hostPath volumes under it are read by uid 65532), so callers pass a 0755 folder.
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path, admin_kubeconfig: Path, node_kubeconfig: Path,
-                 images: Iterable[Path] = ()) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path, admin_kubeconfig: Path, node_kubeconfig: Path, images: Iterable[Path] = ()
+    ) -> None:
         self.workdir = Path(workdir)
         self.bin_dir = bin_dir
         self.admin_kubeconfig = admin_kubeconfig
@@ -157,12 +173,12 @@ class Node:
         """Leave the node running when this process exits (`mfl demo --keep`)."""
         self._processes.clear()
 
-    def stop(self) -> None:
-        """Stop the node's processes and undo every change it made to the machine."""
+    def stop(self) -> list[str]:
+        """Stop the node's processes and undo every change it made to the machine; returns leftovers."""
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
-        teardown()
+        return teardown()
 
     def log_tails(self, lines: int = 20) -> str:
         logs = sorted(self.logs_dir.glob("*.log")) if self.logs_dir.exists() else []
@@ -199,22 +215,51 @@ class Node:
         conf_dir = self.workdir / "cni" / "net.d"
         conf_dir.mkdir(parents=True, exist_ok=True)
         # isGateway false: no default route in Pods (no egress), and ip_forward is left alone.
-        network = {"cniVersion": "0.4.0", "name": "mfl-pods", "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(self.workdir / "cni" / "ipam"),
-                      "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.245.0.10", "rangeEnd": "10.245.0.250",
-                                   "gateway": NODE_IP}]],
-                      "routes": [{"dst": SERVICE_CIDR, "gw": NODE_IP}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "loopback"}]}
+        network = {
+            "cniVersion": "0.4.0",
+            "name": "mfl-pods",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    "isGateway": False,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": str(self.workdir / "cni" / "ipam"),
+                        "ranges": [
+                            [
+                                {
+                                    "subnet": POD_CIDR,
+                                    "rangeStart": "10.245.0.10",
+                                    "rangeEnd": "10.245.0.250",
+                                    "gateway": NODE_IP,
+                                }
+                            ]
+                        ],
+                        "routes": [{"dst": SERVICE_CIDR, "gw": NODE_IP}],
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": "loopback"},
+            ],
+        }
         (conf_dir / "10-mfl.conflist").write_text(json.dumps(network, indent=1))
 
     def _start_containerd(self, deadline: float) -> None:
         (STATE_DIR / "containerd").mkdir(parents=True, exist_ok=True)
         config = self.workdir / "containerd.toml"
-        config.write_text(CONTAINERD_CONFIG.format(
-            root=self.containerd_root, state=STATE_DIR / "containerd" / "state", socket=SOCKET,
-            pause=PAUSE_IMAGE, cni_bin=CNI_BIN, cni_conf=self.workdir / "cni" / "net.d"))
+        config.write_text(
+            CONTAINERD_CONFIG.format(
+                root=self.containerd_root,
+                state=STATE_DIR / "containerd" / "state",
+                socket=SOCKET,
+                pause=PAUSE_IMAGE,
+                cni_bin=CNI_BIN,
+                cni_conf=self.workdir / "cni" / "net.d",
+            )
+        )
         process = self._spawn("containerd", ["containerd", f"--config={config}"])
         self._wait(process, lambda: ctr("version", check=False, timeout=5) != "", deadline)
 
@@ -252,8 +297,9 @@ class Node:
             node = json.loads(self._kubectl("get", "node", NODE_NAME, "-o", "json", check=False) or "{}")
             conditions = node.get("status", {}).get("conditions", [])
             ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-            tainted = any(t["key"].startswith("node.kubernetes.io/not-ready") for t in
-                          node.get("spec", {}).get("taints") or [])
+            tainted = any(
+                t["key"].startswith("node.kubernetes.io/not-ready") for t in node.get("spec", {}).get("taints") or []
+            )
             return ready and not tainted
 
         self._wait(process, node_ready, deadline)
@@ -273,8 +319,13 @@ class Node:
 
     def _wait(self, process: ManagedProcess, probe: Callable[[], Any], deadline: float) -> None:
         try:
-            wait_until(probe, timeout=max(deadline - time.monotonic(), 1.0), what=f"{process.name} to become ready",
-                       interval=0.5, on_poll=process.check_running)
+            wait_until(
+                probe,
+                timeout=max(deadline - time.monotonic(), 1.0),
+                what=f"{process.name} to become ready",
+                interval=0.5,
+                on_poll=process.check_running,
+            )
         except TimeoutError as error:
             raise TestbedError(f"{error}; last lines of its log:\n{process.tail()}") from error
 
@@ -353,15 +404,25 @@ def running_components() -> list[str]:
     return [name for name, pid in read_state().get("pids", {}).items() if alive(pid, name)]
 
 
-STOP_ORDER = ("operator-port-forward", "pod-discovery", "prometheus", "kube-proxy", "kubelet",
-              "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+STOP_ORDER = (
+    "operator-port-forward",
+    "pod-discovery",
+    "prometheus",
+    "kube-proxy",
+    "kubelet",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-apiserver",
+    "etcd",
+)
 
 
 def teardown(log: Callable[[str], None] = lambda line: None) -> list[str]:
     """Undo everything the state file records; returns what is left (empty when clean)."""
     state = read_state()
     if not state:
-        return []
+        _kill_shims(log)  # shims are ours by their address even when the state file is gone
+        return leftovers(state)
     pids: dict[str, int] = state.get("pids", {})
     for name in sorted(pids, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else -1):
         if name != "containerd" and alive(pids[name], name):
@@ -371,6 +432,7 @@ def teardown(log: Callable[[str], None] = lambda line: None) -> list[str]:
     if "containerd" in pids and alive(pids["containerd"], "containerd"):
         _kill(pids["containerd"], "containerd")
         log("stopped containerd")
+    _kill_shims(log)
     _unmount(state, log)
     _remove_network(state, log)
     _remove_iptables_chains(log)
@@ -395,6 +457,53 @@ def _remove_containers(log: Callable[[str], None]) -> None:
         ctr("containers", "delete", container, check=False)
     if tasks or containers:
         log(f"removed {len(tasks)} running tasks and {len(containers)} containers")
+
+
+def _process_table() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            table[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return table
+
+
+def our_shims(table: dict[int, tuple[int, bytes]] | None = None) -> list[int]:
+    """containerd shims serving our containerd (they outlive it, and their containers with them)."""
+    table = _process_table() if table is None else table
+    marker = f"-address\0{STATE_DIR}/".encode()
+    return [
+        pid
+        for pid, (_, cmdline) in table.items()
+        if b"containerd-shim" in cmdline.split(b"\0")[0] and marker in cmdline
+    ]
+
+
+def _kill_shims(log: Callable[[str], None]) -> None:
+    """SIGKILL every container process under our shims, then the shims: nothing may outlive a teardown."""
+    table = _process_table()
+    shims = our_shims(table)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    doomed, stack = [], list(shims)
+    while stack:
+        pid = stack.pop()
+        doomed.append(pid)
+        stack.extend(children.get(pid, []))
+    for pid in reversed(doomed):  # children before their parents
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if shims:
+        log(f"killed {len(shims)} containerd shims and {len(doomed) - len(shims)} processes under them")
+        time.sleep(0.5)  # let the kernel release their mounts and network namespaces
 
 
 def _our_mounts(state: dict[str, Any]) -> list[str]:
@@ -488,6 +597,7 @@ def _remove_cgroups() -> None:
 def leftovers(state: dict[str, Any]) -> list[str]:
     """What a teardown failed to undo: our processes, mounts, bridge, KUBE-* iptables rules."""
     left = [f"process {name} ({pid})" for name, pid in state.get("pids", {}).items() if alive(pid, name)]
+    left += [f"containerd shim {pid}" for pid in our_shims()]
     left += [f"mount {point}" for point in _our_mounts(state)]
     if state.get("bridge") and run("ip", "link", "show", state["bridge"], check=False):
         left.append(f"bridge {state['bridge']}")

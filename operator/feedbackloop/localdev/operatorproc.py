@@ -1,23 +1,27 @@
 """The operator as a host process against a local control plane (the scale and latency benchmarks)."""
+
 from __future__ import annotations
 
 import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .netutil import free_port, http_request
+from .process import ManagedProcess, TestbedError, tail
+
 
 def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
     """Apply the ModelFeedbackLoop CRD (rendered from the models, so it works from a wheel too) and wait
     until the API serves it."""
     from ..crdgen import render
+
     control_plane.kubectl("apply", "-f", "-", input=render())
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/modelfeedbackloops.feedbackloop.dev")
-from .process import ManagedProcess, TestbedError, tail
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modelfeedbackloops.feedbackloop.dev"
+    )
 
 
 class OperatorProcess:
@@ -36,11 +40,17 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.workdir / f"operator-{self.starts}.log"
 
-    def start(self, timeout: float = 60.0) -> "OperatorProcess":
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
         self.starts += 1
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
-        args = [sys.executable, "-m", "feedbackloop.main", f"--metrics-port={self.metrics_port}",
-                "--metrics-address=127.0.0.1", f"--liveness=http://127.0.0.1:{self.health_port}/healthz"]
+        args = [
+            sys.executable,
+            "-m",
+            "feedbackloop.main",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-address=127.0.0.1",
+            f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+        ]
         self._process = ManagedProcess("operator", args, self.log_path, env=env)
         self._process.start()
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ containerPort>` with labels namespace, pod and `pod_label_<name>`; `prometheus.i
 
     python -m feedbackloop.localdev.pod_discovery --kubectl K --kubeconfig C --port P
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,14 +110,20 @@ def serve(lister: PodLister, host: str, port: int) -> ThreadingHTTPServer:
 
 def _summary(pod: Mapping[str, Any]) -> dict[str, Any]:
     metadata, status = pod.get("metadata", {}), pod.get("status") or {}
-    return {"namespace": metadata.get("namespace"), "name": metadata.get("name"), "uid": metadata.get("uid"),
-            "phase": status.get("phase"), "podIP": status.get("podIP"),
-            "containers": {c["name"]: next(iter(c.get("state") or {}), "") for c in status.get("containerStatuses") or []}}
+    return {
+        "namespace": metadata.get("namespace"),
+        "name": metadata.get("name"),
+        "uid": metadata.get("uid"),
+        "phase": status.get("phase"),
+        "podIP": status.get("podIP"),
+        "containers": {c["name"]: next(iter(c.get("state") or {}), "") for c in status.get("containerStatuses") or []},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pod_discovery", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pod_discovery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kubectl", required=True)
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--host", default="127.0.0.1")

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 
 class TestbedError(RuntimeError):
@@ -21,13 +21,19 @@ class TestbedUnavailable(TestbedError):
     """A test bed component cannot run on this machine (missing binary, not root, ...)."""
 
 
-def run_script(script: Path, args: Sequence[str], env: Mapping[str, str],
-               progress: Callable[[str], None]) -> None:
+def run_script(script: Path, args: Sequence[str], env: Mapping[str, str], progress: Callable[[str], None]) -> None:
     """Run a build script, streaming its output line by line to `progress` (cold builds take
     minutes); raise TestbedUnavailable with its last lines when it fails."""
     last_lines: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(["bash", str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, text=True, errors="replace", env=dict(env)) as build:
+    with subprocess.Popen(
+        ["bash", str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        env=dict(env),
+    ) as build:
         assert build.stdout is not None
         for line in build.stdout:
             line = line.rstrip("\n")
@@ -98,8 +104,7 @@ class ManagedProcess:
         """Raise with the log tail when the process has already exited."""
         if self._popen is not None and self._popen.poll() is not None:
             raise TestbedError(
-                f"{self.name} exited with code {self._popen.returncode}; "
-                f"last lines of {self.log_path}:\n{self.tail()}"
+                f"{self.name} exited with code {self._popen.returncode}; last lines of {self.log_path}:\n{self.tail()}"
             )
 
     def stop(self, timeout: float = 10.0) -> None:

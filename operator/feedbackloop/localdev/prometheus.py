@@ -14,8 +14,9 @@ import shutil
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -69,7 +70,7 @@ class Prometheus:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> "Prometheus":
+    def start(self, timeout: float = 60.0) -> Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             raise TestbedUnavailable("prometheus not found: `apt-get install prometheus`")
@@ -81,9 +82,7 @@ class Prometheus:
         atexit.register(self.stop)
         self._process.start()
         try:
-            wait_until(
-                self._ready, timeout, "prometheus to become ready", on_poll=self._process.check_running
-            )
+            wait_until(self._ready, timeout, "prometheus to become ready", on_poll=self._process.check_running)
         except BaseException as error:
             log = self._process.tail()
             self.stop()
@@ -100,7 +99,7 @@ class Prometheus:
             self._process = None
         atexit.unregister(self.stop)
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -247,9 +246,7 @@ class Prometheus:
         _write_atomically(self.config_path, yaml.safe_dump(self._config(), sort_keys=False))
 
     def _write_targets(self) -> None:
-        groups = [
-            {"targets": [address], "labels": labels} for address, labels in self._targets.items()
-        ]
+        groups = [{"targets": [address], "labels": labels} for address, labels in self._targets.items()]
         self.targets_path.parent.mkdir(parents=True, exist_ok=True)
         # Prometheus watches the file: a rename means it never reads half a document.
         _write_atomically(self.targets_path, json.dumps(groups, indent=1))

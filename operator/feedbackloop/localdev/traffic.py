@@ -6,6 +6,7 @@ to a *random* endpoint after `label_delay` seconds, so feedback often reaches an
 prediction did. The true label comes from a synthetic concept (feedbackloop.datasets) that the caller
 can switch to make the labels drift.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,17 @@ class TrafficStats:
 class TrafficGenerator:
     """`start()` runs it in a thread until `stop()`; `concept` may be changed at any time (drift)."""
 
-    def __init__(self, endpoints: Callable[[], list[str]], rate: float = 50.0, batch: int = 10,
-                 label_delay: float = 2.0, generator: datasets.Generator = "hyperplane", n_features: int = 10,
-                 seed: int = 7, noise: float = 0.02) -> None:
+    def __init__(
+        self,
+        endpoints: Callable[[], list[str]],
+        rate: float = 50.0,
+        batch: int = 10,
+        label_delay: float = 2.0,
+        generator: datasets.Generator = "hyperplane",
+        n_features: int = 10,
+        seed: int = 7,
+        noise: float = 0.02,
+    ) -> None:
         self.endpoints = endpoints
         self.rate, self.batch, self.label_delay = rate, batch, label_delay
         self.generator, self.n_features, self.noise = generator, n_features, noise
@@ -65,7 +74,7 @@ class TrafficGenerator:
             return 0.0
         return min(1.0, (time.monotonic() - self._ramp[0]) / self._ramp[1])
 
-    def start(self) -> "TrafficGenerator":
+    def start(self) -> TrafficGenerator:
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
         self._thread.start()
         return self
@@ -95,11 +104,13 @@ class TrafficGenerator:
         concepts = np.full(self.batch, self.concept)
         if self.next_concept is not None:
             concepts[self._rng.random(self.batch) < self.mix] = self.next_concept
-        labels = datasets.flip_labels(datasets.concept_labels(X, concepts, self.generator), self.noise,
-                                      int(self._rng.integers(1 << 31)))
+        labels = datasets.flip_labels(
+            datasets.concept_labels(X, concepts, self.generator), self.noise, int(self._rng.integers(1 << 31))
+        )
         body = json.dumps({"instances": datasets.to_records(X, self.names)}).encode()
-        status, reply = http_request(f"http://{random.choice(targets)}/predict", "POST", body,
-                                     {"Content-Type": "application/json"}, timeout=5.0)
+        status, reply = http_request(
+            f"http://{random.choice(targets)}/predict", "POST", body, {"Content-Type": "application/json"}, timeout=5.0
+        )
         if status != 200:
             raise RuntimeError(f"/predict answered {status}: {reply[:200]!r}")
         answer = json.loads(reply)
@@ -122,8 +133,9 @@ class TrafficGenerator:
             self._pending.extendleft(reversed(due))
             return
         body = json.dumps({"feedback": [{"id": i, "label": label} for _, i, label, _ in due]}).encode()
-        status, reply = http_request(f"http://{random.choice(targets)}/feedback", "POST", body,
-                                     {"Content-Type": "application/json"}, timeout=5.0)
+        status, reply = http_request(
+            f"http://{random.choice(targets)}/feedback", "POST", body, {"Content-Type": "application/json"}, timeout=5.0
+        )
         if status != 200:
             self._pending.extendleft(reversed(due))
             raise RuntimeError(f"/feedback answered {status}: {reply[:200]!r}")
@@ -145,6 +157,7 @@ def service_endpoints(kubectl: Callable[..., object], namespace: str, service: s
                 addresses += [f"{a['ip']}:{port}" for a in subset.get("addresses") or [] if port]
         cache.update(at=time.monotonic(), value=addresses)
         return addresses
+
     return read
 
 
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     """In-cluster use (`mfl demo --kubeconfig`): seed base data into a volume, or drive a Service by DNS."""
     import argparse
     import os
+
     parser = argparse.ArgumentParser(prog="python -m feedbackloop.localdev.traffic")
     sub = parser.add_subparsers(dest="command", required=True)
     seed = sub.add_parser("seed", help="write base training data (concept 0) as CSV")
@@ -176,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             time.sleep(10)
             stats = generator.stats
-            print(f"predictions {stats.predictions} feedback {stats.feedback} accuracy {stats.accuracy():.3f} "
-                  f"errors {stats.errors} {stats.last_error}", flush=True)
+            print(
+                f"predictions {stats.predictions} feedback {stats.feedback} accuracy {stats.accuracy():.3f} "
+                f"errors {stats.errors} {stats.last_error}",
+                flush=True,
+            )
     except KeyboardInterrupt:
         generator.stop()
         return 0
