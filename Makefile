@@ -7,13 +7,16 @@ APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux iptable
 # `$(call timed,stage,command)`: run a stage and print how long it took (CI keeps these lines).
 timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) - start ))s"; exit $$rc
 
-.PHONY: run test deps system-deps python-deps control-plane images unit e2e crd bench demo
+.PHONY: run test deps system-deps python-deps control-plane images lint unit e2e crd bench demo
 
 run: python-deps  ## install, then run the operator against the current kubeconfig
 	mfl-operator
 
-test: deps  ## install what the tests need, build (or reuse) Kubernetes and the images, run every test
+test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test
 	$(call timed,tests,$(PYTHON) -m pytest -ra)
+
+lint:  ## ruff (lint + format) and the import contracts of pyproject.toml's [tool.importlinter]
+	$(call timed,lint,$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && "$$($(PYTHON) -c 'import sys, os; print(os.path.dirname(sys.executable))')/lint-imports")
 
 deps: system-deps python-deps control-plane images
 
