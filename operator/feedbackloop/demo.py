@@ -139,9 +139,9 @@ class Demo:
         if os.geteuid() != 0:
             raise SystemExit("mfl demo needs root: it runs a real kubelet, containerd and a bridge on this machine")
         self.say(f"work folder {self.workdir}")
-        self.say("Kubernetes 1.20 binaries: built from Debian's source once (~10 min cold), then cached")
+        self.say("Kubernetes 1.20 binaries: built from Debian's source once (~7 min cold), then cached")
         ensure_binaries(lambda line: print(f"           build: {line}", flush=True))
-        self.say("images: operator, server, trainer from this tree's Dockerfile (~5 min cold, cached by content)")
+        self.say("images: operator, server, trainer from this tree's Dockerfile (~3 min cold, cached by content)")
         self.refs = ensure_images(lambda line: print(f"           images: {line}", flush=True))
         self.cluster = Cluster.create(image_archives())
         self.cluster.start(lambda line: self.say(line))
