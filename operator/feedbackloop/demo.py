@@ -171,6 +171,8 @@ class Demo:
 
     # --- the story ------------------------------------------------------------------------------
     def run(self) -> None:
+        self.say("the story starts: the clock restarts at 0 (the plot's time axis)")
+        self.timeline = Timeline()  # bring-up (cold builds included) is not part of the story
         self.deploy_model()
         self.wait_for(lambda s: s.get("currentVersion") == 1 and self.ready(s), 300, "version 1 serving")
         self.start_traffic()
