@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .api import MetricRule, Monitoring, parse_duration
 from .timeutil import format_time, parse_time
@@ -106,7 +107,7 @@ def summarize(rules: dict[str, RuleState]) -> Health:
     )
 
 
-def rule_state_from_status(entry: dict) -> RuleState:
+def rule_state_from_status(entry: dict[str, Any]) -> RuleState:
     """Read one `status.metrics[]` entry back (after a restart, or from the last write)."""
     return RuleState(
         state=entry.get("state", NO_DATA),
@@ -117,7 +118,7 @@ def rule_state_from_status(entry: dict) -> RuleState:
     )
 
 
-def rule_state_to_status(name: str, state: RuleState) -> dict:
+def rule_state_to_status(name: str, state: RuleState) -> dict[str, Any]:
     return {
         "name": name,
         "state": state.state,
@@ -140,7 +141,7 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
             f"(rate(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}])))"
         ),
         max=monitoring.default_latency_p99_max_seconds,
-        **{"for": "2m"},
+        for_="2m",
     )
     error_rate = MetricRule(
         name="errorRate",
@@ -151,7 +152,7 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
             f"sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}]))"
         ),
         max=0.05,
-        **{"for": "2m"},
+        for_="2m",
     )
     if task == "regression":
         quality = MetricRule(
@@ -161,7 +162,7 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
                 f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_count{{{selector}}}[{window}]))"
             ),
             max=1.0,
-            **{"for": "2m"},
+            for_="2m",
         )
         return [quality, error_rate, latency]
     accuracy = MetricRule(
@@ -173,7 +174,7 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
         min=monitoring.default_accuracy_min,
         min_samples=50,
         samples_query=f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))",
-        **{"for": "1m"},
+        for_="1m",
     )
     return [accuracy, error_rate, latency]
 

@@ -571,7 +571,7 @@ def _remember(
     now: str,
     message: str,
     summary: dict[str, Any] | None = None,
-    evidence: list | None = None,
+    evidence: list[dict[str, Any]] | None = None,
 ) -> None:
     record: dict[str, Any] = {
         "version": version,

@@ -36,7 +36,8 @@ from scipy.special import log_ndtr
 
 from .outcome import Evidence, Outcome
 
-Buckets = Mapping[float | str, float]
+# `le` -> cumulative count; `le` as Prometheus gives it (a float, or its text such as "+Inf").
+Buckets = Mapping[float, float] | Mapping[str, float]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..api import parse_duration
 from .latency import HistogramObservation, LatencyDesign, judge_latency
@@ -56,6 +56,7 @@ class MetricError:
 
 
 Observation = CountObservation | HistogramObservation | ValueObservation | NoData | MetricError
+ObservationT = TypeVar("ObservationT", CountObservation, HistogramObservation, ValueObservation)
 
 
 # --- configuration (the CRD's rollout.analysis section) -------------------------------------------------
@@ -338,19 +339,20 @@ def _judge_raw(config: AnalysisConfig, name: str, observation: Observation) -> E
 def _judge_observation(config: AnalysisConfig, name: str, observation: Observation) -> Evidence:
     for check in config.proportions:
         if check.name == name:
-            _expect(observation, CountObservation, name)
-            return judge_proportion(name, observation, config.proportion_design(check), check.higher_is_better)
+            counts = _expect(observation, CountObservation, name)
+            return judge_proportion(name, counts, config.proportion_design(check), check.higher_is_better)
     if config.latency.enabled and config.latency.name == name:
-        _expect(observation, HistogramObservation, name)
-        return judge_latency(name, observation, config.latency_design())
+        histogram = _expect(observation, HistogramObservation, name)
+        return judge_latency(name, histogram, config.latency_design())
     threshold = next(check for check in config.checks if check.name == name)
-    _expect(observation, ValueObservation, name)
-    return judge_threshold(name, observation, threshold_design(threshold))
+    value = _expect(observation, ValueObservation, name)
+    return judge_threshold(name, value, threshold_design(threshold))
 
 
-def _expect(observation: Observation, kind: type, name: str) -> None:
+def _expect(observation: Observation, kind: type[ObservationT], name: str) -> ObservationT:
     if not isinstance(observation, kind):
         raise TypeError(f"check {name!r} expects {kind.__name__}, got {type(observation).__name__}")
+    return observation
 
 
 def _latch_pass(state: AnalysisState, evidence: Evidence) -> Evidence:
