@@ -9,16 +9,7 @@ import json
 from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 
 from .conftest import artifact_claim, condition_of, seed_registry
-
-ACCURACY = (
-    'sum by (model, namespace) (increase(mfl_feedback_correct_total{model="{{model}}",namespace="{{namespace}}",'
-    'track="stable"}[20s])) / sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",'
-    'namespace="{{namespace}}",track="stable"}[20s]))'
-)
-SAMPLES = (
-    'sum by (model, namespace) (increase(mfl_feedback_total{model="{{model}}",namespace="{{namespace}}",'
-    'track="stable"}[20s]))'
-)
+from .test_loop import ACCURACY, SAMPLES
 
 
 def serving_loop(namespace, prometheus_url, storage, features):

@@ -29,7 +29,14 @@ from feedbackloop.localdev.netutil import (
     insecure_tls_context,
     wait_until,
 )
-from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, run_script, tail
+from feedbackloop.localdev.process import (
+    ManagedProcess,
+    TestbedError,
+    TestbedUnavailable,
+    run_script,
+    tail,
+    wait_for_process,
+)
 
 K8S_VERSION = "1.20.2"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
@@ -312,17 +319,6 @@ class ControlPlane:
         self._processes.append(process)
         return process
 
-    def _wait(self, process: ManagedProcess, probe: Callable[[], Any], deadline: float) -> None:
-        try:
-            wait_until(
-                probe,
-                timeout=max(deadline - time.monotonic(), 1.0),
-                what=f"{process.name} to become ready",
-                on_poll=process.check_running,
-            )
-        except TimeoutError as error:
-            raise TestbedError(f"{error}; last lines of its log:\n{process.tail()}") from error
-
     def _start_etcd(self, etcd: str, port: int, peer_port: int, deadline: float) -> None:
         self.etcd_url = f"http://{LOOPBACK}:{port}"
         peer_url = f"http://{LOOPBACK}:{peer_port}"
@@ -336,7 +332,7 @@ class ControlPlane:
         def healthy() -> bool:
             return http_json(f"{self.etcd_url}/health").get("health") == "true"
 
-        self._wait(process, healthy, deadline)
+        wait_for_process(process, healthy, deadline)
 
     def _start_apiserver(self, port: int, deadline: float) -> None:
         self.server = f"https://{self.host}:{port}"
@@ -365,7 +361,7 @@ class ControlPlane:
             status, body = http_request(f"{self.server}/readyz", headers=self._auth_headers(), context=self._tls)
             return status == 200 and body.strip() == b"ok"
 
-        self._wait(process, ready, deadline)
+        wait_for_process(process, ready, deadline)
 
     def _start_controllers(self) -> None:
         kubeconfig = f"--kubeconfig={self.kubeconfig}"

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from feedbackloop.localdev.netutil import free_ports, wait_until
-from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail
+from feedbackloop.localdev.netutil import free_ports
+from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail, wait_for_process
 
 NODE_NAME = "mfl-node"
 BRIDGE = "mflbr0"
@@ -261,7 +261,7 @@ class Node:
             )
         )
         process = self._spawn("containerd", ["containerd", f"--config={config}"])
-        self._wait(process, lambda: ctr("version", check=False, timeout=5) != "", deadline)
+        wait_for_process(process, lambda: ctr("version", check=False, timeout=5) != "", deadline)
 
     def _import_images(self) -> None:
         for archive in self.images:
@@ -302,7 +302,7 @@ class Node:
             )
             return ready and not tainted
 
-        self._wait(process, node_ready, deadline)
+        wait_for_process(process, node_ready, deadline)
 
     def _start_kube_proxy(self) -> None:
         metrics, healthz = free_ports(2)
@@ -316,18 +316,6 @@ class Node:
 
     def _kubectl(self, *args: str, check: bool = True) -> str:
         return run(str(self.bin_dir / "kubectl"), f"--kubeconfig={self.admin_kubeconfig}", *args, check=check)
-
-    def _wait(self, process: ManagedProcess, probe: Callable[[], Any], deadline: float) -> None:
-        try:
-            wait_until(
-                probe,
-                timeout=max(deadline - time.monotonic(), 1.0),
-                what=f"{process.name} to become ready",
-                interval=0.5,
-                on_poll=process.check_running,
-            )
-        except TimeoutError as error:
-            raise TestbedError(f"{error}; last lines of its log:\n{process.tail()}") from error
 
 
 CONTAINERD_CONFIG = """version = 2

@@ -44,6 +44,25 @@ def run_script(script: Path, args: Sequence[str], env: Mapping[str, str], progre
         raise TestbedUnavailable(f"{script.name} failed with exit code {build.returncode}:\n{output}")
 
 
+def wait_for_process(
+    process: ManagedProcess, probe: Callable[[], object], deadline: float, interval: float = 0.2
+) -> None:
+    """Poll `probe` until it holds or `deadline` (monotonic) passes, failing early if `process` exits;
+    a timeout carries the end of the process's log."""
+    from feedbackloop.localdev.netutil import wait_until
+
+    try:
+        wait_until(
+            probe,
+            timeout=max(deadline - time.monotonic(), 1.0),
+            what=f"{process.name} to become ready",
+            interval=interval,
+            on_poll=process.check_running,
+        )
+    except TimeoutError as error:
+        raise TestbedError(f"{error}; last lines of its log:\n{process.tail()}") from error
+
+
 def tail(path: Path, lines: int = 40) -> str:
     """The last `lines` lines of a text file, or a note when it does not exist."""
     if not path.exists():
