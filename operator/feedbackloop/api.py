@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "feedbackloop.dev"
@@ -26,6 +26,28 @@ _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, json_schema_extra={"x-mfl-duration": True})]
+MAX_PROMETHEUS_TIMEOUT_SECONDS = 60
+
+
+def _positive(text: str) -> str:
+    """A period the operator waits on or divides by: zero would make it poll in a hot loop (or divide by 0)."""
+    if parse_duration(text) < 1:
+        raise ValueError(f"{text!r} is too short: use at least 1s")
+    return text
+
+
+def _bounded_timeout(text: str) -> str:
+    """One tenant's slow Prometheus must not hold the shared poll for long."""
+    seconds = parse_duration(_positive(text))
+    if seconds > MAX_PROMETHEUS_TIMEOUT_SECONDS:
+        raise ValueError(f"{text!r} is too long: at most {MAX_PROMETHEUS_TIMEOUT_SECONDS}s")
+    return text
+
+
+# The schema checks the shape; the operator checks the range (Kubernetes 1.20 has no CEL) and reports
+# an out-of-range value as InvalidSpec naming the field, for that loop alone.
+Interval = Annotated[Duration, AfterValidator(_positive)]
+PrometheusTimeout = Annotated[Duration, AfterValidator(_bounded_timeout)]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
 
 
@@ -115,7 +137,7 @@ class PrometheusEndpoint(ApiModel):
     bearer_token_secret_ref: SecretKeyRef | None = None
     ca_bundle_secret_ref: SecretKeyRef | None = None
     insecure_skip_verify: bool = False
-    timeout: Duration = "10s"
+    timeout: PrometheusTimeout = Field(default="10s", description="Per query; 1s to 60s.")
 
 
 class MetricRule(ApiModel):
@@ -151,7 +173,7 @@ class MetricRule(ApiModel):
 
 class Monitoring(ApiModel):
     prometheus: PrometheusEndpoint
-    interval: Duration = "30s"
+    interval: Interval = Field(default="30s", description="How often the rules are evaluated; at least 1s.")
     metrics: list[MetricRule] = Field(
         default_factory=list,
         max_length=20,
@@ -256,7 +278,7 @@ class ThresholdCheck(ApiModel):
 class Analysis(ApiModel):
     """Sequential canary-vs-stable analysis; see docs/canary-analysis.md."""
 
-    interval: Duration = "30s"
+    interval: Interval = Field(default="30s", description="How often the canary is judged; at least 1s.")
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Bound on rolling back an equal canary.")
     beta: float = Field(default=0.1, gt=0, lt=0.5, description="Bound on promoting a canary `delta` worse.")
     max_degradation: float = Field(default=0.02, gt=0, lt=1, description="Non-inferiority margin on accuracy.")
@@ -268,11 +290,22 @@ class Analysis(ApiModel):
     )
     min_samples: int = Field(default=200, ge=10, description="Labelled predictions per arm before any verdict.")
     max_samples: int | None = Field(default=None, ge=10, description="Per arm; undecided there: Inconclusive.")
-    max_duration: Duration = Field(default="2h", description="Inconclusive after this long.")
+    max_duration: Interval = Field(default="2h", description="Inconclusive after this long (at least 1s).")
     on_inconclusive: Literal["rollback", "promote"] = "rollback"
     consecutive_error_limit: int = Field(default=4, ge=1)
     latency: LatencyCheck = Field(default_factory=LatencyCheck)
     checks: list[ThresholdCheck] = Field(default_factory=list, max_length=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Analysis:
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            raise ValueError(f"maxSamples ({self.max_samples}) must be at least minSamples ({self.min_samples})")
+        names = [check.name for check in self.checks]
+        taken = {"accuracy", "availability", "latency"}  # the built-in checks
+        clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & taken))
+        if clashes:
+            raise ValueError(f"check names must be unique and not {sorted(taken)}: {clashes}")
+        return self
 
 
 class HTTPRouteRef(ApiModel):

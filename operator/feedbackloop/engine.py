@@ -123,7 +123,11 @@ class Engine:
         due_poll, due = [], []
         for key, body in list(self.loops.items()):
             memory = self.memory.setdefault(key, LoopMemory())
-            self._parse(body, memory)
+            try:
+                self._parse(body, memory)
+            except Exception as error:  # one loop's spec must never stop the fleet's cycle
+                log.exception("parsing the spec of %s failed", key)
+                memory.spec, memory.spec_error = None, f"spec: {type(error).__name__}: {error}"
             active = self._phase(body, memory) in ACTIVE_PHASES
             poll = memory.spec is not None and now >= memory.next_poll
             if poll or memory.dirty or (active and now >= memory.next_reconcile):
@@ -174,35 +178,59 @@ class Engine:
     async def _poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
         queries, unreachable = [], {}
         for key in keys:
-            body, memory = self.loops[key], self.memory[key]
-            spec = memory.spec
-            assert spec is not None
-            if memory.next_poll:  # how late this poll is against its schedule
-                metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
-            # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
-            interval = parse_duration(spec.monitoring.interval)
-            memory.next_poll = (now // interval + 1) * interval
-            rules = rules_of(spec.monitoring, spec.model.task)
             try:
-                endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec, now))
-            except Exception as error:  # a missing Secret is no data with the reason, where users look
-                message = f"cannot read the Prometheus credentials: {error}"
-                unreachable[key] = {rule.name: Sample(None, now, error=message) for rule in rules}
+                query = await self._loop_query(key, now)
+            except Exception as error:  # isolated: this loop gets the error as no data, the fleet goes on
+                log.exception("preparing the poll of %s failed", key)
+                self.memory[key].next_poll = now + 30  # no hot loop on a loop that keeps failing
+                spec = self.memory[key].spec
+                rules = rules_of(spec.monitoring, spec.model.task) if spec is not None else []
+                unreachable[key] = {r.name: Sample(None, now, error=f"{type(error).__name__}: {error}") for r in rules}
                 continue
-            status = self._status(body, memory)
-            values = {
-                "model": spec.model.name,
-                "namespace": body["metadata"]["namespace"],
-                "version": str(status.get("currentVersion") or ""),
-                "track": "stable",
-            }
-            queries.append(LoopQuery(key, endpoint, values, rules))
+            if isinstance(query, LoopQuery):
+                queries.append(query)
+            else:
+                unreachable[key] = query
         samples: dict[str, dict[str, Sample]] = dict(unreachable)
         if queries:
             polled, stats = await self.poller.poll(queries, now)
             metrics.record_poll(stats)
             samples.update(polled)
-        return {key: self._evaluate(key, per_rule) for key, per_rule in samples.items()}
+        evaluated = {}
+        for key, per_rule in samples.items():
+            memory = self.memory.get(key)
+            if key not in self.loops or memory is None or memory.spec is None:
+                continue  # deleted (or made invalid) while its poll was in flight
+            try:
+                evaluated[key] = self._evaluate(key, per_rule)
+            except Exception:
+                log.exception("evaluating the rules of %s failed", key)
+        return evaluated
+
+    async def _loop_query(self, key: str, now: float) -> LoopQuery | dict[str, Sample]:
+        """What to ask Prometheus for one loop, or its samples already when its credentials fail."""
+        body, memory = self.loops[key], self.memory[key]
+        spec = memory.spec
+        assert spec is not None
+        if memory.next_poll:  # how late this poll is against its schedule
+            metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
+        # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
+        interval = parse_duration(spec.monitoring.interval)
+        memory.next_poll = (now // interval + 1) * interval
+        rules = rules_of(spec.monitoring, spec.model.task)
+        try:
+            endpoint = endpoint_key(spec.monitoring.prometheus, *await self._credentials(body, spec, now))
+        except Exception as error:  # a missing Secret is no data with the reason, where users look
+            message = f"cannot read the Prometheus credentials: {error}"
+            return {rule.name: Sample(None, now, error=message) for rule in rules}
+        status = self._status(body, memory)
+        values = {
+            "model": spec.model.name,
+            "namespace": body["metadata"]["namespace"],
+            "version": str(status.get("currentVersion") or ""),
+            "track": "stable",
+        }
+        return LoopQuery(key, endpoint, values, rules)
 
     def _evaluate(self, key: str, samples: dict[str, Sample]) -> dict[str, RuleState]:
         spec = self.memory[key].spec

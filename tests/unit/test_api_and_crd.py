@@ -157,3 +157,62 @@ def test_parse_duration_refuses(text):
 def test_example_loop_in_manifests_is_valid():
     example = yaml.safe_load((ROOT / "manifests" / "examples" / "loop.yaml").read_text())
     api.validate_spec(example["spec"])
+
+
+# --- ranges the schema cannot express on Kubernetes 1.20 (no CEL): the operator refuses them per loop ---
+
+BASE = {
+    "model": {"name": "churn", "storage": {"hostPath": {"path": "/data"}}},
+    "monitoring": {"prometheus": {"url": "http://prometheus:9090"}},
+}
+
+
+def with_(path: str, value):  # noqa: ANN001, ANN201 - a spec with one nested field set
+    import copy
+
+    spec = copy.deepcopy(BASE)
+    *parents, leaf = path.split(".")
+    node = spec
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    "path, value, field",
+    [
+        ("monitoring.interval", "0s", "monitoring.interval"),  # froze the whole fleet's poll
+        ("monitoring.interval", "500ms", "monitoring.interval"),
+        ("monitoring.prometheus.timeout", "0s", "monitoring.prometheus.timeout"),
+        ("monitoring.prometheus.timeout", "10m", "monitoring.prometheus.timeout"),  # held every loop's poll
+        ("rollout.analysis.interval", "0s", "rollout.analysis.interval"),
+        ("rollout.analysis.maxDuration", "0s", "rollout.analysis.maxDuration"),
+        ("rollout.analysis.maxSamples", 50, "rollout.analysis"),  # below minSamples (200)
+        (
+            "rollout.analysis.checks",
+            [{"name": "p", "query": "x", "max": 1}, {"name": "p", "query": "y", "max": 1}],
+            "rollout.analysis",
+        ),
+        ("rollout.analysis.checks", [{"name": "accuracy", "query": "x", "max": 1}], "rollout.analysis"),
+    ],
+)
+def test_out_of_range_values_are_invalid_specs_naming_the_field(path, value, field):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError) as error:
+        api.validate_spec(with_(path, value))
+    assert field in api.describe_validation_error(error.value)
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("monitoring.interval", "1s"),
+        ("monitoring.prometheus.timeout", "60s"),
+        ("rollout.analysis.maxSamples", 200),
+        ("rollout.analysis.maxDuration", "5m"),
+    ],
+)
+def test_edge_values_in_range_are_accepted(path, value):
+    api.validate_spec(with_(path, value))
