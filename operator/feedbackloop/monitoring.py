@@ -34,6 +34,7 @@ class RuleState:
     sample_time: float | None = None
     breach_since: float | None = None
     message: str = ""
+    failed: bool = False  # the last poll's query failed (vs. answered with no data); not kept in status
 
 
 def usable_value(rule: MetricRule, sample: Sample) -> tuple[float | None, str]:
@@ -63,7 +64,7 @@ def evaluate_rule(rule: MetricRule, previous: RuleState, sample: Sample) -> Rule
     """The rule's next state after one sample."""
     value, no_data_reason = usable_value(rule, sample)
     if value is None:
-        return _on_no_data(rule, previous, sample.at, no_data_reason)
+        return replace(_on_no_data(rule, previous, sample.at, no_data_reason), failed=bool(sample.error))
     why = violation(rule, value)
     if not why:
         return RuleState(HEALTHY, value, sample.at, None, f"{rule.name}={value:.4g} within bounds")

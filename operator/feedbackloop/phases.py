@@ -271,6 +271,13 @@ def _record_serving(world: World, decision: Decision) -> None:
     }
 
 
+def awaiting_first_data(health: Health) -> bool:
+    """A version that just started serving has no labelled data yet: expected, not a warning. Query
+    failures, or data that was there and went away, are."""
+    rules = [health.rules[name] for name in health.no_data]
+    return all(rule.sample_time is None and not rule.failed for rule in rules)
+
+
 def _record_health(world: World, decision: Decision, now: str) -> None:
     health = world.health
     assert health is not None
@@ -289,7 +296,10 @@ def _record_health(world: World, decision: Decision, now: str) -> None:
     had_metrics = cond.get(status.get("conditions", []), cond.METRICS_AVAILABLE)
     if not available and (had_metrics is None or had_metrics.get("status") != "False"):
         reasons = "; ".join(health.rules[n].message for n in health.no_data[:3])
-        decision.event("Warning", "MetricsUnavailable", reasons)
+        if awaiting_first_data(health):
+            decision.event("Normal", "AwaitingMetrics", f"no data yet for the serving version: {reasons}")
+        else:
+            decision.event("Warning", "MetricsUnavailable", reasons)
     status["conditions"] = cond.apply_all(
         status.get("conditions", []),
         [

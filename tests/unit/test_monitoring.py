@@ -112,3 +112,25 @@ def test_default_rules_cover_accuracy_errors_latency():
     monitoring = Monitoring.model_validate({"prometheus": {"url": "http://p"}})
     assert [r.name for r in default_rules(monitoring, "classification")] == ["accuracy", "errorRate", "latencyP99"]
     assert [r.name for r in default_rules(monitoring, "regression")][0] == "meanAbsError"
+
+
+def test_no_data_for_a_new_version_is_awaited_but_failures_and_lost_data_warn():
+    from feedbackloop.monitoring import Health, RuleState
+    from feedbackloop.phases import awaiting_first_data
+
+    fresh = RuleState(message="accuracy: query returned no data; holding NoData")
+    failed = RuleState(message="accuracy: connection refused; holding NoData", failed=True)
+    lost = RuleState(sample_time=100.0, message="accuracy: query returned no data; holding NoData")
+    assert awaiting_first_data(Health([], ["accuracy"], {"accuracy": fresh}))
+    assert not awaiting_first_data(Health([], ["accuracy"], {"accuracy": failed}))
+    assert not awaiting_first_data(Health([], ["accuracy"], {"accuracy": lost}))
+
+
+def test_a_failed_query_is_marked_failed_and_an_empty_answer_is_not():
+    from feedbackloop.api import MetricRule
+    from feedbackloop.monitoring import RuleState, Sample, evaluate_rule
+
+    rule = MetricRule(name="accuracy", query="q", min=0.8)
+    assert evaluate_rule(rule, RuleState(), Sample(None, 1.0, error="HTTP 503")).failed
+    assert not evaluate_rule(rule, RuleState(), Sample(None, 1.0)).failed
+    assert not evaluate_rule(rule, RuleState(), Sample(0.9, 1.0)).failed

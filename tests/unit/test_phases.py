@@ -163,13 +163,21 @@ def test_recovery_emits_an_event():
 
 
 def test_metrics_unavailable_event_once():
-    no_data = summarize({"accuracy": RuleState(NO_DATA, message="query failed")})
+    no_data = summarize({"accuracy": RuleState(NO_DATA, message="query failed", failed=True)})
     d = decide(world(monitoring_status(), health=no_data, serving=serving()))
     assert ("Warning", "MetricsUnavailable") in events(d)
     assert condition(d.status, "MetricsAvailable")["status"] == "False"
     again = decide(world(d.status, health=no_data, serving=serving()))
     assert ("Warning", "MetricsUnavailable") not in events(again)
     assert again.status["phase"] == phases.MONITORING  # no data is never a breach
+
+
+def test_a_new_version_without_data_yet_is_awaited_not_warned():
+    fresh = summarize({"accuracy": RuleState(NO_DATA, message="accuracy: query returned no data; holding NoData")})
+    d = decide(world(monitoring_status(), health=fresh, serving=serving()))
+    assert ("Normal", "AwaitingMetrics") in events(d)
+    assert not [e for e in events(d) if e[0] == "Warning"]
+    assert condition(d.status, "MetricsAvailable")["status"] == "False"  # the condition still says so
 
 
 def test_condition_transition_time_moves_only_on_flips():
