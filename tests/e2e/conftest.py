@@ -59,6 +59,12 @@ class Loops:
     def reasons(self, namespace: str, name: str) -> list[str]:
         return [e["reason"] for e in self.events(namespace, name)]
 
+    def wait_condition(self, namespace: str, name: str, type_: str, status: str, timeout: float) -> dict[str, Any]:
+        """Wait until condition `type_` has `status` ("True"/"False"); returns the loop's status."""
+        return self.wait(
+            namespace, name, lambda s: condition_of(s, type_).get("status") == status, timeout, f"{type_}={status}"
+        )
+
     def wait(
         self, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
     ) -> dict[str, Any]:

@@ -103,9 +103,7 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     # No version yet: the operator trains version 1 in a Job and serves it.
     status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the initial retraining")
     assert status["retraining"]["trigger"] == "Initial" and jobs_of(kubectl, ns) == ["churn-train-v1"]
-    status = loops.wait(
-        ns, "churn", lambda s: condition_of(s, "Ready").get("status") == "True", 180, "version 1 trained and served"
-    )
+    status = loops.wait_condition(ns, "churn", "Ready", "True", 180)
     assert status["currentVersion"] == 1 and history_outcomes(status) == [(1, "Promoted")]
     assert (storage / "churn" / "versions" / "1" / "report.json").exists()
 
@@ -172,7 +170,7 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
     )
     manifest["spec"]["rollout"]["trafficRouting"] = {"httpRoute": {"name": "churn-route"}}
     loops.apply(manifest)
-    loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
+    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
     stable_before = deployment(kubectl, ns, "churn")
     traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
     try:
@@ -210,7 +208,7 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, kubec
     seed_registry(storage, "churn")
     manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0, pauses=("15s", "5s"))
     loops.apply(manifest)
-    loops.wait(ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "version 1")
+    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
     traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
     try:
         manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "crash-test"

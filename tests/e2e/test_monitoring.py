@@ -73,13 +73,7 @@ def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s
     loops.apply(loop_manifest(ns, prometheus.url))
     loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95, 30, "first poll")
     exporter.clear("test_model_accuracy", model="churn", namespace=ns)  # the series goes stale
-    status = loops.wait(
-        ns,
-        "churn",
-        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
-        60,
-        "MetricsAvailable=False",
-    )
+    status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 60)
     assert status["phase"] == "Monitoring"
     assert "MetricsUnavailable" in loops.reasons(ns, "churn")
 
@@ -87,13 +81,7 @@ def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s
 def test_unreachable_prometheus_is_reported_never_a_breach(loops, k8s_namespace):
     ns = k8s_namespace
     loops.apply(loop_manifest(ns, "http://127.0.0.1:9"))  # nothing listens on the discard port
-    status = loops.wait(
-        ns,
-        "churn",
-        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
-        30,
-        "MetricsAvailable=False",
-    )
+    status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
     assert "connection refused" in condition_of(status, "MetricsAvailable")["message"]
     assert status["phase"] == "Monitoring"
 
@@ -186,13 +174,7 @@ def test_missing_credentials_secret_is_reported_then_used_once_it_exists(
     manifest = loop_manifest(ns, prometheus.url)
     manifest["spec"]["monitoring"]["prometheus"]["bearerTokenSecretRef"] = {"name": "prom-token", "key": "token"}
     loops.apply(manifest)
-    status = loops.wait(
-        ns,
-        "churn",
-        lambda s: condition_of(s, "MetricsAvailable").get("status") == "False",
-        30,
-        "MetricsAvailable=False",
-    )
+    status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
     message = condition_of(status, "MetricsAvailable")["message"]
     assert f"Secret {ns}/prom-token" in message and "404" in message
     kubectl("create", "secret", "generic", "prom-token", "-n", ns, "--from-literal=token=s3cret")

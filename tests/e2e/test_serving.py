@@ -9,43 +9,23 @@ import json
 from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
 
 from .conftest import artifact_claim, condition_of, seed_registry
-from .test_loop import ACCURACY, SAMPLES
+from .test_loop import loop_manifest
 
 
-def serving_loop(namespace, prometheus_url, storage, features):
-    return {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
-        "kind": "ModelFeedbackLoop",
-        "metadata": {"name": "churn", "namespace": namespace},
-        "spec": {
-            "model": {"name": "churn", "initialVersion": 1, "serving": {"replicas": 2}, "storage": storage},
-            "monitoring": {
-                "prometheus": {"url": prometheus_url},
-                "interval": "2s",
-                "metrics": [
-                    {
-                        "name": "accuracy",
-                        "query": ACCURACY,
-                        "min": 0.75,
-                        "for": "6s",
-                        "minSamples": 20,
-                        "samplesQuery": SAMPLES,
-                    }
-                ],
-            },
-        },
-    }
+def serving_loop(namespace, prometheus_url, storage):
+    """The loop test's manifest, monitoring only: no retraining, so a breach stays a breach."""
+    manifest = loop_manifest(namespace, prometheus_url, storage, initial_version=1)
+    del manifest["spec"]["retraining"], manifest["spec"]["rollout"]
+    return manifest
 
 
 def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, kubectl, k8s_namespace):
     ns = k8s_namespace
     claim, storage = artifact_claim(loops.cluster, ns)
-    features = seed_registry(storage, "churn")
-    loops.apply(serving_loop(ns, prometheus.url, claim, features))
+    seed_registry(storage, "churn")
+    loops.apply(serving_loop(ns, prometheus.url, claim))
 
-    status = loops.wait(
-        ns, "churn", lambda s: condition_of(s, "ServingReady").get("status") == "True", 120, "two ready server Pods"
-    )
+    status = loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
     assert status["serving"] == {"version": 1, "readyReplicas": 2, "replicas": 2}
     deployment = json.loads(kubectl("get", "deployment", "churn", "-n", ns, "-o", "json").stdout)
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelFeedbackLoop"

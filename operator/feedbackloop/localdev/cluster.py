@@ -29,20 +29,14 @@ from feedbackloop.localdev import node as node_module
 from feedbackloop.localdev.controlplane import ControlPlane, binaries_dir
 from feedbackloop.localdev.netutil import free_port, wait_until
 from feedbackloop.localdev.node import NODE_IP, NODE_NAME, Node, record
-from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable
+from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, print_progress
 from feedbackloop.localdev.prometheus import Prometheus
+from feedbackloop.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
 
 OPERATOR_NAMESPACE = "feedbackloop-system"
 OPERATOR_DEPLOYMENT = "feedbackloop-operator"
 IMAGE_REPOSITORY = "ghcr.io/feedbackloop"
-RUN_AS = 65532
-PACKAGE_ROOT = (
-    Path(__file__).resolve().parents[2]
-)  # where `feedbackloop` is importable from  # the images' user: hostPath folders it writes must be its own
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `feedbackloop` is importable from
 
 
 class Cluster:
@@ -67,7 +61,7 @@ class Cluster:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self, progress: Callable[[str], None] = _say) -> Cluster:
+    def start(self, progress: Callable[[str], None] = print_progress) -> Cluster:
         running, state = node_module.running_components(), node_module.read_state()
         if running and (state.get("kept") or node_module.pid_exists(state.get("owner"))):
             raise TestbedUnavailable(
@@ -279,15 +273,6 @@ class Cluster:
     def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         args = ["get", "pods", "-n", namespace, "-o", "json"] + ([f"-l={selector}"] if selector else [])
         return json.loads(self.kubectl(*args).stdout)["items"]
-
-    def wait_for_prometheus_target(self, namespace: str, timeout: float = 60.0) -> None:
-        def scraped() -> bool:
-            return any(
-                t["labels"].get("namespace") == namespace and t["health"] == "up"
-                for t in self.prometheus.active_targets()
-            )
-
-        wait_until(scraped, timeout, f"Prometheus to scrape a Pod of {namespace}", interval=1.0)
 
 
 def give_to_images(path: Path) -> None:

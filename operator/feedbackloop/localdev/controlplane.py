@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,8 @@ from feedbackloop.localdev.process import (
     ManagedProcess,
     TestbedError,
     TestbedUnavailable,
+    cache_dir,
+    print_progress,
     run_script,
     tail,
     wait_for_process,
@@ -50,10 +51,6 @@ CONTROLLERS = "*,-nodeipam,-nodelifecycle"
 CONTROLLERS_WITH_NODE = "*,-nodeipam"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MFL_CACHE") or Path.home() / ".cache" / "mfl")
-
-
 def binaries_dir() -> Path:
     return cache_dir() / f"k8s-{K8S_VERSION}" / "bin"
 
@@ -66,11 +63,7 @@ def missing_binaries() -> list[str]:
     return missing
 
 
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def ensure_binaries(progress: Callable[[str], None] = _print_progress) -> Path:
+def ensure_binaries(progress: Callable[[str], None] = print_progress) -> Path:
     """The folder of the cached Kubernetes binaries, building them first when incomplete.
 
     A cold build takes about 5 minutes on 2 cores and needs root (apt-get); the build script's

@@ -15,31 +15,21 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from feedbackloop.localdev.process import TestbedUnavailable, run_script
+from feedbackloop.localdev.process import TestbedUnavailable, cache_dir, print_progress, run_script
 
 COMPONENTS = ("operator", "server", "trainer")
-PAUSE_IMAGE = "k8s.gcr.io/pause:3.2"
 BUILD_SCRIPT = Path(__file__).with_name("build-images.sh")
 INSTALL_HINT = "apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MFL_CACHE") or Path.home() / ".cache" / "mfl")
 
 
 def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def ensure_images(progress: Callable[[str], None] = _print_progress) -> dict[str, str]:
+def ensure_images(progress: Callable[[str], None] = print_progress) -> dict[str, str]:
     """The content-tagged reference of each image, building those whose inputs changed first.
 
     Returns {"operator": ref, "server": ref, "trainer": ref}, each ref

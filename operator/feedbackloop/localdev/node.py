@@ -23,8 +23,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from feedbackloop.localdev.netutil import free_ports
-from feedbackloop.localdev.process import ManagedProcess, TestbedError, TestbedUnavailable, tail, wait_for_process
+from feedbackloop.localdev.netutil import free_ports, wait_until
+from feedbackloop.localdev.process import (
+    ManagedProcess,
+    TestbedError,
+    TestbedUnavailable,
+    cache_dir,
+    tail,
+    wait_for_process,
+)
 
 NODE_NAME = "mfl-node"
 BRIDGE = "mflbr0"
@@ -56,10 +63,6 @@ REQUIRED_COMMANDS = {
     "iptables-save": "iptables",
 }
 CNI_BIN = Path("/usr/lib/cni")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MFL_CACHE") or Path.home() / ".cache" / "mfl")
 
 
 def missing_packages() -> list[str]:
@@ -133,9 +136,8 @@ class Node:
         self.node_kubeconfig = node_kubeconfig
         self.images = list(images)
         self.logs_dir = self.workdir / "logs"
-        self.containerd_root = cache_root() / "containerd"  # images survive between runs
+        self.containerd_root = cache_dir() / "containerd"  # images survive between runs
         self._processes: list[ManagedProcess] = []
-        self.timings: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -154,20 +156,13 @@ class Node:
 
     def start_runtime(self, timeout: float = 600.0) -> None:
         """containerd, and the images imported into it (skipped when it has them already)."""
-        deadline = time.monotonic() + timeout
-        self._timed("containerd", lambda: self._start_containerd(deadline))
-        self._timed("image import", self._import_images)
+        self._start_containerd(time.monotonic() + timeout)
+        self._import_images()
 
     def join(self, timeout: float = 120.0) -> None:
         """kubelet (until the node is Ready and untainted) and kube-proxy."""
-        deadline = time.monotonic() + timeout
-        self._timed("kubelet", lambda: self._start_kubelet(deadline))
+        self._start_kubelet(time.monotonic() + timeout)
         self._start_kube_proxy()
-
-    def _timed(self, what: str, step: Callable[[], None]) -> None:
-        started = time.monotonic()
-        step()
-        self.timings[what] = time.monotonic() - started
 
     def detach(self) -> None:
         """Leave the node running when this process exits (`mfl demo --keep`)."""
@@ -264,10 +259,11 @@ class Node:
         wait_for_process(process, lambda: ctr("version", check=False, timeout=5) != "", deadline)
 
     def _import_images(self) -> None:
+        present = image_digests()
         for archive in self.images:
             ref_file = archive.with_suffix(".ref")
             refs = ref_file.read_text().split() if ref_file.exists() else []
-            digests = {image_digests().get(ref) for ref in refs}
+            digests = {present.get(ref) for ref in refs}
             if refs and len(digests) == 1 and None not in digests:
                 continue  # every tag of this archive already names the same content in containerd
             ctr("images", "import", "--all-platforms", str(archive), timeout=600)
@@ -344,7 +340,7 @@ state = "{state}"
 # ---- teardown: from the state file, so it also works from another process ----------------------
 
 
-def _kill(pid: int, name: str, timeout: float = 15.0) -> None:
+def _kill(pid: int, timeout: float = 15.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -393,7 +389,6 @@ def running_components() -> list[str]:
 
 
 STOP_ORDER = (
-    "operator-port-forward",
     "pod-discovery",
     "prometheus",
     "kube-proxy",
@@ -414,11 +409,11 @@ def teardown(log: Callable[[str], None] = lambda line: None) -> list[str]:
     pids: dict[str, int] = state.get("pids", {})
     for name in sorted(pids, key=lambda n: STOP_ORDER.index(n) if n in STOP_ORDER else -1):
         if name != "containerd" and alive(pids[name], name):
-            _kill(pids[name], name)
+            _kill(pids[name])
             log(f"stopped {name} ({pids[name]})")
     _remove_containers(log)
     if "containerd" in pids and alive(pids["containerd"], "containerd"):
-        _kill(pids["containerd"], "containerd")
+        _kill(pids["containerd"])
         log("stopped containerd")
     _kill_shims(log)
     _unmount(state, log)
@@ -435,11 +430,7 @@ def _remove_containers(log: Callable[[str], None]) -> None:
         return
     tasks = ctr("tasks", "ls", "-q", check=False).split()
     for task in tasks:
-        ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
-    if tasks:
-        time.sleep(1)
-    for task in ctr("tasks", "ls", "-q", check=False).split():
-        ctr("tasks", "delete", "-f", task, check=False)
+        ctr("tasks", "delete", "--force", task, check=False)  # SIGKILLs a running task, then deletes it
     containers = ctr("containers", "ls", "-q", check=False).split()
     for container in containers:
         ctr("containers", "delete", container, check=False)
@@ -491,11 +482,12 @@ def _kill_shims(log: Callable[[str], None]) -> None:
             pass
     if shims:
         log(f"killed {len(shims)} containerd shims and {len(doomed) - len(shims)} processes under them")
-        time.sleep(0.5)  # let the kernel release their mounts and network namespaces
+        # Their mounts and network namespaces are released once they are gone (init reaps them).
+        wait_until(lambda: not any(pid_exists(pid) for pid in doomed), 10, "the killed shims to exit", 0.05)
 
 
 def _our_mounts(state: dict[str, Any]) -> list[str]:
-    roots = [str(STATE_DIR) + "/", str(cache_root() / "containerd") + "/", "/run/netns/cni-"]
+    roots = [str(STATE_DIR) + "/", str(cache_dir() / "containerd") + "/", "/run/netns/cni-"]
     roots += [str(Path(w)) + "/" for w in state.get("workdirs", [])]
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():

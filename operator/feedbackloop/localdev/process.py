@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,15 @@ class TestbedError(RuntimeError):
 
 class TestbedUnavailable(TestbedError):
     """A test bed component cannot run on this machine (missing binary, not root, ...)."""
+
+
+def cache_dir() -> Path:
+    """Where the test bed caches builds (Kubernetes binaries, images, containerd's store): $MFL_CACHE."""
+    return Path(os.environ.get("MFL_CACHE") or Path.home() / ".cache" / "mfl")
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_script(script: Path, args: Sequence[str], env: Mapping[str, str], progress: Callable[[str], None]) -> None:
