@@ -5,7 +5,7 @@
 #   ghcr.io/feedbackloop/mfl-trainer    --target trainer    entry point mfl-trainer    (mfl_trainer.main)
 #
 #   docker build --target server -t ghcr.io/feedbackloop/mfl-server:0.1.0 .
-#   make images    # all three with buildah, cached by input hash (operator/feedbackloop/localdev/build-images.sh)
+#   make images    # all three with buildah, cached by input hash (testbed/mfl_testbed/build-images.sh)
 #
 # Every image holds the one project wheel (all three packages, pure Python) installed --no-deps, plus
 # only its own component's requirements (requirements/<component>.txt) in a venv, /opt/mfl. Both are
@@ -44,6 +44,8 @@ COPY requirements/ requirements/
 COPY operator/feedbackloop/ operator/feedbackloop/
 COPY server_image/mfl_server/ server_image/mfl_server/
 COPY trainer_image/mfl_trainer/ trainer_image/mfl_trainer/
+COPY cli/mfl_cli/ cli/mfl_cli/
+COPY contracts/mfl_contracts/ contracts/mfl_contracts/
 # pyproject names README.md as the long description; the images do not need it, and leaving it out of
 # the context keeps README edits from rebuilding the images.
 RUN : > README.md \
@@ -135,8 +137,7 @@ COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
 ENV PATH=/opt/mfl/bin:$PATH \
     MFL_CODE_VERSION=${CODE_VERSION}
-# feedbackloop.localdev.traffic: `mfl demo --kubeconfig` runs the demo's traffic in this image.
-RUN python -c "import mfl_trainer.main, feedbackloop.localdev.traffic"
+RUN python -c "import mfl_trainer.main"
 USER 65532:65532
 WORKDIR /tmp
 ENTRYPOINT ["mfl-trainer"]

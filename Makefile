@@ -26,16 +26,16 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi)
 
 python-deps:
-	$(call timed,python packages,$(PIP) install -q -e '.[test]')
+	$(call timed,python packages,$(PIP) install -q -e '.[test]' -e ./testbed)
 
 control-plane:  ## Kubernetes 1.20 from Debian's source: control plane, kubelet, kube-proxy (cached)
-	$(call timed,kubernetes build,bash operator/feedbackloop/localdev/build-control-plane.sh)
+	$(call timed,kubernetes build,bash testbed/mfl_testbed/build-control-plane.sh)
 
 images:  ## the operator, server and trainer images from ./Dockerfile as OCI archives (cached by content)
-	$(call timed,images,bash operator/feedbackloop/localdev/build-images.sh)
+	$(call timed,images,bash testbed/mfl_testbed/build-images.sh)
 
-unit:
-	$(PYTHON) -m pytest -q tests/unit
+unit:  ## every test but the cluster tier (seconds)
+	$(PYTHON) -m pytest -q -m "not e2e"
 
 e2e:
 	$(PYTHON) -m pytest -q -m e2e

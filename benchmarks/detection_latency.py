@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from feedbackloop.localdev.controlplane import ControlPlane, ensure_binaries
-from feedbackloop.localdev.exporter import TestExporter
-from feedbackloop.localdev.operatorproc import OperatorProcess, install_crd
-from feedbackloop.localdev.prometheus import Prometheus
+from mfl_testbed.controlplane import ControlPlane, ensure_binaries
+from mfl_testbed.exporter import TestExporter
+from mfl_testbed.operatorproc import OperatorProcess, install_crd
+from mfl_testbed.prometheus import Prometheus
 
 NAMESPACE = "latency"
 PHASES = random.Random(7)

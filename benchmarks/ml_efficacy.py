@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from feedbackloop import api, datasets
+from feedbackloop import api
 from feedbackloop.canary import ArmCounts, CanaryObservation
 from feedbackloop.monitoring import Health, RuleState, Sample, evaluate_rule, rule_state_from_status, summarize
 from feedbackloop.phases import (
@@ -52,6 +52,7 @@ from feedbackloop.phases import (
     decide,
 )
 from feedbackloop.timeutil import parse_time
+from mfl_testbed import datasets
 from mfl_trainer import split
 
 EPOCH = 1_800_000_000.0  # the loop's clock: row r is predicted at EPOCH + r seconds

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from feedbackloop.datasets import write_base_csv
+from mfl_testbed.datasets import write_base_csv
 
 MODEL = "bench"
 N_FEATURES = 20

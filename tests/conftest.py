@@ -1,40 +1,18 @@
-"""Shared fixtures, mainly the e2e test bed (feedbackloop.localdev).
+"""The project's test session: the test bed's fixtures come from its pytest plugin (mfl_testbed).
 
-Each test bed component starts once per session. A component that cannot start makes its tests
-skip, or fail when CI=true, with the reason and the end of the component's logs.
+Markers: everything under tests/e2e is `e2e` (the real one-node cluster, the images, Prometheus);
+tests that start processes of their own (servers, scripts, Prometheus) are `integration`.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, TypeVar
 
 import pytest
 
-from feedbackloop.localdev import TestbedError
-from feedbackloop.localdev.cluster import Cluster
-from feedbackloop.localdev.controlplane import ControlPlane, ensure_binaries
-from feedbackloop.localdev.exporter import TestExporter
-from feedbackloop.localdev.prometheus import Prometheus
+pytest_plugins = ["mfl_testbed.pytest_plugin"]
 
 E2E_DIR = Path(__file__).parent / "e2e"
-T = TypeVar("T")
-Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
-timings_key = pytest.StashKey[dict[str, float]]()
-
-
-# ---- markers and reporting ------------------------------------------------------------------
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[timings_key] = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,131 +24,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # session's cluster starts (and the images' own checks before both).
     first = {"test_images.py": 1, "test_demo.py": 2}
     items.sort(key=lambda item: 0 if E2E_DIR not in Path(item.path).parents else first.get(Path(item.path).name, 3))
-
-
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # noqa: ANN001
-    timings = config.stash.get(timings_key, {})
-    if timings:
-        summary = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items())
-        terminalreporter.write_line(f"test bed stages: {summary}")
-
-
-# ---- helpers for test bed fixtures (reuse them for new components) ---------------------------
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"true", "1", "yes"}
-
-
-def unavailable(reason: str) -> NoReturn:
-    """A component cannot run here: fail under CI, skip elsewhere."""
-    if in_ci():
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def _no_logs() -> str:
-    return ""
-
-
-def start_component(what: str, start: Callable[[], T], logs: Callable[[], str] = _no_logs) -> T:
-    """Run `start()`, turning a start-up failure into `unavailable()` with the logs' tails."""
-    try:
-        return start()
-    except (TestbedError, OSError, subprocess.SubprocessError, TimeoutError) as error:
-        reason = f"{what} could not start: {error}\n{logs()}"
-    unavailable(reason)  # outside the except block: no chained traceback in the report
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        unavailable(f"{what} needs root")
-
-
-# ---- the cluster: control plane + a real node (kubelet, containerd, kube-proxy) + Prometheus ----
-
-
-def _progress(line: str) -> None:
-    # Straight to the terminal: cold builds take minutes and pytest captures fixture output.
-    print(f"[test bed] {line}", file=sys.__stderr__, flush=True)
-
-
-def _timed(config: pytest.Config, stage: str, step: Callable[[], T]) -> T:
-    started = time.monotonic()
-    result = step()
-    config.stash[timings_key][stage] = time.monotonic() - started
-    return result
-
-
-@pytest.fixture(scope="session")
-def image_refs(pytestconfig: pytest.Config) -> dict[str, str]:
-    """The operator, server and trainer images built from this tree (`make images`), by content tag."""
-    from feedbackloop.localdev.images import ensure_images
-
-    require_root("building the images")
-    return start_component("images", lambda: _timed(pytestconfig, "images", lambda: ensure_images(_progress)))
-
-
-@pytest.fixture(scope="session")
-def cluster(pytestconfig: pytest.Config, image_refs: dict[str, str]) -> Iterator[Cluster]:
-    """One real cluster per session; everything it changed on the machine is undone at the end."""
-    from feedbackloop.localdev.images import image_archives
-
-    require_root("the real node")
-    start_component(
-        "Kubernetes binaries", lambda: _timed(pytestconfig, "kubernetes build", lambda: ensure_binaries(_progress))
-    )
-    bed = Cluster.create(image_archives())
-    start_component("cluster", lambda: bed.start(_progress), bed.log_tails)
-    pytestconfig.stash[timings_key].update({f"cluster: {k}": v for k, v in bed.timings.items()})
-    yield bed
-    left = bed.stop()
-    assert not left, f"the test bed's teardown left {left} on the machine"
-
-
-@pytest.fixture(scope="session")
-def control_plane(cluster: Cluster) -> ControlPlane:
-    return cluster.plane
-
-
-@pytest.fixture(scope="session")
-def kubectl(cluster: Cluster) -> Kubectl:
-    """`kubectl("get", "pods", "-o", "json", check=True, input=None)` with the built kubectl."""
-    return cluster.kubectl
-
-
-@pytest.fixture
-def k8s_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, ready for Pods (its default ServiceAccount has a token)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    name = f"{slug}-{uuid.uuid4().hex[:6]}".strip("-")
-    cluster.kubectl("create", "namespace", name)
-    cluster.plane.wait_for_service_account(name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-# ---- metrics ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def exporter() -> Iterator[TestExporter]:
-    """An in-process /metrics endpoint, scraped by the `prometheus` fixture."""
-    with TestExporter() as test_exporter:
-        yield test_exporter
-
-
-@pytest.fixture(scope="session")
-def prometheus(cluster: Cluster, exporter: TestExporter) -> Prometheus:
-    """The cluster's Prometheus (it discovers annotated Pods), also scraping `exporter` (job "testbed").
-
-    It listens on the node's address, so the operator's Pod reaches it at `prometheus.url`.
-    """
-    server = cluster.prometheus
-    server.add_target(exporter.address, {})
-    start_component(
-        "prometheus",
-        lambda: server.wait_for(f'up{{job="testbed",instance="{exporter.address}"}} == 1', timeout=30),
-        server.log_tail,
-    )
-    return server

@@ -202,6 +202,7 @@ Estimator = Literal[
     "ridge",
     "random_forest_regressor",
     "hist_gradient_boosting_regressor",
+    "sgd_regressor",
 ]
 
 

@@ -10,6 +10,8 @@ import asyncio
 import math
 from typing import Any
 
+from mfl_contracts import metrics as names
+
 from . import promql
 from .api import ModelFeedbackLoopSpec
 from .canary import ArmCounts, CanaryObservation
@@ -45,6 +47,23 @@ def _buckets(series: Series, track: str, version: str) -> dict[float, float]:
     return buckets
 
 
+def query_texts(spec: ModelFeedbackLoopSpec, namespace: str, canary_version: str, window: str) -> dict[str, str]:
+    """Both arms' counts over `window`, and each custom check rendered for the canary."""
+    selector = _selector(spec, namespace)
+    by = "sum by (track, version)"
+    texts = {
+        "correct": f"{by} (increase({names.FEEDBACK_CORRECT}{{{selector}}}[{window}]))",
+        "labelled": f"{by} (increase({names.FEEDBACK}{{{selector}}}[{window}]))",
+        "requests": f'{by} (increase({names.HTTP_REQUESTS}{{{selector},endpoint="predict"}}[{window}]))',
+        "failed": f'{by} (increase({names.HTTP_REQUESTS}{{{selector},endpoint="predict",code=~"5.."}}[{window}]))',
+        "latency": f"sum by (track, version, le) (increase({names.PREDICTION_LATENCY}_bucket{{{selector}}}[{window}]))",
+    }
+    values = {"model": spec.model.name, "namespace": namespace, "version": canary_version, "track": "canary"}
+    for check in spec.rollout.analysis.checks:
+        texts[f"check:{check.name}"] = promql.render(check.query, values)
+    return texts
+
+
 async def observe(
     query: QueryFn,
     endpoint: EndpointKey,
@@ -56,19 +75,7 @@ async def observe(
 ) -> CanaryObservation:
     started = parse_time(rollout.get("startedAt")) or now
     window = f"{max(60, int(now - started) + 1)}s"
-    selector = _selector(spec, namespace)
-    by = "sum by (track, version)"
-    texts = {
-        "correct": f"{by} (increase(mfl_feedback_correct_total{{{selector}}}[{window}]))",
-        "labelled": f"{by} (increase(mfl_feedback_total{{{selector}}}[{window}]))",
-        "requests": f'{by} (increase(mfl_http_requests_total{{{selector},endpoint="predict"}}[{window}]))',
-        "failed": f'{by} (increase(mfl_http_requests_total{{{selector},endpoint="predict",code=~"5.."}}[{window}]))',
-        "latency": "sum by (track, version, le) "
-        f"(increase(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}]))",
-    }
-    values = {"model": spec.model.name, "namespace": namespace, "version": str(rollout["version"]), "track": "canary"}
-    for check in spec.rollout.analysis.checks:
-        texts[f"check:{check.name}"] = promql.render(check.query, values)
+    texts = query_texts(spec, namespace, str(rollout["version"]), window)
     try:
         results = dict(
             zip(texts, await asyncio.gather(*(asyncio.to_thread(query, endpoint, q) for q in texts.values())))

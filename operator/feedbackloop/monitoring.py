@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mfl_contracts import metrics as names
+
 from .api import MetricRule, Monitoring, parse_duration
 from .timeutil import format_time, parse_time
 
@@ -139,7 +141,7 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
         name="latencyP99",
         query=(
             "histogram_quantile(0.99, sum by (model, namespace, version, le) "
-            f"(rate(mfl_prediction_latency_seconds_bucket{{{selector}}}[{window}])))"
+            f"(rate({names.PREDICTION_LATENCY}_bucket{{{selector}}}[{window}])))"
         ),
         max=monitoring.default_latency_p99_max_seconds,
         for_="2m",
@@ -148,9 +150,9 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
         name="errorRate",
         # `or ... * 0`: no 5xx series at all is a zero error rate, not missing data
         query=(
-            f'(sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector},code=~"5.."}}[{window}])) '
-            f"or sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}])) * 0) / "
-            f"sum by (model, namespace, version) (rate(mfl_http_requests_total{{{selector}}}[{window}]))"
+            f'(sum by (model, namespace, version) (rate({names.HTTP_REQUESTS}{{{selector},code=~"5.."}}[{window}])) '
+            f"or sum by (model, namespace, version) (rate({names.HTTP_REQUESTS}{{{selector}}}[{window}])) * 0) / "
+            f"sum by (model, namespace, version) (rate({names.HTTP_REQUESTS}{{{selector}}}[{window}]))"
         ),
         max=0.05,
         for_="2m",
@@ -159,8 +161,8 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
         quality = MetricRule(
             name="meanAbsError",
             query=(
-                f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_sum{{{selector}}}[{window}])) / "
-                f"sum by (model, namespace, version) (rate(mfl_feedback_abs_error_count{{{selector}}}[{window}]))"
+                f"sum by (model, namespace, version) (rate({names.FEEDBACK_ABS_ERROR}_sum{{{selector}}}[{window}])) / "
+                f"sum by (model, namespace, version) (rate({names.FEEDBACK_ABS_ERROR}_count{{{selector}}}[{window}]))"
             ),
             max=1.0,
             for_="2m",
@@ -169,12 +171,12 @@ def default_rules(monitoring: Monitoring, task: str) -> list[MetricRule]:
     accuracy = MetricRule(
         name="accuracy",
         query=(
-            f"sum by (model, namespace, version) (increase(mfl_feedback_correct_total{{{selector}}}[{window}])) / "
-            f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))"
+            f"sum by (model, namespace, version) (increase({names.FEEDBACK_CORRECT}{{{selector}}}[{window}])) / "
+            f"sum by (model, namespace, version) (increase({names.FEEDBACK}{{{selector}}}[{window}]))"
         ),
         min=monitoring.default_accuracy_min,
         min_samples=50,
-        samples_query=f"sum by (model, namespace, version) (increase(mfl_feedback_total{{{selector}}}[{window}]))",
+        samples_query=f"sum by (model, namespace, version) (increase({names.FEEDBACK}{{{selector}}}[{window}]))",
         for_="1m",
     )
     return [accuracy, error_rate, latency]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mfl_contracts import storage
+
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 DEFAULT_PORT = 8080
 TRACKS = ("stable", "canary")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ConfigError(ValueError):
@@ -36,18 +36,18 @@ class ServerConfig:
 
     @property
     def model_dir(self) -> Path:
-        return self.storage_root / self.model
+        return storage.model_dir(self.storage_root, self.model)
 
     @property
     def version_dir(self) -> Path:
-        return self.model_dir / "versions" / str(self.version)
+        return storage.version_dir(self.storage_root, self.model, self.version)
 
 
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_DEDUP_SIZE,
     MFL_SHUTDOWN_DELAY_SECONDS and MFL_INFERENCE_THREADS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
-    if not _MODEL_NAME.match(model):
+    if not storage.valid_model_name(model):
         raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
     track = env.get("MFL_TRACK", "stable").strip()
     if track not in TRACKS:

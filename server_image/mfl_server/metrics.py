@@ -13,7 +13,9 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-BASE_LABELS = ("model", "version", "track")
+from mfl_contracts import metrics as names
+from mfl_contracts.metrics import BASE_LABELS
+
 # Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
 LATENCY_BUCKETS = (
     0.0005,
@@ -99,25 +101,25 @@ def _families(registry: CollectorRegistry) -> dict[str, Any]:
         return Counter(name, doc, (*BASE_LABELS, *extra), registry=registry)
 
     return {
-        "predictions": counter("mfl_predictions_total", "Rows predicted"),
+        "predictions": counter(names.PREDICTIONS, "Rows predicted"),
         "latency": Histogram(
-            "mfl_prediction_latency_seconds",
+            names.PREDICTION_LATENCY,
             "Time to serve one /predict request",
             BASE_LABELS,
             registry=registry,
             buckets=LATENCY_BUCKETS,
         ),
-        "feedback": counter("mfl_feedback_total", "Labels accepted, by the prediction's version and track"),
-        "correct": counter("mfl_feedback_correct_total", "Labels equal to the predicted class"),
-        "incorrect": counter("mfl_feedback_incorrect_total", "Labels different from the predicted class"),
-        "confusion": counter("mfl_confusion_total", "Labels by actual and predicted class", ("actual", "predicted")),
+        "feedback": counter(names.FEEDBACK, "Labels accepted, by the prediction's version and track"),
+        "correct": counter(names.FEEDBACK_CORRECT, "Labels equal to the predicted class"),
+        "incorrect": counter(names.FEEDBACK_INCORRECT, "Labels different from the predicted class"),
+        "confusion": counter(names.CONFUSION, "Labels by actual and predicted class", ("actual", "predicted")),
         "abs_error": Histogram(
-            "mfl_feedback_abs_error",
+            names.FEEDBACK_ABS_ERROR,
             "Absolute error of regression predictions",
             BASE_LABELS,
             registry=registry,
             buckets=ABS_ERROR_BUCKETS,
         ),
-        "http": counter("mfl_http_requests_total", "API requests by endpoint and status code", ("endpoint", "code")),
-        "rejected": counter("mfl_feedback_rejected_total", "Feedback entries rejected, by reason", ("reason",)),
+        "http": counter(names.HTTP_REQUESTS, "API requests by endpoint and status code", ("endpoint", "code")),
+        "rejected": counter(names.FEEDBACK_REJECTED, "Feedback entries rejected, by reason", ("reason",)),
     }

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from feedbackloop.localdev.cluster import Cluster, give_to_images
-from tests.conftest import start_component
+from mfl_testbed.cluster import Cluster, give_to_images
+from mfl_testbed.pytest_plugin import start_component
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
     import subprocess
     import sys
 
-    from feedbackloop import datasets
+    from mfl_testbed import datasets
 
     names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
     config = {
@@ -118,7 +118,7 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
 
 
 def write_base_data(root: Path, model: str, rows: int, seed: int = 1) -> list[str]:
-    from feedbackloop import datasets
+    from mfl_testbed import datasets
 
     names = datasets.write_base_csv(root / model / "data" / "base.csv", rows, seed=seed)
     give_to_images(root)

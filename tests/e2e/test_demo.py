@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from tests.conftest import require_root
+from mfl_testbed.pytest_plugin import require_root
 
 
 @pytest.mark.timeout(1000)  # the demo brings up its own test bed: longer than the suite's 600 s default
 def test_demo_runs_drift_breach_retraining_canary_promotion(tmp_path):
     require_root("mfl demo")
     result = subprocess.run(
-        [sys.executable, "-m", "feedbackloop.cli", "demo", "--fast", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "mfl_cli.cli", "demo", "--fast", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -33,7 +33,7 @@ def test_demo_runs_drift_breach_retraining_canary_promotion(tmp_path):
     assert "churn-train-v" in output and "ghcr.io/feedbackloop/mfl-trainer:dev-" in output
     assert "churn-canary-" in output and "ghcr.io/feedbackloop/mfl-server:" in output
     assert "feedbackloop-operator-" in output and "ghcr.io/feedbackloop/mfl-operator:dev-" in output
-    from feedbackloop.localdev import node
+    from mfl_testbed import node
 
     assert node.read_state() == {} and node.running_components() == []  # torn down, machine restored
     assert node.our_shims() == []  # no container outlives it

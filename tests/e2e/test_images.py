@@ -16,26 +16,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from feedbackloop.localdev import TestbedUnavailable
-from tests.conftest import unavailable
+from mfl_testbed import TestbedUnavailable
+from mfl_testbed.pytest_plugin import unavailable
 
 # Per image: the modules its entry point needs, and what must not be in it.
 IMPORTS = {
     "operator": ["feedbackloop.main", "feedbackloop.handlers"],
     "server": ["mfl_server.app"],
-    # feedbackloop.localdev.traffic: `mfl demo --kubeconfig` runs the demo's traffic in the trainer image.
-    "trainer": ["mfl_trainer.main", "feedbackloop.localdev.traffic"],
+    "trainer": ["mfl_trainer.main"],
 }
 ABSENT = {
-    "operator": ["sklearn", "matplotlib", "pandas"],
-    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client"],
-    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas"],
+    # No image ships the test bed (mfl_testbed): it is a distribution of its own.
+    "operator": ["sklearn", "matplotlib", "pandas", "mfl_testbed"],
+    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed"],
+    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed"],
 }
 # The real entry points, as far as they go without a cluster, a model or a config.
 HELP = {
     "operator": [["mfl-operator", "--help"]],
     "server": [],  # no --help: see test_image_specifics
-    "trainer": [["mfl-trainer", "--help"], ["python", "-m", "feedbackloop.localdev.traffic", "--help"]],
+    "trainer": [["mfl-trainer", "--help"]],
 }
 UID = 65532
 
@@ -50,7 +50,7 @@ def image_refs() -> dict[str, str]:
         unavailable("buildah is missing: apt-get install buildah mmdebstrap")
     if os.geteuid() != 0:
         unavailable("the images are in root's buildah storage: run the tests as root")
-    from feedbackloop.localdev.images import ensure_images
+    from mfl_testbed.images import ensure_images
 
     try:
         return ensure_images(progress=lambda line: None)

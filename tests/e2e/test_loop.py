@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from feedbackloop import datasets
-from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
+from mfl_testbed import datasets
+from mfl_testbed.traffic import TrafficGenerator, service_endpoints
 
 from .conftest import artifact_claim, condition_of, seed_registry, write_base_data
 

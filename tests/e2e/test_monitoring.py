@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedbackloop.localdev.controlplane import KubectlError
+from mfl_testbed.controlplane import KubectlError
 
 from .conftest import condition_of
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from feedbackloop.localdev.traffic import TrafficGenerator, service_endpoints
+from mfl_testbed.traffic import TrafficGenerator, service_endpoints
 
 from .conftest import artifact_claim, condition_of, seed_registry
 from .test_loop import loop_manifest

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from feedbackloop.localdev.exporter import TestExporter
-from feedbackloop.localdev.netutil import LOOPBACK, http_request, wait_until
-from feedbackloop.localdev.node import NODE_IP, NODE_NAME
-from feedbackloop.localdev.prometheus import Prometheus
+from mfl_testbed.exporter import TestExporter
+from mfl_testbed.netutil import LOOPBACK, http_request, wait_until
+from mfl_testbed.node import NODE_IP, NODE_NAME
+from mfl_testbed.prometheus import Prometheus
 
 pytestmark = pytest.mark.e2e
 

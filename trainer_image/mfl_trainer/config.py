@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mfl_contracts import storage
+
 from .errors import TrainerError
 
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 TASKS = ("classification", "regression")
 DEFAULT_ESTIMATOR = {"classification": "hist_gradient_boosting", "regression": "hist_gradient_boosting_regressor"}
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def parse_config(
 
 def _check_ranges(c: TrainerConfig) -> None:
     problems = []
-    if not _MODEL_NAME.match(c.model) or ".." in c.model:
+    if not storage.valid_model_name(c.model):
         problems.append(f"model must be a plain name (letters, digits, '.', '_', '-'), got {c.model!r}")
     if c.version < 1:
         problems.append(f"version must be >= 1, got {c.version}")

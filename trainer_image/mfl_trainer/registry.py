@@ -18,9 +18,10 @@ from typing import Any
 
 import joblib
 
+from mfl_contracts.storage import METADATA_FILE, MODEL_FILE, version_dir
+
 from .errors import TrainerError
 
-MODEL_FILE, METADATA_FILE, REPORT_FILE = "model.joblib", "metadata.json", "report.json"
 STAGING_PREFIX = ".tmp-"
 # A staging folder lives only while files are written (seconds); an older one is a killed trainer's.
 STALE_STAGING_SECONDS = 3600
@@ -28,14 +29,6 @@ STALE_STAGING_SECONDS = 3600
 
 class VersionExists(Exception):
     """The final folder appeared while this trainer was writing (a concurrent retry won)."""
-
-
-def model_dir(root: Path, model: str) -> Path:
-    return root / model
-
-
-def version_dir(root: Path, model: str, version: int) -> Path:
-    return root / model / "versions" / str(version)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import sklearn
 
+from mfl_contracts import storage
+
 from . import datasource, estimators, evaluation, plots, registry, split
 from .config import TrainerConfig
 from .errors import TrainerError
@@ -68,7 +70,7 @@ def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
 
 
 def load_inputs(config: TrainerConfig, progress: Progress) -> Inputs:
-    root = registry.model_dir(config.storage_root, config.model)
+    root = storage.model_dir(config.storage_root, config.model)
     champion = _load_champion(config, progress)
     progress(f"loading feedback predicted in the data window ({_window_text(config)}) from {root}")
     feedback = datasource.read_feedback(root, config.window_start, config.now)
@@ -103,8 +105,8 @@ def _load_champion(config: TrainerConfig, progress: Progress) -> Champion | None
         return None
     progress(f"loading champion version {config.parent_version}")
     model, metadata = registry.load_champion(config.storage_root, config.model, config.parent_version)
-    folder = registry.version_dir(config.storage_root, config.model, config.parent_version)
-    return Champion(config.parent_version, model, metadata, datasource.sha256_file(folder / registry.MODEL_FILE))
+    folder = storage.version_dir(config.storage_root, config.model, config.parent_version)
+    return Champion(config.parent_version, model, metadata, datasource.sha256_file(folder / storage.MODEL_FILE))
 
 
 def _features(
@@ -183,7 +185,7 @@ def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
 def _existing_result(
     config: TrainerConfig, previous: dict[str, Any], hashes: dict[str, Any], progress: Progress
 ) -> dict[str, Any]:
-    folder = registry.version_dir(config.storage_root, config.model, config.version)
+    folder = storage.version_dir(config.storage_root, config.model, config.version)
     old = previous.get("contentHashes") or {}
     differing = sorted(key for key in set(old) | set(hashes) if old.get(key) != hashes.get(key))
     if differing:
@@ -192,7 +194,7 @@ def _existing_result(
             f"({', '.join(differing)} differ); refusing to overwrite it"
         )
     progress(f"version {config.version} already exists with the same inputs: reporting it")
-    report = registry.read_json(folder / registry.REPORT_FILE)
+    report = registry.read_json(folder / storage.REPORT_FILE)
     return success_summary(previous, report, existing=True)
 
 
@@ -441,14 +443,14 @@ def _write_files(
     predictions: dict[str, np.ndarray],
 ) -> None:
     registry.save_model(folder, model)
-    registry.save_json(folder / registry.REPORT_FILE, report)
+    registry.save_json(folder / storage.REPORT_FILE, report)
     title = f"{config.model} version {config.version}"
     if config.task == "classification":
         panels = [(name, report[name]["confusion"]) for name in ("challenger", "champion") if report[name]]
         plots.confusion_png(folder / "confusion.png", panels, f"{title}: holdout confusion")
     else:
         plots.residuals_png(folder / "residuals.png", y_true, predictions, f"{title}: holdout predictions")
-    registry.save_json(folder / registry.METADATA_FILE, metadata)  # last: its presence marks completeness
+    registry.save_json(folder / storage.METADATA_FILE, metadata)  # last: its presence marks completeness
 
 
 def code_version() -> str:

@@ -1,0 +1,3 @@
+from mfl_cli.cli import main
+
+main()

@@ -1,0 +1,283 @@
+"""The whole test bed: a one-node Kubernetes cluster with a real kubelet, Prometheus and Pod discovery.
+
+    cluster = Cluster.create()            # a 0755 work folder under /var/tmp
+    cluster.start(progress=print)         # control plane + node + Prometheus (+ discovery of Pods)
+    cluster.install_operator(refs)        # kubectl apply -k manifests/ (images overridden by kustomize)
+    ...
+    cluster.stop()                        # undoes every change to the machine (node.teardown)
+
+What a cluster on this machine lacks is provided here, outside the product: Prometheus discovery
+of Pods (`pod_discovery`, as kubernetes_sd would) and PersistentVolumes for claims
+(`artifact_volume`: a hostPath PV bound to one claim, as a static provisioner would).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from feedbackloop.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
+from mfl_testbed import node as node_module
+from mfl_testbed.controlplane import ControlPlane, binaries_dir
+from mfl_testbed.netutil import free_port, wait_until
+from mfl_testbed.node import NODE_IP, NODE_NAME, Node, record
+from mfl_testbed.process import ManagedProcess, TestbedError, TestbedUnavailable, print_progress
+from mfl_testbed.prometheus import Prometheus
+
+OPERATOR_NAMESPACE = "feedbackloop-system"
+OPERATOR_DEPLOYMENT = "feedbackloop-operator"
+IMAGE_REPOSITORY = "ghcr.io/feedbackloop"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where `mfl_testbed` is importable from
+
+
+class Cluster:
+    def __init__(self, workdir: Path, images: list[Path] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.images = images or []
+        self.plane = ControlPlane(self.workdir / "controlplane", host=NODE_IP, node_name=NODE_NAME)
+        self.node = Node(
+            self.workdir / "node", binaries_dir(), self.plane.kubeconfig, self.plane.node_kubeconfig, self.images
+        )
+        self.prometheus = Prometheus(self.workdir / "prometheus", host=NODE_IP)
+        self.discovery: ManagedProcess | None = None
+        self.timings: dict[str, float] = {}
+        self._kept = False
+
+    @classmethod
+    def create(cls, images: list[Path] | None = None, prefix: str = "mfl-testbed-") -> Cluster:
+        # Not under pytest's 0700 temp folders: hostPath volumes here are read by the images' user.
+        workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+        workdir.chmod(0o755)
+        return cls(workdir, images)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] = print_progress) -> Cluster:
+        running, state = node_module.running_components(), node_module.read_state()
+        if running and (state.get("kept") or node_module.pid_exists(state.get("owner"))):
+            raise TestbedUnavailable(
+                f"a test bed is already running on this machine ({', '.join(running)}); `mfl testbed down` removes it"
+            )
+        left = node_module.teardown(progress)  # what a crashed test run left behind: undo it first
+        if left:
+            raise TestbedError(f"an earlier test bed could not be torn down: {', '.join(left)}")
+        record(workdirs=[str(self.workdir)], owner=os.getpid(), kept=False)
+        atexit.register(self.stop)
+        try:
+            self._step("network", self.node.prepare_network, progress)
+            self._step("control plane", self.plane.start, progress)
+            record(pids={p.name: p.pid for p in self.plane.processes})
+            self._step("containerd and images", self.node.start_runtime, progress)
+            self._step("kubelet and kube-proxy", self.node.join, progress)
+            self._step("prometheus", self._start_prometheus, progress)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _step(self, what: str, step: Callable[[], Any], progress: Callable[[str], None]) -> None:
+        started = time.monotonic()
+        step()
+        self.timings[what] = time.monotonic() - started
+        progress(f"test bed: {what} up in {self.timings[what]:.1f}s")
+
+    def _start_prometheus(self) -> None:
+        port = free_port()
+        self.discovery = ManagedProcess(
+            "pod-discovery",
+            [
+                sys.executable,
+                "-m",
+                "mfl_testbed.pod_discovery",
+                f"--kubectl={self.plane.bin_dir / 'kubectl'}",
+                f"--kubeconfig={self.plane.kubeconfig}",
+                f"--port={port}",
+            ],
+            self.workdir / "logs" / "pod-discovery.log",
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])},
+        )
+        self.discovery.start()
+        record(pids={"pod-discovery": self.discovery.pid})
+        self.prometheus.add_http_sd(f"http://127.0.0.1:{port}/sd")
+        self.prometheus.start()
+        record(pids={"prometheus": self.prometheus.pid})
+
+    def stop(self) -> list[str]:
+        """Stop everything and restore the machine; returns what could not be undone (nothing, normally).
+        Safe to call more than once."""
+        atexit.unregister(self.stop)
+        if self._kept:
+            return []
+        self.prometheus.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.plane.stop()
+        return self.node.stop()
+
+    def keep(self) -> str:
+        """Leave the cluster running after this process exits; returns how to use and remove it."""
+        self._kept = True
+        record(kept=True)
+        atexit.unregister(self.stop)
+        self.plane.detach()
+        self.node.detach()
+        self.prometheus.detach()
+        return (
+            f"The cluster keeps running.\n"
+            f"  export KUBECONFIG={self.plane.kubeconfig}\n"
+            f"  {self.plane.bin_dir / 'kubectl'} get pods -A -o wide\n"
+            f"  Prometheus: {self.prometheus.url}\n"
+            f"  logs: {self.workdir}\n"
+            f"Tear it down (processes, containers, mounts, bridge, iptables, sysctls): mfl testbed down"
+        )
+
+    def log_tails(self) -> str:
+        return f"{self.plane.log_tails()}\n{self.node.log_tails()}"
+
+    # ---- clients ---------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    def kubectl(self, *args: str, **kwargs: Any):  # noqa: ANN201 - subprocess.CompletedProcess[str]
+        return self.plane.kubectl(*args, **kwargs)
+
+    # ---- what users install ----------------------------------------------------------------
+
+    def install_operator(
+        self,
+        manifests: Path,
+        image_refs: Mapping[str, str],
+        env: Mapping[str, str] | None = None,
+        timeout: float = 240.0,
+    ) -> str:
+        """`kubectl apply -k` of an overlay that points `manifests/` at these images (and nothing else,
+        unless `env` adds variables to the operator's container, as the demo does to refresh faster)."""
+        overlay = self.workdir / "install"
+        overlay.mkdir(exist_ok=True)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "bases": [os.path.relpath(manifests, overlay)],
+            "images": [
+                {
+                    "name": f"{IMAGE_REPOSITORY}/mfl-{component}",
+                    "newName": ref.rsplit(":", 1)[0],
+                    "newTag": ref.rsplit(":", 1)[1],
+                }
+                for component, ref in image_refs.items()
+            ],
+        }
+        if env:
+            patch = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "operator", "env": [{"name": k, "value": v} for k, v in env.items()]}
+                            ]
+                        }
+                    }
+                },
+            }
+            (overlay / "env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
+            kustomization["patchesStrategicMerge"] = ["env.yaml"]
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        applied = self.kubectl("apply", "-k", str(overlay)).stdout
+        self.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{OPERATOR_DEPLOYMENT}",
+            "-n",
+            OPERATOR_NAMESPACE,
+            f"--timeout={timeout:.0f}s",
+            timeout=timeout + 10,
+        )
+        return applied
+
+    def operator_logs(self, lines: int = 60) -> str:
+        result = self.kubectl(
+            "logs", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE, f"--tail={lines}", check=False
+        )
+        return result.stdout + result.stderr
+
+    def crash_operator(self, timeout: float = 120.0) -> None:
+        """SIGKILL the operator's process, as a crash would; the kubelet restarts the container."""
+        [pod] = [
+            p
+            for p in self.pods(OPERATOR_NAMESPACE, "app.kubernetes.io/name=feedbackloop-operator")
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        [container] = pod["status"]["containerStatuses"]
+        restarts = container["restartCount"]
+        node_module.ctr("tasks", "kill", "-s", "SIGKILL", container["containerID"].split("://", 1)[1])
+
+        def restarted_and_ready() -> bool:
+            pod_now = json.loads(
+                self.kubectl("get", "pod", pod["metadata"]["name"], "-n", OPERATOR_NAMESPACE, "-o", "json").stdout
+            )
+            [status] = pod_now["status"]["containerStatuses"]
+            return status["restartCount"] > restarts and status["ready"]
+
+        wait_until(restarted_and_ready, timeout, "the operator's container to restart after SIGKILL", interval=1.0)
+
+    def artifact_volume(self, namespace: str, claim: str, size: str = "1Gi") -> Path:
+        """A folder owned by the images' user, as a PV bound to claim `namespace/claim` (ReadWriteMany)."""
+        path = self.workdir / "volumes" / f"{namespace}-{claim}"
+        path.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "volumes").chmod(0o755)
+        os.chown(path, RUN_AS, RUN_AS)
+        name = f"{namespace}-{claim}"[:253]
+        manifests = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": name,
+                    "resources": {"requests": {"storage": size}},
+                },
+            },
+        ]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+        return path
+
+    def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", "pods", "-n", namespace, "-o", "json"] + ([f"-l={selector}"] if selector else [])
+        return json.loads(self.kubectl(*args).stdout)["items"]
+
+
+def give_to_images(path: Path) -> None:
+    """Hand files written on the host (as root) to the images' user, as a seeding Job would write them."""
+    for root, folders, files in os.walk(path):
+        os.chown(root, RUN_AS, RUN_AS)
+        for name in folders + files:
+            os.chown(os.path.join(root, name), RUN_AS, RUN_AS)

@@ -1,0 +1,74 @@
+"""The project's images for a real node: built (or reused) by build-images.sh, handed over as OCI archives.
+
+    refs = ensure_images(progress=print)   # {"operator": "ghcr.io/feedbackloop/mfl-operator:dev-<hash12>", ...}
+    archives = image_archives()            # pause + the three images, for `ctr images import`
+
+There is no registry: build-images.sh builds the three targets of the root Dockerfile with buildah and
+writes `<cache>/images/mfl-<name>.tar` (an OCI archive holding both the `dev-<hash12>` content tag and
+the version tag), `mfl-<name>.ref` (those references, the `dev-<hash12>` one first) and a hash stamp.
+An image whose inputs did not change is not built again, so calling ensure_images() costs a second or
+two once the images exist. The header of build-images.sh documents the layout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from mfl_testbed.process import TestbedUnavailable, cache_dir, print_progress, run_script
+
+COMPONENTS = ("operator", "server", "trainer")
+BUILD_SCRIPT = Path(__file__).with_name("build-images.sh")
+INSTALL_HINT = "apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables"
+
+
+def images_dir() -> Path:
+    return cache_dir() / "images"
+
+
+def ensure_images(progress: Callable[[str], None] = print_progress) -> dict[str, str]:
+    """The content-tagged reference of each image, building those whose inputs changed first.
+
+    Returns {"operator": ref, "server": ref, "trainer": ref}, each ref
+    `ghcr.io/feedbackloop/mfl-<name>:dev-<hash12>`. The build script's output is streamed line by
+    line to `progress`; a file lock keeps concurrent callers from building twice. A cold build
+    (base image, dependencies from PyPI) takes a few minutes, a rebuild after a code change well
+    under one; raises TestbedUnavailable when the images cannot be built on this machine.
+    """
+    if shutil.which("buildah") is None:
+        raise TestbedUnavailable(f"buildah is missing, so the images cannot be built: {INSTALL_HINT}")
+    if not BUILD_SCRIPT.exists():
+        raise TestbedUnavailable(f"build script {BUILD_SCRIPT} is not installed with the package")
+    images_dir().mkdir(parents=True, exist_ok=True)
+    # Not the script's own build.lock (it takes that one too, for `make images`): a second flock on
+    # the same file from the child would wait for this one forever.
+    with (images_dir() / "ensure.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building right now
+        _run_build_script(progress)
+        return {name: _dev_ref(name) for name in COMPONENTS}
+
+
+def image_archives() -> list[Path]:
+    """The OCI archives containerd imports: pause (its sandbox image) and the three images."""
+    archives = [images_dir() / "pause.tar", *(images_dir() / f"mfl-{name}.tar" for name in COMPONENTS)]
+    missing = [str(archive) for archive in archives if not archive.is_file()]
+    if missing:
+        raise TestbedUnavailable(
+            f"image archives missing ({', '.join(missing)}): run `make images` or mfl_testbed.images.ensure_images()"
+        )
+    return archives
+
+
+def _dev_ref(name: str) -> str:
+    ref_file = images_dir() / f"mfl-{name}.ref"
+    refs = ref_file.read_text().split() if ref_file.is_file() else []
+    if not refs or not (images_dir() / f"mfl-{name}.hash").is_file():
+        raise TestbedUnavailable(f"{BUILD_SCRIPT.name} finished but mfl-{name} has no archive/ref in {images_dir()}")
+    return refs[0]
+
+
+def _run_build_script(progress: Callable[[str], None]) -> None:
+    run_script(BUILD_SCRIPT, [*COMPONENTS], {**os.environ, "MFL_CACHE": str(cache_dir())}, progress)

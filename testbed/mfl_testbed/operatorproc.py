@@ -1,0 +1,90 @@
+"""The operator as a host process against a local control plane (the scale and latency benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .netutil import free_port, http_request
+from .process import ManagedProcess, TestbedError, tail
+
+
+def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
+    """Apply the ModelFeedbackLoop CRD (rendered from the models, so it works from a wheel too) and wait
+    until the API serves it."""
+    from feedbackloop.crdgen import render
+
+    control_plane.kubectl("apply", "-f", "-", input=render())
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modelfeedbackloops.feedbackloop.dev"
+    )
+
+
+class OperatorProcess:
+    """`mfl-operator` with its metrics and liveness ports on loopback; `kill()` simulates a crash."""
+
+    def __init__(self, kubeconfig: Path, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.extra_env = dict(env or {})
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.starts = 0
+        self._process: ManagedProcess | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        self.starts += 1
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        args = [
+            sys.executable,
+            "-m",
+            "feedbackloop.main",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-address=127.0.0.1",
+            f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+        ]
+        self._process = ManagedProcess("operator", args, self.log_path, env=env)
+        self._process.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._process.check_running()
+            try:
+                status, _ = http_request(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1.0)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TestbedError(f"operator not healthy in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def metrics(self) -> str:
+        return http_request(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5.0)[1].decode()
+
+    def metric_value(self, name: str) -> float:
+        """Sum of a metric's samples (all label sets) in the operator's /metrics."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name) and (line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an evicted Pod would end it: no cleanup runs."""
+        if self._process is not None and self._process.pid:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.stop()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return tail(self.log_path, lines)

@@ -1,0 +1,200 @@
+"""requirements/*.txt: each image's dependencies, the single source of truth that pyproject's extras read.
+
+Guards the split without building an image (tests/e2e/test_images.py checks the built images):
+every third-party module an entry point imports, directly or lazily, is in that component's file unless
+the import is optional (inside `try: ... except ImportError`), and a package listed in several files
+carries the same specifier in each.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIREMENTS = ROOT / "requirements"
+PACKAGES = {
+    "feedbackloop": ROOT / "operator",
+    "mfl_server": ROOT / "server_image",
+    "mfl_trainer": ROOT / "trainer_image",
+    "mfl_contracts": ROOT / "contracts",
+}
+# What each image runs, and the requirement files its venv installs (Dockerfile).
+ENTRY_MODULES = {
+    "operator": ["feedbackloop.main", "feedbackloop.handlers"],
+    "server": ["mfl_server.app"],
+    # `mfl demo --kubeconfig` runs the demo's traffic in the trainer image (its code from a ConfigMap).
+    "trainer": ["mfl_trainer.main", "mfl_testbed.traffic"],
+}
+IMAGE_FILES = {"operator": ["operator.txt"], "server": ["server.txt", "fast.txt"], "trainer": ["trainer.txt"]}
+# Heavy packages an image must not pull in through its requirements (directly or as a dependency).
+FORBIDDEN = {
+    "operator": {"scikit-learn", "matplotlib", "pandas"},
+    "server": {"kopf", "kubernetes", "matplotlib", "pandas"},
+    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"},
+}
+
+
+def requirements(name: str) -> list[Requirement]:
+    lines = (line.split("#", 1)[0].strip() for line in (REQUIREMENTS / name).read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def names(files: list[str]) -> set[str]:
+    return {canonicalize_name(req.name) for name in files for req in requirements(name)}
+
+
+def test_requirement_files_hold_plain_requirements_only() -> None:
+    """setuptools reads them too: no pip options (-r, -c, -e, --hash), which it cannot parse."""
+    for path in sorted(REQUIREMENTS.glob("*.txt")):
+        for line in path.read_text().splitlines():
+            assert not line.strip().startswith("-"), f"{path.name}: {line!r}"
+        assert requirements(path.name), f"{path.name} is empty"
+
+
+def test_a_package_in_several_files_has_one_specifier() -> None:
+    seen: dict[str, tuple[str, str]] = {}
+    for path in sorted(REQUIREMENTS.glob("*.txt")):
+        for req in requirements(path.name):
+            key = canonicalize_name(req.name)
+            spec = str(req.specifier) + (f"; {req.marker}" if req.marker else "")
+            if key in seen:
+                assert seen[key][1] == spec, f"{req.name}: {seen[key][0]} says {seen[key][1]!r}, {path.name} {spec!r}"
+            seen[key] = (path.name, spec)
+
+
+def test_pyproject_reads_its_extras_from_the_files() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "optional-dependencies" in project["project"]["dynamic"]
+    assert not project["project"].get("dependencies")  # each image installs the wheel --no-deps
+    extras = {
+        extra: table["file"]
+        for extra, table in project["tool"]["setuptools"]["dynamic"]["optional-dependencies"].items()
+    }
+    for files in extras.values():
+        for file in files:
+            assert (ROOT / file).is_file(), file
+    for component in ENTRY_MODULES:
+        assert extras[component] == [f"requirements/{component}.txt"]
+    components = {f"requirements/{c}.txt" for c in ENTRY_MODULES}
+    # `mfl` (demo: all three run locally) and the tests need everything.
+    assert components <= set(extras["cli"]) and set(extras["cli"]) <= set(extras["test"])
+    assert {"fast", "bench", "demo", "test", "cli"} <= set(extras)
+
+
+def test_the_dockerfile_installs_each_components_file() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for component, files in IMAGE_FILES.items():
+        stage = dockerfile.split(f"AS {component}-deps", 1)[1].split("\nFROM ", 1)[0]
+        for file in files:
+            assert f"-r /tmp/requirements/{file}" in stage, (component, file)
+        final = dockerfile.split(f"AS {component}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "USER 65532:65532" in final and f'ENTRYPOINT ["mfl-{component}"]' in final
+    # buildah 1.28 reuses a cached RUN --mount=type=bind,from=... layer after its source changed.
+    assert not re.search(r"--mount=type=bind,[^\n]*from=", dockerfile)
+
+
+# ---- what the entry points import --------------------------------------------------------------
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for package, folder in PACKAGES.items():
+        for path in (folder / package).rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def _optional(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Inside `try:` whose handlers catch ImportError (or ModuleNotFoundError)."""
+    child, parent = node, parents.get(node)
+    while parent is not None:
+        if isinstance(parent, ast.Try) and child in parent.body:
+            for handler in parent.handlers:
+                caught = handler.type
+                names_ = [caught] if not isinstance(caught, ast.Tuple) else list(caught.elts)
+                if any(isinstance(n, ast.Name) and n.id in {"ImportError", "ModuleNotFoundError"} for n in names_):
+                    return True
+        child, parent = parent, parents.get(parent)
+    return False
+
+
+def third_party_imports(entry_modules: list[str]) -> dict[str, str]:
+    """{top-level module: the project module importing it} over everything `entry_modules` may import."""
+    files = _module_files()
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = list(entry_modules)
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in files:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        path = files[module]
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                    base = f"{base}.{node.module}" if node.module else base
+                else:
+                    base = node.module or ""
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                top = target.split(".")[0]
+                if top in PACKAGES:
+                    todo.append(target)
+                elif top not in sys.stdlib_module_names and top != "__future__" and not _optional(node, parents):
+                    found.setdefault(top, module)
+    return found
+
+
+@pytest.mark.parametrize("component", sorted(ENTRY_MODULES))
+def test_each_import_of_an_entry_point_is_in_its_components_file(component: str) -> None:
+    listed = names(IMAGE_FILES[component])
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for module, importer in sorted(third_party_imports(ENTRY_MODULES[component]).items()):
+        provided_by = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        if not provided_by & listed:
+            missing.append(f"{module} (imported by {importer}; distribution {sorted(provided_by)})")
+    assert not missing, f"requirements/{component}.txt lacks: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("component", sorted(ENTRY_MODULES))
+def test_no_component_lists_what_its_image_must_not_carry(component: str) -> None:
+    listed = names(IMAGE_FILES[component])
+    assert not listed & FORBIDDEN[component]
+    # Their dependencies as installed here (the test extra): none of them pulls a forbidden one in.
+    todo, closure = list(listed), set()
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    assert not closure & FORBIDDEN[component], sorted(closure & FORBIDDEN[component])
