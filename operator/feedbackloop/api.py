@@ -68,47 +68,91 @@ class ApiModel(BaseModel):
 
 
 class ResourceList(ApiModel):
-    cpu: Quantity | None = None
-    memory: Quantity | None = None
+    """Amounts of CPU and memory, as Kubernetes quantities."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 500m or 2.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 256Mi or 1Gi.")
 
 
 class Resources(ApiModel):
-    requests: ResourceList = Field(default_factory=ResourceList)
-    limits: ResourceList = Field(default_factory=ResourceList)
+    """CPU and memory requests and limits of a container, as in a Pod spec."""
+
+    requests: ResourceList = Field(
+        default_factory=ResourceList, description="What the scheduler reserves for the container."
+    )
+    limits: ResourceList = Field(default_factory=ResourceList, description="The most the container may use.")
 
 
 class EnvVar(ApiModel):
-    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    value: str = ""
+    """An environment variable of the model server container."""
+
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    value: str = Field(default="", description="Variable value; omitted: empty.")
 
 
 class Serving(ApiModel):
-    image: str = Field(default="ghcr.io/feedbackloop/mfl-server:0.1.0", min_length=1)
-    replicas: int = Field(default=2, ge=1, le=100)
-    port: int = Field(default=8080, ge=1, le=65535)
-    resources: Resources = Field(default_factory=Resources)
-    env: list[EnvVar] = Field(default_factory=list)
+    """The model server Deployments the operator runs: stable, and a canary during a rollout."""
+
+    image: str = Field(
+        default="ghcr.io/feedbackloop/mfl-server:0.1.0",
+        min_length=1,
+        description="Model server image, implementing the mfl-server contract (docs/contracts.md). "
+        "Default ghcr.io/feedbackloop/mfl-server:0.1.0.",
+    )
+    replicas: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Replicas of the stable Deployment, 1 to 100; a canary's replicas are added beside them. "
+        "Default 2.",
+    )
+    port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        description="Container port of the server's HTTP API and /metrics (Pods carry prometheus.io scrape "
+        "annotations for it). Default 8080.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory of each server container.")
+    env: list[EnvVar] = Field(
+        default_factory=list, description="Extra environment variables of the server containers. Default none."
+    )
 
 
 class SecretKeyRef(ApiModel):
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    """A key of a Secret in the loop's namespace."""
+
+    name: str = Field(min_length=1, description="Secret name.")
+    key: str = Field(min_length=1, description="Key within the Secret.")
 
 
 class PersistentVolumeClaimSource(ApiModel):
-    claim_name: str = Field(min_length=1)
+    """A PersistentVolumeClaim as the artifact store."""
+
+    claim_name: str = Field(
+        min_length=1,
+        description="Claim in the loop's namespace. The trainer Jobs and every server Pod mount it at once: "
+        "ReadWriteMany (ReadWriteOnce only on a one-node cluster).",
+    )
 
 
 class HostPathSource(ApiModel):
-    path: str = Field(pattern=r"^/")
+    """A directory on the node as the artifact store: for one-node and test clusters."""
+
+    path: str = Field(pattern=r"^/", description="Absolute path on the node; created if missing.")
 
 
 class Storage(ApiModel):
-    """Where versions, predictions and feedback live: one volume, mounted by server and trainer."""
+    """Where versions, predictions and feedback live: one volume, mounted by server and trainer.
+    Set exactly one of persistentVolumeClaim and hostPath."""
 
     persistent_volume_claim: PersistentVolumeClaimSource | None = None
     host_path: HostPathSource | None = None
-    mount_path: str = Field(default="/var/lib/mfl/artifacts", pattern=r"^/")
+    mount_path: str = Field(
+        default="/var/lib/mfl/artifacts",
+        pattern=r"^/",
+        description="Where the volume is mounted in the server and trainer containers. Default /var/lib/mfl/artifacts.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Storage:
@@ -118,14 +162,26 @@ class Storage(ApiModel):
 
 
 class Model(ApiModel):
-    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=40)
-    task: Literal["classification", "regression"] = "classification"
+    """The model: its name and task, how it is served and where its artifacts live."""
+
+    name: str = Field(
+        pattern=DNS_LABEL_PATTERN,
+        max_length=40,
+        description="Model name: its folder in the artifact store and the `model` label of its metrics. "
+        "A DNS label of at most 40 characters.",
+    )
+    task: Literal["classification", "regression"] = Field(
+        default="classification",
+        description="classification or regression: selects the default rules, the trainer's metrics and "
+        "whether the canary is judged on accuracy. Default classification.",
+    )
     serving: Serving = Field(default_factory=Serving)
     storage: Storage
     initial_version: int | None = Field(
         default=None,
         ge=1,
-        description="A registry version to serve when the loop has none yet; omitted: the operator trains version 1.",
+        description="A version already in the artifact store (versions/<n>/) to serve when the loop has none yet; "
+        "omitted: the operator trains version 1.",
     )
 
 
@@ -133,31 +189,63 @@ class Model(ApiModel):
 
 
 class PrometheusEndpoint(ApiModel):
-    url: str = Field(pattern=r"^https?://")
-    bearer_token_secret_ref: SecretKeyRef | None = None
-    ca_bundle_secret_ref: SecretKeyRef | None = None
-    insecure_skip_verify: bool = False
-    timeout: PrometheusTimeout = Field(default="10s", description="Per query; 1s to 60s.")
+    """The Prometheus the operator queries for the health rules and the canary analysis."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Base URL of the Prometheus HTTP API, e.g. http://prometheus-operated.monitoring:9090.",
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key (in the loop's namespace) holding a bearer token sent with every query; omitted: none.",
+    )
+    ca_bundle_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key (in the loop's namespace) holding the PEM CA bundle that verifies an https "
+        "Prometheus; omitted: the system CAs.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Skip verifying the server's TLS certificate. Default false."
+    )
+    timeout: PrometheusTimeout = Field(
+        default="10s", description="Timeout of each query: a duration from 1s to 60s. Default 10s."
+    )
 
 
 class MetricRule(ApiModel):
     """One health rule, shaped like a Prometheus alerting rule: a query, a threshold and `for`."""
 
-    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$", max_length=63)
+    name: str = Field(
+        pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$",
+        max_length=63,
+        description="Rule name, unique in the loop; shown in status.metrics, Events and the Metric column.",
+    )
     query: str = Field(
         min_length=1,
-        description="PromQL template; placeholders {{model}}, {{namespace}}, "
-        "{{version}} and {{track}} are replaced by label-safe values.",
+        description="PromQL template returning one series for the loop; {{model}}, {{namespace}}, "
+        "{{version}} (the stable version) and {{track}} (stable) are replaced by escaped values.",
     )
-    min: float | None = None
-    max: float | None = None
-    for_: Duration = Field(default="0s", alias="for")
-    on_no_data: Literal["hold", "ignore", "breach"] = "hold"
-    min_samples: int | None = Field(default=None, ge=1)
+    min: float | None = Field(default=None, description="Out of bounds below this value. Set min, max or both.")
+    max: float | None = Field(default=None, description="Out of bounds above this value. Set min, max or both.")
+    for_: Duration = Field(
+        default="0s",
+        alias="for",
+        description="How long the value must stay out of bounds before the rule breaches, as an alerting "
+        "rule's `for`: a duration. Default 0s.",
+    )
+    on_no_data: Literal["hold", "ignore", "breach"] = Field(
+        default="hold",
+        description="What a poll without a usable value (query error, no series, NaN, too few samples) does: "
+        "hold keeps the rule's state, ignore clears it, breach counts as out of bounds. Default hold.",
+    )
+    min_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="A value backed by fewer samples (per samplesQuery) counts as no data; set with samplesQuery.",
+    )
     samples_query: str | None = Field(
         default=None,
-        description="PromQL template counting the samples behind "
-        "`query`; below minSamples the value counts as no data.",
+        description="PromQL template (same placeholders) counting the samples behind `query`; set with minSamples.",
     )
 
     @model_validator(mode="after")
@@ -172,15 +260,32 @@ class MetricRule(ApiModel):
 
 
 class Monitoring(ApiModel):
+    """How the model's health is judged: the Prometheus to query and the rules to evaluate."""
+
     prometheus: PrometheusEndpoint
-    interval: Interval = Field(default="30s", description="How often the rules are evaluated; at least 1s.")
+    interval: Interval = Field(
+        default="30s",
+        description="How often the operator queries Prometheus and evaluates the rules: a duration, at least 1s. "
+        "Default 30s.",
+    )
     metrics: list[MetricRule] = Field(
         default_factory=list,
         max_length=20,
-        description="Empty: the reference server's default accuracy, error-rate and latency rules.",
+        description="Health rules (at most 20, unique names); a breaching rule triggers a retraining. Empty: the "
+        "reference server's accuracy (meanAbsError for regression), errorRate and latencyP99 rules.",
     )
-    default_accuracy_min: float = Field(default=0.8, ge=0, le=1)
-    default_latency_p99_max_seconds: float = Field(default=0.5, gt=0)
+    default_accuracy_min: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Minimum of the default accuracy rule (classification, metrics empty), 0 to 1. Default 0.8.",
+    )
+    default_latency_p99_max_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Maximum p99 prediction latency of the default latencyP99 rule (metrics empty), in seconds. "
+        "Default 0.5.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -207,44 +312,128 @@ Estimator = Literal[
 
 
 class Trainer(ApiModel):
-    image: str = Field(default="ghcr.io/feedbackloop/mfl-trainer:0.1.0", min_length=1)
-    resources: Resources = Field(default_factory=Resources)
-    active_deadline_seconds: int = Field(default=3600, ge=60, le=86400)
-    backoff_limit: int = Field(default=1, ge=0, le=10)
+    """The container each retraining Job runs."""
+
+    image: str = Field(
+        default="ghcr.io/feedbackloop/mfl-trainer:0.1.0",
+        min_length=1,
+        description="Trainer image. Default ghcr.io/feedbackloop/mfl-trainer:0.1.0.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="CPU and memory of the trainer container; the CPU limit also sets its thread count.",
+    )
+    active_deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="A training Job running longer is stopped and counts as failed; seconds, 60 to 86400. "
+        "Default 3600.",
+    )
+    backoff_limit: int = Field(
+        default=1, ge=0, le=10, description="Pod retries before a training Job counts as failed, 0 to 10. Default 1."
+    )
 
 
 class OfflineGate(ApiModel):
     """The challenger goes to a canary only if it is no worse than the champion on the same data."""
 
-    metric: Literal["accuracy", "f1_macro", "mae", "rmse", "r2"] = "accuracy"
-    max_degradation: float = Field(default=0.0, ge=0, le=1)
-    min_score: float | None = Field(default=None, description="Absolute floor, also for a first version.")
+    metric: Literal["accuracy", "f1_macro", "mae", "rmse", "r2"] = Field(
+        default="accuracy",
+        description="Holdout metric compared: accuracy or f1_macro (classification), mae, rmse or r2 (regression; "
+        "lower mae and rmse are better). Default accuracy, so a regression loop must set it.",
+    )
+    max_degradation: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="How much worse than the champion the challenger may score, in the metric's units, 0 to 1. "
+        "Default 0.",
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="Score the challenger must reach (a ceiling for mae and rmse), also as a first version; "
+        "omitted: none.",
+    )
 
 
 class Retraining(ApiModel):
-    enabled: bool = True
+    """When and how the operator retrains the model in a Job. Omitted: no retraining (set
+    model.initialVersion to serve an existing version)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false: no retraining starts, not even on request; breaches are still reported. Default true.",
+    )
     trainer: Trainer = Field(default_factory=Trainer)
-    estimator: Estimator = "hist_gradient_boosting"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    features: list[str] = Field(min_length=1)
-    target: str = Field(min_length=1)
-    data_window: Duration = "7d"
-    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
-    min_rows: int = Field(default=200, ge=10)
-    incremental: bool = False
+    estimator: Estimator = Field(
+        default="hist_gradient_boosting",
+        description="scikit-learn estimator matching model.task (ridge and the *_regressor ones are for "
+        "regression). Default hist_gradient_boosting, a classifier.",
+    )
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor arguments of the estimator by scikit-learn name, checked by the trainer. "
+        "Default none.",
+    )
+    features: list[str] = Field(
+        min_length=1, description="Feature columns: base-data CSV columns and keys of the /predict instances."
+    )
+    target: str = Field(
+        min_length=1, description="Label column of the base data; feedback labels arrive through /feedback."
+    )
+    data_window: Duration = Field(
+        default="7d",
+        description="Labelled feedback predicted within this long before the Job starts joins the base data: "
+        "a duration. Default 7d.",
+    )
+    holdout_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Share of the most recent labelled feedback held out to score challenger and champion (of the "
+        "base data when feedback is scarce), between 0 and 1. Default 0.25.",
+    )
+    min_rows: int = Field(
+        default=200,
+        ge=10,
+        description="A training with fewer labelled rows (base data and feedback) fails; at least 10. Default 200.",
+    )
+    incremental: bool = Field(
+        default=False,
+        description="Continue training the serving model on feedback it has not seen instead of fitting anew "
+        "(not with ridge). Default false.",
+    )
     recent_weight: float = Field(
         default=1.0,
         ge=1,
         le=100,
-        description="Weight of labelled feedback rows "
-        "against base-data rows in training (adapts faster after a drift).",
+        description="Sample weight of labelled feedback rows against base-data rows (weight 1), 1 to 100; higher "
+        "adapts faster after a drift. Default 1.",
     )
     schedule: str | None = Field(
-        default=None, pattern=r"^(\S+\s+){4}\S+$", description="Cron (5 fields, UTC): retrain on a schedule as well."
+        default=None,
+        pattern=r"^(\S+\s+){4}\S+$",
+        description="Cron expression (5 fields, UTC) to retrain on a schedule as well, within cooldown and "
+        "maxRetrainsPerDay; omitted: none.",
     )
-    cooldown: Duration = "1h"
-    max_retrains_per_day: int = Field(default=3, ge=0, le=100)
-    failure_backoff: Duration = "10m"
+    cooldown: Duration = Field(
+        default="1h",
+        description="Minimum time from the last retraining's start or outcome to the next one (a retrain request "
+        "skips it): a duration. Default 1h.",
+    )
+    max_retrains_per_day: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Retrainings that may start in any 24 hours, requested ones included (the first version is "
+        "never held back), 0 to 100. Default 3.",
+    )
+    failure_backoff: Duration = Field(
+        default="10m",
+        description="After a failed training, how long retrainings wait (a retrain request does not): a duration. "
+        "Default 10m.",
+    )
     gate: OfflineGate = Field(default_factory=OfflineGate)
 
 
@@ -252,50 +441,133 @@ class Retraining(ApiModel):
 
 
 class CanaryStep(ApiModel):
-    weight: int = Field(ge=1, le=100, description="Percent of traffic (replica share with a plain Service).")
-    pause: Duration = "1m"
+    """One canary step: a traffic weight, held for a pause."""
+
+    weight: int = Field(
+        ge=1,
+        le=100,
+        description="Percent of traffic for the canary, 1 to 100. Canary replicas are added beside stable's, so "
+        "the share is rounded to a replica ratio (100 gives 50%).",
+    )
+    pause: Duration = Field(
+        default="1m",
+        description="How long the step lasts before the next one; after the last, the canary is promoted once the "
+        "analysis passes. A duration. Default 1m.",
+    )
 
 
 class LatencyCheck(ApiModel):
-    enabled: bool = True
+    """Is the canary slower than stable? p50 and p95 from the model server's latency histogram."""
+
+    enabled: bool = Field(default=True, description="Run the latency check. Default true.")
     max_increase: float = Field(
         default=0.2,
         ge=0,
-        description="Canary latency may be at most this fraction worse than stable (effect-size limit).",
+        description="How much slower the canary's p50 and p95 may be than stable's, as a fraction (0.2 = 20%). "
+        "Default 0.2.",
     )
-    min_samples: int = Field(default=100, ge=1)
+    min_samples: int = Field(
+        default=100, ge=1, description="Requests per arm before the latency check may decide. Default 100."
+    )
 
 
 class ThresholdCheck(ApiModel):
-    """A plain threshold on a custom canary metric (Flagger style); {{track}} renders as canary."""
+    """A plain threshold on a custom canary metric (Flagger style), judged at every look."""
 
-    name: str = Field(pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$")
-    query: str = Field(min_length=1)
-    min: float | None = None
-    max: float | None = None
-    failure_limit: int = Field(default=1, ge=1)
+    name: str = Field(
+        pattern=r"^[a-zA-Z][a-zA-Z0-9_]*$",
+        description="Check name, shown in the evidence; unique, and not accuracy, availability or latency.",
+    )
+    query: str = Field(
+        min_length=1,
+        description="PromQL template returning one value; {{model}}, {{namespace}}, {{version}} (the canary's) "
+        "and {{track}} (canary) are replaced by escaped values.",
+    )
+    min: float | None = Field(default=None, description="A look fails when the value is below min.")
+    max: float | None = Field(default=None, description="A look fails when the value is above max.")
+    failure_limit: int = Field(
+        default=1,
+        ge=1,
+        description="Failed looks, counted over the whole analysis, that roll the canary back. Default 1.",
+    )
 
 
 class Analysis(ApiModel):
-    """Sequential canary-vs-stable analysis; see docs/canary-analysis.md."""
+    """Sequential canary-vs-stable analysis: accuracy (classification), availability and latency, plus
+    threshold checks; see docs/canary-analysis.md."""
 
-    interval: Interval = Field(default="30s", description="How often the canary is judged; at least 1s.")
-    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Bound on rolling back an equal canary.")
-    beta: float = Field(default=0.1, gt=0, lt=0.5, description="Bound on promoting a canary `delta` worse.")
-    max_degradation: float = Field(default=0.02, gt=0, lt=1, description="Non-inferiority margin on accuracy.")
+    interval: Interval = Field(
+        default="30s",
+        description="How often the canary is judged (its queries run and one look is taken): a duration, at least "
+        "1s. Default 30s.",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="Bound on the probability of rolling back a canary as good as stable, shared by the "
+        "statistical checks; 0 to 0.5. Default 0.05.",
+    )
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="Bound on the probability of promoting a canary detectableDegradation worse, per check; "
+        "0 to 0.5. Default 0.1.",
+    )
+    max_degradation: float = Field(
+        default=0.02,
+        gt=0,
+        lt=1,
+        description="Non-inferiority margin on accuracy: how far below stable's the canary's may be, as a fraction "
+        "(0.02 = 2 points). Default 0.02.",
+    )
     detectable_degradation: float | None = Field(
-        default=None, gt=0, lt=1, description="The regression `beta` covers; default 1.5 x maxDegradation."
+        default=None,
+        gt=0,
+        lt=1,
+        description="Accuracy drop, as a fraction, that the analysis catches with probability 1 - beta; "
+        "omitted: 1.5 x maxDegradation.",
     )
     availability_max_degradation: float = Field(
-        default=0.01, gt=0, lt=1, description="Margin on the share of requests answered without a server error."
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Margin on availability, the share of predict requests answered without a 5xx, as a fraction. "
+        "Default 0.01.",
     )
-    min_samples: int = Field(default=200, ge=10, description="Labelled predictions per arm before any verdict.")
-    max_samples: int | None = Field(default=None, ge=10, description="Per arm; undecided there: Inconclusive.")
-    max_duration: Interval = Field(default="2h", description="Inconclusive after this long (at least 1s).")
-    on_inconclusive: Literal["rollback", "promote"] = "rollback"
-    consecutive_error_limit: int = Field(default=4, ge=1)
+    min_samples: int = Field(
+        default=200,
+        ge=10,
+        description="Labelled predictions (requests, for availability) per arm before accuracy or availability "
+        "may decide; at least 10. Default 200.",
+    )
+    max_samples: int | None = Field(
+        default=None,
+        ge=10,
+        description="Per arm: accuracy or availability still undecided at this many makes the analysis "
+        "Inconclusive; omitted: no cap.",
+    )
+    max_duration: Interval = Field(
+        default="2h",
+        description="Time from the canary's start after which an undecided analysis is Inconclusive: a duration, "
+        "at least 1s. Default 2h.",
+    )
+    on_inconclusive: Literal["rollback", "promote"] = Field(
+        default="rollback", description="What an Inconclusive analysis does: rollback or promote. Default rollback."
+    )
+    consecutive_error_limit: int = Field(
+        default=4,
+        ge=1,
+        description="Looks in a row whose queries failed, for one check, that end the analysis in Error "
+        "(rolled back). Default 4.",
+    )
     latency: LatencyCheck = Field(default_factory=LatencyCheck)
-    checks: list[ThresholdCheck] = Field(default_factory=list, max_length=10)
+    checks: list[ThresholdCheck] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Threshold checks on custom canary metrics, at most 10. Default none.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Analysis:
@@ -310,20 +582,29 @@ class Analysis(ApiModel):
 
 
 class HTTPRouteRef(ApiModel):
-    name: str = Field(pattern=DNS_LABEL_PATTERN)
+    """A Gateway API HTTPRoute in the loop's namespace."""
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, description="HTTPRoute name.")
 
 
 class TrafficRouting(ApiModel):
+    """How the canary's share of traffic is applied; default: by replica count behind the loop's Service."""
+
     http_route: HTTPRouteRef | None = Field(
-        default=None, description="Gateway API HTTPRoute whose backend weights carry the split; omitted: replica ratio."
+        default=None,
+        description="HTTPRoute whose rules the operator points at the <loop>-stable and <loop>-canary Services, "
+        "weighted; omitted: replica ratio.",
     )
 
 
 class Rollout(ApiModel):
+    """How a candidate that passed the offline gate is rolled out: canary steps, judged by the analysis."""
+
     steps: list[CanaryStep] = Field(
         default_factory=lambda: [CanaryStep(weight=20, pause="2m"), CanaryStep(weight=50, pause="2m")],
         min_length=1,
         max_length=10,
+        description="Canary steps, 1 to 10, weights strictly increasing. Default 20% for 2m, then 50% for 2m.",
     )
     analysis: Analysis = Field(default_factory=Analysis)
     traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
@@ -341,120 +622,176 @@ class Rollout(ApiModel):
 
 
 class ModelFeedbackLoopSpec(ApiModel):
+    """The feedback loop of one production model: serve, monitor, retrain, canary, promote."""
+
     model: Model
     monitoring: Monitoring
     retraining: Retraining | None = None
     rollout: Rollout = Field(default_factory=Rollout)
-    paused: bool = False
+    paused: bool = Field(
+        default=False,
+        description="true: no retraining starts and a canary holds its step (its analysis may still roll it "
+        "back); a running Job is still followed. Default false.",
+    )
 
 
 # --- status ------------------------------------------------------------------------------------------
 
 
 class Condition(ApiModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    """A condition in Kubernetes convention."""
+
+    type: str = Field(
+        description="Ready, Reconciling, Stalled, MetricsAvailable, Breached, ServingReady or Retraining."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in one CamelCase word.")
+    message: str = Field(default="", description="Why, in words.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The spec generation it was set for.")
 
 
 class MetricStatus(ApiModel):
-    name: str
-    state: Literal["Healthy", "Pending", "Breaching", "NoData"] = "NoData"
-    value: float | None = None
-    sample_time: str | None = None
-    breach_since: str | None = None
-    message: str = ""
+    """One health rule's state after the last poll."""
+
+    name: str = Field(description="The rule's name.")
+    state: Literal["Healthy", "Pending", "Breaching", "NoData"] = Field(
+        default="NoData", description="Healthy, Pending (out of bounds for less than `for`), Breaching or NoData."
+    )
+    value: float | None = Field(default=None, description="The last usable value.")
+    sample_time: str | None = Field(default=None, description="When value was sampled (RFC 3339).")
+    breach_since: str | None = Field(default=None, description="When the value went out of bounds (RFC 3339).")
+    message: str = Field(default="", description="The state in words.")
 
 
 class CheckEvidence(ApiModel):
-    name: str
-    decision: str = ""
-    message: str = ""
-    values: dict[str, float] = Field(default_factory=dict)
+    """One canary check's verdict at a look, with the numbers behind it."""
+
+    name: str = Field(description="accuracy, availability, latency or a threshold check's name.")
+    decision: str = Field(default="", description="Pass, Fail, Pending, Inconclusive or Error.")
+    message: str = Field(default="", description="The verdict in words.")
+    values: dict[str, float] = Field(
+        default_factory=dict, description="The numbers behind it (counts, differences, bounds), by name."
+    )
 
 
 class VersionRecord(ApiModel):
     """One retraining's outcome, kept in a bounded history."""
 
-    version: int
-    trigger: str = ""
-    outcome: str = ""
-    at: str = ""
-    message: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-    evidence: list[CheckEvidence] = Field(default_factory=list)
+    version: int = Field(description="The version trained.")
+    trigger: str = Field(default="", description="What started it: Initial, Breach, Schedule or Manual.")
+    outcome: str = Field(default="", description="Promoted, RolledBack, Rejected (offline gate) or TrainingFailed.")
+    at: str = Field(default="", description="When (RFC 3339).")
+    message: str = Field(default="", description="Why, e.g. the gate's or the analysis' verdict.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="The challenger's holdout metrics (first versions and rejections)."
+    )
+    evidence: list[CheckEvidence] = Field(
+        default_factory=list, description="The canary's last evidence, when a canary decided."
+    )
 
 
 class RetrainingStatus(ApiModel):
-    version: int
-    job_name: str
-    trigger: str
-    started_at: str
-    parent_version: int | None = None
+    """The training Job in progress."""
+
+    version: int = Field(description="The version being trained.")
+    job_name: str = Field(description="Its Job's name.")
+    trigger: str = Field(description="Initial, Breach, Schedule or Manual.")
+    started_at: str = Field(description="When it started (RFC 3339).")
+    parent_version: int | None = Field(
+        default=None, description="The version serving when it started (the champion); null for the first."
+    )
 
 
 class CandidateStatus(ApiModel):
-    version: int
-    challenger: dict[str, float] = Field(default_factory=dict)
-    champion: dict[str, float] = Field(default_factory=dict)
-    gate: str = ""
+    """The trained version that passed the offline gate, while it is canaried."""
+
+    version: int = Field(description="The candidate's version.")
+    challenger: dict[str, float] = Field(default_factory=dict, description="Its holdout metrics.")
+    champion: dict[str, float] = Field(
+        default_factory=dict, description="The serving version's metrics on the same holdout."
+    )
+    gate: str = Field(default="", description="The offline gate's verdict.")
 
 
 class AnalysisStateStatus(ApiModel):
     """The sequential analysis' memory between looks: counters, never samples."""
 
-    phase: str = "Running"
-    started_at: float
-    looks: int = 0
-    passed: list[str] = Field(default_factory=list)
-    consecutive_errors: dict[str, int] = Field(default_factory=dict)
-    failures: dict[str, int] = Field(default_factory=dict)
-    finished_at: float | None = None
-    message: str = ""
+    phase: str = Field(default="Running", description="Running, Successful, Failed, Error or Inconclusive.")
+    started_at: float = Field(description="When the analysis started, in Unix seconds.")
+    looks: int = Field(default=0, description="Looks taken so far.")
+    passed: list[str] = Field(default_factory=list, description="Statistical checks that passed (a pass is kept).")
+    consecutive_errors: dict[str, int] = Field(default_factory=dict, description="Failed looks in a row, per check.")
+    failures: dict[str, int] = Field(default_factory=dict, description="Failed looks so far, per threshold check.")
+    finished_at: float | None = Field(default=None, description="When a final phase was reached, in Unix seconds.")
+    message: str = Field(default="", description="The last verdict in words.")
 
 
 class RolloutStatus(ApiModel):
-    version: int
-    trigger: str = ""
-    step: int = 0
-    weight: int = 0
-    started_at: str = ""
-    step_started_at: str = ""
-    analysis_phase: str = "Running"
-    consecutive_errors: int = 0
-    evidence: list[CheckEvidence] = Field(default_factory=list)
+    """The canary in progress."""
+
+    version: int = Field(description="The canary's version.")
+    trigger: str = Field(default="", description="What started its retraining.")
+    step: int = Field(default=0, description="Index of the current step in spec.rollout.steps, from 0.")
+    weight: int = Field(default=0, description="The canary's share of traffic in percent, as applied.")
+    started_at: str = Field(default="", description="When the canary started (RFC 3339).")
+    step_started_at: str = Field(default="", description="When the current step started (RFC 3339).")
+    analysis_phase: str = Field(
+        default="Running", description="The analysis' phase: Running, Successful, Failed, Error or Inconclusive."
+    )
+    consecutive_errors: int = Field(default=0, description="The longest current run of failed looks of a check.")
+    evidence: list[CheckEvidence] = Field(default_factory=list, description="Each check's verdict at the last look.")
     analysis: AnalysisStateStatus | None = None
-    paused: bool = False
+    paused: bool = Field(default=False, description="Held at its step by the pause annotation, until resume.")
 
 
 class ServingStatus(ApiModel):
-    version: int | None = None
-    ready_replicas: int = 0
-    replicas: int = 0
+    """The stable Deployment, as last observed."""
+
+    version: int | None = Field(default=None, description="The version it runs.")
+    ready_replicas: int = Field(default=0, description="Ready replicas.")
+    replicas: int = Field(default=0, description="Desired replicas.")
 
 
 class ModelFeedbackLoopStatus(ApiModel):
-    phase: str = "Pending"
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    current_version: int | None = None
+    """What the operator observed and decided: its only memory, so a restart resumes where it was."""
+
+    phase: str = Field(
+        default="Pending", description="Pending, Retraining, Canary, Monitoring, Breached, Paused or Invalid."
+    )
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="The loop's conditions, one per type (docs/operations.md)."
+    )
+    current_version: int | None = Field(default=None, description="The version serving as stable.")
     serving: ServingStatus | None = None
-    metrics: list[MetricStatus] = Field(default_factory=list)
-    summary: str = Field(default="", description="First metric's last value, for printer columns.")
-    breach_since: str | None = None
+    metrics: list[MetricStatus] = Field(default_factory=list, description="Each health rule's state.")
+    summary: str = Field(default="", description="The first rule's last value (name=value), for the Metric column.")
+    breach_since: str | None = Field(
+        default=None, description="When the earliest breaching rule went out of bounds (RFC 3339)."
+    )
     retraining: RetrainingStatus | None = None
     candidate: CandidateStatus | None = None
     rollout: RolloutStatus | None = None
-    last_retrain_at: str | None = None
-    retrain_times: list[str] = Field(default_factory=list, description="Starts in the last 24 h (budget).")
-    failure_backoff_until: str | None = None
-    last_failure: str | None = None
-    retrain_blocked_by: str | None = None
-    history: list[VersionRecord] = Field(default_factory=list)
-    handled_requests: dict[str, str] = Field(default_factory=dict)
+    last_retrain_at: str | None = Field(default=None, description="When the last retraining started (RFC 3339).")
+    retrain_times: list[str] = Field(
+        default_factory=list, description="Retraining starts in the last 24 hours, for maxRetrainsPerDay."
+    )
+    failure_backoff_until: str | None = Field(
+        default=None, description="After a failed training, retrainings wait until then (RFC 3339)."
+    )
+    last_failure: str | None = Field(default=None, description="The last failed training's error, until one succeeds.")
+    retrain_blocked_by: str | None = Field(
+        default=None, description="Why the last wanted retraining did not start (cooldown, budget, backoff, ...)."
+    )
+    history: list[VersionRecord] = Field(
+        default_factory=list, description="The latest retraining outcomes, oldest first (the operator keeps 10)."
+    )
+    handled_requests: dict[str, str] = Field(
+        default_factory=dict,
+        description="The last handled value of each request annotation (retrain, promote, abort, pause, resume) "
+        "and the last schedule slot.",
+    )
 
 
 def validate_spec(spec: dict[str, Any]) -> ModelFeedbackLoopSpec:

@@ -138,9 +138,13 @@ def crd() -> dict[str, Any]:
                             "description": "One production model whose feedback loop the operator runs.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "apiVersion": {"type": "string", "description": f"{api.GROUP}/{api.VERSION}."},
+                                "kind": {"type": "string", "description": f"{api.KIND}."},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Standard object metadata; the feedbackloop.dev/ request "
+                                    "annotations (retrain, promote, abort, pause, resume) go here.",
+                                },
                                 "spec": spec_schema,
                                 "status": _status_schema(),
                             },
