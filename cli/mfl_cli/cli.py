@@ -1,11 +1,18 @@
-"""`mfl`: see what a loop is doing and why, read a version's error analysis, run the demo and benchmarks.
+"""`mfl` (also `kubectl mfl`): see what a loop is doing and why, ask the operator for a promotion, a rollback,
+a pause or a retraining, read a version's error analysis, run the demo and benchmarks.
 
-mfl status churn [-n NAMESPACE]          phase, conditions, metrics, retraining, canary evidence
-mfl versions churn [--storage DIR]       every version with its outcome (status history + registry)
-mfl report churn [--version N] [--storage DIR]   error analysis of a version
-mfl demo                                 the whole loop on this machine (see `mfl demo --help`)
-mfl testbed status|down                  the local test bed `mfl demo --keep` leaves running
-mfl bench                                every benchmark table
+mfl get [LOOP] [-A] [-o json|yaml]         loops: phase, serving version, canary, age
+mfl status LOOP [--watch] [-o json|yaml]   phase, conditions, metrics, retraining, canary evidence
+mfl versions LOOP [--storage DIR]          every version with its outcome (status history + registry)
+mfl report LOOP [--version N] [--storage DIR]   error analysis of a version
+mfl promote|abort|pause|resume LOOP        act on the running canary (the operator acts asynchronously)
+mfl retrain LOOP                           retrain now (skips the cooldown, not the daily budget)
+mfl demo                                   the whole loop on this machine (see `mfl demo --help`)
+mfl testbed status|down                    the local test bed `mfl demo --keep` leaves running
+mfl bench                                  every benchmark table
+
+The namespace is -n, else the kubeconfig context's (as kubectl); --kubeconfig, else $KUBECONFIG, else
+~/.kube/config. Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from feedbackloop import api
+from mfl_cli import kube, views
+from mfl_cli.views import table
 
 BENCHMARKS = [
     "canary_simulation.py",
@@ -31,25 +42,6 @@ BENCHMARKS = [
 
 
 # --- reading a loop ---------------------------------------------------------------------------------
-
-
-def fetch_loop(name: str, namespace: str, kubeconfig: str | None) -> dict[str, Any]:
-    import urllib3
-    from kubernetes import client
-
-    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the kubeconfig chose it
-
-    from feedbackloop.kube import load_config
-
-    load_config(kubeconfig)
-    return client.CustomObjectsApi().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
-
-
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [[str(c) for c in header]] + [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
 def render_status(loop: dict[str, Any]) -> str:
@@ -237,21 +229,63 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    loop = fetch_loop(args.loop, args.namespace, args.kubeconfig)
-    sys.stdout.write(json.dumps(loop.get("status"), indent=2) + "\n" if args.json else render_status(loop))
+def cmd_get(args: argparse.Namespace, loops: kube.Loops) -> int:
+    namespace = None if args.all_namespaces else args.namespace
+    if args.loop:
+        found = [loops.get(args.loop, args.namespace)]
+    else:
+        found = loops.list(namespace)
+    if args.output:
+        sys.stdout.write(views.dump(found[0] if args.loop else views.as_list(found), args.output))
+    elif found:
+        sys.stdout.write(views.loops_table(found, time.time(), args.all_namespaces))
+    else:
+        print(views.no_loops(namespace), file=sys.stderr)  # as kubectl: stdout stays empty for scripts
     return 0
 
 
-def cmd_versions(args: argparse.Namespace) -> int:
-    loop = None if args.offline else fetch_loop(args.loop, args.namespace, args.kubeconfig)
+def status_text(loop: dict[str, Any], output: str | None) -> str:
+    """`status` prints the loop's status: as text, or the raw status block with -o json|yaml."""
+    return views.dump(loop.get("status") or {}, output) if output else render_status(loop)
+
+
+def cmd_status(args: argparse.Namespace, loops: kube.Loops) -> int:
+    output = "json" if args.json else args.output
+    if not args.watch:
+        sys.stdout.write(status_text(loops.get(args.loop, args.namespace), output))
+        return 0
+    shown = None
+    for loop in loops.watch(args.loop, args.namespace):
+        text = status_text(loop, output)
+        if text == shown:  # an update of something not shown (a refresh, another field)
+            continue
+        if shown is not None:
+            sys.stdout.write(watch_separator(output, datetime.now(UTC)))
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        shown = text
+    return 0
+
+
+def watch_separator(output: str | None, now: datetime) -> str:
+    """Between two prints of a watched status: a YAML document start, nothing between JSON documents
+    (a stream `jq` reads), a timestamped rule for people."""
+    if output == "yaml":
+        return "---\n"
+    if output == "json":
+        return ""
+    return f"\n--- {now.strftime('%H:%M:%S')} ---\n"
+
+
+def cmd_versions(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+    loop = loops.get(args.loop, args.namespace) if loops else None
     model = ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
     sys.stdout.write(render_versions(loop, storage_root(loop, args.storage), model))
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    loop = None if args.offline else fetch_loop(args.loop, args.namespace, args.kubeconfig)
+def cmd_report(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+    loop = loops.get(args.loop, args.namespace) if loops else None
     model = ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
     root = storage_root(loop, args.storage)
     if root is None:
@@ -267,6 +301,30 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"no report for {model} version {version} under {root}", file=sys.stderr)
         return 2
     sys.stdout.write(render_report(json.loads((folder / "report.json").read_text()), folder))
+    return 0
+
+
+# The requests the operator reads as annotations (feedbackloop.phases.REQUEST_ANNOTATIONS; a test keeps
+# the two equal). Listed here so that building the parser does not import the operator's decision code.
+WRITE_VERBS = {
+    "promote": "promote the running canary now",
+    "abort": "roll the running canary back",
+    "pause": "hold the running canary at its step",
+    "resume": "let a paused canary go on",
+    "retrain": "retrain now (skips the cooldown, not the daily budget)",
+}
+
+
+def cmd_request(args: argparse.Namespace, loops: kube.Loops) -> int:
+    from mfl_cli import actions  # imports the operator's policy: only the write verbs pay for it
+
+    loop = loops.get(args.loop, args.namespace)
+    refused = actions.refusal(args.verb, loop, time.time())
+    if refused:
+        raise kube.CliError(refused)
+    token = actions.new_token()
+    loops.annotate(args.loop, args.namespace, {actions.annotation_key(args.verb): token})
+    print(actions.confirmation(args.verb, loop, token, args.prog))
     return 0
 
 
@@ -309,23 +367,51 @@ def missing_testbed(name: str) -> int:
     return 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mfl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
-    sub = parser.add_subparsers(dest="command", required=True)
+def program_name(argv0: str) -> str:
+    """kubectl runs a plugin as `kubectl-mfl`; help and messages then name it as the user typed it."""
+    return "kubectl mfl" if Path(argv0).name.startswith("kubectl-mfl") else "mfl"
 
-    def loop_command(name: str, handler, help_: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_)
-        command.add_argument("loop")
-        command.add_argument("-n", "--namespace", default="default")
-        command.set_defaults(handler=handler)
+
+def cluster_options(parser: argparse.ArgumentParser, after_verb: bool) -> None:
+    """Where to connect. Accepted after the verb too (kubectl passes a plugin everything after its
+    name, so `kubectl mfl get -n prod` is the usual order); there SUPPRESS keeps a value given before."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_verb else value
+
+    parser.add_argument("--kubeconfig", default=default(None), help="default: $KUBECONFIG or ~/.kube/config")
+    parser.add_argument("--context", default=default(None), help="a kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "-n", "--namespace", default=default(None), help="default: the namespace of the kubeconfig's context"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=default(15.0), metavar="SECONDS", help="per API request (15)"
+    )
+
+
+def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    cluster_options(parser, after_verb=False)
+    parser.set_defaults(prog=prog)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    cluster_options(common, after_verb=True)
+
+    def loop_command(name: str, handler: Any, help_: str, loop_nargs: str | None = None) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_, parents=[common])
+        command.add_argument("loop", nargs=loop_nargs, help="the ModelFeedbackLoop's name")
+        command.set_defaults(handler=handler, loop_command=True)
         return command
 
-    loop_command("status", cmd_status, "phase, conditions, metrics, retraining and canary evidence").add_argument(
-        "--json", action="store_true", help="the raw status"
-    )
+    get = loop_command("get", cmd_get, "list loops (or one): name, phase, version, canary, age", loop_nargs="?")
+    get.add_argument("-A", "--all-namespaces", action="store_true", help="loops of every namespace")
+    get.add_argument("-o", "--output", choices=views.FORMATS, help="the whole object(s) instead of the table")
+    status = loop_command("status", cmd_status, "phase, conditions, metrics, retraining and canary evidence")
+    status.add_argument("-o", "--output", choices=views.FORMATS, help="the raw status instead of the text")
+    status.add_argument("--json", action="store_true", help="the raw status (same as -o json)")
+    status.add_argument("-w", "--watch", action="store_true", help="print again on every change (Ctrl-C ends)")
     for name, handler, help_ in (
         ("versions", cmd_versions, "versions and their outcomes"),
         ("report", cmd_report, "a version's error analysis"),
@@ -335,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--offline", action="store_true", help="read only --storage, not the cluster")
         if name == "report":
             command.add_argument("--version", type=int, help="default: the serving version")
+    for verb, help_ in WRITE_VERBS.items():
+        loop_command(verb, cmd_request, help_).set_defaults(verb=verb)
     bench = sub.add_parser("bench", help="run every benchmark and print its table")
     bench.add_argument("--only", nargs="*", help=f"some of: {' '.join(BENCHMARKS)}")
     bench.add_argument("extra", nargs=argparse.REMAINDER, help="passed to each benchmark")
@@ -343,22 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        sys.exit(args.handler(args))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as error:  # a clear one-liner for users; tracebacks are for bugs in tests
-        from kubernetes.client.rest import ApiException
+def run(args: argparse.Namespace) -> int:
+    """Loop commands get the cluster's adapter (none with --offline) and the namespace resolved."""
+    if not getattr(args, "loop_command", False):
+        return args.handler(args)
+    loops = None
+    if not getattr(args, "offline", False):
+        target = kube.Target(args.kubeconfig, args.context, args.namespace, args.request_timeout)
+        loops, args.namespace = kube.connect(target)
+    return args.handler(args, loops)
 
-        if isinstance(error, ApiException):
-            print(
-                f"mfl: {error.status} {error.reason}: {json.loads(error.body or '{}').get('message', '')}",
-                file=sys.stderr,
-            )
-            sys.exit(1)
-        raise
+
+def main(argv: list[str] | None = None) -> None:
+    prog = program_name(sys.argv[0])
+    args = build_parser(prog).parse_args(argv)
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        code = 130  # Ctrl-C, e.g. ending --watch: the shell's convention, no traceback
+    except kube.CliError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:  # `mfl get | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,240 @@
+"""The CLI's only door to Kubernetes: find the kubeconfig and its namespace, read, watch and annotate loops.
+
+Every failure leaves here as a `CliError` with a one-line message; the API's answers and the network's
+errors are translated by the pure functions at the bottom, so the commands never see a client exception.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feedbackloop import api
+
+RESOURCE = "modelfeedbackloop"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+WATCH_SECONDS = 240  # one watch request; then the loop is read again and a new watch starts
+
+
+class CliError(Exception):
+    """A failure the user can act on: its message is printed as one line, no traceback."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command points, as the user gave it (None: what the kubeconfig says)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    timeout: float = 15.0
+
+
+class Loops:
+    """ModelFeedbackLoop objects through a CustomObjectsApi (the real one, or a test's)."""
+
+    def __init__(self, custom: Any, host: str = "", timeout: float = 15.0) -> None:
+        self.custom = custom
+        self.host = host
+        self.timeout = timeout
+
+    def get(self, name: str, namespace: str) -> dict[str, Any]:
+        with self._errors(name, namespace):
+            return self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, _request_timeout=self.timeout
+            )
+
+    def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The loops of `namespace`, or of every namespace when it is None."""
+        with self._errors(None, namespace):
+            if namespace is None:
+                found = self.custom.list_cluster_custom_object(
+                    api.GROUP, api.VERSION, api.PLURAL, _request_timeout=self.timeout
+                )
+            else:
+                found = self.custom.list_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, _request_timeout=self.timeout
+                )
+        return found.get("items", [])
+
+    def annotate(self, name: str, namespace: str, annotations: dict[str, str]) -> dict[str, Any]:
+        """A JSON merge patch of metadata.annotations only: the spec stays the user's (and GitOps's)."""
+        with self._errors(name, namespace):
+            return self.custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                {"metadata": {"annotations": annotations}},
+                _content_type="application/merge-patch+json",
+                _request_timeout=self.timeout,
+            )
+
+    def watch(self, name: str, namespace: str) -> Iterator[dict[str, Any]]:
+        """The loop now, then again on every change, until it is deleted (CliError) or the caller stops."""
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        while True:
+            loop = self.get(name, namespace)
+            yield loop
+            stream = watch.Watch().stream(
+                self.custom.list_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=loop["metadata"].get("resourceVersion"),
+                timeout_seconds=WATCH_SECONDS,
+                # The server ends the request after WATCH_SECONDS; the read timeout only catches a dead link.
+                _request_timeout=(self.timeout, WATCH_SECONDS + self.timeout),
+            )
+            try:
+                with self._errors(name, namespace):
+                    for event in stream:
+                        if event["type"] == "DELETED":
+                            raise CliError(f"{RESOURCE} {name!r} was deleted from namespace {namespace!r}")
+                        yield event["raw_object"]
+            except CliError as error:
+                if not isinstance(error.__cause__, ApiException) or error.__cause__.status != 410:
+                    raise
+                # 410 Gone: our resourceVersion is too old; read the loop again and watch from there.
+
+    @contextmanager
+    def _errors(self, name: str | None, namespace: str | None) -> Iterator[None]:
+        import urllib3
+        from kubernetes.client.rest import ApiException
+
+        try:
+            yield
+        except ApiException as error:
+            raise CliError(api_error_message(error.status, error.body, name, namespace)) from error
+        except urllib3.exceptions.HTTPError as error:
+            raise CliError(unreachable_message(self.host, error)) from error
+
+
+def connect(target: Target) -> tuple[Loops, str]:
+    """The adapter for the target's cluster and the namespace to use: the given one, else the context's."""
+    import urllib3
+    from kubernetes import client, config
+
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the kubeconfig chose it
+    files = kubeconfig_files(target.kubeconfig, os.environ)
+    try:
+        if files:
+            api_client = config.new_client_from_config(config_file=files[0], context=target.context)
+            namespace = context_namespace(files[0], target.context)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            api_client = client.ApiClient(configuration)
+            namespace = IN_CLUSTER_NAMESPACE.read_text().strip() if IN_CLUSTER_NAMESPACE.exists() else "default"
+        else:
+            raise CliError(missing_kubeconfig_message(os.environ))
+    except (config.ConfigException, OSError, ValueError) as error:
+        where = files[0] if files else "the in-cluster service account"
+        raise CliError(f"cannot use the kubeconfig {where}: {first_line(error)}") from error
+    api_client.configuration.retries = 1  # a refused connection fails in a second, not after three tries
+    host = api_client.configuration.host
+    return Loops(client.CustomObjectsApi(api_client), host, target.timeout), target.namespace or namespace
+
+
+def context_namespace(kubeconfig: str, context: str | None) -> str:
+    """The namespace of the named (or current) context, as kubectl uses it; 'default' when it has none."""
+    from kubernetes import config
+
+    contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c["name"] == context), None) if context else current
+    if chosen is None:
+        raise CliError(f"context {context!r} not found in {kubeconfig}")
+    return (chosen.get("context") or {}).get("namespace") or "default"
+
+
+# --- pure: where the kubeconfig is, and what an error means --------------------------------------------
+
+
+def kubeconfig_files(given: str | None, env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """The kubeconfig to read, as kubectl finds it: --kubeconfig, else $KUBECONFIG's files, else ~/.kube/config.
+
+    $KUBECONFIG may list several files; like kubectl we take the first one that exists (the client merges
+    none of them), which is where the current context lives in the usual setups.
+    """
+    if given:
+        if not Path(given).expanduser().is_file():
+            raise CliError(f"kubeconfig {given} not found")
+        return [str(Path(given).expanduser())]
+    listed = [p for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates = listed or [str(Path(env.get("HOME", "~")).expanduser() / ".kube" / "config")]
+    return [p for p in candidates if Path(p).expanduser().is_file()]
+
+
+def missing_kubeconfig_message(env: dict[str, str] | os._Environ[str]) -> str:
+    looked = env.get("KUBECONFIG") or str(Path(env.get("HOME", "~")) / ".kube" / "config")
+    return f"no kubeconfig found (looked at {looked}): pass --kubeconfig FILE or set KUBECONFIG"
+
+
+def api_error_message(status: int | None, body: str | bytes | None, name: str | None, namespace: str | None) -> str:
+    """One line for an API error. A 404 without the object's name in its details is a missing resource
+    type (the CRD is not installed), not a missing loop."""
+    answer = parse_status(body)
+    message = answer.get("message") or first_line(body or "") or "no message"
+    if status == 404:
+        details = answer.get("details") or {}
+        if name and details.get("name") == name:
+            return f"{RESOURCE} {name!r} not found in namespace {namespace!r}"
+        return (
+            f"the {api.KIND} resource type is not installed on this cluster (CRD {api.PLURAL}.{api.GROUP} "
+            f"{api.VERSION}): kubectl apply -k manifests/"
+        )
+    if status == 403:
+        return f"forbidden: {message}"
+    if status == 401:
+        return f"unauthorized: the kubeconfig's credentials were refused ({message})"
+    return f"the API server answered {status}: {message}"
+
+
+def unreachable_message(host: str, error: BaseException) -> str:
+    return f"cannot reach the cluster at {host or 'the API server'}: {network_reason(error)}"
+
+
+def network_reason(error: BaseException) -> str:
+    """What went wrong on the wire, in words: the innermost cause urllib3 recorded."""
+    import urllib3
+
+    cause: BaseException | None = getattr(error, "reason", None) or error.__cause__ or error.__context__
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+        return "no answer in time (read timeout)"
+    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(error, urllib3.exceptions.SSLError):
+        return f"TLS error: {first_line(error)}"
+    if isinstance(error, urllib3.exceptions.NewConnectionError):
+        os_error = error.__cause__ or error.__context__
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        return first_line(str(error).split("Failed to establish a new connection: ")[-1])
+    if cause is not None and cause is not error:
+        return network_reason(cause)
+    return first_line(error)
+
+
+def parse_status(body: str | bytes | None) -> dict[str, Any]:
+    """The metav1.Status in an error body, or {} when the body is not one (e.g. '404 page not found')."""
+    try:
+        value = json.loads(body or "")
+    except (ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def first_line(value: object) -> str:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return (text.strip().splitlines() or [""])[0][:300]

@@ -1,0 +1,208 @@
+"""A local HTTP server that answers like kube-apiserver for ModelFeedbackLoops: get, list (one namespace or
+all), watch (a chunked stream of events), JSON merge patch (RFC 7386), and the error bodies the real one
+sends (404 for a missing object or a missing resource type, 403). The CLI talks to it through the real
+kubernetes client, so everything from the kubeconfig to the error messages is exercised."""
+
+from __future__ import annotations
+
+import copy
+import json
+import queue
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+GROUP, VERSION, PLURAL = "feedbackloop.dev", "v1alpha1", "modelfeedbackloops"
+PATH = re.compile(rf"^/apis/{GROUP}/{VERSION}(?:/namespaces/(?P<ns>[^/]+))?/{PLURAL}(?:/(?P<name>[^/]+))?$")
+END = object()  # put on `events` to end the watch stream
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def status_body(code: int, reason: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
+
+
+class FakeApiServer:
+    def __init__(self) -> None:
+        self.loops: dict[tuple[str, str], dict[str, Any]] = {}
+        self.crd_installed = True
+        self.forbidden: set[str] = set()  # HTTP methods refused with 403
+        self.stall = threading.Event()  # set: requests get no answer until stop()
+        self.events: queue.Queue[Any] = queue.Queue()  # (type, object) for open watches
+        self.requests: list[dict[str, Any]] = []
+        self._version = 100
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    # --- the test's side ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeApiServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self.events.put(END)
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, loop: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            stored = self._stamp(copy.deepcopy(loop))
+            meta = stored["metadata"]
+            self.loops[(meta["namespace"], meta["name"])] = stored
+        return stored
+
+    def change(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """A status update as the operator writes it, streamed to watches."""
+        with self._lock:
+            loop = self._stamp(merge_patch(self.loops[(namespace, name)], {"status": status}))
+            self.loops[(namespace, name)] = loop
+        self.events.put(("MODIFIED", copy.deepcopy(loop)))
+
+    def delete(self, namespace: str, name: str) -> None:
+        with self._lock:
+            loop = self.loops.pop((namespace, name))
+        self.events.put(("DELETED", loop))
+
+    def kubeconfig(self, path: Path, namespace: str | None = "prod", server: str | None = None) -> Path:
+        context = {"cluster": "fake", "user": "me", **({"namespace": namespace} if namespace else {})}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": server or self.url}}],
+            "users": [{"name": "me", "user": {"token": "t0ken"}}],
+            "contexts": [
+                {"name": "fake", "context": context},
+                {"name": "other", "context": {"cluster": "fake", "user": "me", "namespace": "staging"}},
+            ],
+            "current-context": "fake",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def _stamp(self, loop: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        loop["metadata"]["resourceVersion"] = str(self._version)
+        return loop
+
+    # --- the server's side --------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._answer(self)
+
+            def do_PATCH(self) -> None:
+                server._answer(self)
+
+        return Handler
+
+    def _answer(self, http: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(http.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(http.headers.get("Content-Length") or 0)
+        body = json.loads(http.rfile.read(length)) if length else None
+        self.requests.append(
+            {
+                "method": http.command,
+                "path": url.path,
+                "query": query,
+                "content_type": http.headers.get("Content-Type"),
+                "authorization": http.headers.get("Authorization"),
+                "body": body,
+            }
+        )
+        if self.stall.is_set():
+            self._stopping.wait()
+            return
+        match = PATH.match(url.path)
+        if not match or not self.crd_installed:
+            self._send(http, 404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
+            return
+        namespace, name = match["ns"], match["name"]
+        details = {"name": name, "group": GROUP, "kind": PLURAL}
+        if http.command in self.forbidden:
+            verb = {"GET": "get", "PATCH": "patch"}[http.command]
+            message = (
+                f'{PLURAL}.{GROUP} "{name}" is forbidden: User "me" cannot {verb} resource "{PLURAL}" '
+                f'in API group "{GROUP}" in the namespace "{namespace}"'
+            )
+            self._send(http, 403, status_body(403, "Forbidden", message, details))
+        elif name is None and query.get("watch") in ("true", "True", "1"):
+            self._watch(http)
+        elif name is None:
+            items = [v for (ns, _), v in sorted(self.loops.items()) if namespace in (None, ns)]
+            self._send(http, 200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelFeedbackLoopList", "items": items})
+        elif (namespace, name) not in self.loops:
+            message = f'{PLURAL}.{GROUP} "{name}" not found'
+            self._send(http, 404, status_body(404, "NotFound", message, details))
+        elif http.command == "PATCH":
+            with self._lock:
+                loop = self._stamp(merge_patch(self.loops[(namespace, name)], body))
+                self.loops[(namespace, name)] = loop
+            self._send(http, 200, loop)
+        else:
+            self._send(http, 200, self.loops[(namespace, name)])
+
+    def _send(self, http: BaseHTTPRequestHandler, code: int, value: dict[str, Any]) -> None:
+        data = json.dumps(value).encode()
+        http.send_response(code)
+        http.send_header("Content-Type", "application/json")
+        http.send_header("Content-Length", str(len(data)))
+        http.end_headers()
+        http.wfile.write(data)
+
+    def _watch(self, http: BaseHTTPRequestHandler) -> None:
+        http.send_response(200)
+        http.send_header("Content-Type", "application/json")
+        http.send_header("Transfer-Encoding", "chunked")
+        http.end_headers()
+        http.wfile.flush()
+        while True:
+            event = self.events.get()
+            if event is END:
+                break
+            kind, obj = event
+            line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+            http.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            http.wfile.flush()
+        http.wfile.write(b"0\r\n\r\n")
+        http.wfile.flush()
+        http.close_connection = True
