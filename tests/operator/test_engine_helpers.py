@@ -1,6 +1,6 @@
-"""The engine's pure helpers: what is worth a status write, merge patches, drift of owned objects."""
+"""The pure helpers of observe, act and record: what is worth a status write, merge patches, drift of owned objects."""
 
-from feedbackloop import engine
+from feedbackloop import act, observe, record
 
 
 def status(value, state="Healthy", message="m"):
@@ -13,19 +13,19 @@ def status(value, state="Healthy", message="m"):
 
 
 def test_a_new_value_alone_is_not_significant_but_a_new_state_is():
-    assert engine._significant(status(0.9)) == engine._significant(status(0.91, message="other"))
-    assert engine._significant(status(0.9)) != engine._significant(status(0.9, state="Pending"))
-    assert engine._values(status(0.9)) != engine._values(status(0.91))
+    assert record.significant(status(0.9)) == record.significant(status(0.91, message="other"))
+    assert record.significant(status(0.9)) != record.significant(status(0.9, state="Pending"))
+    assert record.values(status(0.9)) != record.values(status(0.91))
 
 
 def test_merge_patch_nulls_removed_keys_and_skips_equal_ones():
     before = {"a": 1, "b": {"x": 1}, "gone": 2}
     after = {"a": 1, "b": {"x": 2}, "new": 3}
-    assert engine._merge_patch(before, after) == {"gone": None, "b": {"x": 2}, "new": 3}
+    assert record.merge_patch(before, after) == {"gone": None, "b": {"x": 2}, "new": 3}
 
 
 def test_empty_strings_are_dropped_everywhere():
-    assert engine._without_empty_strings({"a": "", "b": [{"c": "", "d": 1}], "e": "x"}) == {"b": [{"d": 1}], "e": "x"}
+    assert record.without_empty_strings({"a": "", "b": [{"c": "", "d": 1}], "e": "x"}) == {"b": [{"d": 1}], "e": "x"}
 
 
 def deployment(replicas=2, image="i:1", version="1"):
@@ -42,26 +42,26 @@ def deployment(replicas=2, image="i:1", version="1"):
 
 
 def test_drift_detects_what_the_operator_owns():
-    assert not engine._drifted(deployment(), deployment())
-    assert engine._drifted(deployment(), deployment(replicas=3))
-    assert engine._drifted(deployment(), deployment(version="2"))
-    assert engine._drifted(None, deployment())
+    assert not act.drifted(deployment(), deployment())
+    assert act.drifted(deployment(), deployment(replicas=3))
+    assert act.drifted(deployment(), deployment(version="2"))
+    assert act.drifted(None, deployment())
 
 
 def test_ready_counts_only_the_current_generation():
-    assert engine._ready(deployment()) == 2
+    assert observe.ready_replicas(deployment()) == 2
     stale = deployment()
     stale["status"]["observedGeneration"] = 2
-    assert engine._ready(stale) == 0
-    assert engine._deployment_version(deployment(version="7")) == 7
+    assert observe.ready_replicas(stale) == 0
+    assert observe.deployment_version(deployment(version="7")) == 7
 
 
 def test_trainer_overrides_pass_only_known_keys():
-    body = {"metadata": {"annotations": {engine.TRAINER_OVERRIDES: '{"labelNoise": 0.4, "image": "evil"}'}}}
-    assert engine.trainer_overrides(body) == {"labelNoise": 0.4}
-    assert engine.trainer_overrides({"metadata": {"annotations": {engine.TRAINER_OVERRIDES: "not json"}}}) == {}
+    body = {"metadata": {"annotations": {act.TRAINER_OVERRIDES: '{"labelNoise": 0.4, "image": "evil"}'}}}
+    assert act.trainer_overrides(body) == {"labelNoise": 0.4}
+    assert act.trainer_overrides({"metadata": {"annotations": {act.TRAINER_OVERRIDES: "not json"}}}) == {}
 
 
 def test_job_summary_is_the_last_json_line():
-    assert engine._parse_summary('progress\n{"ok": true, "version": 2}\n') == {"ok": True, "version": 2}
-    assert engine._parse_summary("Traceback ...") is None
+    assert observe.parse_summary('progress\n{"ok": true, "version": 2}\n') == {"ok": True, "version": 2}
+    assert observe.parse_summary("Traceback ...") is None

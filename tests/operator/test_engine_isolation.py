@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from feedbackloop import engine as engine_module
+from feedbackloop import api
+from feedbackloop import observe as observe_module
 from feedbackloop.engine import Engine
+from feedbackloop.fleet import LoopMemory
 from feedbackloop.monitoring import Sample
 from feedbackloop.poller import PollStats
 
@@ -44,18 +46,18 @@ class FakePoller:
 
 def engine_with(*names: str, poller: FakePoller) -> Engine:
     engine = Engine(kube=object())  # type: ignore[arg-type] - polling touches no Kubernetes API
-    engine.poller = poller  # type: ignore[assignment]
+    engine.observer.poller = poller  # type: ignore[assignment]
     for name in names:
         engine.observe_loop("ADDED", loop(name))
     for key in engine.loops:
-        engine._parse(engine.loops[key], engine.memory.setdefault(key, engine_module.LoopMemory()))
+        engine._parse(engine.loops[key], engine.fleet.memory.setdefault(key, LoopMemory()))
     return engine
 
 
 def test_a_loop_whose_poll_cannot_be_prepared_does_not_stop_the_others(monkeypatch) -> None:  # noqa: ANN001
     poller = FakePoller()
     engine = engine_with("healthy", "broken", poller=poller)
-    real_rules_of = engine_module.rules_of
+    real_rules_of = observe_module.rules_of
 
     def rules_of(monitoring, task):  # noqa: ANN001, ANN202
         if monitoring.metrics[0].query == ACCURACY and rules_of.calls == 1:
@@ -65,13 +67,13 @@ def test_a_loop_whose_poll_cannot_be_prepared_does_not_stop_the_others(monkeypat
         return real_rules_of(monitoring, task)
 
     rules_of.calls = 0
-    monkeypatch.setattr(engine_module, "rules_of", rules_of)
-    states = asyncio.run(engine._poll(["team-a/healthy", "team-a/broken"], 1000.0))
+    monkeypatch.setattr(observe_module, "rules_of", rules_of)
+    states = asyncio.run(engine.observer.poll(["team-a/healthy", "team-a/broken"], 1000.0))
     assert poller.asked == ["team-a/healthy"]
     assert states["team-a/healthy"]["accuracy"].value == 0.9
     broken = states["team-a/broken"]["accuracy"]
     assert broken.value is None and "boom" in broken.message
-    assert engine.memory["team-a/broken"].next_poll == 1030.0  # backs off: no hot loop
+    assert engine.fleet.memory["team-a/broken"].next_poll == 1030.0  # backs off: no hot loop
 
 
 def test_a_loop_deleted_while_its_poll_is_in_flight_is_dropped_quietly() -> None:
@@ -81,7 +83,7 @@ def test_a_loop_deleted_while_its_poll_is_in_flight_is_dropped_quietly() -> None
         engine.observe_loop("DELETED", loop("gone"))
 
     engine = engine_with("stays", "gone", poller=FakePoller(during=delete_one))
-    states = asyncio.run(engine._poll(["team-a/stays", "team-a/gone"], 1000.0))
+    states = asyncio.run(engine.observer.poll(["team-a/stays", "team-a/gone"], 1000.0))
     assert set(states) == {"team-a/stays"}
 
 
@@ -94,12 +96,12 @@ def test_an_unexpected_error_parsing_one_spec_leaves_the_cycle_running(monkeypat
             raise KeyError("surprise")
         return real(spec)
 
-    real = engine_module.api.validate_spec
-    monkeypatch.setattr(engine_module.api, "validate_spec", explode)
+    real = api.validate_spec
+    monkeypatch.setattr(api, "validate_spec", explode)
     engine._reconcile_guarded = _noop  # type: ignore[method-assign] - reconcile is not under test here
     asyncio.run(engine.cycle(1000.0))
-    assert "surprise" in engine.memory["team-a/odd"].spec_error
-    assert engine.memory["team-a/ok"].spec is not None
+    assert "surprise" in engine.fleet.memory["team-a/odd"].spec_error
+    assert engine.fleet.memory["team-a/ok"].spec is not None
 
 
 async def _noop(*_: Any) -> None:

@@ -1,0 +1,248 @@
+"""Observe: everything a decision needs about one loop, gathered into a `phases.World`.
+
+From the watch cache (the loop, its Deployments), the Kubernetes API (the training Job and its Pod's
+termination message, Secrets) and Prometheus (the fleet poll of the monitoring rules, the canary's
+counts). Nothing here decides; failures become observations (no data, a missing Job) for `decide`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from typing import Any
+
+from . import canary_queries, metrics, phases, resources
+from .api import ModelFeedbackLoopSpec, parse_duration
+from .canary import CanaryObservation
+from .fleet import Fleet, LoopMemory
+from .kube import KubeAPI
+from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
+from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key, short_error
+
+log = logging.getLogger(__name__)
+SECRET_CACHE_SECONDS = 60  # not an API read per loop per poll; a rotated Secret still lands within this
+FAILED_POLL_BACKOFF_SECONDS = 30
+
+
+class Observer:
+    def __init__(self, kube: KubeAPI, fleet: Fleet, clients: PrometheusClients, poller: FleetPoller) -> None:
+        self.kube = kube
+        self.fleet = fleet
+        self.clients = clients
+        self.poller = poller
+        self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
+
+    # --- the fleet poll -------------------------------------------------------------------------------
+    async def poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
+        """Each due loop's rule states: one query per template for all loops, each loop isolated."""
+        queries, samples = [], {}
+        for key in keys:
+            try:
+                query = await self._loop_query(key, now)
+            except Exception as error:  # isolated: this loop gets the error as no data, the fleet goes on
+                log.exception("preparing the poll of %s failed", key)
+                self.fleet.memory[key].next_poll = now + FAILED_POLL_BACKOFF_SECONDS  # no hot loop
+                samples[key] = self._all_failed(self.fleet.memory[key].spec, now, f"{type(error).__name__}: {error}")
+                continue
+            if isinstance(query, LoopQuery):
+                queries.append(query)
+            else:
+                samples[key] = query
+        if queries:
+            polled, stats = await self.poller.poll(queries, now)
+            metrics.record_poll(stats)
+            samples.update(polled)
+        evaluated = {}
+        for key, per_rule in samples.items():
+            memory = self.fleet.memory.get(key)
+            if key not in self.fleet.loops or memory is None or memory.spec is None:
+                continue  # deleted (or made invalid) while its poll was in flight
+            try:
+                evaluated[key] = self._evaluate(key, memory.spec, per_rule)
+            except Exception:
+                log.exception("evaluating the rules of %s failed", key)
+        return evaluated
+
+    @staticmethod
+    def _all_failed(spec: ModelFeedbackLoopSpec | None, now: float, error: str) -> dict[str, Sample]:
+        rules = rules_of(spec.monitoring, spec.model.task) if spec is not None else []
+        return {rule.name: Sample(None, now, error=error) for rule in rules}
+
+    async def _loop_query(self, key: str, now: float) -> LoopQuery | dict[str, Sample]:
+        """What to ask Prometheus for one loop, or its samples already when its credentials fail."""
+        body, memory = self.fleet.loops[key], self.fleet.memory[key]
+        spec = memory.spec
+        assert spec is not None
+        if memory.next_poll:  # how late this poll is against its schedule
+            metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
+        # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
+        interval = parse_duration(spec.monitoring.interval)
+        memory.next_poll = (now // interval + 1) * interval
+        try:
+            endpoint = endpoint_key(spec.monitoring.prometheus, *await self.credentials(body, spec, now))
+        except Exception as error:  # a missing Secret is no data with the reason, where users look
+            return self._all_failed(spec, now, f"cannot read the Prometheus credentials: {error}")
+        status = self.fleet.status(key)
+        values = {
+            "model": spec.model.name,
+            "namespace": body["metadata"]["namespace"],
+            "version": str(status.get("currentVersion") or ""),
+            "track": "stable",
+        }
+        return LoopQuery(key, endpoint, values, rules_of(spec.monitoring, spec.model.task))
+
+    def _evaluate(self, key: str, spec: ModelFeedbackLoopSpec, samples: dict[str, Sample]) -> dict[str, RuleState]:
+        previous = {m.get("name"): rule_state_from_status(m) for m in self.fleet.status(key).get("metrics", [])}
+        return {
+            rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()), samples[rule.name])
+            for rule in rules_of(spec.monitoring, spec.model.task)
+        }
+
+    # --- one loop's world -----------------------------------------------------------------------------
+    async def world(
+        self, key: str, status: dict[str, Any], rule_states: dict[str, RuleState] | None, now: float
+    ) -> phases.World:
+        body, memory = self.fleet.loops[key], self.fleet.memory[key]
+        spec = memory.spec
+        return phases.World(
+            now=now,
+            name=body["metadata"]["name"],
+            generation=body["metadata"].get("generation", 0),
+            spec=spec,
+            spec_error=memory.spec_error,
+            status=status,
+            health=summarize(rule_states) if rule_states is not None else None,
+            job=await self._job(body, status) if spec else None,
+            serving=self._serving(body) if spec else None,
+            canary=await self._canary(body, spec, status, memory, now) if spec else None,
+            requests=requests_of(body),
+        )
+
+    async def _job(self, body: dict[str, Any], status: dict[str, Any]) -> phases.JobObservation | None:
+        run = status.get("retraining")
+        if not run:
+            return None
+        namespace = body["metadata"]["namespace"]
+        job = await asyncio.to_thread(self.kube.read_job, namespace, run["jobName"])
+        if job is None:
+            return phases.JobObservation(run["jobName"], "Missing")
+        conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c["status"] == "True"}
+        if "Complete" not in conditions and "Failed" not in conditions:
+            return phases.JobObservation(run["jobName"], "Running")
+        message, reason = await asyncio.to_thread(self.kube.job_pod_termination, namespace, run["jobName"])
+        summary = parse_summary(message)
+        if "Complete" in conditions:
+            return phases.JobObservation(run["jobName"], "Succeeded", message, summary)
+        failed = conditions["Failed"]
+        detail = (summary or {}).get("error") or message or failed.get("message") or ""
+        return phases.JobObservation(
+            run["jobName"], "Failed", f"Job {failed.get('reason', 'Failed')}: {detail or reason}".strip(), summary
+        )
+
+    def _serving(self, body: dict[str, Any]) -> phases.ServingObservation:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        stable = self.fleet.deployments.get(f"{namespace}/{resources.stable_name(name)}")
+        canary = self.fleet.deployments.get(f"{namespace}/{resources.canary_name(name)}")
+        return phases.ServingObservation(
+            stable_version=deployment_version(stable),
+            stable_ready=ready_replicas(stable),
+            stable_replicas=(stable or {}).get("spec", {}).get("replicas") or 0,
+            canary_version=deployment_version(canary),
+            canary_ready=ready_replicas(canary),
+        )
+
+    async def _canary(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: dict[str, Any], memory: LoopMemory, now: float
+    ) -> CanaryObservation | None:
+        rollout = status.get("rollout")
+        if not rollout or now < memory.next_analysis:
+            return None
+        memory.next_analysis = now + parse_duration(spec.rollout.analysis.interval)
+        endpoint = endpoint_key(spec.monitoring.prometheus, *await self.credentials(body, spec))
+        return await canary_queries.observe(
+            self.clients.query, endpoint, spec, body["metadata"]["namespace"], status, rollout, now
+        )
+
+    # --- credentials ----------------------------------------------------------------------------------
+    async def credentials(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, now: float | None = None
+    ) -> tuple[str | None, str | None]:
+        prom = spec.monitoring.prometheus
+        namespace = body["metadata"]["namespace"]
+        token = ca_file = None
+        if prom.bearer_token_secret_ref:
+            token = await self._secret_key(namespace, prom.bearer_token_secret_ref, now)
+        if prom.ca_bundle_secret_ref:
+            ca_file = ca_file_of(await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))
+        return token, ca_file
+
+    async def _secret_key(self, namespace: str, ref: Any, now: float | None) -> str:
+        now = time.time() if now is None else now
+        cache_key = (namespace, ref.name, ref.key)
+        cached = self._secrets.get(cache_key)
+        if cached and now - cached[0] < SECRET_CACHE_SECONDS:
+            return cached[1]
+        try:
+            value = await asyncio.to_thread(self.kube.read_secret_key, namespace, ref.name, ref.key)
+        except Exception as error:
+            raise RuntimeError(f"Secret {namespace}/{ref.name} key {ref.key!r}: {short_error(error)}") from error
+        self._secrets[cache_key] = (now, value)
+        return value
+
+
+def requests_of(body: dict[str, Any]) -> dict[str, str]:
+    """The user's request annotations (retrain, promote, abort, pause, resume) on the loop."""
+    annotations = body["metadata"].get("annotations") or {}
+    return {
+        name: annotations[phases.ANNOTATION_PREFIX + name]
+        for name in phases.REQUEST_ANNOTATIONS
+        if annotations.get(phases.ANNOTATION_PREFIX + name)
+    }
+
+
+def parse_summary(message: str) -> dict[str, Any] | None:
+    """The trainer's JSON summary: the last JSON object line of its termination message."""
+    for line in reversed(message.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def deployment_version(deployment: dict[str, Any] | None) -> int | None:
+    if not deployment:
+        return None
+    label = (deployment["metadata"].get("labels") or {}).get(resources.VERSION_LABEL)
+    return int(label) if label and label.isdigit() else None
+
+
+def ready_replicas(deployment: dict[str, Any] | None) -> int:
+    """Ready replicas of the current pod template only (a rollout in progress counts its new Pods)."""
+    if not deployment:
+        return 0
+    status = deployment.get("status") or {}
+    observed = status.get("observedGeneration") == deployment["metadata"].get("generation")
+    updated = status.get("updatedReplicas") or 0
+    return min(status.get("readyReplicas") or 0, updated) if observed else 0
+
+
+_CA_FILES: dict[str, str] = {}
+
+
+def ca_file_of(pem: str) -> str:
+    """A file holding `pem` (the HTTP client takes a path), one per distinct bundle."""
+    digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
+    if digest not in _CA_FILES:
+        # Kept open-ended on purpose: the file must outlive this call (the HTTP client reads it later).
+        handle = tempfile.NamedTemporaryFile("w", prefix=f"mfl-ca-{digest}-", suffix=".pem", delete=False)  # noqa: SIM115
+        handle.write(pem)
+        handle.close()
+        _CA_FILES[digest] = handle.name
+    return _CA_FILES[digest]

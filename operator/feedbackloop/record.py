@@ -1,0 +1,75 @@
+"""Record: write a loop's decided status, as a merge patch, only when it changed in a way worth a write.
+
+Live metric values change on every poll; writing each would cost an API write per loop per interval.
+A change of phase, conditions, versions or rule states is written at once; values alone at most every
+`refresh_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from . import metrics
+from .fleet import LoopMemory
+from .kube import KubeAPI
+
+# Fields that change with every poll; a change in them alone is written at most every `refresh` seconds.
+VOLATILE_METRIC_FIELDS = ("value", "sampleTime", "message")
+
+
+class StatusRecorder:
+    def __init__(self, kube: KubeAPI, refresh_seconds: float) -> None:
+        self.kube = kube
+        self.refresh_seconds = refresh_seconds
+
+    async def record(
+        self, body: dict[str, Any], memory: LoopMemory, before: dict[str, Any], after: dict[str, Any], now: float
+    ) -> None:
+        changed = significant(after) != significant(before)
+        stale = values(after) != values(before) and now - memory.written_at >= self.refresh_seconds
+        if memory.written_status is None and (body.get("status") or {}) != after:
+            changed = True
+        if not (changed or stale):
+            return
+        base = body.get("status") or {} if memory.written_status is None else before
+        patch = merge_patch(without_empty_strings(base), without_empty_strings(after))
+        await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
+        metrics.STATUS_WRITES.labels("change" if changed else "refresh").inc()
+        memory.written_status = copy.deepcopy(after)
+        memory.written_at = now
+
+
+def values(status: dict[str, Any]) -> list[Any]:
+    """The live metric values (a new sample time alone is not worth a write)."""
+    return [m.get("value") for m in status.get("metrics", [])]
+
+
+def significant(status: dict[str, Any]) -> Any:
+    """The status without what changes on every poll."""
+    trimmed = {k: v for k, v in status.items() if k not in ("summary",)}
+    trimmed["metrics"] = [
+        {k: v for k, v in m.items() if k not in VOLATILE_METRIC_FIELDS} for m in status.get("metrics", [])
+    ]
+    trimmed["conditions"] = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])]
+    return trimmed
+
+
+def without_empty_strings(value: Any) -> Any:
+    """Drop "" values: an empty string is the same as an absent field for every reader, and the local
+    1.20 test control plane (built with a newer Go) decodes "" in custom resources as null and refuses it."""
+    if isinstance(value, dict):
+        return {k: without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [without_empty_strings(v) for v in value]
+    return value
+
+
+def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `before` into `after` (keys gone become null)."""
+    patch: dict[str, Any] = {k: None for k in before if k not in after}
+    for key, value in after.items():
+        if before.get(key) != value:
+            patch[key] = value
+    return patch

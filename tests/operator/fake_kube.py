@@ -1,0 +1,181 @@
+"""An in-memory Kubernetes API at the engine's adapter boundary (`kube.KubeAPI`), and a fake Prometheus.
+
+It keeps objects the way the API server would (a JSON merge patch on status, AlreadyExists for a
+second create with the same name) and records every write as an action, so a test states the
+actions it expects, as Argo Rollouts' controller tests do. `Harness` plays the watch: after each
+cycle it feeds the engine the objects as they now are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedbackloop import resources
+from feedbackloop.engine import Engine, Settings
+from feedbackloop.poller import EndpointKey, Series
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+@dataclass
+class FakeKube:
+    loops: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace/name -> body
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    route_weights: dict[str, int] = field(default_factory=dict)
+    terminations: dict[str, str] = field(default_factory=dict)  # job key -> the Pod's termination message
+    actions: list[tuple[str, str]] = field(default_factory=list)  # (verb, what)
+
+    # --- the engine's writes --------------------------------------------------------------------------
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        body = self.loops[f"{namespace}/{name}"]
+        body["status"] = merge_patch(body.get("status") or {}, status)
+        self.actions.append(("patch-status", f"{namespace}/{name}"))
+        return body
+
+    def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.actions.append(("event", f"{type_} {reason}"))
+
+    def ensure_signing_secret(self, loop: dict[str, Any]) -> None:
+        key = f"{loop['metadata']['namespace']}/{resources.signing_secret(loop, 'x')['metadata']['name']}"
+        if key not in self.secrets:
+            self.secrets[key] = {"key": "generated"}
+            self.actions.append(("create", f"Secret {key}"))
+
+    def ensure_service(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
+        key = f"{loop['metadata']['namespace']}/{body['metadata']['name']}"
+        if key not in self.services:
+            self.services[key] = body
+            self.actions.append(("create", f"Service {key}"))
+
+    def ensure_deployment(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
+        key = f"{loop['metadata']['namespace']}/{body['metadata']['name']}"
+        verb = "update" if key in self.deployments else "create"
+        deployment = copy.deepcopy(body)
+        deployment["metadata"].update(namespace=loop["metadata"]["namespace"], generation=1)
+        replicas = deployment["spec"]["replicas"]  # the kubelet is quick here: every replica ready at once
+        deployment["status"] = {"observedGeneration": 1, "readyReplicas": replicas, "updatedReplicas": replicas}
+        self.deployments[key] = deployment
+        self.actions.append((verb, f"Deployment {key} v{body['metadata']['labels'][resources.VERSION_LABEL]}"))
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        if self.deployments.pop(f"{namespace}/{name}", None) is not None:
+            self.actions.append(("delete", f"Deployment {namespace}/{name}"))
+
+    def create_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
+        key = f"{loop['metadata']['namespace']}/{body['metadata']['name']}"
+        if key in self.jobs:
+            return  # AlreadyExists, and ours: the engine treats it as created
+        self.jobs[key] = copy.deepcopy(body)
+        self.actions.append(("create", f"Job {key}"))
+
+    def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:
+        self.route_weights[f"{loop['metadata']['namespace']}/{route_name}"] = canary_weight
+        self.actions.append(("patch", f"HTTPRoute {route_name} canary={canary_weight}"))
+
+    # --- the engine's reads ---------------------------------------------------------------------------
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(f"{namespace}/{name}"))
+
+    def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
+        return self.terminations.get(f"{namespace}/{job_name}", ""), "Completed (exit code 0)"
+
+    def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        try:
+            return self.secrets[f"{namespace}/{name}"][key]
+        except KeyError:
+            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}") from None
+
+    # --- what a test does to the cluster --------------------------------------------------------------
+    def finish_job(self, key: str, succeeded: bool, message: str) -> None:
+        condition = "Complete" if succeeded else "Failed"
+        self.jobs[key]["status"] = {"conditions": [{"type": condition, "status": "True", "reason": condition}]}
+        self.terminations[key] = message
+
+
+@dataclass
+class FakePrometheus:
+    """Answers by the first registered fragment found in the query; unknown queries get no series."""
+
+    answers: list[tuple[str, Callable[[str], Series]]] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+    down: bool = False
+
+    def answer(self, fragment: str, series: Series | Callable[[str], Series]) -> None:
+        fixed = series
+        self.answers.insert(0, (fragment, series if callable(series) else (lambda _query: list(fixed))))
+
+    def query(self, endpoint: EndpointKey, query: str) -> Series:
+        self.asked.append(query)
+        if self.down:
+            raise ConnectionError("Prometheus is down")
+        for fragment, series in self.answers:
+            if fragment in query:
+                return series(query)
+        return []
+
+
+class Harness:
+    """The engine over the fakes; `cycle(now)` runs one engine cycle, then delivers the watch events."""
+
+    def __init__(self, kube: FakeKube | None = None, prometheus: FakePrometheus | None = None) -> None:
+        self.kube = kube or FakeKube()
+        self.prometheus = prometheus or FakePrometheus()
+        self.engine = self.new_engine()
+
+    def new_engine(self) -> Engine:
+        """A fresh engine (an operator restart): it knows only what the fake API server holds."""
+        engine = Engine(self.kube, Settings(active_reconcile_seconds=5.0))
+        engine.observer.clients = self.prometheus  # type: ignore[assignment]
+        engine.observer.poller._query = self.prometheus.query  # the fleet poller's query function
+        self.engine = engine
+        self.watch()
+        return engine
+
+    def apply(self, body: dict[str, Any]) -> None:
+        """`kubectl apply`: the status subresource stays; the generation moves only with the spec."""
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        stored = copy.deepcopy(body)
+        existing = self.kube.loops.get(key)
+        if existing is not None:
+            stored["status"] = existing.get("status")
+            changed = existing["spec"] != body["spec"]
+            stored["metadata"]["generation"] = existing["metadata"]["generation"] + (1 if changed else 0)
+        self.kube.loops[key] = stored
+        self.engine.observe_loop("MODIFIED" if existing else "ADDED", copy.deepcopy(stored))
+
+    def watch(self) -> None:
+        for body in self.kube.loops.values():
+            self.engine.observe_loop("MODIFIED", copy.deepcopy(body))
+        for key in list(self.engine.fleet.deployments):
+            if key not in self.kube.deployments:
+                self.engine.observe_deployment("DELETED", self.engine.fleet.deployments[key])
+        for body in self.kube.deployments.values():
+            self.engine.observe_deployment("MODIFIED", copy.deepcopy(body))
+
+    def cycle(self, now: float) -> list[tuple[str, str]]:
+        """The writes of one cycle."""
+        start = len(self.kube.actions)
+        asyncio.run(self.engine.cycle(now))
+        self.watch()
+        return self.kube.actions[start:]
+
+    def status(self, key: str = "team-a/churn") -> dict[str, Any]:
+        return self.kube.loops[key].get("status") or {}
