@@ -242,7 +242,7 @@ def _day(ts: float) -> str:
     return "date=" + datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
 
 
-def test_feedback_join_window_and_corrections(tmp_path):
+def test_feedback_join_window_and_first_label(tmp_path):
     day = 86_400.0
     now = 20_000 * day + 3_600  # 2024-10-04 01:00 UTC
     predictions = [
@@ -252,8 +252,9 @@ def test_feedback_join_window_and_corrections(tmp_path):
         {"id": "p3", "ts": now - 10, "features": {"a": 3}},
     ]
     feedback = [
+        {"id": "p1", "ts": now - day + 90, "label": 1},  # a second label, listed first: the earlier one wins
         {"id": "p1", "ts": now - day + 60, "label": 0},
-        {"id": "p1", "ts": now - day + 90, "label": 1},  # a later correction wins
+        {"id": "p1", "ts": now - day + 60, "label": 1},  # same time: the first line read wins
         {"id": "p2", "ts": now + 60, "label": 1},  # given after `now`
         {"id": "p3", "ts": now - 5, "label": 0},
         {"id": "ghost", "ts": now - 5, "label": 0},
@@ -265,8 +266,8 @@ def test_feedback_join_window_and_corrections(tmp_path):
                 path, [*(json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])), record]
             )
     data = datasource.read_feedback(tmp_path, now - 2 * day, now)
-    assert [(r.id, r.label) for r in data.rows] == [("p1", 1), ("p3", 0)]
-    assert data.stats == Counter(duplicateFeedback=1, feedbackAfterNow=1, feedbackWithoutPrediction=1)
+    assert [(r.id, r.label) for r in data.rows] == [("p1", 0), ("p3", 0)]
+    assert data.stats == Counter(duplicateFeedback=2, feedbackAfterNow=1, feedbackWithoutPrediction=1)
     assert data.files_read == 4  # 10-03 and 10-04 for both; the 10-01 partition lies before the window
 
 

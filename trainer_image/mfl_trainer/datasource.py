@@ -219,7 +219,11 @@ def _read_predictions(
 
 
 def _read_labels(files: list[Path], now: float, stats: Counter) -> dict[str, tuple[Any, float]]:
-    """Label per prediction id; a later feedback line for the same id corrects an earlier one."""
+    """Label per prediction id: the first one given, as the server counted it in its metrics.
+
+    The server records one label per id (docs/contracts.md, "Feedback"); a second line for an id
+    (written by a server older than that rule) is counted in ``duplicateFeedback`` and ignored.
+    """
     labels: dict[str, tuple[Any, float]] = {}
     for record in _json_lines(files, stats, "malformedFeedbackLines"):
         row_id, ts, label = record.get("id"), record.get("ts"), record.get("label")
@@ -230,7 +234,7 @@ def _read_labels(files: list[Path], now: float, stats: Counter) -> dict[str, tup
         else:
             if row_id in labels:
                 stats["duplicateFeedback"] += 1
-                if labels[row_id][1] > ts:
+                if labels[row_id][1] <= ts:  # files are read in no time order: keep the earliest
                     continue
             labels[row_id] = (label, float(ts))
     return labels
