@@ -526,8 +526,8 @@ class Analysis(ApiModel):
         default=None,
         gt=0,
         lt=1,
-        description="Accuracy drop, as a fraction, that the analysis catches with probability 1 - beta; "
-        "omitted: 1.5 x maxDegradation.",
+        description="Accuracy drop, as a fraction above maxDegradation, that the analysis catches with "
+        "probability 1 - beta; omitted: 1.5 x maxDegradation.",
     )
     availability_max_degradation: float = Field(
         default=0.01,
