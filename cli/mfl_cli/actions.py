@@ -52,17 +52,17 @@ def confirmation(verb: str, loop: dict[str, Any], token: str, prog: str) -> str:
     meta, status = loop["metadata"], loop.get("status") or {}
     where = f"{meta['namespace']}/{meta['name']}"
     rollout = status.get("rollout") or {}
-    canary = f"canary of version {rollout.get('version')}"
+    canary = f"canary version {rollout.get('version')}"
     what = {
-        "promote": f"promotion of the {canary}",
-        "abort": f"rollback of the {canary}",
-        "pause": f"pause of the {canary} at {rollout.get('weight')}%",
-        "resume": f"resumption of the {canary}",
+        "promote": f"promotion of {canary}",
+        "abort": f"rollback of {canary}",
+        "pause": f"pause of {canary} at {rollout.get('weight')}%",
+        "resume": f"resumption of {canary}",
         "retrain": "a retraining",
     }[verb]
     if verb == "retrain" and (status.get("retraining") or rollout):
         what += " (it starts when the running " + ("retraining" if status.get("retraining") else "canary") + " ends)"
     return (
-        f"requested {what} of {where} ({annotation_key(verb)}={token}); the operator acts on it asynchronously: "
+        f"{where}: requested {what} ({annotation_key(verb)}={token}); the operator acts on it asynchronously: "
         f"{prog} status {meta['name']} -n {meta['namespace']} --watch"
     )

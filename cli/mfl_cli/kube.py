@@ -124,6 +124,7 @@ class Loops:
 def connect(target: Target) -> tuple[Loops, str]:
     """The adapter for the target's cluster and the namespace to use: the given one, else the context's."""
     import urllib3
+    import yaml
     from kubernetes import client, config
 
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # the kubeconfig chose it
@@ -139,7 +140,7 @@ def connect(target: Target) -> tuple[Loops, str]:
             namespace = IN_CLUSTER_NAMESPACE.read_text().strip() if IN_CLUSTER_NAMESPACE.exists() else "default"
         else:
             raise CliError(missing_kubeconfig_message(os.environ))
-    except (config.ConfigException, OSError, ValueError) as error:
+    except (config.ConfigException, OSError, ValueError, yaml.YAMLError) as error:
         where = files[0] if files else "the in-cluster service account"
         raise CliError(f"cannot use the kubeconfig {where}: {first_line(error)}") from error
     api_client.configuration.retries = 1  # a refused connection fails in a second, not after three tries
@@ -210,17 +211,18 @@ def network_reason(error: BaseException) -> str:
     import urllib3
 
     cause: BaseException | None = getattr(error, "reason", None) or error.__cause__ or error.__context__
+    # First: urllib3 makes NewConnectionError a ConnectTimeoutError, although it is any failed connect.
+    if isinstance(error, urllib3.exceptions.NewConnectionError):
+        os_error = error.__cause__ or error.__context__
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        return first_line(str(error).split("Failed to establish a new connection: ")[-1])
     if isinstance(error, urllib3.exceptions.ReadTimeoutError):
         return "no answer in time (read timeout)"
     if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
         return "connection timed out"
     if isinstance(error, urllib3.exceptions.SSLError):
         return f"TLS error: {first_line(error)}"
-    if isinstance(error, urllib3.exceptions.NewConnectionError):
-        os_error = error.__cause__ or error.__context__
-        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
-            return "connection refused"
-        return first_line(str(error).split("Failed to establish a new connection: ")[-1])
     if cause is not None and cause is not error:
         return network_reason(cause)
     return first_line(error)

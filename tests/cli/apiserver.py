@@ -54,7 +54,7 @@ class FakeApiServer:
         self.crd_installed = True
         self.forbidden: set[str] = set()  # HTTP methods refused with 403
         self.stall = threading.Event()  # set: requests get no answer until stop()
-        self.events: queue.Queue[Any] = queue.Queue()  # (type, object) for open watches
+        self.events: queue.Queue[Any] = queue.Queue()  # (type, object) streamed to the next open watch
         self.requests: list[dict[str, Any]] = []
         self._version = 100
         self._stopping = threading.Event()
@@ -66,7 +66,7 @@ class FakeApiServer:
     # --- the test's side ----------------------------------------------------------------------------------
 
     def __enter__(self) -> FakeApiServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -203,6 +203,8 @@ class FakeApiServer:
             line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
             http.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
             http.wfile.flush()
+            if kind == "ERROR":  # the apiserver ends a watch after an ERROR event (e.g. 410 Gone)
+                break
         http.wfile.write(b"0\r\n\r\n")
         http.wfile.flush()
         http.close_connection = True
