@@ -64,6 +64,7 @@ class Prometheus:
         self.log_path = self.workdir / "logs" / "prometheus.log"
         self._http_sd_urls = list(http_sd_urls)
         self._extra_scrape_configs = [dict(config) for config in extra_scrape_configs]
+        self._rule_files: list[Path] = []
         self._targets: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._process: ManagedProcess | None = None
@@ -152,6 +153,43 @@ class Prometheus:
         if self._process is not None:
             self.reload()
 
+    # ---- rules -----------------------------------------------------------------------------
+
+    def add_rules(self, name: str, rules: Mapping[str, Any]) -> Path:
+        """Load a Prometheus rules file (`{"groups": [...]}`) at run time, as `<workdir>/rules/<name>.yml`.
+
+        Written, then a reload: a file Prometheus refuses fails the reload (PrometheusError), and the
+        rules it had before stay loaded.
+        """
+        path = self.workdir / "rules" / f"{name}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, yaml.safe_dump(dict(rules), sort_keys=False))
+        with self._lock:
+            if path not in self._rule_files:
+                self._rule_files.append(path)
+            self._write_config()
+        if self._process is not None:
+            self.reload()
+        return path
+
+    def remove_rules(self, name: str) -> None:
+        path = self.workdir / "rules" / f"{name}.yml"
+        with self._lock:
+            if path in self._rule_files:
+                self._rule_files.remove(path)
+            self._write_config()
+        if self._process is not None:
+            self.reload()
+        path.unlink(missing_ok=True)
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        """Loaded rule groups with each rule's `health` and `lastError` (`/api/v1/rules`)."""
+        return self._api("rules")["groups"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Active alerts, pending or firing: `labels`, `annotations`, `state`, `value` (`/api/v1/alerts`)."""
+        return self._api("alerts")["alerts"]
+
     def reload(self) -> None:
         status, body = http_request(f"{self.url}/-/reload", method="POST", timeout=30.0)
         if status != 200:
@@ -218,7 +256,7 @@ class Prometheus:
             *(self._http_sd_job(index, url) for index, url in enumerate(self._http_sd_urls)),
             *self._extra_scrape_configs,
         ]
-        return {
+        config: dict[str, Any] = {
             "global": {
                 "scrape_interval": self.scrape_interval,
                 # The default timeout (10s) must not exceed the interval.
@@ -227,6 +265,9 @@ class Prometheus:
             },
             "scrape_configs": scrape_configs,
         }
+        if self._rule_files:
+            config["rule_files"] = [str(path) for path in self._rule_files]
+        return config
 
     @staticmethod
     def _http_sd_job(index: int, url: str) -> dict[str, Any]:

