@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +131,8 @@ def connect(target: Target) -> tuple[Loops, str]:
     files = kubeconfig_files(target.kubeconfig, os.environ)
     try:
         if files:
-            api_client = config.new_client_from_config(config_file=files[0], context=target.context)
             namespace = context_namespace(files[0], target.context)
+            api_client = config.new_client_from_config(config_file=files[0], context=target.context)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
@@ -162,7 +162,7 @@ def context_namespace(kubeconfig: str, context: str | None) -> str:
 # --- pure: where the kubeconfig is, and what an error means --------------------------------------------
 
 
-def kubeconfig_files(given: str | None, env: dict[str, str] | os._Environ[str]) -> list[str]:
+def kubeconfig_files(given: str | None, env: Mapping[str, str]) -> list[str]:
     """The kubeconfig to read, as kubectl finds it: --kubeconfig, else $KUBECONFIG's files, else ~/.kube/config.
 
     $KUBECONFIG may list several files; like kubectl we take the first one that exists (the client merges
@@ -177,7 +177,7 @@ def kubeconfig_files(given: str | None, env: dict[str, str] | os._Environ[str]) 
     return [p for p in candidates if Path(p).expanduser().is_file()]
 
 
-def missing_kubeconfig_message(env: dict[str, str] | os._Environ[str]) -> str:
+def missing_kubeconfig_message(env: Mapping[str, str]) -> str:
     looked = env.get("KUBECONFIG") or str(Path(env.get("HOME", "~")) / ".kube" / "config")
     return f"no kubeconfig found (looked at {looked}): pass --kubeconfig FILE or set KUBECONFIG"
 
@@ -216,7 +216,8 @@ def network_reason(error: BaseException) -> str:
         os_error = error.__cause__ or error.__context__
         if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
             return "connection refused"
-        return first_line(str(error).split("Failed to establish a new connection: ")[-1])
+        text = str(error)  # "<connection object>: Failed to resolve 'host' (...)": keep what failed
+        return first_line(text[text.find("Failed to") :] if "Failed to" in text else text)
     if isinstance(error, urllib3.exceptions.ReadTimeoutError):
         return "no answer in time (read timeout)"
     if isinstance(error, urllib3.exceptions.ConnectTimeoutError):

@@ -108,6 +108,21 @@ def test_api_errors_in_words():
     )
 
 
+def test_network_failures_in_words():
+    import socket
+
+    from urllib3.exceptions import MaxRetryError, NameResolutionError, ReadTimeoutError
+
+    lookup = NameResolutionError("no-such.invalid", None, socket.gaierror(-2, "Name or service not known"))
+    assert kube.unreachable_message("https://no-such.invalid", MaxRetryError(None, "/", lookup)) == (
+        "cannot reach the cluster at https://no-such.invalid: "
+        "Failed to resolve 'no-such.invalid' ([Errno -2] Name or service not known)"
+    )
+    assert kube.network_reason(MaxRetryError(None, "/", ReadTimeoutError(None, "/", "t"))) == (
+        "no answer in time (read timeout)"
+    )
+
+
 def test_kubeconfig_is_found_as_kubectl_finds_it(tmp_path):
     second = tmp_path / "b"
     second.write_text("{}")
