@@ -131,8 +131,9 @@ def connect(target: Target) -> tuple[Loops, str]:
     files = kubeconfig_files(target.kubeconfig, os.environ)
     try:
         if files:
-            namespace = context_namespace(files[0], target.context)
-            api_client = config.new_client_from_config(config_file=files[0], context=target.context)
+            merged = os.pathsep.join(files)  # the client merges a KUBECONFIG list as kubectl does
+            namespace = context_namespace(merged, target.context)
+            api_client = config.new_client_from_config(config_file=merged, context=target.context)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
@@ -141,7 +142,7 @@ def connect(target: Target) -> tuple[Loops, str]:
         else:
             raise CliError(missing_kubeconfig_message(os.environ))
     except (config.ConfigException, OSError, ValueError, yaml.YAMLError) as error:
-        where = files[0] if files else "the in-cluster service account"
+        where = " ".join(files) if files else "of the in-cluster service account"
         raise CliError(f"cannot use the kubeconfig {where}: {first_line(error)}") from error
     api_client.configuration.retries = 1  # a refused connection fails in a second, not after three tries
     host = api_client.configuration.host
@@ -165,8 +166,7 @@ def context_namespace(kubeconfig: str, context: str | None) -> str:
 def kubeconfig_files(given: str | None, env: Mapping[str, str]) -> list[str]:
     """The kubeconfig to read, as kubectl finds it: --kubeconfig, else $KUBECONFIG's files, else ~/.kube/config.
 
-    $KUBECONFIG may list several files; like kubectl we take the first one that exists (the client merges
-    none of them), which is where the current context lives in the usual setups.
+    $KUBECONFIG may list several files: the existing ones, in order (missing ones are skipped, as kubectl does).
     """
     if given:
         if not Path(given).expanduser().is_file():

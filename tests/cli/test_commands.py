@@ -77,6 +77,15 @@ def test_namespace_comes_from_n_then_context_before_or_after_the_verb(server, ca
         assert code == 0 and out.splitlines()[1].startswith("other"), argv
 
 
+def test_a_kubeconfig_list_is_merged(server, capsys, tmp_path, monkeypatch):
+    server.add(loop("other", namespace="staging"))
+    extra = {"contexts": [{"name": "extra", "context": {"cluster": "fake", "user": "me", "namespace": "staging"}}]}
+    (tmp_path / "extra").write_text(yaml.safe_dump(extra))
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{tmp_path / 'kubeconfig'}:{tmp_path / 'extra'}")
+    code, out, _ = mfl(capsys, "get", "--context", "extra")
+    assert code == 0 and out.splitlines()[1].startswith("other")
+
+
 def test_a_context_without_namespace_means_default(server, capsys, tmp_path, monkeypatch):
     server.add(loop("d", namespace="default"))
     monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "plain", namespace=None)))
