@@ -446,7 +446,6 @@ class FeedbackLoop:
             name="bench",
             generation=1,
             spec=self.spec,
-            spec_error="",
             status=self.status,
             health=self.health(now),
             job=self.job(now),

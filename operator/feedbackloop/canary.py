@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
+from . import status
 from .analysis import (
     AnalysisConfig,
     AnalysisState,
@@ -22,6 +23,7 @@ from .analysis import (
     start_analysis,
 )
 from .api import Analysis, parse_duration
+from .status import RolloutState
 from .timeutil import parse_time
 
 
@@ -48,7 +50,7 @@ class CanaryObservation:
 class CanaryVerdict:
     phase: str  # Running | Successful | Failed | Inconclusive | Error
     message: str
-    rollout_fields: dict[str, Any]
+    rollout_fields: RolloutState
 
 
 def replica_split(stable_replicas: int, weight: int) -> tuple[int, int]:
@@ -111,17 +113,18 @@ def observations_of(config: AnalysisConfig, observation: CanaryObservation) -> d
 
 
 def judge_canary(
-    analysis: Analysis, task: str, rollout: dict[str, Any], observation: CanaryObservation, now: float
+    analysis: Analysis, task: str, rollout: RolloutState, observation: CanaryObservation, now: float
 ) -> CanaryVerdict:
     """One look of the sequential analysis; its state comes from and goes back to the rollout status."""
     config = analysis_config(analysis, task)
     started = parse_time(rollout.get("startedAt")) or now
-    state = AnalysisState.from_dict(rollout["analysis"]) if rollout.get("analysis") else start_analysis(started)
+    saved = rollout.get("analysis")
+    state = AnalysisState.from_dict(dict(saved)) if saved else start_analysis(started)
     state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now)
-    fields = {
-        "analysis": state.to_dict(),
+    fields: RolloutState = {
+        "analysis": cast(status.AnalysisState, state.to_dict()),
         "analysisPhase": verdict.phase.value,
         "consecutiveErrors": state.max_consecutive_errors,
-        "evidence": [item.to_dict() for item in evidence] or rollout.get("evidence", []),
+        "evidence": [cast(status.CheckEvidence, item.to_dict()) for item in evidence] or rollout.get("evidence", []),
     }
     return CanaryVerdict(verdict.phase.value, verdict.message, fields)

@@ -6,7 +6,9 @@ lastTransitionTime moves only when `status` flips; reason and message may change
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
+
+from .status import ConditionStatus
 
 READY = "Ready"
 RECONCILING = "Reconciling"  # kstatus: abnormal-true while the operator works towards the spec
@@ -26,18 +28,18 @@ class ConditionUpdate:
     message: str = ""
 
 
-def _status_text(value: bool | None) -> str:
+def _status_text(value: bool | None) -> Literal["True", "False", "Unknown"]:
     return "Unknown" if value is None else ("True" if value else "False")
 
 
 def apply(
-    conditions: list[dict[str, Any]], update: ConditionUpdate, now: str, generation: int | None
-) -> list[dict[str, Any]]:
+    conditions: list[ConditionStatus], update: ConditionUpdate, now: str, generation: int | None
+) -> list[ConditionStatus]:
     """A new list with one condition set; others are kept in order."""
     status = _status_text(update.status)
     previous = next((c for c in conditions if c.get("type") == update.type), None)
     transition = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
-    entry = {
+    entry: ConditionStatus = {
         "type": update.type,
         "status": status,
         "reason": update.reason,
@@ -51,17 +53,17 @@ def apply(
 
 
 def apply_all(
-    conditions: list[dict[str, Any]], updates: list[ConditionUpdate], now: str, generation: int | None
-) -> list[dict[str, Any]]:
+    conditions: list[ConditionStatus], updates: list[ConditionUpdate], now: str, generation: int | None
+) -> list[ConditionStatus]:
     for update in updates:
         conditions = apply(conditions, update, now, generation)
     return conditions
 
 
-def get(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+def get(conditions: list[ConditionStatus], type_: str) -> ConditionStatus | None:
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
+def is_true(conditions: list[ConditionStatus], type_: str) -> bool:
     found = get(conditions, type_)
     return bool(found and found.get("status") == "True")

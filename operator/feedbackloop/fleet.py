@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import phases
 from .api import ModelFeedbackLoopSpec
+from .status import LoopStatus
 
 
 @dataclass
@@ -21,7 +22,7 @@ class LoopMemory:
     next_poll: float = 0.0
     next_reconcile: float = 0.0
     next_analysis: float = 0.0
-    written_status: dict[str, Any] | None = None
+    written_status: LoopStatus | None = None
     written_at: float = 0.0
     parsed_generation: int | None = None
     spec: ModelFeedbackLoopSpec | None = None
@@ -36,12 +37,12 @@ class Fleet:
     memory: dict[str, LoopMemory] = field(default_factory=dict)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace/name -> body
 
-    def status(self, key: str) -> dict[str, Any]:
+    def status(self, key: str) -> LoopStatus:
         """The freshest status we know: our own last write, unless the object is newer than it."""
         memory = self.memory[key]
         if memory.written_status is not None:
             return copy.deepcopy(memory.written_status)
-        return copy.deepcopy(self.loops[key].get("status") or {})
+        return cast(LoopStatus, copy.deepcopy(self.loops[key].get("status") or {}))
 
     def phase(self, key: str) -> str:
         memory = self.memory[key]

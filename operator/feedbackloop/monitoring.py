@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Literal
 
 from mfl_contracts import metrics as names
 
 from .api import MetricRule, Monitoring, parse_duration
+from .status import MetricState
 from .timeutil import format_time, parse_time
 
-HEALTHY, PENDING, BREACHING, NO_DATA = "Healthy", "Pending", "Breaching", "NoData"
+RuleHealth = Literal["Healthy", "Pending", "Breaching", "NoData"]
+HEALTHY: RuleHealth = "Healthy"
+PENDING: RuleHealth = "Pending"
+BREACHING: RuleHealth = "Breaching"
+NO_DATA: RuleHealth = "NoData"
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class RuleState:
-    state: str = NO_DATA
+    state: RuleHealth = NO_DATA
     value: float | None = None
     sample_time: float | None = None
     breach_since: float | None = None
@@ -110,7 +115,7 @@ def summarize(rules: dict[str, RuleState]) -> Health:
     )
 
 
-def rule_state_from_status(entry: dict[str, Any]) -> RuleState:
+def rule_state_from_status(entry: MetricState) -> RuleState:
     """Read one `status.metrics[]` entry back (after a restart, or from the last write)."""
     return RuleState(
         state=entry.get("state", NO_DATA),
@@ -121,7 +126,7 @@ def rule_state_from_status(entry: dict[str, Any]) -> RuleState:
     )
 
 
-def rule_state_to_status(name: str, state: RuleState) -> dict[str, Any]:
+def rule_state_to_status(name: str, state: RuleState) -> MetricState:
     return {
         "name": name,
         "state": state.state,

@@ -22,6 +22,7 @@ from .fleet import Fleet, LoopMemory
 from .kube import KubeAPI
 from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
 from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key, short_error
+from .status import LoopStatus
 
 log = logging.getLogger(__name__)
 SECRET_CACHE_SECONDS = 60  # not an API read per loop per poll; a rotated Secret still lands within this
@@ -104,25 +105,27 @@ class Observer:
 
     # --- one loop's world -----------------------------------------------------------------------------
     async def world(
-        self, key: str, status: dict[str, Any], rule_states: dict[str, RuleState] | None, now: float
-    ) -> phases.World:
+        self, key: str, status: LoopStatus, rule_states: dict[str, RuleState] | None, now: float
+    ) -> phases.World | phases.InvalidWorld:
         body, memory = self.fleet.loops[key], self.fleet.memory[key]
+        name, generation = body["metadata"]["name"], body["metadata"].get("generation", 0)
         spec = memory.spec
+        if spec is None:
+            return phases.InvalidWorld(now, name, generation, memory.spec_error, status)
         return phases.World(
             now=now,
-            name=body["metadata"]["name"],
-            generation=body["metadata"].get("generation", 0),
+            name=name,
+            generation=generation,
             spec=spec,
-            spec_error=memory.spec_error,
             status=status,
             health=summarize(rule_states) if rule_states is not None else None,
-            job=await self._job(body, status) if spec else None,
-            serving=self._serving(body) if spec else None,
-            canary=await self._canary(body, spec, status, memory, now) if spec else None,
+            job=await self._job(body, status),
+            serving=self._serving(body),
+            canary=await self._canary(body, spec, status, memory, now),
             requests=requests_of(body),
         )
 
-    async def _job(self, body: dict[str, Any], status: dict[str, Any]) -> phases.JobObservation | None:
+    async def _job(self, body: dict[str, Any], status: LoopStatus) -> phases.JobObservation | None:
         run = status.get("retraining")
         if not run:
             return None
@@ -156,7 +159,7 @@ class Observer:
         )
 
     async def _canary(
-        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: dict[str, Any], memory: LoopMemory, now: float
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, memory: LoopMemory, now: float
     ) -> CanaryObservation | None:
         rollout = status.get("rollout")
         if not rollout or now < memory.next_analysis:

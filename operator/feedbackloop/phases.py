@@ -28,10 +28,16 @@ from .api import ModelFeedbackLoopSpec, parse_duration
 from .canary import CanaryObservation, judge_canary, replica_split
 from .gate import offline_gate
 from .monitoring import Health, rule_state_to_status
+from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, VersionRecord
 from .timeutil import format_time, parse_time
 
-PENDING, INVALID, MONITORING, BREACHED = "Pending", "Invalid", "Monitoring", "Breached"
-RETRAINING, CANARY, PAUSED = "Retraining", "Canary", "Paused"
+PENDING: Phase = "Pending"
+INVALID: Phase = "Invalid"
+MONITORING: Phase = "Monitoring"
+BREACHED: Phase = "Breached"
+RETRAINING: Phase = "Retraining"
+CANARY: Phase = "Canary"
+PAUSED: Phase = "Paused"
 HISTORY_LIMIT = 10
 REQUEST_ANNOTATIONS = ("retrain", "promote", "abort", "pause", "resume")
 ANNOTATION_PREFIX = "feedbackloop.dev/"
@@ -58,13 +64,25 @@ class ServingObservation:
 
 
 @dataclass(frozen=True)
-class World:
+class InvalidWorld:
+    """A loop whose spec does not parse: only its status and what is wrong are known."""
+
     now: float
     name: str
     generation: int
-    spec: ModelFeedbackLoopSpec | None
     spec_error: str
-    status: dict[str, Any]
+    status: LoopStatus
+
+
+@dataclass(frozen=True)
+class World:
+    """A loop with a valid spec, and everything observed about it this round."""
+
+    now: float
+    name: str
+    generation: int
+    spec: ModelFeedbackLoopSpec
+    status: LoopStatus
     health: Health | None = None  # None: not polled this round
     job: JobObservation | None = None  # the Job of status.retraining, when there is one
     serving: ServingObservation | None = None
@@ -112,7 +130,7 @@ Action = EnsureStable | StartTraining | EnsureCanary | RemoveCanary | Event
 
 @dataclass
 class Decision:
-    status: dict[str, Any]
+    status: LoopStatus
     actions: list[Action] = field(default_factory=list)
 
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -128,19 +146,19 @@ def job_name(loop_name: str, version: int) -> str:
     return loop_name[: 63 - len(suffix)].rstrip("-") + suffix
 
 
-def next_version(status: dict[str, Any]) -> int:
+def next_version(status: LoopStatus) -> int:
     seen = [status.get("currentVersion") or 0]
     seen += [h.get("version", 0) for h in status.get("history", [])]
-    for key in ("retraining", "candidate", "rollout"):
-        if status.get(key):
-            seen.append(status[key].get("version", 0))
+    for running in (status.get("retraining"), status.get("candidate"), status.get("rollout")):
+        if running:
+            seen.append(running.get("version", 0))
     return max(seen) + 1
 
 
 # --- policy: may we retrain now? --------------------------------------------------------------------
 
 
-def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: float, trigger: str) -> str:
+def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float, trigger: str) -> str:
     """Why a retraining may not start now ('' when it may). Manual requests skip the cooldown only."""
     retraining = spec.retraining
     if retraining is None or not retraining.enabled:
@@ -167,10 +185,9 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: dict[str, Any], now: fl
     return ""
 
 
-def retrain_trigger(world: World, status: dict[str, Any]) -> tuple[str, str]:
+def retrain_trigger(world: World, status: LoopStatus) -> tuple[str, str]:
     """(trigger, detail) of a wanted retraining, or ('', '')."""
     spec = world.spec
-    assert spec is not None
     if status.get("currentVersion") is None:
         return "Initial", "no model version serves yet"
     request = world.requests.get("retrain")
@@ -192,11 +209,11 @@ def retrain_trigger(world: World, status: dict[str, Any]) -> tuple[str, str]:
 # --- the decision -----------------------------------------------------------------------------------
 
 
-def decide(world: World) -> Decision:
+def decide(world: World | InvalidWorld) -> Decision:
     status = copy.deepcopy(world.status)
     decision = Decision(status)
     now_text = format_time(world.now) or ""
-    if world.spec is None:
+    if isinstance(world, InvalidWorld):
         _invalid(world, decision, now_text)
         return decision
     status["observedGeneration"] = world.generation
@@ -207,23 +224,22 @@ def decide(world: World) -> Decision:
     _record_serving(world, decision)
     if world.health is not None:
         _record_health(world, decision, now_text)
-    if status.get("retraining"):
-        _follow_training(world, decision, now_text)
-    elif status.get("rollout"):
-        _follow_canary(world, decision, now_text)
-    elif (
-        status.get("currentVersion") is not None
-        and world.serving is not None
-        and world.serving.stable_version != status["currentVersion"]
+    run, rollout = status.get("retraining"), status.get("rollout")
+    if run:
+        _follow_training(world, decision, run, now_text)
+    elif rollout:
+        _follow_canary(world, decision, rollout, now_text)
+    elif (current := status.get("currentVersion")) is not None and (
+        world.serving is not None and world.serving.stable_version != current
     ):
-        decision.actions.append(EnsureStable(status["currentVersion"]))
+        decision.actions.append(EnsureStable(current))
     if not status.get("retraining") and not status.get("rollout"):
         _maybe_start_training(world, decision, now_text)
     _settle_phase(world, decision, now_text)
     return decision
 
 
-def _invalid(world: World, decision: Decision, now: str) -> None:
+def _invalid(world: InvalidWorld, decision: Decision, now: str) -> None:
     status = decision.status
     was_invalid = (
         status.get("phase") == INVALID
@@ -252,12 +268,13 @@ def _handle_pause_requests(world: World, decision: Decision) -> None:
         value = world.requests.get(name)
         if value and handled.get(name) != value:
             handled[name] = value
-            if status.get("rollout"):
-                status["rollout"]["paused"] = name == "pause"
+            rollout = status.get("rollout")
+            if rollout:
+                rollout["paused"] = name == "pause"
                 decision.event(
                     "Normal",
                     "RolloutPaused" if name == "pause" else "RolloutResumed",
-                    f"canary of version {status['rollout']['version']} {name}d by annotation",
+                    f"canary of version {rollout['version']} {name}d by annotation",
                 )
 
 
@@ -333,7 +350,6 @@ def _summary(first: tuple[str, Any] | None) -> str:
 
 def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     spec, status = world.spec, decision.status
-    assert spec is not None
     trigger, detail = retrain_trigger(world, status)
     if not trigger:
         return
@@ -367,10 +383,8 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
 
 
-def _follow_training(world: World, decision: Decision, now: str) -> None:
+def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: str) -> None:
     status, spec = decision.status, world.spec
-    assert spec is not None
-    run = status["retraining"]
     job = world.job
     if job is None or job.state == "Running":
         return
@@ -437,7 +451,6 @@ def _numbers(values: Any) -> dict[str, float]:
 
 def _start_canary(world: World, decision: Decision, version: int, trigger: str, now: str) -> None:
     spec = world.spec
-    assert spec is not None
     first = spec.rollout.steps[0]
     replicas, weight = replica_split(spec.model.serving.replicas, first.weight)
     decision.status["rollout"] = {
@@ -456,10 +469,8 @@ def _start_canary(world: World, decision: Decision, version: int, trigger: str, 
     decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
 
 
-def _follow_canary(world: World, decision: Decision, now: str) -> None:
+def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now: str) -> None:
     spec, status = world.spec, decision.status
-    assert spec is not None
-    rollout = status["rollout"]
     handled = status.setdefault("handledRequests", {})
     for name in ("promote", "abort"):
         value = world.requests.get(name)
@@ -475,7 +486,7 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
                     "promoted by annotation",
                 )
             else:
-                _roll_back(world, decision, now, "aborted by annotation")
+                _roll_back(world, decision, rollout, now, "aborted by annotation")
             return
     replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
     decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
@@ -484,7 +495,7 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
     verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now)
     rollout.update(verdict.rollout_fields)
     if verdict.phase in ("Failed", "Error"):
-        _roll_back(world, decision, now, verdict.message)
+        _roll_back(world, decision, rollout, now, verdict.message)
         return
     if verdict.phase == "Inconclusive":
         if spec.rollout.analysis.on_inconclusive == "promote":
@@ -497,7 +508,7 @@ def _follow_canary(world: World, decision: Decision, now: str) -> None:
                 f"inconclusive, promoted as configured: {verdict.message}",
             )
         else:
-            _roll_back(world, decision, now, f"inconclusive at the deadline: {verdict.message}")
+            _roll_back(world, decision, rollout, now, f"inconclusive at the deadline: {verdict.message}")
         return
     if rollout.get("paused") or spec.paused:
         return
@@ -550,9 +561,8 @@ def _promote(
     decision.event("Normal", "Promoted", f"version {version} now serves as stable: {message}")
 
 
-def _roll_back(world: World, decision: Decision, now: str, message: str) -> None:
+def _roll_back(world: World, decision: Decision, rollout: RolloutState, now: str, message: str) -> None:
     status = decision.status
-    rollout = status["rollout"]
     status["rollout"] = None
     status["candidate"] = None
     decision.actions.append(RemoveCanary())
@@ -574,16 +584,16 @@ def _roll_back(world: World, decision: Decision, now: str, message: str) -> None
 
 
 def _remember(
-    status: dict[str, Any],
+    status: LoopStatus,
     version: int,
     trigger: str,
     outcome: str,
     now: str,
     message: str,
     summary: dict[str, Any] | None = None,
-    evidence: list[dict[str, Any]] | None = None,
+    evidence: list[CheckEvidence] | None = None,
 ) -> None:
-    record: dict[str, Any] = {
+    record: VersionRecord = {
         "version": version,
         "trigger": trigger,
         "outcome": outcome,
@@ -599,7 +609,6 @@ def _remember(
 def _settle_phase(world: World, decision: Decision, now: str) -> None:
     """Phase and the summary conditions (Ready, Reconciling, Stalled) from the state reached."""
     spec, status = world.spec, decision.status
-    assert spec is not None
     breached = cond.is_true(status.get("conditions", []), cond.BREACHED)
     if status.get("retraining"):
         phase = RETRAINING

@@ -8,6 +8,7 @@ from feedbackloop.phases import (
     EnsureCanary,
     EnsureStable,
     Event,
+    InvalidWorld,
     JobObservation,
     RemoveCanary,
     ServingObservation,
@@ -49,7 +50,6 @@ def world(status=None, spec=None, **kw):
         name="churn",
         generation=kw.pop("generation", 3),
         spec=spec if spec is not None else make_spec(),
-        spec_error="",
         status=status or {},
         **kw,
     )
@@ -71,7 +71,7 @@ def condition(status, type_):
 
 
 def test_invalid_spec_sets_conditions_and_warns_once():
-    w = World(now=NOW, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad", status={})
+    w = InvalidWorld(now=NOW, name="churn", generation=2, spec_error="spec.model.name: bad", status={})
     first = decide(w)
     assert first.status["phase"] == phases.INVALID
     ready = condition(first.status, "Ready")
@@ -79,9 +79,7 @@ def test_invalid_spec_sets_conditions_and_warns_once():
     assert condition(first.status, "Stalled")["status"] == "True"
     assert events(first) == [("Warning", "InvalidSpec")]
     again = decide(
-        World(
-            now=NOW + 30, name="churn", generation=2, spec=None, spec_error="spec.model.name: bad", status=first.status
-        )
+        InvalidWorld(now=NOW + 30, name="churn", generation=2, spec_error="spec.model.name: bad", status=first.status)
     )
     assert events(again) == []  # not a hot loop of Events
 
