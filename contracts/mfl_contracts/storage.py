@@ -4,6 +4,7 @@
     <root>/<model>/data/*.csv                                  base data (the user's)
     <root>/<model>/predictions/date=YYYY-MM-DD/<writer>.jsonl  the server's prediction log
     <root>/<model>/feedback/date=YYYY-MM-DD/<writer>.jsonl     the server's feedback log
+    <root>/<model>/feedback-claims/date=YYYY-MM-DD/<xx>/<hash> one empty file per labelled prediction id
     <root>/<model>/versions/<n>/model.joblib, metadata.json    one trained version
 """
 
@@ -35,6 +36,11 @@ def predictions_dir(root: Path, model: str) -> Path:
 
 def feedback_dir(root: Path, model: str) -> Path:
     return root / model / "feedback"
+
+
+def feedback_claims_dir(root: Path, model: str) -> Path:
+    """The server's exactly-once record of labelled prediction ids (docs/contracts.md, "Feedback")."""
+    return root / model / "feedback-claims"
 
 
 def version_dir(root: Path, model: str, version: int) -> Path:

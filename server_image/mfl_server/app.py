@@ -3,6 +3,9 @@
 Inference runs inline on the loop: a vectorised predict over a bounded batch takes well under a
 millisecond to a few milliseconds, cheaper than handing it to a thread. Logs are appended before the
 response is sent; SIGTERM stops listening, lets in-flight requests finish, then closes the logs.
+A label is recorded once across replicas and restarts: its claim on the shared store (mfl_server.claims)
+comes first, then the log line, then the metrics. The server is not ready while the store cannot be
+written: a failed write says so at once, a probe every few seconds says when it can again.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
+from mfl_contracts import storage
+
 from . import feedback as fb
 from . import jsonio
+from .claims import ClaimStore
 from .config import ConfigError, ServerConfig, from_env
 from .errors import RequestError, bad_request, too_large
 from .ids import IdSigner
@@ -31,6 +37,7 @@ from .store import DailyJsonl, process_file_name
 
 log = logging.getLogger("mfl_server")
 SHUTDOWN_TIMEOUT = 20.0  # seconds for in-flight requests; the pod's grace period is 30
+SWEEP_INTERVAL = 3600.0  # seconds between deletions of expired claims
 Handler = Callable[["ModelServer", web.Request], Awaitable[web.Response]]
 
 
@@ -106,10 +113,12 @@ class ModelServer:
         self.not_ready_reason = "the model is loading"
         self.shutting_down = False
         self.in_flight = InFlight()
-        self.seen_feedback = fb.SeenIds(config.dedup_size)
+        self.store_problem: str | None = None  # why the artifact store cannot be written right now
         file_name = process_file_name()
-        self.predictions_log = DailyJsonl(config.model_dir / "predictions", file_name)
-        self.feedback_log = DailyJsonl(config.model_dir / "feedback", file_name)
+        root, model = config.storage_root, config.model
+        self.predictions_log = DailyJsonl(storage.predictions_dir(root, model), file_name)
+        self.feedback_log = DailyJsonl(storage.feedback_dir(root, model), file_name)
+        self.claims = ClaimStore(storage.feedback_claims_dir(root, model), file_name.removesuffix(".jsonl"))
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -143,6 +152,38 @@ class ModelServer:
         """Predictions that cannot be logged cannot be acknowledged: not ready until they can."""
         self.predictions_log.check_writable()
         self.feedback_log.check_writable()
+        self.claims.probe()
+
+    async def watch_store(self) -> None:
+        """Probes the store every few seconds (not ready while it fails) and deletes expired claims hourly."""
+        next_sweep = 0.0
+        while True:
+            await asyncio.sleep(self.config.store_check_interval)
+            try:
+                await asyncio.to_thread(self._check_store)
+            except OSError as error:
+                self._store_failed(f"the artifact store is not writable: {_reason(error)}")
+                continue
+            if self.store_problem is not None:
+                log.info("the artifact store is writable again: ready")
+                self.store_problem = None
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+                await self._sweep_claims()
+
+    async def _sweep_claims(self) -> None:
+        try:
+            swept = await asyncio.to_thread(self.claims.sweep, time.time(), self.config.feedback_max_age)
+        except OSError as error:
+            log.warning("cannot delete expired feedback claims in %s: %s", self.claims.folder, _reason(error))
+            return
+        if swept:
+            log.info("deleted expired feedback claims: %s", ", ".join(swept))
+
+    def _store_failed(self, reason: str) -> None:
+        if reason != self.store_problem:
+            log.error("not ready: %s", reason)
+        self.store_problem = reason
 
     def _not_ready(self, reason: str) -> None:
         if reason != self.not_ready_reason:
@@ -175,13 +216,10 @@ class ModelServer:
         labels = model.predict(batch.matrix)
         ts = time.time()
         ids = self.signer.sign_batch(model.version, self.config.track, labels, ts)
-        try:
-            lines = b"".join(
-                _prediction_line(row_id, ts, model.version, self.config.track, record, label)
-                for row_id, record, label in zip(ids, batch.records, labels)
-            )
-        except RecursionError:  # an extra key holding a deeply nested value
-            raise RequestError(422, "a row cannot be recorded: a value is nested too deeply") from None
+        lines = b"".join(
+            _prediction_line(row_id, ts, model.version, self.config.track, record, label)
+            for row_id, record, label in zip(ids, batch.records, labels)
+        )
         self._append(self.predictions_log, lines, ts, "predictions")
         self.metrics.count_predictions(len(labels))
         return json_response({"predictions": labels, "ids": ids, "model": self.config.model, "version": model.version})
@@ -190,15 +228,25 @@ class ModelServer:
     async def feedback(self, request: web.Request) -> web.Response:
         model = self._require_model()
         entries = fb.entries_of(await self._read_json(request), self.config.max_batch)
-        accepted, rejected = fb.review(entries, self.signer.verify, model.task, self.seen_feedback.__contains__)
         ts = time.time()
-        self._append(self.feedback_log, b"".join(_feedback_line(item, ts) for item in accepted), ts, "feedback")
+        rules = fb.LabelRules.for_model(model.task, model.classes, ts, self.config.feedback_max_age)
+        valid, rejected = fb.review(entries, self.signer.verify, rules)
+        accepted, duplicates = self._claim(valid)
+        try:
+            self._append(self.feedback_log, b"".join(_feedback_line(item, ts) for item in accepted), ts, "feedback")
+        except RequestError:
+            self._release(accepted)
+            raise
         for item in accepted:
-            self.seen_feedback.add(item.id)
             self._score(item, model.task)
+        rejected = sorted(rejected + duplicates, key=lambda item: item.index)
         for item in rejected:
             self.metrics.count_rejected(item.reason)
-        return json_response({"accepted": len(accepted), "rejected": [item.as_json() for item in rejected]})
+        body: dict[str, Any] = {"accepted": len(accepted), "rejected": [item.as_json() for item in rejected]}
+        refusal = fb.refusal(len(accepted), rejected)
+        if refusal:
+            return json_response({"error": refusal, **body}, 422)
+        return json_response(body)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.exposition())
@@ -213,6 +261,8 @@ class ModelServer:
             return json_response({"status": "not ready", "reason": "shutting down"}, 503)
         if self.model is None:
             return json_response({"status": "not ready", "reason": self.not_ready_reason}, 503)
+        if self.store_problem is not None:
+            return json_response({"status": "not ready", "reason": self.store_problem}, 503)
         return json_response(
             {"status": "ready", "model": self.config.model, "version": self.model.version, "track": self.config.track}
         )
@@ -241,8 +291,34 @@ class ModelServer:
         try:
             log_file.append(data, ts)
         except OSError as error:
-            log.error("cannot append %s to %s: %s", what, log_file.folder, error)
-            raise RequestError(500, f"cannot record {what} in the artifact store: {error.strerror or error}") from error
+            raise self._write_failed(what, log_file.folder, error) from error
+
+    def _claim(self, items: list[fb.Accepted]) -> tuple[list[fb.Accepted], list[fb.Rejected]]:
+        """Labels whose claim this request created, and the ones someone recorded before."""
+        claimed: list[fb.Accepted] = []
+        duplicates: list[fb.Rejected] = []
+        try:
+            for item in items:
+                if self.claims.claim(item.id, item.ref.ts):
+                    claimed.append(item)
+                else:
+                    duplicates.append(fb.duplicate(item.index, item.id))
+        except OSError as error:
+            self._release(claimed)
+            raise self._write_failed("feedback", self.claims.folder, error) from error
+        return claimed, duplicates
+
+    def _release(self, items: list[fb.Accepted]) -> None:
+        """Claims of labels that were not recorded, so the client's retry can record them."""
+        kept = sum(not self.claims.release(item.id, item.ref.ts) for item in items)
+        if kept:
+            log.error("%d feedback claims could not be released: those labels stay unrecorded", kept)
+
+    def _write_failed(self, what: str, folder: Any, error: OSError) -> RequestError:
+        """503: the client may retry, on another replica; this one is not ready until a probe writes."""
+        log.error("cannot write %s to %s: %s", what, folder, error)
+        self._store_failed(f"the artifact store is not writable: {_reason(error)}")
+        return RequestError(503, f"cannot record {what} in the artifact store ({_reason(error)}); retry later")
 
     def _score(self, item: fb.Accepted, task: str) -> None:
         ref = item.ref
@@ -256,6 +332,10 @@ class ModelServer:
             self.confusion_labels.actual(item.label),
             fb.label_key(ref.label),
         )
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 def _prediction_line(row_id: str, ts: float, version: int, track: str, features: dict[str, Any], label: Any) -> bytes:
@@ -293,6 +373,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     stop = stop or asyncio.Event()
     _on_signals(stop)
     loader = asyncio.create_task(server.load_until_ready())
+    watcher = asyncio.create_task(server.watch_store())
     try:
         await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
         log.info(
@@ -309,6 +390,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await _drain(runner, server)
     finally:
         loader.cancel()
+        watcher.cancel()
         await runner.cleanup()  # closes idle connections, cancels what is left
         server.close()
     log.info("stopped")

@@ -12,6 +12,11 @@ from mfl_contracts import storage
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 DEFAULT_PORT = 8080
 TRACKS = ("stable", "canary")
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Labels may arrive a month after their prediction: longer than the default data window (7 days), so
+# the trainer never misses one the server could take; it also bounds how long claims are kept.
+DEFAULT_FEEDBACK_MAX_AGE = 30 * 86400.0
+MAX_FEEDBACK_MAX_AGE = 366 * 86400.0  # claims are kept this long at most
 
 
 class ConfigError(ValueError):
@@ -28,10 +33,11 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     max_batch: int = 1024  # rows per /predict request
-    max_body_bytes: int = 16 * 1024 * 1024
-    dedup_size: int = 200_000  # feedback ids remembered per replica (LRU)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    feedback_max_age: float = DEFAULT_FEEDBACK_MAX_AGE  # seconds after a prediction its label is taken
     shutdown_delay: float = 0.0  # seconds to keep serving (not ready) after SIGTERM
     reload_interval: float = 5.0  # seconds between attempts to load a missing artifact
+    store_check_interval: float = 5.0  # seconds between writes that probe the artifact store
     inference_threads: int = 1  # OpenMP/BLAS threads; 0 leaves the libraries' default
 
     @property
@@ -44,8 +50,8 @@ class ServerConfig:
 
 
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
-    """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_DEDUP_SIZE,
-    MFL_SHUTDOWN_DELAY_SECONDS and MFL_INFERENCE_THREADS."""
+    """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_MAX_BODY_BYTES,
+    MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_SHUTDOWN_DELAY_SECONDS and MFL_INFERENCE_THREADS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
     if not storage.valid_model_name(model):
         raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
@@ -55,6 +61,9 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     key = env.get("MFL_SIGNING_KEY", "")
     if not key:
         raise ConfigError("MFL_SIGNING_KEY is empty: prediction ids cannot be signed")
+    max_age = _float(env, "MFL_FEEDBACK_MAX_AGE_SECONDS", DEFAULT_FEEDBACK_MAX_AGE)
+    if not 0 < max_age <= MAX_FEEDBACK_MAX_AGE:
+        raise ConfigError(f"MFL_FEEDBACK_MAX_AGE_SECONDS must be > 0 and at most {MAX_FEEDBACK_MAX_AGE:.0f} (a year)")
     return ServerConfig(
         model=model,
         version=_int(env, "MFL_MODEL_VERSION", None, minimum=0),
@@ -64,7 +73,8 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
         port=_int(env, "MFL_PORT", DEFAULT_PORT, minimum=0, maximum=65535),
         host=env.get("MFL_HOST") or "0.0.0.0",
         max_batch=_int(env, "MFL_MAX_BATCH", 1024, minimum=1),
-        dedup_size=_int(env, "MFL_DEDUP_SIZE", 200_000, minimum=0),
+        max_body_bytes=_int(env, "MFL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
+        feedback_max_age=max_age,
         shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
         inference_threads=_int(env, "MFL_INFERENCE_THREADS", 1, minimum=0),
     )

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import bad_request, too_large, unprocessable
 from .ids import InvalidId, PredictionRef
+from .inputs import MAX_ABS_NUMBER, MAX_TEXT_CHARS  # float32's range keeps error sums finite too
 
 MISSING_TEXT = frozenset({"", "na", "n/a", "null", "none", "nan"})  # the trainer drops these labels
 OTHER_LABEL = "__other__"  # confusion label for actual values outside the known classes
 MAX_CONFUSION_LABELS = 100  # bound on series when the classes are unknown
+MAX_LABEL_CHARS = MAX_TEXT_CHARS  # a class name longer than this is a mistake or an attack
+MAX_CLASSES_SHOWN = 20
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
 class Accepted:
+    index: int  # in the request
     id: str
     ref: PredictionRef
     label: Any
@@ -27,7 +31,7 @@ class Accepted:
 class Rejected:
     index: int
     id: Any
-    reason: str  # malformed | bad_signature | bad_label | duplicate
+    reason: str  # malformed | bad_signature | expired | bad_label | duplicate
     message: str
 
     def as_json(self) -> dict[str, Any]:
@@ -49,17 +53,36 @@ def entries_of(body: Any, max_entries: int) -> list[Any]:
     return entries
 
 
+@dataclass(frozen=True)
+class LabelRules:
+    """What a label must satisfy for the loaded model, at the time of the request."""
+
+    task: str
+    classes: frozenset[str] | None  # label_key of each class; None: the model does not say
+    now: float
+    max_age: float  # seconds after its prediction that a label is still accepted
+
+    @classmethod
+    def for_model(cls, task: str, classes: list[Any] | None, now: float, max_age: float) -> LabelRules:
+        known = frozenset(label_key(c) for c in classes) if task == "classification" and classes else None
+        return cls(task, known, now, max_age)
+
+
 def review(
-    entries: list[Any], verify: Callable[[Any], tuple[str, PredictionRef]], task: str, seen: Callable[[str], bool]
+    entries: list[Any], verify: Callable[[Any], tuple[str, PredictionRef]], rules: LabelRules
 ) -> tuple[list[Accepted], list[Rejected]]:
-    """Split entries into accepted and rejected; ``seen`` tells ids already accepted here."""
+    """Split entries into valid labels and rejected ones; an id given twice in one batch counts once.
+
+    Whether an id was labelled before (here, on another replica, before a restart) is the claim
+    store's to say (mfl_server.claims): it is the only state the replicas share.
+    """
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
     in_batch: set[str] = set()
     for index, entry in enumerate(entries):
-        outcome = _review_one(index, entry, verify, task)
-        if isinstance(outcome, Accepted) and (outcome.id in in_batch or seen(outcome.id)):
-            outcome = Rejected(index, outcome.id, "duplicate", "feedback for this id was already accepted")
+        outcome = _review_one(index, entry, verify, rules)
+        if isinstance(outcome, Accepted) and outcome.id in in_batch:
+            outcome = duplicate(index, outcome.id)
         if isinstance(outcome, Accepted):
             in_batch.add(outcome.id)
             accepted.append(outcome)
@@ -68,8 +91,24 @@ def review(
     return accepted, rejected
 
 
+def duplicate(index: int, prediction_id: str) -> Rejected:
+    return Rejected(index, prediction_id, "duplicate", "a label for this prediction was already recorded")
+
+
+def refusal(accepted: int, rejected: list[Rejected]) -> str | None:
+    """Why the whole request is a client error: nothing recorded and something invalid.
+
+    A batch of duplicates only is a retry that already succeeded, not an error.
+    """
+    invalid = [item for item in rejected if item.reason != "duplicate"]
+    if accepted or not invalid:
+        return None
+    first = invalid[0]
+    return f"no label recorded: entry {first.index}: {first.message}"
+
+
 def _review_one(
-    index: int, entry: Any, verify: Callable[[Any], tuple[str, PredictionRef]], task: str
+    index: int, entry: Any, verify: Callable[[Any], tuple[str, PredictionRef]], rules: LabelRules
 ) -> Accepted | Rejected:
     if not isinstance(entry, dict) or "id" not in entry or "label" not in entry:
         return Rejected(
@@ -82,18 +121,58 @@ def _review_one(
         canonical, ref = verify(entry["id"])
     except InvalidId as error:
         return Rejected(index, entry["id"], error.reason, str(error))
-    problem = label_problem(entry["label"], task)
+    problem = age_problem(ref.ts, rules.now, rules.max_age)
+    if problem:
+        return Rejected(index, canonical, "expired", problem)
+    problem = label_problem(entry["label"], rules.task, rules.classes)
     if problem:
         return Rejected(index, canonical, "bad_label", problem)
-    return Accepted(canonical, ref, entry["label"])
+    return Accepted(index, canonical, ref, entry["label"])
 
 
-def label_problem(label: Any, task: str) -> str | None:
-    if task == "regression":
-        return None if math.isfinite(as_number(label)) else f"label must be a finite number, got {label!r}"
-    if isinstance(label, (str, int, float)) and not _is_missing(label):
+def age_problem(prediction_ts: float, now: float, max_age: float) -> str | None:
+    """Labels are taken for ``max_age`` seconds after the prediction; that bounds the claims kept."""
+    if now - prediction_ts <= max_age:
         return None
-    return f"label must be a class (string or number), got {str(label)[:40]!r}"
+    return (
+        f"the prediction is {_duration(now - prediction_ts)} old: labels are accepted for "
+        f"{_duration(max_age)} after the prediction (MFL_FEEDBACK_MAX_AGE_SECONDS)"
+    )
+
+
+def label_problem(label: Any, task: str, classes: frozenset[str] | None = None) -> str | None:
+    if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+        return f"label is {len(label)} characters long, at most {MAX_LABEL_CHARS} are accepted"
+    if task == "regression":
+        number = as_number(label)
+        if isinstance(label, bool) or not abs(number) <= MAX_ABS_NUMBER:  # also NaN
+            return f"label must be a finite number of absolute value at most {MAX_ABS_NUMBER:.3g}, got {_shown(label)}"
+        return None
+    if not isinstance(label, (str, int, float)) or _is_missing(label):
+        return f"label must be a class (string or number), got {_shown(label)}"
+    if not isinstance(label, str) and not abs(as_number(label)) <= MAX_ABS_NUMBER:
+        return f"label must be a finite number of absolute value at most {MAX_ABS_NUMBER:.3g}, got {_shown(label)}"
+    if classes is not None and label_key(label) not in classes:
+        return f"label {_shown(label)} is not a class of this model; its classes are {_class_list(classes)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, (bool, int, float)) or value is None else repr(str(value)[:40])
+
+
+def _class_list(classes: frozenset[str]) -> str:
+    shown = sorted(classes)[:MAX_CLASSES_SHOWN]
+    more = len(classes) - len(shown)
+    return f"{shown}" + (f" and {more} more" if more else "")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * DAY:
+        return f"{seconds / DAY:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds:.0f} s"
 
 
 def label_key(value: Any) -> str:
@@ -115,13 +194,16 @@ def abs_error(predicted: Any, actual: Any) -> float:
 
 
 def as_number(value: Any) -> float:
-    if isinstance(value, (bool, int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    """NaN when not a number; an integer beyond float range is infinite, not an OverflowError."""
+    try:
+        if isinstance(value, (bool, int, float)):
+            return float(value)
+        if isinstance(value, str):
             return float(value.strip())
-        except ValueError:
-            return math.nan
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except ValueError:
+        return math.nan
     return math.nan
 
 
@@ -146,32 +228,3 @@ class ConfusionLabels:
             self._known.add(key)
             return key
         return OTHER_LABEL
-
-
-class SeenIds:
-    """Bounded LRU of accepted feedback ids: duplicates within this replica count once.
-
-    Older ids fall out once ``capacity`` newer ones arrived, and another replica keeps its own set;
-    the trainer treats a later line for the same id as a correction, so the store stays consistent.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        if key in self._ids:
-            self._ids.move_to_end(key)
-            return True
-        return False
-
-    def add(self, key: str) -> None:
-        if self._capacity <= 0:
-            return
-        self._ids[key] = None
-        self._ids.move_to_end(key)
-        while len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)

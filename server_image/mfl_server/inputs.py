@@ -3,6 +3,12 @@
 The hot path builds one Python list per row and converts the batch with a single ``np.array``.
 Only when that fails (or a value has a non-numeric type) do we walk the batch again to name the
 first offending row and feature, so clear error messages cost nothing on valid requests.
+
+Every value is bounded: numbers finite and within float32's range (tree estimators cast to it; JSON
+parsed by the standard library can carry NaN and Infinity), text at most ``MAX_TEXT_CHARS``. Only the
+model's features are logged: fields a row carries beyond them (a client sending the union of the
+stable and canary features, an id column) are accepted and dropped, so a row's log line is bounded
+by the model, not by the client.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from .errors import RequestError, bad_request, too_large, unprocessable
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _NUMERIC_TYPES = frozenset({int, float, bool, type(None)})  # None is a missing value (NaN)
 _CATEGORICAL_TYPES = frozenset({str, int, float, bool, type(None)})
+MAX_ABS_NUMBER = 3.4e38  # float32's largest value
+MAX_TEXT_CHARS = 1024  # per categorical value
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ def build_batch(instances: list[Any], schema: InputSchema) -> Batch:
     if isinstance(instances[0], dict):
         records = _require_all(instances, dict, "an object of feature values")
         values = _named_values(records, schema.columns)
+        records = _only_features(records, schema.features)
     elif isinstance(instances[0], list):
         rows = _require_all(instances, list, "a list of feature values")
         _check_row_lengths(rows, schema.features)
@@ -71,6 +80,12 @@ def _require_all(instances: list[Any], kind: type, what: str) -> list[Any]:
         if not isinstance(row, kind):
             raise unprocessable(f"row {index} must be {what} like row 0, got {_json_type(row)}")
     return instances
+
+
+def _only_features(records: list[dict[str, Any]], features: list[str]) -> list[dict[str, Any]]:
+    """Every feature is present (checked before), so a row of that many keys has no others."""
+    size = len(features)
+    return [record if len(record) == size else {name: record[name] for name in features} for record in records]
 
 
 def _named_values(records: list[dict[str, Any]], columns: list[str]) -> list[list[Any]]:
@@ -107,9 +122,45 @@ def _numeric_matrix(values: list[list[Any]], columns: list[str]) -> np.ndarray:
     if not types <= _NUMERIC_TYPES:
         raise _wrong_type(values, columns, lambda name: _NUMERIC_TYPES)
     try:
-        return np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
+        matrix = np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
     except OverflowError:
-        raise unprocessable("a feature value is too large for a 64-bit float") from None
+        raise _out_of_range(values, columns) from None
+    with np.errstate(invalid="ignore"):
+        out_of_range = ~(np.abs(matrix) <= MAX_ABS_NUMBER)  # NaN, infinities and huge values
+    if out_of_range.any():
+        _check_out_of_range(values, columns, out_of_range)
+    return matrix
+
+
+def _check_out_of_range(values: list[list[Any]], columns: list[str], flagged: np.ndarray) -> None:
+    """Raises for the first flagged value that is not a null (a null is a missing value: NaN)."""
+    for row, column in zip(*np.nonzero(flagged)):
+        value = values[row][column]
+        if value is not None:
+            raise _bad_number(int(row), columns[column], value)
+
+
+def _out_of_range(values: list[list[Any]], columns: list[str]) -> RequestError:
+    for index, row in enumerate(values):
+        for name, value in zip(columns, row):
+            if isinstance(value, int) and not _in_range(value):
+                return _bad_number(index, name, value)
+    return unprocessable("a feature value is too large for a 64-bit float")
+
+
+def _in_range(value: int | float) -> bool:
+    try:
+        return abs(float(value)) <= MAX_ABS_NUMBER
+    except OverflowError:
+        return False
+
+
+def _bad_number(index: int, name: str, value: Any) -> RequestError:
+    shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+    return unprocessable(
+        f"row {index}: feature {name!r} must be a finite number of absolute value at most "
+        f"{MAX_ABS_NUMBER:.3g} (null for a missing value), got {shown}"
+    )
 
 
 def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
@@ -125,17 +176,23 @@ def _mixed_matrix(values: list[list[Any]], schema: InputSchema) -> np.ndarray:
     matrix = np.empty((len(values), len(schema.columns)), dtype=object)
     for index, row in enumerate(values):
         matrix[index] = [
-            ("" if value is None else str(value)) if is_text else (np.nan if value is None else _float(value))
-            for value, is_text in zip(row, categorical)
+            _mixed_value(index, name, value, is_text) for name, value, is_text in zip(schema.columns, row, categorical)
         ]
     return matrix
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except OverflowError:
-        raise unprocessable("a feature value is too large for a 64-bit float") from None
+def _mixed_value(index: int, name: str, value: Any, is_text: bool) -> Any:
+    if value is None:
+        return "" if is_text else np.nan
+    if is_text and isinstance(value, str):
+        if len(value) > MAX_TEXT_CHARS:
+            raise unprocessable(
+                f"row {index}: feature {name!r} is {len(value)} characters long, at most {MAX_TEXT_CHARS}"
+            )
+        return value
+    if not _in_range(value):
+        raise _bad_number(index, name, value)
+    return str(value) if is_text else float(value)
 
 
 def _wrong_type(values: list[list[Any]], columns: list[str], allowed: Any) -> RequestError:

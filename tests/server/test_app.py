@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -87,6 +88,7 @@ def server_config(root: Path, version: int = 1, track: str = "stable", **overrid
 async def serving(config: ServerConfig, wait_ready: bool = True) -> AsyncIterator[tuple[ModelServer, TestClient]]:
     server = ModelServer(config)
     loader = asyncio.create_task(server.load_until_ready())
+    watcher = asyncio.create_task(server.watch_store())
     if wait_ready:
         await asyncio.wait_for(asyncio.shield(loader), 30)
     try:
@@ -94,6 +96,7 @@ async def serving(config: ServerConfig, wait_ready: bool = True) -> AsyncIterato
             yield server, client
     finally:
         loader.cancel()
+        watcher.cancel()
         server.close()
 
 
@@ -356,8 +359,10 @@ def test_deeply_nested_json_is_a_4xx_not_a_crash(tmp_path, body):
             return status, payload
 
     status, payload = run(scenario())
-    assert 400 <= status < 500 or status == 200, payload  # 200: a deep extra key is just logged
+    assert 400 <= status < 500 or status == 200, payload  # 200: a deep extra key is ignored
     assert "error" in payload or "ids" in payload
+    if status == 200:
+        assert [set(line["features"]) for line in jsonl(tmp_path / "churn" / "predictions")] == [set(FEATURES)]
 
 
 def test_metrics_have_exactly_the_contract_names_and_labels(tmp_path):
@@ -490,6 +495,214 @@ def test_estimator_fitted_with_feature_names_gets_its_column_order(tmp_path):
     with pytest.warns(UserWarning, match="valid feature names"):  # the test's own ndarray call
         expected = estimator.predict(query[:, ::-1]).tolist()
     assert run(scenario())["predictions"] == expected
+
+
+OWN = {"model": "churn", "version": "1", "track": "stable"}
+
+
+def counted(metrics: dict, name: str = "mfl_feedback_total") -> float:
+    """A counter summed over every version and track: where a label counts is the id's business."""
+    return sum(v for (sample, _), v in metrics.items() if sample == name)
+
+
+async def send_labels(client: TestClient, ids: list[str], labels: list[int]) -> dict[str, Any]:
+    response = await client.post(
+        "/feedback", json={"feedback": [{"id": row_id, "label": label} for row_id, label in zip(ids, labels)]}
+    )
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def wait_readiness(client: TestClient, status: int) -> dict[str, Any]:
+    for _ in range(500):
+        response = await client.get("/readyz")
+        if response.status == status:
+            return await response.json()
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"/readyz never answered {status}")
+
+
+def test_a_label_counts_once_across_replicas_and_a_restart(tmp_path):
+    """Two replicas on one store get the same labels, again and again, and one restarts."""
+    write_model(tmp_path)
+    x, y = synthetic(30, seed=11)
+    labels = [int(v) for v in y]
+
+    async def scenario() -> tuple[list[dict], list[dict], dict[str, Any]]:
+        first_round: list[dict] = []
+        replica_b = server_config(tmp_path)
+        async with serving(server_config(tmp_path)) as (_, a):
+            result = await predict(a, rows_of(x))
+            ids = result["ids"]
+            async with serving(replica_b) as (_, b):
+                first_round.append(await send_labels(a, ids[:20], labels[:20]))
+                first_round.append(await send_labels(b, ids, labels))
+                for _ in range(3):
+                    await asyncio.gather(send_labels(a, ids, labels), send_labels(b, ids[::-1], labels[::-1]))
+                before_restart = [await metrics_of(a), await metrics_of(b)]
+            async with serving(replica_b) as (_, b_again):  # the same replica, restarted
+                again = await send_labels(b_again, ids, labels)
+                await send_labels(a, ids, labels)
+                after_restart = [await metrics_of(a), await metrics_of(b_again)]
+        return first_round, [*before_restart, *after_restart], {"again": again, "result": result}
+
+    first_round, metrics, extra = run(scenario())
+    assert [body["accepted"] for body in first_round] == [20, 10]
+    assert {r["reason"] for r in first_round[1]["rejected"]} == {"duplicate"} and len(first_round[1]["rejected"]) == 20
+    assert extra["again"]["accepted"] == 0 and len(extra["again"]["rejected"]) == 30
+    a_before, b_before, a_after, b_after = metrics
+    assert counted(a_before) == 20 and counted(b_before) == 10
+    assert counted(a_after) == 20 and counted(b_after) == 0  # the restarted replica counted nothing again
+    correct = sum(p == t for p, t in zip(extra["result"]["predictions"], labels))
+    assert counted(a_before, "mfl_feedback_correct_total") + counted(b_before, "mfl_feedback_correct_total") == correct
+    assert counted(a_before, "mfl_confusion_total") + counted(b_before, "mfl_confusion_total") == 30
+    assert value(a_after, "mfl_feedback_rejected_total", **OWN, reason="duplicate") == 3 * 30 + 30
+    lines = jsonl(tmp_path / "churn" / "feedback")
+    assert sorted(line["id"] for line in lines) == sorted(extra["result"]["ids"])
+
+
+def test_unknown_classes_and_expired_predictions_are_refused_with_a_422(tmp_path):
+    write_model(tmp_path)
+
+    async def scenario() -> tuple[list[tuple[int, dict]], dict]:
+        async with serving(server_config(tmp_path)) as (server, client):
+            ids = (await predict(client, rows_of(synthetic(3)[0])))["ids"]
+            [old] = server.signer.sign_batch(1, "stable", [1], time.time() - 31 * 86400)
+            answers = []
+            for entries in (
+                [{"id": ids[0], "label": 2}],
+                [{"id": ids[0], "label": "x" * 5000}],
+                [{"id": old, "label": 1}],
+                [{"id": ids[0], "label": "spam"}, {"id": ids[1], "label": "1"}],
+            ):
+                response = await client.post("/feedback", json={"feedback": entries})
+                answers.append((response.status, await response.json()))
+            return answers, await metrics_of(client)
+
+    answers, metrics = run(scenario())
+    statuses = [status for status, _ in answers]
+    assert statuses == [422, 422, 422, 200]
+    assert "entry 0: label 2 is not a class of this model; its classes are ['0', '1']" in answers[0][1]["error"]
+    assert "5000 characters long" in answers[1][1]["error"]
+    assert "31.0 days old" in answers[2][1]["error"] and answers[2][1]["rejected"][0]["reason"] == "expired"
+    assert answers[3][1]["accepted"] == 1 and answers[3][1]["rejected"][0]["reason"] == "bad_label"
+    assert value(metrics, "mfl_feedback_rejected_total", **OWN, reason="bad_label") == 3
+    assert value(metrics, "mfl_feedback_rejected_total", **OWN, reason="expired") == 1
+    assert value(metrics, "mfl_http_requests_total", **OWN, endpoint="feedback", code="422") == 3
+    assert [line["label"] for line in jsonl(tmp_path / "churn" / "feedback")] == ["1"]
+
+
+def test_non_finite_regression_labels_never_reach_the_log(tmp_path, monkeypatch):
+    x, _ = synthetic(300)
+    write_model(tmp_path, task="regression", estimator=Ridge().fit(x, x @ [1.0, 2.0, 0.0, -1.0]))
+
+    async def scenario() -> list[int]:
+        async with serving(server_config(tmp_path)) as (_, client):
+            [row_id] = (await predict(client, rows_of(synthetic(1)[0])))["ids"]
+            statuses = []
+            for label in (b"NaN", b"Infinity", b"-1e400", b"1e39", b'"inf"', b"true", b"null"):
+                body = b'{"feedback": [{"id": "' + row_id.encode() + b'", "label": ' + label + b"}]}"
+                statuses.append((await client.post("/feedback", data=body)).status)
+            return statuses
+
+    for backend in ("orjson", "stdlib"):  # orjson refuses NaN and 1e400 as JSON; the stdlib parses them
+        if backend == "stdlib":
+            monkeypatch.setattr("mfl_server.jsonio.loads", json.loads)
+        statuses = run(scenario())
+        assert all(400 <= status < 500 for status in statuses), (backend, statuses)
+    assert jsonl(tmp_path / "churn" / "feedback") == []
+
+
+@pytest.mark.parametrize(
+    "row, status",
+    [
+        (b'{"f0": 1, "f1": 2, "f2": 3, "f3": 3.5e38}', 422),
+        (b'{"f0": 1, "f1": 2, "f2": 3, "f3": 100000000000000000000000000000000000000000}', 422),
+        (b'{"f0": 1, "f1": 2, "f2": 3, "f3": NaN}', None),
+        (b'{"f0": 1, "f1": 2, "f2": 3, "f3": 1e400}', None),
+    ],
+    ids=["huge", "huge-int", "nan", "overflow"],
+)
+def test_non_finite_or_huge_features_are_a_4xx(tmp_path, monkeypatch, row, status):
+    write_model(tmp_path)
+    monkeypatch.setattr("mfl_server.jsonio.loads", json.loads)  # the parser that lets NaN and 1e400 through
+
+    async def scenario() -> tuple[int, dict]:
+        async with serving(server_config(tmp_path)) as (_, client):
+            response = await client.post("/predict", data=b'{"instances": [' + row + b"]}")
+            return response.status, await response.json()
+
+    got, body = run(scenario())
+    assert got == (status or 422) and "feature 'f3' must be a finite number" in body["error"], body
+    assert jsonl(tmp_path / "churn" / "predictions") == []
+
+
+def test_unknown_fields_are_not_logged(tmp_path):
+    write_model(tmp_path)
+    row = {**dict(zip(FEATURES, [0.1, 0.2, 0.3, 0.4])), "comment": "x" * 100_000, "nested": [[[1]]]}
+
+    async def scenario() -> None:
+        async with serving(server_config(tmp_path)) as (_, client):
+            for _ in range(3):
+                await predict(client, [row] * 8)
+
+    run(scenario())
+    files = list((tmp_path / "churn" / "predictions").rglob("*.jsonl"))
+    assert sum(path.stat().st_size for path in files) < 24 * 400
+    assert {tuple(line["features"]) for line in jsonl(tmp_path / "churn" / "predictions")} == {tuple(FEATURES)}
+
+
+def test_readiness_follows_runtime_store_failures_and_no_label_is_lost_or_doubled(tmp_path):
+    write_model(tmp_path)
+    claims = tmp_path / "churn" / "feedback-claims"
+
+    async def scenario() -> None:
+        async with serving(server_config(tmp_path, store_check_interval=0.05)) as (_, client):
+            result = await predict(client, rows_of(synthetic(4)[0]))
+            entries = [{"id": row_id, "label": 1} for row_id in result["ids"]]
+            await wait_readiness(client, 200)
+            claims.rename(tmp_path / "claims-away")
+            claims.write_text("the volume went bad")
+            response = await client.post("/feedback", json={"feedback": entries})
+            assert response.status == 503 and "retry later" in (await response.json())["error"]
+            reason = (await wait_readiness(client, 503))["reason"]
+            assert "artifact store is not writable" in reason
+            await asyncio.sleep(0.2)
+            assert (await client.get("/readyz")).status == 503  # the probe keeps failing
+            claims.unlink()
+            (tmp_path / "claims-away").rename(claims)
+            await wait_readiness(client, 200)
+            assert (await send_labels(client, [e["id"] for e in entries], [1] * 4))["accepted"] == 4
+            assert value(await metrics_of(client), "mfl_feedback_total", **OWN) == 4
+
+    run(scenario())
+    assert len(jsonl(tmp_path / "churn" / "feedback")) == 4
+
+
+def test_a_failed_log_write_releases_the_claims_and_makes_the_server_not_ready(tmp_path):
+    write_model(tmp_path)
+
+    def full_disk(data: bytes, ts: float) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def scenario() -> None:
+        async with serving(server_config(tmp_path, store_check_interval=0.3)) as (server, client):
+            ids = (await predict(client, rows_of(synthetic(3)[0])))["ids"]
+            working = server.feedback_log.append
+            server.feedback_log.append = full_disk  # type: ignore[method-assign]
+            response = await client.post("/feedback", json={"feedback": [{"id": i, "label": 0} for i in ids]})
+            assert response.status == 503 and "No space left on device" in (await response.json())["error"]
+            ready = await client.get("/readyz")
+            assert ready.status == 503 and "No space left on device" in (await ready.json())["reason"]
+            server.predictions_log.append = full_disk  # type: ignore[method-assign]
+            response = await client.post("/predict", json={"instances": [[0, 0, 0, 0]]})
+            assert response.status == 503 and "cannot record predictions" in (await response.json())["error"]
+            server.feedback_log.append = working  # type: ignore[method-assign]
+            await wait_readiness(client, 200)  # the probe writes again
+            assert (await send_labels(client, ids, [0, 0, 0]))["accepted"] == 3
+            assert value(await metrics_of(client), "mfl_feedback_total", **OWN) == 3
+
+    run(scenario())
 
 
 # --- as a process --------------------------------------------------------------------------------
@@ -648,3 +861,71 @@ def test_a_request_in_flight_at_sigterm_is_answered_and_logged(tmp_path):
     ids = json.loads(payload.split(b"\r\n\r\n", 1)[1])["ids"]
     assert process.returncode == 0, stderr
     assert [line["id"] for line in jsonl(tmp_path / "churn" / "predictions")] == ids
+
+
+async def scrape(session: aiohttp.ClientSession, base: str) -> dict[tuple[str, frozenset], float]:
+    async with session.get(f"{base}/metrics") as response:
+        return samples(await response.text())
+
+
+async def post_labels(session: aiohttp.ClientSession, base: str, ids: list[str], labels: list[int]) -> int:
+    entries = [{"id": row_id, "label": label} for row_id, label in zip(ids, labels)]
+    async with session.post(f"{base}/feedback", json={"feedback": entries}) as response:
+        assert response.status == 200, await response.text()
+        return (await response.json())["accepted"]
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+
+
+@pytest.mark.integration
+def test_two_server_processes_on_one_store_count_each_label_once_across_a_restart(tmp_path):
+    """Stable and canary processes share the store; labels go to both, repeatedly; the canary restarts."""
+    write_model(tmp_path, version=1)
+    write_model(tmp_path, version=2)
+    ports = [free_port(), free_port()]
+    stable, canary = start_process(tmp_path, ports[0], 1, "stable"), start_process(tmp_path, ports[1], 2, "canary")
+    processes = [stable, canary]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    x, y = synthetic(40, seed=12)
+    labels = [int(v) for v in y]
+
+    async def scenario() -> tuple[list[int], list[dict]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            for base, process in zip(bases, processes):
+                await wait_ready(session, base, process)
+            ids = []
+            for base in bases:  # half the predictions from each track
+                async with session.post(f"{base}/predict", json={"instances": rows_of(x[: len(x) // 2])}) as r:
+                    ids += (await r.json())["ids"]
+            accepted = []
+            for _ in range(3):  # the same labels to both at once, three times
+                accepted += await asyncio.gather(*(post_labels(session, base, ids, labels) for base in bases))
+            scraped = [await scrape(session, base) for base in bases]
+            stop_process(canary)
+            processes.append(start_process(tmp_path, ports[1], 2, "canary"))
+            await wait_ready(session, bases[1], processes[-1])
+            accepted += await asyncio.gather(*(post_labels(session, base, ids, labels) for base in bases))
+            scraped += [await scrape(session, base) for base in bases]
+        return accepted, scraped
+
+    try:
+        accepted, scraped = run(scenario())
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert sum(accepted) == 40 and accepted[2:] == [0] * 6
+    stable_before, canary_before, stable_after, canary_after = scraped
+    assert counted(stable_before) + counted(canary_before) == 40
+    assert counted(stable_after) == counted(stable_before) and counted(canary_after) == 0
+    for track, version in (("stable", "1"), ("canary", "2")):
+        labels_here = {"model": "churn", "version": version, "track": track}
+        total = sum(value(m, "mfl_feedback_total", **labels_here) for m in (stable_before, canary_before))
+        assert total == 20  # each label under the version and track that made its prediction
+    feedback = jsonl(tmp_path / "churn" / "feedback")
+    assert len(feedback) == 40 and len({line["id"] for line in feedback}) == 40

@@ -19,6 +19,15 @@ def test_contract_defaults():
     assert config.signing_key == b"k" and config.host == "0.0.0.0"
 
 
+def test_input_bounds_have_defaults_and_can_be_set():
+    config = from_env(BASE)
+    assert (config.max_batch, config.max_body_bytes, config.feedback_max_age) == (1024, 16 << 20, 30 * 86400.0)
+    config = from_env(
+        {**BASE, "MFL_MAX_BATCH": "64", "MFL_MAX_BODY_BYTES": "65536", "MFL_FEEDBACK_MAX_AGE_SECONDS": "3600"}
+    )
+    assert (config.max_batch, config.max_body_bytes, config.feedback_max_age) == (64, 65536, 3600.0)
+
+
 def test_every_contract_variable_is_read():
     config = from_env({**BASE, "MFL_TRACK": "canary", "MFL_STORAGE_ROOT": "/data", "MFL_PORT": "9000"})
     assert (config.track, config.storage_root, config.port) == ("canary", Path("/data"), 9000)
@@ -35,6 +44,10 @@ def test_every_contract_variable_is_read():
         ({"MFL_SIGNING_KEY": ""}, "MFL_SIGNING_KEY is empty"),
         ({"MFL_PORT": "70000"}, "MFL_PORT out of range"),
         ({"MFL_SHUTDOWN_DELAY_SECONDS": "-1"}, "must be >= 0"),
+        ({"MFL_MAX_BODY_BYTES": "100"}, "MFL_MAX_BODY_BYTES out of range"),
+        ({"MFL_FEEDBACK_MAX_AGE_SECONDS": "0"}, "MFL_FEEDBACK_MAX_AGE_SECONDS must be > 0"),
+        ({"MFL_FEEDBACK_MAX_AGE_SECONDS": "inf"}, "at most 31622400"),
+        ({"MFL_FEEDBACK_MAX_AGE_SECONDS": "nan"}, "MFL_FEEDBACK_MAX_AGE_SECONDS must be"),
     ],
 )
 def test_bad_environment_is_named(override, words):

@@ -10,16 +10,60 @@ import pytest
 from mfl_server import feedback as fb
 from mfl_server.errors import RequestError
 from mfl_server.ids import IdSigner
-from mfl_server.inputs import InputSchema, build_batch, instances_of
+from mfl_server.inputs import MAX_ABS_NUMBER, MAX_TEXT_CHARS, InputSchema, build_batch, instances_of
 
 SCHEMA = InputSchema(features=["a", "b", "c"], columns=["a", "b", "c"])
+MIXED = InputSchema(features=["a", "city"], columns=["a", "city"], feature_types={"city": "categorical"})
+DAY = 86400.0
 
 
-def test_named_rows_build_a_float_matrix_and_keep_the_record():
-    batch = build_batch([{"a": 1, "b": 2.5, "c": None, "extra": "kept"}], SCHEMA)
+def test_named_rows_build_a_float_matrix_and_record_only_the_features():
+    batch = build_batch([{"a": 1, "b": 2.5, "c": None, "extra": "x" * 10_000}, {"c": 3, "b": 2, "a": 1}], SCHEMA)
     assert batch.matrix.dtype == np.float64
     assert batch.matrix[0, :2].tolist() == [1.0, 2.5] and math.isnan(batch.matrix[0, 2])
-    assert batch.records == [{"a": 1, "b": 2.5, "c": None, "extra": "kept"}]
+    assert batch.records == [{"a": 1, "b": 2.5, "c": None}, {"c": 3, "b": 2, "a": 1}]
+
+
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"a": 1, "b": math.nan, "c": 3}, "feature 'b' must be a finite number"),
+        ({"a": math.inf, "b": 2, "c": 3}, "feature 'a' must be a finite number"),
+        ({"a": 1, "b": 2, "c": -math.inf}, "got -inf"),
+        ({"a": 1, "b": 2, "c": 3.5e38}, "got 3.5e+38"),
+        ({"a": 1, "b": 10**39, "c": 3}, "got an integer of 40 digits"),
+        ({"a": 1, "b": 10**400, "c": 3}, "got an integer of 401 digits"),
+        ([1, math.nan, 3], "feature 'b' must be a finite number"),
+    ],
+    ids=["nan", "inf", "-inf", "huge-float", "huge-int", "int-beyond-float64", "positional-nan"],
+)
+def test_non_finite_or_huge_feature_values_are_refused_by_name(row, words):
+    with pytest.raises(RequestError) as caught:
+        build_batch([{"a": 1, "b": 2, "c": 3} if isinstance(row, dict) else [1, 2, 3], row], SCHEMA)
+    assert caught.value.status == 422 and caught.value.message.startswith("row 1: ") and words in caught.value.message
+    assert "null for a missing value" in caught.value.message
+
+
+def test_the_range_ends_at_float32s_largest_value_and_nulls_stay_missing():
+    batch = build_batch([[MAX_ABS_NUMBER, -MAX_ABS_NUMBER, None]], SCHEMA)
+    assert batch.matrix[0, :2].tolist() == [MAX_ABS_NUMBER, -MAX_ABS_NUMBER] and math.isnan(batch.matrix[0, 2])
+
+
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"a": math.nan, "city": "Oslo"}, "row 0: feature 'a' must be a finite number"),
+        ({"a": 1, "city": math.inf}, "row 0: feature 'city' must be a finite number"),
+        ({"a": 10**400, "city": "Oslo"}, "integer of 401 digits"),
+        ({"a": 1, "city": "x" * (MAX_TEXT_CHARS + 1)}, f"'city' is {MAX_TEXT_CHARS + 1} characters long"),
+    ],
+    ids=["nan", "inf-category", "huge-int", "long-text"],
+)
+def test_categorical_models_bound_every_value(row, words):
+    with pytest.raises(RequestError) as caught:
+        build_batch([row], MIXED)
+    assert caught.value.status == 422 and words in caught.value.message
+    assert build_batch([{"a": 1, "city": "x" * MAX_TEXT_CHARS}], MIXED).matrix[0, 1] == "x" * MAX_TEXT_CHARS
 
 
 def test_positional_rows_follow_metadata_order_and_are_logged_by_name():
@@ -35,10 +79,11 @@ def test_columns_follow_the_estimator_order_when_it_differs():
 
 
 def test_categorical_features_make_an_object_matrix():
-    schema = InputSchema(features=["a", "city"], columns=["a", "city"], feature_types={"city": "categorical"})
-    matrix = build_batch([{"a": 1, "city": "Oslo"}, {"a": None, "city": None}], schema).matrix
+    batch = build_batch([{"a": 1, "city": "Oslo"}, {"a": None, "city": None}, {"a": 2, "city": 7, "x": 1}], MIXED)
+    matrix = batch.matrix
     assert matrix.dtype == object
     assert matrix[0].tolist() == [1.0, "Oslo"] and math.isnan(matrix[1, 0]) and matrix[1, 1] == ""
+    assert matrix[2].tolist() == [2.0, "7"] and batch.records[2] == {"a": 2, "city": 7}
 
 
 @pytest.mark.parametrize(
@@ -94,64 +139,106 @@ def test_labels_compare_as_the_trainer_compares_them(predicted, actual, same):
     assert fb.is_correct(predicted, actual) is same
 
 
+CLASSES = frozenset({"0", "1"})
+
+
 @pytest.mark.parametrize(
-    "label, task, ok",
+    "label, task, classes, words",
     [
-        (1, "classification", True),
-        ("yes", "classification", True),
-        (None, "classification", False),
-        ("", "classification", False),
-        ("n/a", "classification", False),
-        ([1], "classification", False),
-        (2.5, "regression", True),
-        ("2.5", "regression", True),
-        ("x", "regression", False),
-        (float("nan"), "regression", False),
-        (None, "regression", False),
+        (1, "classification", None, None),
+        ("yes", "classification", None, None),
+        (1, "classification", CLASSES, None),
+        ("1", "classification", CLASSES, None),
+        (1.0, "classification", CLASSES, None),
+        (True, "classification", CLASSES, None),
+        (2, "classification", CLASSES, "label 2 is not a class of this model; its classes are ['0', '1']"),
+        ("spam", "classification", CLASSES, "label 'spam' is not a class"),
+        (None, "classification", None, "must be a class"),
+        ("", "classification", None, "must be a class"),
+        ("n/a", "classification", None, "must be a class"),
+        ([1], "classification", None, "must be a class"),
+        (math.inf, "classification", None, "finite number"),
+        (10**400, "classification", None, "finite number"),
+        ("x" * (MAX_TEXT_CHARS + 1), "classification", None, f"{MAX_TEXT_CHARS + 1} characters long"),
+        (2.5, "regression", None, None),
+        ("2.5", "regression", None, None),
+        (-MAX_ABS_NUMBER, "regression", None, None),
+        ("x", "regression", None, "finite number"),
+        (math.nan, "regression", None, "finite number"),
+        (math.inf, "regression", None, "finite number"),
+        ("-inf", "regression", None, "finite number"),
+        ("1e39", "regression", None, "finite number"),
+        (10**400, "regression", None, "finite number"),
+        (True, "regression", None, "finite number"),
+        (None, "regression", None, "finite number"),
+        ("1" * (MAX_TEXT_CHARS + 1), "regression", None, "characters long"),
     ],
 )
-def test_label_validation(label, task, ok):
-    assert (fb.label_problem(label, task) is None) is ok
+def test_label_validation(label, task, classes, words):
+    problem = fb.label_problem(label, task, classes)
+    assert problem is None if words is None else words in problem, problem
 
 
-def test_review_splits_entries_and_counts_duplicates_once():
+def test_the_message_lists_at_most_twenty_classes():
+    problem = fb.label_problem("z", "classification", frozenset(f"c{i:02}" for i in range(30)))
+    assert problem is not None and "'c19'] and 10 more" in problem and "c20" not in problem
+
+
+def test_rules_know_the_classes_of_a_classifier_only():
+    assert fb.LabelRules.for_model("classification", [0, 1.0, "a"], 5.0, 9.0).classes == {"0", "1", "a"}
+    assert fb.LabelRules.for_model("classification", None, 5.0, 9.0).classes is None
+    assert fb.LabelRules.for_model("regression", [0, 1], 5.0, 9.0).classes is None
+
+
+@pytest.mark.parametrize(
+    "age, words",
+    [(0.0, None), (30 * DAY, None), (30 * DAY + 1, "is 30.0 days old"), (-60.0, None)],
+)
+def test_labels_are_taken_for_max_age_after_the_prediction(age, words):
+    problem = fb.age_problem(1000 * DAY - age, 1000 * DAY, 30 * DAY)
+    assert problem is None if words is None else words in problem and "30.0 days after" in problem
+
+
+def test_review_splits_entries_and_counts_an_id_once_per_batch():
     signer = IdSigner(b"k", "m")
-    first, second = signer.sign_batch(1, "stable", [1, 0], 1.0)
+    now = 100 * DAY
+    first, second = signer.sign_batch(1, "stable", [1, 0], now - 60)
+    [old] = signer.sign_batch(1, "stable", [1], now - 8 * DAY)
     forged = first[:-1] + ("Q" if first.endswith("A") else "A")  # canonical spelling, wrong tag
-    seen = fb.SeenIds(10)
-    seen.add(second)
     accepted, rejected = fb.review(
         [
             {"id": first, "label": 1},
             {"id": first, "label": 0},
-            {"id": second, "label": 0},
+            {"id": second, "label": 2},
             {"id": "junk", "label": 1},
             {"label": 1},
             "text",
             {"id": forged, "label": 1},
+            {"id": old, "label": 1},
+            {"id": second, "label": "0"},
         ],
         signer.verify,
-        "classification",
-        seen.__contains__,
+        fb.LabelRules.for_model("classification", [0, 1], now, 7 * DAY),
     )
-    assert [item.id for item in accepted] == [first]
+    assert [(item.index, item.id, item.label) for item in accepted] == [(0, first, 1), (8, second, "0")]
     assert [(item.index, item.reason) for item in rejected] == [
         (1, "duplicate"),
-        (2, "duplicate"),
+        (2, "bad_label"),
         (3, "malformed"),
         (4, "malformed"),
         (5, "malformed"),
         (6, "bad_signature"),
+        (7, "expired"),
     ]
 
 
-def test_seen_ids_is_a_bounded_lru():
-    seen = fb.SeenIds(2)
-    for key in ("a", "b"):
-        seen.add(key)
-    assert "a" in seen  # touch: "b" is now the oldest
-    seen.add("c")
-    assert "b" not in seen and "a" in seen and "c" in seen and len(seen) == 2
+def test_a_request_is_refused_only_when_nothing_was_recorded_and_something_was_invalid():
+    bad = fb.Rejected(3, "i", "bad_label", "label 2 is not a class of this model")
+    again = fb.duplicate(0, "j")
+    assert fb.refusal(0, [again, bad]) == "no label recorded: entry 3: label 2 is not a class of this model"
+    assert fb.refusal(1, [bad]) is None  # partly recorded: the rejected list says which
+    assert fb.refusal(0, [again]) is None  # a retry of labels already recorded
+    assert again.as_json()["reason"] == "duplicate"
 
 
 def test_confusion_labels_stay_bounded():
