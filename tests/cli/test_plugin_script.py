@@ -52,9 +52,11 @@ def test_ctrl_c_ends_a_watch_with_130_and_no_traceback(script, tmp_path):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 30
-        while not any(r["query"].get("watch") for r in fake.requests) and time.monotonic() < deadline:
+        while watch.poll() is None and time.monotonic() < deadline:
+            if any(r["query"].get("watch") for r in fake.requests):
+                break
             time.sleep(0.05)
-        assert watch.poll() is None, watch.communicate()
+        assert watch.poll() is None, watch.communicate()  # still watching: its output says why not
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=30)
     assert watch.returncode == 130, err
