@@ -22,7 +22,7 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefre
 
 UID = "model-feedback-loop"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-# The server series of the loops picked above.
+# The server series of the loops chosen in the dashboard's namespace and model variables.
 LOOP = 'namespace=~"$namespace",model=~"$model"'
 EVENTS_1H = "namespace_job_reason:mfl_operator_events:increase1h"
 # The operator judges accuracy over 5 minutes (monitoring.default_rules): the per-loop panels do too.
@@ -183,7 +183,11 @@ def loop_panels() -> list[Panel]:
         ratio("mfl_feedback_correct_total", "mfl_feedback_total", f'{LOOP},track="{track}"', "namespace, model")
         for track in ("canary", "stable")
     )
-    latency = "histogram_quantile({q}, sum by (namespace, model, version, track, le) (rate(mfl_prediction_latency_seconds_bucket{{{loop}}}[{window}])))"  # noqa: E501
+
+    def latency(q: str) -> str:
+        buckets = f"rate(mfl_prediction_latency_seconds_bucket{{{LOOP}}}[{WINDOW}])"
+        return f"histogram_quantile({q}, sum by (namespace, model, version, track, le) ({buckets}))"
+
     return [
         (
             graph(
@@ -242,8 +246,8 @@ def loop_panels() -> list[Panel]:
                 "Latency",
                 "Per /predict request, by version and track; the default rule's p99 ceiling is 0.5 s.",
                 "s",
-                query(latency.format(q="0.99", loop=LOOP, window=WINDOW), "p99 " + version_track, "A"),
-                query(latency.format(q="0.5", loop=LOOP, window=WINDOW), "p50 " + version_track, "B"),
+                query(latency("0.99"), "p99 " + version_track, "A"),
+                query(latency("0.5"), "p50 " + version_track, "B"),
             )
         ),
         (
