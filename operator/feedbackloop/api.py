@@ -9,8 +9,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 GROUP = "feedbackloop.dev"
 VERSION = "v1alpha1"
@@ -25,22 +34,40 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, json_schema_extra={"x-mfl-duration": True})]
+
+class DurationText(str):
+    """A duration as the user wrote it ('1h30m'), parsed once when the spec is: `.seconds` is what the code
+    uses, the text is what is shown and serialized."""
+
+    seconds: float
+
+    def __new__(cls, text: str) -> DurationText:
+        value = super().__new__(cls, text)
+        value.seconds = parse_duration(text)
+        return value
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls, core_schema.str_schema(pattern=DURATION_PATTERN), serialization=core_schema.to_string_ser_schema()
+        )
+
+
+Duration = Annotated[DurationText, Field(json_schema_extra={"x-mfl-duration": True})]
 MAX_PROMETHEUS_TIMEOUT_SECONDS = 60
 
 
-def _positive(text: str) -> str:
+def _positive(text: DurationText) -> DurationText:
     """A period the operator waits on or divides by: zero would make it poll in a hot loop (or divide by 0)."""
-    if parse_duration(text) < 1:
-        raise ValueError(f"{text!r} is too short: use at least 1s")
+    if text.seconds < 1:
+        raise ValueError(f"{str(text)!r} is too short: use at least 1s")
     return text
 
 
-def _bounded_timeout(text: str) -> str:
+def _bounded_timeout(text: DurationText) -> DurationText:
     """One tenant's slow Prometheus must not hold the shared poll for long."""
-    seconds = parse_duration(_positive(text))
-    if seconds > MAX_PROMETHEUS_TIMEOUT_SECONDS:
-        raise ValueError(f"{text!r} is too long: at most {MAX_PROMETHEUS_TIMEOUT_SECONDS}s")
+    if _positive(text).seconds > MAX_PROMETHEUS_TIMEOUT_SECONDS:
+        raise ValueError(f"{str(text)!r} is too long: at most {MAX_PROMETHEUS_TIMEOUT_SECONDS}s")
     return text
 
 
@@ -61,7 +88,8 @@ def parse_duration(text: str) -> float:
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields refused (as the schema does)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # validate_default: a default duration is parsed once too (it gets its `.seconds`).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True)
 
 
 # --- model -------------------------------------------------------------------------------------------
@@ -208,7 +236,7 @@ class PrometheusEndpoint(ApiModel):
         default=False, description="Skip verifying the server's TLS certificate. Default false."
     )
     timeout: PrometheusTimeout = Field(
-        default="10s", description="Timeout of each query: a duration from 1s to 60s. Default 10s."
+        default=DurationText("10s"), description="Timeout of each query: a duration from 1s to 60s. Default 10s."
     )
 
 
@@ -228,7 +256,7 @@ class MetricRule(ApiModel):
     min: float | None = Field(default=None, description="Out of bounds below this value. Set min, max or both.")
     max: float | None = Field(default=None, description="Out of bounds above this value. Set min, max or both.")
     for_: Duration = Field(
-        default="0s",
+        default=DurationText("0s"),
         alias="for",
         description="How long the value must stay out of bounds before the rule breaches, as an alerting "
         "rule's `for`: a duration. Default 0s.",
@@ -264,7 +292,7 @@ class Monitoring(ApiModel):
 
     prometheus: PrometheusEndpoint
     interval: Interval = Field(
-        default="30s",
+        default=DurationText("30s"),
         description="How often the operator queries Prometheus and evaluates the rules: a duration, at least 1s. "
         "Default 30s.",
     )
@@ -383,7 +411,7 @@ class Retraining(ApiModel):
         min_length=1, description="Label column of the base data; feedback labels arrive through /feedback."
     )
     data_window: Duration = Field(
-        default="7d",
+        default=DurationText("7d"),
         description="Labelled feedback predicted within this long before the Job starts joins the base data: "
         "a duration. Default 7d.",
     )
@@ -418,7 +446,7 @@ class Retraining(ApiModel):
         "maxRetrainsPerDay; omitted: none.",
     )
     cooldown: Duration = Field(
-        default="1h",
+        default=DurationText("1h"),
         description="Minimum time from the last retraining's start or outcome to the next one (a retrain request "
         "skips it): a duration. Default 1h.",
     )
@@ -430,7 +458,7 @@ class Retraining(ApiModel):
         "never held back), 0 to 100. Default 3.",
     )
     failure_backoff: Duration = Field(
-        default="10m",
+        default=DurationText("10m"),
         description="After a failed training, how long retrainings wait (a retrain request does not): a duration. "
         "Default 10m.",
     )
@@ -450,7 +478,7 @@ class CanaryStep(ApiModel):
         "the share is rounded to a replica ratio (100 gives 50%).",
     )
     pause: Duration = Field(
-        default="1m",
+        default=DurationText("1m"),
         description="How long the step lasts before the next one; after the last, the canary is promoted once the "
         "analysis passes. A duration. Default 1m.",
     )
@@ -497,7 +525,7 @@ class Analysis(ApiModel):
     threshold checks; see docs/canary-analysis.md."""
 
     interval: Interval = Field(
-        default="30s",
+        default=DurationText("30s"),
         description="How often the canary is judged (its queries run and one look is taken): a duration, at least "
         "1s. Default 30s.",
     )
@@ -549,7 +577,7 @@ class Analysis(ApiModel):
         "Inconclusive; omitted: no cap.",
     )
     max_duration: Interval = Field(
-        default="2h",
+        default=DurationText("2h"),
         description="Time from the canary's start after which an undecided analysis is Inconclusive: a duration, "
         "at least 1s. Default 2h.",
     )

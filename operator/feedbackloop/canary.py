@@ -22,7 +22,7 @@ from .analysis import (
     evaluate,
     start_analysis,
 )
-from .api import Analysis, parse_duration
+from .api import Analysis
 from .status import RolloutState
 from .timeutil import parse_time
 
@@ -75,7 +75,7 @@ def analysis_config(analysis: Analysis, task: str) -> AnalysisConfig:
         detectable_degradation=analysis.detectable_degradation,
         min_samples=analysis.min_samples,
         max_samples=analysis.max_samples,
-        max_duration_seconds=parse_duration(analysis.max_duration),
+        max_duration_seconds=analysis.max_duration.seconds,
         on_inconclusive=analysis.on_inconclusive,
         consecutive_error_limit=analysis.consecutive_error_limit,
         proportions=tuple(proportions),

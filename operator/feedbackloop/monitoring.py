@@ -13,7 +13,7 @@ from typing import Literal
 
 from mfl_contracts import metrics as names
 
-from .api import MetricRule, Monitoring, parse_duration
+from .api import MetricRule, Monitoring
 from .status import MetricState
 from .timeutil import format_time, parse_time
 
@@ -80,7 +80,7 @@ def evaluate_rule(rule: MetricRule, previous: RuleState, sample: Sample) -> Rule
 
 def _breaching(rule: MetricRule, previous: RuleState, at: float, value: float | None, why: str) -> RuleState:
     since = previous.breach_since if previous.breach_since is not None else at
-    held_for = parse_duration(rule.for_)
+    held_for = rule.for_.seconds
     state = BREACHING if at - since >= held_for else PENDING
     message = why if state == BREACHING else f"{why} (pending {at - since:.0f}s of {held_for:.0f}s)"
     return RuleState(state, value, at if value is not None else previous.sample_time, since, message)

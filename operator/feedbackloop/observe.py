@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import canary_queries, metrics, phases, resources
-from .api import ModelFeedbackLoopSpec, parse_duration
+from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation
 from .fleet import Fleet, LoopMemory
 from .kube import KubeAPI
@@ -81,7 +81,7 @@ class Observer:
         if memory.next_poll:  # how late this poll is against its schedule
             metrics.POLL_LAG.observe(max(0.0, now - memory.next_poll))
         # Aligned to the interval's grid, so loops sharing an interval are polled (and batched) together.
-        interval = parse_duration(spec.monitoring.interval)
+        interval = spec.monitoring.interval.seconds
         memory.next_poll = (now // interval + 1) * interval
         try:
             endpoint = endpoint_key(spec.monitoring.prometheus, *await self.credentials(body, spec, now))
@@ -164,7 +164,7 @@ class Observer:
         rollout = status.get("rollout")
         if not rollout or now < memory.next_analysis:
             return None
-        memory.next_analysis = now + parse_duration(spec.rollout.analysis.interval)
+        memory.next_analysis = now + spec.rollout.analysis.interval.seconds
         endpoint = endpoint_key(spec.monitoring.prometheus, *await self.credentials(body, spec))
         return await canary_queries.observe(
             self.clients.query, endpoint, spec, body["metadata"]["namespace"], status, rollout, now

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import conditions as cond
 from . import cron
-from .api import ModelFeedbackLoopSpec, parse_duration
+from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation, judge_canary, replica_split
 from .gate import offline_gate
 from .monitoring import Health, rule_state_to_status
@@ -176,7 +176,7 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
     last = max(
         parse_time(status.get("lastRetrainAt")) or 0.0, parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0
     )
-    cooldown = parse_duration(retraining.cooldown)
+    cooldown = retraining.cooldown.seconds
     if last and now - last < cooldown and trigger != "Manual":
         return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
     recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
@@ -394,7 +394,7 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
     status["retraining"] = None
     if job.state == "Failed" or not (job.summary or {}).get("ok"):
         message = job.message or (job.summary or {}).get("error", "the trainer failed")
-        backoff = parse_duration(spec.retraining.failure_backoff) if spec.retraining else 600.0
+        backoff = spec.retraining.failure_backoff.seconds if spec.retraining else 600.0
         status["failureBackoffUntil"] = format_time(world.now + backoff)
         _remember(status, run["version"], run["trigger"], "TrainingFailed", now, message[:512])
         decision.event("Warning", "RetrainingFailed", f"version {run['version']}: {message[:512]}")
@@ -513,7 +513,7 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
     if rollout.get("paused") or spec.paused:
         return
     step_started = parse_time(rollout.get("stepStartedAt")) or world.now
-    if world.now - step_started < parse_duration(spec.rollout.steps[rollout["step"]].pause):
+    if world.now - step_started < spec.rollout.steps[rollout["step"]].pause.seconds:
         return
     if rollout["step"] + 1 < len(spec.rollout.steps):
         rollout["step"] += 1

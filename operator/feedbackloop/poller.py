@@ -18,7 +18,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from . import promql
-from .api import MetricRule, PrometheusEndpoint, parse_duration
+from .api import MetricRule, PrometheusEndpoint
 from .monitoring import Sample
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ QueryFn = Callable[[EndpointKey, str], Series]
 
 def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str | None) -> EndpointKey:
     return EndpointKey(
-        endpoint.url.rstrip("/"), token, ca_file, endpoint.insecure_skip_verify, parse_duration(endpoint.timeout)
+        endpoint.url.rstrip("/"), token, ca_file, endpoint.insecure_skip_verify, endpoint.timeout.seconds
     )
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from . import api
-from .api import ModelFeedbackLoopSpec, Resources, parse_duration
+from .api import ModelFeedbackLoopSpec, Resources
 
 MANAGED_BY = "feedbackloop"
 LOOP_LABEL = "feedbackloop.dev/loop"
@@ -212,7 +212,7 @@ def trainer_config(
         "hyperparameters": retraining.hyperparameters,
         "features": retraining.features,
         "target": retraining.target,
-        "dataWindowSeconds": parse_duration(retraining.data_window),
+        "dataWindowSeconds": retraining.data_window.seconds,
         "now": time.time() if now is None else now,
         "holdoutFraction": retraining.holdout_fraction,
         "minRows": retraining.min_rows,
