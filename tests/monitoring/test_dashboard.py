@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import prometheus_client
@@ -17,12 +13,11 @@ import pytest
 
 from dashboards import generate
 from feedbackloop import metrics as operator_metrics
-from mfl_server.metrics import CONTENT_TYPE, ServerMetrics
-from mfl_testbed.netutil import LOOPBACK
+from mfl_server.metrics import ServerMetrics
 from mfl_testbed.prometheus import Prometheus
 from mfl_testbed.pytest_plugin import start_component
 
-from .tools import DASHBOARD, METRIC_NAME, known_series, rules
+from .tools import DASHBOARD, METRIC_NAME, known_series, rules, serving
 
 # What Grafana puts in place of the template variables (a multi-value variable becomes a regex).
 VARIABLES = {"$namespace": "shop|other", "$model": "churn", "$__rate_interval": "1m"}
@@ -98,41 +93,6 @@ def test_the_loop_panels_show_only_the_chosen_loops() -> None:
         if where.startswith("panel") and re.search(r"\bmfl_(?!operator_)", expr):
             for selector in re.findall(r"\bmfl_(?!operator_)[a-z_]+\{([^}]*)\}", expr):
                 assert 'namespace=~"$namespace"' in selector and 'model=~"$model"' in selector, where
-
-
-class Exposition:
-    """/metrics on a free loopback port, serving what `render()` returns at each scrape."""
-
-    def __init__(self, render: Callable[[], bytes]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = render()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.server.server_address[1]}"
-
-
-@contextmanager
-def serving(*renders: Callable[[], bytes]) -> Iterator[list[Exposition]]:
-    expositions = [Exposition(render) for render in renders]
-    try:
-        yield expositions
-    finally:
-        for exposition in expositions:
-            exposition.server.shutdown()
-            exposition.server.server_close()
 
 
 def traffic(stable: ServerMetrics, canary: ServerMetrics) -> None:

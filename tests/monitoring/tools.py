@@ -7,12 +7,18 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import prometheus_client
 import yaml
 
 from feedbackloop import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
+from mfl_server.metrics import CONTENT_TYPE
+from mfl_testbed.netutil import LOOPBACK
 from mfl_testbed.pytest_plugin import unavailable
 from tests.contracts.test_metric_contract import exported
 
@@ -102,3 +108,38 @@ def render_with_install(workdir: Path) -> list[dict]:
     done = subprocess.run([kustomize_kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+class Exposition:
+    """/metrics on a free loopback port, serving what `render()` returns at each scrape."""
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = render()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.server.server_address[1]}"
+
+
+@contextmanager
+def serving(*renders: Callable[[], bytes]) -> Iterator[list[Exposition]]:
+    expositions = [Exposition(render) for render in renders]
+    try:
+        yield expositions
+    finally:
+        for exposition in expositions:
+            exposition.server.shutdown()
+            exposition.server.server_close()
