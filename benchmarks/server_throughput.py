@@ -15,9 +15,16 @@ mfl-server does more per request than MLServer: it signs one id per row and appe
 features to the prediction log before answering. A server that cannot be installed or started gets
 a row saying why instead of numbers.
 
+Feedback (``/feedback``, mfl-server only): every label is new (ids made beforehand by ``/predict``),
+so each one is verified, claimed on the store (one ``O_EXCL`` create: exactly-once across replicas)
+and logged. Side by side with ``--baseline``, a revision exported with ``git archive`` and run by
+the same interpreter: by default the last one whose dedup was a per-replica in-memory LRU. Both
+suites run the baseline, so a change that moves ``/predict`` shows too.
+
     python benchmarks/server_throughput.py                   # logreg, 3 rounds of 2000 requests per cell
     python benchmarks/server_throughput.py --model hgb --requests 1000
     python benchmarks/server_throughput.py --no-setup         # only what is already installed
+    python benchmarks/server_throughput.py --suites feedback --requests 1000 --no-setup
 """
 
 from __future__ import annotations
@@ -56,6 +63,10 @@ SERVER_CPU, CLIENT_CPU = 1, 0
 CACHE = Path(os.environ.get("MFL_BENCH_CACHE", Path.home() / ".cache" / "mfl-bench"))
 INSTALL_TIMEOUT = 900
 START_TIMEOUT = 90
+# The last revision whose feedback dedup was a per-replica in-memory LRU (before the claim store).
+BASELINE_REV = "2c9ee5804813ab516bd6edf68406017811b8be5c"
+REPO = Path(__file__).resolve().parent.parent
+ID_BATCH = 1024  # rows per /predict when making ids for the feedback suite
 
 
 @dataclass
@@ -81,12 +92,14 @@ class ServerSpec:
     decode: Callable[[bytes], list[Any]]
     unavailable: str = ""  # why this server cannot run, if it cannot
     env: dict[str, str] = field(default_factory=dict)
+    feedback_url: Callable[[int], str] | None = None  # mfl-server only
 
 
 # --- the model -----------------------------------------------------------------------------------
 
 
 def train(kind: str, root: Path) -> tuple[Any, Path]:
+    """The model, dumped under ``root``; further stores get a copy with ``copy_model``."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20_000, N_FEATURES))
     y = (x[:, 0] + 0.5 * x[:, 1] - x[:, 2] + 0.3 * rng.normal(size=len(x)) > 0).astype(np.int64)
@@ -110,6 +123,11 @@ def train(kind: str, root: Path) -> tuple[Any, Path]:
         )
     )
     return estimator, folder / "model.joblib"
+
+
+def copy_model(source: Path, root: Path) -> Path:
+    shutil.copytree(source / MODEL / "versions", root / MODEL / "versions")
+    return root
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -153,7 +171,25 @@ def mfl_server_spec(
         infer_url=lambda port: f"http://127.0.0.1:{port}/predict",
         encode=lambda rows: json.dumps({"instances": rows.tolist()}).encode(),
         decode=lambda body: json.loads(body)["predictions"],
+        feedback_url=lambda port: f"http://127.0.0.1:{port}/feedback",
     )
+
+
+def export_baseline(rev: str, workdir: Path) -> tuple[str, str]:
+    """(PYTHONPATH that puts the baseline's mfl_server first, '') or ('', why not)."""
+    target = workdir / "baseline"
+    target.mkdir()
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "server_image/mfl_server"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True, timeout=60)
+    except (subprocess.SubprocessError, OSError) as error:
+        return "", f"cannot export {rev}: {error}"
+    return str(target / "server_image"), ""
 
 
 def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
@@ -368,6 +404,128 @@ def _check_predictions(spec: ServerSpec, port: int, estimator: Any, rows: np.nda
     return "" if got == expected else f"predictions differ from the estimator's: {got[:5]} vs {expected[:5]}"
 
 
+def measure_feedback(specs: list[ServerSpec], workdir: Path, args: argparse.Namespace) -> list[Cell]:
+    """Like measure_all, on /feedback; every label sent is new, so each one is recorded."""
+    notes = {spec.name: f"not run: {spec.unavailable}" for spec in specs if spec.unavailable}
+    runs: dict[tuple[str, int], list[LoadResult]] = {}
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for spec in specs:
+            if spec.name in notes:
+                continue
+            try:
+                ports[spec.name] = stack.enter_context(running(spec, workdir))
+            except Exception as error:
+                notes[spec.name] = f"not run: {type(error).__name__}: {error}"
+        live = [spec for spec in specs if spec.name in ports]
+        per_cell = (args.warmup + args.requests) * args.rounds
+        ids = {
+            spec.name: iter(make_ids(spec.infer_url(ports[spec.name]), per_cell * sum(args.batches))) for spec in live
+        }
+        for round_index in range(args.rounds):
+            for batch in args.batches:
+                for spec in live:
+                    url = spec.feedback_url(ports[spec.name]) if spec.feedback_url else ""
+                    bodies = [feedback_body(ids[spec.name], batch) for _ in range(args.warmup + args.requests)]
+                    problem = _check_feedback(url, bodies.pop()) if round_index == 0 else ""
+                    if problem:
+                        notes[(spec.name, batch)] = f"not run: {problem}"
+                        continue
+                    runs.setdefault((spec.name, batch), []).append(run_feedback(url, bodies, batch, args))
+    return [
+        Cell(
+            spec.name,
+            batch,
+            runs.get((spec.name, batch), []),
+            notes.get(spec.name) or notes.get((spec.name, batch), ""),
+        )
+        for spec in specs
+        for batch in args.batches
+    ]
+
+
+def make_ids(predict_url: str, count: int) -> list[str]:
+    rows = np.random.default_rng(7).normal(size=(ID_BATCH, N_FEATURES)).tolist()
+    ids: list[str] = []
+    while len(ids) < count:
+        request = urllib.request.Request(
+            predict_url, data=json.dumps({"instances": rows}).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            ids += json.loads(response.read())["ids"]
+    return ids
+
+
+def feedback_body(ids: Iterator[str], batch: int) -> bytes:
+    return json.dumps({"feedback": [{"id": next(ids), "label": n % 2} for n in range(batch)]}).encode()
+
+
+def run_feedback(url: str, bodies: list[bytes], batch: int, args: argparse.Namespace) -> LoadResult:
+    """Warm-up on its own bodies: the load generator restarts its body list in each phase."""
+    warm, measured = bodies[: args.warmup], bodies[args.warmup :]
+    load = {"rows_per_request": batch, "concurrency": args.concurrency, "warmup": 0, "max_seconds": args.max_seconds}
+    if warm:
+        asyncio.run(run_load(url, warm, requests=len(warm), **load))
+    return asyncio.run(run_load(url, measured, requests=len(measured), **load))
+
+
+def _check_feedback(url: str, body: bytes) -> str:
+    """Every label of a fresh body must be recorded, or the numbers measure rejections."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    sent = len(json.loads(body)["feedback"])
+    return "" if answer["accepted"] == sent else f"{answer['accepted']} of {sent} labels accepted: {answer}"
+
+
+def feedback_table(cells: list[Cell], args: argparse.Namespace, store: Path) -> str:
+    head = f"{'server':<44} {'batch':>5} {'req/s':>7} {'(range)':>11} {'labels/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
+    lines = [
+        f"feedback: every label new; concurrency {args.concurrency}; {args.requests} requests per run after "
+        f"{args.warmup} warm-up; median of {args.rounds} rounds; store on {filesystem_of(store)}",
+        head,
+        "-" * len(head),
+    ]
+    for cell in cells:
+        run = cell.median
+        if run is None:
+            lines.append(f"{cell.server:<44} {cell.batch:>5} {cell.note}")
+            continue
+        rates = [r.requests_per_second for r in cell.runs]
+        lines.append(
+            f"{cell.server:<44} {cell.batch:>5} {run.requests_per_second:>7.0f} "
+            f"{f'{min(rates):.0f}-{max(rates):.0f}':>11} {run.rows_per_second:>8.0f} "
+            f"{run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f}"
+        )
+        errors = [r.first_error for r in cell.runs if r.first_error]
+        if errors:
+            lines.append(f"{'':<44} errors: {sum(r.errors for r in cell.runs)}, first: {errors[0]}")
+    lines.extend(_ratios(cells))
+    return "\n".join(lines)
+
+
+def _ratios(cells: list[Cell]) -> list[str]:
+    """after/before per batch size, when both ran."""
+    out = []
+    for batch in sorted({cell.batch for cell in cells}):
+        pair = [cell.median for cell in cells if cell.batch == batch]
+        if len(pair) == 2 and all(pair):
+            before, after = pair
+            out.append(f"batch {batch}: after/before = {after.requests_per_second / before.requests_per_second:.2f}")
+    return out
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (a claim costs what a file create costs there)."""
+    best, kind = "", "?"
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and str(path).startswith(fields[1]) and len(fields[1]) > len(best):
+                best, kind = fields[1], fields[2]
+    return kind
+
+
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
     head = (
         f"{'server':<30} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
@@ -410,6 +568,10 @@ def main() -> None:
     parser.add_argument("--mlserver-venv", type=Path, default=CACHE / "mlserver")
     parser.add_argument("--fast-venv", type=Path, default=CACHE / "mfl-fast")
     parser.add_argument("--no-setup", action="store_true", help="do not create missing virtualenvs")
+    parser.add_argument("--suites", nargs="+", choices=["predict", "feedback"], default=["predict", "feedback"])
+    parser.add_argument(
+        "--baseline", default=BASELINE_REV, help="git revision to run beside this checkout ('none': skip)"
+    )
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2 and os.cpu_count() and os.cpu_count() < 2:
         raise SystemExit("needs two CPUs: one for the server, one for the load generator")
@@ -417,8 +579,12 @@ def main() -> None:
     import sklearn
 
     pins = [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}", f"joblib=={joblib.__version__}"]
-    mlserver_missing = ensure_venv(
-        args.mlserver_venv, ["mlserver", "mlserver-sklearn", *pins], "import mlserver, mlserver_sklearn", setup
+    mlserver_missing = (
+        ensure_venv(
+            args.mlserver_venv, ["mlserver", "mlserver-sklearn", *pins], "import mlserver, mlserver_sklearn", setup
+        )
+        if "predict" in args.suites
+        else "not in --suites"
     )
     fast_missing = ensure_venv(
         args.fast_venv,
@@ -432,23 +598,46 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mfl-bench-") as tmp:
         workdir = Path(tmp)
         estimator, model_file = train(args.model, workdir / "store")
-        specs = [
-            mfl_server_spec(
-                "mfl-server (json, asyncio)",
-                sys.executable,
-                workdir / "store",
-                extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"},
-            ),
-            mfl_server_spec(
-                "mfl-server (orjson, uvloop)",
-                str(args.fast_venv / "bin" / "python"),
-                workdir / "store",
-                unavailable=fast_missing,
-            ),
-            mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
-        ]
-        cells = measure_all(specs, estimator, workdir, args)
-    print(table(cells, args))
+        fast = str(args.fast_venv / "bin" / "python")
+        baseline_path, baseline_missing = (
+            ("", "--baseline none") if args.baseline == "none" else export_baseline(args.baseline, workdir)
+        )
+        baseline_missing = baseline_missing or fast_missing
+        baseline_name = f"mfl-server {args.baseline[:7]} (orjson, uvloop)"
+        if "predict" in args.suites:
+            specs = [
+                mfl_server_spec(
+                    "mfl-server (json, asyncio)",
+                    sys.executable,
+                    workdir / "store",
+                    extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"},
+                ),
+                mfl_server_spec("mfl-server (orjson, uvloop)", fast, workdir / "store", unavailable=fast_missing),
+                mfl_server_spec(
+                    baseline_name,
+                    fast,
+                    copy_model(workdir / "store", workdir / "store-baseline"),
+                    unavailable=baseline_missing,
+                    extra_env={"PYTHONPATH": baseline_path},
+                ),
+                mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
+            ]
+            print(table(measure_all(specs, estimator, workdir, args), args), flush=True)
+        if "feedback" in args.suites:
+            stores = [copy_model(workdir / "store", workdir / f"feedback-{n}") for n in ("before", "after")]
+            specs = [
+                mfl_server_spec(
+                    f"before: {baseline_name}",
+                    fast,
+                    stores[0],
+                    unavailable=baseline_missing,
+                    extra_env={"PYTHONPATH": baseline_path},
+                ),
+                mfl_server_spec("after: mfl-server (orjson, uvloop)", fast, stores[1], unavailable=fast_missing),
+            ]
+            print(feedback_table(measure_feedback(specs, workdir, args), args, workdir), flush=True)
+            if (stores[0] / MODEL / "feedback-claims").exists():
+                print("warning: the baseline wrote claims, so it ran this checkout's code, not the baseline's")
     print(
         f"load average (1, 5, 15 min) before: {load_before}, after: {_load_average()} "
         "(other work on these two CPUs slows every server alike)"

@@ -28,7 +28,8 @@ DAY_SECONDS = 86400
 CLOCK_MARGIN = 3600.0  # seconds of clock skew between replicas the retention tolerates
 NAME_HEX = 32  # 128 bits of sha256: no two ids share a claim in practice
 PROBE_BYTES = b"\0" * 1024  # a data block: a full disk refuses it even when inodes are left
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# Read-only: nothing is ever written to a claim; it is its name that counts.
+_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def claim_key(prediction_id: str, prediction_ts: float) -> str:
