@@ -97,7 +97,10 @@ def test_breach_fires_the_breach_alert_from_the_components_rules(
     wait("every rule of the component loaded and evaluated healthy", loaded_healthy, 30)
     # The operator is scraped (through its annotations here), so it is not reported down.
     assert not active(prometheus, "ModelFeedbackLoopOperatorDown")
-    before = prometheus.query_values('sum(mfl_operator_loops{phase="Breached"})') or [0.0]
+    # Loops of earlier tests may still be breached while their namespaces go away.
+    others_breached = sum(prometheus.query_values('mfl_operator_loops{phase="Breached"}')) > 0
+    if not others_breached:
+        assert not active(prometheus, BREACHED)
 
     exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
     prometheus.wait_for(f'test_model_accuracy{{namespace="{ns}"}}', timeout=30)
@@ -112,10 +115,10 @@ def test_breach_fires_the_breach_alert_from_the_components_rules(
     assert alert["state"] in ("pending", "firing")
     assert alert["labels"]["severity"] == "warning"
     assert alert["labels"]["namespace"] == OPERATOR_NAMESPACE  # the target label of the operator's Pod
-    assert float(alert["value"]) >= before[0] + 1
+    assert float(alert["value"]) >= 1
     assert alert["annotations"]["runbook_url"].endswith("docs/monitoring.md#modelfeedbackloopbreached")
 
     exporter.set("test_model_accuracy", 0.93, model="churn", namespace=ns)
     loops.wait(ns, "churn", lambda s: s.get("phase") == "Monitoring", 30, "recovery")
-    if before[0] == 0:  # no other loop of the session still breached: the alert resolves
+    if not others_breached:
         wait(f"{BREACHED} resolved", lambda: not active(prometheus, BREACHED), 60)
