@@ -140,11 +140,9 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string", "description": f"{api.GROUP}/{api.VERSION}."},
                                 "kind": {"type": "string", "description": f"{api.KIND}."},
-                                "metadata": {
-                                    "type": "object",
-                                    "description": "Standard object metadata; the feedbackloop.dev/ request "
-                                    "annotations (retrain, promote, abort, pause, resume) go here.",
-                                },
+                                # Nothing but the type: the API server refuses a CRD that says more of
+                                # metadata (1.20: "must not specify anything other than name and generateName").
+                                "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": _status_schema(),
                             },
