@@ -43,7 +43,8 @@ class CanaryObservation:
     availability: tuple[ArmCounts, ArmCounts] | None = None  # non-5xx of requests
     latency: tuple[dict[float, float], dict[float, float]] | None = None  # cumulative buckets le -> count
     checks: dict[str, float | None] = field(default_factory=dict)
-    error: str = ""
+    error: str = ""  # Prometheus refused a query: every check errs (toward consecutiveErrorLimit)
+    outage: str = ""  # Prometheus did not answer: no data, the analysis waits (up to maxDuration)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ def _counts(arms: tuple[ArmCounts, ArmCounts] | None, what: str) -> Observation:
 
 
 def observations_of(config: AnalysisConfig, observation: CanaryObservation) -> dict[str, Observation]:
+    if observation.outage:  # an outage is missing data, never evidence against a healthy canary
+        return {name: NoData(f"Prometheus unavailable: {observation.outage}") for name in config.check_names()}
     if observation.error:
         return {name: MetricError(observation.error) for name in config.check_names()}
     found: dict[str, Observation] = {

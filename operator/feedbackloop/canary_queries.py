@@ -15,7 +15,7 @@ from mfl_contracts import metrics as names
 from . import promql
 from .api import ModelFeedbackLoopSpec
 from .canary import ArmCounts, CanaryObservation
-from .poller import EndpointKey, QueryFn, Series
+from .poller import EndpointKey, QueryFn, QueryRejected, Series, short_error
 from .timeutil import parse_time
 
 
@@ -80,8 +80,10 @@ async def observe(
         results = dict(
             zip(texts, await asyncio.gather(*(asyncio.to_thread(query, endpoint, q) for q in texts.values())))
         )
+    except QueryRejected as error:
+        return CanaryObservation(error=f"Prometheus refused a query: {error}")
     except Exception as error:
-        return CanaryObservation(error=f"{type(error).__name__}: {str(error)[:200]}")
+        return CanaryObservation(outage=short_error(error))
     stable_v, canary_v = str(status.get("currentVersion")), str(rollout["version"])
     correct, labelled = _arms(results["correct"], stable_v, canary_v), _arms(results["labelled"], stable_v, canary_v)
     requests, failed = _arms(results["requests"], stable_v, canary_v), _arms(results["failed"], stable_v, canary_v)

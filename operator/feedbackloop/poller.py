@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_api_client import PrometheusConnect
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
 from . import promql
@@ -65,6 +66,11 @@ def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str |
     )
 
 
+class QueryRejected(Exception):
+    """Prometheus answered and refused the query (4xx: bad PromQL, too many samples): the query is wrong,
+    as opposed to an outage (connection errors, timeouts, 5xx), which is only missing data."""
+
+
 class PrometheusClients:
     """One prometheus-api-client per endpoint; never retries inside a poll (the next poll is the retry)."""
 
@@ -73,7 +79,12 @@ class PrometheusClients:
 
     def query(self, endpoint: EndpointKey, query: str) -> Series:
         client = self._clients.get(endpoint) or self._connect(endpoint)
-        result = client.custom_query(query)
+        try:
+            result = client.custom_query(query)
+        except PrometheusApiClientException as error:
+            if re.match(r"HTTP Status Code 4\d\d", str(error)):
+                raise QueryRejected(str(error)[:300]) from error
+            raise
         return [(item.get("metric", {}), _to_float(item.get("value", [0, "NaN"])[1])) for item in result]
 
     def _connect(self, endpoint: EndpointKey) -> PrometheusConnect:

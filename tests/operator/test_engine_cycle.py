@@ -250,3 +250,42 @@ def test_prometheus_down_during_monitoring_starts_no_retraining(bed: Harness) ->
     created = [w for step in range(1, 10) for w in writes(bed.cycle(now + 10 * step), "create")]
     assert created == []
     assert bed.status()["phase"] == "Monitoring"
+
+
+def test_prometheus_down_during_a_canary_neither_rolls_back_nor_promotes_and_the_canary_resumes(bed: Harness) -> None:
+    """An outage longer than consecutiveErrorLimit looks is missing data, not evidence (issue 10)."""
+    now = canary_running(bed)
+    bed.cycle(now)
+    bed.prometheus.down = True
+    actions = [a for step in range(1, 13) for a in bed.cycle(now + 10 * step)]  # 12 looks > the limit of 4
+    assert writes(actions, "delete") == [] and "Warning RolledBack" not in reasons(actions)
+    rollout = bed.status()["rollout"]
+    assert rollout["analysisPhase"] == "Running" and rollout["consecutiveErrors"] == 0
+    assert "Prometheus unavailable" in " ".join(e["message"] for e in rollout["evidence"])
+    bed.prometheus.down = False  # back: a clearly worse canary is still caught
+    bed.prometheus.answer("mfl_feedback", worse_canary)
+    deleted = [w for step in range(13, 20) for w in writes(bed.cycle(now + 10 * step), "delete")]
+    assert deleted == ["Deployment team-a/churn-canary"]
+
+
+def test_a_query_prometheus_refuses_is_an_error_that_ends_the_canary(bed: Harness) -> None:
+    from feedbackloop.poller import QueryRejected
+
+    now = canary_running(bed)
+    bed.cycle(now)
+
+    def refuse(query: str):  # noqa: ANN202
+        raise QueryRejected("HTTP Status Code 400 (bad_data: parse error)")
+
+    bed.prometheus.answer("mfl_feedback", refuse)
+    actions = [a for step in range(1, 8) for a in bed.cycle(now + 10 * step)]
+    assert writes(actions, "delete") == ["Deployment team-a/churn-canary"]
+    assert "refused" in bed.status()["history"][-1]["message"] or "errors" in bed.status()["history"][-1]["message"]
+
+
+def worse_canary(query: str) -> list[tuple[dict[str, str], float]]:
+    correct = "correct" in query
+    return [
+        ({"track": "canary", "version": "2"}, 300 if correct else 500),
+        ({"track": "stable", "version": "1"}, 470 if correct else 500),
+    ]
