@@ -83,6 +83,16 @@ class ClaimStore:
         os.close(descriptor)
         return True
 
+    def claim_all(self, keys: list[tuple[str, float]]) -> tuple[list[bool], OSError | None]:
+        """``claim`` for each (id, prediction time) in turn, up to the first error, which is returned."""
+        won: list[bool] = []
+        try:
+            for prediction_id, prediction_ts in keys:
+                won.append(self.claim(prediction_id, prediction_ts))
+        except OSError as error:
+            return won, error
+        return won, None
+
     def release(self, prediction_id: str, prediction_ts: float) -> bool:
         """Undo a claim whose label could not be recorded, so a retry can record it."""
         try:

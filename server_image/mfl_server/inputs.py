@@ -125,10 +125,8 @@ def _numeric_matrix(values: list[list[Any]], columns: list[str]) -> np.ndarray:
         matrix = np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
     except OverflowError:
         raise _out_of_range(values, columns) from None
-    with np.errstate(invalid="ignore"):
-        out_of_range = ~(np.abs(matrix) <= MAX_ABS_NUMBER)  # NaN, infinities and huge values
-    if out_of_range.any():
-        _check_out_of_range(values, columns, out_of_range)
+    if not np.abs(matrix).max() <= MAX_ABS_NUMBER:  # NaN propagates: a null, NaN, an infinity or huge
+        _check_out_of_range(values, columns, ~(np.abs(matrix) <= MAX_ABS_NUMBER))
     return matrix
 
 

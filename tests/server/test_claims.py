@@ -109,3 +109,12 @@ def test_sweep_deletes_only_expired_days_and_tolerates_a_concurrent_sweeper(tmp_
     assert store.sweep(now + DAY_SECONDS, MAX_AGE) == ["date=2025-11-30"]
     assert not half_gone.exists()
     assert ClaimStore(tmp_path / "missing", "a-1").sweep(now, MAX_AGE) == []
+
+
+def test_claim_all_stops_at_the_first_error_and_says_what_it_won(tmp_path):
+    store = ClaimStore(tmp_path / "claims", "a-1")
+    assert store.claim("taken", DAY1)
+    (tmp_path / "claims" / "date=2025-11-29").write_text("a file where a day belongs")
+    won, error = store.claim_all([("new", DAY1), ("taken", DAY1), ("next-day", DAY1 + DAY_SECONDS), ("x", DAY1)])
+    assert won == [True, False] and isinstance(error, OSError)
+    assert store.claim_all([("x", DAY1), ("y", DAY1)]) == ([True, True], None)
