@@ -15,7 +15,7 @@ from mfl_contracts import metrics as names
 from . import promql
 from .api import ModelFeedbackLoopSpec
 from .canary import ArmCounts, CanaryObservation
-from .poller import EndpointKey, QueryFn, QueryRejected, Series, short_error
+from .poller import AsyncQueryFn, EndpointKey, QueryRejected, Series, short_error
 from .timeutil import parse_time
 
 
@@ -65,7 +65,7 @@ def query_texts(spec: ModelFeedbackLoopSpec, namespace: str, canary_version: str
 
 
 async def observe(
-    query: QueryFn,
+    query: AsyncQueryFn,
     endpoint: EndpointKey,
     spec: ModelFeedbackLoopSpec,
     namespace: str,
@@ -77,9 +77,7 @@ async def observe(
     window = f"{max(60, int(now - started) + 1)}s"
     texts = query_texts(spec, namespace, str(rollout["version"]), window)
     try:
-        results = dict(
-            zip(texts, await asyncio.gather(*(asyncio.to_thread(query, endpoint, q) for q in texts.values())))
-        )
+        results = dict(zip(texts, await asyncio.gather(*(query(endpoint, q) for q in texts.values()))))
     except QueryRejected as error:
         return CanaryObservation(error=f"Prometheus refused a query: {error}")
     except Exception as error:

@@ -59,6 +59,9 @@ class Engine:
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
         self.wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
+        self._polls: dict[str, asyncio.Task[None]] = {}  # Prometheus URL -> its poll in flight
+        self._reconciles: dict[str, asyncio.Task[None]] = {}  # loop -> its reconcile in flight
+        self._fresh: dict[str, dict[str, RuleState]] = {}  # loop -> rule states polled, not yet reconciled
 
     @property
     def loops(self) -> dict[str, dict[str, Any]]:
@@ -111,21 +114,57 @@ class Engine:
         return min(self.settings.tick_seconds, max(0.01, due - now))
 
     async def cycle(self, now: float) -> None:
-        """One pass over the fleet: parse changed specs, poll the due loops together, reconcile the due."""
-        due_poll, due = [], []
+        """One pass over the fleet: parse changed specs, start the due polls and reconciles, return.
+
+        Nothing here waits for Prometheus or for a reconcile: polls run per Prometheus URL and
+        reconciles per loop as tasks of their own (at most one in flight each), so a tenant's slow or
+        black-hole Prometheus costs its own loops their poll, not the fleet its cycle. A finished
+        poll wakes the engine, and the next cycle reconciles those loops with their new rule states.
+        """
+        due_poll: dict[str, list[str]] = {}
+        due = []
         for key, body in list(self.fleet.loops.items()):
             memory = self.fleet.memory.setdefault(key, LoopMemory())
             self._parse(body, memory)
-            active = self.fleet.phase(key) in ACTIVE_PHASES
-            poll = memory.spec is not None and now >= memory.next_poll
-            if poll or memory.dirty or (active and now >= memory.next_reconcile):
+            if memory.spec is not None and now >= memory.next_poll:
+                due_poll.setdefault(memory.spec.monitoring.prometheus.url, []).append(key)
+            elif (
+                memory.dirty
+                or key in self._fresh
+                or (self.fleet.phase(key) in ACTIVE_PHASES and now >= memory.next_reconcile)
+            ):
                 due.append(key)
-            if poll:
-                due_poll.append(key)
-        rule_states = await self.observer.poll(due_poll, now)
-        metrics.LOOPS_DUE.set(len(due))
-        await asyncio.gather(*(self._reconcile_guarded(key, rule_states.get(key), now) for key in due))
+        for url, keys in due_poll.items():
+            if url not in self._polls:
+                self._polls[url] = asyncio.create_task(self._poll(url, keys, now), name=f"poll {url}")
+        started = 0
+        for key in due:
+            if key not in self._reconciles:
+                states = self._fresh.pop(key, None)
+                self._reconciles[key] = asyncio.create_task(self._reconcile_task(key, states, now), name=key)
+                started += 1
+        metrics.LOOPS_DUE.set(started)
         metrics.observe_phases(self.fleet.phase(key) for key in self.fleet.loops)
+
+    async def settle(self) -> None:
+        """Wait for every poll and reconcile in flight (tests and shutdown; the run loop never waits)."""
+        while self._polls or self._reconciles:
+            await asyncio.gather(*self._polls.values(), *self._reconciles.values(), return_exceptions=True)
+
+    async def _poll(self, url: str, keys: list[str], now: float) -> None:
+        try:
+            self._fresh.update(await self.observer.poll(keys, now))
+        except Exception:  # the observer isolates loops; this is a bug, and must not end the task silently
+            log.exception("polling %s failed", url)
+        finally:
+            self._polls.pop(url, None)
+            self.wake.set()
+
+    async def _reconcile_task(self, key: str, rule_states: dict[str, RuleState] | None, now: float) -> None:
+        try:
+            await self._reconcile_guarded(key, rule_states, now)
+        finally:
+            self._reconciles.pop(key, None)
 
     @staticmethod
     def _parse(body: dict[str, Any], memory: LoopMemory) -> None:

@@ -167,7 +167,7 @@ class Observer:
         memory.next_analysis = now + spec.rollout.analysis.interval.seconds
         endpoint = endpoint_key(spec.monitoring.prometheus, *await self.credentials(body, spec))
         return await canary_queries.observe(
-            self.clients.query, endpoint, spec, body["metadata"]["namespace"], status, rollout, now
+            self.poller.run, endpoint, spec, body["metadata"]["namespace"], status, rollout, now
         )
 
     # --- credentials ----------------------------------------------------------------------------------

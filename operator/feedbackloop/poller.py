@@ -12,7 +12,8 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -58,6 +59,7 @@ class PollStats:
 
 Series = list[tuple[dict[str, str], float]]
 QueryFn = Callable[[EndpointKey, str], Series]
+AsyncQueryFn = Callable[[EndpointKey, str], Awaitable[Series]]
 
 
 def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str | None) -> EndpointKey:
@@ -109,10 +111,26 @@ def _to_float(text: str) -> float:
         return math.nan
 
 
+PER_ENDPOINT_CONCURRENCY = 4  # queries in flight to one Prometheus URL
+
+
 class FleetPoller:
+    """Runs the fleet's queries on a thread pool of its own, at most `concurrency` at once and at most
+    PER_ENDPOINT_CONCURRENCY per Prometheus URL: a tenant's black-hole Prometheus holds a few of these
+    threads until its (bounded) timeout, never the Kubernetes calls' threads or other tenants' share."""
+
     def __init__(self, query: QueryFn, concurrency: int = 8) -> None:
         self._query = query
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._per_endpoint: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(min(PER_ENDPOINT_CONCURRENCY, concurrency))
+        )
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")
+
+    async def run(self, endpoint: EndpointKey, query: str) -> Series:
+        """One query, within the bounds; raises what the query raises."""
+        async with self._per_endpoint[endpoint.url], self._semaphore:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._query, endpoint, query)
 
     async def poll(
         self, loops: Iterable[LoopQuery], now: float | None = None
@@ -163,15 +181,14 @@ class FleetPoller:
         return {m.key: (o if isinstance(o, str) else _single(o)) for m, o in zip(members, outcomes)}
 
     async def _one(self, endpoint: EndpointKey, query: str, stats: PollStats) -> Series | str:
-        async with self._semaphore:
-            stats.queries += 1
-            try:
-                return await asyncio.to_thread(self._query, endpoint, query)
-            except Exception as error:  # any failure is "no data" with a reason, never a crash
-                stats.errors += 1
-                message = f"query to {endpoint.url} failed: {short_error(error)}"
-                stats.error_messages.append(message)
-                return message
+        stats.queries += 1
+        try:
+            return await self.run(endpoint, query)
+        except Exception as error:  # any failure is "no data" with a reason, never a crash
+            stats.errors += 1
+            message = f"query to {endpoint.url} failed: {short_error(error)}"
+            stats.error_messages.append(message)
+            return message
 
 
 def short_error(error: BaseException) -> str:

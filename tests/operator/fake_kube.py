@@ -138,6 +138,7 @@ class Harness:
     def __init__(self, kube: FakeKube | None = None, prometheus: FakePrometheus | None = None) -> None:
         self.kube = kube or FakeKube()
         self.prometheus = prometheus or FakePrometheus()
+        self.runner = asyncio.Runner()  # one event loop for the harness's life, as the operator has
         self.engine = self.new_engine()
 
     def new_engine(self) -> Engine:
@@ -173,9 +174,17 @@ class Harness:
     def cycle(self, now: float) -> list[tuple[str, str]]:
         """The writes of one cycle."""
         start = len(self.kube.actions)
-        asyncio.run(self.engine.cycle(now))
+        self.runner.run(self._cycle(now))
         self.watch()
         return self.kube.actions[start:]
+
+    async def _cycle(self, now: float) -> None:
+        """A cycle, then the cycles its finished polls wake, until nothing is in flight."""
+        await self.engine.cycle(now)
+        await self.engine.settle()
+        while self.engine._fresh:
+            await self.engine.cycle(now)
+            await self.engine.settle()
 
     def status(self, key: str = "team-a/churn") -> dict[str, Any]:
         return self.kube.loops[key].get("status") or {}

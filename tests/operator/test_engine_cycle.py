@@ -289,3 +289,41 @@ def worse_canary(query: str) -> list[tuple[dict[str, str], float]]:
         ({"track": "canary", "version": "2"}, 300 if correct else 500),
         ({"track": "stable", "version": "1"}, 470 if correct else 500),
     ]
+
+
+def test_a_black_hole_prometheus_costs_only_its_own_loops() -> None:
+    """One tenant's Prometheus never answers; another tenant's loop is polled and recorded meanwhile."""
+    import asyncio
+    import threading
+
+    release = threading.Event()
+    bed = Harness()
+    bed.prometheus.answer("accuracy_of", [({"model": "churn", "namespace": "team-a"}, 0.95)])
+    query = bed.prometheus.query
+
+    def black_hole_for_team_b(endpoint, text):  # noqa: ANN001, ANN202
+        if "blackhole" in endpoint.url:
+            release.wait(30)  # a socket that accepts and never answers, until its timeout
+        return query(endpoint, text)
+
+    bed.engine.observer.poller._query = black_hole_for_team_b
+    healthy, stuck = loop(), loop()
+    stuck["metadata"].update(namespace="team-b", uid="uid-b")
+    stuck["spec"]["monitoring"]["prometheus"]["url"] = "http://blackhole:9090"
+    for body in (healthy, stuck):
+        body["spec"]["model"]["initialVersion"] = 1
+        bed.apply(body)
+
+    async def scenario() -> None:
+        engine = bed.engine
+        for tick in range(20):  # the run loop: a cycle per wake-up or tick, never waiting on a poll
+            await engine.cycle(T0 + tick * 0.05)
+            await asyncio.sleep(0.05)
+            if (bed.kube.loops["team-a/churn"].get("status") or {}).get("metrics"):
+                break
+        assert (bed.kube.loops["team-a/churn"].get("status") or {}).get("metrics"), "the healthy loop waited"
+        assert not (bed.kube.loops["team-b/churn"].get("status") or {}).get("metrics")
+        release.set()
+        await engine.settle()
+
+    asyncio.run(scenario())
