@@ -6,6 +6,9 @@ the operator in-cluster with `kubectl apply -k manifests/`, deploys a model for 
 stream, drives traffic with delayed ground truth, drifts the labels (abruptly, then gradually), and
 prints what the loop does. At the end it writes a plot and a summary table. Ctrl-C tears everything
 down; `--keep` leaves the cluster running.
+
+`Demo` is the story, told over an `Environment` with two implementations: `LocalTestbed` (this machine)
+and `ExistingCluster` (`mfl demo --kubeconfig`: your cluster, your registry, your Prometheus).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -119,49 +123,102 @@ class Timeline:
         self.marks.append((self.t(), label))
 
 
-class Demo:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mfl-demo-"))
-        self.timeline = Timeline()
-        self.components: list[Any] = []
-        self.last_line = ""
-        self.seen_events: set[str] = set()
+class Environment(Protocol):
+    """Where the story runs: the local test bed, or an existing cluster (`--kubeconfig`)."""
+
+    namespace: str
+    workdir: Path
+
+    def bring_up(self, say: Say) -> None: ...
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any: ...  # noqa: A002
+    def deploy_model(self, say: Say, fast: bool) -> None: ...
+    def start_traffic(self, say: Say) -> None: ...
+    def set_concept(self, concept: int) -> None: ...
+    def drift_gradually(self, concept: int, seconds: float) -> None: ...
+    def client_accuracy(self) -> float | None: ...
+    def stop_traffic(self) -> None: ...
+    def tear_down(self, keep: bool) -> None: ...
+
+
+Say = Callable[[str], None]
+
+
+class LocalTestbed:
+    """The test bed on this machine: a one-node cluster, Prometheus, the images built from this tree."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.namespace = NAMESPACE
+        self.components: list[Any] = []
+        self.traffic: Any = None
 
-    # --- set-up ---------------------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        print(f"[{self.timeline.t():6.1f}s] {text}", flush=True)
-
-    def bring_up(self) -> None:
+    def bring_up(self, say: Say) -> None:
         from .cluster import Cluster
         from .controlplane import ensure_binaries
         from .images import ensure_images, image_archives
 
         if os.geteuid() != 0:
             raise SystemExit("mfl demo needs root: it runs a real kubelet, containerd and a bridge on this machine")
-        self.say(f"work folder {self.workdir}")
-        self.say("Kubernetes 1.20 binaries: built from Debian's source once (~7 min cold), then cached")
+        say(f"work folder {self.workdir}")
+        say("Kubernetes 1.20 binaries: built from Debian's source once (~7 min cold), then cached")
         ensure_binaries(lambda line: print(f"           build: {line}", flush=True))
-        self.say("images: operator, server, trainer from this tree's Dockerfile (~3 min cold, cached by content)")
+        say("images: operator, server, trainer from this tree's Dockerfile (~3 min cold, cached by content)")
         self.refs = ensure_images(lambda line: print(f"           images: {line}", flush=True))
         self.cluster = Cluster.create(image_archives())
-        self.cluster.start(lambda line: self.say(line))
+        self.cluster.start(say)
         self.components.append(self.cluster)
-        self.prometheus_url = self.cluster.prometheus.url
         # Status values refresh every 3 s instead of 5 min, so that the live view and the plot follow them.
         self.cluster.install_operator(
             MANIFESTS,
             {"operator": self.refs["operator"]},
             env={"MFL_STATUS_REFRESH_SECONDS": "3", "MFL_ACTIVE_RECONCILE_SECONDS": "1"},
         )
-        self.say("operator installed in-cluster: kubectl apply -k manifests/ (its image from this tree)")
+        say("operator installed in-cluster: kubectl apply -k manifests/ (its image from this tree)")
         self.kubectl("create", "namespace", NAMESPACE)
         self.cluster.plane.wait_for_service_account(NAMESPACE)
         self.storage = self.cluster.artifact_volume(NAMESPACE, "churn-artifacts")
 
-    def tear_down(self) -> None:
-        if self.args.keep and getattr(self, "cluster", None) is not None:
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:  # noqa: A002
+        return self.cluster.kubectl(*args, check=check, input=input)
+
+    def deploy_model(self, say: Say, fast: bool) -> None:
+        from .cluster import give_to_images
+
+        datasets.write_base_csv(self.storage / LOOP / "data" / "base.csv", 3000, seed=1)
+        give_to_images(self.storage)
+        say(
+            "base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features) in the "
+            "PersistentVolumeClaim churn-artifacts"
+        )
+        storage = {"persistentVolumeClaim": {"claimName": "churn-artifacts"}}
+        images = {"server": self.refs["server"], "trainer": self.refs["trainer"]}
+        manifest = loop_manifest(self.cluster.prometheus.url, storage, fast, images=images)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
+
+    def start_traffic(self, say: Say) -> None:
+        from .traffic import TrafficGenerator, service_endpoints
+
+        self.traffic = TrafficGenerator(
+            service_endpoints(self.kubectl, NAMESPACE, LOOP), rate=80, batch=2, label_delay=1.0
+        ).start()
+        say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
+
+    def set_concept(self, concept: int) -> None:
+        self.traffic.concept = concept
+
+    def drift_gradually(self, concept: int, seconds: float) -> None:
+        self.traffic.drift_gradually(concept, seconds)
+
+    def client_accuracy(self) -> float | None:
+        return None if self.traffic is None else self.traffic.stats.accuracy()
+
+    def stop_traffic(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop()
+
+    def tear_down(self, keep: bool) -> None:
+        if keep and getattr(self, "cluster", None) is not None:
             print("\n" + self.cluster.keep(), flush=True)
             return
         for component in reversed(self.components):
@@ -171,70 +228,47 @@ class Demo:
                 print(f"  could not stop {type(component).__name__}: {error}", file=sys.stderr)
         self.components.clear()
 
+
+class Demo:
+    """The story: drift, breach, retraining, canary, promotion, told live over an Environment."""
+
+    def __init__(self, env: Environment, fast: bool) -> None:
+        self.env = env
+        self.fast = fast
+        self.workdir = env.workdir
+        self.timeline = Timeline()
+        self.last_line = ""
+        self.seen_events: set[str] = set()
+
+    def say(self, text: str) -> None:
+        print(f"[{self.timeline.t():6.1f}s] {text}", flush=True)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:  # noqa: A002
+        return self.env.kubectl(*args, check=check, input=input)
+
     # --- the story ------------------------------------------------------------------------------
     def run(self) -> None:
         self.say("the story starts: the clock restarts at 0 (the plot's time axis)")
         self.timeline = Timeline()  # bring-up (cold builds included) is not part of the story
-        self.deploy_model()
+        self.env.deploy_model(self.say, self.fast)
         self.wait_for(lambda s: s.get("currentVersion") == 1 and self.ready(s), 300, "version 1 serving")
-        self.start_traffic()
+        self.env.start_traffic(self.say)
         try:
-            self.watch(25 if self.args.fast else 40, "steady state")
-            self.set_concept(1)
+            self.watch(25 if self.fast else 40, "steady state")
+            self.env.set_concept(1)
             self.timeline.mark("abrupt drift")
             self.say("DRIFT: the labels switch abruptly to concept 1")
             self.wait_for(lambda s: self.adapted(s, 1), 480, "the loop to retrain, canary and promote a new version")
-            if not self.args.fast:
+            if not self.fast:
                 self.watch(30, "after the first promotion")
                 version = self.status().get("currentVersion") or 0
-                self.drift_gradually(2, 60)
+                self.env.drift_gradually(2, 60)
                 self.timeline.mark("gradual drift starts")
                 self.say("DRIFT: concept 2 creeps in gradually over 60 s")
                 self.wait_for(lambda s: self.adapted(s, version), 600, "the loop to adapt to the gradual drift")
             self.watch(20, "after promotion")
         finally:
-            self.stop_traffic()
-
-    # --- local setting: the test bed on this machine ---------------------------------------------
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # noqa: A002
-        return self.cluster.kubectl(*args, check=check, input=input)
-
-    def deploy_model(self) -> None:
-        from .cluster import give_to_images
-
-        datasets.write_base_csv(self.storage / LOOP / "data" / "base.csv", 3000, seed=1)
-        give_to_images(self.storage)
-        self.say(
-            "base data: 3,000 rows of concept 0 (rotating-hyperplane stream, 10 features) in the "
-            "PersistentVolumeClaim churn-artifacts"
-        )
-        storage = {"persistentVolumeClaim": {"claimName": "churn-artifacts"}}
-        manifest = loop_manifest(
-            self.prometheus_url,
-            storage,
-            self.args.fast,
-            images={"server": self.refs["server"], "trainer": self.refs["trainer"]},
-        )
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
-        self.say(f"applied ModelFeedbackLoop {NAMESPACE}/{LOOP}: no version yet, so the operator trains version 1")
-
-    def start_traffic(self) -> None:
-        from .traffic import TrafficGenerator, service_endpoints
-
-        self.traffic = TrafficGenerator(
-            service_endpoints(self.kubectl, NAMESPACE, LOOP), rate=80, batch=2, label_delay=1.0
-        ).start()
-        self.say("traffic: 80 predictions/s (40 requests/s) through the Service's endpoints, ground truth 1 s later")
-
-    def set_concept(self, concept: int) -> None:
-        self.traffic.concept = concept
-
-    def drift_gradually(self, concept: int, seconds: float) -> None:
-        self.traffic.drift_gradually(concept, seconds)
-
-    def stop_traffic(self) -> None:
-        if getattr(self, "traffic", None) is not None:
-            self.traffic.stop()
+            self.env.stop_traffic()
 
     def adapted(self, status: dict[str, Any], old_version: int) -> bool:
         """A newer version serves and its own accuracy is healthy again."""
@@ -245,10 +279,10 @@ class Demo:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
 
     def status(self) -> dict[str, Any]:
-        out = self.kubectl("get", "mfl", LOOP, "-n", self.namespace, "-o", "json", check=False)
+        out = self.kubectl("get", "mfl", LOOP, "-n", self.env.namespace, "-o", "json", check=False)
         return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
-    def wait_for(self, predicate, timeout: float, what: str) -> dict[str, Any]:
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         self.say(f"waiting for {what} ...")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -271,9 +305,9 @@ class Demo:
         self.timeline.samples.append(
             (self.timeline.t(), metric, status.get("phase", "?"), status.get("currentVersion"))
         )
-        traffic = getattr(self, "traffic", None)
-        if traffic is not None:
-            self.timeline.client.append((self.timeline.t(), traffic.stats.accuracy()))
+        accuracy = self.env.client_accuracy()
+        if accuracy is not None:
+            self.timeline.client.append((self.timeline.t(), accuracy))
         line = self.live_line(status, metric)
         if line != self.last_line:
             self.say(line)
@@ -299,7 +333,7 @@ class Demo:
             "get",
             "events",
             "-n",
-            self.namespace,
+            self.env.namespace,
             "-o",
             "json",
             "--field-selector=involvedObject.kind=ModelFeedbackLoop",
@@ -350,7 +384,7 @@ class Demo:
         print(f"\nplot: {plot}")
 
 
-class ClusterDemo(Demo):
+class ExistingCluster:
     """`mfl demo --kubeconfig`: the same story on an existing cluster, with the images from your registry.
 
     It installs the operator (`manifests/`), a namespace with a PersistentVolumeClaim for the artifacts,
@@ -359,32 +393,32 @@ class ClusterDemo(Demo):
     Prometheus must scrape Pods annotated `prometheus.io/scrape` and label them with `namespace`.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
         self.namespace = args.namespace
         self.base = ["kubectl", f"--kubeconfig={args.kubeconfig}"]
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None):  # noqa: A002
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> Any:  # noqa: A002
         result = subprocess.run([*self.base, *args], input=input, capture_output=True, text=True, timeout=300)
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def bring_up(self) -> None:
-        self.prometheus_url = self.args.prometheus_url
+    def bring_up(self, say: Say) -> None:
         registry = self.args.registry
         rendered = self.kubectl("kustomize", str(MANIFESTS)).stdout.replace(
             "ghcr.io/feedbackloop", registry.rstrip("/")
         )
         self.kubectl("apply", "-f", "-", input=rendered)
-        self.say(f"installed the CRD and the operator (images from {registry})")
+        say(f"installed the CRD and the operator (images from {registry})")
         self.kubectl(
             "rollout", "status", "deployment/feedbackloop-operator", "-n", "feedbackloop-system", "--timeout=300s"
         )
         self.kubectl("create", "namespace", self.namespace, check=False)
         self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump_all(self.workload()))
         self.kubectl("wait", "-n", self.namespace, "--for=condition=complete", "job/mfl-demo-seed", "--timeout=300s")
-        self.say("seeded 3,000 rows of base data into the artifacts volume")
+        say("seeded 3,000 rows of base data into the artifacts volume")
 
     def workload(self) -> list[dict[str, Any]]:
         volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "mfl-demo-artifacts"}}
@@ -435,13 +469,13 @@ class ClusterDemo(Demo):
         }
         return [pvc, demo_code_configmap(), seed]
 
-    def deploy_model(self) -> None:
+    def deploy_model(self, say: Say, fast: bool) -> None:
         storage = {"persistentVolumeClaim": {"claimName": "mfl-demo-artifacts"}}
-        manifest = loop_manifest(self.args.prometheus_url, storage, self.args.fast, self.namespace, self.args.registry)
+        manifest = loop_manifest(self.args.prometheus_url, storage, fast, self.namespace, self.args.registry)
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
-        self.say(f"applied ModelFeedbackLoop {self.namespace}/{LOOP}: the operator trains version 1")
+        say(f"applied ModelFeedbackLoop {self.namespace}/{LOOP}: the operator trains version 1")
 
-    def start_traffic(self) -> None:
+    def start_traffic(self, say: Say) -> None:
         labels = {"app.kubernetes.io/name": "mfl-demo-traffic"}
         deployment = {
             "apiVersion": "apps/v1",
@@ -476,7 +510,7 @@ class ClusterDemo(Demo):
             },
         }
         self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(deployment))
-        self.say("traffic: a Deployment sends 80 predictions/s to the Service, ground truth 1 s later")
+        say("traffic: a Deployment sends 80 predictions/s to the Service, ground truth 1 s later")
 
     def set_concept(self, concept: int) -> None:
         self.kubectl("set", "env", "-n", self.namespace, "deployment/mfl-demo-traffic", f"MFL_CONCEPT={concept}")
@@ -492,14 +526,17 @@ class ClusterDemo(Demo):
             f"MFL_RAMP_SECONDS={seconds:.0f}",
         )
 
+    def client_accuracy(self) -> float | None:
+        return None  # the traffic runs in the cluster; its client-side accuracy is not collected
+
     def stop_traffic(self) -> None:
         self.kubectl("delete", "deployment", "mfl-demo-traffic", "-n", self.namespace, check=False)
 
-    def tear_down(self) -> None:
-        if self.args.keep:
+    def tear_down(self, keep: bool) -> None:
+        if keep:
             return
         self.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
-        self.say(f"deleted namespace {self.namespace}; the operator stays (kubectl delete -k manifests/ removes it)")
+        print(f"deleted namespace {self.namespace}; the operator stays (kubectl delete -k manifests/ removes it)")
 
 
 # The existing-cluster demo runs its traffic generator and seeding in the trainer image (numpy and the
@@ -564,10 +601,12 @@ def run_demo(args: argparse.Namespace) -> int:
             "mfl demo --kubeconfig needs --registry (where the project's images are) and "
             "--prometheus-url (a Prometheus that scrapes the cluster's Pods)"
         )
-    demo = ClusterDemo(args) if args.kubeconfig else Demo(args)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mfl-demo-"))
+    env: Environment = ExistingCluster(args, workdir) if args.kubeconfig else LocalTestbed(workdir)
+    demo = Demo(env, args.fast)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        demo.bring_up()
+        env.bring_up(demo.say)
         demo.run()
         demo.finish()
         return 0
@@ -575,4 +614,4 @@ def run_demo(args: argparse.Namespace) -> int:
         print("\ninterrupted: tearing down", flush=True)
         return 130
     finally:
-        demo.tear_down()  # with --keep: prints how to use the cluster and how to remove it
+        env.tear_down(args.keep)  # with --keep: prints how to use the cluster and how to remove it

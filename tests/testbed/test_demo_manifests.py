@@ -4,6 +4,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_cluster_workload_is_restricted_and_mounts_the_claim():
         ]
     )
     assert args.kubeconfig == "k" and args.namespace == "mfl-demo"
-    pvc, code, seed = demo.ClusterDemo(args).workload()
+    pvc, code, seed = demo.ExistingCluster(args, Path("/tmp")).workload()
     assert code["kind"] == "ConfigMap" and "traffic.py" in code["data"]
     assert pvc["spec"]["storageClassName"] == "fast" and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     pod = seed["spec"]["template"]["spec"]
