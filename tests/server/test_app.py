@@ -25,8 +25,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from mfl_server.app import ModelServer
+from mfl_server.app import ModelServer, _chunks
 from mfl_server.config import ServerConfig
+from mfl_server.store import utc_day
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 KEY = b"test-signing-key"
@@ -703,6 +704,37 @@ def test_a_failed_log_write_releases_the_claims_and_makes_the_server_not_ready(t
             assert value(await metrics_of(client), "mfl_feedback_total", **OWN) == 3
 
     run(scenario())
+
+
+def test_a_claim_failing_midway_releases_every_claim_of_the_request(tmp_path):
+    write_model(tmp_path)
+    claims = tmp_path / "churn" / "feedback-claims"
+
+    async def scenario() -> None:
+        async with serving(server_config(tmp_path, store_check_interval=3600)) as (server, client):
+            now = time.time()
+            today = server.signer.sign_batch(1, "stable", [1] * 20, now)
+            yesterday = server.signer.sign_batch(1, "stable", [1] * 20, now - 86400)
+            ids = today[:10] + yesterday + today[10:]  # spread over every claiming thread
+            blocked = claims / f"date={utc_day(now - 86400)}"
+            blocked.parent.mkdir(parents=True, exist_ok=True)
+            blocked.write_text("a file where a day belongs")
+            response = await client.post("/feedback", json={"feedback": [{"id": i, "label": 1} for i in ids]})
+            assert response.status == 503
+            assert [path for path in claims.rglob("*") if path.is_file()] == [blocked]
+            blocked.unlink()
+            assert (await send_labels(client, ids, [1] * 40))["accepted"] == 40
+            assert value(await metrics_of(client), "mfl_feedback_total", **OWN) == 40
+
+    run(scenario())
+    assert len(jsonl(tmp_path / "churn" / "feedback")) == 40
+
+
+def test_chunks_cover_the_items_in_order():
+    for count in (0, 1, 7, 8, 9, 32, 1024):
+        parts = _chunks(list(range(count)), 8)
+        assert sum(parts, []) == list(range(count)) and len(parts) <= 8 and all(parts)
+        assert max(map(len, parts), default=0) - min(map(len, parts), default=0) <= max(1, -(-count // 8))
 
 
 # --- as a process --------------------------------------------------------------------------------
