@@ -45,7 +45,7 @@ class KubeAPI(Protocol):
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]: ...
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None: ...
-    def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
+    def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]: ...
 
 
 class Kube:
@@ -195,9 +195,10 @@ class Kube:
             "gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name, patch
         )
 
-    def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+    def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]:
+        """A key's value, and the Secret's annotations (which say where a token may be sent)."""
         secret = self.core.read_namespaced_secret(name, namespace)
         data = (secret.data or {}).get(key)
         if data is None:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(data).decode()
+        return base64.b64decode(data).decode(), dict(secret.metadata.annotations or {})

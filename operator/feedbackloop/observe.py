@@ -18,6 +18,7 @@ from typing import Any
 from . import canary_queries, metrics, phases, resources
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation
+from .credentials import token_refusal
 from .fleet import Fleet, LoopMemory
 from .kube import KubeAPI
 from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
@@ -35,7 +36,7 @@ class Observer:
         self.fleet = fleet
         self.clients = clients
         self.poller = poller
-        self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._secrets: dict[tuple[str, str, str], tuple[float, tuple[str, dict[str, str]]]] = {}
 
     # --- the fleet poll -------------------------------------------------------------------------------
     async def poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
@@ -178,12 +179,16 @@ class Observer:
         namespace = body["metadata"]["namespace"]
         token = ca_file = None
         if prom.bearer_token_secret_ref:
-            token = await self._secret_key(namespace, prom.bearer_token_secret_ref, now)
-        if prom.ca_bundle_secret_ref:
-            ca_file = ca_file_of(await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))
+            ref = prom.bearer_token_secret_ref
+            token, annotations = await self._secret_key(namespace, ref, now)
+            refusal = token_refusal(prom.url, prom.insecure_skip_verify, f"{namespace}/{ref.name}", annotations)
+            if refusal:
+                raise PermissionError(refusal)
+        if prom.ca_bundle_secret_ref:  # a CA bundle is public: it verifies the server, it is never sent
+            ca_file = ca_file_of((await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))[0])
         return token, ca_file
 
-    async def _secret_key(self, namespace: str, ref: Any, now: float | None) -> str:
+    async def _secret_key(self, namespace: str, ref: Any, now: float | None) -> tuple[str, dict[str, str]]:
         now = time.time() if now is None else now
         cache_key = (namespace, ref.name, ref.key)
         cached = self._secrets.get(cache_key)

@@ -21,6 +21,7 @@ from urllib3.util.retry import Retry
 
 from . import promql
 from .api import MetricRule, PrometheusEndpoint
+from .credentials import redact
 from .monitoring import Sample
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class FleetPoller:
             return await self.run(endpoint, query)
         except Exception as error:  # any failure is "no data" with a reason, never a crash
             stats.errors += 1
-            message = f"query to {endpoint.url} failed: {short_error(error)}"
+            message = f"query to {redact(endpoint.url)} failed: {short_error(error)}"
             stats.error_messages.append(message)
             return message
 

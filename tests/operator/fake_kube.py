@@ -39,6 +39,7 @@ class FakeKube:
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    secret_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     route_weights: dict[str, int] = field(default_factory=dict)
     terminations: dict[str, str] = field(default_factory=dict)  # job key -> the Pod's termination message
     actions: list[tuple[str, str]] = field(default_factory=list)  # (verb, what)
@@ -97,9 +98,9 @@ class FakeKube:
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
         return self.terminations.get(f"{namespace}/{job_name}", ""), "Completed (exit code 0)"
 
-    def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+    def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]:
         try:
-            return self.secrets[f"{namespace}/{name}"][key]
+            return self.secrets[f"{namespace}/{name}"][key], self.secret_annotations.get(f"{namespace}/{name}", {})
         except KeyError:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}") from None
 

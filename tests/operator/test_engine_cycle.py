@@ -327,3 +327,39 @@ def test_a_black_hole_prometheus_costs_only_its_own_loops() -> None:
         await engine.settle()
 
     asyncio.run(scenario())
+
+
+def test_a_token_is_sent_only_where_its_secret_allows() -> None:
+    """A loop may name a Secret its author cannot read; the token goes nowhere the Secret does not name."""
+    bed = Harness()
+    seen_tokens: list[str | None] = []
+    query = bed.prometheus.query
+
+    def recording(endpoint, text):  # noqa: ANN001, ANN202
+        seen_tokens.append(endpoint.token)
+        return query(endpoint, text)
+
+    bed.engine.observer.poller._query = recording
+    bed.prometheus.answer("accuracy_of", [({"model": "churn", "namespace": "team-a"}, 0.95)])
+    bed.kube.secrets["team-a/prom-token"] = {"token": "s3cret"}
+    body = loop()
+    body["spec"]["model"]["initialVersion"] = 1
+    body["spec"]["monitoring"]["prometheus"] = {
+        "url": "https://attacker.example.com",
+        "bearerTokenSecretRef": {"name": "prom-token", "key": "token"},
+    }
+    bed.apply(body)
+    bed.cycle(T0)
+    assert seen_tokens == []  # nothing was queried with (or without) the token
+    message = json.dumps(bed.status()["conditions"])
+    assert "does not say where its token may go" in message and "s3cret" not in message
+
+    bed.kube.secret_annotations["team-a/prom-token"] = {"feedbackloop.dev/prometheus-hosts": "prometheus.example.com"}
+    bed.engine.observer._secrets.clear()  # the Secret cache (60 s) would pick the annotation up by itself
+    bed.cycle(T0 + 10)
+    assert seen_tokens == [] and "allows its token only to prometheus.example.com" in json.dumps(bed.status())
+
+    body["spec"]["monitoring"]["prometheus"]["url"] = "https://prometheus.example.com"
+    bed.apply(body)
+    bed.cycle(T0 + 20)
+    assert seen_tokens and set(seen_tokens) == {"s3cret"}
