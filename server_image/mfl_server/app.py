@@ -246,10 +246,10 @@ class ModelServer:
             raise
         for item in accepted:
             self._score(item, model.task)
-        rejected = sorted(rejected + duplicates, key=lambda item: item.index)
-        for item in rejected:
-            self.metrics.count_rejected(item.reason)
-        body: dict[str, Any] = {"accepted": len(accepted), "rejected": [item.as_json() for item in rejected]}
+        rejected = sorted(rejected + duplicates, key=lambda entry: entry.index)
+        for entry in rejected:
+            self.metrics.count_rejected(entry.reason)
+        body: dict[str, Any] = {"accepted": len(accepted), "rejected": [entry.as_json() for entry in rejected]}
         refusal = fb.refusal(len(accepted), rejected)
         if refusal:
             return json_response({"error": refusal, **body}, 422)
