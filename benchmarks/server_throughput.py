@@ -528,7 +528,7 @@ def filesystem_of(path: Path) -> str:
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
     head = (
-        f"{'server':<30} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
+        f"{'server':<36} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'errors':>6} {'client CPU':>10}"
     )
     lines = [
@@ -541,18 +541,18 @@ def table(cells: list[Cell], args: argparse.Namespace) -> str:
     for cell in cells:
         run = cell.median
         if run is None:
-            lines.append(f"{cell.server:<30} {cell.batch:>5} {cell.note}")
+            lines.append(f"{cell.server:<36} {cell.batch:>5} {cell.note}")
             continue
         rates = [r.requests_per_second for r in cell.runs]
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
         lines.append(
-            f"{cell.server:<30} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
+            f"{cell.server:<36} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
             f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
             f"{sum(r.errors for r in cell.runs):>6} {100 * run.client_cpu:>9.0f}%"
         )
         errors = [r.first_error for r in cell.runs if r.first_error]
         if errors:
-            lines.append(f"{'':<30} first error: {errors[0]}")
+            lines.append(f"{'':<36} first error: {errors[0]}")
     return "\n".join(lines)
 
 
