@@ -7,6 +7,7 @@ body), so repeating one after a crash or a lagging watch event is harmless.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from typing import Any
@@ -60,9 +61,11 @@ class Actor:
         await asyncio.to_thread(self.kube.create_job, body, job)
 
     async def _ensure_stable(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int) -> None:
+        desired = resources.server_deployment(body, spec, version, "stable", spec.model.serving.replicas)
+        if not drifted(self._observed(body, desired), desired):
+            return  # decided every round: the common case costs no API call
         await asyncio.to_thread(self.kube.ensure_signing_secret, body)
         await asyncio.to_thread(self.kube.ensure_service, body, resources.service(body, spec))
-        desired = resources.server_deployment(body, spec, version, "stable", spec.model.serving.replicas)
         await self._ensure_deployment(body, desired)
 
     async def _ensure_canary(
@@ -83,11 +86,26 @@ class Actor:
         if route:
             await asyncio.to_thread(self.kube.set_route_weights, body, route.name, 0)
 
+    def _observed(self, body: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any] | None:
+        return self.fleet.deployments.get(f"{body['metadata']['namespace']}/{desired['metadata']['name']}")
+
     async def _ensure_deployment(self, body: dict[str, Any], desired: dict[str, Any]) -> None:
-        """Write only when the fields we own differ from the watch cache: saves a write per reconcile."""
-        observed = self.fleet.deployments.get(f"{body['metadata']['namespace']}/{desired['metadata']['name']}")
-        if drifted(observed, desired):
-            await asyncio.to_thread(self.kube.ensure_deployment, body, desired)
+        """Write only when the fields we own differ from the watch cache, and say why when it existed."""
+        observed = self._observed(body, desired)
+        if not drifted(observed, desired):
+            return
+        desired["metadata"].setdefault("annotations", {})[APPLIED] = applied_hash(desired)
+        await asyncio.to_thread(self.kube.ensure_deployment, body, desired)
+        if observed is None:
+            return
+        name, changes = desired["metadata"]["name"], ", ".join(drift_of(observed, desired))
+        if (observed["metadata"].get("annotations") or {}).get(APPLIED) == applied_hash(desired):
+            # What we applied last is still what we want: someone else changed the object.
+            message = f"Deployment {name} was changed by hand ({changes}); restored to what the loop says"
+            await asyncio.to_thread(self.kube.event, body, "Warning", "DriftCorrected", message)
+        else:
+            message = f"Deployment {name} updated to the spec: {changes}"
+            await asyncio.to_thread(self.kube.event, body, "Normal", "ServingUpdated", message)
 
 
 def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:
@@ -104,21 +122,35 @@ def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if k in ALLOWED_OVERRIDES} if isinstance(value, dict) else {}
 
 
+APPLIED = "feedbackloop.dev/applied"  # hash of what the operator last applied to a Deployment
+
+
+def owned(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a server Deployment the operator owns (and restores when someone changes them)."""
+    spec = deployment.get("spec", {})
+    container = spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
+    return {
+        "replicas": spec.get("replicas"),
+        "image": container.get("image"),
+        "version": (deployment["metadata"].get("labels") or {}).get(resources.VERSION_LABEL),
+        # Not resources: the API server normalizes quantities (0.5 -> 500m), which would look like drift.
+        "env": sorted((e.get("name"), e.get("value")) for e in container.get("env") or []),
+    }
+
+
 def drifted(observed: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
-    """Whether the fields we own differ."""
-    if observed is None:
-        return True
+    """Whether the fields we own differ (the watch cache saves a write per reconcile)."""
+    return observed is None or owned(observed) != owned(desired)
 
-    def owned(d: dict[str, Any]) -> tuple[Any, ...]:
-        spec = d.get("spec", {})
-        container = spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
-        env = {e.get("name"): e.get("value") for e in container.get("env") or []}
-        return (
-            spec.get("replicas"),
-            container.get("image"),
-            env.get("MFL_MODEL_VERSION"),
-            (d["metadata"].get("labels") or {}).get(resources.VERSION_LABEL),
-            tuple(sorted(env.items())),
-        )
 
-    return owned(observed) != owned(desired)
+def drift_of(observed: dict[str, Any], desired: dict[str, Any]) -> list[str]:
+    before, after = owned(observed), owned(desired)
+    return [
+        f"{key} {before[key]} -> {after[key]}" if key in ("replicas", "image", "version") else f"{key} changed"
+        for key in after
+        if before[key] != after[key]
+    ]
+
+
+def applied_hash(deployment: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(owned(deployment), sort_keys=True).encode()).hexdigest()[:16]

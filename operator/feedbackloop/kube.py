@@ -137,9 +137,8 @@ class Kube:
             loop["metadata"]["uid"],
         )
         # Converge replicas, labels and the pod template; a no-op patch does not bump the generation.
-        self.apps.patch_namespaced_deployment(
-            name, namespace, {"metadata": {"labels": body["metadata"]["labels"]}, "spec": body["spec"]}
-        )
+        metadata = {"labels": body["metadata"]["labels"], "annotations": body["metadata"].get("annotations") or {}}
+        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": metadata, "spec": body["spec"]})
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         try:

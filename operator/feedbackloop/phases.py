@@ -229,14 +229,19 @@ def decide(world: World | InvalidWorld) -> Decision:
         _follow_training(world, decision, run, now_text)
     elif rollout:
         _follow_canary(world, decision, rollout, now_text)
-    elif (current := status.get("currentVersion")) is not None and (
-        world.serving is not None and world.serving.stable_version != current
-    ):
+    current = status.get("currentVersion")
+    if current is not None and world.serving is not None and not _decided(decision, EnsureStable):
+        # Every round, not only on a version change: spec changes roll out and hand edits are undone
+        # (act compares with the watch cache and writes only what drifted).
         decision.actions.append(EnsureStable(current))
     if not status.get("retraining") and not status.get("rollout"):
         _maybe_start_training(world, decision, now_text)
     _settle_phase(world, decision, now_text)
     return decision
+
+
+def _decided(decision: Decision, kind: type) -> bool:
+    return any(isinstance(action, kind) for action in decision.actions)
 
 
 def _invalid(world: InvalidWorld, decision: Decision, now: str) -> None:

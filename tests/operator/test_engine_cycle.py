@@ -363,3 +363,28 @@ def test_a_token_is_sent_only_where_its_secret_allows() -> None:
     bed.apply(body)
     bed.cycle(T0 + 20)
     assert seen_tokens and set(seen_tokens) == {"s3cret"}
+
+
+def test_a_spec_change_rolls_out_to_the_stable_deployment(bed: Harness) -> None:
+    now = serving_v1(bed)
+    body = loop()
+    body["spec"]["model"]["serving"] = {"replicas": 3, "image": "registry.example/mfl-server:0.2.0"}
+    bed.apply(body)
+    actions = bed.cycle(now + 1)
+    assert writes(actions, "update") == ["Deployment team-a/churn v1"]
+    assert "Normal ServingUpdated" in reasons(actions)
+    deployment = bed.kube.deployments["team-a/churn"]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/mfl-server:0.2.0"
+    assert [a for a in bed.cycle(now + 2) if a[0] != "patch-status"] == []  # converged (status shows 3 replicas)
+
+
+def test_a_hand_edit_of_the_stable_deployment_is_undone_with_a_warning(bed: Harness) -> None:
+    now = serving_v1(bed)
+    bed.kube.deployments["team-a/churn"]["spec"]["replicas"] = 0  # kubectl scale --replicas=0
+    bed.watch()
+    actions = bed.cycle(now + 1)
+    assert writes(actions, "update") == ["Deployment team-a/churn v1"]
+    assert "Warning DriftCorrected" in reasons(actions)
+    assert bed.kube.deployments["team-a/churn"]["spec"]["replicas"] == 2
+    assert [a for a in bed.cycle(now + 2) if a[0] != "patch-status"] == []
