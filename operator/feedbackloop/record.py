@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from typing import Any
 
 from . import metrics
@@ -34,7 +35,7 @@ class StatusRecorder:
         if not (changed or stale):
             return
         base = body.get("status") or {} if memory.written_status is None else before
-        patch = merge_patch(without_empty_strings(base), without_empty_strings(after))
+        patch = merge_patch(writable(base), writable(after))
         await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
         metrics.STATUS_WRITES.labels("change" if changed else "refresh").inc()
         memory.written_status = copy.deepcopy(after)
@@ -54,6 +55,23 @@ def significant(status: dict[str, Any]) -> Any:
     ]
     trimmed["conditions"] = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])]
     return trimmed
+
+
+def writable(status: Any) -> Any:
+    """The status as the API server accepts it: no "" and no NaN or infinity (JSON has neither)."""
+    return finite(without_empty_strings(status))
+
+
+def finite(value: Any) -> Any:
+    """Drop non-finite numbers from maps (a missing value reads as unknown) and null them in lists: a single
+    NaN, e.g. from a query dividing by zero, would make the whole status patch invalid, every round."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 def without_empty_strings(value: Any) -> Any:

@@ -65,3 +65,13 @@ def test_trainer_overrides_pass_only_known_keys():
 def test_job_summary_is_the_last_json_line():
     assert observe.parse_summary('progress\n{"ok": true, "version": 2}\n') == {"ok": True, "version": 2}
     assert observe.parse_summary("Traceback ...") is None
+
+
+def test_non_finite_numbers_never_reach_a_status_patch():
+    status = {
+        "metrics": [{"name": "a", "value": float("nan")}],
+        "rollout": {"evidence": [{"values": {"x": float("inf"), "y": 1.0}}]},
+    }
+    clean = record.writable(status)
+    assert clean == {"metrics": [{"name": "a"}], "rollout": {"evidence": [{"values": {"y": 1.0}}]}}
+    assert record.finite([1.0, float("-inf")]) == [1.0, None]
