@@ -19,6 +19,7 @@ from .kube import KubeAPI, NotOurs
 
 log = logging.getLogger(__name__)
 TRAINER_OVERRIDES = "feedbackloop.dev/trainer-overrides"
+KEEP_JOBS = 3  # training Jobs kept per loop: the running one and the two before it
 ALLOWED_OVERRIDES = {"labelNoise", "seed", "recentWeight"}
 
 
@@ -59,6 +60,10 @@ class Actor:
             body, spec, action.job_name, action.version, action.parent_version, action.trigger, extra
         )
         await asyncio.to_thread(self.kube.create_job, body, job)
+        # Finished Jobs (and their Pods' logs) are kept for the last few versions, not forever.
+        if action.version > KEEP_JOBS:
+            old = phases.job_name(body["metadata"]["name"], action.version - KEEP_JOBS)
+            await asyncio.to_thread(self.kube.delete_job, body["metadata"]["namespace"], old)
 
     async def _ensure_stable(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int) -> None:
         desired = resources.server_deployment(body, spec, version, "stable", spec.model.serving.replicas)

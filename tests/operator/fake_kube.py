@@ -87,6 +87,10 @@ class FakeKube:
         self.jobs[key] = copy.deepcopy(body)
         self.actions.append(("create", f"Job {key}"))
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        if self.jobs.pop(f"{namespace}/{name}", None) is not None:
+            self.actions.append(("delete", f"Job {namespace}/{name}"))
+
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:
         self.route_weights[f"{loop['metadata']['namespace']}/{route_name}"] = canary_weight
         self.actions.append(("patch", f"HTTPRoute {route_name} canary={canary_weight}"))

@@ -388,3 +388,14 @@ def test_a_hand_edit_of_the_stable_deployment_is_undone_with_a_warning(bed: Harn
     assert "Warning DriftCorrected" in reasons(actions)
     assert bed.kube.deployments["team-a/churn"]["spec"]["replicas"] == 2
     assert [a for a in bed.cycle(now + 2) if a[0] != "patch-status"] == []
+
+
+def test_finished_jobs_are_kept_for_the_last_versions_only(bed: Harness) -> None:
+    now = serving_v1(bed)
+    for version in range(2, 6):  # manual retrainings, each gated and rejected (challenger worse)
+        bed.apply(loop(annotations={"feedbackloop.dev/retrain": f"r{version}"}))
+        bed.cycle(now)
+        bed.kube.finish_job(f"team-a/churn-train-v{version}", True, trained(version, 0.5, champion=0.93))
+        bed.cycle(now + 1)
+        now += 20
+    assert sorted(bed.kube.jobs) == ["team-a/churn-train-v3", "team-a/churn-train-v4", "team-a/churn-train-v5"]
