@@ -63,7 +63,10 @@ class Actor:
         # Finished Jobs (and their Pods' logs) are kept for the last few versions, not forever.
         if action.version > KEEP_JOBS:
             old = phases.job_name(body["metadata"]["name"], action.version - KEEP_JOBS)
-            await asyncio.to_thread(self.kube.delete_job, body["metadata"]["namespace"], old)
+            try:
+                await asyncio.to_thread(self.kube.delete_job, body["metadata"]["namespace"], old)
+            except Exception as error:  # housekeeping: never worth failing the retraining that just started
+                log.warning("could not delete the finished Job %s: %s", old, error)
 
     async def _ensure_stable(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int) -> None:
         desired = resources.server_deployment(body, spec, version, "stable", spec.model.serving.replicas)
