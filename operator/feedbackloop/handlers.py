@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from . import api, resources
+from . import api, leader, resources
 from .engine import Engine, Settings
 from .kube import Kube, load_config
 
@@ -37,15 +37,24 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 60
     load_config(os.environ.get("KUBECONFIG"))
-    memo.engine = Engine(Kube(), settings_from_env())
-    memo.engine_task = asyncio.create_task(memo.engine.run(), name="feedbackloop-engine")
+    fence = leader.Fence(Kube())  # the engine's API calls pass only while this replica leads
+    memo.engine = Engine(fence, settings_from_env())  # every replica observes: the watch feeds it
+    election = leader.election_from_env(os.environ)
+    if election.enabled:  # only the leader runs the engine: it alone acts and writes status
+        lease = leader.KubeLease(election.name, election.namespace, election.timing.retry_seconds)
+        work = leader.lead(leader.Elector(lease, election), memo.engine.run, fence)
+    else:
+        work = leader.unelected(memo.engine.run, fence)
+    memo.engine_task = asyncio.create_task(work, name="feedbackloop-engine")
 
 
 @kopf.on.cleanup()
 async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the engine, then release the Lease (inside `lead`): the standby takes over at once."""
     task = getattr(memo, "engine_task", None)
     if task is not None:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

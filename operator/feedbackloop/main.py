@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
         "-n",
         action="append",
         default=[],
-        help="watch only these namespaces (repeatable); default: all namespaces",
+        help="watch only these namespaces (repeatable; also $MFL_WATCH_NAMESPACES, comma-separated); "
+        "default: all namespaces",
     )
     parser.add_argument("--kubeconfig", help="default: in-cluster config, then $KUBECONFIG or ~/.kube/config")
     parser.add_argument("--metrics-address", default=os.environ.get("MFL_METRICS_ADDRESS", "0.0.0.0"))
@@ -45,13 +46,26 @@ def main(argv: list[str] | None = None) -> None:
         start_http_server(args.metrics_port, addr=args.metrics_address)
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    namespaces = watched_namespaces(args.namespace, os.environ.get("MFL_WATCH_NAMESPACES", ""))
+    settings = kopf.OperatorSettings()
+    # Watching listed namespaces is the namespace-scoped install: its RBAC has no cluster-wide list of
+    # namespaces or CRDs, so kopf serves exactly these names and the CRDs present at start (no scanning,
+    # no Forbidden warnings). A namespace pattern needs the cluster-wide install.
+    settings.scanning.disabled = bool(namespaces)
     kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        settings=settings,
         standalone=True,
         liveness_endpoint=args.liveness or None,
         identity=operator_identity(),
     )
+
+
+def watched_namespaces(flags: list[str], env: str) -> list[str]:
+    """The --namespace flags, else $MFL_WATCH_NAMESPACES (comma or space separated); [] = all namespaces."""
+    names = flags or env.replace(",", " ").split()
+    return sorted(set(names))
 
 
 def operator_identity() -> str:
