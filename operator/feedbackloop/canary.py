@@ -16,6 +16,7 @@ from .analysis import (
     MetricError,
     NoData,
     Observation,
+    Phase,
     ProportionCheck,
     ThresholdCheck,
     ValueObservation,
@@ -49,7 +50,7 @@ class CanaryObservation:
 
 @dataclass(frozen=True)
 class CanaryVerdict:
-    phase: str  # Running | Successful | Failed | Inconclusive | Error
+    phase: Phase  # the sequential analysis' own verdict, typed
     message: str
     rollout_fields: RolloutState
 
@@ -130,4 +131,4 @@ def judge_canary(
         "consecutiveErrors": state.max_consecutive_errors,
         "evidence": [cast(status.CheckEvidence, item.to_dict()) for item in evidence] or rollout.get("evidence", []),
     }
-    return CanaryVerdict(verdict.phase.value, verdict.message, fields)
+    return CanaryVerdict(verdict.phase, verdict.message, fields)

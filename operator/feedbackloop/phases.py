@@ -24,6 +24,7 @@ from typing import Any
 
 from . import conditions as cond
 from . import cron
+from .analysis import Phase as AnalysisPhase
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation, judge_canary, replica_split
 from .gate import offline_gate
@@ -499,10 +500,10 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
         return
     verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now)
     rollout.update(verdict.rollout_fields)
-    if verdict.phase in ("Failed", "Error"):
+    if verdict.phase in (AnalysisPhase.FAILED, AnalysisPhase.ERROR):
         _roll_back(world, decision, rollout, now, verdict.message)
         return
-    if verdict.phase == "Inconclusive":
+    if verdict.phase is AnalysisPhase.INCONCLUSIVE:
         if spec.rollout.analysis.on_inconclusive == "promote":
             _promote(
                 world,
@@ -531,7 +532,7 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             "CanaryStep",
             f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
         )
-    elif verdict.phase == "Successful":
+    elif verdict.phase is AnalysisPhase.SUCCESSFUL:
         _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, verdict.message)
 
 
