@@ -76,7 +76,7 @@ class Prometheus:
         if binary is None:
             raise TestbedUnavailable("prometheus not found: `apt-get install prometheus`")
         started = time.monotonic()
-        self.port = free_port(self.host)
+        self.port = self.port or free_port(self.host)  # a restart keeps its address (and its TSDB)
         self._write_targets()
         self._write_config()
         self._process = ManagedProcess("prometheus", self._command(binary), self.log_path)
