@@ -234,6 +234,14 @@ class Cluster:
 
         wait_until(restarted_and_ready, timeout, "the operator's container to restart after SIGKILL", interval=1.0)
 
+    def kill_container(self, namespace: str, pod_name: str) -> int:
+        """SIGKILL one Pod's (only) container, as a crash would; returns its restart count before the kill
+        (the kubelet restarts it, with its crash-loop back-off)."""
+        pod = json.loads(self.kubectl("get", "pod", pod_name, "-n", namespace, "-o", "json").stdout)
+        [container] = pod["status"]["containerStatuses"]
+        node_module.ctr("tasks", "kill", "-s", "SIGKILL", container["containerID"].split("://", 1)[1])
+        return int(container["restartCount"])
+
     def artifact_volume(self, namespace: str, claim: str, size: str = "1Gi") -> Path:
         """A folder owned by the images' user, as a PV bound to claim `namespace/claim` (ReadWriteMany)."""
         path = self.workdir / "volumes" / f"{namespace}-{claim}"

@@ -80,3 +80,44 @@ def operator_container(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
     return {entry["name"]: entry.get("value", entry.get("valueFrom")) for entry in container.get("env", [])}
+
+
+# --- on the test bed (tests/e2e) -------------------------------------------------------------------------
+def for_kubernetes_1_20(objects: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The test bed's API server is 1.20: it serves PodDisruptionBudgets as policy/v1beta1 only (policy/v1
+    came in 1.21, with the same spec for minAvailable and selector). Nothing else needs adapting."""
+    adapted = []
+    for doc in objects:
+        if doc["kind"] == "PodDisruptionBudget" and doc["apiVersion"] == "policy/v1":
+            doc = {**doc, "apiVersion": "policy/v1beta1"}
+        adapted.append(doc)
+    return adapted
+
+
+def image_overrides(image_refs: Mapping[str, str], repository: str = "ghcr.io/feedbackloop") -> list[dict[str, str]]:
+    """kustomize `images:` pointing the shipped image names at this tree's build (as Cluster.install_operator)."""
+    return [
+        {"name": f"{repository}/mfl-{component}", "newName": ref.rsplit(":", 1)[0], "newTag": ref.rsplit(":", 1)[1]}
+        for component, ref in image_refs.items()
+    ]
+
+
+def apply_shape(
+    cluster: Any,
+    workdir: Path,
+    components: Sequence[str],
+    image_refs: Mapping[str, str],
+    namespace: str | None = None,
+    timeout: float = 240.0,
+) -> list[dict[str, Any]]:
+    """Render the shape with this tree's operator image, apply it with the test bed's kubectl and wait for
+    the operator's rollout; returns what was applied."""
+    path = overlay(workdir, components, namespace, images=image_overrides(image_refs))
+    objects = for_kubernetes_1_20(render(path))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    deployment = one(objects, "Deployment", "feedbackloop-operator")["metadata"]
+    cluster.kubectl(
+        "rollout", "status", "deployment/feedbackloop-operator", "-n", deployment["namespace"],
+        f"--timeout={timeout:.0f}s", timeout=timeout + 10,
+    )  # fmt: skip
+    return objects

@@ -13,7 +13,19 @@ import pytest
 from feedbackloop import leader, main
 from mfl_testbed.pytest_plugin import unavailable
 
-from .shapes import MANIFESTS, SHAPES, by_kind, env_of, one, operator_container, overlay, render, render_shape
+from .shapes import (
+    MANIFESTS,
+    SHAPES,
+    by_kind,
+    env_of,
+    for_kubernetes_1_20,
+    image_overrides,
+    one,
+    operator_container,
+    overlay,
+    render,
+    render_shape,
+)
 
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 SYSTEM = "feedbackloop-system"
@@ -152,3 +164,16 @@ def test_main_runs_kopf_on_the_watched_namespaces_without_scanning(
     assert list(call["namespaces"]) == ([] if clusterwide else ["team-a", "team-b"])
     # Listed namespaces: no cluster-wide list of namespaces or watch of CRDs (the Role grants neither).
     assert call["settings"].scanning.disabled is not clusterwide
+
+
+def test_the_test_bed_gets_its_disruption_budget_as_policy_v1beta1(tmp_path: Path) -> None:
+    objects = render_shape(tmp_path, "ha")
+    adapted = for_kubernetes_1_20(objects)
+    assert one(adapted, "PodDisruptionBudget")["apiVersion"] == "policy/v1beta1"
+    assert one(adapted, "PodDisruptionBudget")["spec"] == one(objects, "PodDisruptionBudget")["spec"]
+    assert [d for d in adapted if d["kind"] != "PodDisruptionBudget"] == [
+        d for d in objects if d["kind"] != "PodDisruptionBudget"
+    ]
+    refs = {"operator": "localhost/mfl-operator:tree-1a2b"}
+    path = overlay(tmp_path / "bed", ("ha",), images=image_overrides(refs))
+    assert operator_container(render(path))["image"] == "localhost/mfl-operator:tree-1a2b"
