@@ -9,6 +9,7 @@ from typing import Any
 
 import kopf
 import pytest
+import yaml
 
 from feedbackloop import leader, main
 from mfl_testbed.pytest_plugin import unavailable
@@ -177,3 +178,14 @@ def test_the_test_bed_gets_its_disruption_budget_as_policy_v1beta1(tmp_path: Pat
     refs = {"operator": "localhost/mfl-operator:tree-1a2b"}
     path = overlay(tmp_path / "bed", ("ha",), images=image_overrides(refs))
     assert operator_container(render(path))["image"] == "localhost/mfl-operator:tree-1a2b"
+
+
+def test_the_documented_patch_for_more_namespaces_renders(tmp_path: Path) -> None:
+    """docs/install.md's `patches:` block for a namespace-scoped operator serving several namespaces."""
+    text = (MANIFESTS.parent / "docs" / "install.md").read_text()
+    [block] = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:] if b.startswith("patches:")]
+    patches = yaml.safe_load(block)["patches"]
+    objects = render(overlay(tmp_path / "more", ("namespaced",), "team-a", patches=patches))
+    env = [e for e in operator_container(objects)["env"] if e["name"] == "MFL_WATCH_NAMESPACES"]
+    assert env == [{"name": "MFL_WATCH_NAMESPACES", "value": "team-a,team-b"}]
+    assert main.watched_namespaces([], env[0]["value"]) == ["team-a", "team-b"]
