@@ -6,8 +6,11 @@ drift. Field names are camelCase on the wire (Kubernetes convention) and snake_c
 
 from __future__ import annotations
 
+import math
+import posixpath
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -15,11 +18,14 @@ from pydantic import (
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
+
+from mfl_contracts import estimators
 
 GROUP = "feedbackloop.dev"
 VERSION = "v1alpha1"
@@ -31,8 +37,11 @@ CATEGORIES = ["ml"]
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SCRATCH_PATH = "/var/run/mfl-scratch"  # the emptyDir every server and trainer container gets as TMPDIR
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 3650 * 86400
 
 
 class DurationText(str):
@@ -44,6 +53,8 @@ class DurationText(str):
     def __new__(cls, text: str) -> DurationText:
         value = super().__new__(cls, text)
         value.seconds = parse_duration(text)
+        if value.seconds > MAX_DURATION_SECONDS:  # beyond, now + it is no date (a failed Job's backoff crashed)
+            raise ValueError(f"{text!r} is too long: at most {MAX_DURATION_SECONDS // 86400}d")
         return value
 
     @classmethod
@@ -55,6 +66,8 @@ class DurationText(str):
 
 Duration = Annotated[DurationText, Field(json_schema_extra={"x-mfl-duration": True})]
 MAX_PROMETHEUS_TIMEOUT_SECONDS = 60
+MIN_FRACTION = 0.0001
+MAX_VERSION = 10**9  # versions count up from here: far from int64, which a status number must fit
 
 
 def _positive(text: DurationText) -> DurationText:
@@ -76,6 +89,25 @@ def _bounded_timeout(text: DurationText) -> DurationText:
 Interval = Annotated[Duration, AfterValidator(_positive)]
 PrometheusTimeout = Annotated[Duration, AfterValidator(_bounded_timeout)]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+_QUANTITY_SCALE = {
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def quantity_value(text: str) -> float:
+    """'500m' -> 0.5, '1Gi' -> 1073741824.0: enough to compare two quantities of this API's pattern."""
+    number = re.match(r"[0-9.]+", text)
+    assert number is not None  # the pattern was checked first
+    return float(number.group()) * _QUANTITY_SCALE[text[number.end() :]]
 
 
 def parse_duration(text: str) -> float:
@@ -85,11 +117,28 @@ def parse_duration(text: str) -> float:
     return float(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text)))
 
 
+def field_error(model: str, loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
+    """An error at `loc` (wire names), for a validator that checks several fields: the message then names
+    the field the user must change, not the object that holds it."""
+    error = PydanticCustomError("value_error", "{message}", {"message": message})
+    return ValidationError.from_exception_data(model, [InitErrorDetails(type=error, loc=loc, input=value)])
+
+
+def _no_schema_default(schema: dict[str, Any]) -> None:
+    """A default that depends on another field (model.task) must not be in the CRD: the API server would
+    fill it in before the operator sees the task."""
+    schema.pop("default", None)
+
+
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields refused (as the schema does)."""
 
     # validate_default: a default duration is parsed once too (it gets its `.seconds`).
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True)
+    # allow_inf_nan: NaN or inf in a threshold or weight makes every comparison false and the status
+    # patch invalid JSON; the API server never sends them, other clients (and tests) might.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
 
 # --- model -------------------------------------------------------------------------------------------
@@ -109,6 +158,20 @@ class Resources(ApiModel):
         default_factory=ResourceList, description="What the scheduler reserves for the container."
     )
     limits: ResourceList = Field(default_factory=ResourceList, description="The most the container may use.")
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        # The API server refuses a Pod whose request exceeds its limit: the Deployment or Job would never run.
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if request is not None and limit is not None and quantity_value(request) > quantity_value(limit):
+                raise field_error(
+                    "Resources",
+                    ("requests", name),
+                    f"{request} is above the limit {limit}: lower it or raise the limit",
+                    request,
+                )
+        return self
 
 
 class EnvVar(ApiModel):
@@ -150,15 +213,16 @@ class Serving(ApiModel):
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the loop's namespace."""
 
-    name: str = Field(min_length=1, description="Secret name.")
-    key: str = Field(min_length=1, description="Key within the Secret.")
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret name.")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret.")
 
 
 class PersistentVolumeClaimSource(ApiModel):
     """A PersistentVolumeClaim as the artifact store."""
 
     claim_name: str = Field(
-        min_length=1,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
         description="Claim in the loop's namespace. The trainer Jobs and every server Pod mount it at once: "
         "ReadWriteMany (ReadWriteOnce only on a one-node cluster).",
     )
@@ -188,6 +252,14 @@ class Storage(ApiModel):
             raise ValueError("set exactly one of persistentVolumeClaim or hostPath")
         return self
 
+    @field_validator("mount_path")
+    @classmethod
+    def _not_a_system_path(cls, path: str) -> str:
+        # Two volumes at one path make the API server refuse every Pod; "/" would hide the image.
+        if posixpath.normpath(path) in ("/", SCRATCH_PATH):
+            raise ValueError(f"{path!r} is taken (the root or the scratch volume): use e.g. /var/lib/mfl/artifacts")
+        return path
+
 
 class Model(ApiModel):
     """The model: its name and task, how it is served and where its artifacts live."""
@@ -208,8 +280,9 @@ class Model(ApiModel):
     initial_version: int | None = Field(
         default=None,
         ge=1,
-        description="A version already in the artifact store (versions/<n>/) to serve when the loop has none yet; "
-        "omitted: the operator trains version 1.",
+        le=MAX_VERSION,
+        description="A version already in the artifact store (versions/<n>/) to serve when the loop has none yet, "
+        "1 to 1000000000; omitted: the operator trains version 1.",
     )
 
 
@@ -238,6 +311,19 @@ class PrometheusEndpoint(ApiModel):
     timeout: PrometheusTimeout = Field(
         default=DurationText("10s"), description="Timeout of each query: a duration from 1s to 60s. Default 10s."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _a_host_and_port(cls, url: str) -> str:
+        """The pattern only checks the scheme; a URL without a host, or with a bad port, fails every query."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError as error:
+            raise ValueError(f"{url!r} is not a URL ({error}): use e.g. http://prometheus:9090") from None
+        if not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. http://prometheus:9090")
+        return url
 
 
 class MetricRule(ApiModel):
@@ -337,6 +423,13 @@ Estimator = Literal[
     "hist_gradient_boosting_regressor",
     "sgd_regressor",
 ]
+GateMetric = Literal["accuracy", "f1_macro", "mae", "rmse", "r2"]
+# What the trainer has for each task (trainer_image/mfl_trainer: estimators.py, evaluation.py, config.py's
+# defaults); tests/operator/test_spec_holes.py holds the two together.
+TASK_ESTIMATORS = {"classification": estimators.CLASSIFIERS, "regression": estimators.REGRESSORS}
+DEFAULT_ESTIMATOR = {"classification": "hist_gradient_boosting", "regression": "hist_gradient_boosting_regressor"}
+TASK_METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("mae", "rmse", "r2")}
+NOT_INCREMENTAL = ("ridge",)  # neither partial_fit nor warm_start
 
 
 class Trainer(ApiModel):
@@ -366,10 +459,11 @@ class Trainer(ApiModel):
 class OfflineGate(ApiModel):
     """The challenger goes to a canary only if it is no worse than the champion on the same data."""
 
-    metric: Literal["accuracy", "f1_macro", "mae", "rmse", "r2"] = Field(
+    metric: GateMetric = Field(
         default="accuracy",
+        json_schema_extra=_no_schema_default,
         description="Holdout metric compared: accuracy or f1_macro (classification), mae, rmse or r2 (regression; "
-        "lower mae and rmse are better). Default accuracy, so a regression loop must set it.",
+        "lower mae and rmse are better). Omitted: accuracy for classification, mae for regression.",
     )
     max_degradation: float = Field(
         default=0.0,
@@ -396,24 +490,28 @@ class Retraining(ApiModel):
     trainer: Trainer = Field(default_factory=Trainer)
     estimator: Estimator = Field(
         default="hist_gradient_boosting",
+        json_schema_extra=_no_schema_default,
         description="scikit-learn estimator matching model.task (ridge and the *_regressor ones are for "
-        "regression). Default hist_gradient_boosting, a classifier.",
+        "regression). Omitted: hist_gradient_boosting for classification, hist_gradient_boosting_regressor "
+        "for regression.",
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Constructor arguments of the estimator by scikit-learn name, checked by the trainer. "
         "Default none.",
     )
-    features: list[str] = Field(
-        min_length=1, description="Feature columns: base-data CSV columns and keys of the /predict instances."
+    features: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        description="Feature columns, unique and not the target: base-data CSV columns and keys of the /predict "
+        "instances.",
     )
     target: str = Field(
         min_length=1, description="Label column of the base data; feedback labels arrive through /feedback."
     )
-    data_window: Duration = Field(
+    data_window: Interval = Field(
         default=DurationText("7d"),
         description="Labelled feedback predicted within this long before the Job starts joins the base data: "
-        "a duration. Default 7d.",
+        "a duration, at least 1s. Default 7d.",
     )
     holdout_fraction: float = Field(
         default=0.25,
@@ -464,6 +562,42 @@ class Retraining(ApiModel):
     )
     gate: OfflineGate = Field(default_factory=OfflineGate)
 
+    @model_validator(mode="after")
+    def _trainer_accepts(self) -> Retraining:
+        """What the trainer refuses at every Job is refused here, once, naming the field."""
+        duplicates = sorted({f for f in self.features if self.features.count(f) > 1})
+        if duplicates:
+            raise field_error(
+                "Retraining", ("features",), f"list each feature once; repeated: {duplicates}", duplicates
+            )
+        if self.target in self.features:
+            raise field_error(
+                "Retraining", ("target",), f"{self.target!r} is also a feature: remove it from features", self.target
+            )
+        if self.incremental and self.estimator in NOT_INCREMENTAL:
+            raise field_error(
+                "Retraining",
+                ("incremental",),
+                f"{self.estimator} cannot continue training: set incremental false or pick another estimator",
+                True,
+            )
+        bad = _non_finite(self.hyperparameters)
+        if bad:
+            raise field_error("Retraining", ("hyperparameters", bad), "must be a finite number", None)
+        return self
+
+
+def _non_finite(value: Any, path: str = "") -> str:
+    """The dotted path of the first NaN or infinity in a free-form value ('' when none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "."
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}".lstrip("."))
+        if found:
+            return found
+    return ""
+
 
 # --- rollout -----------------------------------------------------------------------------------------
 
@@ -495,7 +629,7 @@ class LatencyCheck(ApiModel):
         "Default 0.2.",
     )
     min_samples: int = Field(
-        default=100, ge=1, description="Requests per arm before the latency check may decide. Default 100."
+        default=100, ge=2, description="Requests per arm before the latency check may decide, at least 2. Default 100."
     )
 
 
@@ -519,6 +653,14 @@ class ThresholdCheck(ApiModel):
         description="Failed looks, counted over the whole analysis, that roll the canary back. Default 1.",
     )
 
+    @model_validator(mode="after")
+    def _has_threshold(self) -> ThresholdCheck:
+        if self.min is None and self.max is None:
+            raise ValueError(f"check {self.name!r} needs min and/or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"check {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
 
 class Analysis(ApiModel):
     """Sequential canary-vs-stable analysis: accuracy (classification), availability and latency, plus
@@ -529,40 +671,41 @@ class Analysis(ApiModel):
         description="How often the canary is judged (its queries run and one look is taken): a duration, at least "
         "1s. Default 30s.",
     )
+    # The floors keep the test's arithmetic away from underflow (alpha / checks, 1.5 x a margin).
     alpha: float = Field(
         default=0.05,
-        gt=0,
+        ge=MIN_FRACTION,
         lt=0.5,
         description="Bound on the probability of rolling back a canary as good as stable, shared by the "
-        "statistical checks; 0 to 0.5. Default 0.05.",
+        "statistical checks; 0.0001 to 0.5. Default 0.05.",
     )
     beta: float = Field(
         default=0.1,
-        gt=0,
+        ge=MIN_FRACTION,
         lt=0.5,
         description="Bound on the probability of promoting a canary detectableDegradation worse, per check; "
-        "0 to 0.5. Default 0.1.",
+        "0.0001 to 0.5. Default 0.1.",
     )
     max_degradation: float = Field(
         default=0.02,
-        gt=0,
+        ge=MIN_FRACTION,
         lt=1,
         description="Non-inferiority margin on accuracy: how far below stable's the canary's may be, as a fraction "
-        "(0.02 = 2 points). Default 0.02.",
+        "(0.02 = 2 points), from 0.0001, below 0.667 when detectableDegradation is omitted. Default 0.02.",
     )
     detectable_degradation: float | None = Field(
         default=None,
         gt=0,
         lt=1,
         description="Accuracy drop, as a fraction above maxDegradation, that the analysis catches with "
-        "probability 1 - beta; omitted: 1.5 x maxDegradation.",
+        "probability 1 - beta; below 1; omitted: 1.5 x maxDegradation.",
     )
     availability_max_degradation: float = Field(
         default=0.01,
-        gt=0,
+        ge=MIN_FRACTION,
         lt=1,
-        description="Margin on availability, the share of predict requests answered without a 5xx, as a fraction. "
-        "Default 0.01.",
+        description="Margin on availability, the share of predict requests answered without a 5xx, as a fraction "
+        "from 0.0001 to below 0.667. Default 0.01.",
     )
     min_samples: int = Field(
         default=200,
@@ -608,11 +751,35 @@ class Analysis(ApiModel):
             raise ValueError(f"check names must be unique and not {sorted(taken)}: {clashes}")
         return self
 
+    @model_validator(mode="after")
+    def _detectable_beyond_the_margin(self) -> Analysis:
+        """The sequential test needs maxDegradation < detectableDegradation < 1 (1.5 x the margin when omitted)."""
+        detectable = self.detectable_degradation
+        if detectable is not None and detectable <= self.max_degradation:
+            raise field_error(
+                "Analysis",
+                ("detectableDegradation",),
+                f"{detectable:g} must be above maxDegradation ({self.max_degradation:g})",
+                detectable,
+            )
+        margins = {"maxDegradation": self.max_degradation if detectable is None else 0.0}
+        margins["availabilityMaxDegradation"] = self.availability_max_degradation
+        for name, margin in margins.items():
+            if 1.5 * margin >= 1:
+                fix = "use one below 0.667" + (", or set detectableDegradation" if name == "maxDegradation" else "")
+                raise field_error(
+                    "Analysis",
+                    (name,),
+                    f"{margin:g} is too large: 1.5 x it, the drop to catch, reaches 1; {fix}",
+                    margin,
+                )
+        return self
+
 
 class HTTPRouteRef(ApiModel):
     """A Gateway API HTTPRoute in the loop's namespace."""
 
-    name: str = Field(pattern=DNS_LABEL_PATTERN, description="HTTPRoute name.")
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="HTTPRoute name.")
 
 
 class TrafficRouting(ApiModel):
@@ -661,6 +828,43 @@ class ModelFeedbackLoopSpec(ApiModel):
         description="true: no retraining starts and a canary holds its step (its analysis may still roll it "
         "back); a running Job is still followed. Default false.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """retraining.estimator and gate.metric default to what fits model.task (a regression loop must
+        not get a classifier)."""
+        model, retraining = (data.get(key) if isinstance(data, dict) else None for key in ("model", "retraining"))
+        task = model.get("task", "classification") if isinstance(model, dict) else None
+        if task not in TASK_ESTIMATORS or not isinstance(retraining, dict):
+            return data  # field validation reports what is wrong
+        retraining = {"estimator": DEFAULT_ESTIMATOR[task], **retraining}
+        gate = retraining.get("gate", {})
+        if isinstance(gate, dict):
+            retraining["gate"] = {"metric": TASK_METRICS[task][0], **gate}
+        return {**data, "retraining": retraining}
+
+    @model_validator(mode="after")
+    def _retraining_fits_the_task(self) -> ModelFeedbackLoopSpec:
+        task, retraining = self.model.task, self.retraining
+        if retraining is None:
+            return self
+        if retraining.estimator not in TASK_ESTIMATORS[task]:
+            raise field_error(
+                "ModelFeedbackLoopSpec",
+                ("retraining", "estimator"),
+                f"{retraining.estimator} is not for model.task {task}: use one of {', '.join(TASK_ESTIMATORS[task])}",
+                retraining.estimator,
+            )
+        if retraining.gate.metric not in TASK_METRICS[task]:
+            raise field_error(
+                "ModelFeedbackLoopSpec",
+                ("retraining", "gate", "metric"),
+                f"the trainer reports no {retraining.gate.metric} for {task}: use one of "
+                f"{', '.join(TASK_METRICS[task])}",
+                retraining.gate.metric,
+            )
+        return self
 
 
 # --- status ------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -14,7 +16,7 @@ LOOP_LABEL = "feedbackloop.dev/loop"
 TRACK_LABEL = "feedbackloop.dev/track"
 VERSION_LABEL = "feedbackloop.dev/version"
 RUN_AS = 65532
-SCRATCH = "/var/run/mfl-scratch"
+SCRATCH = api.SCRATCH_PATH
 SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}]
 
 
@@ -29,12 +31,48 @@ def owner_reference(loop: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# --- names: a loop may be named anything the API server accepts (a DNS-1123 subdomain of up to 253
+# characters); each child's name must also suit its own kind, and label values are at most 63 characters.
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(api.DNS_SUBDOMAIN_PATTERN)
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+MAX_LABEL = 63
+MAX_SUBDOMAIN = 253
+MAX_DEPLOYMENT = MAX_SUBDOMAIN - 11  # its ReplicaSets are named <deployment>-<hash of up to 10 characters>
+
+
+def safe_name(
+    loop_name: str, suffix: str = "", *, limit: int = MAX_LABEL, pattern: re.Pattern[str] = DNS1035_LABEL
+) -> str:
+    """`<loop><suffix>` when that suits the kind (`pattern`, `limit`), so every name that worked stays as it was;
+    otherwise a DNS-1035 label (which suits every kind) from the loop's name and a hash of it, so that two
+    loops never share a child. `suffix` is empty or starts with '-'."""
+    name = loop_name + suffix
+    if len(name) <= limit and pattern.fullmatch(name):
+        return name
+    tail = f"-{hashlib.sha256(loop_name.encode()).hexdigest()[:8]}{suffix}"
+    stem = re.sub(r"[^a-z0-9]+", "-", loop_name.lower()).strip("-")
+    if not stem[:1].isalpha():
+        stem = f"mfl-{stem}"
+    return stem[: min(limit, MAX_LABEL) - len(tail)].rstrip("-") + tail
+
+
+def loop_label(loop_name: str) -> str:
+    """The value of the loop's label on everything it owns (and of the selectors that find them)."""
+    return safe_name(loop_name, pattern=LABEL_VALUE)
+
+
+def service_name(loop_name: str, track: str | None = None) -> str:
+    """Services need a DNS-1035 label: a loop named '1churn' or 'churn.v2' gets a derived name."""
+    return safe_name(loop_name, f"-{track}" if track else "")
+
+
 def common_labels(loop_name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/part-of": "model-feedback-loop",
-        "app.kubernetes.io/instance": loop_name,
-        LOOP_LABEL: loop_name,
+        "app.kubernetes.io/instance": loop_label(loop_name),
+        LOOP_LABEL: loop_label(loop_name),
     }
 
 
@@ -48,15 +86,15 @@ def _metadata(loop: dict[str, Any], name: str, labels: dict[str, str] | None = N
 
 
 def stable_name(loop_name: str) -> str:
-    return loop_name
+    return safe_name(loop_name, limit=MAX_DEPLOYMENT, pattern=DNS1123_SUBDOMAIN)
 
 
 def canary_name(loop_name: str) -> str:
-    return f"{loop_name}-canary"
+    return safe_name(loop_name, "-canary", limit=MAX_DEPLOYMENT, pattern=DNS1123_SUBDOMAIN)
 
 
 def signing_secret_name(loop_name: str) -> str:
-    return f"{loop_name}-signing-key"
+    return safe_name(loop_name, "-signing-key", limit=MAX_SUBDOMAIN, pattern=DNS1123_SUBDOMAIN)
 
 
 def restricted_pod_security() -> dict[str, Any]:
@@ -107,7 +145,7 @@ def server_deployment(
     loop_name = loop["metadata"]["name"]
     name = stable_name(loop_name) if track == "stable" else canary_name(loop_name)
     serving = spec.model.serving
-    selector = {LOOP_LABEL: loop_name, TRACK_LABEL: track}
+    selector = {LOOP_LABEL: loop_label(loop_name), TRACK_LABEL: track}
     pod_labels = {
         **common_labels(loop_name),
         "app.kubernetes.io/name": "mfl-server",
@@ -176,8 +214,8 @@ def server_deployment(
 
 def service(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, track: str | None = None) -> dict[str, Any]:
     loop_name = loop["metadata"]["name"]
-    name = loop_name if track is None else f"{loop_name}-{track}"
-    selector = {LOOP_LABEL: loop_name, **({TRACK_LABEL: track} if track else {})}
+    name = service_name(loop_name, track)
+    selector = {LOOP_LABEL: loop_label(loop_name), **({TRACK_LABEL: track} if track else {})}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -283,8 +321,8 @@ def http_route_weights(route: dict[str, Any], loop_name: str, canary_weight: int
     patched = []
     for rule in rules:
         backends = [
-            {"name": f"{loop_name}-stable", "port": 80, "weight": 100 - canary_weight},
-            {"name": f"{loop_name}-canary", "port": 80, "weight": canary_weight},
+            {"name": service_name(loop_name, "stable"), "port": 80, "weight": 100 - canary_weight},
+            {"name": service_name(loop_name, "canary"), "port": 80, "weight": canary_weight},
         ]
         patched.append({**rule, "backendRefs": backends})
     return {"spec": {"rules": patched}}

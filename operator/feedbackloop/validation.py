@@ -19,11 +19,7 @@ def parse_spec(raw: dict[str, Any]) -> tuple[ModelFeedbackLoopSpec | None, str]:
     """(the spec, "") or (None, what is wrong with it, field by field)."""
     try:
         spec = api.validate_spec(raw)
-        problems = [
-            f"spec.monitoring.metrics[{i}].query: {p}"
-            for i, rule in enumerate(spec.monitoring.metrics)
-            for p in promql.check_template(rule.query) + promql.check_template(rule.samples_query or "")
-        ]
+        problems = _template_problems(spec)
         if spec.retraining and spec.retraining.schedule:
             try:
                 cron.parse(spec.retraining.schedule)
@@ -34,3 +30,14 @@ def parse_spec(raw: dict[str, Any]) -> tuple[ModelFeedbackLoopSpec | None, str]:
         return spec, ""
     except (ValidationError, ValueError) as error:
         return None, api.describe_validation_error(error)
+
+
+def _template_problems(spec: ModelFeedbackLoopSpec) -> list[str]:
+    """Unknown placeholders would reach Prometheus verbatim: every look or poll would fail."""
+    templates = [
+        (f"monitoring.metrics[{i}].{field}", text)
+        for i, rule in enumerate(spec.monitoring.metrics)
+        for field, text in (("query", rule.query), ("samplesQuery", rule.samples_query or ""))
+    ]
+    templates += [(f"rollout.analysis.checks[{i}].query", c.query) for i, c in enumerate(spec.rollout.analysis.checks)]
+    return [f"spec.{path}: {problem}" for path, text in templates for problem in promql.check_template(text)]

@@ -89,8 +89,10 @@ def test_required_fields_enums_bounds_and_patterns_reach_the_schema():
     assert rule["properties"]["for"]["default"] == "0s"
     replicas = spec["properties"]["model"]["properties"]["serving"]["properties"]["replicas"]
     assert (replicas["minimum"], replicas["maximum"], replicas["default"]) == (1, 100, 2)
-    alpha = spec["properties"]["rollout"]["properties"]["analysis"]["properties"]["alpha"]
-    assert alpha["exclusiveMinimum"] is True and alpha["minimum"] == 0
+    analysis = spec["properties"]["rollout"]["properties"]["analysis"]["properties"]
+    detectable = analysis["detectableDegradation"]
+    assert detectable["exclusiveMinimum"] is True and detectable["minimum"] == 0
+    assert (analysis["alpha"]["minimum"], analysis["alpha"]["maximum"]) == (api.MIN_FRACTION, 0.5)
 
 
 def test_printer_columns_and_names():

@@ -37,9 +37,10 @@ def test_parse_refuses(expr):
 
 
 def spec(**gate):
+    task = "regression" if gate.get("metric") in ("mae", "rmse", "r2") else "classification"
     return api.validate_spec(
         {
-            "model": {"name": "m", "storage": {"hostPath": {"path": "/d"}}},
+            "model": {"name": "m", "task": task, "storage": {"hostPath": {"path": "/d"}}},
             "monitoring": {"prometheus": {"url": "http://p"}},
             "retraining": {"features": ["a"], "target": "y", "gate": gate},
         }
