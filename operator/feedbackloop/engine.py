@@ -196,6 +196,8 @@ class Engine:
         body, memory = self.fleet.loops.get(key), self.fleet.memory.get(key)
         if body is None or memory is None:
             return  # deleted since the cycle began
+        if body["metadata"].get("deletionTimestamp"):
+            return  # going away (its namespace too, perhaps): nothing to create, garbage collection does the rest
         memory.dirty = False
         memory.next_reconcile = now + self.settings.active_reconcile_seconds
         before = self.fleet.status(key)

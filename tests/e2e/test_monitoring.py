@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from mfl_testbed.controlplane import KubectlError
+from mfl_testbed.node import NODE_IP
 
 from .conftest import condition_of
 
@@ -166,22 +174,82 @@ def test_for_survives_an_operator_restart(loops, prometheus, exporter, k8s_names
     assert status["metrics"][0]["breachSince"] == since
 
 
-def test_missing_credentials_secret_is_reported_then_used_once_it_exists(
-    loops, prometheus, exporter, kubectl, k8s_namespace
+class TokenCheckingProxy:
+    """An https Prometheus for one test: a self-signed certificate for the node's address, every request
+    forwarded to the test bed's Prometheus, and the Authorization headers it was sent, recorded."""
+
+    def __init__(self, prometheus_url: str, workdir: Path) -> None:
+        self.cert, self.key = workdir / "tls.crt", workdir / "tls.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={NODE_IP}",
+             "-addext", f"subjectAltName=IP:{NODE_IP}", "-keyout", str(self.key), "-out", str(self.cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.tokens: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                proxy.tokens.append(self.headers.get("Authorization", ""))
+                with urllib.request.urlopen(prometheus_url + self.path, timeout=10) as answer:
+                    body = answer.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((NODE_IP, 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://{NODE_IP}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_token_is_sent_only_over_tls_to_a_host_its_secret_names(
+    loops, prometheus, exporter, kubectl, k8s_namespace, tmp_path
 ):
+    """Issue 10: a loop can name any Secret of its namespace; the token goes only where the Secret says."""
     ns = k8s_namespace
     exporter.set("test_model_accuracy", 0.95, model="churn", namespace=ns)
-    manifest = loop_manifest(ns, prometheus.url)
-    manifest["spec"]["monitoring"]["prometheus"]["bearerTokenSecretRef"] = {"name": "prom-token", "key": "token"}
-    loops.apply(manifest)
-    status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
-    message = condition_of(status, "MetricsAvailable")["message"]
-    assert f"Secret {ns}/prom-token" in message and "404" in message
-    kubectl("create", "secret", "generic", "prom-token", "-n", ns, "--from-literal=token=s3cret")
-    loops.wait(
-        ns,
-        "churn",
-        lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95,
-        120,
-        "a value once the Secret exists (read again after the one-minute cache)",
-    )
+    proxy = TokenCheckingProxy(prometheus.url, tmp_path)
+    try:
+        manifest = loop_manifest(ns, proxy.url)
+        manifest["spec"]["monitoring"]["prometheus"].update(
+            bearerTokenSecretRef={"name": "prom-token", "key": "token"},
+            caBundleSecretRef={"name": "prom-ca", "key": "ca.crt"},
+        )
+        loops.apply(manifest)
+        status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
+        message = condition_of(status, "MetricsAvailable")["message"]
+        assert f"Secret {ns}/prom-token" in message and "404" in message
+
+        kubectl("create", "secret", "generic", "prom-ca", "-n", ns, f"--from-file=ca.crt={proxy.cert}")
+        kubectl("create", "secret", "generic", "prom-token", "-n", ns, "--from-literal=token=s3cret")
+        loops.wait(
+            ns,
+            "churn",
+            lambda s: "does not say where its token may go" in condition_of(s, "MetricsAvailable").get("message", ""),
+            120,
+            "the refusal of a Secret that did not opt in (read again after the one-minute cache)",
+        )
+        assert not any("s3cret" in token for token in proxy.tokens)
+
+        kubectl("annotate", "secret", "prom-token", "-n", ns, f"feedbackloop.dev/prometheus-hosts={NODE_IP}")
+        loops.wait(
+            ns,
+            "churn",
+            lambda s: (s.get("metrics") or [{}])[0].get("value") == 0.95,
+            120,
+            "a value over verified TLS once the Secret names this host",
+        )
+        assert "Bearer s3cret" in proxy.tokens
+    finally:
+        proxy.close()

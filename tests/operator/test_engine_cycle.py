@@ -399,3 +399,12 @@ def test_finished_jobs_are_kept_for_the_last_versions_only(bed: Harness) -> None
         bed.cycle(now + 1)
         now += 20
     assert sorted(bed.kube.jobs) == ["team-a/churn-train-v3", "team-a/churn-train-v4", "team-a/churn-train-v5"]
+
+
+def test_a_loop_being_deleted_is_left_alone(bed: Harness) -> None:
+    """Its namespace may be terminating: every create would be refused, and nothing needs making anyway."""
+    now = serving_v1(bed)
+    del bed.kube.deployments["team-a/churn"]  # garbage-collected first
+    bed.kube.loops[KEY]["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"
+    bed.watch()
+    assert bed.cycle(now + 1) == []
