@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import api
+from . import api, phases
 
 _DROPPED_KEYS = {"title", "x-mfl-duration"}
 
@@ -86,7 +86,7 @@ def _status_schema() -> dict[str, Any]:
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
-    schema["properties"]["history"]["maxItems"] = 20
+    schema["properties"]["history"]["maxItems"] = phases.HISTORY_LIMIT
     # Canary evidence values are free-form numbers; everything else is typed so nothing is pruned.
     return schema
 

@@ -130,7 +130,8 @@ def rule_state_to_status(name: str, state: RuleState) -> MetricState:
     return {
         "name": name,
         "state": state.state,
-        "value": None if state.value is None else round(state.value, 6),
+        # +Inf (histogram_quantile past the last bucket) is no value for JSON; the state keeps the breach.
+        "value": round(state.value, 6) if state.value is not None and math.isfinite(state.value) else None,
         "sampleTime": format_time(state.sample_time),
         "breachSince": format_time(state.breach_since),
         "message": state.message,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as cond
-from . import cron
+from . import cron, resources
 from .analysis import Phase as AnalysisPhase
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation, judge_canary, replica_split
@@ -142,9 +142,9 @@ class Decision:
 
 
 def job_name(loop_name: str, version: int) -> str:
-    """Deterministic, so a retried or restarted operator finds the Job it made instead of a twin."""
-    suffix = f"-train-v{version}"
-    return loop_name[: 63 - len(suffix)].rstrip("-") + suffix
+    """Deterministic, so a retried or restarted operator finds the Job it made instead of a twin; at most 63
+    characters (the Job controller puts it in a label), and unique per loop even for long or dotted names."""
+    return resources.safe_name(loop_name, f"-train-v{version}", pattern=resources.DNS1123_SUBDOMAIN)
 
 
 def next_version(status: LoopStatus) -> int:

@@ -261,20 +261,17 @@ def test_two_long_loop_names_never_share_a_child() -> None:
 # --- found, and left to the owners of phases.py, monitoring.py and crdgen.py (see the report) -----------
 
 
-@pytest.mark.xfail(strict=True, reason="phases.job_name truncates: a dot at the cut, and shared prefixes collide")
 def test_training_job_names_are_valid_and_distinct() -> None:
     dotted = phases.job_name("c" * 53 + ".de", 1)
     assert resources.DNS1123_SUBDOMAIN.fullmatch(dotted), dotted  # 'ccc.-train-v1'
     assert phases.job_name("a" * 70 + "x", 1) != phases.job_name("a" * 70 + "y", 1)  # one loop follows the other's Job
 
 
-@pytest.mark.xfail(strict=True, reason="crdgen.py sets status.history maxItems to 20; phases keeps 10")
 def test_the_status_history_bound_is_what_the_operator_keeps() -> None:
     status = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["properties"]["history"]["maxItems"] == phases.HISTORY_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason="monitoring.rule_state_to_status writes an infinite value into status")
 def test_an_infinite_metric_value_leaves_a_valid_status() -> None:
     spec = parsed(BASE)
     rules = rules_of(spec.monitoring, spec.model.task)  # latencyP99: histogram_quantile says +Inf past the last bucket
