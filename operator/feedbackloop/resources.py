@@ -116,6 +116,17 @@ def restricted_container_security() -> dict[str, Any]:
     }
 
 
+FEEDBACK_MAX_AGE_FLOOR = 30 * 86400  # the server's own default (docs/contracts.md)
+FEEDBACK_MAX_AGE_CEILING = 366 * 86400  # the server keeps exactly-once claims at most this long
+
+
+def feedback_max_age(spec: ModelFeedbackLoopSpec) -> float:
+    """How old a prediction may be and still take a label: at least the training data window, so that
+    every label the trainer may read was counted once by the server."""
+    window = spec.retraining.data_window.seconds if spec.retraining else 0.0
+    return min(FEEDBACK_MAX_AGE_CEILING, max(FEEDBACK_MAX_AGE_FLOOR, window))
+
+
 def _resources(resources: Resources) -> dict[str, Any]:
     return resources.model_dump(by_alias=True, exclude_none=True)
 
@@ -153,7 +164,7 @@ def server_deployment(
         VERSION_LABEL: str(version),
     }
     volumes, mounts = _volumes(spec)
-    env = [
+    operator_env = [
         {"name": "MFL_MODEL_NAME", "value": spec.model.name},
         {"name": "MFL_MODEL_VERSION", "value": str(version)},
         {"name": "MFL_TRACK", "value": track},
@@ -163,9 +174,12 @@ def server_deployment(
             "name": "MFL_SIGNING_KEY",
             "valueFrom": {"secretKeyRef": {"name": signing_secret_name(loop_name), "key": "key"}},
         },
+        {"name": "MFL_FEEDBACK_MAX_AGE_SECONDS", "value": str(int(feedback_max_age(spec)))},
         *SCRATCH_ENV,
-        *[{"name": e.name, "value": e.value} for e in serving.env],
     ]
+    # What the operator sets wins: `serving.env` may add variables, never replace the version, track or key.
+    reserved = {e["name"] for e in operator_env}
+    env = [*({"name": e.name, "value": e.value} for e in serving.env if e.name not in reserved), *operator_env]
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
     container = {
         "name": "server",

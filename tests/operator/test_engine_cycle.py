@@ -408,3 +408,20 @@ def test_a_loop_being_deleted_is_left_alone(bed: Harness) -> None:
     bed.kube.loops[KEY]["metadata"]["deletionTimestamp"] = "2027-01-15T08:00:00Z"
     bed.watch()
     assert bed.cycle(now + 1) == []
+
+
+def test_serving_env_cannot_replace_what_the_operator_sets(bed: Harness) -> None:
+    body = loop()
+    body["spec"]["model"]["initialVersion"] = 1
+    body["spec"]["model"]["serving"] = {
+        "env": [{"name": "MFL_MODEL_VERSION", "value": "9"}, {"name": "X", "value": "1"}]
+    }
+    body["spec"]["retraining"]["dataWindow"] = "90d"
+    bed.apply(body)
+    bed.cycle(T0)
+    env = {
+        e["name"]: e.get("value")
+        for e in bed.kube.deployments["team-a/churn"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MFL_MODEL_VERSION"] == "1" and env["X"] == "1"
+    assert env["MFL_FEEDBACK_MAX_AGE_SECONDS"] == str(90 * 86400)  # labels are taken as long as training reads them
