@@ -16,6 +16,7 @@ from . import metrics, phases, resources
 from .api import ModelFeedbackLoopSpec
 from .fleet import Fleet
 from .kube import KubeAPI, NotOurs
+from .notify import Notifier
 
 log = logging.getLogger(__name__)
 TRAINER_OVERRIDES = "feedbackloop.dev/trainer-overrides"
@@ -24,23 +25,30 @@ ALLOWED_OVERRIDES = {"labelNoise", "seed", "recentWeight"}
 
 
 class Actor:
-    def __init__(self, kube: KubeAPI, fleet: Fleet, job_extra_config: dict[str, Any]) -> None:
+    def __init__(
+        self, kube: KubeAPI, fleet: Fleet, job_extra_config: dict[str, Any], notifier: Notifier | None = None
+    ) -> None:
         self.kube = kube
         self.fleet = fleet
         self.job_extra_config = job_extra_config
+        self.notifier = notifier or Notifier()
 
     async def act(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, decision: phases.Decision) -> None:
         for action in decision.actions:
             try:
-                await self._do(body, spec, action)
+                await self._do(body, spec, action, decision.status)
             except NotOurs as error:
                 await asyncio.to_thread(self.kube.event, body, "Warning", "NameConflict", str(error))
                 raise
 
-    async def _do(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, action: phases.Action) -> None:
+    async def _do(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, action: phases.Action, status: dict[str, Any]
+    ) -> None:
         if isinstance(action, phases.Event):
             metrics.EVENTS.labels(action.reason).inc()
             await asyncio.to_thread(self.kube.event, body, action.type, action.reason, action.message)
+            if spec is not None and spec.notifications:  # queued only: delivery never waits on a receiver
+                self.notifier.publish(body, spec.notifications, action, status)
             return
         assert spec is not None, "only events are decided for a loop without a valid spec"
         if isinstance(action, phases.StartTraining):

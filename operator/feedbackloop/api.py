@@ -6,6 +6,7 @@ drift. Field names are camelCase on the wire (Kubernetes convention) and snake_c
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import posixpath
 import re
@@ -813,6 +814,92 @@ class Rollout(ApiModel):
         return steps
 
 
+# --- notifications -----------------------------------------------------------------------------------
+
+NotificationReason = Literal[
+    "Adopted",
+    "InvalidSpec",
+    "BreachStarted",
+    "Recovered",
+    "AwaitingMetrics",
+    "MetricsUnavailable",
+    "RetrainSkipped",
+    "RetrainingStarted",
+    "RetrainingFailed",
+    "CandidateRejected",
+    "CandidatePassedGate",
+    "CanaryStarted",
+    "CanaryStep",
+    "RolloutPaused",
+    "RolloutResumed",
+    "Promoted",
+    "RolledBack",
+]
+DEFAULT_NOTIFICATION_REASONS: list[NotificationReason] = [
+    "BreachStarted",
+    "Recovered",
+    "RetrainingStarted",
+    "RetrainingFailed",
+    "CandidateRejected",
+    "CanaryStarted",
+    "Promoted",
+    "RolledBack",
+]
+IN_CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local")
+
+
+def _plain_http_allowed(host: str) -> bool:
+    """http only where the payload stays inside the cluster's network: a Service name or a private address."""
+    if host.endswith(IN_CLUSTER_SUFFIXES):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_private
+    except ValueError:
+        return False
+
+
+class Webhook(ApiModel):
+    """A receiver of the loop's notifications: an HTTP endpoint the operator POSTs a JSON payload to."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Where the operator POSTs each notification. https, or http for an in-cluster receiver only "
+        "(a *.svc or *.svc.cluster.local host, or a private IP address). Anyone who can read the loop can read "
+        "it: do not put a secret in it that its readers may not have.",
+    )
+    events: list[NotificationReason] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFICATION_REASONS),
+        min_length=1,
+        max_length=len(NotificationReason.__args__),  # type: ignore[attr-defined]
+        description="Event reasons to notify about. Default BreachStarted, Recovered, RetrainingStarted, "
+        "RetrainingFailed, CandidateRejected, CanaryStarted, Promoted and RolledBack.",
+    )
+    format: Literal["generic", "slack"] = Field(
+        default="generic",
+        description="generic: the documented JSON payload (docs/operations.md, Notifications); slack: a "
+        'Slack-compatible {"text": ...} payload for an incoming webhook. Default generic.',
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError as error:
+            raise ValueError(f"{url!r} is not a URL ({error})") from None
+        host = (parts.hostname or "").lower()
+        if not host or any(c.isspace() for c in url):
+            raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. https://hooks.example.com/mfl")
+        if parts.scheme == "http" and not _plain_http_allowed(host):
+            raise ValueError(
+                f"{url!r} is plain http to a host outside the cluster: use https (http only for *.svc, "
+                "*.svc.cluster.local or a private IP address)"
+            )
+        return url
+
+
 # --- the spec ----------------------------------------------------------------------------------------
 
 
@@ -823,6 +910,13 @@ class ModelFeedbackLoopSpec(ApiModel):
     monitoring: Monitoring
     retraining: Retraining | None = None
     rollout: Rollout = Field(default_factory=Rollout)
+    notifications: list[Webhook] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Webhooks notified of the loop's important events (breach, retraining, canary, promotion, "
+        "rollback), at most 5; delivered at least once while the operator runs (docs/operations.md). "
+        "Default none.",
+    )
     paused: bool = Field(
         default=False,
         description="true: no retraining starts and a canary holds its step (its analysis may still roll it "

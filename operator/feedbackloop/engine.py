@@ -28,6 +28,7 @@ from .act import Actor
 from .fleet import Fleet, LoopMemory
 from .kube import KubeAPI
 from .monitoring import RuleState
+from .notify import Notifier
 from .observe import Observer
 from .poller import FleetPoller, PrometheusClients
 from .record import StatusRecorder
@@ -55,7 +56,8 @@ class Engine:
         clients = clients or PrometheusClients()
         poller = FleetPoller(clients.query, concurrency=self.settings.concurrency)
         self.observer = Observer(kube, self.fleet, clients, poller)
-        self.actor = Actor(kube, self.fleet, self.settings.job_extra_config)
+        self.notifier = Notifier()
+        self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
         self.wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
@@ -97,6 +99,14 @@ class Engine:
 
     # --- the cycle --------------------------------------------------------------------------------
     async def run(self) -> None:
+        notifier = asyncio.create_task(self.notifier.run(), name="notifier")  # delivers on its own, never awaited
+        try:
+            await self._run_cycles()
+        finally:
+            notifier.cancel()
+            await asyncio.gather(notifier, return_exceptions=True)
+
+    async def _run_cycles(self) -> None:
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self._sleep_seconds(time.time()))

@@ -25,6 +25,11 @@ QUERY_ERRORS = Counter("mfl_operator_prometheus_query_errors_total", "PromQL que
 STATUS_WRITES = Counter("mfl_operator_status_writes_total", "Status patches written", ["reason"])
 RECONCILE_ERRORS = Counter("mfl_operator_reconcile_errors_total", "Reconciles that raised")
 EVENTS = Counter("mfl_operator_events_total", "Events posted", ["reason"])
+NOTIFICATIONS = Counter(
+    "mfl_operator_notifications_total",
+    "Webhook notification attempts: delivered, retried (a failed try, tried again) or dropped (queue full or too old)",
+    ["result"],
+)
 LEADER = Gauge("mfl_operator_leader", "1 while this replica holds the leader Lease and runs the engine")
 _PHASES_SEEN: set[str] = set()
 

@@ -1,0 +1,243 @@
+"""Notifications: the loop's important Events, POSTed to the webhooks of `spec.notifications`.
+
+    publish (act.py, after posting the Event)  builds the payload now, queues it, returns at once
+    run     (the engine's run starts it)         one delivery task per receiver with work queued
+
+Guarantees, while the operator runs: every notification is POSTed until a receiver answers 2xx
+(at least once, in order per receiver), retried with capped, jittered exponential backoff, each try
+bounded by a timeout. A receiver's outage delays only its own queue: each (loop, webhook) has its own
+bounded queue and task, and nothing here is awaited by a reconcile. A queue that is full drops its
+oldest notification; one undelivered for MAX_AGE_SECONDS is dropped too (both counted). The queues live
+in memory: what is queued when the operator stops is lost (docs/operations.md, Notifications).
+
+Every payload carries an `id`, the same on every retry and for every receiver of one Event, so a
+receiver that may see a notification twice (a 2xx lost on the way back) can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import metrics
+from .api import Webhook
+from .credentials import redact
+from .phases import Event
+from .timeutil import format_time
+
+log = logging.getLogger(__name__)
+QUEUE_LIMIT = 100  # per receiver of a loop: a day of a busy loop's important Events
+REQUEST_TIMEOUT_SECONDS = 10.0
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 60.0
+MAX_AGE_SECONDS = 24 * 3600.0  # a receiver down for a day gets the news of that day, not of last week
+PAYLOAD_VERSION = "feedbackloop.dev/v1alpha1"
+# The Event names the version it is about where the status no longer does (it was just cleared).
+FROM_HISTORY = ("Promoted", "RolledBack", "CandidateRejected", "RetrainingFailed")
+
+# url, body, headers, timeout -> the HTTP status (raises when no answer came)
+Sender = Callable[[str, bytes, dict[str, str], float], Awaitable[int]]
+
+
+# --- pure: what is sent ----------------------------------------------------------------------------
+
+
+def subject_version(reason: str, status: dict[str, Any]) -> int | None:
+    """The version an Event is about, read from the status decided with it."""
+    if reason in FROM_HISTORY and status.get("history"):
+        return status["history"][-1].get("version")
+    for part in ("rollout", "retraining", "candidate"):
+        if status.get(part):
+            return status[part].get("version")
+    return status.get("currentVersion")
+
+
+def notification_id(uid: str, event: Event, timestamp: float) -> str:
+    """Stable for one Event: the same for every retry and every receiver, different for the next Event."""
+    text = "\0".join((uid, event.reason, event.message, repr(timestamp)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def generic_payload(loop: dict[str, Any], event: Event, status: dict[str, Any], timestamp: float) -> dict[str, Any]:
+    """The documented JSON payload (docs/operations.md, Notifications)."""
+    metadata = loop["metadata"]
+    rollout, retraining = status.get("rollout") or {}, status.get("retraining") or {}
+    return {
+        "apiVersion": PAYLOAD_VERSION,
+        "id": notification_id(metadata.get("uid", ""), event, timestamp),
+        "timestamp": format_time(timestamp),
+        "loop": {"namespace": metadata["namespace"], "name": metadata["name"], "uid": metadata.get("uid", "")},
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message,
+        "phase": status.get("phase", ""),
+        "version": subject_version(event.reason, status),
+        "currentVersion": status.get("currentVersion"),
+        "canary": {"version": rollout["version"], "weight": rollout.get("weight", 0)} if rollout else None,
+        "retrainingVersion": retraining.get("version"),
+    }
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_payload(generic: dict[str, Any]) -> dict[str, Any]:
+    """What a Slack incoming webhook (and Mattermost, Rocket.Chat, Teams' Slack-compatible ones) accepts."""
+    loop = generic["loop"]
+    icon = ":warning:" if generic["type"] == "Warning" else ":information_source:"
+    text = f"{icon} *{loop['namespace']}/{loop['name']}* {generic['reason']}: {generic['message']}"
+    return {"text": _slack_escape(text)}
+
+
+def render(webhook: Webhook, generic: dict[str, Any]) -> bytes:
+    body = slack_payload(generic) if webhook.format == "slack" else generic
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def backoff_seconds(attempt: int, rng: float) -> float:
+    """After the attempt-th failure (1, 2, ...): base x 2^(attempt-1), capped, then jittered to half..full so
+    receivers that failed together do not retry together."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt - 1, 32))
+    return ceiling * (0.5 + 0.5 * rng)
+
+
+# --- the edge: delivery ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: str
+    url: str
+    body: bytes
+    created: float
+
+
+@dataclass
+class Channel:
+    """One receiver of one loop: its own queue, delivered in order by its own task."""
+
+    queue: deque[Notification] = field(default_factory=deque)
+
+
+class Notifier:
+    def __init__(
+        self,
+        send: Sender | None = None,
+        *,
+        queue_limit: int = QUEUE_LIMIT,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._send = send or self._post
+        self.queue_limit, self.timeout = queue_limit, timeout
+        self._clock, self._rng, self._sleep = clock, rng, sleep
+        self.channels: dict[tuple[str, str], Channel] = {}
+        self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    def publish(self, loop: dict[str, Any], webhooks: list[Webhook], event: Event, status: dict[str, Any]) -> None:
+        """Queue the Event for each webhook that wants it; never waits (called inside a reconcile)."""
+        now = self._clock()
+        generic = generic_payload(loop, event, status, now)
+        key = f"{loop['metadata']['namespace']}/{loop['metadata']['name']}"
+        for webhook in webhooks:
+            if event.reason not in webhook.events:
+                continue
+            channel = self.channels.setdefault((key, webhook.url), Channel())
+            if len(channel.queue) >= self.queue_limit:
+                dropped = channel.queue.popleft()
+                metrics.NOTIFICATIONS.labels("dropped").inc()
+                log.warning("notification queue of %s full: dropped %s", redact(webhook.url), dropped.id)
+            channel.queue.append(Notification(generic["id"], webhook.url, render(webhook, generic), now))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The notifier's task: a delivery task per receiver with work, all stopped when this one is."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                for key, channel in self.channels.items():
+                    if channel.queue and key not in self._workers:
+                        self._workers[key] = asyncio.create_task(self._deliver(key, channel), name=f"notify {key}")
+        finally:
+            workers = list(self._workers.values())
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._workers.clear()
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    async def idle(self) -> None:
+        """Until every queue is empty (tests; `run` must be running)."""
+        while any(channel.queue for channel in self.channels.values()) or self._workers:
+            await asyncio.sleep(0.01)
+
+    async def _deliver(self, key: tuple[str, str], channel: Channel) -> None:
+        try:
+            while channel.queue:
+                await self._deliver_head(channel)
+        finally:
+            self._workers.pop(key, None)
+            if not channel.queue:
+                self.channels.pop(key, None)
+
+    async def _deliver_head(self, channel: Channel) -> None:
+        """Try the oldest notification until it is delivered, too old, or dropped by a full queue meanwhile."""
+        head, attempt = channel.queue[0], 0
+        while channel.queue and channel.queue[0] is head:
+            if await self._try(head):
+                channel.queue.popleft()
+                metrics.NOTIFICATIONS.labels("delivered").inc()
+                return
+            if self._clock() - head.created > MAX_AGE_SECONDS:
+                channel.queue.popleft()
+                metrics.NOTIFICATIONS.labels("dropped").inc()
+                log.warning("notification %s to %s dropped after %d tries", head.id, redact(head.url), attempt + 1)
+                return
+            attempt += 1
+            metrics.NOTIFICATIONS.labels("retried").inc()
+            await self._sleep(backoff_seconds(attempt, self._rng()))
+
+    async def _try(self, notification: Notification) -> bool:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "mfl-operator",
+            "X-MFL-Notification-Id": notification.id,
+        }
+        try:
+            code = await asyncio.wait_for(
+                self._send(notification.url, notification.body, headers, self.timeout), self.timeout + 1
+            )
+        except Exception as error:  # noqa: BLE001 - any failure to get an answer is a retry, never a crash
+            log.info("notification %s to %s failed: %s", notification.id, redact(notification.url), error)
+            return False
+        if 200 <= code < 300:
+            return True
+        log.info("notification %s to %s answered HTTP %d", notification.id, redact(notification.url), code)
+        return False
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        # No redirects: a 3xx must not turn an https webhook into a plain http one, or send it elsewhere.
+        async with self._session.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as response:
+            return response.status
