@@ -853,9 +853,11 @@ def _plain_http_allowed(host: str) -> bool:
     if host.endswith(IN_CLUSTER_SUFFIXES):
         return True
     try:
-        return ipaddress.ip_address(host).is_private
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # Not link-local: 169.254.169.254 is a cloud's metadata service, no receiver of anyone's.
+    return address.is_private and not (address.is_link_local or address.is_unspecified)
 
 
 class Webhook(ApiModel):

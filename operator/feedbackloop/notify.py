@@ -42,8 +42,10 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 MAX_AGE_SECONDS = 24 * 3600.0  # a receiver down for a day gets the news of that day, not of last week
 PAYLOAD_VERSION = "feedbackloop.dev/v1alpha1"
-# The Event names the version it is about where the status no longer does (it was just cleared).
+# Outcomes: the status no longer names the version (it was just cleared); history's last record does.
 FROM_HISTORY = ("Promoted", "RolledBack", "CandidateRejected", "RetrainingFailed")
+# About the serving version, even when a retraining starts in the same round.
+SERVING = ("Adopted", "BreachStarted", "Recovered", "AwaitingMetrics", "MetricsUnavailable")
 
 # url, body, headers, timeout -> the HTTP status (raises when no answer came)
 Sender = Callable[[str, bytes, dict[str, str], float], Awaitable[int]]
@@ -56,6 +58,8 @@ def subject_version(reason: str, status: dict[str, Any]) -> int | None:
     """The version an Event is about, read from the status decided with it."""
     if reason in FROM_HISTORY and status.get("history"):
         return status["history"][-1].get("version")
+    if reason in SERVING:
+        return status.get("currentVersion")
     for part in ("rollout", "retraining", "candidate"):
         if status.get(part):
             return status[part].get("version")

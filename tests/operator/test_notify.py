@@ -68,7 +68,10 @@ def test_the_id_is_stable_for_one_event_and_differs_for_the_next() -> None:
         ("RetrainingFailed", {"currentVersion": 3, "history": [{"version": 7}]}, 7),
         ("RetrainingStarted", {"currentVersion": 3, "retraining": {"version": 4}, "history": [{"version": 2}]}, 4),
         ("CanaryStarted", {"currentVersion": 3, "rollout": {"version": 4}}, 4),
-        ("BreachStarted", {"currentVersion": 3, "history": [{"version": 3}]}, 3),
+        ("BreachStarted", {"currentVersion": 3, "retraining": {"version": 4}, "history": [{"version": 2}]}, 3),
+        ("Recovered", {"currentVersion": 3, "rollout": {"version": 4}}, 3),
+        ("CanaryStep", {"currentVersion": 3, "rollout": {"version": 4}}, 4),
+        ("RetrainSkipped", {"currentVersion": 3}, 3),
         ("BreachStarted", {}, None),
     ],
 )
@@ -144,7 +147,16 @@ def test_http_only_inside_the_cluster(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://hooks.example.com/x", "http://8.8.8.8/x", "http://svc.example.com/x", "https:///x", "ftp://x.svc/"],
+    [
+        "http://hooks.example.com/x",
+        "http://8.8.8.8/x",
+        "http://169.254.169.254/latest",
+        "http://0.0.0.0:80/",
+        "http://svc.example.com/x",
+        "https:///x",
+        "ftp://x.svc/",
+        "https://h.example.com:99999/",
+    ],
 )
 def test_other_urls_are_refused_naming_the_field(url: str) -> None:
     with pytest.raises(ValidationError) as error:
