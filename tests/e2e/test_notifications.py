@@ -1,0 +1,128 @@
+"""Issue 12, item 3 end to end: the operator in-cluster POSTs one drift story's notifications (first version,
+breach, retraining, canary, promotion) to webhook receivers on the node, one of which fails for a while.
+
+The receivers listen on the node's address (reachable from Pods, as tests/e2e/test_monitoring.py's proxy
+is); plain http is allowed there because the address is private (docs/operations.md, Notifications).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from mfl_testbed.node import NODE_IP
+from mfl_testbed.traffic import TrafficGenerator, service_endpoints
+
+from .conftest import artifact_claim, write_base_data
+from .test_loop import loop_manifest
+
+STORY = [
+    ("RetrainingStarted", 1),
+    ("Promoted", 1),
+    ("BreachStarted", 1),
+    ("RetrainingStarted", 2),
+    ("CanaryStarted", 2),
+    ("Promoted", 2),
+]
+
+
+class Receiver:
+    """A webhook receiver on the node: answers 500 to its first `failures` requests, records every one."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answered: list[int] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    code = 500 if len(receiver.answered) < failures else 200
+                    receiver.requests.append(body)
+                    receiver.answered.append(code)
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((NODE_IP, 0), Handler)
+        self.url = f"http://{NODE_IP}:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """What a receiver keeps: each id once (the first copy answered 2xx), in the order received."""
+        kept: dict[str, dict[str, Any]] = {}
+        with self.lock:
+            for body, code in zip(self.requests, self.answered, strict=True):
+                if code == 200:
+                    kept.setdefault(body["id"], body)
+        return list(kept.values())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def story_of(notifications: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The first notification of each step of STORY, in the order they arrived."""
+    seen = [(n["reason"], n["version"]) for n in notifications]
+    firsts = sorted({step: seen.index(step) for step in STORY if step in seen}.items(), key=lambda item: item[1])
+    return [step for step, _ in firsts]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_receivers_get_the_drift_story_and_one_failing_for_a_while_gets_all_of_it(
+    loops, prometheus, kubectl, k8s_namespace
+):
+    ns = k8s_namespace
+    steady, flaky = Receiver(), Receiver(failures=6)  # six 500s: about a minute of backoff (1+2+4+8+16+32 s)
+    try:
+        claim, storage = artifact_claim(loops.cluster, ns)
+        write_base_data(storage, "churn", 3000)
+        manifest = loop_manifest(ns, prometheus.url, claim)
+        manifest["spec"]["notifications"] = [{"url": steady.url}, {"url": flaky.url}]
+        loops.apply(manifest)
+        loops.wait_condition(ns, "churn", "Ready", "True", 180)
+
+        traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
+        try:
+            loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 90, "healthy")
+            traffic.concept = 1  # drift
+            loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 540, "promotion of version 2")
+        finally:
+            traffic.stop()
+
+        wait_for(lambda: story_of(steady.delivered()) == STORY, 30, f"the story at the steady receiver: {STORY}")
+        wait_for(
+            lambda: {n["id"] for n in steady.delivered()} <= {n["id"] for n in flaky.delivered()},
+            150,
+            "every notification at the receiver that failed for a while",
+        )
+    finally:
+        steady.close()
+        flaky.close()
+
+    kept, recovered = steady.delivered(), flaky.delivered()
+    assert story_of(recovered) == STORY
+    both = {n["id"] for n in kept} & {n["id"] for n in recovered}
+    assert [n["id"] for n in recovered if n["id"] in both] == [n["id"] for n in kept if n["id"] in both]  # in order
+    assert flaky.answered[:6] == [500] * 6 and {n["id"] for n in flaky.requests[:6]} == {kept[0]["id"]}
+    assert all(n["loop"] == {"namespace": ns, "name": "churn", "uid": kept[0]["loop"]["uid"]} for n in kept)
+    promoted = next(n for n in kept if (n["reason"], n["version"]) == ("Promoted", 2))
+    assert promoted["currentVersion"] == 2 and promoted["type"] == "Normal" and promoted["timestamp"]
+    assert {n["reason"] for n in kept} <= set(loops.reasons(ns, "churn"))  # each one is an Event, too
