@@ -793,6 +793,24 @@ class TrafficRouting(ApiModel):
     )
 
 
+class ConfirmPromotion(ApiModel):
+    """A webhook that must approve each promotion (as Flagger's confirm-promotion hook): once the analysis has
+    passed at the last step, the operator POSTs the candidate's summary and promotes only on a 2xx."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Asked at every analysis interval until it answers 2xx; at analysis.maxDuration from the "
+        "canary's start without one, the canary is rolled back. https, or http for an in-cluster host only "
+        "(*.svc, *.svc.cluster.local, a private IP address).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, url: str) -> str:
+        return receiver_url(url)
+
+
 class Rollout(ApiModel):
     """How a candidate that passed the offline gate is rolled out: canary steps, judged by the analysis."""
 
@@ -804,6 +822,7 @@ class Rollout(ApiModel):
     )
     analysis: Analysis = Field(default_factory=Analysis)
     traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
+    confirm_promotion: ConfirmPromotion | None = None
 
     @field_validator("steps")
     @classmethod
@@ -832,6 +851,7 @@ NotificationReason = Literal[
     "CanaryStep",
     "RolloutPaused",
     "RolloutResumed",
+    "PromotionAwaitingConfirmation",
     "Promoted",
     "RolledBack",
 ]
@@ -860,6 +880,24 @@ def _plain_http_allowed(host: str) -> bool:
     return address.is_private and not (address.is_link_local or address.is_unspecified)
 
 
+def receiver_url(url: str) -> str:
+    """A URL the operator may POST a loop's news to: a host, and https unless it stays in the cluster."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError as error:
+        raise ValueError(f"{url!r} is not a URL ({error})") from None
+    host = (parts.hostname or "").lower()
+    if not host or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. https://hooks.example.com/mfl")
+    if parts.scheme == "http" and not _plain_http_allowed(host):
+        raise ValueError(
+            f"{url!r} is plain http to a host outside the cluster: use https (http only for *.svc, "
+            "*.svc.cluster.local or a private IP address)"
+        )
+    return url
+
+
 class Webhook(ApiModel):
     """A receiver of the loop's notifications: an HTTP endpoint the operator POSTs a JSON payload to."""
 
@@ -886,20 +924,7 @@ class Webhook(ApiModel):
     @field_validator("url")
     @classmethod
     def _safe_url(cls, url: str) -> str:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
-        except ValueError as error:
-            raise ValueError(f"{url!r} is not a URL ({error})") from None
-        host = (parts.hostname or "").lower()
-        if not host or any(c.isspace() for c in url):
-            raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. https://hooks.example.com/mfl")
-        if parts.scheme == "http" and not _plain_http_allowed(host):
-            raise ValueError(
-                f"{url!r} is plain http to a host outside the cluster: use https (http only for *.svc, "
-                "*.svc.cluster.local or a private IP address)"
-            )
-        return url
+        return receiver_url(url)
 
 
 # --- the spec ----------------------------------------------------------------------------------------

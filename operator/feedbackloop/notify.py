@@ -116,7 +116,53 @@ def backoff_seconds(attempt: int, rng: float) -> float:
     return ceiling * (0.5 + 0.5 * rng)
 
 
+def promotion_request(loop: dict[str, Any], status: dict[str, Any], timestamp: float) -> dict[str, Any]:
+    """What rollout.confirmPromotion's webhook is asked with: the candidate, its canary and the evidence."""
+    metadata, rollout = loop["metadata"], status.get("rollout") or {}
+    return {
+        "apiVersion": PAYLOAD_VERSION,
+        "kind": "PromotionRequest",
+        "timestamp": format_time(timestamp),
+        "loop": {"namespace": metadata["namespace"], "name": metadata["name"], "uid": metadata.get("uid", "")},
+        "version": rollout.get("version"),
+        "currentVersion": status.get("currentVersion"),
+        "candidate": status.get("candidate"),
+        "canary": {k: rollout.get(k) for k in ("step", "weight", "startedAt", "stepStartedAt", "trigger")},
+        "analysis": {
+            "phase": rollout.get("analysisPhase"),
+            "message": (rollout.get("analysis") or {}).get("message", ""),
+            "evidence": rollout.get("evidence") or [],
+        },
+    }
+
+
 # --- the edge: delivery ----------------------------------------------------------------------------
+
+
+async def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    """One POST, no redirects (a 3xx must not turn https into http, or send the body elsewhere)."""
+    limit = aiohttp.ClientTimeout(total=timeout)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers, timeout=limit, allow_redirects=False) as response,
+    ):
+        return response.status
+
+
+async def confirm_promotion(
+    url: str, payload: dict[str, Any], timeout: float = REQUEST_TIMEOUT_SECONDS, send: Sender = post_once
+) -> bool:
+    """rollout.confirmPromotion's answer: True on a 2xx only; no answer, an error or any other status is a no."""
+    headers = {"Content-Type": "application/json", "User-Agent": "mfl-operator"}
+    try:
+        body = json.dumps(payload, sort_keys=True).encode()
+        code = await asyncio.wait_for(send(url, body, headers, timeout), timeout + 1)
+    except Exception as error:  # noqa: BLE001 - no answer is no approval; asked again at the next look
+        log.info("confirm-promotion webhook %s did not answer: %s", redact(url), error)
+        return False
+    if not 200 <= code < 300:
+        log.info("confirm-promotion webhook %s answered HTTP %d: holding", redact(url), code)
+    return 200 <= code < 300
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any
 
-from . import canary_queries, metrics, phases, resources
+from . import canary_queries, metrics, notify, phases, resources
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation
 from .credentials import token_refusal
@@ -37,6 +37,7 @@ class Observer:
         self.clients = clients
         self.poller = poller
         self._secrets: dict[tuple[str, str, str], tuple[float, tuple[str, dict[str, str]]]] = {}
+        self.confirm = notify.confirm_promotion  # rollout.confirmPromotion's webhook (a fake in tests)
 
     # --- the fleet poll -------------------------------------------------------------------------------
     async def poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
@@ -113,6 +114,7 @@ class Observer:
         spec = memory.spec
         if spec is None:
             return phases.InvalidWorld(now, name, generation, memory.spec_error, status)
+        canary = await self._canary(body, spec, status, memory, now)
         return phases.World(
             now=now,
             name=name,
@@ -122,8 +124,9 @@ class Observer:
             health=summarize(rule_states) if rule_states is not None else None,
             job=await self._job(body, status),
             serving=self._serving(body),
-            canary=await self._canary(body, spec, status, memory, now),
+            canary=canary,
             requests=requests_of(body),
+            promotion_confirmed=await self._confirmation(body, spec, status, now) if canary is not None else None,
         )
 
     async def _job(self, body: dict[str, Any], status: LoopStatus) -> phases.JobObservation | None:
@@ -170,6 +173,15 @@ class Observer:
         return await canary_queries.observe(
             self.poller.run, endpoint, spec, body["metadata"]["namespace"], status, rollout, now
         )
+
+    async def _confirmation(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
+    ) -> bool | None:
+        """Asked at the looks (the analysis interval) of a canary that passed and waits for its promotion."""
+        gate, rollout = spec.rollout.confirm_promotion, status.get("rollout")
+        if gate is None or not rollout or not phases.awaiting_promotion(spec, rollout, now):
+            return None
+        return await self.confirm(gate.url, notify.promotion_request(body, dict(status), now))
 
     # --- credentials ----------------------------------------------------------------------------------
     async def credentials(

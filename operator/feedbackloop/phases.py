@@ -27,6 +27,7 @@ from . import cron, resources
 from .analysis import Phase as AnalysisPhase
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation, judge_canary, replica_split
+from .credentials import redact
 from .gate import offline_gate
 from .monitoring import Health, rule_state_to_status
 from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, VersionRecord
@@ -42,6 +43,7 @@ PAUSED: Phase = "Paused"
 HISTORY_LIMIT = 10
 REQUEST_ANNOTATIONS = ("retrain", "promote", "abort", "pause", "resume")
 ANNOTATION_PREFIX = "feedbackloop.dev/"
+AWAITING_CONFIRMATION = "AwaitingConfirmation"  # the Reconciling reason while confirmPromotion holds a canary
 
 
 # --- what the operator observed ---------------------------------------------------------------------
@@ -89,6 +91,7 @@ class World:
     serving: ServingObservation | None = None
     canary: CanaryObservation | None = None  # None: not analysed this round
     requests: dict[str, str] = field(default_factory=dict)  # annotation suffix -> value
+    promotion_confirmed: bool | None = None  # rollout.confirmPromotion's answer this round; None: not asked
 
 
 # --- what the operator should do --------------------------------------------------------------------
@@ -532,8 +535,41 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             "CanaryStep",
             f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
         )
-    elif verdict.phase is AnalysisPhase.SUCCESSFUL:
+    elif verdict.phase is AnalysisPhase.SUCCESSFUL and not _promotion_held(world, decision, rollout, now):
         _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, verdict.message)
+
+
+def awaiting_promotion(spec: ModelFeedbackLoopSpec, rollout: RolloutState, now: float) -> bool:
+    """The canary passed its analysis, at its last step, after that step's pause: it would be promoted now.
+    When rollout.confirmPromotion is set, this is when the operator asks (observe.py) and holds (below)."""
+    last = len(spec.rollout.steps) - 1
+    if rollout.get("analysisPhase") != AnalysisPhase.SUCCESSFUL.value or rollout.get("step") != last:
+        return False
+    if rollout.get("paused") or spec.paused:
+        return False
+    step_started = parse_time(rollout.get("stepStartedAt")) or now
+    return now - step_started >= spec.rollout.steps[last].pause.seconds
+
+
+def _promotion_held(world: World, decision: Decision, rollout: RolloutState, now: str) -> bool:
+    """Whether confirmPromotion holds a canary that passed: until its webhook answers 2xx, at most until
+    analysis.maxDuration from the canary's start, when it is rolled back (no answer is no approval)."""
+    gate = world.spec.rollout.confirm_promotion
+    if gate is None or world.promotion_confirmed:
+        return False
+    url = redact(gate.url)
+    started = parse_time(rollout.get("startedAt")) or world.now
+    if world.now - started >= world.spec.rollout.analysis.max_duration.seconds:
+        _roll_back(world, decision, rollout, now, f"promotion not confirmed by {url} within analysis.maxDuration")
+        return True
+    held = cond.get(world.status.get("conditions", []), cond.RECONCILING)
+    if (held or {}).get("reason") != AWAITING_CONFIRMATION:  # once per hold, not at every look
+        decision.event(
+            "Normal",
+            "PromotionAwaitingConfirmation",
+            f"version {rollout['version']} passed its analysis; asking {url} to confirm its promotion",
+        )
+    return True
 
 
 def _promote(
@@ -635,7 +671,12 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
         and serving.stable_ready >= serving.stable_replicas
     )
     updates = [cond.ConditionUpdate(cond.STALLED, False, "Progressing", "")]
-    if phase in (RETRAINING, CANARY):
+    rollout = status.get("rollout")
+    gate = spec.rollout.confirm_promotion
+    if phase == CANARY and rollout and gate and awaiting_promotion(spec, rollout, world.now):
+        message = f"version {rollout['version']} passed its analysis; waiting for {redact(gate.url)} to confirm"
+        updates.append(cond.ConditionUpdate(cond.RECONCILING, True, AWAITING_CONFIRMATION, message))
+    elif phase in (RETRAINING, CANARY):
         work = status.get("retraining") or status.get("rollout") or {}
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, phase, f"version {work.get('version')}"))
     elif status.get("currentVersion") is not None and not serving_ready:
