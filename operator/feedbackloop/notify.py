@@ -217,6 +217,7 @@ class Notifier:
 
     async def run(self) -> None:
         """The notifier's task: a delivery task per receiver with work, all stopped when this one is."""
+        self._wake.set()  # what a previous run left queued (leadership lost, then won back) goes out too
         try:
             while True:
                 await self._wake.wait()

@@ -318,6 +318,29 @@ def test_stopping_the_notifier_stops_its_deliveries() -> None:
     asyncio.run(scenario())
 
 
+def test_what_a_stopped_notifier_left_queued_goes_out_when_it_runs_again() -> None:
+    receiver = FakeReceiver()
+    hold = asyncio.Event()
+
+    async def send(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        await hold.wait()  # the first run stops while its try is in flight
+        return await receiver.send(url, body, headers, timeout)
+
+    async def scenario() -> None:
+        notifier = Notifier(send, sleep=NoSleep())
+        notifier.publish(LOOP, [Webhook(url="https://a.example")], BREACH, {})
+        first = asyncio.create_task(notifier.run())
+        await asyncio.sleep(0.05)
+        first.cancel()  # leadership lost
+        await asyncio.gather(first, return_exceptions=True)
+        assert receiver.bodies == [] and notifier.channels
+        hold.set()
+        await deliver(notifier)  # leadership won back: nothing new published, the queue goes out anyway
+
+    asyncio.run(scenario())
+    assert [body["reason"] for body in receiver.bodies] == ["BreachStarted"]
+
+
 # --- a real HTTP receiver ---------------------------------------------------------------------------
 
 
