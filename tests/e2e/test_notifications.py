@@ -1,5 +1,6 @@
 """Issue 12, item 3 end to end: the operator in-cluster POSTs one drift story's notifications (first version,
-breach, retraining, canary, promotion) to webhook receivers on the node, one of which fails for a while.
+breach, retraining, canary, promotion) to webhook receivers on the node, one of which fails for a while;
+the canary's promotion waits for a confirm-promotion webhook that says no twice, then yes.
 
 The receivers listen on the node's address (reachable from Pods, as tests/e2e/test_monitoring.py's proxy
 is); plain http is allowed there because the address is private (docs/operations.md, Notifications).
@@ -30,9 +31,9 @@ STORY = [
 
 
 class Receiver:
-    """A webhook receiver on the node: answers 500 to its first `failures` requests, records every one."""
+    """A webhook receiver on the node: answers `refusal` to its first `failures` requests, records every one."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, refusal: int = 500) -> None:
         self.requests: list[dict[str, Any]] = []
         self.answered: list[int] = []
         self.lock = threading.Lock()
@@ -42,7 +43,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.lock:
-                    code = 500 if len(receiver.answered) < failures else 200
+                    code = refusal if len(receiver.answered) < failures else 200
                     receiver.requests.append(body)
                     receiver.answered.append(code)
                 self.send_response(code)
@@ -91,11 +92,13 @@ def test_receivers_get_the_drift_story_and_one_failing_for_a_while_gets_all_of_i
 ):
     ns = k8s_namespace
     steady, flaky = Receiver(), Receiver(failures=6)  # six 500s: about a minute of backoff (1+2+4+8+16+32 s)
+    approver = Receiver(failures=2, refusal=409)  # not yet, not yet, yes
     try:
         claim, storage = artifact_claim(loops.cluster, ns)
         write_base_data(storage, "churn", 3000)
         manifest = loop_manifest(ns, prometheus.url, claim)
         manifest["spec"]["notifications"] = [{"url": steady.url}, {"url": flaky.url}]
+        manifest["spec"]["rollout"]["confirmPromotion"] = {"url": approver.url}
         loops.apply(manifest)
         loops.wait_condition(ns, "churn", "Ready", "True", 180)
 
@@ -116,6 +119,7 @@ def test_receivers_get_the_drift_story_and_one_failing_for_a_while_gets_all_of_i
     finally:
         steady.close()
         flaky.close()
+        approver.close()
 
     kept, recovered = steady.delivered(), flaky.delivered()
     assert story_of(recovered) == STORY
@@ -126,3 +130,10 @@ def test_receivers_get_the_drift_story_and_one_failing_for_a_while_gets_all_of_i
     promoted = next(n for n in kept if (n["reason"], n["version"]) == ("Promoted", 2))
     assert promoted["currentVersion"] == 2 and promoted["type"] == "Normal" and promoted["timestamp"]
     assert {n["reason"] for n in kept} <= set(loops.reasons(ns, "churn"))  # each one is an Event, too
+
+    # The promotion of version 2 waited for the approver: asked at the analysis' looks, promoted on its 2xx.
+    assert approver.answered[:3] == [409, 409, 200]  # (a 4th only if that round's reconcile failed)
+    asked = approver.requests[0]
+    assert asked["kind"] == "PromotionRequest" and asked["version"] == 2 and asked["currentVersion"] == 1
+    assert asked["analysis"]["phase"] == "Successful" and asked["candidate"]["version"] == 2
+    assert "PromotionAwaitingConfirmation" in loops.reasons(ns, "churn")
