@@ -180,6 +180,12 @@ class Channel:
     queue: deque[Notification] = field(default_factory=deque)
 
 
+def _remove(channel: Channel, head: Notification) -> None:
+    """Take a tried notification off its queue, unless a full queue dropped it while it was in flight."""
+    if channel.queue and channel.queue[0] is head:
+        channel.queue.popleft()
+
+
 class Notifier:
     def __init__(
         self,
@@ -254,11 +260,11 @@ class Notifier:
         head, attempt = channel.queue[0], 0
         while channel.queue and channel.queue[0] is head:
             if await self._try(head):
-                channel.queue.popleft()
+                _remove(channel, head)
                 metrics.NOTIFICATIONS.labels("delivered").inc()
                 return
             if self._clock() - head.created > MAX_AGE_SECONDS:
-                channel.queue.popleft()
+                _remove(channel, head)
                 metrics.NOTIFICATIONS.labels("dropped").inc()
                 log.warning("notification %s to %s dropped after %d tries", head.id, redact(head.url), attempt + 1)
                 return

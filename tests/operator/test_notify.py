@@ -240,6 +240,23 @@ def test_a_full_queue_drops_its_oldest_and_counts_it() -> None:
     assert counted("dropped") - before == 2
 
 
+def test_a_queue_overflowing_while_its_head_is_in_flight_loses_only_what_it_dropped() -> None:
+    receiver = FakeReceiver()
+    hook = [Webhook(url="https://a.example")]
+    first, second, third = events(3)
+
+    async def send(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        if not receiver.tries:  # while the first is in flight, two more arrive: the queue of 2 drops the first
+            notifier.publish(LOOP, hook, second, {})
+            notifier.publish(LOOP, hook, third, {})
+        return await receiver.send(url, body, headers, timeout)
+
+    notifier = Notifier(send, queue_limit=2)
+    notifier.publish(LOOP, hook, first, {})
+    asyncio.run(deliver(notifier))
+    assert [body["message"] for body in receiver.bodies] == ["version 0", "version 1", "version 2"]
+
+
 def test_failures_are_retried_with_backoff_in_order_until_delivered() -> None:
     receiver, sleep = FakeReceiver(failures=3), NoSleep()
     notifier = Notifier(receiver.send, sleep=sleep, rng=lambda: 1.0)
