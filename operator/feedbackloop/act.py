@@ -105,6 +105,14 @@ class Actor:
     def _observed(self, body: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any] | None:
         return self.fleet.deployments.get(f"{body['metadata']['namespace']}/{desired['metadata']['name']}")
 
+    async def release_route(self, body: dict[str, Any], route_name: str) -> None:
+        """A deleted loop's HTTPRoute sends nothing to its (garbage-collected) canary any more; best effort:
+        the route may be gone too."""
+        try:
+            await asyncio.to_thread(self.kube.set_route_weights, body, route_name, 0)
+        except Exception as error:
+            log.warning("could not reset HTTPRoute %s of the deleted loop: %s", route_name, error)
+
     async def _ensure_deployment(self, body: dict[str, Any], desired: dict[str, Any]) -> None:
         """Write only when the fields we own differ from the watch cache, and say why when it existed."""
         observed = self._observed(body, desired)

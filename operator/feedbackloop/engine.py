@@ -64,6 +64,8 @@ class Engine:
         self._polls: dict[str, asyncio.Task[None]] = {}  # Prometheus URL -> its poll in flight
         self._reconciles: dict[str, asyncio.Task[None]] = {}  # loop -> its reconcile in flight
         self._fresh: dict[str, dict[str, RuleState]] = {}  # loop -> rule states polled, not yet reconciled
+        self._deleted_routes: list[tuple[dict[str, Any], str]] = []  # (deleted loop, its HTTPRoute) to reset
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     @property
     def loops(self) -> dict[str, dict[str, Any]]:
@@ -74,7 +76,11 @@ class Engine:
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
         if event_type == "DELETED":
             self.fleet.loops.pop(key, None)
-            self.fleet.memory.pop(key, None)
+            memory = self.fleet.memory.pop(key, None)
+            route = memory.spec.rollout.traffic_routing.http_route if memory and memory.spec else None
+            if route is not None:  # the user's HTTPRoute: its weights must not keep pointing at a canary
+                self._deleted_routes.append((body, route.name))
+                self.wake.set()
             return
         self.fleet.loops[key] = body
         memory = self.fleet.memory.setdefault(key, LoopMemory())
@@ -131,6 +137,10 @@ class Engine:
         black-hole Prometheus costs its own loops their poll, not the fleet its cycle. A finished
         poll wakes the engine, and the next cycle reconciles those loops with their new rule states.
         """
+        while self._deleted_routes:
+            loop, route = self._deleted_routes.pop()
+            self._cleanups.add(asyncio.create_task(self.actor.release_route(loop, route), name=f"release {route}"))
+            self._cleanups = {task for task in self._cleanups if not task.done()}
         due_poll: dict[str, list[str]] = {}
         due = []
         for key, body in list(self.fleet.loops.items()):
@@ -158,8 +168,9 @@ class Engine:
 
     async def settle(self) -> None:
         """Wait for every poll and reconcile in flight (tests and shutdown; the run loop never waits)."""
-        while self._polls or self._reconciles:
-            await asyncio.gather(*self._polls.values(), *self._reconciles.values(), return_exceptions=True)
+        while self._polls or self._reconciles or any(not task.done() for task in self._cleanups):
+            tasks = [*self._polls.values(), *self._reconciles.values(), *self._cleanups]
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _poll(self, url: str, keys: list[str], now: float) -> None:
         try:

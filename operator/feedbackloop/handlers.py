@@ -57,13 +57,15 @@ async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+# async: they run on the event loop with the engine (a sync handler would run in kopf's thread pool,
+# and asyncio's Event and tasks are not thread-safe).
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def loop_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def loop_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.engine.observe_loop(event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": resources.MANAGED_BY})
-def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.engine.observe_deployment(event.get("type"), event["object"])
 
 

@@ -425,3 +425,16 @@ def test_serving_env_cannot_replace_what_the_operator_sets(bed: Harness) -> None
     }
     assert env["MFL_MODEL_VERSION"] == "1" and env["X"] == "1"
     assert env["MFL_FEEDBACK_MAX_AGE_SECONDS"] == str(90 * 86400)  # labels are taken as long as training reads them
+
+
+def test_a_deleted_loop_leaves_its_httproute_sending_nothing_to_a_canary(bed: Harness) -> None:
+    body = loop()
+    body["spec"]["rollout"]["trafficRouting"] = {"httpRoute": {"name": "churn-route"}}
+    bed.apply(body)
+    bed.cycle(T0)
+    bed.kube.route_weights["team-a/churn-route"] = 50  # a canary was at 50 %
+    stored = bed.kube.loops.pop(KEY)
+    bed.engine.observe_loop("DELETED", stored)
+    actions = bed.cycle(T0 + 1)
+    assert ("patch", "HTTPRoute churn-route canary=0") in actions
+    assert bed.kube.route_weights["team-a/churn-route"] == 0
