@@ -51,7 +51,8 @@ def significant(status: dict[str, Any]) -> Any:
     """The status without what changes on every poll."""
     trimmed = {k: v for k, v in status.items() if k not in ("summary",)}
     trimmed["metrics"] = [
-        {k: v for k, v in m.items() if k not in VOLATILE_METRIC_FIELDS} for m in status.get("metrics", [])
+        {k: v for k, v in m.items() if k not in VOLATILE_METRIC_FIELDS or (k == "message" and no_data(m))}
+        for m in status.get("metrics", [])
     ]
     trimmed["conditions"] = [{k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])]
     return trimmed
@@ -72,6 +73,12 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+def no_data(metric: dict[str, Any]) -> bool:
+    """Without data a rule's message is the reason (a refused Secret, a refused connection), and a new
+    reason is worth a write at once; with data the message only carries the moving value."""
+    return metric.get("state") == "NoData"
 
 
 def without_empty_strings(value: Any) -> Any:

@@ -75,3 +75,10 @@ def test_non_finite_numbers_never_reach_a_status_patch():
     clean = record.writable(status)
     assert clean == {"metrics": [{"name": "a"}], "rollout": {"evidence": [{"values": {"y": 1.0}}]}}
     assert record.finite([1.0, float("-inf")]) == [1.0, None]
+
+
+def test_a_new_reason_for_no_data_is_significant():
+    def no_data(message):
+        return {"metrics": [{"name": "accuracy", "state": "NoData", "message": message}]}
+
+    assert record.significant(no_data("Secret team-a/t: 404")) != record.significant(no_data("token refused"))
