@@ -104,8 +104,10 @@ def test_cluster_wide_default_runs_one_replica_holding_the_lease(operator: Clust
     holder = wait("the Lease held", lambda: lease(kubectl).get("holderIdentity"), 30)
     assert holder == pod  # the Pod's name: a restarted container resumes its own Lease
     account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:feedbackloop-operator"
-    assert can_i(kubectl, account, "update", "leases", "-n", OPERATOR_NAMESPACE)
-    assert not can_i(kubectl, account, "update", "leases", "-n", "default")  # a Role, not cluster-wide
+    # The Role names its one Lease: get/update are granted on that name only.
+    assert can_i(kubectl, account, "update", "leases/feedbackloop-operator", "-n", OPERATOR_NAMESPACE)
+    assert not can_i(kubectl, account, "update", "leases/another", "-n", OPERATOR_NAMESPACE)
+    assert not can_i(kubectl, account, "update", "leases/feedbackloop-operator", "-n", "default")  # not cluster-wide
     assert can_i(kubectl, account, "list", "modelfeedbackloops.feedbackloop.dev", "--all-namespaces")
 
 
