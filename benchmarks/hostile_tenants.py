@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from operator_scale import NAMESPACE, counter, histogram, loop, quantile
+from operator_scale import NAMESPACE, counter, histogram, loop, quantile, start_jitter
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
@@ -112,6 +112,7 @@ def main() -> None:
                 exporter.set("bench_model_accuracy", 0.9, model=name, namespace=NAMESPACE)
             healthy = [loop(name, prom.url, args.interval) for name in sorted(names)]
             apply(cp, healthy)
+            start_jitter(exporter, args.loops)  # values move every 5 s, so each refresh writes a new sample time
             time.sleep(3 * args.interval)
             print("--- the healthy loops alone", file=sys.stderr, flush=True)
             alone = measure(cp, operator, names, args.window)
