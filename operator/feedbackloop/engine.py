@@ -55,7 +55,7 @@ class Engine:
         self.fleet = Fleet()
         clients = clients or PrometheusClients()
         poller = FleetPoller(clients.query, concurrency=self.settings.concurrency)
-        self.observer = Observer(kube, self.fleet, clients, poller)
+        self.observer = Observer(kube, self.fleet, poller)
         self.notifier = Notifier()
         self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
@@ -139,8 +139,9 @@ class Engine:
         """
         while self._deleted_routes:
             loop, route = self._deleted_routes.pop()
-            self._cleanups.add(asyncio.create_task(self.actor.release_route(loop, route), name=f"release {route}"))
-            self._cleanups = {task for task in self._cleanups if not task.done()}
+            task = asyncio.create_task(self.actor.release_route(loop, route), name=f"release {route}")
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
         due_poll: dict[str, list[str]] = {}
         due = []
         for key, body in list(self.fleet.loops.items()):
@@ -168,7 +169,7 @@ class Engine:
 
     async def settle(self) -> None:
         """Wait for every poll and reconcile in flight (tests and shutdown; the run loop never waits)."""
-        while self._polls or self._reconciles or any(not task.done() for task in self._cleanups):
+        while self._polls or self._reconciles or self._cleanups:
             tasks = [*self._polls.values(), *self._reconciles.values(), *self._cleanups]
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -22,7 +22,7 @@ from .credentials import token_refusal
 from .fleet import Fleet, LoopMemory
 from .kube import KubeAPI
 from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
-from .poller import FleetPoller, LoopQuery, PrometheusClients, endpoint_key, short_error
+from .poller import FleetPoller, LoopQuery, endpoint_key, short_error
 from .status import LoopStatus
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,9 @@ FAILED_POLL_BACKOFF_SECONDS = 30
 
 
 class Observer:
-    def __init__(self, kube: KubeAPI, fleet: Fleet, clients: PrometheusClients, poller: FleetPoller) -> None:
+    def __init__(self, kube: KubeAPI, fleet: Fleet, poller: FleetPoller) -> None:
         self.kube = kube
         self.fleet = fleet
-        self.clients = clients
         self.poller = poller
         self._secrets: dict[tuple[str, str, str], tuple[float, tuple[str, dict[str, str]]]] = {}
         self.confirm = notify.confirm_promotion  # rollout.confirmPromotion's webhook (a fake in tests)

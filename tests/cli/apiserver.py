@@ -17,22 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from tests.operator.fake_kube import merge_patch  # the API server's merge-patch, one copy for both fakes
+
 GROUP, VERSION, PLURAL = "feedbackloop.dev", "v1alpha1", "modelfeedbackloops"
 PATH = re.compile(rf"^/apis/{GROUP}/{VERSION}(?:/namespaces/(?P<ns>[^/]+))?/{PLURAL}(?:/(?P<name>[^/]+))?$")
 END = object()  # put on `events` to end the watch stream
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any]) -> dict[str, Any]:

@@ -149,7 +149,6 @@ class Harness:
     def new_engine(self) -> Engine:
         """A fresh engine (an operator restart): it knows only what the fake API server holds."""
         engine = Engine(self.kube, Settings(active_reconcile_seconds=5.0))
-        engine.observer.clients = self.prometheus  # type: ignore[assignment]
         engine.observer.poller._query = self.prometheus.query  # the fleet poller's query function
         self.engine = engine
         self.watch()
