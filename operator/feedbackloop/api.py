@@ -478,6 +478,42 @@ class OfflineGate(ApiModel):
         description="Score the challenger must reach (a ceiling for mae and rmse), also as a first version; "
         "omitted: none.",
     )
+    superior_when_breached: bool = Field(
+        default=True,
+        description="After a breach the challenger must beat the failing champion on the same holdout rows "
+        "(exact sign test), not only match it; its canary is then promoted after its steps unless failing. "
+        "Default true.",
+    )
+    superiority_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="Significance level of that superiority test, between 0 and 0.5. Default 0.05.",
+    )
+
+
+class ChangePoint(ApiModel):
+    """Training on the current concept: the trainer finds the last significant rise of the served error in
+    the labelled feedback (CUSUM test) and trains on the rows after it; the cut is in the version's metadata."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false: always train on the base data and the whole data window. Default true.",
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=0.5,
+        description="Significance level of each change test (the chance of cutting a stream without a change), "
+        "between 0 and 0.5. Default 0.01.",
+    )
+    min_rows: int = Field(
+        default=100,
+        ge=10,
+        le=100000,
+        description="Labelled rows needed on each side of a change to locate it, and after it to train on it "
+        "alone (fewer: the window and base data are trained on as well), 10 to 100000. Default 100.",
+    )
 
 
 class Retraining(ApiModel):
@@ -562,6 +598,7 @@ class Retraining(ApiModel):
         "Default 10m.",
     )
     gate: OfflineGate = Field(default_factory=OfflineGate)
+    change_point: ChangePoint = Field(default_factory=ChangePoint)
 
     @model_validator(mode="after")
     def _trainer_accepts(self) -> Retraining:
@@ -1096,6 +1133,11 @@ class RolloutStatus(ApiModel):
     evidence: list[CheckEvidence] = Field(default_factory=list, description="Each check's verdict at the last look.")
     analysis: AnalysisStateStatus | None = None
     paused: bool = Field(default=False, description="Held at its step by the pause annotation, until resume.")
+    offline_superior: bool = Field(
+        default=False,
+        description="The offline gate showed it better than a breached champion: promoted after its steps "
+        "unless its analysis fails, without waiting for its own labels.",
+    )
 
 
 class ServingStatus(ApiModel):

@@ -176,12 +176,14 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
         return f"backing off after a failed retraining until {status['failureBackoffUntil']}"
     if trigger == "Initial":
         return ""
-    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show).
-    last = max(
-        parse_time(status.get("lastRetrainAt")) or 0.0, parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0
-    )
+    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show),
+    # except after a rejected challenger while the breach persists: waiting would only keep the failing
+    # champion serving (the daily budget still bounds the retries).
+    previous = (status.get("history") or [{}])[-1]
+    last = max(parse_time(status.get("lastRetrainAt")) or 0.0, parse_time(previous.get("at")) or 0.0)
     cooldown = retraining.cooldown.seconds
-    if last and now - last < cooldown and trigger != "Manual":
+    retry = trigger == "Breach" and previous.get("outcome") == "Rejected"
+    if last and now - last < cooldown and trigger != "Manual" and not retry:
         return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
     recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
     if len(recent) >= retraining.max_retrains_per_day:
@@ -413,7 +415,9 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
     status.pop("failureBackoffUntil", None)
     status.pop("lastFailure", None)
     summary = job.summary or {}
-    gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None)
+    gate = offline_gate(
+        spec, summary, first_version=run.get("parentVersion") is None, breached=run.get("trigger") == "Breach"
+    )
     status["candidate"] = {
         "version": run["version"],
         "challenger": _numbers(summary.get("challenger")),
@@ -437,7 +441,7 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
         _promote(world, decision, run["version"], run["trigger"], now, f"first version: {gate.message}", summary)
         return
     decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
-    _start_canary(world, decision, run["version"], run["trigger"], now)
+    _start_canary(world, decision, run["version"], run["trigger"], now, gate.superior)
 
 
 def _training_condition(
@@ -458,7 +462,9 @@ def _numbers(values: Any) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in values.items() if isinstance(v, (int, float))}
 
 
-def _start_canary(world: World, decision: Decision, version: int, trigger: str, now: str) -> None:
+def _start_canary(
+    world: World, decision: Decision, version: int, trigger: str, now: str, offline_superior: bool = False
+) -> None:
     spec = world.spec
     first = spec.rollout.steps[0]
     replicas, weight = replica_split(spec.model.serving.replicas, first.weight)
@@ -473,6 +479,7 @@ def _start_canary(world: World, decision: Decision, version: int, trigger: str, 
         "consecutiveErrors": 0,
         "evidence": [],
         "paused": False,
+        "offlineSuperior": offline_superior,
     }
     decision.actions.append(EnsureCanary(version, replicas, weight))
     decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
@@ -535,15 +542,30 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             "CanaryStep",
             f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
         )
-    elif verdict.phase is AnalysisPhase.SUCCESSFUL and not _promotion_held(world, decision, rollout, now):
-        _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, verdict.message)
+    elif _may_promote(rollout, verdict.phase) and not _promotion_held(world, decision, rollout, now):
+        _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(rollout, verdict))
+
+
+def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
+    """Passed its analysis; or shown better than a breached champion offline and not failing (still running):
+    a collapsing champion is not kept serving for another label delay to prove what the holdout showed."""
+    return phase is AnalysisPhase.SUCCESSFUL or (bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING)
+
+
+def _promotion_reason(rollout: RolloutState, verdict: Any) -> str:
+    if verdict.phase is AnalysisPhase.SUCCESSFUL:
+        return str(verdict.message)
+    return f"better than the breached champion on the post-change holdout; canary analysis not failing ({verdict.message})"
 
 
 def awaiting_promotion(spec: ModelFeedbackLoopSpec, rollout: RolloutState, now: float) -> bool:
     """The canary passed its analysis, at its last step, after that step's pause: it would be promoted now.
     When rollout.confirmPromotion is set, this is when the operator asks (observe.py) and holds (below)."""
     last = len(spec.rollout.steps) - 1
-    if rollout.get("analysisPhase") != AnalysisPhase.SUCCESSFUL.value or rollout.get("step") != last:
+    phase = rollout.get("analysisPhase") or AnalysisPhase.RUNNING.value
+    if phase not in {p.value for p in AnalysisPhase} or not _may_promote(rollout, AnalysisPhase(phase)):
+        return False
+    if rollout.get("step") != last:
         return False
     if rollout.get("paused") or spec.paused:
         return False

@@ -270,6 +270,9 @@ def trainer_config(
         "minRows": retraining.min_rows,
         "incremental": retraining.incremental,
         "recentWeight": retraining.recent_weight,
+        "changePoint": retraining.change_point.enabled,
+        "changePointAlpha": retraining.change_point.alpha,
+        "changePointMinRows": retraining.change_point.min_rows,
         "trainerImage": retraining.trainer.image,
     }
 

@@ -91,6 +91,7 @@ class RolloutState(TypedDict, total=False):
     evidence: list[CheckEvidence]
     analysis: AnalysisState | None
     paused: bool
+    offlineSuperior: bool
 
 
 class Serving(TypedDict, total=False):

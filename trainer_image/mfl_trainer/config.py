@@ -39,6 +39,9 @@ class TrainerConfig:
     incremental: bool = False
     incremental_steps: int | None = None  # partial_fit epochs, or trees/iterations added by warm start
     recent_weight: float = 1.0  # sample weight of feedback rows (base rows weigh 1)
+    change_point: bool = True  # train on the concept since the served error last rose (plan.py)
+    change_point_alpha: float = 0.01
+    change_point_min_rows: int = 100
     slice_features: list[str] = field(default_factory=list)
     slice_bins: int = 5
     slice_min_rows: int = 20
@@ -111,6 +114,9 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "incremental": ("incremental", _bool),
     "incrementalSteps": ("incremental_steps", _int),
     "recentWeight": ("recent_weight", _number),
+    "changePoint": ("change_point", _bool),
+    "changePointAlpha": ("change_point_alpha", _number),
+    "changePointMinRows": ("change_point_min_rows", _int),
     "sliceFeatures": ("slice_features", _str_list),
     "sliceBins": ("slice_bins", _int),
     "sliceMinRows": ("slice_min_rows", _int),
@@ -165,6 +171,11 @@ def _check_ranges(c: TrainerConfig) -> None:
         problems.append("minRows and minHoldoutRows must be >= 1")
     if c.recent_weight <= 0:
         problems.append(f"recentWeight must be positive, got {c.recent_weight}")
+    if not 0.0 < c.change_point_alpha < 0.5 or c.change_point_min_rows < 10:
+        problems.append(
+            f"changePointAlpha must be in (0, 0.5) and changePointMinRows >= 10, got {c.change_point_alpha}, "
+            f"{c.change_point_min_rows}"
+        )
     if not 0.0 <= c.label_noise < 1.0:
         problems.append(f"labelNoise must be in [0, 1), got {c.label_noise}")
     if c.slice_bins < 1 or c.slice_min_rows < 1:

@@ -41,6 +41,7 @@ class FeedbackRow:
     ts: float  # prediction time: when the features were seen
     features: dict[str, Any]
     label: Any
+    prediction: Any = None  # what the server answered (None in logs from before it was recorded)
 
 
 @dataclass
@@ -193,8 +194,8 @@ def read_feedback(model_dir: Path, start: float | None, now: float) -> FeedbackD
         if row_id not in predictions:
             stats["feedbackWithoutPrediction"] += 1
             continue
-        ts, features = predictions[row_id]
-        rows.append(FeedbackRow(row_id, ts, features, label))
+        ts, features, served = predictions[row_id]
+        rows.append(FeedbackRow(row_id, ts, features, label, served))
     rows.sort(key=lambda r: (r.ts, r.id))
     return FeedbackData(
         rows=rows, stats=stats, files_read=len(prediction_files) + len(feedback_files), digest=_digest_rows(rows)
@@ -203,8 +204,8 @@ def read_feedback(model_dir: Path, start: float | None, now: float) -> FeedbackD
 
 def _read_predictions(
     files: list[Path], start: float | None, now: float, stats: Counter
-) -> dict[str, tuple[float, dict[str, Any]]]:
-    predictions: dict[str, tuple[float, dict[str, Any]]] = {}
+) -> dict[str, tuple[float, dict[str, Any], Any]]:
+    predictions: dict[str, tuple[float, dict[str, Any], Any]] = {}
     for record in _json_lines(files, stats, "malformedPredictionLines"):
         row_id, ts, features = record.get("id"), record.get("ts"), record.get("features")
         if not isinstance(row_id, str) or not _is_number(ts) or not isinstance(features, dict):
@@ -214,7 +215,7 @@ def _read_predictions(
         elif row_id in predictions:
             stats["duplicatePredictionIds"] += 1
         else:
-            predictions[row_id] = (float(ts), features)
+            predictions[row_id] = (float(ts), features, record.get("prediction"))
     return predictions
 
 

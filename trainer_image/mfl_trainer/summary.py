@@ -28,6 +28,8 @@ def success_summary(metadata: Mapping[str, Any], report: Mapping[str, Any], exis
         "champion": metrics.get("champion"),
         "rows": {key: rows[key] for key in ("base", "feedback", "train", "holdout")},
         "holdout": metadata.get("holdout", {}).get("strategy"),
+        "paired": report.get("paired"),
+        "conceptSince": (metadata.get("trainingData") or {}).get("conceptSince"),
         "existing": existing,
         "worstSlices": report.get("worstSlices", {}).get("challenger", []),
     }

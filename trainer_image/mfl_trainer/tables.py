@@ -24,6 +24,7 @@ class LabelledTable:
     y: np.ndarray  # int64 or object of str (classification), float64 (regression)
     ts: np.ndarray  # prediction time; NaN for base rows
     is_feedback: np.ndarray  # bool
+    served_error: np.ndarray | None = None  # float64: the served prediction's error; NaN where unknown
 
     def __len__(self) -> int:
         return len(self.y)
@@ -81,7 +82,23 @@ def build_table(
     columns = {name: _feature_column(name, types[name], base, usable, stats)[keep] for name in names}
     ts = np.concatenate([np.full(n_base, np.nan), np.array([r.ts for r in usable], dtype=np.float64)])
     is_feedback = np.arange(len(keep)) >= n_base
-    return LabelledTable(features, types, columns, y[keep], ts[keep], is_feedback[keep])
+    served = np.concatenate([np.full(n_base, np.nan), served_errors(y[n_base:], [r.prediction for r in usable], task)])
+    return LabelledTable(features, types, columns, y[keep], ts[keep], is_feedback[keep], served[keep])
+
+
+def served_errors(labels: np.ndarray, predictions: list[Any], task: str) -> np.ndarray:
+    """Per feedback row: 1.0 if the served class was wrong, else 0.0 (classification), or the absolute
+    error (regression); NaN where the log has no prediction. Labels as `label_column` made them."""
+    errors = np.full(len(predictions), np.nan)
+    for i, (label, served) in enumerate(zip(labels.tolist(), predictions)):
+        if _is_missing(served):
+            continue
+        if task == "regression":
+            number = _as_number(served)
+            errors[i] = abs(number - label) if math.isfinite(number) else np.nan
+        else:
+            errors[i] = float(_as_text(served) != _as_text(label))
+    return errors
 
 
 def _usable_feedback(feedback: Sequence[FeedbackRow], features: list[str], stats: Counter) -> list[FeedbackRow]:

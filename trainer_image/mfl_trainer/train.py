@@ -18,7 +18,7 @@ import sklearn
 
 from mfl_contracts import storage
 
-from . import datasource, estimators, evaluation, plots, registry, split
+from . import datasource, estimators, evaluation, plan, plots, registry, split
 from .config import TrainerConfig
 from .errors import TrainerError
 from .summary import success_summary
@@ -210,21 +210,23 @@ def train_and_publish(
     started: float,
 ) -> dict[str, Any]:
     table = inputs.table
-    holdout = split.choose_holdout(
-        table.is_feedback,
-        table.y,
-        config.holdout_fraction,
-        config.min_holdout_rows,
-        config.task == "classification",
-        config.seed,
-    )
+    training = make_plan(config, inputs)
+    holdout = training.split
+    if training.cut:
+        cut = training.cut
+        progress(
+            f"change point: the served error rose from {cut['errorBefore']:.3f} to {cut['errorAfter']:.3f} at ts "
+            f"{cut['ts']:.0f} (CUSUM p={cut['pValue']:.2g}; {cut['rowsAfter']} labelled rows since)"
+        )
     progress(f"holdout: {len(holdout.holdout)} rows ({holdout.strategy}: {holdout.reason})")
     train_rows = _training_rows(config, inputs, holdout)
     y_train, flipped = split.flip_labels(
         table.y[train_rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
     )
     _check_training_labels(config, y_train)
-    weights = split.sample_weights(table.is_feedback[train_rows], config.recent_weight)
+    row_weights = np.zeros(len(table))
+    row_weights[training.train] = training.weights
+    weights = row_weights[train_rows]
     X_train = table.matrix(train_rows)
     origin = f" incrementally from version {config.parent_version}" if config.incremental else ""
     progress(f"training {spec.name} on {len(train_rows)} rows{origin}")
@@ -242,6 +244,7 @@ def train_and_publish(
         "labelNoiseFlipped": flipped,
     }
     inputs.timings["total"] = time.monotonic() - started
+    report["trainingData"] = training_data(training, table, train_rows)
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
     progress(f"writing version {config.version}")
     try:
@@ -255,6 +258,37 @@ def train_and_publish(
         previous = registry.existing_metadata(config.storage_root, config.model, config.version) or {}
         return _existing_result(config, previous, inputs.content_hashes, progress)
     return success_summary(metadata, report, existing=False)
+
+
+def make_plan(config: TrainerConfig, inputs: Inputs) -> plan.TrainingPlan:
+    table = inputs.table
+    inherited = ((inputs.champion.metadata.get("trainingData") or {}) if inputs.champion else {}).get("conceptSince")
+    served = table.served_error if table.served_error is not None else np.full(len(table), np.nan)
+    return plan.plan_training(
+        table.is_feedback,
+        table.y,
+        table.ts,
+        served,
+        fraction=config.holdout_fraction,
+        min_holdout_rows=config.min_holdout_rows,
+        stratify=config.task == "classification",
+        seed=config.seed,
+        recent_weight=config.recent_weight,
+        change=plan.ChangeSettings(config.change_point, config.change_point_alpha, config.change_point_min_rows),
+        inherited_since=inherited if isinstance(inherited, (int, float)) else None,
+    )
+
+
+def training_data(training: plan.TrainingPlan, table: LabelledTable, train_rows: np.ndarray) -> dict[str, Any]:
+    """What the version learned from: the cut (found now or inherited) and the rows on each side of it."""
+    return {
+        "conceptSince": training.concept_since,
+        "cut": training.cut,
+        "inheritedCut": training.cut is None and training.concept_since is not None,
+        "trainBase": int((~table.is_feedback[train_rows]).sum()),
+        "trainFeedback": int(table.is_feedback[train_rows].sum()),
+        "holdoutStrategy": training.strategy,
+    }
 
 
 def _training_rows(config: TrainerConfig, inputs: Inputs, holdout: split.Split) -> np.ndarray:
@@ -343,10 +377,27 @@ def evaluate(
         "champion": (
             _model_report(config.task, y_true, predictions["champion"], labels) if champion is not None else None
         ),
+        "paired": paired_counts(config.task, y_true, predictions) if champion is not None else None,
         "sliceSettings": {"features": slice_features, "bins": config.slice_bins, "minRows": config.slice_min_rows},
         "worstSlices": {name: evaluation.worst_slices(slice_table, name, config.task) for name in predictions},
     }
     return report, predictions
+
+
+def paired_counts(task: str, y_true: np.ndarray, predictions: dict[str, np.ndarray]) -> dict[str, int]:
+    """Holdout rows where only one model is right (classification) or closer (regression): the counts of
+    an exact sign test (McNemar's, for classes) of challenger against champion on the same rows."""
+    if task == "classification":
+        challenger_ok = predictions["challenger"] == y_true
+        champion_ok = predictions["champion"] == y_true
+    else:
+        challenger_error = np.abs(predictions["challenger"] - y_true)
+        champion_error = np.abs(predictions["champion"] - y_true)
+        challenger_ok, champion_ok = challenger_error < champion_error, champion_error < challenger_error
+    return {
+        "challengerOnly": int((challenger_ok & ~champion_ok).sum()),
+        "championOnly": int((champion_ok & ~challenger_ok).sum()),
+    }
 
 
 def _champion_predictions(champion: Champion, table: LabelledTable, rows: np.ndarray) -> np.ndarray:
@@ -414,6 +465,7 @@ def _metadata(
             "timeRange": report["holdout"]["timeRange"],
         },
         "recentWeight": config.recent_weight,
+        "trainingData": report["trainingData"],
         "labelNoise": config.label_noise,
         "seed": config.seed,
         "metrics": {
