@@ -82,7 +82,7 @@ from feedbackloop.phases import (
 )
 from feedbackloop.timeutil import parse_time
 from mfl_testbed import datasets
-from mfl_trainer import split
+from mfl_trainer import plan, split
 
 EPOCH = 1_800_000_000.0  # the loop's clock: row r is predicted at EPOCH + r seconds
 MIN_HOLDOUT_ROWS = 50  # the trainer's default minHoldoutRows
@@ -505,6 +505,9 @@ class FeedbackLoop:
         self.events: Counter[str] = Counter()
         self.timeline: list[tuple[int, str]] = []
         self.promotions: list[tuple[int, int, int]] = []  # (time, replaced version, promoted version)
+        self.concept_since: dict[int, float | None] = {1: None}  # each version's trainingData.conceptSince
+        self.cuts = 0
+        self.recipes: Counter[str] = Counter()
 
     # serving
     def serve(self, rows: slice) -> np.ndarray:
@@ -608,30 +611,67 @@ class FeedbackLoop:
                 self.timeline.append((now, action.reason))
 
     def train(self, action: StartTraining, now: int) -> None:
-        """The trainer's run: time-ordered holdout, fit on the rest, both models scored on the holdout."""
+        """The trainer's run (mfl_trainer.plan, as train.py calls it): the cut at the last rise of the served
+        error, cross-fitted recipes on the rows since it (or the newest-feedback holdout without one), both
+        models scored on the same rows, with the paired counts the gate's sign test reads."""
         table = self.lab.table(self.lab.labelled_end(now))
-        holdout = split.choose_holdout(
-            table.is_feedback,
-            table.y,
-            self.settings.holdout_fraction,
-            MIN_HOLDOUT_ROWS,
-            stratify=True,
-            seed=self.settings.seed,
-        )
-        rows = holdout.train
-        weights = split.sample_weights(table.is_feedback[rows], self.settings.recent_weight)
+        parent = action.parent_version or self.stable
+        training = self.plan(table, parent)
+        rows, weights, challenger_predictions = training.train, training.weights, None
+        if training.folds is not None:
+            recipe, challenger_predictions, _ = plan.best_recipe(
+                training, self.fit_predict(table), lambda p: float((p == table.y[training.holdout]).mean())
+            )
+            rows, weights = training.rows_of(recipe)
+            self.recipes[recipe.name] += 1
         challenger = self.lab.fit(table.X[rows], table.y[rows], weights, now)
         self.models[action.version] = challenger
-        X, y = table.X[holdout.holdout], table.y[holdout.holdout]
-        champion = self.models[action.parent_version or self.stable].estimator
+        self.concept_since[action.version] = training.concept_since
+        self.cuts += training.cut is not None
+        X, y = table.X[training.holdout], table.y[training.holdout]
+        if challenger_predictions is None:
+            challenger_predictions = challenger.estimator.predict(X)
+        challenger_ok, champion_ok = challenger_predictions == y, self.models[parent].estimator.predict(X) == y
         summary = {
             "ok": True,
             "rows": {"holdout": len(y)},
-            "challenger": {"accuracy": float((challenger.estimator.predict(X) == y).mean())},
-            "champion": {"accuracy": float((champion.predict(X) == y).mean())},
+            "challenger": {"accuracy": float(challenger_ok.mean())},
+            "champion": {"accuracy": float(champion_ok.mean())},
+            "paired": {
+                "challengerOnly": int((challenger_ok & ~champion_ok).sum()),
+                "championOnly": int((champion_ok & ~challenger_ok).sum()),
+            },
         }
         self.jobs[action.job_name] = TrainingJob(now + self.settings.training_seconds, summary)
         self.retrains += 1
+
+    def plan(self, table: Table, parent: int) -> plan.TrainingPlan:
+        feedback = table.rows >= 0
+        return plan.plan_training(
+            table.is_feedback,
+            table.y,
+            np.where(feedback, table.rows, np.nan).astype(float),  # ts: the row's time
+            np.where(feedback, ~self.correct[np.maximum(table.rows, 0)], np.nan).astype(float),  # served error
+            fraction=self.spec.retraining.holdout_fraction,
+            min_holdout_rows=MIN_HOLDOUT_ROWS,
+            stratify=True,
+            seed=self.settings.seed,
+            recent_weight=self.spec.retraining.recent_weight,
+            change=plan.ChangeSettings(
+                self.spec.retraining.change_point.enabled,
+                self.spec.retraining.change_point.alpha,
+                self.spec.retraining.change_point.min_rows,
+            ),
+            inherited_since=self.concept_since.get(parent),
+        )
+
+    def fit_predict(self, table: Table) -> plan.FitPredict:
+        def fit_predict(rows: np.ndarray, weights: np.ndarray, test: np.ndarray) -> np.ndarray:
+            estimator = HistGradientBoostingClassifier(random_state=self.settings.seed)
+            with threadpool_limits(1):
+                return estimator.fit(table.X[rows], table.y[rows], sample_weight=weights).predict(table.X[test])
+
+        return fit_predict
 
     def checked_promotions(self) -> list[PromotionCheck]:
         """Each promoted version and the one it replaced, scored on the same rows after the promotion."""
@@ -646,7 +686,8 @@ class FeedbackLoop:
     def notes(self) -> str:
         return (
             f"{self.events['Promoted']} promoted, {self.events['RolledBack']} rolled back, "
-            f"{self.events['CandidateRejected']} rejected by the gate"
+            f"{self.events['CandidateRejected']} rejected by the gate; {self.cuts} cuts, recipes "
+            f"{dict(self.recipes) or '-'}"
         )
 
 

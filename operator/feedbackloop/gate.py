@@ -35,7 +35,8 @@ def offline_gate(
     test = f"sign test: better on {wins}, worse on {losses} holdout rows, p={p_value:.3g}"
     if p_value > gate.superiority_alpha:
         return GateResult(
-            False, f"breached, so the challenger must beat the champion: not shown ({test} > {gate.superiority_alpha:g})"
+            False,
+            f"breached, so the challenger must beat the champion: not shown ({test} > {gate.superiority_alpha:g})",
         )
     return GateResult(True, f"{verdict.message}; superior to the breached champion ({test})", superior=True)
 

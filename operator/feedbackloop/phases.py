@@ -176,19 +176,31 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
         return f"backing off after a failed retraining until {status['failureBackoffUntil']}"
     if trigger == "Initial":
         return ""
-    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show),
-    # except after a rejected challenger while the breach persists: waiting would only keep the failing
-    # champion serving (the daily budget still bounds the retries).
-    previous = (status.get("history") or [{}])[-1]
-    last = max(parse_time(status.get("lastRetrainAt")) or 0.0, parse_time(previous.get("at")) or 0.0)
-    cooldown = retraining.cooldown.seconds
-    retry = trigger == "Breach" and previous.get("outcome") == "Rejected"
-    if last and now - last < cooldown and trigger != "Manual" and not retry:
+    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show).
+    last = max(
+        parse_time(status.get("lastRetrainAt")) or 0.0, parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0
+    )
+    cooldown = (
+        breach_retry_wait(status, retraining.cooldown.seconds) if trigger == "Breach" else retraining.cooldown.seconds
+    )
+    if last and now - last < cooldown and trigger != "Manual":
         return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
     recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
     if len(recent) >= retraining.max_retrains_per_day:
         return f"daily budget used: {len(recent)} of maxRetrainsPerDay {retraining.max_retrains_per_day}"
     return ""
+
+
+def breach_retry_wait(status: LoopStatus, cooldown: float) -> float:
+    """The cooldown after challengers the gate rejected while breached: an eighth of it after the first,
+    doubling with each rejection in a row up to the whole. Waiting the whole cooldown keeps a failing
+    champion serving; retrying at once burns the budget on the same labels. More labels arrive meanwhile."""
+    rejected = 0
+    for record in reversed(status.get("history") or []):
+        if record.get("outcome") != "Rejected":
+            break
+        rejected += 1
+    return cooldown if rejected == 0 else cooldown / 2 ** max(0, 4 - rejected)
 
 
 def retrain_trigger(world: World, status: LoopStatus) -> tuple[str, str]:
@@ -543,19 +555,25 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
         )
     elif _may_promote(rollout, verdict.phase) and not _promotion_held(world, decision, rollout, now):
-        _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(rollout, verdict))
+        _promote(
+            world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(rollout, verdict)
+        )
 
 
 def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
     """Passed its analysis; or shown better than a breached champion offline and not failing (still running):
     a collapsing champion is not kept serving for another label delay to prove what the holdout showed."""
-    return phase is AnalysisPhase.SUCCESSFUL or (bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING)
+    return phase is AnalysisPhase.SUCCESSFUL or (
+        bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING
+    )
 
 
 def _promotion_reason(rollout: RolloutState, verdict: Any) -> str:
     if verdict.phase is AnalysisPhase.SUCCESSFUL:
         return str(verdict.message)
-    return f"better than the breached champion on the post-change holdout; canary analysis not failing ({verdict.message})"
+    return (
+        f"better than the breached champion on the post-change holdout; canary analysis not failing ({verdict.message})"
+    )
 
 
 def awaiting_promotion(spec: ModelFeedbackLoopSpec, rollout: RolloutState, now: float) -> bool:

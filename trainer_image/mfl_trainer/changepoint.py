@@ -75,7 +75,9 @@ def cusum_test(errors: np.ndarray) -> Change | None:
     )
 
 
-def find_changes(errors: np.ndarray, alpha: float = DEFAULT_ALPHA, min_segment: int = DEFAULT_MIN_SEGMENT) -> list[Change]:
+def find_changes(
+    errors: np.ndarray, alpha: float = DEFAULT_ALPHA, min_segment: int = DEFAULT_MIN_SEGMENT
+) -> list[Change]:
     """Every significant change by binary segmentation, in stream order (indices into `errors`)."""
     found: list[Change] = []
     pending = [(0, len(errors))]
@@ -94,7 +96,9 @@ def find_changes(errors: np.ndarray, alpha: float = DEFAULT_ALPHA, min_segment: 
     return sorted(found, key=lambda c: c.index)
 
 
-def latest_rise(errors: np.ndarray, alpha: float = DEFAULT_ALPHA, min_segment: int = DEFAULT_MIN_SEGMENT) -> Change | None:
+def latest_rise(
+    errors: np.ndarray, alpha: float = DEFAULT_ALPHA, min_segment: int = DEFAULT_MIN_SEGMENT
+) -> Change | None:
     """The most recent significant rise of the error, re-measured against its neighbouring changes."""
     changes = find_changes(errors, alpha, min_segment)
     bounds = [0, *(c.index for c in changes), len(errors)]

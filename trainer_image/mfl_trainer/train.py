@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ class Inputs:
     content_hashes: dict[str, Any]
     champion: Champion | None
     timings: dict[str, float] = field(default_factory=dict)
+    recipe_scores: dict[str, float] | None = None  # cross-fitted score of each recipe, when there was a cut
 
 
 def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
@@ -219,13 +221,11 @@ def train_and_publish(
             f"{cut['ts']:.0f} (CUSUM p={cut['pValue']:.2g}; {cut['rowsAfter']} labelled rows since)"
         )
     progress(f"holdout: {len(holdout.holdout)} rows ({holdout.strategy}: {holdout.reason})")
-    train_rows = _training_rows(config, inputs, holdout)
+    train_rows, row_weights, out_of_fold = _training_rows(config, spec, inputs, training, progress)
     y_train, flipped = split.flip_labels(
         table.y[train_rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
     )
     _check_training_labels(config, y_train)
-    row_weights = np.zeros(len(table))
-    row_weights[training.train] = training.weights
     weights = row_weights[train_rows]
     X_train = table.matrix(train_rows)
     origin = f" incrementally from version {config.parent_version}" if config.incremental else ""
@@ -234,7 +234,7 @@ def train_and_publish(
     model, incremental = _fit(config, spec, estimator, inputs, X_train, y_train, weights)
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
-    report, predictions = evaluate(config, table, holdout, model, inputs.champion)
+    report, predictions = evaluate(config, table, holdout, model, inputs.champion, out_of_fold)
     rows = {
         "base": int((~table.is_feedback).sum()),
         "feedback": int(table.is_feedback.sum()),
@@ -244,7 +244,7 @@ def train_and_publish(
         "labelNoiseFlipped": flipped,
     }
     inputs.timings["total"] = time.monotonic() - started
-    report["trainingData"] = training_data(training, table, train_rows)
+    report["trainingData"] = training_data(training, table, train_rows, inputs.recipe_scores)
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
     progress(f"writing version {config.version}")
     try:
@@ -274,12 +274,16 @@ def make_plan(config: TrainerConfig, inputs: Inputs) -> plan.TrainingPlan:
         stratify=config.task == "classification",
         seed=config.seed,
         recent_weight=config.recent_weight,
-        change=plan.ChangeSettings(config.change_point, config.change_point_alpha, config.change_point_min_rows),
+        change=plan.ChangeSettings(
+            config.change_point and not config.incremental, config.change_point_alpha, config.change_point_min_rows
+        ),
         inherited_since=inherited if isinstance(inherited, (int, float)) else None,
     )
 
 
-def training_data(training: plan.TrainingPlan, table: LabelledTable, train_rows: np.ndarray) -> dict[str, Any]:
+def training_data(
+    training: plan.TrainingPlan, table: LabelledTable, train_rows: np.ndarray, recipes: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What the version learned from: the cut (found now or inherited) and the rows on each side of it."""
     return {
         "conceptSince": training.concept_since,
@@ -288,26 +292,82 @@ def training_data(training: plan.TrainingPlan, table: LabelledTable, train_rows:
         "trainBase": int((~table.is_feedback[train_rows]).sum()),
         "trainFeedback": int(table.is_feedback[train_rows].sum()),
         "holdoutStrategy": training.strategy,
+        "recipes": recipes,
     }
 
 
-def _training_rows(config: TrainerConfig, inputs: Inputs, holdout: split.Split) -> np.ndarray:
-    """Everything but the holdout; incremental: only feedback the champion has not seen yet."""
-    if not config.incremental:
-        return holdout.train
+def _training_rows(
+    config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
+    inputs: Inputs,
+    training: plan.TrainingPlan,
+    progress: Progress,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rows, weight per table row, out-of-fold predictions or None). Cross-fitted plans train the recipe
+    that predicts the rows since the cut best; incremental runs only feedback the champion has not seen."""
     table = inputs.table
+    weights = np.zeros(len(table))
+    if training.folds is not None:
+        recipe, out_of_fold = _best_recipe(config, spec, inputs, training, progress)
+        rows, recipe_weights = training.rows_of(recipe)
+        weights[rows] = recipe_weights
+        return rows, weights, out_of_fold
+    weights[training.train] = training.weights
+    if not config.incremental:
+        return training.train, weights, None
     seen_until = (inputs.champion.metadata.get("dataWindow") or {}).get("end") if inputs.champion else None
-    fresh = table.is_feedback[holdout.train]
+    fresh = table.is_feedback[training.train]
     if seen_until is not None:
-        fresh &= table.ts[holdout.train] > seen_until
-    rows = holdout.train[fresh]
+        fresh &= table.ts[training.train] > seen_until
+    rows = training.train[fresh]
     if len(rows) == 0:
         raise TrainerError(
             f"incremental training found no new labelled feedback to train on "
             f"(feedback predicted after the champion's data window end {seen_until}, "
             f"outside the holdout)"
         )
-    return rows
+    return rows, weights, None
+
+
+def _best_recipe(
+    config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
+    inputs: Inputs,
+    training: plan.TrainingPlan,
+    progress: Progress,
+) -> tuple[plan.Recipe, np.ndarray]:
+    """The recipe whose cross-fitted predictions of the rows since the cut score best, and those predictions."""
+    table = inputs.table
+    metric = evaluation.PRIMARY_METRIC[config.task]
+    sign = 1.0 if evaluation.GREATER_IS_BETTER[metric] else -1.0
+    y_true = table.y[training.holdout]
+
+    def fit_predict(rows: np.ndarray, weights: np.ndarray, test: np.ndarray) -> np.ndarray:
+        return np.asarray(_fit_fold(config, spec, inputs, rows, weights).predict(table.matrix(test)))
+
+    def score(predicted: np.ndarray) -> float:
+        value = evaluation.metrics(config.task, y_true, predicted)[metric]
+        return -math.inf if value is None else sign * value
+
+    best, predicted, scores = plan.best_recipe(training, fit_predict, score)
+    inputs.recipe_scores = {name: sign * value for name, value in scores.items() if math.isfinite(value)}
+    progress(
+        f"cross-fitted {metric} of each recipe on the rows since the cut: {inputs.recipe_scores}; chose {best.name}"
+    )
+    return best, predicted
+
+
+def _fit_fold(
+    config: TrainerConfig, spec: estimators.EstimatorSpec, inputs: Inputs, rows: np.ndarray, weights: np.ndarray
+) -> Any:
+    """A model like the published one, fitted on some of its rows: judges the rows it did not see."""
+    table = inputs.table
+    y, _ = split.flip_labels(
+        table.y[rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
+    )
+    estimator = estimators.make_estimator(spec, config.hyperparameters, config.seed)
+    pipeline = estimators.make_pipeline(spec, estimator, inputs.features, table.feature_types)
+    return estimators.fit(pipeline, table.matrix(rows), y, weights)
 
 
 def _check_training_labels(config: TrainerConfig, y_train: np.ndarray) -> None:
@@ -340,12 +400,18 @@ def _fit(
 
 
 def evaluate(
-    config: TrainerConfig, table: LabelledTable, holdout: split.Split, model: Any, champion: Champion | None
+    config: TrainerConfig,
+    table: LabelledTable,
+    holdout: split.Split,
+    model: Any,
+    champion: Champion | None,
+    out_of_fold: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Challenger and champion scored on the same holdout rows; the report and the predictions."""
+    """Challenger and champion scored on the same holdout rows; the report and the predictions. With
+    cross-fitting the challenger's predictions are `out_of_fold` (each row by a model that did not see it)."""
     rows = holdout.holdout
     y_true = table.y[rows]
-    predictions = {"challenger": model.predict(table.matrix(rows))}
+    predictions = {"challenger": model.predict(table.matrix(rows)) if out_of_fold is None else out_of_fold}
     if champion is not None:
         predictions["champion"] = _champion_predictions(champion, table, rows)
     labels = evaluation.labels_of(y_true, *predictions.values()) if config.task == "classification" else []
