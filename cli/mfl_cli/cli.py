@@ -4,7 +4,8 @@ a pause or a retraining, read a version's error analysis, run the demo and bench
 mfl get [LOOP] [-A] [-o json|yaml]         loops: phase, serving version, canary, age
 mfl status LOOP [--watch] [-o json|yaml]   phase, conditions, metrics, retraining, canary evidence
 mfl versions LOOP [--storage DIR]          every version with its outcome (status history + registry)
-mfl report LOOP [--version N] [--storage DIR]   error analysis of a version
+mfl report LOOP [--version N] [--storage DIR] [-o json|yaml]
+                                           a version's error analysis and what it was trained on
 mfl promote|abort|pause|resume LOOP        act on the running canary (the operator acts asynchronously)
 mfl retrain LOOP                           retrain now (skips the cooldown, not the daily budget)
 mfl demo                                   the whole loop on this machine (see `mfl demo --help`)
@@ -21,6 +22,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedbackloop.timeutil import format_time
 from mfl_cli import kube, views
 from mfl_cli.views import table
 
@@ -185,6 +188,10 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
         f"holdout: {holdout.get('rows')} rows, {holdout.get('strategy')}"
         + (f" ({holdout['reason']})" if holdout.get("reason") else "")
     )
+    if isinstance(report.get("trainingData"), dict):  # trainers before change-point training wrote none
+        out += render_training_data(report["trainingData"], holdout, report.get("metric"))
+    if isinstance(report.get("paired"), dict):
+        out.append(LABEL.format("paired:") + render_paired(report["paired"], report.get("task")))
     for role in ("challenger", "champion"):
         part = report.get(role)
         if not part:
@@ -224,6 +231,82 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
     if png.exists():
         out += ["", f"confusion matrix plot: {png}"]
     return "\n".join(out) + "\n"
+
+
+LABEL = "{:<16}"  # "training data:  ...", its continuation lines indented alike
+CROSS_FITTED = "post_change_cross_fitted"
+GREATER_IS_BETTER = {"accuracy": True, "f1_macro": True, "mae": False, "rmse": False, "r2": True}  # the trainer's
+JUDGED_ON = {  # the trainer's holdout strategies (mfl_trainer.plan, .split), as the report says them
+    "post_change_stratified": "on a stratified share of the rows since the change",
+    "time_ordered_feedback": "on the newest feedback",
+    "stratified_random_base": "on a stratified random share of the base data",
+    "random_base": "on a random share of the base data",
+}
+
+
+def _number(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+def render_training_data(training: dict[str, Any], holdout: dict[str, Any], metric: Any = None) -> list[str]:
+    """What the version learned from (the trainer's `trainingData`): the change it trained since, found now,
+    found for an earlier version, or none; the rows; how it was judged; the recipes' cross-fitted scores."""
+    cut, since = training.get("cut"), training.get("conceptSince")
+    if isinstance(cut, dict):
+        method = str(cut.get("method") or "change test").split(",")[0]
+        origin = (
+            f"since the change at {_when(cut.get('ts'))} (served error {_number(cut.get('errorBefore'), '.2f')} -> "
+            f"{_number(cut.get('errorAfter'), '.2f')}, {method} p={_number(cut.get('pValue'), '.2g')}; "
+            f"{_number(cut.get('rowsBefore'), ',')} rows before, {_number(cut.get('rowsAfter'), ',')} after)"
+        )
+    elif since is not None:
+        origin = f"since the change at {_when(since)} found for an earlier version"
+    else:
+        origin = "base data and the data window (no change found)"
+    rows = (
+        f"trained on {_number(training.get('trainFeedback'), ',')} feedback rows, "
+        f"{_number(training.get('trainBase'), ',')} base rows"
+    )
+    strategy = training.get("holdoutStrategy") or holdout.get("strategy")
+    if strategy == CROSS_FITTED:
+        folds = re.search(r"(\d+) folds", str(holdout.get("reason") or ""))
+        rows += "; judged cross-fitted" + (f" ({folds.group(1)} folds)" if folds else "")
+    elif strategy:
+        if isinstance(cut, dict) or since is not None:  # the trainer fell back to the base data and the window
+            rows += " (too few since the change to train on them alone)"
+        rows += f"; judged {JUDGED_ON.get(str(strategy), str(strategy))}"
+    recipes = training.get("recipes")
+    if isinstance(recipes, dict) and recipes:
+        rows += "; recipes: " + ", ".join(
+            f"{name} {_number(score, '.3f')}" + (" (trained)" if name == _best(recipes, metric) else "")
+            for name, score in recipes.items()
+        )
+    return [LABEL.format("training data:") + origin, LABEL.format("") + rows]
+
+
+def _best(scores: dict[str, Any], metric: Any) -> str | None:
+    """The recipe the trainer trained: the best cross-fitted score of the report's metric, the first on a tie
+    (mfl_trainer.plan.best_recipe); None when the metric's direction is unknown."""
+    if metric not in GREATER_IS_BETTER:
+        return None
+    numbers = {name: float(v) for name, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not numbers:
+        return None
+    sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
+    return max(numbers, key=lambda name: sign * numbers[name])
+
+
+def _when(ts: Any) -> str:
+    return (format_time(float(ts)) or "?") if isinstance(ts, (int, float)) and not isinstance(ts, bool) else "?"
+
+
+def render_paired(paired: dict[str, Any], task: Any) -> str:
+    """The holdout rows only one model got right (closer, for regression): the gate's sign test counts."""
+    better = "right where champion wrong" if task != "regression" else "closer than champion"
+    return (
+        f"challenger {better} on {_number(paired.get('challengerOnly'), ',')} rows, "
+        f"the reverse on {_number(paired.get('championOnly'), ',')}"
+    )
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -300,7 +383,8 @@ def cmd_report(args: argparse.Namespace, loops: kube.Loops | None) -> int:
     if version is None or not (folder / "report.json").exists():
         print(f"no report for {model} version {version} under {root}", file=sys.stderr)
         return 2
-    sys.stdout.write(render_report(json.loads((folder / "report.json").read_text()), folder))
+    report = json.loads((folder / "report.json").read_text())
+    sys.stdout.write(views.dump(report, args.output) if args.output else render_report(report, folder))
     return 0
 
 
@@ -421,6 +505,7 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
         command.add_argument("--offline", action="store_true", help="read only --storage, not the cluster")
         if name == "report":
             command.add_argument("--version", type=int, help="default: the serving version")
+            command.add_argument("-o", "--output", choices=views.FORMATS, help="the report.json as it is")
     for verb, help_ in WRITE_VERBS.items():
         loop_command(verb, cmd_request, help_).set_defaults(verb=verb)
     bench = sub.add_parser("bench", help="run every benchmark and print its table")
