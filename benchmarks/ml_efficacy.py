@@ -27,12 +27,15 @@ Strategies:
   clone is fitted on the same training table;
 - loop: the operator's real decision function, `phases.decide(World(...))`, once per tick: the accuracy
   rule (threshold, `for`, minSamples) through `monitoring.evaluate_rule` on the stable version's labels,
-  cooldown and budget, a simulated training Job whose challenger is trained and gated exactly as the
-  trainer does it (the newest `holdoutFraction` of the feedback is the holdout and is not trained on),
-  then the canary steps judged by the sequential analysis on the labels of the rows each arm served;
-- oracle, the label-delay oracle: knows where each drift is and which concept labelled each row, and
-  nothing else. After a drift it trains only on labelled rows (row < now - label delay) at or after the
-  drift that belong to the newest concept, refitting when there are 100, 200, 400, ... of them up to
+  cooldown and budget, a simulated training Job whose challenger is trained and judged by the trainer's
+  own plan (mfl_trainer.plan: the cut at the last rise of the served error, cross-fitted recipes on the
+  rows since it; without a cut, the newest `holdoutFraction` of the feedback held out), the offline gate
+  (with the sign test when breached), then the canary steps judged by the sequential analysis on the
+  labels of the rows each arm served;
+- oracle, the label-delay oracle: knows when each drift happened (a gradual drift: its midpoint), and
+  nothing else (not which row of a gradual mixture follows which concept: nothing can know that). After a
+  drift it trains only on labelled rows (row < now - label delay) at or after the drift, refitting when
+  there are 100, 200, 400, ... of them up to
   `window`, then on the last `window` of them every `window` new ones until the next drift. No base data,
   no old concept, no row whose label has not arrived: what retraining can reach under the label delay when
   the drift is known the moment it happens (nothing real knows that), a reference, not an unreachable bound.
@@ -117,6 +120,10 @@ class Settings:
     canary_min_samples: int = 200
     canary_max_duration: int = 3_600
     replicas: int = 2
+    change_point: bool = True  # retraining.changePoint.enabled
+    change_point_min_rows: int = 100
+    change_point_alpha: float = 0.01
+    superior_when_breached: bool = True  # retraining.gate.superiorWhenBreached
 
 
 def quick_settings(rows: int = 8_000, seed: int = 7) -> Settings:
@@ -171,7 +178,7 @@ class Case(StreamSpec):
 
     X: np.ndarray
     y: np.ndarray
-    concept: np.ndarray  # the concept that labelled each row (only the oracle looks)
+    concept: np.ndarray  # the concept that labelled each row (for tests and plots: no strategy looks)
     base_X: np.ndarray
     base_y: np.ndarray
 
@@ -326,7 +333,8 @@ def every(rows: int, tick: int) -> Callable[[int], bool]:
 
 
 class Oracle(Retrainer):
-    """The label-delay oracle: after each drift, refitted on the labelled rows of the new concept only."""
+    """The label-delay oracle: knows when each drift happened (a gradual one: its midpoint) and, after it,
+    is refitted on the labelled rows since then only."""
 
     def __init__(self, lab: Lab) -> None:
         super().__init__("oracle", lab, never)
@@ -342,7 +350,9 @@ class Oracle(Retrainer):
         if concept == 0:
             return
         drift = case.drifts[concept - 1]
-        rows = drift + np.flatnonzero(case.concept[drift:end] == concept)
+        # Every labelled row since the drift: it knows when, not which row of a gradual mixture follows
+        # which concept (no system can; for an abrupt drift the two are the same).
+        rows = np.arange(drift, end)
         if len(rows) < self.due_at:
             return
         rows = rows[-self.lab.settings.window :]
@@ -470,6 +480,12 @@ def loop_spec(settings: Settings, threshold: float) -> api.ModelFeedbackLoopSpec
                 "recentWeight": settings.recent_weight,
                 "cooldown": seconds(settings.cooldown),
                 "maxRetrainsPerDay": settings.max_retrains_per_day,
+                "changePoint": {
+                    "enabled": settings.change_point,
+                    "minRows": settings.change_point_min_rows,
+                    "alpha": settings.change_point_alpha,
+                },
+                "gate": {"superiorWhenBreached": settings.superior_when_breached},
             },
             "rollout": {
                 "steps": [{"weight": w, "pause": seconds(p)} for w, p in settings.canary_steps],
@@ -834,8 +850,8 @@ def print_settings(settings: Settings) -> None:
     )
     print(
         f"sched N: every N rows, ungated | ADWIN: river DriftRetrainingClassifier + ADWIN(delta=0.002) on the "
-        f"0/1 errors | oracle (label-delay oracle): knows the drifts; refitted on the labelled rows of the new "
-        f"concept only, at {ORACLE_FIRST_FIT}, {2 * ORACLE_FIRST_FIT}, {4 * ORACLE_FIRST_FIT}, ... of them up to "
+        f"0/1 errors | oracle (label-delay oracle): knows when each drift happened; refitted on the labelled rows "
+        f"since then only, at {ORACLE_FIRST_FIT}, {2 * ORACLE_FIRST_FIT}, {4 * ORACLE_FIRST_FIT}, ... of them up to "
         f"{s.window}, then on the last {s.window} every {s.window}"
     )
     print(

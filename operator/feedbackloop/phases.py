@@ -192,15 +192,16 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
 
 
 def breach_retry_wait(status: LoopStatus, cooldown: float) -> float:
-    """The cooldown after challengers the gate rejected while breached: an eighth of it after the first,
-    doubling with each rejection in a row up to the whole. Waiting the whole cooldown keeps a failing
-    champion serving; retrying at once burns the budget on the same labels. More labels arrive meanwhile."""
+    """The cooldown after a challenger the gate rejected while breached: half of it, then the whole after a
+    second rejection in a row. The whole cooldown keeps a failing champion serving; retrying at once spends
+    the budget on nearly the same labels (benchmarks/ml_efficacy.py measured an eighth, a quarter and half:
+    half retrained least for the same recovery; docs/retraining.md)."""
     rejected = 0
     for record in reversed(status.get("history") or []):
-        if record.get("outcome") != "Rejected":
+        if record.get("outcome") != "Rejected" or record.get("trigger") != "Breach":
             break
         rejected += 1
-    return cooldown if rejected == 0 else cooldown / 2 ** max(0, 4 - rejected)
+    return cooldown / 2 if rejected == 1 else cooldown
 
 
 def retrain_trigger(world: World, status: LoopStatus) -> tuple[str, str]:
@@ -561,11 +562,20 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
 
 
 def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
-    """Passed its analysis; or shown better than a breached champion offline and not failing (still running):
-    a collapsing champion is not kept serving for another label delay to prove what the holdout showed."""
-    return phase is AnalysisPhase.SUCCESSFUL or (
-        bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING
-    )
+    """Passed its analysis; or shown better than a breached champion offline and, at every check's last
+    look, not failing and observed (no query errors): a collapsing champion is not kept serving for
+    another label delay to prove what the holdout showed, but an unobserved canary is not promoted."""
+    if phase is AnalysisPhase.SUCCESSFUL:
+        return True
+    evidence = rollout.get("evidence") or []
+    observed = bool(evidence) and all(e.get("decision") != "Error" for e in evidence)
+    return bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING and observed
+
+
+def _ready(rollout: RolloutState) -> str:
+    if rollout.get("analysisPhase") == AnalysisPhase.SUCCESSFUL.value:
+        return "passed its analysis"
+    return "beat the breached champion offline and its analysis is not failing"
 
 
 def _promotion_reason(rollout: RolloutState, verdict: Any) -> str:
@@ -607,7 +617,7 @@ def _promotion_held(world: World, decision: Decision, rollout: RolloutState, now
         decision.event(
             "Normal",
             "PromotionAwaitingConfirmation",
-            f"version {rollout['version']} passed its analysis; asking {url} to confirm its promotion",
+            f"version {rollout['version']} {_ready(rollout)}; asking {url} to confirm its promotion",
         )
     return True
 
@@ -714,7 +724,7 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
     rollout = status.get("rollout")
     gate = spec.rollout.confirm_promotion
     if phase == CANARY and rollout and gate and awaiting_promotion(spec, rollout, world.now):
-        message = f"version {rollout['version']} passed its analysis; waiting for {redact(gate.url)} to confirm"
+        message = f"version {rollout['version']} {_ready(rollout)}; waiting for {redact(gate.url)} to confirm"
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, AWAITING_CONFIRMATION, message))
     elif phase in (RETRAINING, CANARY):
         work = status.get("retraining") or status.get("rollout") or {}

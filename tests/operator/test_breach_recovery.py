@@ -352,6 +352,8 @@ def test_confirm_promotion_still_holds_an_offline_superior_canary() -> None:
         ({"step": 0}, False),
         ({"stepStartedAt": format_time(NOW + 30)}, False),
         ({"paused": True}, False),
+        ({"evidence": []}, False),  # never looked at: not observed
+        ({"evidence": [{"name": "accuracy", "decision": "Error", "message": "query failed"}]}, False),
     ],
 )
 def test_awaiting_promotion_of_an_offline_superior_canary(change: dict[str, Any], expected: bool) -> None:
@@ -363,6 +365,7 @@ def test_awaiting_promotion_of_an_offline_superior_canary(change: dict[str, Any]
         "stepStartedAt": format_time(NOW),
         "analysisPhase": "Running",
         "offlineSuperior": True,
+        "evidence": [{"name": "accuracy", "decision": "Pending", "message": "waiting for samples"}],
     }
     assert awaiting_promotion(canary_spec(), {**rollout, **change}, NOW + 60) is expected
 
@@ -370,7 +373,7 @@ def test_awaiting_promotion_of_an_offline_superior_canary(change: dict[str, Any]
 # --- the cooldown after rejected challengers while breached --------------------------------------------
 
 # Share of the cooldown a Breach retraining waits after k Rejected outcomes in a row (phases.breach_retry_wait).
-SHARE_AFTER_REJECTIONS = {1: 1 / 8, 2: 1 / 4, 3: 1 / 2, 4: 1.0, 5: 1.0, 9: 1.0}
+SHARE_AFTER_REJECTIONS = {1: 1 / 2, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0, 9: 1.0}
 
 
 def rejections(k: int, last_at: float, then: str | None = None) -> list[dict[str, Any]]:

@@ -54,16 +54,22 @@ def kolmogorov_tail(c: float) -> float:
     return min(1.0, max(0.0, 2.0 * total))
 
 
-def cusum_test(errors: np.ndarray) -> Change | None:
-    """The single most likely change in the mean of `errors`, tested; None for a constant stream."""
+def cusum_test(errors: np.ndarray, margin: int = 1) -> Change | None:
+    """The most likely change in the mean of `errors` at least `margin` rows from either end, tested;
+    None for a (numerically) constant stream or one too short for such a split.
+
+    The split is the argmax of |S_k| over the admissible k only, so a short run at an edge (the tail of an
+    older drift at the start of the window) cannot hide a change in the middle; T there is at most the
+    unrestricted maximum, so Kolmogorov's tail stays a valid, conservative p-value."""
     n = len(errors)
-    if n < 2:
+    if n < 2 * margin or n < 2:
         return None
-    deviation = np.std(errors)
-    if deviation == 0:
+    deviation = float(np.std(errors))
+    if deviation <= 1e-12 * max(1.0, float(np.abs(errors).mean())):
         return None
-    partial = np.cumsum(errors - errors.mean())[:-1]  # S_1 .. S_{n-1}: a split leaves both sides non-empty
-    k = int(np.argmax(np.abs(partial)))
+    partial = np.cumsum(errors - errors.mean())[:-1]  # S_1 .. S_{n-1}: index k splits after row k
+    admissible = np.abs(partial[margin - 1 : n - margin])
+    k = margin - 1 + int(np.argmax(admissible))
     statistic = float(abs(partial[k]) / (deviation * math.sqrt(n)))
     index = k + 1
     return Change(
@@ -85,12 +91,10 @@ def find_changes(
         start, stop = pending.pop()
         if stop - start < 2 * min_segment:
             continue
-        change = cusum_test(np.asarray(errors[start:stop], dtype=np.float64))
+        change = cusum_test(np.asarray(errors[start:stop], dtype=np.float64), margin=min_segment)
         if change is None or change.p_value > alpha:
             continue
         index = start + change.index
-        if index - start < min_segment or stop - index < min_segment:
-            continue  # at the edge of the segment: an outlier run, not a located change
         found.append(Change(index, change.before, change.after, change.statistic, change.p_value))
         pending += [(start, index), (index, stop)]
     return sorted(found, key=lambda c: c.index)

@@ -264,7 +264,10 @@ def _json_lines(files: list[Path], stats: Counter, malformed_key: str) -> Iterat
 def _digest_rows(rows: list[FeedbackRow]) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row.id, row.ts, row.features, row.label], sort_keys=True, default=str).encode())
+        served = [] if row.prediction is None else [row.prediction]  # older logs keep their digest
+        digest.update(
+            json.dumps([row.id, row.ts, row.features, row.label, *served], sort_keys=True, default=str).encode()
+        )
         digest.update(b"\n")
     return digest.hexdigest()
 
