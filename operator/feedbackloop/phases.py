@@ -562,14 +562,16 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
 
 
 def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
-    """Passed its analysis; or shown better than a breached champion offline and, at every check's last
-    look, not failing and observed (no query errors): a collapsing champion is not kept serving for
-    another label delay to prove what the holdout showed, but an unobserved canary is not promoted."""
+    """Passed its analysis; or shown better than a breached champion offline, not failing, and seen serving
+    at the last look (its requests counted, no query errors): a collapsing champion is not kept serving for
+    another label delay to prove what the holdout showed, but a canary nobody can see (a Prometheus outage)
+    is not promoted."""
     if phase is AnalysisPhase.SUCCESSFUL:
         return True
     evidence = rollout.get("evidence") or []
-    observed = bool(evidence) and all(e.get("decision") != "Error" for e in evidence)
-    return bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING and observed
+    no_errors = all(e.get("decision") != "Error" for e in evidence)
+    serving = any(e.get("name") == "availability" and (e.get("values") or {}) for e in evidence)
+    return bool(rollout.get("offlineSuperior")) and phase is AnalysisPhase.RUNNING and no_errors and serving
 
 
 def _ready(rollout: RolloutState) -> str:

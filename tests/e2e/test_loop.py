@@ -4,6 +4,8 @@ canary judged by the sequential analysis -> promotion or rollback, across operat
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +113,7 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     try:
         loops.wait(ns, "churn", lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy", 90, "healthy")
         traffic.concept = 1  # drift
+        drift_at = time.time()
         status = loops.wait(
             ns,
             "churn",
@@ -125,9 +128,18 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
         assert (storage / "churn" / "versions" / "2" / "confusion.png").exists()
         assert deployment(kubectl, ns, "churn-canary")["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
         status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "promotion of version 2")
+        # The promoted model recovers: version 2's own labels bring the accuracy rule back within bounds.
+        loops.wait(
+            ns,
+            "churn",
+            lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy" and s.get("phase") == "Monitoring",
+            120,
+            "version 2 healthy on the drifted traffic",
+        )
     finally:
         traffic.stop()
     assert history_outcomes(status)[-1] == (2, "Promoted")
+    assert_trained_since_the_drift(storage, drift_at)
     assert {"RetrainingStarted", "CandidatePassedGate", "CanaryStarted", "Promoted"} <= set(loops.reasons(ns, "churn"))
     stable = deployment(kubectl, ns, "churn")
     assert stable["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
@@ -135,6 +147,28 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     while deployment(kubectl, ns, "churn-canary") is not None and time.monotonic() < deadline:
         time.sleep(1)
     assert deployment(kubectl, ns, "churn-canary") is None
+
+
+def assert_trained_since_the_drift(storage: Path, drift_at: float) -> None:
+    """Version 2's metadata names the change point the trainer found in the served error (issue 11): at the
+    drift, within the few seconds the traffic generator takes to switch, and trained on the rows since it."""
+    metadata = json.loads((storage / "churn" / "versions" / "2" / "metadata.json").read_text())
+    training = metadata["trainingData"]
+    cut = training["cut"]
+    assert cut is not None, training
+    assert drift_at - 5 <= cut["ts"] <= drift_at + 15, (cut, drift_at)
+    assert cut["errorAfter"] > cut["errorBefore"] + 0.2 and cut["pValue"] < 1e-6
+    assert training["conceptSince"] == cut["ts"] and training["holdoutStrategy"] == "post_change_cross_fitted"
+    assert set(training["recipes"]) == {"sinceCut", "withHistory"}
+    report = json.loads((storage / "churn" / "versions" / "2" / "report.json").read_text())
+    assert report["paired"]["challengerOnly"] > report["paired"]["championOnly"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "mfl_cli", "report", "churn", "--offline", "--storage", str(storage), "--version", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "training data:  since the change at" in shown and "CUSUM p=" in shown, shown
 
 
 def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, kubectl, k8s_namespace):

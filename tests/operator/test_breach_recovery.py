@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from feedbackloop import api, phases, resources
-from feedbackloop.canary import CanaryObservation
+from feedbackloop.canary import ArmCounts, CanaryObservation
 from feedbackloop.gate import offline_gate, sign_test_p
 from feedbackloop.phases import (
     AWAITING_CONFIRMATION,
@@ -234,6 +234,8 @@ def finished(trigger: str, result: dict[str, Any], spec: api.ModelFeedbackLoopSp
 
 
 NO_DATA_YET = CanaryObservation()  # the canary's labels have not arrived: its analysis stays Running
+# ... but its requests are counted: it is seen serving (an offline-superior canary may then be promoted)
+SERVING_NO_LABELS = CanaryObservation(availability=(ArmCounts(90.0, 90.0), ArmCounts(400.0, 400.0)))
 
 
 def follow(status: dict[str, Any], spec: api.ModelFeedbackLoopSpec, observation: CanaryObservation,
@@ -259,10 +261,20 @@ def test_a_breach_retraining_shown_superior_starts_an_offline_superior_canary() 
     assert len(passed) == 1 and "superior to the breached champion" in passed[0]
 
 
+@pytest.mark.parametrize(
+    "unseen", [NO_DATA_YET, CanaryObservation(outage="connection refused")], ids=["no-requests", "outage"]
+)
+def test_an_offline_superior_canary_nobody_sees_serving_is_not_promoted(unseen: CanaryObservation) -> None:
+    spec = canary_spec()
+    start = finished("Breach", SUPERIOR, spec).status
+    seen = follow(start, spec, unseen, [NOW + 60 * k for k in range(1, 6)])
+    assert seen[-1].status["rollout"] is not None and seen[-1].status["currentVersion"] == 1
+
+
 def test_an_offline_superior_canary_is_promoted_after_its_steps_while_still_running() -> None:
     spec = canary_spec()
     start = finished("Breach", SUPERIOR, spec).status
-    seen = follow(start, spec, NO_DATA_YET, [NOW + 30, NOW + 60, NOW + 119, NOW + 120])
+    seen = follow(start, spec, SERVING_NO_LABELS, [NOW + 30, NOW + 60, NOW + 119, NOW + 120])
     at_30, at_60, at_119, at_120 = seen
     assert at_30.status["rollout"]["step"] == 0 and at_30.status["rollout"]["analysisPhase"] == "Running"
     assert at_60.status["rollout"]["step"] == 1 and ("Normal", "CanaryStep") in events(at_60)
@@ -289,7 +301,7 @@ def test_an_offline_superior_canary_whose_analysis_fails_is_rolled_back() -> Non
 def test_an_offline_superior_canary_failing_at_the_moment_of_promotion_is_rolled_back() -> None:
     spec = canary_spec()
     start = finished("Breach", SUPERIOR, spec).status
-    at_last_step = follow(start, spec, NO_DATA_YET, [NOW + 60, NOW + 110])[-1].status
+    at_last_step = follow(start, spec, SERVING_NO_LABELS, [NOW + 60, NOW + 110])[-1].status
     assert at_last_step["rollout"]["step"] == 1
     d = follow(at_last_step, spec, counts(0.60, 0.90, 2000), [NOW + 120])[-1]  # the first labels: far worse
     assert d.status["currentVersion"] == 1 and d.status["history"][-1]["outcome"] == "RolledBack"
@@ -308,7 +320,7 @@ def test_other_triggers_set_no_offline_superiority_and_need_a_successful_analysi
     spec = canary_spec()
     start = finished(trigger, SUPERIOR, spec).status
     assert start["rollout"]["offlineSuperior"] is False
-    waiting = follow(start, spec, NO_DATA_YET, [NOW + 60 * k for k in range(1, 11)])
+    waiting = follow(start, spec, SERVING_NO_LABELS, [NOW + 60 * k for k in range(1, 11)])
     assert waiting[-1].status["rollout"] is not None and waiting[-1].status["currentVersion"] == 1
     assert waiting[-1].status["rollout"]["step"] == 1  # at its last step, held for its analysis
     proven = follow(start, spec, counts(0.90, 0.90, 20000), [NOW + 60 * k for k in range(1, 11)])
@@ -320,15 +332,15 @@ def test_other_triggers_set_no_offline_superiority_and_need_a_successful_analysi
 def test_a_paused_offline_superior_canary_holds() -> None:
     spec = canary_spec()
     start = finished("Breach", SUPERIOR, spec).status
-    held = follow(start, spec, NO_DATA_YET, [NOW + 60, NOW + 61], requests={"pause": "p1"})
-    later = follow(held[-1].status, spec, NO_DATA_YET, [NOW + 300, NOW + 600], requests={"pause": "p1"})
+    held = follow(start, spec, SERVING_NO_LABELS, [NOW + 60, NOW + 61], requests={"pause": "p1"})
+    later = follow(held[-1].status, spec, SERVING_NO_LABELS, [NOW + 300, NOW + 600], requests={"pause": "p1"})
     assert later[-1].status["rollout"]["paused"] is True and later[-1].status["currentVersion"] == 1
 
 
 def test_confirm_promotion_still_holds_an_offline_superior_canary() -> None:
     spec = canary_spec(confirmPromotion={"url": "https://approvals.example.com/mfl"})
     start = finished("Breach", SUPERIOR, spec).status
-    seen = follow(start, spec, NO_DATA_YET, [NOW + 60, NOW + 120, NOW + 180])
+    seen = follow(start, spec, SERVING_NO_LABELS, [NOW + 60, NOW + 120, NOW + 180])
     held = seen[-1].status
     assert held["rollout"] and held["currentVersion"] == 1 and held["rollout"]["analysisPhase"] == "Running"
     assert awaiting_promotion(spec, held["rollout"], NOW + 180)
@@ -336,7 +348,7 @@ def test_confirm_promotion_still_holds_an_offline_superior_canary() -> None:
     assert (reconciling["status"], reconciling["reason"]) == ("True", AWAITING_CONFIRMATION)
     asked = [reason for d in seen for _, reason in events(d)]
     assert asked.count("PromotionAwaitingConfirmation") == 1 and "Promoted" not in asked
-    confirmed = follow(held, spec, NO_DATA_YET, [NOW + 240], promotion_confirmed=True)[-1]
+    confirmed = follow(held, spec, SERVING_NO_LABELS, [NOW + 240], promotion_confirmed=True)[-1]
     assert confirmed.status["currentVersion"] == 2 and ("Normal", "Promoted") in events(confirmed)
 
 
@@ -354,6 +366,10 @@ def test_confirm_promotion_still_holds_an_offline_superior_canary() -> None:
         ({"paused": True}, False),
         ({"evidence": []}, False),  # never looked at: not observed
         ({"evidence": [{"name": "accuracy", "decision": "Error", "message": "query failed"}]}, False),
+        (  # a Prometheus outage: every check is no data
+            {"evidence": [{"name": "availability", "decision": "Pending", "message": "Prometheus unavailable"}]},
+            False,
+        ),
     ],
 )
 def test_awaiting_promotion_of_an_offline_superior_canary(change: dict[str, Any], expected: bool) -> None:
@@ -365,7 +381,10 @@ def test_awaiting_promotion_of_an_offline_superior_canary(change: dict[str, Any]
         "stepStartedAt": format_time(NOW),
         "analysisPhase": "Running",
         "offlineSuperior": True,
-        "evidence": [{"name": "accuracy", "decision": "Pending", "message": "waiting for samples"}],
+        "evidence": [
+            {"name": "accuracy", "decision": "Pending", "message": "no labelled feedback in one of the arms yet"},
+            {"name": "availability", "decision": "Pending", "message": "waiting for samples", "values": {"n": 90}},
+        ],
     }
     assert awaiting_promotion(canary_spec(), {**rollout, **change}, NOW + 60) is expected
 
@@ -574,6 +593,8 @@ def test_the_engine_promotes_an_offline_superior_canary_without_canary_labels() 
         bed.cycle(now + 10 * step)
     assert bed.status()["retraining"]["trigger"] == "Breach"
     bed.kube.finish_job("team-a/churn-train-v2", True, superior_termination(2))
+    requests = [({"track": "canary", "version": "2"}, 90.0), ({"track": "stable", "version": "1"}, 400.0)]
+    bed.prometheus.answer('endpoint="predict"}[', requests)  # served and counted, no labels yet
     now += 60
     bed.cycle(now)
     status = bed.status()
