@@ -103,16 +103,16 @@ class Settings:
     label_delay: int = 500  # rows (= seconds) from a prediction to its label; a stream may have its own
     window: int = 5_000  # labelled rows in every training table (retraining.dataWindow)
     base_rows: int = 3_000  # concept-0 base data, always in the table
-    recent_weight: float = 4.0  # weight of feedback rows against base rows
+    recent_weight: float = 4.0  # weight of feedback rows against base rows (retraining.recentWeight's default)
     tick: int = 30  # rows between looks (monitoring and analysis interval: 30s)
     schedules: tuple[int, ...] = (4_000, 8_000)
     post_drift_span: int = 5_000  # accuracy measured over these rows after each drift
     # the loop's spec
     rule_window: int = 600  # the accuracy rule's query window (labels that arrived in the last 10m)
-    rule_for: int = 300  # `for`: 5m
+    rule_for: int = 300  # `for`: 5m, the CRD's default
     rule_min_samples: int = 200
-    cooldown: int = 1_800  # 30m
-    max_retrains_per_day: int = 24
+    cooldown: int = 1_800  # 30m, the CRD's default
+    max_retrains_per_day: int = 12  # the CRD's default
     holdout_fraction: float = 0.25
     training_seconds: int = 120  # how long the simulated training Job runs
     canary_steps: tuple[tuple[int, int], ...] = ((20, 120), (50, 120))  # (weight %, pause s): the defaults
@@ -522,6 +522,7 @@ class FeedbackLoop:
         self.timeline: list[tuple[int, str]] = []
         self.promotions: list[tuple[int, int, int]] = []  # (time, replaced version, promoted version)
         self.concept_since: dict[int, float | None] = {1: None}  # each version's trainingData.conceptSince
+        self.trained_until: dict[int, float] = {}  # each version's dataWindow.end (version 1: base data only)
         self.cuts = 0
         self.recipes: Counter[str] = Counter()
 
@@ -643,10 +644,15 @@ class FeedbackLoop:
         challenger = self.lab.fit(table.X[rows], table.y[rows], weights, now)
         self.models[action.version] = challenger
         self.concept_since[action.version] = training.concept_since
+        self.trained_until[action.version] = float(self.lab.labelled_end(now))
         self.cuts += training.cut is not None
-        X, y = table.X[training.holdout], table.y[training.holdout]
+        ts = np.where(table.rows >= 0, table.rows, np.nan).astype(float)[training.holdout]
+        judged = plan.unseen_by_champion(ts, self.trained_until.get(parent), MIN_HOLDOUT_ROWS)
+        X, y = table.X[training.holdout][judged], table.y[training.holdout][judged]
         if challenger_predictions is None:
             challenger_predictions = challenger.estimator.predict(X)
+        else:
+            challenger_predictions = challenger_predictions[judged]
         challenger_ok, champion_ok = challenger_predictions == y, self.models[parent].estimator.predict(X) == y
         summary = {
             "ok": True,

@@ -343,10 +343,10 @@ class MetricRule(ApiModel):
     min: float | None = Field(default=None, description="Out of bounds below this value. Set min, max or both.")
     max: float | None = Field(default=None, description="Out of bounds above this value. Set min, max or both.")
     for_: Duration = Field(
-        default=DurationText("0s"),
+        default=DurationText("5m"),
         alias="for",
         description="How long the value must stay out of bounds before the rule breaches, as an alerting "
-        "rule's `for`: a duration. Default 0s.",
+        "rule's `for`: a duration. Default 5m (docs/retraining.md).",
     )
     on_no_data: Literal["hold", "ignore", "breach"] = Field(
         default="hold",
@@ -568,11 +568,11 @@ class Retraining(ApiModel):
         "(not with ridge). Default false.",
     )
     recent_weight: float = Field(
-        default=1.0,
+        default=4.0,
         ge=1,
         le=100,
         description="Sample weight of labelled feedback rows against base-data rows (weight 1), 1 to 100; higher "
-        "adapts faster after a drift. Default 1.",
+        "adapts faster after a drift. Default 4 (docs/retraining.md).",
     )
     schedule: str | None = Field(
         default=None,
@@ -581,16 +581,16 @@ class Retraining(ApiModel):
         "maxRetrainsPerDay; omitted: none.",
     )
     cooldown: Duration = Field(
-        default=DurationText("1h"),
+        default=DurationText("30m"),
         description="Minimum time from the last retraining's start or outcome to the next one (a retrain request "
-        "skips it): a duration. Default 1h.",
+        "skips it; half after a rejected breach challenger): a duration. Default 30m (docs/retraining.md).",
     )
     max_retrains_per_day: int = Field(
-        default=3,
+        default=12,
         ge=0,
         le=100,
         description="Retrainings that may start in any 24 hours, requested ones included (the first version is "
-        "never held back), 0 to 100. Default 3.",
+        "never held back), 0 to 100. Default 12 (docs/retraining.md).",
     )
     failure_backoff: Duration = Field(
         default=DurationText("10m"),

@@ -86,7 +86,7 @@ def test_required_fields_enums_bounds_and_patterns_reach_the_schema():
     rule = spec["properties"]["monitoring"]["properties"]["metrics"]["items"]
     assert rule["properties"]["onNoData"]["enum"] == ["hold", "ignore", "breach"]
     assert rule["properties"]["for"]["pattern"] == api.DURATION_PATTERN
-    assert rule["properties"]["for"]["default"] == "0s"
+    assert rule["properties"]["for"]["default"] == "5m"
     replicas = spec["properties"]["model"]["properties"]["serving"]["properties"]["replicas"]
     assert (replicas["minimum"], replicas["maximum"], replicas["default"]) == (1, 100, 2)
     analysis = spec["properties"]["rollout"]["properties"]["analysis"]["properties"]

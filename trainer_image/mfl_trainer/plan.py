@@ -192,6 +192,17 @@ def best_recipe(
     return recipe, predicted, scores
 
 
+def unseen_by_champion(ts: np.ndarray, seen_until: float | None, min_rows: int) -> np.ndarray:
+    """Which judged rows the champion cannot have trained on (predicted after its data window ended), when
+    there are at least `min_rows` of them; else all (the comparison then favours the champion, never the
+    challenger). A champion scored on its own training rows looks better than it is: after it was trained
+    on the rows since a cut, every later challenger was judged against its in-sample accuracy."""
+    if seen_until is None:
+        return np.ones(len(ts), dtype=bool)
+    unseen = np.nan_to_num(ts, nan=-np.inf) > seen_until
+    return unseen if int(unseen.sum()) >= min_rows else np.ones(len(ts), dtype=bool)
+
+
 def _stratified_folds(rows: np.ndarray, y: np.ndarray, stratify: bool, seed: int) -> np.ndarray:
     """A fold per row, 0..FOLDS-1, dealt round-robin in a random order within each class."""
     rng = np.random.default_rng([seed, 11])

@@ -234,7 +234,7 @@ def train_and_publish(
     model, incremental = _fit(config, spec, estimator, inputs, X_train, y_train, weights)
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
-    report, predictions = evaluate(config, table, holdout, model, inputs.champion, out_of_fold)
+    report, predictions, y_judged = evaluate(config, table, holdout, model, inputs.champion, out_of_fold)
     rows = {
         "base": int((~table.is_feedback).sum()),
         "feedback": int(table.is_feedback.sum()),
@@ -252,7 +252,7 @@ def train_and_publish(
             config.storage_root,
             config.model,
             config.version,
-            lambda folder: _write_files(folder, config, model, metadata, report, table.y[holdout.holdout], predictions),
+            lambda folder: _write_files(folder, config, model, metadata, report, y_judged, predictions),
         )
     except registry.VersionExists:
         previous = registry.existing_metadata(config.storage_root, config.model, config.version) or {}
@@ -406,12 +406,18 @@ def evaluate(
     model: Any,
     champion: Champion | None,
     out_of_fold: np.ndarray | None = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Challenger and champion scored on the same holdout rows; the report and the predictions. With
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+    """Challenger and champion scored on the same holdout rows (those the champion did not train on, when
+    enough); the report, the predictions and the labels they were scored against. With
     cross-fitting the challenger's predictions are `out_of_fold` (each row by a model that did not see it)."""
-    rows = holdout.holdout
+    seen_until = (champion.metadata.get("dataWindow") or {}).get("end") if champion else None
+    judged = plan.unseen_by_champion(
+        table.ts[holdout.holdout], seen_until if isinstance(seen_until, (int, float)) else None, config.min_holdout_rows
+    )
+    rows = holdout.holdout[judged]
     y_true = table.y[rows]
-    predictions = {"challenger": model.predict(table.matrix(rows)) if out_of_fold is None else out_of_fold}
+    challenger = model.predict(table.matrix(rows)) if out_of_fold is None else out_of_fold[judged]
+    predictions = {"challenger": challenger}
     if champion is not None:
         predictions["champion"] = _champion_predictions(champion, table, rows)
     labels = evaluation.labels_of(y_true, *predictions.values()) if config.task == "classification" else []
@@ -436,7 +442,8 @@ def evaluate(
         "holdout": {
             "rows": len(rows),
             "strategy": holdout.strategy,
-            "reason": holdout.reason,
+            "reason": holdout.reason
+            + ("" if judged.all() else f"; judged on the {len(rows)} the champion did not train on"),
             "timeRange": [float(np.nanmin(ts)), float(np.nanmax(ts))] if np.isfinite(ts).any() else None,
         },
         "challenger": _model_report(config.task, y_true, predictions["challenger"], labels),
@@ -447,7 +454,7 @@ def evaluate(
         "sliceSettings": {"features": slice_features, "bins": config.slice_bins, "minRows": config.slice_min_rows},
         "worstSlices": {name: evaluation.worst_slices(slice_table, name, config.task) for name in predictions},
     }
-    return report, predictions
+    return report, predictions, y_true
 
 
 def paired_counts(task: str, y_true: np.ndarray, predictions: dict[str, np.ndarray]) -> dict[str, int]:
