@@ -15,7 +15,9 @@ import pytest
 from mfl_testbed import datasets
 from mfl_trainer import plan
 
-from .test_train import DAY, NOW, config, model_dir, run_trainer, version_path, write_base
+from .test_train import DAY, NOW, config, model_dir, root, run_trainer, version_path, write_base
+
+__all__ = ["root"]  # the artifact-store fixture, shared with test_train
 
 BEFORE, AFTER = 1500, 600  # feedback rows on the old concept, then on the new one
 STEP = 60.0
@@ -45,13 +47,6 @@ def train(root: Path, tmp_path, monkeypatch, capsys, **overrides: Any) -> tuple[
     code, summary, err = run_trainer(config(root, **{**FAST, **overrides}), tmp_path, monkeypatch, capsys)
     assert code == 0, summary
     return summary, err
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "artifacts"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
