@@ -127,7 +127,9 @@ def promotion_request(loop: dict[str, Any], status: dict[str, Any], timestamp: f
         "version": rollout.get("version"),
         "currentVersion": status.get("currentVersion"),
         "candidate": status.get("candidate"),
-        "canary": {k: rollout.get(k) for k in ("step", "weight", "startedAt", "stepStartedAt", "trigger")},
+        "canary": {
+            k: rollout.get(k) for k in ("step", "weight", "startedAt", "stepStartedAt", "trigger", "offlineSuperior")
+        },
         "analysis": {
             "phase": rollout.get("analysisPhase"),
             "message": (rollout.get("analysis") or {}).get("message", ""),
