@@ -614,14 +614,7 @@ def _promotion_held(world: World, decision: Decision, rollout: RolloutState, now
     if world.now - started >= world.spec.rollout.analysis.max_duration.seconds:
         _roll_back(world, decision, rollout, now, f"promotion not confirmed by {url} within analysis.maxDuration")
         return True
-    held = cond.get(world.status.get("conditions", []), cond.RECONCILING)
-    if (held or {}).get("reason") != AWAITING_CONFIRMATION:  # once per hold, not at every look
-        decision.event(
-            "Normal",
-            "PromotionAwaitingConfirmation",
-            f"version {rollout['version']} {_ready(rollout)}; asking {url} to confirm its promotion",
-        )
-    return True
+    return True  # the hold's condition and its one Event: _settle_phase
 
 
 def _promote(
@@ -728,6 +721,13 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
     if phase == CANARY and rollout and gate and awaiting_promotion(spec, rollout, world.now):
         message = f"version {rollout['version']} {_ready(rollout)}; waiting for {redact(gate.url)} to confirm"
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, AWAITING_CONFIRMATION, message))
+        held = cond.get(world.status.get("conditions", []), cond.RECONCILING)
+        if (held or {}).get("reason") != AWAITING_CONFIRMATION:  # once per hold, however it began
+            decision.event(
+                "Normal",
+                "PromotionAwaitingConfirmation",
+                f"version {rollout['version']} {_ready(rollout)}; asking {redact(gate.url)} to confirm its promotion",
+            )
     elif phase in (RETRAINING, CANARY):
         work = status.get("retraining") or status.get("rollout") or {}
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, phase, f"version {work.get('version')}"))
