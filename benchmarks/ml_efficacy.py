@@ -56,6 +56,7 @@ scored on the (up to) 2,000 rows after the promotion.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -93,6 +94,7 @@ RECOVERY_STRETCH = 500  # rows of accuracy back at the healthy level that count 
 ORACLE_FIRST_FIT = 100  # new-concept labels the oracle's first refit after a drift waits for
 PROMOTION_CHECK_ROWS = 2_000  # rows after a promotion on which the new and the replaced version are compared
 LONG_DELAY_FACTOR = 4  # the long-delay stream's label delay, in units of Settings.label_delay
+HAVE_RIVER = importlib.util.find_spec("river") is not None  # the ADWIN peer (requirements/bench.txt)
 DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "ml_efficacy.png"
 
 
@@ -791,10 +793,11 @@ def run(strategy: Strategy, case: Case, settings: Settings) -> Result:
 def strategies(settings: Settings) -> dict[str, Callable[[Lab], Strategy]]:
     """Every strategy by name, in table order."""
     scheduled = {f"sched {rows}": schedule(rows) for rows in settings.schedules}
+    adwin: dict[str, Callable[[Lab], Strategy]] = {"ADWIN": RiverDriftRetraining} if HAVE_RIVER else {}
     return {
         "none": lambda lab: Retrainer("none", lab, never),
         **scheduled,
-        "ADWIN": RiverDriftRetraining,
+        **adwin,
         "loop": FeedbackLoop,
         "oracle": Oracle,
     }
@@ -845,6 +848,8 @@ def run_streams(settings: Settings, names: list[str], jobs: int) -> Iterator[Out
 
 def print_settings(settings: Settings) -> None:
     s = settings
+    if not HAVE_RIVER:
+        print("ADWIN left out: river is not installed (pip install -r requirements/bench.txt)")
     steps = ", ".join(f"{w}% for {p}s" for w, p in s.canary_steps)
     print(
         f"rows {s.rows}, seed {s.seed}; one row per second; label delay {s.label_delay} rows (long-delay stream: "
