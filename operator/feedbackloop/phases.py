@@ -556,9 +556,7 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             f"version {rollout['version']} step {rollout['step'] + 1}: {weight}% ({replicas} replica(s))",
         )
     elif _may_promote(rollout, verdict.phase) and not _promotion_held(world, decision, rollout, now):
-        _promote(
-            world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(rollout, verdict)
-        )
+        _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(verdict))
 
 
 def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
@@ -580,7 +578,7 @@ def _ready(rollout: RolloutState) -> str:
     return "beat the breached champion offline and its analysis is not failing"
 
 
-def _promotion_reason(rollout: RolloutState, verdict: Any) -> str:
+def _promotion_reason(verdict: Any) -> str:
     if verdict.phase is AnalysisPhase.SUCCESSFUL:
         return str(verdict.message)
     return (

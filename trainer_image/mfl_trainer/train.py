@@ -315,7 +315,7 @@ def _training_rows(
     weights[training.train] = training.weights
     if not config.incremental:
         return training.train, weights, None
-    seen_until = (inputs.champion.metadata.get("dataWindow") or {}).get("end") if inputs.champion else None
+    seen_until = _champion_seen_until(inputs.champion)
     fresh = table.is_feedback[training.train]
     if seen_until is not None:
         fresh &= table.ts[training.train] > seen_until
@@ -327,6 +327,12 @@ def _training_rows(
             f"outside the holdout)"
         )
     return rows, weights, None
+
+
+def _champion_seen_until(champion: Champion | None) -> float | None:
+    """When the champion's data window ended: it may have trained on any row predicted before."""
+    end = (champion.metadata.get("dataWindow") or {}).get("end") if champion else None
+    return float(end) if isinstance(end, (int, float)) else None
 
 
 def _best_recipe(
@@ -410,10 +416,7 @@ def evaluate(
     """Challenger and champion scored on the same holdout rows (those the champion did not train on, when
     enough); the report, the predictions and the labels they were scored against. With
     cross-fitting the challenger's predictions are `out_of_fold` (each row by a model that did not see it)."""
-    seen_until = (champion.metadata.get("dataWindow") or {}).get("end") if champion else None
-    judged = plan.unseen_by_champion(
-        table.ts[holdout.holdout], seen_until if isinstance(seen_until, (int, float)) else None, config.min_holdout_rows
-    )
+    judged = plan.unseen_by_champion(table.ts[holdout.holdout], _champion_seen_until(champion), config.min_holdout_rows)
     rows = holdout.holdout[judged]
     y_true = table.y[rows]
     challenger = model.predict(table.matrix(rows)) if out_of_fold is None else out_of_fold[judged]
