@@ -9,6 +9,10 @@ Labelled feedback arrives per interval in both arms; every judge looks after eve
   z-test peeked         the same z-test at every interval, rolling back at the first significant look
   NI z-test @horizon    fixed-sample non-inferiority test at the horizon (promote if z > z_{1-beta})
 
+Then, with labels too scarce for the deadline: the same test run to the deadline against the test that
+ends early when a decision before the deadline has become unlikely (minDecisionProbability), and how long
+each holds the loop.
+
 Run: python benchmarks/canary_simulation.py [--streams N] [--seed S]
 """
 
@@ -28,7 +32,13 @@ from feedbackloop.analysis.latency import (
     ratio_bounds,
     value_at_rank,
 )
-from feedbackloop.analysis.sequential import NonInferiorityDesign, difference_and_information, log_likelihood_ratio
+from feedbackloop.analysis.machine import PROJECTION_AFTER
+from feedbackloop.analysis.sequential import (
+    NonInferiorityDesign,
+    decision_probability,
+    difference_and_information,
+    log_likelihood_ratio,
+)
 
 PROMOTE, ROLLBACK, INCONCLUSIVE = 1, -1, 0
 
@@ -352,6 +362,57 @@ def _count(value: float) -> str:
     return "-" if np.isnan(value) else f"{value:.0f}"
 
 
+# --- ending undecidable analyses early (minDecisionProbability) ------------------------------------------
+
+SCARCE = Setup(canary_labels=25, stable_labels=25)  # 1,000 labels per arm by the deadline: too few for an equal canary
+EARLY_SCENARIOS = {"equal accuracy": 0.0, "canary 1 pt worse": -0.01, "canary 3 pts worse": -0.03,
+                   "canary 2 pts better": 0.02, "canary 5 pts better": 0.05}  # fmt: skip
+
+
+def early_end_judge(data: Streams, setup: Setup, min_probability: float) -> tuple[Decisions, np.ndarray]:
+    """The sequential test that also ends Inconclusive once P(a decision before the deadline) < min_probability,
+    projected as the analysis does it: the information rate since the first look with minSamples, after a
+    tenth of the horizon. Returns the decisions and the look (1-based) each analysis ended at."""
+    design, looks = setup.design, setup.horizon
+    difference, information = difference_and_information(
+        data.canary_good, data.canary_total, data.stable_good, data.stable_total, design.max_degradation
+    )
+    log_lr = log_likelihood_ratio(difference, information, design)
+    enough = np.minimum(data.canary_total, data.stable_total) >= design.min_samples
+    anchor = int(np.argmax(enough))  # the totals are the same in every stream
+    undecidable = np.zeros(log_lr.shape, bool)
+    for look in range(anchor + max(1, round(PROJECTION_AFTER * looks)), looks - 1 if min_probability > 0 else 0):
+        rate = (information[:, look] - information[:, anchor]) / (look - anchor)
+        left = rate * (looks - 1 - look)
+        chances = [decision_probability(z, d, i, design) for z, d, i in zip(log_lr[:, look], difference[:, look], left)]
+        undecidable[:, look] = np.array(chances) < min_probability
+    promote = (log_lr >= design.promote_log_threshold) & enough
+    rollback = (log_lr <= design.rollback_log_threshold) & enough
+    first_promote, first_rollback, first_stop = first_true(promote), first_true(rollback), first_true(undecidable)
+    first = np.minimum(np.minimum(first_promote, first_rollback), first_stop)
+    decision = np.where(first == first_rollback, ROLLBACK, np.where(first == first_promote, PROMOTE, INCONCLUSIVE))
+    decision = np.where(first >= looks, INCONCLUSIVE, decision)
+    ended = np.minimum(first, looks - 1)
+    labels = (data.canary_total[ended] + data.stable_total[ended]) / 2
+    return Decisions(decision, labels), ended + 1
+
+
+def early_end_table(streams: int, seed: int, setup: Setup = SCARCE, min_probability: float = 0.1) -> None:
+    print(f"{'scenario':<22} {'judge':<30} {'rollback':>8} {'promote':>8} {'inconcl.':>8} {'looks held':>10}")
+    for index, (scenario, difference) in enumerate(EARLY_SCENARIOS.items()):
+        data = simulate(np.random.default_rng(seed + 100 + index), setup, difference, streams)
+        to_deadline, held_to_deadline = early_end_judge(data, setup, 0.0)
+        early, held_early = early_end_judge(data, setup, min_probability)
+        for judge, decisions, held in (
+            ("to the deadline (0)", to_deadline, held_to_deadline),
+            (f"ends early ({min_probability:g})", early, held_early),
+        ):
+            rollback, promote, inconclusive, _ = rates(decisions)
+            line = f"{rollback:8.3f} {promote:8.3f} {inconclusive:8.3f} {held.mean():10.1f}"
+            print(f"{scenario:<22} {judge:<30} {line}")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=2000, help="simulated analyses per scenario")
@@ -383,6 +444,12 @@ def main() -> None:
         "intervals):"
     )
     latency_table(arguments.streams, arguments.seed, latency)
+    print(
+        f"\nUndecidable analyses end early (minDecisionProbability): {SCARCE.canary_labels} labels per arm per "
+        f"interval, deadline at {SCARCE.horizon} intervals ({SCARCE.horizon * SCARCE.canary_labels} labels/arm); "
+        "'looks held': intervals until the analysis ended, i.e. how long it held the loop:"
+    )
+    early_end_table(arguments.streams, arguments.seed)
     print(f"guarantees {'hold' if held else 'VIOLATED'}; {time.perf_counter() - started:.1f}s")
 
 

@@ -765,6 +765,14 @@ class Analysis(ApiModel):
     on_inconclusive: Literal["rollback", "promote"] = Field(
         default="rollback", description="What an Inconclusive analysis does: rollback or promote. Default rollback."
     )
+    min_decision_probability: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="End the analysis Inconclusive early when, at the last step, the chance that accuracy or "
+        "availability decides before maxDuration at the label rate seen falls below this; 0 to below 1; 0: "
+        "never. Default 0.1.",
+    )
     consecutive_error_limit: int = Field(
         default=4,
         ge=1,
@@ -1115,6 +1123,11 @@ class AnalysisStateStatus(ApiModel):
     failures: dict[str, int] = Field(default_factory=dict, description="Failed looks so far, per threshold check.")
     finished_at: float | None = Field(default=None, description="When a final phase was reached, in Unix seconds.")
     message: str = Field(default="", description="The last verdict in words.")
+    information_since: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Per proportion check, [Unix seconds, information] at its first look at the last step: the "
+        "label rate since then projects whether it can decide before the deadline.",
+    )
 
 
 class RolloutStatus(ApiModel):

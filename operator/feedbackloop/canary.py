@@ -79,6 +79,7 @@ def analysis_config(analysis: Analysis, task: str) -> AnalysisConfig:
         max_samples=analysis.max_samples,
         max_duration_seconds=analysis.max_duration.seconds,
         on_inconclusive=analysis.on_inconclusive,
+        min_decision_probability=analysis.min_decision_probability,
         consecutive_error_limit=analysis.consecutive_error_limit,
         proportions=tuple(proportions),
         latency=LatencyCheck(
@@ -117,14 +118,20 @@ def observations_of(config: AnalysisConfig, observation: CanaryObservation) -> d
 
 
 def judge_canary(
-    analysis: Analysis, task: str, rollout: RolloutState, observation: CanaryObservation, now: float
+    analysis: Analysis,
+    task: str,
+    rollout: RolloutState,
+    observation: CanaryObservation,
+    now: float,
+    last_step: bool = True,
 ) -> CanaryVerdict:
-    """One look of the sequential analysis; its state comes from and goes back to the rollout status."""
+    """One look of the sequential analysis; its state comes from and goes back to the rollout status.
+    last_step: the canary has its final weight, so the label rate seen is the rate to the deadline."""
     config = analysis_config(analysis, task)
     started = parse_time(rollout.get("startedAt")) or now
     saved = rollout.get("analysis")
     state = AnalysisState.from_dict(dict(saved)) if saved else start_analysis(started)
-    state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now)
+    state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now, last_step)
     fields: RolloutState = {
         "analysis": cast(status.AnalysisState, state.to_dict()),
         "analysisPhase": verdict.phase.value,

@@ -521,7 +521,8 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
     decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
     if world.canary is None:
         return
-    verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now)
+    last_step = rollout["step"] + 1 >= len(spec.rollout.steps)
+    verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now, last_step)
     rollout.update(verdict.rollout_fields)
     if verdict.phase in (AnalysisPhase.FAILED, AnalysisPhase.ERROR):
         _roll_back(world, decision, rollout, now, verdict.message)
@@ -537,7 +538,7 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
                 f"inconclusive, promoted as configured: {verdict.message}",
             )
         else:
-            _roll_back(world, decision, rollout, now, f"inconclusive at the deadline: {verdict.message}")
+            _roll_back(world, decision, rollout, now, f"inconclusive: {verdict.message}")
         return
     if rollout.get("paused") or spec.paused:
         return

@@ -77,6 +77,7 @@ class AnalysisState(TypedDict, total=False):
     failures: dict[str, int]
     finishedAt: float | None
     message: str
+    informationSince: dict[str, list[float]]
 
 
 class RolloutState(TypedDict, total=False):

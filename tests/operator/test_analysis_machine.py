@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -236,3 +237,75 @@ class TestStateMachine:
         )
         state, _, _ = look(config, start_analysis(0), 60, errorRate=CountObservation(300, 2000, 100, 2000))
         assert state.phase is Phase.FAILED
+
+
+def slow_equal_looks(
+    config: AnalysisConfig, per_minute: int, minutes: int, full_traffic: bool = True, **others: object
+) -> tuple[AnalysisState, list[tuple[AnalysisState, object, list[Evidence]]]]:
+    """An equal canary (90% vs 90%) whose labels arrive at `per_minute` per arm; one look a minute."""
+    state, looks = start_analysis(0), []
+    for minute in range(1, minutes + 1):
+        n = per_minute * minute
+        observation = CountObservation(0.9 * n, n, 0.9 * n, n)
+        state, verdict, evidence = evaluate(
+            config, state, {"accuracy": observation, **others}, 60 * minute, full_traffic
+        )
+        looks.append((state, verdict, evidence))
+        if state.phase.final:
+            break
+    return state, looks
+
+
+class TestUndecidableEndsEarly:
+    """minDecisionProbability: a canary about as good as stable whose labels come too slowly to decide
+    before maxDuration ends at once, Inconclusive, instead of holding the loop for the whole deadline."""
+
+    CONFIG = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=3600, min_samples=20)
+
+    def test_too_few_labels_for_the_deadline_end_early(self) -> None:
+        state, looks = slow_equal_looks(self.CONFIG, per_minute=5, minutes=60)
+        assert state.phase is Phase.INCONCLUSIVE and state.finished_at is not None
+        # 5 labels a minute per arm, 300 by the deadline: about 1,000 are needed; decided at the first
+        # projection (minSamples at 4 minutes, then a tenth of maxDuration to measure the rate)
+        assert state.finished_at == 600
+        _, verdict, evidence = looks[-1]
+        assert verdict.action == "rollback" and "undecidable before the deadline" in verdict.message
+        assert evidence[0].decision is Outcome.INCONCLUSIVE
+        assert evidence[0].values["decisionProbability"] < 0.1
+
+    def test_enough_labels_keep_it_running_to_a_decision(self) -> None:
+        state, looks = slow_equal_looks(self.CONFIG, per_minute=60, minutes=60)
+        assert state.phase is Phase.SUCCESSFUL
+        projected = [e[0].values["decisionProbability"] for _, _, e in looks if "decisionProbability" in e[0].values]
+        assert projected and min(projected) >= 0.1
+
+    def test_not_before_the_last_step(self) -> None:
+        state, looks = slow_equal_looks(self.CONFIG, per_minute=10, minutes=59, full_traffic=False)
+        assert state.phase is Phase.RUNNING and state.information_since == {}
+        assert all("decisionProbability" not in e[0].values for _, _, e in looks)
+
+    def test_zero_turns_it_off(self) -> None:
+        config = AnalysisConfig(
+            latency=LatencyCheck(enabled=False), max_duration_seconds=3600, min_decision_probability=0
+        )
+        state, _ = slow_equal_looks(config, per_minute=10, minutes=60)
+        assert state.phase is Phase.INCONCLUSIVE and state.finished_at == 3600 and "deadline" in state.message
+
+    def test_with_promote_on_inconclusive_only_when_the_rest_has_passed(self) -> None:
+        config = replace(
+            self.CONFIG, latency=LatencyCheck(), on_inconclusive="promote", checks=(ThresholdCheck("gpu", max=0.9),)
+        )
+        pending = {"latency": NoData(), "gpu": ValueObservation(0.5)}
+        state, _ = slow_equal_looks(config, per_minute=10, minutes=59, **pending)
+        assert state.phase is Phase.RUNNING  # latency has not passed: ending now could skip its failure
+
+    def test_the_anchor_survives_a_restart(self) -> None:
+        state, _ = slow_equal_looks(self.CONFIG, per_minute=10, minutes=3)
+        assert set(state.information_since) == {"accuracy"}
+        restored = AnalysisState.from_dict(json.loads(json.dumps(state.to_dict())))
+        assert restored == state
+
+    def test_the_setting_comes_from_the_crd_and_is_checked(self) -> None:
+        assert AnalysisConfig.from_spec({"minDecisionProbability": 0.2}).min_decision_probability == 0.2
+        with pytest.raises(ValueError, match="minDecisionProbability"):
+            AnalysisConfig(min_decision_probability=1.0)

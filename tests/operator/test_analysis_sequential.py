@@ -13,6 +13,7 @@ from feedbackloop.analysis.sequential import (
     CountObservation,
     NonInferiorityDesign,
     decision_boundaries,
+    decision_probability,
     difference_and_information,
     judge_proportion,
     log_likelihood_ratio,
@@ -189,3 +190,34 @@ class TestOperatingPoint:
     def test_the_margin_is_the_slowest_place(self) -> None:
         samples = {d: operating_point(DESIGN, 0.9, d).expected_samples_per_arm for d in (-0.04, -0.02, 0.0)}
         assert samples[-0.02] > samples[-0.04] and samples[-0.02] > samples[0.0]
+
+
+class TestDecisionProbability:
+    """decision_probability: the chance the test decides within the information left, under the trend seen,
+    checked against simulated Brownian paths of the log likelihood ratio (the model the test is built on)."""
+
+    DESIGN = NonInferiorityDesign(alpha=0.025, beta=0.1, max_degradation=0.02)
+
+    @pytest.mark.parametrize(
+        ("log_lr", "difference", "information"),
+        [(0.0, 0.0, 1500.0), (0.0, 0.0, 5000.0), (1.0, -0.02, 3000.0), (-2.0, -0.03, 2000.0), (2.0, 0.01, 300.0)],
+    )
+    def test_matches_simulated_paths(self, log_lr: float, difference: float, information: float) -> None:
+        design, steps, paths = self.DESIGN, 1000, 4000
+        separation = design.good_difference - design.bad_difference
+        step = information / steps
+        rng = np.random.default_rng(5)
+        increments = rng.normal(separation * (difference + design.max_degradation) * step,
+                                separation * np.sqrt(step), (paths, steps))  # fmt: skip
+        walk = log_lr + increments.cumsum(axis=1)
+        crossed = ((walk >= design.promote_log_threshold) | (walk <= design.rollback_log_threshold)).any(axis=1)
+        expected = decision_probability(log_lr, difference, information, design)
+        # discrete paths miss some crossings between steps: the formula is an upper bound, within 0.03
+        assert crossed.mean() - 0.02 <= expected <= crossed.mean() + 0.03
+
+    def test_edges(self) -> None:
+        design = self.DESIGN
+        assert decision_probability(0.0, 0.0, 0.0, design) == 0.0
+        assert decision_probability(design.promote_log_threshold + 0.1, 0.0, 10.0, design) == 1.0
+        more = [decision_probability(0.0, 0.0, info, design) for info in (100.0, 1000.0, 4000.0, 20000.0)]
+        assert more == sorted(more) and more[-1] > 0.95

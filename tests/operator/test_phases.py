@@ -424,6 +424,36 @@ def test_the_analysis_state_survives_in_status():
     assert d.status["rollout"]["analysis"]["looks"] == 1
 
 
+def slow_equal_canary(steps, minutes):
+    """An equal canary whose labels arrive at 5 a minute per arm: too slow to decide in maxDuration 1h."""
+    spec = make_spec(
+        rollout={"steps": steps, "analysis": {"latency": {"enabled": False}, "maxDuration": "1h", "minSamples": 20}}
+    )
+    status, d = canary_status(started=NOW), None
+    for minute in range(1, minutes + 1):
+        d = decide(
+            world(status, spec=spec, serving=serving(), canary=counts(0.9, 0.9, 5 * minute), now=NOW + 60 * minute)
+        )
+        status = d.status
+        if status.get("rollout") is None:
+            return d, minute
+    return d, minutes
+
+
+def test_an_undecidable_canary_at_its_last_step_ends_early_and_frees_the_loop():
+    d, minute = slow_equal_canary([{"weight": 50, "pause": "1h"}], minutes=60)
+    assert minute == 10 and d.status["rollout"] is None and d.status["currentVersion"] == 1
+    record = d.status["history"][-1]
+    assert record["outcome"] == "RolledBack" and "undecidable before the deadline" in record["message"]
+    accuracy = next(e for e in record["evidence"] if e["name"] == "accuracy")
+    assert accuracy["decision"] == "Inconclusive" and accuracy["values"]["decisionProbability"] < 0.1
+
+
+def test_an_undecidable_canary_is_not_ended_before_its_last_step():
+    d, _ = slow_equal_canary([{"weight": 20, "pause": "1h"}, {"weight": 50, "pause": "1h"}], minutes=59)
+    assert d.status["rollout"]["analysisPhase"] == "Running" and d.status["rollout"]["step"] == 0
+
+
 @pytest.mark.parametrize(
     "replicas, weight, expected",
     [(2, 20, (1, 33)), (4, 20, (1, 20)), (2, 50, (2, 50)), (10, 10, (2, 17)), (3, 100, (3, 50))],

@@ -8,7 +8,10 @@ Phases: Running -> Successful | Failed | Inconclusive | Error (the last four are
   Successful    every check passes at this look (sequential checks latch their pass)
   Error         a check's queries failed consecutiveErrorLimit times in a row
   Inconclusive  the deadline (maxDuration) passed, or a sequential check spent its sample budget,
-                without a decision; the caller decides (onInconclusive, default rollback)
+                without a decision; or, at full traffic, a proportion check is unlikely to decide before
+                the deadline at the label rate seen (minDecisionProbability: an equivalent canary ends
+                early instead of holding the loop for its whole deadline); the caller decides
+                (onInconclusive, default rollback)
 No data and no traffic are never failures: the check is Pending until data arrives or the deadline passes.
 """
 
@@ -22,7 +25,7 @@ from typing import Any, Literal, TypeVar
 from ..api import parse_duration
 from .latency import HistogramObservation, LatencyDesign, judge_latency
 from .outcome import Evidence, Outcome
-from .sequential import CountObservation, NonInferiorityDesign, judge_proportion
+from .sequential import CountObservation, NonInferiorityDesign, decision_probability, judge_proportion
 from .threshold import ThresholdDesign, ValueObservation, judge_threshold
 
 
@@ -55,6 +58,7 @@ class MetricError:
     message: str
 
 
+PROJECTION_AFTER = 0.1  # of maxDuration: the label rate is measured over at least this long before projecting
 Observation = CountObservation | HistogramObservation | ValueObservation | NoData | MetricError
 ObservationT = TypeVar("ObservationT", CountObservation, HistogramObservation, ValueObservation)
 
@@ -105,6 +109,7 @@ class AnalysisConfig:
     max_duration_seconds: float = 7200.0
     on_inconclusive: Literal["rollback", "promote"] = "rollback"
     consecutive_error_limit: int = 4
+    min_decision_probability: float = 0.1  # 0: never end early as undecidable
     proportions: tuple[ProportionCheck, ...] = (ProportionCheck(),)
     latency: LatencyCheck = LatencyCheck()
     checks: tuple[ThresholdCheck, ...] = ()
@@ -117,6 +122,8 @@ class AnalysisConfig:
             raise ValueError(f"check names must be unique, got {names}")
         if self.consecutive_error_limit < 1 or self.max_duration_seconds <= 0:
             raise ValueError("consecutiveErrorLimit must be >= 1 and maxDuration > 0")
+        if not 0 <= self.min_decision_probability < 1:
+            raise ValueError(f"minDecisionProbability must be in [0, 1), got {self.min_decision_probability}")
         if self.on_inconclusive not in ("rollback", "promote"):
             raise ValueError(f"onInconclusive must be rollback or promote, got {self.on_inconclusive!r}")
         for check in self.proportions:  # fail at configuration time, not at the first look
@@ -182,6 +189,7 @@ _SCALARS = {
     "maxSamples": "max_samples",
     "onInconclusive": "on_inconclusive",
     "consecutiveErrorLimit": "consecutive_error_limit",
+    "minDecisionProbability": "min_decision_probability",
 }
 
 
@@ -246,6 +254,9 @@ class AnalysisState:
     failures: dict[str, int] = field(default_factory=dict)  # threshold checks: failed looks so far
     finished_at: float | None = None
     message: str = ""
+    # per proportion check, (time, information) at its first look at full traffic: the label rate since
+    # then projects the information the deadline leaves
+    information_since: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,6 +268,7 @@ class AnalysisState:
             "failures": dict(self.failures),
             "finishedAt": self.finished_at,
             "message": self.message,
+            "informationSince": {name: list(anchor) for name, anchor in self.information_since.items()},
         }
 
     @classmethod
@@ -270,6 +282,9 @@ class AnalysisState:
             failures={k: int(v) for k, v in data.get("failures", {}).items()},
             finished_at=data.get("finishedAt"),
             message=data.get("message", ""),
+            information_since={
+                name: (float(anchor[0]), float(anchor[1])) for name, anchor in data.get("informationSince", {}).items()
+            },
         )
 
     @property
@@ -302,9 +317,15 @@ def action_for(phase: Phase, config: AnalysisConfig) -> Literal["wait", "promote
 
 
 def evaluate(
-    config: AnalysisConfig, state: AnalysisState, observations: Mapping[str, Observation], now: float
+    config: AnalysisConfig,
+    state: AnalysisState,
+    observations: Mapping[str, Observation],
+    now: float,
+    full_traffic: bool = True,
 ) -> tuple[AnalysisState, Verdict, list[Evidence]]:
-    """Judge every check at this look and advance the state. A final state is returned unchanged."""
+    """Judge every check at this look and advance the state. A final state is returned unchanged.
+    full_traffic: the canary has reached its last weight (the label rate will not grow), so a check that
+    cannot decide before the deadline at the rate seen may end the analysis early."""
     if state.phase.final:
         return state, Verdict(state.phase, action_for(state.phase, config), state.message), []
     judged = [
@@ -313,7 +334,8 @@ def evaluate(
     ]
     failures = _threshold_failures(config, state, judged)
     evidence = [_apply_failure_limit(config, failures, item) for item in judged]
-    counted = _count(config, state, evidence, failures)
+    counted = _track_information(config, _count(config, state, evidence, failures), evidence, now, full_traffic)
+    evidence = _project(config, counted, evidence, now)
     phase, headline, relevant = _phase(config, counted, evidence, now)
     short = f"{headline}: {', '.join(item.name for item in relevant)}" if relevant else headline
     new_state = replace(counted, phase=phase, message=short, finished_at=now if phase.final else None)
@@ -398,6 +420,60 @@ def _count(
     return replace(state, looks=state.looks + 1, consecutive_errors=errors, failures=failures, passed=passed)
 
 
+def _track_information(
+    config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float, full_traffic: bool
+) -> AnalysisState:
+    """Anchor each proportion check's information at its first look at full traffic (forgotten below it)."""
+    if not full_traffic:
+        return replace(state, information_since={})
+    proportions = {check.name for check in config.proportions}
+    anchors = dict(state.information_since)
+    for item in evidence:
+        information = item.values.get("information")
+        if item.name in proportions and information is not None and item.name not in anchors:
+            anchors[item.name] = (now, information)
+    return replace(state, information_since=anchors)
+
+
+def _project(config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float) -> list[Evidence]:
+    """Each pending proportion check's chance of deciding before the deadline (values.decisionProbability),
+    once its anchor is a tenth of maxDuration old; below minDecisionProbability the check is Inconclusive.
+    With onInconclusive: promote, only when every other check has passed: ending early must not skip a
+    check that could still fail."""
+    if config.min_decision_probability <= 0:
+        return evidence
+    projected = []
+    for item in evidence:
+        others_passed = all(other.decision is Outcome.PASS for other in evidence if other.name != item.name)
+        projected.append(_projected(config, state, item, now, config.on_inconclusive == "rollback" or others_passed))
+    return projected
+
+
+def _projected(config: AnalysisConfig, state: AnalysisState, item: Evidence, now: float, may_stop: bool) -> Evidence:
+    check = next((c for c in config.proportions if c.name == item.name), None)
+    anchor = state.information_since.get(item.name)
+    information = item.values.get("information")
+    if check is None or anchor is None or information is None or item.decision is not Outcome.PENDING:
+        return item
+    since, anchored_information = anchor
+    if now - since < PROJECTION_AFTER * config.max_duration_seconds:
+        return item
+    left = max(0.0, state.started_at + config.max_duration_seconds - now)
+    rate = max(0.0, information - anchored_information) / (now - since)
+    good_difference = item.values["difference"] if check.higher_is_better else -item.values["difference"]
+    chance = decision_probability(
+        item.values["logLikelihoodRatio"], good_difference, rate * left, config.proportion_design(check)
+    )
+    values = {**item.values, "decisionProbability": chance}
+    if chance >= config.min_decision_probability or not may_stop:
+        return replace(item, values=values)
+    message = (
+        f"undecidable before the deadline: P(a decision in the {left:.0f}s left, at the label rate since "
+        f"full traffic) = {chance:.3f} < minDecisionProbability {config.min_decision_probability:g}; {item.message}"
+    )
+    return replace(item, decision=Outcome.INCONCLUSIVE, message=message, values=values)
+
+
 def _phase(
     config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float
 ) -> tuple[Phase, str, list[Evidence]]:
@@ -419,7 +495,7 @@ def _phase(
     if not undecided:
         return Phase.SUCCESSFUL, "all checks passed", evidence
     if having(Outcome.INCONCLUSIVE):
-        return Phase.INCONCLUSIVE, "sample budget spent undecided", having(Outcome.INCONCLUSIVE)
+        return Phase.INCONCLUSIVE, "undecidable in the budget (samples or time left)", having(Outcome.INCONCLUSIVE)
     if now >= state.started_at + config.max_duration_seconds:
         return Phase.INCONCLUSIVE, f"deadline of {config.max_duration_seconds:g}s reached undecided", undecided
     return Phase.RUNNING, "waiting", undecided

@@ -254,6 +254,41 @@ def _points(rate_difference: float) -> str:
     return f"{100 * rate_difference:+.2f} pts"
 
 
+def decision_probability(
+    log_lr: float, difference: float, remaining_information: float, design: NonInferiorityDesign
+) -> float:
+    """P(the test crosses either boundary within `remaining_information` more information), were the true
+    difference the one observed: conditional power under the current trend (Lan, Simon & Halperin 1982), in
+    the Brownian model the test is built on (log LR drifts by theta * (d + margin) per unit of information,
+    with variance theta^2). Bounded above by the sum of the two one-boundary crossing probabilities, so it
+    errs toward "may still decide": a stop on it is never premature for lack of that term.
+    """
+    if remaining_information <= 0:
+        return 0.0
+    separation = design.good_difference - design.bad_difference
+    drift = separation * (difference + design.max_degradation) * remaining_information
+    spread = separation * math.sqrt(remaining_information)
+    up = design.promote_log_threshold - log_lr
+    down = log_lr - design.rollback_log_threshold
+    return min(1.0, _crossing_probability(up, drift, spread) + _crossing_probability(down, -drift, spread))
+
+
+def _crossing_probability(distance: float, drift: float, spread: float) -> float:
+    """P(max over [0, t] of a Brownian motion with mean `drift` and sd `spread` at t reaches `distance`)
+    (reflection principle): Phi((drift - b) / s) + exp(2 drift b / s^2) Phi((-b - drift) / s)."""
+    if distance <= 0:
+        return 1.0
+    direct = _normal_cdf((drift - distance) / spread)
+    reflected_tail = _normal_cdf((-distance - drift) / spread)
+    if reflected_tail == 0.0:
+        return direct
+    return min(1.0, direct + math.exp(2 * drift * distance / spread**2 + math.log(reflected_tail)))
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
 # --- planning -------------------------------------------------------------------------------------------
 
 
