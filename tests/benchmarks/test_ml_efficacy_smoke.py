@@ -3,6 +3,7 @@ stream without drift, and its oracle only ever learns from labels that have arri
 
 import importlib.util
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,21 @@ def test_without_drift_the_oracle_never_retrains_and_the_loop_at_most_once(stead
     assert results["oracle"].retrains == 0
     assert results["loop"].retrains <= 1
     assert all(len(r.correct) == len(results["none"].correct) for r in results.values())
+
+
+def test_target_b_is_also_judged_over_the_drift_streams_together(bench):
+    settings = bench.Settings()
+    sched = bench.busier_schedule(settings)
+
+    def outcome(name, loop_retrains, loop_accuracy=0.9):
+        results = {
+            "loop": SimpleNamespace(retrains=loop_retrains, accuracy=lambda: loop_accuracy),
+            sched: SimpleNamespace(retrains=15, accuracy=lambda: 0.8),
+        }
+        return SimpleNamespace(stream=SimpleNamespace(name=name), result=results.__getitem__)
+
+    together = bench.schedule_target_overall([outcome("abrupt", 2), outcome("gradual", 8)], settings)
+    assert together.endswith("(10 vs 30: met): met")
+    assert bench.schedule_target(outcome("gradual", 8), settings).endswith("NOT met")
+    worse_somewhere = [outcome("abrupt", 2), outcome("gradual", 3, loop_accuracy=0.7)]
+    assert bench.schedule_target_overall(worse_somewhere, settings).endswith("NOT met")
