@@ -3,8 +3,8 @@ stream without drift, and its oracle only ever learns from labels that have arri
 
 import importlib.util
 import sys
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
