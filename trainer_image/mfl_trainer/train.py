@@ -48,6 +48,13 @@ class Inputs:
     content_hashes: dict[str, Any]
     champion: Champion | None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    rows: np.ndarray  # table rows the published model trains on
+    weights: np.ndarray  # weight per table row
+    out_of_fold: np.ndarray | None = None  # cross-fitted predictions of the holdout, when there was a cut
     recipe_scores: dict[str, float] | None = None  # cross-fitted score of each recipe, when there was a cut
 
 
@@ -221,12 +228,13 @@ def train_and_publish(
             f"{cut['ts']:.0f} (CUSUM p={cut['pValue']:.2g}; {cut['rowsAfter']} labelled rows since)"
         )
     progress(f"holdout: {len(holdout.holdout)} rows ({holdout.strategy}: {holdout.reason})")
-    train_rows, row_weights, out_of_fold = _training_rows(config, spec, inputs, training, progress)
+    chosen = _training_rows(config, spec, inputs, training, progress)
+    train_rows = chosen.rows
     y_train, flipped = split.flip_labels(
         table.y[train_rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
     )
     _check_training_labels(config, y_train)
-    weights = row_weights[train_rows]
+    weights = chosen.weights[train_rows]
     X_train = table.matrix(train_rows)
     origin = f" incrementally from version {config.parent_version}" if config.incremental else ""
     progress(f"training {spec.name} on {len(train_rows)} rows{origin}")
@@ -234,7 +242,7 @@ def train_and_publish(
     model, incremental = _fit(config, spec, estimator, inputs, X_train, y_train, weights)
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
-    report, predictions, y_judged = evaluate(config, table, holdout, model, inputs.champion, out_of_fold)
+    report, predictions, y_judged = evaluate(config, table, holdout, model, inputs.champion, chosen.out_of_fold)
     rows = {
         "base": int((~table.is_feedback).sum()),
         "feedback": int(table.is_feedback.sum()),
@@ -244,7 +252,7 @@ def train_and_publish(
         "labelNoiseFlipped": flipped,
     }
     inputs.timings["total"] = time.monotonic() - started
-    report["trainingData"] = training_data(training, table, train_rows, inputs.recipe_scores)
+    report["trainingData"] = training_data(training, table, train_rows, chosen.recipe_scores)
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
     progress(f"writing version {config.version}")
     try:
@@ -302,19 +310,19 @@ def _training_rows(
     inputs: Inputs,
     training: plan.TrainingPlan,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(rows, weight per table row, out-of-fold predictions or None). Cross-fitted plans train the recipe
-    that predicts the rows since the cut best; incremental runs only feedback the champion has not seen."""
+) -> TrainingRows:
+    """What the published model trains on. Cross-fitted plans train the recipe that predicts the rows since
+    the cut best; incremental runs only feedback the champion has not seen."""
     table = inputs.table
     weights = np.zeros(len(table))
     if training.folds is not None:
-        recipe, out_of_fold = _best_recipe(config, spec, inputs, training, progress)
+        recipe, out_of_fold, scores = _best_recipe(config, spec, inputs, training, progress)
         rows, recipe_weights = training.rows_of(recipe)
         weights[rows] = recipe_weights
-        return rows, weights, out_of_fold
+        return TrainingRows(rows, weights, out_of_fold, scores)
     weights[training.train] = training.weights
     if not config.incremental:
-        return training.train, weights, None
+        return TrainingRows(training.train, weights)
     seen_until = _champion_seen_until(inputs.champion)
     fresh = table.is_feedback[training.train]
     if seen_until is not None:
@@ -326,7 +334,7 @@ def _training_rows(
             f"(feedback predicted after the champion's data window end {seen_until}, "
             f"outside the holdout)"
         )
-    return rows, weights, None
+    return TrainingRows(rows, weights)
 
 
 def _champion_seen_until(champion: Champion | None) -> float | None:
@@ -341,8 +349,9 @@ def _best_recipe(
     inputs: Inputs,
     training: plan.TrainingPlan,
     progress: Progress,
-) -> tuple[plan.Recipe, np.ndarray]:
-    """The recipe whose cross-fitted predictions of the rows since the cut score best, and those predictions."""
+) -> tuple[plan.Recipe, np.ndarray, dict[str, float]]:
+    """The recipe whose cross-fitted predictions of the rows since the cut score best, those predictions, and
+    every recipe's score."""
     table = inputs.table
     metric = evaluation.PRIMARY_METRIC[config.task]
     sign = 1.0 if evaluation.GREATER_IS_BETTER[metric] else -1.0
@@ -356,11 +365,9 @@ def _best_recipe(
         return -math.inf if value is None else sign * value
 
     best, predicted, scores = plan.best_recipe(training, fit_predict, score)
-    inputs.recipe_scores = {name: sign * value for name, value in scores.items() if math.isfinite(value)}
-    progress(
-        f"cross-fitted {metric} of each recipe on the rows since the cut: {inputs.recipe_scores}; chose {best.name}"
-    )
-    return best, predicted
+    recipe_scores = {name: sign * value for name, value in scores.items() if math.isfinite(value)}
+    progress(f"cross-fitted {metric} of each recipe on the rows since the cut: {recipe_scores}; chose {best.name}")
+    return best, predicted, recipe_scores
 
 
 def _fit_fold(
@@ -372,8 +379,7 @@ def _fit_fold(
         table.y[rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
     )
     estimator = estimators.make_estimator(spec, config.hyperparameters, config.seed)
-    pipeline = estimators.make_pipeline(spec, estimator, inputs.features, table.feature_types)
-    return estimators.fit(pipeline, table.matrix(rows), y, weights)
+    return _fit_pipeline(spec, estimator, inputs, table.matrix(rows), y, weights)
 
 
 def _check_training_labels(config: TrainerConfig, y_train: np.ndarray) -> None:
@@ -398,8 +404,15 @@ def _fit(
         return estimators.continue_training(
             inputs.champion.model, spec, config.hyperparameters, X, y, weights, config.incremental_steps, config.seed
         )
+    return _fit_pipeline(spec, estimator, inputs, X, y, weights), None
+
+
+def _fit_pipeline(
+    spec: estimators.EstimatorSpec, estimator: Any, inputs: Inputs, X: np.ndarray, y: np.ndarray, weights: np.ndarray
+) -> Any:
+    """The estimator behind the table's feature preprocessing, fitted: what a version publishes."""
     pipeline = estimators.make_pipeline(spec, estimator, inputs.features, inputs.table.feature_types)
-    return estimators.fit(pipeline, X, y, weights), None
+    return estimators.fit(pipeline, X, y, weights)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
