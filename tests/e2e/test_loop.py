@@ -227,6 +227,35 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
     assert route_weights(kubectl, ns) == {"churn-stable": 100, "churn-canary": 0}
 
 
+def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, kubectl, k8s_namespace):
+    """Labels too scarce to tell an equal challenger from stable before maxDuration (one row a second, half
+    to each arm, 10 minutes): at its last step the analysis says so and ends minutes before its deadline."""
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
+    seed_registry(storage, "churn")
+    manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0)
+    manifest["spec"]["rollout"]["steps"] = [{"weight": 50, "pause": "10s"}]
+    manifest["spec"]["rollout"]["analysis"].update({"maxDuration": "10m", "minSamples": 20})
+    loops.apply(manifest)
+    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=1, batch=1, label_delay=1.0).start()
+    try:
+        manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "equal-challenger"
+        loops.apply(manifest)
+        loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the equal challenger's canary")
+        started = time.monotonic()
+        status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 600, "an early end")
+        held = time.monotonic() - started
+    finally:
+        traffic.stop()
+    assert status["currentVersion"] == 1 and status.get("rollout") is None
+    record = status["history"][-1]
+    assert "undecidable before the deadline" in record["message"], record["message"]
+    accuracy = next(e for e in record["evidence"] if e["name"] == "accuracy")
+    assert accuracy["decision"] == "Inconclusive" and accuracy["values"]["decisionProbability"] < 0.1
+    assert held < 480, f"held {held:.0f}s of a 600s deadline"  # ended by the projection, not the deadline
+
+
 def route_weights(kubectl, namespace):
     route = json.loads(
         kubectl("get", "httproutes.gateway.networking.k8s.io", "churn-route", "-n", namespace, "-o", "json").stdout
