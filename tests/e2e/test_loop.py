@@ -92,6 +92,19 @@ def deployment(kubectl, namespace, name):
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
+def serve_then_retrain(loops, kubectl, manifest, request, *, rate, batch):
+    """Apply the loop, wait until version 1 serves, start labelled traffic (stop it when done), then ask for
+    a retraining with the retrain annotation."""
+    namespace = manifest["metadata"]["namespace"]
+    loops.apply(manifest)
+    loops.wait_condition(namespace, "churn", "ServingReady", "True", 120)
+    endpoints = service_endpoints(kubectl, namespace, "churn")
+    traffic = TrafficGenerator(endpoints, rate=rate, batch=batch, label_delay=1.0).start()
+    manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = request
+    loops.apply(manifest)
+    return traffic
+
+
 def history_outcomes(status):
     return [(h["version"], h["outcome"]) for h in status.get("history", [])]
 
@@ -236,12 +249,8 @@ def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, 
     manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0)
     manifest["spec"]["rollout"]["steps"] = [{"weight": 50, "pause": "10s"}]
     manifest["spec"]["rollout"]["analysis"].update({"maxDuration": "10m", "minSamples": 20})
-    loops.apply(manifest)
-    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
-    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=1, batch=1, label_delay=1.0).start()
+    traffic = serve_then_retrain(loops, kubectl, manifest, "equal-challenger", rate=1, batch=1)
     try:
-        manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "equal-challenger"
-        loops.apply(manifest)
         loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the equal challenger's canary")
         started = time.monotonic()
         status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 600, "an early end")
@@ -270,12 +279,8 @@ def test_operator_crashes_during_the_job_and_the_canary(loops, prometheus, kubec
     claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
     manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0, pauses=("15s", "5s"))
-    loops.apply(manifest)
-    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
-    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=80, batch=8, label_delay=1.0).start()
+    traffic = serve_then_retrain(loops, kubectl, manifest, "crash-test", rate=80, batch=8)
     try:
-        manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "crash-test"
-        loops.apply(manifest)
         loops.wait(ns, "churn", lambda s: s.get("phase") == "Retraining", 30, "the retraining")
         loops.cluster.crash_operator()  # mid-Job
         status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the canary")
