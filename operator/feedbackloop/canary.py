@@ -123,15 +123,15 @@ def judge_canary(
     rollout: RolloutState,
     observation: CanaryObservation,
     now: float,
-    last_step: bool = True,
+    may_end_early: bool = True,
 ) -> CanaryVerdict:
     """One look of the sequential analysis; its state comes from and goes back to the rollout status.
-    last_step: the canary has its final weight, so the label rate seen is the rate to the deadline."""
+    may_end_early: the analysis may end Inconclusive before its deadline when undecidable (minDecisionProbability)."""
     config = analysis_config(analysis, task)
     started = parse_time(rollout.get("startedAt")) or now
     saved = rollout.get("analysis")
     state = AnalysisState.from_dict(dict(saved)) if saved else start_analysis(started)
-    state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now, last_step)
+    state, verdict, evidence = evaluate(config, state, observations_of(config, observation), now, may_end_early)
     fields: RolloutState = {
         "analysis": cast(status.AnalysisState, state.to_dict()),
         "analysisPhase": verdict.phase.value,

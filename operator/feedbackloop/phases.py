@@ -521,8 +521,10 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
     decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
     if world.canary is None:
         return
-    last_step = rollout["step"] + 1 >= len(spec.rollout.steps)
-    verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now, last_step)
+    # Ended early when undecidable only at its last weight (the label rate will not grow), and never when shown
+    # superior offline: that canary is promoted after its last step without waiting for its own labels.
+    may_end_early = rollout["step"] + 1 >= len(spec.rollout.steps) and not rollout.get("offlineSuperior")
+    verdict = judge_canary(spec.rollout.analysis, spec.model.task, rollout, world.canary, world.now, may_end_early)
     rollout.update(verdict.rollout_fields)
     if verdict.phase in (AnalysisPhase.FAILED, AnalysisPhase.ERROR):
         _roll_back(world, decision, rollout, now, verdict.message)

@@ -240,7 +240,7 @@ class TestStateMachine:
 
 
 def slow_equal_looks(
-    config: AnalysisConfig, per_minute: int, minutes: int, full_traffic: bool = True, **others: object
+    config: AnalysisConfig, per_minute: int, minutes: int, may_end_early: bool = True, **others: object
 ) -> tuple[AnalysisState, list[tuple[AnalysisState, object, list[Evidence]]]]:
     """An equal canary (90% vs 90%) whose labels arrive at `per_minute` per arm; one look a minute."""
     state, looks = start_analysis(0), []
@@ -248,7 +248,7 @@ def slow_equal_looks(
         n = per_minute * minute
         observation = CountObservation(0.9 * n, n, 0.9 * n, n)
         state, verdict, evidence = evaluate(
-            config, state, {"accuracy": observation, **others}, 60 * minute, full_traffic
+            config, state, {"accuracy": observation, **others}, 60 * minute, may_end_early
         )
         looks.append((state, verdict, evidence))
         if state.phase.final:
@@ -280,7 +280,7 @@ class TestUndecidableEndsEarly:
         assert projected and min(projected) >= 0.1
 
     def test_not_before_the_last_step(self) -> None:
-        state, looks = slow_equal_looks(self.CONFIG, per_minute=10, minutes=59, full_traffic=False)
+        state, looks = slow_equal_looks(self.CONFIG, per_minute=10, minutes=59, may_end_early=False)
         assert state.phase is Phase.RUNNING and state.information_since == {}
         assert all("decisionProbability" not in e[0].values for _, _, e in looks)
 

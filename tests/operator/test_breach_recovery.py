@@ -607,3 +607,24 @@ def test_the_engine_promotes_an_offline_superior_canary_without_canary_labels() 
     assert bed.status()["currentVersion"] == 2 and "Normal Promoted" in seen
     assert bed.status()["history"][-1]["trigger"] == "Breach"
     assert loop()["spec"]["rollout"]["steps"] == [{"weight": 50, "pause": "30s"}]  # what the timing assumes
+
+
+ONE_LONG_STEP = {"steps": [{"weight": 50, "pause": "20m"}],
+                 "analysis": {"latency": {"enabled": False}, "maxDuration": "1h", "minSamples": 20}}  # fmt: skip
+NO_NEW_LABELS = counts(0.90, 0.90, 100)  # an equal canary whose labels stopped coming: undecidable
+
+
+def test_an_offline_superior_canary_is_not_ended_for_want_of_its_own_labels() -> None:
+    spec = canary_spec(**ONE_LONG_STEP)
+    start = finished("Breach", SUPERIOR, spec).status
+    seen = follow(start, spec, NO_NEW_LABELS, [NOW + 60 * k for k in range(1, 21)])
+    assert all(d.status["rollout"]["analysisPhase"] == "Running" for d in seen[:-1])
+    assert seen[-1].status["currentVersion"] == 2  # promoted after its step, as without the early end
+
+
+def test_the_same_canary_not_shown_superior_ends_early_instead() -> None:
+    spec = canary_spec(**ONE_LONG_STEP)
+    start = finished("Manual", SUPERIOR, spec).status
+    last = follow(start, spec, NO_NEW_LABELS, [NOW + 60 * k for k in range(1, 21)])[-1]
+    assert last.status["currentVersion"] == 1 and last.status["rollout"] is None
+    assert "undecidable before the deadline" in last.status["history"][-1]["message"]

@@ -321,11 +321,11 @@ def evaluate(
     state: AnalysisState,
     observations: Mapping[str, Observation],
     now: float,
-    full_traffic: bool = True,
+    may_end_early: bool = True,
 ) -> tuple[AnalysisState, Verdict, list[Evidence]]:
     """Judge every check at this look and advance the state. A final state is returned unchanged.
-    full_traffic: the canary has reached its last weight (the label rate will not grow), so a check that
-    cannot decide before the deadline at the rate seen may end the analysis early."""
+    may_end_early: the caller's traffic is final (the label rate will not grow) and it wants an undecidable
+    analysis ended before its deadline; the label rate is measured from the first such look."""
     if state.phase.final:
         return state, Verdict(state.phase, action_for(state.phase, config), state.message), []
     judged = [
@@ -334,7 +334,7 @@ def evaluate(
     ]
     failures = _threshold_failures(config, state, judged)
     evidence = [_apply_failure_limit(config, failures, item) for item in judged]
-    counted = _track_information(config, _count(config, state, evidence, failures), evidence, now, full_traffic)
+    counted = _track_information(config, _count(config, state, evidence, failures), evidence, now, may_end_early)
     evidence = _project(config, counted, evidence, now)
     phase, headline, relevant = _phase(config, counted, evidence, now)
     short = f"{headline}: {', '.join(item.name for item in relevant)}" if relevant else headline
@@ -421,10 +421,10 @@ def _count(
 
 
 def _track_information(
-    config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float, full_traffic: bool
+    config: AnalysisConfig, state: AnalysisState, evidence: list[Evidence], now: float, may_end_early: bool
 ) -> AnalysisState:
-    """Anchor each proportion check's information at its first look at full traffic (forgotten below it)."""
-    if not full_traffic:
+    """Anchor each proportion check's information at its first look that may end early (forgotten otherwise)."""
+    if not may_end_early:
         return replace(state, information_since={})
     proportions = {check.name for check in config.proportions}
     anchors = dict(state.information_since)
