@@ -276,8 +276,9 @@ class TestUndecidableEndsEarly:
     def test_enough_labels_keep_it_running_to_a_decision(self) -> None:
         state, looks = slow_equal_looks(self.CONFIG, per_minute=60, minutes=60)
         assert state.phase is Phase.SUCCESSFUL
-        projected = [e[0].values["decisionProbability"] for _, _, e in looks if "decisionProbability" in e[0].values]
-        assert projected and min(projected) >= 0.1
+        projected = [e[0] for _, _, e in looks if "decisionProbability" in e[0].values]
+        assert projected and min(item.values["decisionProbability"] for item in projected) >= 0.1
+        assert "P(a decision before the deadline)" in projected[0].message
 
     def test_not_before_the_last_step(self) -> None:
         state, looks = slow_equal_looks(self.CONFIG, per_minute=10, minutes=59, may_end_early=False)

@@ -466,7 +466,7 @@ def _projected(config: AnalysisConfig, state: AnalysisState, item: Evidence, now
     )
     values = {**item.values, "decisionProbability": chance}
     if chance >= config.min_decision_probability or not may_stop:
-        return replace(item, values=values)
+        return replace(item, values=values, message=f"{item.message}; P(a decision before the deadline) {chance:.2f}")
     message = (
         f"undecidable before the deadline: P(a decision in the {left:.0f}s left, at the label rate since "
         f"full traffic) = {chance:.3f} < minDecisionProbability {config.min_decision_probability:g}; {item.message}"
