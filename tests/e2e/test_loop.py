@@ -260,8 +260,9 @@ def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, 
     assert status["currentVersion"] == 1 and status.get("rollout") is None
     record = status["history"][-1]
     assert "undecidable before the deadline" in record["message"], record["message"]
-    accuracy = next(e for e in record["evidence"] if e["name"] == "accuracy")
-    assert accuracy["decision"] == "Inconclusive" and accuracy["values"]["decisionProbability"] < 0.1
+    # accuracy, or availability (requests are as scarce): whichever could not decide in time says so
+    undecided = [e for e in record["evidence"] if e["decision"] == "Inconclusive"]
+    assert undecided and all(e["values"]["decisionProbability"] < 0.1 for e in undecided), record["evidence"]
     assert held < 480, f"held {held:.0f}s of a 600s deadline"  # ended by the projection, not the deadline
 
 
