@@ -60,7 +60,9 @@ def loop_manifest(
                 "features": features or datasets.feature_names(),
                 "target": "label",
                 "estimator": "hist_gradient_boosting",
-                "cooldown": "10s",
+                # longer than the rule's window and `for` (20s + 6s): a new version is judged on its own labels,
+                # not on the last seconds of its predecessor's (a retraining right after a promotion otherwise)
+                "cooldown": "30s",
                 "maxRetrainsPerDay": 10,
                 "failureBackoff": "1m",
                 "minRows": 100,
