@@ -172,7 +172,9 @@ def assert_trained_since_the_drift(storage: Path, drift_at: float) -> None:
     cut = training["cut"]
     assert cut is not None, training
     assert drift_at - 5 <= cut["ts"] <= drift_at + 15, (cut, drift_at)
-    assert cut["errorAfter"] > cut["errorBefore"] + 0.2 and cut["pValue"] < 1e-6
+    # the rise itself: the segment before the cut may already hold a few drifted rows (its mean error then
+    # sits between the two concepts'), so only the level after it is pinned
+    assert cut["errorAfter"] > max(cut["errorBefore"], 0.4) and cut["pValue"] < 1e-6, cut
     assert training["conceptSince"] == cut["ts"] and training["holdoutStrategy"] == "post_change_cross_fitted"
     assert set(training["recipes"]) == {"sinceCut", "withHistory"}
     report = json.loads((storage / "churn" / "versions" / "2" / "report.json").read_text())
