@@ -246,18 +246,22 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
 
 def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, kubectl, k8s_namespace):
     """Labels too scarce to tell an equal challenger from stable before maxDuration (one row a second, half
-    to each arm, 10 minutes): at its last step the analysis says so and ends minutes before its deadline."""
+    to each arm, 5 minutes): at its last step the analysis says so and ends minutes before its deadline.
+
+    Sized by simulating this very analysis (the real `evaluate`, Poisson arrivals at 0.5 labels/s/arm, 2s
+    looks, 1,000 runs): it ended by 110s every time. With a 10-minute deadline the last minutes could still
+    decide, so 15% of runs held past 80% of it (a fresh-clone CI run failed that way: 560s of 600s)."""
     ns = k8s_namespace
     claim, storage = artifact_claim(loops.cluster, ns)
     seed_registry(storage, "churn")
     manifest = loop_manifest(ns, prometheus.url, claim, initial_version=1, max_degradation=1.0)
     manifest["spec"]["rollout"]["steps"] = [{"weight": 50, "pause": "10s"}]
-    manifest["spec"]["rollout"]["analysis"].update({"maxDuration": "10m", "minSamples": 20})
+    manifest["spec"]["rollout"]["analysis"].update({"maxDuration": "5m", "minSamples": 20})
     traffic = serve_then_retrain(loops, kubectl, manifest, "equal-challenger", rate=1, batch=1)
     try:
         loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the equal challenger's canary")
         started = time.monotonic()
-        status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 600, "an early end")
+        status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 330, "an early end")
         held = time.monotonic() - started
     finally:
         traffic.stop()
@@ -267,7 +271,7 @@ def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, 
     # accuracy, or availability (requests are as scarce): whichever could not decide in time says so
     undecided = [e for e in record["evidence"] if e["decision"] == "Inconclusive"]
     assert undecided and all(e["values"]["decisionProbability"] < 0.1 for e in undecided), record["evidence"]
-    assert held < 480, f"held {held:.0f}s of a 600s deadline"  # ended by the projection, not the deadline
+    assert held < 240, f"held {held:.0f}s of a 300s deadline"  # ended by the projection, not the deadline
 
 
 def route_weights(kubectl, namespace):
