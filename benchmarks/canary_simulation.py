@@ -381,11 +381,12 @@ def early_end_judge(data: Streams, setup: Setup, min_probability: float) -> tupl
     enough = np.minimum(data.canary_total, data.stable_total) >= design.min_samples
     anchor = int(np.argmax(enough))  # the totals are the same in every stream
     undecidable = np.zeros(log_lr.shape, bool)
-    for look in range(anchor + max(1, round(PROJECTION_AFTER * looks)), looks - 1 if min_probability > 0 else 0):
-        rate = (information[:, look] - information[:, anchor]) / (look - anchor)
-        left = rate * (looks - 1 - look)
-        chances = [decision_probability(z, d, i, design) for z, d, i in zip(log_lr[:, look], difference[:, look], left)]
-        undecidable[:, look] = np.array(chances) < min_probability
+    if min_probability > 0:  # 0: never projected, the analysis runs to its deadline
+        for look in range(anchor + max(1, round(PROJECTION_AFTER * looks)), looks - 1):
+            rate = (information[:, look] - information[:, anchor]) / (look - anchor)
+            left = rate * (looks - 1 - look)
+            chances = [decision_probability(*args, design) for args in zip(log_lr[:, look], difference[:, look], left)]
+            undecidable[:, look] = np.array(chances) < min_probability
     promote = (log_lr >= design.promote_log_threshold) & enough
     rollback = (log_lr <= design.rollback_log_threshold) & enough
     first_promote, first_rollback, first_stop = first_true(promote), first_true(rollback), first_true(undecidable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from feedbackloop.analysis import (
@@ -26,6 +27,8 @@ from feedbackloop.analysis import (
     start_analysis,
 )
 from feedbackloop.analysis.machine import LatencyCheck, duration_seconds
+from feedbackloop.api import Analysis
+from feedbackloop.canary import analysis_config
 
 ACCURACY_ONLY = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=3600)
 EQUAL = CountObservation(2700, 3000, 2700, 3000)
@@ -299,6 +302,31 @@ class TestUndecidableEndsEarly:
         pending = {"latency": NoData(), "gpu": ValueObservation(0.5)}
         state, _ = slow_equal_looks(config, per_minute=10, minutes=59, **pending)
         assert state.phase is Phase.RUNNING  # latency has not passed: ending now could skip its failure
+
+    def test_the_e2e_configuration_ends_early_under_sampling_noise(self) -> None:
+        """The e2e test's analysis (tests/e2e/test_loop.py: one row a second split over two equal arms, 2s
+        looks, a 5-minute deadline) under Poisson arrivals and Bernoulli labels: it must end early in every
+        seeded run, well before the 80% of the deadline the e2e test allows. Guards that test against
+        flaking when the projection changes (with a 10-minute deadline 15% of runs held past 80% of it)."""
+        spec = {"maxDuration": "5m", "minSamples": 20, "maxDegradation": 0.05, "latency": {"enabled": False}}
+        config = analysis_config(Analysis.model_validate(spec), "classification")  # as the operator builds it
+        rng = np.random.default_rng(11)
+        ended = []
+        for _ in range(100):
+            state, arms = start_analysis(0), np.zeros((2, 2))  # rows: canary, stable; columns: correct, total
+            for now in range(2, 302, 2):
+                arrived = rng.poisson(1.0, 2)
+                arms += np.column_stack([rng.binomial(arrived, 0.85), arrived])
+                if arms[:, 1].min() == 0:
+                    continue
+                accuracy = CountObservation(arms[0, 0], arms[0, 1], arms[1, 0], arms[1, 1])
+                available = CountObservation(arms[0, 1], arms[0, 1], arms[1, 1], arms[1, 1])
+                state, verdict, _ = evaluate(config, state, {"accuracy": accuracy, "availability": available}, now)
+                if state.phase.final:
+                    break
+            assert state.phase is Phase.INCONCLUSIVE and "undecidable" in verdict.message, verdict.message
+            ended.append(state.finished_at)
+        assert max(ended) < 0.6 * 300, sorted(ended)[-5:]
 
     def test_the_anchor_survives_a_restart(self) -> None:
         state, _ = slow_equal_looks(self.CONFIG, per_minute=10, minutes=3)
