@@ -22,3 +22,7 @@ def unprocessable(message: str) -> RequestError:
 
 def too_large(message: str) -> RequestError:
     return RequestError(413, message)
+
+
+class ModelLoadError(Exception):
+    """Why this version cannot serve; the server stays not-ready and logs it."""

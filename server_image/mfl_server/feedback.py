@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import bad_request, too_large, unprocessable
 from .ids import InvalidId, PredictionRef
-from .inputs import MAX_ABS_NUMBER, MAX_TEXT_CHARS  # float32's range keeps error sums finite too
+from .limits import MAX_ABS_NUMBER, MAX_TEXT_CHARS
 
 MISSING_TEXT = frozenset({"", "na", "n/a", "null", "none", "nan"})  # the trainer drops these labels
 OTHER_LABEL = "__other__"  # confusion label for actual values outside the known classes

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from .errors import RequestError, bad_request, too_large, unprocessable
+from .limits import MAX_ABS_NUMBER, MAX_TEXT_CHARS
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _NUMERIC_TYPES = frozenset({int, float, bool, type(None)})  # None is a missing value (NaN)
 _CATEGORICAL_TYPES = frozenset({str, int, float, bool, type(None)})
-MAX_ABS_NUMBER = 3.4e38  # float32's largest value
-MAX_TEXT_CHARS = 1024  # per categorical value
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (
     5.0,
 )
 ABS_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 10000.0)
-ENDPOINTS = ("predict", "feedback")
+ENDPOINTS = ("predict", "infer", "feedback")  # "infer": the Open Inference Protocol route
 # The classic text format: every Prometheus version parses it, and our names need nothing newer.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -14,15 +14,11 @@ import joblib
 import numpy as np
 from sklearn.base import is_classifier
 
-from .errors import unprocessable
+from .errors import ModelLoadError, unprocessable
 from .inputs import CATEGORICAL, NUMERIC, InputSchema
 
 TASKS = ("classification", "regression")
 log = logging.getLogger("mfl_server.model")
-
-
-class ModelLoadError(Exception):
-    """Why this version cannot serve; the server stays not-ready and logs it."""
 
 
 @dataclass
@@ -33,6 +29,10 @@ class LoadedModel:
     classes: list[Any] | None
     metadata: dict[str, Any]
     predict_fn: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def features(self) -> list[str]:
+        return self.schema.features
 
     def predict(self, matrix: np.ndarray) -> list[Any]:
         """Native Python labels (int, float, str, bool) for the rows of ``matrix``."""
