@@ -150,15 +150,21 @@ APPLIED = "feedbackloop.dev/applied"  # hash of what the operator last applied t
 
 
 def owned(deployment: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a server Deployment the operator owns (and restores when someone changes them)."""
+    """The fields of a server Deployment the operator owns (and restores when someone changes them): of every
+    container (the server, and the feedback sidecar in V2 mode), and the hash of the whole pod template it
+    built, so that any spec change (placement, probes, a container added or removed) rolls out."""
     spec = deployment.get("spec", {})
-    container = spec.get("template", {}).get("spec", {}).get("containers", [{}])[0]
+    containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
+    annotations = deployment["metadata"].get("annotations") or {}
     return {
         "replicas": spec.get("replicas"),
-        "image": container.get("image"),
+        "image": ", ".join(str(c.get("image")) for c in containers),
         "version": (deployment["metadata"].get("labels") or {}).get(resources.VERSION_LABEL),
         # Not resources: the API server normalizes quantities (0.5 -> 500m), which would look like drift.
-        "env": sorted((e.get("name"), e.get("value")) for e in container.get("env") or []),
+        "env": sorted(
+            (str(c.get("name")), str(e.get("name")), e.get("value")) for c in containers for e in c.get("env") or []
+        ),
+        "template": annotations.get(resources.TEMPLATE_ANNOTATION),
     }
 
 

@@ -7,6 +7,7 @@ drift. Field names are camelCase on the wire (Kubernetes convention) and snake_c
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import posixpath
 import re
@@ -175,21 +176,304 @@ class Resources(ApiModel):
         return self
 
 
+# --- pods the user brings: env, placement, pull secrets (issue 19, item 5) ------------------------------
+
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+MAX_ENV = 64
+MAX_ENV_VALUE = 16384
+MAX_ENV_FROM = 16
+MAX_NODE_SELECTOR = 20
+MAX_TOLERATIONS = 20
+MAX_PULL_SECRETS = 10
+MAX_AFFINITY_BYTES = 16384
+AFFINITY_KINDS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+
+
+def label_key_error(key: str) -> str:
+    """Why `key` is no Kubernetes label key ('' when it is one): [prefix/]name, a DNS subdomain prefix of at
+    most 253 characters and a name of at most 63."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not re.fullmatch(DNS_SUBDOMAIN_PATTERN, prefix)):
+        return f"{key!r}: the prefix must be a DNS subdomain of at most 253 characters"
+    if len(name) > 63 or not LABEL_NAME.match(name):
+        return f"{key!r}: the name must be 1 to 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+    return ""
+
+
+class KeyRef(ApiModel):
+    """A key of a Secret or ConfigMap in the loop's namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The object's name.")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="The key within it.")
+    optional: bool = Field(
+        default=False, description="true: a missing object or key leaves the variable unset. Default false."
+    )
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from: set exactly one of secretKeyRef and configMapKeyRef."""
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
 class EnvVar(ApiModel):
-    """An environment variable of the model server container."""
+    """An environment variable: a value, or a key of a Secret or ConfigMap."""
 
-    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
-    value: str = Field(default="", description="Variable value; omitted: empty.")
+    name: str = Field(pattern=ENV_NAME_PATTERN, max_length=253, description="Variable name.")
+    value: str = Field(
+        default="", max_length=MAX_ENV_VALUE, description="Variable value, at most 16384 characters; omitted: empty."
+    )
+    value_from: EnvVarSource | None = Field(default=None, description="Take the value from a Secret or ConfigMap.")
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value and self.value_from is not None:
+            raise field_error("EnvVar", ("valueFrom",), "set value or valueFrom, not both", None)
+        return self
 
 
-class Serving(ApiModel):
+class ObjectRef(ApiModel):
+    """A Secret or ConfigMap in the loop's namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The object's name.")
+    optional: bool = Field(default=False, description="true: a missing object is skipped. Default false.")
+
+
+class EnvFromSource(ApiModel):
+    """Every key of a Secret or ConfigMap as a variable: set exactly one of secretRef and configMapRef."""
+
+    prefix: str = Field(
+        default="",
+        pattern=r"^([-._a-zA-Z][-._a-zA-Z0-9]*)?$",
+        max_length=63,
+        description="Put before each key to make the variable's name; omitted: none.",
+    )
+    secret_ref: ObjectRef | None = Field(default=None, description="A Secret.")
+    config_map_ref: ObjectRef | None = Field(default=None, description="A ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("set exactly one of secretRef or configMapRef")
+        return self
+
+
+class Toleration(ApiModel):
+    """Lets the Pods run on nodes with a matching taint, as in a Pod spec."""
+
+    key: str = Field(default="", max_length=317, description="Taint key; omitted: every key (operator must be Exists).")
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Equal matches key and value; Exists any value of the key. Default Equal."
+    )
+    value: str = Field(
+        default="",
+        pattern=LABEL_VALUE_PATTERN,
+        max_length=63,
+        description="Taint value for Equal (empty for Exists).",
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="NoSchedule, PreferNoSchedule or NoExecute; omitted: every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        description="With effect NoExecute: how long the Pod stays after the taint appears, in seconds; omitted: "
+        "for ever.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.key and label_key_error(self.key):
+            raise field_error("Toleration", ("key",), label_key_error(self.key), self.key)
+        if not self.key and self.operator != "Exists":
+            raise field_error("Toleration", ("operator",), "a toleration without a key must use Exists", None)
+        if self.operator == "Exists" and self.value:
+            raise field_error("Toleration", ("value",), "Exists takes no value: remove it or use Equal", None)
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise field_error(
+                "Toleration", ("tolerationSeconds",), "only for effect NoExecute", self.toleration_seconds
+            )
+        return self
+
+
+class LocalObjectRef(ApiModel):
+    """A Secret in the loop's namespace, by name."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="The Secret's name.")
+
+
+def _unique_env(env: list[EnvVar]) -> list[EnvVar]:
+    names = [e.name for e in env]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"list each variable once; repeated: {repeated}")
+    return env
+
+
+def _node_selector(selector: dict[str, str]) -> dict[str, str]:
+    # Checked here rather than in the schema: an error inside the map would name a key, not the field.
+    for key, value in selector.items():
+        problem = label_key_error(key)
+        if problem:
+            raise ValueError(problem)
+        if len(value) > 63 or not re.fullmatch(LABEL_VALUE_PATTERN, value):
+            raise ValueError(f"{key}={value!r}: a label value is at most 63 letters, digits, '-', '_' or '.'")
+    return selector
+
+
+def _affinity(affinity: dict[str, Any]) -> dict[str, Any]:
+    """Free-form (as a Pod spec's affinity, passed on as written) but bounded: known kinds, objects, finite."""
+    unknown = sorted(set(affinity) - set(AFFINITY_KINDS))
+    if unknown:
+        raise ValueError(f"unknown {unknown}: use {', '.join(AFFINITY_KINDS)}")
+    if not all(isinstance(value, dict) for value in affinity.values()):
+        raise ValueError("each of nodeAffinity, podAffinity and podAntiAffinity is an object")
+    if _non_finite(affinity):
+        raise ValueError("holds a NaN or an infinity")
+    if len(json.dumps(affinity)) > MAX_AFFINITY_BYTES:
+        raise ValueError(f"is larger than {MAX_AFFINITY_BYTES} bytes as JSON")
+    return affinity
+
+
+EnvList = Annotated[list[EnvVar], AfterValidator(_unique_env)]
+NodeSelector = Annotated[dict[str, str], AfterValidator(_node_selector)]
+Affinity = Annotated[dict[str, Any], AfterValidator(_affinity)]
+
+
+class PodSettings(ApiModel):
+    """What a platform sets on the Pods it runs: environment, placement and image pull secrets."""
+
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=MAX_ENV_FROM,
+        description="Secrets and ConfigMaps whose keys become variables, at most 16; a variable the operator or "
+        "env sets wins. Default none.",
+    )
+    node_selector: NodeSelector = Field(
+        default_factory=dict,
+        max_length=MAX_NODE_SELECTOR,
+        description="Node labels the Pods must match, at most 20, as a Pod spec's nodeSelector. Default none.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_TOLERATIONS,
+        description="Taints the Pods tolerate, at most 20. Default none.",
+    )
+    affinity: Affinity = Field(
+        default_factory=dict,
+        max_length=len(AFFINITY_KINDS),
+        description="A Pod spec's affinity (nodeAffinity, podAffinity, podAntiAffinity), passed on as written; at "
+        "most 16384 bytes as JSON. Default none.",
+    )
+    image_pull_secrets: list[LocalObjectRef] = Field(
+        default_factory=list,
+        max_length=MAX_PULL_SECRETS,
+        description="Secrets holding the registry credentials of the Pods' images, at most 10. Default none.",
+    )
+
+
+# --- serving ---------------------------------------------------------------------------------------------
+
+RUNTIME_PLACEHOLDERS = ("versionDir", "modelName", "port")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MLSERVER_ARGS = ["mlserver", "start", "{versionDir}"]
+MAX_ARGS = 32
+MAX_ARG_LENGTH = 1024
+Arg = Annotated[str, Field(min_length=1, max_length=MAX_ARG_LENGTH)]
+
+
+class Sidecar(ApiModel):
+    """The feedback sidecar beside a V2 server: serves the Service's port, passes inference through, signs
+    prediction ids, logs rows and takes labels (docs/contracts.md)."""
+
+    image: str = Field(
+        default="ghcr.io/feedbackloop/mfl-sidecar:0.1.0",
+        min_length=1,
+        max_length=512,
+        description="Sidecar image. Default ghcr.io/feedbackloop/mfl-sidecar:0.1.0.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory of the sidecar container.")
+    env: EnvList = Field(
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra variables of the sidecar (e.g. MFL_UPSTREAM_MODEL, MFL_UPSTREAM_TIMEOUT_SECONDS), at "
+        "most 64; one the operator sets is dropped. Default none.",
+    )
+
+
+class Runtime(ApiModel):
+    """A server speaking the Open Inference Protocol (V2) in place of mfl-server: serving.image runs it and the
+    operator adds the feedback sidecar, which owns serving.port. Omitted: serving.image is an mfl-server."""
+
+    kind: Literal["mlserver", "custom"] = Field(
+        default="mlserver",
+        description="mlserver: MLServer, configured by MLSERVER_* variables and the version's model-settings.json; "
+        "custom: any V2 server, run by command and args. Default mlserver.",
+    )
+    port: int = Field(
+        default=9000,
+        ge=1,
+        le=65535,
+        description="The server's HTTP port inside the Pod (not serving.port; MLServer also takes port+1 for gRPC "
+        "and port+2 for metrics). Default 9000.",
+    )
+    command: list[Arg] = Field(
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description="The container's command (replaces the image's entrypoint), with the placeholders of args; "
+        "omitted: the image's.",
+    )
+    args: list[Arg] = Field(
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description="The container's args, at most 32 of 1024 characters; {versionDir}, {modelName} and {port} "
+        "are replaced. Omitted: mlserver start {versionDir} for mlserver; required for custom.",
+    )
+    sidecar: Sidecar = Field(default_factory=Sidecar)
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Runtime:
+        if self.kind == "custom" and not self.args and not self.command:
+            raise field_error(
+                "Runtime", ("args",), "a custom server needs args (or command), e.g. its model directory", None
+            )
+        for name in ("command", "args"):
+            for index, arg in enumerate(getattr(self, name)):
+                unknown = sorted(set(PLACEHOLDER.findall(arg)) - set(RUNTIME_PLACEHOLDERS))
+                if unknown:
+                    known = ", ".join(f"{{{p}}}" for p in RUNTIME_PLACEHOLDERS)
+                    raise field_error("Runtime", (name, index), f"unknown placeholder {unknown}: use {known}", arg)
+        return self
+
+    def ports(self) -> dict[str, int]:
+        """The ports the server takes inside the Pod, by use."""
+        if self.kind == "mlserver":
+            return {"http": self.port, "grpc": self.port + 1, "metrics": self.port + 2}
+        return {"http": self.port}
+
+    def server_args(self) -> list[str]:
+        return self.args or (MLSERVER_ARGS if self.kind == "mlserver" else [])
+
+
+class Serving(PodSettings):
     """The model server Deployments the operator runs: stable, and a canary during a rollout."""
 
     image: str = Field(
         default="ghcr.io/feedbackloop/mfl-server:0.1.0",
         min_length=1,
-        description="Model server image, implementing the mfl-server contract (docs/contracts.md). "
-        "Default ghcr.io/feedbackloop/mfl-server:0.1.0.",
+        max_length=512,
+        description="Model server image: an mfl-server (docs/contracts.md), or with runtime any server speaking the "
+        "Open Inference Protocol. Default ghcr.io/feedbackloop/mfl-server:0.1.0.",
     )
     replicas: int = Field(
         default=2,
@@ -202,13 +486,35 @@ class Serving(ApiModel):
         default=8080,
         ge=1,
         le=65535,
-        description="Container port of the server's HTTP API and /metrics (Pods carry prometheus.io scrape "
-        "annotations for it). Default 8080.",
+        description="Container port of the HTTP API and /metrics (the feedback sidecar's with runtime), the "
+        "Service's target and the prometheus.io scrape port. Default 8080.",
     )
     resources: Resources = Field(default_factory=Resources, description="CPU and memory of each server container.")
-    env: list[EnvVar] = Field(
-        default_factory=list, description="Extra environment variables of the server containers. Default none."
+    env: EnvList = Field(
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra variables of the server containers, at most 64, unique; one the operator sets (MFL_*, "
+        "TMPDIR, MLSERVER_* with runtime) is dropped: the operator's wins. Default none.",
     )
+    runtime: Runtime | None = Field(
+        default=None, description="Serve with an Open Inference Protocol server and the feedback sidecar."
+    )
+
+    @model_validator(mode="after")
+    def _ports_free(self) -> Serving:
+        if self.runtime is None:
+            return self
+        for use, port in self.runtime.ports().items():
+            if port > 65535 or port == self.port:
+                taken = "above 65535" if port > 65535 else f"serving.port {self.port}, the sidecar's"
+                what = "its HTTP port" if use == "http" else f"its {use} port {port}"
+                raise field_error(
+                    "Serving",
+                    ("runtime", "port"),
+                    f"{self.runtime.port}: {what} is {taken}; pick another port",
+                    self.runtime.port,
+                )
+        return self
 
 
 class SecretKeyRef(ApiModel):
@@ -423,6 +729,8 @@ Estimator = Literal[
     "random_forest_regressor",
     "hist_gradient_boosting_regressor",
     "sgd_regressor",
+    "lightgbm",
+    "lightgbm_regressor",
 ]
 GateMetric = Literal["accuracy", "f1_macro", "mae", "rmse", "r2"]
 # What the trainer has for each task (trainer_image/mfl_trainer: estimators.py, evaluation.py, config.py's
@@ -433,13 +741,20 @@ TASK_METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("mae"
 NOT_INCREMENTAL = ("ridge",)  # neither partial_fit nor warm_start
 
 
-class Trainer(ApiModel):
-    """The container each retraining Job runs."""
+class Trainer(PodSettings):
+    """The container each retraining Job runs (docs/contracts.md: the trainer contract)."""
 
     image: str = Field(
         default="ghcr.io/feedbackloop/mfl-trainer:0.1.0",
         min_length=1,
+        max_length=512,
         description="Trainer image. Default ghcr.io/feedbackloop/mfl-trainer:0.1.0.",
+    )
+    env: EnvList = Field(
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra variables of the trainer container, at most 64, unique; one the operator sets "
+        "(MFL_TRAINER_CONFIG, MFL_TRAINER_THREADS, TMPDIR) is dropped: the operator's wins. Default none.",
     )
     resources: Resources = Field(
         default_factory=Resources,
@@ -528,8 +843,8 @@ class Retraining(ApiModel):
     estimator: Estimator = Field(
         default="hist_gradient_boosting",
         json_schema_extra=_no_schema_default,
-        description="scikit-learn estimator matching model.task (ridge and the *_regressor ones are for "
-        "regression). Omitted: hist_gradient_boosting for classification, hist_gradient_boosting_regressor "
+        description="Estimator matching model.task: scikit-learn's, or lightgbm (ridge and the *_regressor ones are "
+        "for regression). Omitted: hist_gradient_boosting for classification, hist_gradient_boosting_regressor "
         "for regression.",
     )
     hyperparameters: dict[str, Any] = Field(

@@ -137,9 +137,13 @@ class Kube:
             body,
             loop["metadata"]["uid"],
         )
-        # Converge replicas, labels and the pod template; a no-op patch does not bump the generation.
+        # Converge replicas, labels and the pod template; a no-op patch does not bump the generation. The pod
+        # spec is replaced whole ("$patch": "replace"), not merged: a strategic merge keeps containers, env
+        # variables and nodeSelector keys the spec no longer has (a removed feedback sidecar would stay).
         metadata = {"labels": body["metadata"]["labels"], "annotations": body["metadata"].get("annotations") or {}}
-        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": metadata, "spec": body["spec"]})
+        template = body["spec"]["template"]
+        spec = {**body["spec"], "template": {**template, "spec": {**template["spec"], "$patch": "replace"}}}
+        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": metadata, "spec": spec})
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         try:

@@ -6,7 +6,10 @@ import hashlib
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
+
+from mfl_contracts import storage
 
 from . import api
 from .api import ModelFeedbackLoopSpec, Resources
@@ -15,6 +18,7 @@ MANAGED_BY = "feedbackloop"
 LOOP_LABEL = "feedbackloop.dev/loop"
 TRACK_LABEL = "feedbackloop.dev/track"
 VERSION_LABEL = "feedbackloop.dev/version"
+TEMPLATE_ANNOTATION = "feedbackloop.dev/template"  # hash of the pod template a server Deployment was built with
 RUN_AS = 65532
 SCRATCH = api.SCRATCH_PATH
 SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}]
@@ -150,6 +154,51 @@ def _volumes(spec: ModelFeedbackLoopSpec) -> tuple[list[dict[str, Any]], list[di
     return volumes, mounts
 
 
+def _env(user: list[api.EnvVar], operator_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The user's variables, then the operator's; a user variable of a name the operator sets is dropped, so the
+    operator's always wins (envFrom loses to both, as Kubernetes does)."""
+    reserved = {e["name"] for e in operator_env}
+    return [*(_env_var(e) for e in user if e.name not in reserved), *operator_env]
+
+
+def _env_var(var: api.EnvVar) -> dict[str, Any]:
+    if var.value_from is None:
+        return {"name": var.name, "value": var.value}
+    return {"name": var.name, "valueFrom": var.value_from.model_dump(by_alias=True, exclude_none=True)}
+
+
+def _pod_settings(settings: api.PodSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(container fields, pod spec fields) of what the user brings to a Pod; only what is set."""
+    container: dict[str, Any] = {}
+    if settings.env_from:
+        container["envFrom"] = [
+            {k: v for k, v in source.model_dump(by_alias=True, exclude_none=True).items() if v != ""}
+            for source in settings.env_from
+        ]
+    pod: dict[str, Any] = {}
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = [
+            {k: v for k, v in t.model_dump(by_alias=True, exclude_none=True).items() if v != ""}
+            for t in settings.tolerations
+        ]
+    if settings.affinity:
+        pod["affinity"] = settings.affinity
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": ref.name} for ref in settings.image_pull_secrets]
+    return container, pod
+
+
+def version_dir(spec: ModelFeedbackLoopSpec, version: int) -> str:
+    """The version's folder as the containers see it: <mountPath>/<model>/versions/<n>."""
+    return storage.version_dir(Path(spec.model.storage.mount_path), spec.model.name, version).as_posix()
+
+
+def _substitute(args: list[str], values: dict[str, str]) -> list[str]:
+    return [api.PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg) for arg in args]
+
+
 def server_deployment(
     loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, track: str, replicas: int
 ) -> dict[str, Any]:
@@ -164,7 +213,7 @@ def server_deployment(
         VERSION_LABEL: str(version),
     }
     volumes, mounts = _volumes(spec)
-    operator_env = [
+    mfl_env: list[dict[str, Any]] = [
         {"name": "MFL_MODEL_NAME", "value": spec.model.name},
         {"name": "MFL_MODEL_VERSION", "value": str(version)},
         {"name": "MFL_TRACK", "value": track},
@@ -177,16 +226,12 @@ def server_deployment(
         {"name": "MFL_FEEDBACK_MAX_AGE_SECONDS", "value": str(int(feedback_max_age(spec)))},
         *SCRATCH_ENV,
     ]
-    # What the operator sets wins: `serving.env` may add variables, never replace the version, track or key.
-    reserved = {e["name"] for e in operator_env}
-    env = [*({"name": e.name, "value": e.value} for e in serving.env if e.name not in reserved), *operator_env]
-    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
-    container = {
-        "name": "server",
+    user_container, user_pod = _pod_settings(serving)
+    # The container that owns serving.port as `http`: the Service's target, probed and scraped.
+    front = {
         "image": serving.image,
-        "env": env,
         "ports": [{"name": "http", "containerPort": serving.port}],
-        "readinessProbe": probe,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": 10,
@@ -197,33 +242,102 @@ def server_deployment(
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
     }
+    if serving.runtime is None:
+        containers = [{"name": "server", **front, "env": _env(serving.env, mfl_env), **user_container}]
+    else:
+        containers = _v2_containers(spec, serving.runtime, version, front, mfl_env, user_container, mounts)
+    template = {
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(serving.port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "containers": containers,
+            "volumes": volumes,
+            "automountServiceAccountToken": False,
+            "securityContext": restricted_pod_security(),
+            "terminationGracePeriodSeconds": 30,
+            **user_pod,
+        },
+    }
+    metadata = _metadata(loop, name, {TRACK_LABEL: track, VERSION_LABEL: str(version)})
+    metadata["annotations"] = {TEMPLATE_ANNOTATION: template_hash(template)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(loop, name, {TRACK_LABEL: track, VERSION_LABEL: str(version)}),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(serving.port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "automountServiceAccountToken": False,
-                    "securityContext": restricted_pod_security(),
-                    "terminationGracePeriodSeconds": 30,
-                },
-            },
+            "template": template,
         },
     }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+MLSERVER_METRICS_DIR = f"{SCRATCH}/mlserver-metrics"
+
+
+def _v2_containers(
+    spec: ModelFeedbackLoopSpec,
+    runtime: api.Runtime,
+    version: int,
+    front: dict[str, Any],
+    mfl_env: list[dict[str, Any]],
+    user_container: dict[str, Any],
+    mounts: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """V2 mode: `server` runs serving.image on runtime.port inside the Pod; `feedback`, the sidecar, owns the
+    `http` port and passes inference through to it. The Pod is ready when both are (the sidecar's /readyz asks
+    the server's model readiness)."""
+    serving = spec.model.serving
+    values = {"versionDir": version_dir(spec, version), "modelName": spec.model.name, "port": str(runtime.port)}
+    server_env = list(SCRATCH_ENV)
+    if runtime.kind == "mlserver":
+        ports = runtime.ports()
+        server_env = [
+            {"name": "MLSERVER_HTTP_PORT", "value": str(ports["http"])},
+            {"name": "MLSERVER_GRPC_PORT", "value": str(ports["grpc"])},
+            {"name": "MLSERVER_METRICS_PORT", "value": str(ports["metrics"])},
+            {"name": "MLSERVER_METRICS_DIR", "value": MLSERVER_METRICS_DIR},
+            {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+            {"name": "MLSERVER_LOAD_MODELS_AT_STARTUP", "value": "true"},
+            *server_env,
+        ]
+    live = {"httpGet": {"path": "/v2/health/live", "port": runtime.port}}
+    server: dict[str, Any] = {
+        "name": "server",
+        "image": serving.image,
+        **({"command": _substitute(runtime.command, values)} if runtime.command else {}),
+        **({"args": _substitute(runtime.server_args(), values)} if runtime.server_args() else {}),
+        "env": _env(serving.env, server_env),
+        **user_container,
+        "ports": [{"name": "runtime", "containerPort": runtime.port}],
+        # Loading a model may take long: liveness starts once the server first answers.
+        "startupProbe": {**live, "periodSeconds": 2, "failureThreshold": 150},
+        "livenessProbe": {**live, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": _resources(serving.resources),
+        # The server only reads its version; the sidecar writes the logs and labels.
+        "volumeMounts": [{**mount, "readOnly": True} if mount["name"] == "artifacts" else mount for mount in mounts],
+        "securityContext": restricted_container_security(),
+    }
+    sidecar_env = [*mfl_env, {"name": "MFL_UPSTREAM_URL", "value": f"http://127.0.0.1:{runtime.port}"}]
+    feedback = {
+        **front,
+        "name": "feedback",
+        "image": runtime.sidecar.image,
+        "env": _env(runtime.sidecar.env, sidecar_env),
+        "resources": _resources(runtime.sidecar.resources),
+    }
+    return [server, feedback]
 
 
 def service(loop: dict[str, Any], spec: ModelFeedbackLoopSpec, track: str | None = None) -> dict[str, Any]:
@@ -291,20 +405,21 @@ def training_job(
     config = {**trainer_config(loop, spec, version, parent), **(extra_config or {})}
     volumes, mounts = _volumes(spec)
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
+    operator_env: list[dict[str, Any]] = [
+        {"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)},
+        *SCRATCH_ENV,
+        # As many threads as the CPU limit allows (the node's CPUs when there is none).
+        {
+            "name": "MFL_TRAINER_THREADS",
+            "valueFrom": {"resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}},
+        },
+    ]
+    user_container, user_pod = _pod_settings(retraining.trainer)
     container = {
         "name": "trainer",
         "image": retraining.trainer.image,
-        "env": [
-            {"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)},
-            *SCRATCH_ENV,
-            # As many threads as the CPU limit allows (the node's CPUs when there is none).
-            {
-                "name": "MFL_TRAINER_THREADS",
-                "valueFrom": {
-                    "resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}
-                },
-            },
-        ],
+        "env": _env(retraining.trainer.env, operator_env),
+        **user_container,
         "resources": _resources(retraining.trainer.resources),
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
@@ -326,6 +441,7 @@ def training_job(
                     "volumes": volumes,
                     "automountServiceAccountToken": False,
                     "securityContext": restricted_pod_security(),
+                    **user_pod,
                 },
             },
         },
