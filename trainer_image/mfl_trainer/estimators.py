@@ -3,11 +3,17 @@
 The saved model is a scikit-learn ``Pipeline``: ``prepare`` (a ``ColumnTransformer``) then ``model``.
 Its input is a 2-D array with one column per feature in ``metadata.features`` order: float64 when
 every feature is numeric, object dtype when some feature is categorical (text).
+
+LightGBM's estimators (``lightgbm``, ``lightgbm_regressor``) are its scikit-learn API classes, imported on
+first use. Their features are numeric only and pass through unchanged (LightGBM handles missing values), so
+the pipeline's input is the booster's input too: ``model.txt`` (formats.py) serves the same rows.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +33,11 @@ from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRe
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mfl_contracts.estimators import LIGHTGBM, SKLEARN
+
 from .errors import TrainerError
 from .tables import NUMERIC
+from .threads import thread_budget
 
 try:
     from sklearn.utils._param_validation import InvalidParameterError
@@ -36,7 +45,7 @@ except ImportError:  # pragma: no cover - private module moved
     InvalidParameterError = ValueError  # type: ignore[misc,assignment]
 
 MAX_CATEGORIES = 32  # per categorical feature; rarer values share one "infrequent" column
-PARTIAL_FIT, GROW, WARM_REFIT = "partial_fit", "grow", "warm_refit"
+PARTIAL_FIT, GROW, WARM_REFIT, BOOST_MORE = "partial_fit", "grow", "warm_refit", "init_model"
 DEFAULT_EPOCHS = 5
 
 
@@ -48,8 +57,40 @@ class EstimatorSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     linear: bool = False  # impute and standardise numeric features
     native_nan: bool = False  # handles missing values itself
-    incremental: str | None = None  # PARTIAL_FIT, GROW (warm start adds trees) or WARM_REFIT
-    growth_param: str | None = None  # GROW: the parameter counting trees / iterations
+    incremental: str | None = None  # PARTIAL_FIT, GROW (warm start adds trees), WARM_REFIT or BOOST_MORE
+    growth_param: str | None = None  # GROW, BOOST_MORE: the parameter counting trees / iterations
+    format: str = SKLEARN  # what a version publishes (formats.py)
+    threads_param: str | None = None  # set to the trainer's thread budget unless a hyperparameter sets it
+    numeric_only: bool = False  # categorical (text) features are refused
+
+
+class _LightGBM:
+    """A LightGBM scikit-learn API class, imported on first use: most runs never load LightGBM (and OpenMP)."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+
+    @property
+    def cls(self) -> type[BaseEstimator]:
+        return getattr(importlib.import_module("lightgbm"), self.__name__)  # type: ignore[no-any-return]
+
+    def __call__(self, **params: Any) -> BaseEstimator:
+        return self.cls(**params)
+
+
+def _lightgbm_spec(name: str, task: str, cls: str) -> EstimatorSpec:
+    return EstimatorSpec(
+        name,
+        task,
+        _LightGBM(cls),
+        {"verbose": -1},
+        native_nan=True,
+        incremental=BOOST_MORE,
+        growth_param="n_estimators",
+        format=LIGHTGBM,
+        threads_param="n_jobs",
+        numeric_only=True,
+    )
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
@@ -101,6 +142,8 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
             growth_param="max_iter",
         ),
         EstimatorSpec("sgd_regressor", "regression", SGDRegressor, linear=True, incremental=PARTIAL_FIT),
+        _lightgbm_spec("lightgbm", "classification", "LGBMClassifier"),
+        _lightgbm_spec("lightgbm_regressor", "regression", "LGBMRegressor"),
     ]
 }
 
@@ -116,11 +159,14 @@ def estimator_spec(name: str, task: str) -> EstimatorSpec:
 
 
 def make_estimator(spec: EstimatorSpec, hyperparameters: dict[str, Any], seed: int) -> BaseEstimator:
-    """A fresh estimator: defaults, a fixed random_state, then the hyperparameters (names checked)."""
+    """A fresh estimator: defaults, a fixed random_state, the thread budget, then the hyperparameters (names
+    checked)."""
     estimator = spec.factory(**spec.defaults)
     check_hyperparameter_names(spec, estimator, hyperparameters)
     if "random_state" in estimator.get_params(deep=False):
         estimator.set_params(random_state=seed)
+    if spec.threads_param:
+        estimator.set_params(**{spec.threads_param: thread_budget()})
     estimator.set_params(**hyperparameters)
     _validate_values(spec, estimator)
     return estimator
@@ -138,7 +184,7 @@ def check_hyperparameter_names(spec: EstimatorSpec, estimator: BaseEstimator, hy
 
 def _validate_values(spec: EstimatorSpec, estimator: BaseEstimator) -> None:
     validate = getattr(estimator, "_validate_params", None)
-    if validate is None:
+    if validate is None or not hasattr(estimator, "_parameter_constraints"):  # LightGBM checks when it fits
         return
     try:
         validate()
@@ -183,8 +229,26 @@ def _categorical_steps() -> Pipeline:
 def fit(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> Pipeline:
     try:
         return pipeline.fit(X, y, model__sample_weight=weights)
-    except ValueError as error:  # sklearn's way to reject a parameter combination or the data
+    except _training_errors() as error:  # sklearn's way to reject a parameter combination or the data
         raise TrainerError(f"training failed: {error}") from error
+
+
+def _training_errors() -> tuple[type[Exception], ...]:
+    """ValueError, and LightGBMError once LightGBM is loaded (how it rejects a parameter value)."""
+    basic = sys.modules.get("lightgbm.basic")
+    error = getattr(basic, "LightGBMError", None)
+    return (ValueError, error) if isinstance(error, type) else (ValueError,)
+
+
+def check_features(spec: EstimatorSpec, feature_types: dict[str, str]) -> None:
+    categorical = sorted(name for name, kind in feature_types.items() if kind != NUMERIC)
+    if spec.numeric_only and categorical:
+        numeric_only = sorted(n for n, s in ESTIMATORS.items() if s.numeric_only)
+        raise TrainerError(
+            f"estimator {spec.name!r} takes numeric features only (its {spec.format} model is served as is, "
+            f"without the one-hot encoding of text): features {categorical} are categorical; drop them or use "
+            f"an estimator other than {numeric_only}"
+        )
 
 
 # --- incremental ---------------------------------------------------------------------------------
@@ -219,6 +283,8 @@ def continue_training(
     X_prepared = model[:-1].transform(X)
     if spec.incremental == PARTIAL_FIT:
         detail = _partial_fit(final, X_prepared, y, weights, steps or DEFAULT_EPOCHS, seed)
+    elif spec.incremental == BOOST_MORE:
+        detail = _boost_more(final, spec, X_prepared, y, weights, steps)
     else:
         detail = _warm_start(final, spec, X_prepared, y, weights, steps)
     return model, detail
@@ -226,7 +292,7 @@ def continue_training(
 
 def _final_step(model: Any, spec: EstimatorSpec) -> BaseEstimator:
     final = model[-1] if isinstance(model, Pipeline) else None
-    if final is None or type(final) is not spec.factory:
+    if final is None or type(final) is not getattr(spec.factory, "cls", spec.factory):
         kind = type(final).__name__ if final is not None else type(model).__name__
         raise TrainerError(
             f"incremental training with {spec.name!r} needs a champion of the same kind "
@@ -279,6 +345,24 @@ def _warm_start(
     if spec.incremental == GROW:
         detail["after"] = _fitted_size(final)
     return detail
+
+
+def _boost_more(
+    final: BaseEstimator, spec: EstimatorSpec, X: np.ndarray, y: np.ndarray, weights: np.ndarray, steps: int | None
+) -> dict[str, Any]:
+    """LightGBM: more boosting rounds on the new rows, starting from the champion's booster (init_model)."""
+    assert spec.growth_param is not None
+    size = _fitted_size(final)
+    added = steps or max(10, size // 2)
+    champion = final.booster_
+    final.set_params(**{spec.growth_param: added})
+    try:
+        final.fit(X, y, sample_weight=weights, init_model=champion)
+    except _training_errors() as error:
+        raise TrainerError(f"incremental training failed: {error}") from error
+    after = _fitted_size(final)
+    final.set_params(**{spec.growth_param: after})  # the parameters describe the model: every round
+    return {"mode": BOOST_MORE, "rows": len(y), "before": size, "added": added, "after": after}
 
 
 def _fitted_size(final: BaseEstimator) -> int:

@@ -19,7 +19,7 @@ import sklearn
 
 from mfl_contracts import storage
 
-from . import datasource, estimators, evaluation, plan, plots, registry, split
+from . import datasource, estimators, evaluation, formats, plan, plots, registry, split
 from .config import TrainerConfig
 from .errors import TrainerError
 from .summary import success_summary
@@ -72,6 +72,7 @@ def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
         return _existing_result(config, previous, inputs.content_hashes, progress)
     registry.require_writable(config.storage_root, config.model)
     check_trainable(config, inputs.table)
+    estimators.check_features(spec, {name: inputs.table.feature_types[name] for name in inputs.features})
     return train_and_publish(config, spec, estimator, inputs, progress, started)
 
 
@@ -260,7 +261,7 @@ def train_and_publish(
             config.storage_root,
             config.model,
             config.version,
-            lambda folder: _write_files(folder, config, model, metadata, report, y_judged, predictions),
+            lambda folder: _write_files(folder, config, spec, model, metadata, report, y_judged, predictions),
         )
     except registry.VersionExists:
         previous = registry.existing_metadata(config.storage_root, config.model, config.version) or {}
@@ -545,6 +546,8 @@ def _metadata(
         "target": config.target,
         "classes": [evaluation.plain(c) for c in classes] if classes is not None else None,
         "inputFormat": INPUT_FORMAT,
+        "format": spec.format,
+        "servingOutput": formats.serving_output(spec.format, config.task),
         "dataWindow": {"start": config.window_start, "end": config.now, "seconds": config.data_window_seconds},
         "rows": rows,
         "holdout": {
@@ -567,7 +570,7 @@ def _metadata(
         "contentHashes": inputs.content_hashes,
         "trainerImage": config.trainer_image,
         "codeVersion": code_version(),
-        "libraries": {"scikit-learn": sklearn.__version__, "numpy": np.__version__},
+        "libraries": {"scikit-learn": sklearn.__version__, "numpy": np.__version__, **formats.libraries(spec.format)},
         "ignoredConfigKeys": config.ignored_keys,
         "createdAt": time.time(),
         "seconds": {k: round(v, 3) for k, v in inputs.timings.items()},
@@ -577,13 +580,14 @@ def _metadata(
 def _write_files(
     folder: Path,
     config: TrainerConfig,
+    spec: estimators.EstimatorSpec,
     model: Any,
     metadata: dict[str, Any],
     report: dict[str, Any],
     y_true: np.ndarray,
     predictions: dict[str, np.ndarray],
 ) -> None:
-    registry.save_model(folder, model)
+    formats.save(folder, spec.format, model, config.model, config.version)
     registry.save_json(folder / storage.REPORT_FILE, report)
     title = f"{config.model} version {config.version}"
     if config.task == "classification":
