@@ -51,11 +51,12 @@ def query_texts(spec: ModelFeedbackLoopSpec, namespace: str, canary_version: str
     """Both arms' counts over `window`, and each custom check rendered for the canary."""
     selector = _selector(spec, namespace)
     by = "sum by (track, version)"
+    served = f'{selector},endpoint=~"predict|infer"'  # the own route and the Open Inference Protocol's
     texts = {
         "correct": f"{by} (increase({names.FEEDBACK_CORRECT}{{{selector}}}[{window}]))",
         "labelled": f"{by} (increase({names.FEEDBACK}{{{selector}}}[{window}]))",
-        "requests": f'{by} (increase({names.HTTP_REQUESTS}{{{selector},endpoint="predict"}}[{window}]))',
-        "failed": f'{by} (increase({names.HTTP_REQUESTS}{{{selector},endpoint="predict",code=~"5.."}}[{window}]))',
+        "requests": f"{by} (increase({names.HTTP_REQUESTS}{{{served}}}[{window}]))",
+        "failed": f'{by} (increase({names.HTTP_REQUESTS}{{{served},code=~"5.."}}[{window}]))',
         "latency": f"sum by (track, version, le) (increase({names.PREDICTION_LATENCY}_bucket{{{selector}}}[{window}]))",
     }
     values = {"model": spec.model.name, "namespace": namespace, "version": canary_version, "track": "canary"}

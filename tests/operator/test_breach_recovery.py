@@ -594,7 +594,7 @@ def test_the_engine_promotes_an_offline_superior_canary_without_canary_labels() 
     assert bed.status()["retraining"]["trigger"] == "Breach"
     bed.kube.finish_job("team-a/churn-train-v2", True, superior_termination(2))
     requests = [({"track": "canary", "version": "2"}, 90.0), ({"track": "stable", "version": "1"}, 400.0)]
-    bed.prometheus.answer('endpoint="predict"}[', requests)  # served and counted, no labels yet
+    bed.prometheus.answer('endpoint=~"predict|infer"}[', requests)  # served and counted, no labels yet
     now += 60
     bed.cycle(now)
     status = bed.status()
