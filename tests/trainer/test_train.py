@@ -120,13 +120,22 @@ def test_version_1_from_base_data_only(root, tmp_path, monkeypatch, capsys):
     for stage in ("loading", "rows:", "training", "evaluating", "writing"):
         assert stage in err
     folder = version_path(root, 1)
-    assert sorted(p.name for p in folder.iterdir()) == ["confusion.png", "metadata.json", "model.joblib", "report.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "confusion.png",
+        "metadata.json",
+        "model-settings.json",
+        "model.joblib",
+        "report.json",
+    ]
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["holdout"]["reason"].startswith("only 0 labelled feedback rows")
     for key in (
         "version",
         "parentVersion",
         "task",
+        "estimator",
+        "format",
+        "servingOutput",
         "features",
         "target",
         "classes",
