@@ -50,8 +50,14 @@ class TrafficGenerator:
         n_features: int = 10,
         seed: int = 7,
         noise: float = 0.02,
+        protocol: str = "mfl",
+        model: str = "churn",
     ) -> None:
+        """``protocol`` "v2": a client that knows only the Open Inference Protocol (infer with one tensor,
+        ids from the `mfl_prediction_id` output, labels to /v2/models/<model>/feedback), as a team's
+        MLServer client would be; "mfl": the reference server's own /predict and /feedback."""
         self.endpoints = endpoints
+        self.protocol, self.model = protocol, model
         self.rate, self.batch, self.label_delay = rate, batch, label_delay
         self.generator, self.n_features, self.noise = generator, n_features, noise
         self.names = datasets.feature_names(generator, n_features)
@@ -107,22 +113,40 @@ class TrafficGenerator:
         labels = datasets.flip_labels(
             datasets.concept_labels(X, concepts, self.generator), self.noise, int(self._rng.integers(1 << 31))
         )
-        body = json.dumps({"instances": datasets.to_records(X, self.names)}).encode()
-        status, reply = http_request(
-            f"http://{random.choice(targets)}/predict", "POST", body, {"Content-Type": "application/json"}, timeout=5.0
-        )
-        if status != 200:
-            raise RuntimeError(f"/predict answered {status}: {reply[:200]!r}")
-        answer = json.loads(reply)
+        version, ids, predictions = self._predict(random.choice(targets), X)
         due = time.monotonic() + self.label_delay
-        version = str(answer.get("version", "?"))
-        for prediction_id, prediction, label in zip(answer["ids"], answer["predictions"], labels):
+        for prediction_id, prediction, label in zip(ids, predictions, labels):
             self._pending.append((due, prediction_id, int(label), version))
             tally = self.stats.by_version.setdefault(version, [0, 0])
             tally[0] += 1
             tally[1] += int(prediction) == int(label)
             self.stats.correct += int(prediction) == int(label)
         self.stats.predictions += len(labels)
+
+    def _predict(self, target: str, X: np.ndarray) -> tuple[str, list[str], list[int]]:
+        """(version, ids, predictions) of one batch."""
+        if self.protocol == "v2":
+            tensor = {"name": "input-0", "shape": list(X.shape), "datatype": "FP64", "data": X.tolist()}
+            path, body = f"/v2/models/{self.model}/infer", {"inputs": [tensor]}
+        else:
+            path, body = "/predict", {"instances": datasets.to_records(X, self.names)}
+        status, reply = http_request(
+            f"http://{target}{path}",
+            "POST",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+            timeout=5.0,
+        )
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {reply[:200]!r}")
+        answer = json.loads(reply)
+        if self.protocol != "v2":
+            return str(answer.get("version", "?")), answer["ids"], answer["predictions"]
+        outputs = {output["name"]: output["data"] for output in answer["outputs"]}
+        predicted = next(data for name, data in outputs.items() if name != "mfl_prediction_id")
+        # a runtime that answers P(class 1) (MLServer's LightGBM runtime): the client thresholds it itself
+        labels = [int(p >= 0.5) if isinstance(p, float) else int(p) for p in predicted]
+        return str(answer.get("model_version", "?")), outputs["mfl_prediction_id"], labels
 
     def _send_due_feedback(self) -> None:
         now, due = time.monotonic(), []
@@ -133,12 +157,13 @@ class TrafficGenerator:
             self._pending.extendleft(reversed(due))
             return
         body = json.dumps({"feedback": [{"id": i, "label": label} for _, i, label, _ in due]}).encode()
+        path = f"/v2/models/{self.model}/feedback" if self.protocol == "v2" else "/feedback"
         status, reply = http_request(
-            f"http://{random.choice(targets)}/feedback", "POST", body, {"Content-Type": "application/json"}, timeout=5.0
+            f"http://{random.choice(targets)}{path}", "POST", body, {"Content-Type": "application/json"}, timeout=5.0
         )
         if status != 200:
             self._pending.extendleft(reversed(due))
-            raise RuntimeError(f"/feedback answered {status}: {reply[:200]!r}")
+            raise RuntimeError(f"{path} answered {status}: {reply[:200]!r}")
         self.stats.feedback += len(due)
 
 
