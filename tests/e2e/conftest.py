@@ -91,7 +91,7 @@ def condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
-def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> list[str]:
+def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1, estimator: str | None = None) -> list[str]:
     """Base data of concept 0 and version 1 trained on it by the real trainer, as a first install would."""
     import os
     import subprocess
@@ -110,6 +110,7 @@ def seed_registry(root: Path, model: str, rows: int = 3000, seed: int = 1) -> li
         "features": names,
         "target": "label",
         "now": time.time(),
+        **({"estimator": estimator} if estimator else {}),
     }
     env = {**os.environ, "MFL_TRAINER_CONFIG": json.dumps(config), "MFL_TERMINATION_LOG": str(root / "seed.log")}
     subprocess.run([sys.executable, "-m", "mfl_trainer.main"], env=env, check=True, capture_output=True, timeout=300)
