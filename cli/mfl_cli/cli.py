@@ -11,6 +11,8 @@ mfl retrain LOOP                           retrain now (skips the cooldown, not 
 mfl demo                                   the whole loop on this machine (see `mfl demo --help`)
 mfl testbed status|down                    the local test bed `mfl demo --keep` leaves running
 mfl bench                                  every benchmark table
+mfl conformance URL [--model NAME] [-o json]
+                                           does a running server meet the serving contract
 
 The namespace is -n, else the kubeconfig context's (as kubectl); --kubeconfig, else $KUBECONFIG, else
 ~/.kube/config. Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too.
@@ -426,6 +428,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from mfl_cli import conformance  # standard library only; imported when used
+
+    return conformance.command(args)
+
+
 PLUGIN_GROUP = "mfl.commands"
 # Commands that other distributions add through the `mfl.commands` entry point: the test bed
 # (`pip install -e ./testbed`) adds these. The CLI never imports the test bed by name.
@@ -508,6 +516,22 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
             command.add_argument("-o", "--output", choices=views.FORMATS, help="the report.json as it is")
     for verb, help_ in WRITE_VERBS.items():
         loop_command(verb, cmd_request, help_).set_defaults(verb=verb)
+    conformance = sub.add_parser(
+        "conformance",
+        help="check a running server against the serving contract (health, metadata, infer with ids, "
+        "feedback, metrics)",
+        description="Checks that the server at URL meets the serving contract: V2 health and metadata, infer "
+        "with one signed id per row (output tensor and header), a label accepted once and refused as a "
+        "duplicate, the mfl_* metrics with mfl_feedback_total moved by exactly one. Sends one row and one "
+        "label. Exits 1 when a check fails.",
+    )
+    conformance.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
+    conformance.add_argument(
+        "--model", help="the model's name (default: the only one the server lists, or the one /readyz names)"
+    )
+    conformance.add_argument("--timeout", default="10s", metavar="DURATION", help="per request, e.g. 10s, 500ms")
+    conformance.add_argument("-o", "--output", choices=["json"], help="the checks as JSON")
+    conformance.set_defaults(handler=cmd_conformance)
     bench = sub.add_parser("bench", help="run every benchmark and print its table")
     bench.add_argument("--only", nargs="*", help=f"some of: {' '.join(BENCHMARKS)}")
     bench.add_argument("extra", nargs=argparse.REMAINDER, help="passed to each benchmark")

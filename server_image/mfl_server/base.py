@@ -351,7 +351,16 @@ class FeedbackServer:
             model = self.check_v2_model(request)
         except RequestError as error:
             return error_response(error.status, error.message)
-        return json_response(v2.model_metadata(self.config.model, model.version, self.platform, model.features))
+        return json_response(
+            v2.model_metadata(
+                self.config.model,
+                model.version,
+                self.platform,
+                model.features,
+                task=model.task,
+                classes=model.classes,
+            )
+        )
 
     # --- helpers -------------------------------------------------------------------------------
 

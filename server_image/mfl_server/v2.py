@@ -211,8 +211,21 @@ def ids_header(ids: list[str]) -> str | None:
 
 
 def model_metadata(
-    model: str, version: int, platform: str, features: list[str], label_type: str = "FP64"
+    model: str,
+    version: int,
+    platform: str,
+    features: list[str],
+    label_type: str = "FP64",
+    task: str | None = None,
+    classes: list[Any] | None = None,
 ) -> dict[str, Any]:
+    """The model's metadata; ``parameters`` adds what a client needs to send labels: the features in
+    order, the task and (classification) the classes a label may be."""
+    parameters: dict[str, Any] = {"features": features}
+    if task is not None:
+        parameters["task"] = task
+    if classes is not None:
+        parameters["classes"] = classes
     return {
         "name": model,
         "versions": [str(version)],
@@ -222,7 +235,7 @@ def model_metadata(
             {"name": PREDICT_OUTPUT, "datatype": label_type, "shape": [-1, 1]},
             {"name": ID_OUTPUT, "datatype": "BYTES", "shape": [-1, 1]},
         ],
-        "parameters": {"features": features},
+        "parameters": parameters,
     }
 
 
