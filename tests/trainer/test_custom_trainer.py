@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from feedbackloop import api, phases, resources
 from feedbackloop.gate import offline_gate
@@ -90,6 +91,25 @@ def test_the_example_imports_nothing_of_the_project():
     assert imported <= allowed, imported - allowed
     dockerfile = (EXAMPLE / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "USER 65532" in dockerfile and "ENTRYPOINT" in dockerfile
+
+
+def test_the_readme_spec_is_valid_and_its_pod_settings_reach_the_job(tmp_path: Path):
+    readme = (EXAMPLE / "README.md").read_text()
+    snippet = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = api.validate_spec(
+        {
+            "model": {"name": MODEL, "storage": {"hostPath": {"path": str(tmp_path)}}},
+            "monitoring": {"prometheus": {"url": "http://prometheus:9090"}},
+            **snippet["spec"],
+        }
+    )
+    job = resources.training_job(LOOP, spec, "churn-train-v1", 1, None, "Initial")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == IMAGE and container["envFrom"][0]["secretRef"]["name"] == "acme-trainer"
+    assert {"name": "ACME_TRACKING", "value": "off"} in container["env"]
+    assert pod["imagePullSecrets"] == [{"name": "acme-registry"}]
+    assert pod["nodeSelector"] and pod["tolerations"][0]["key"] == "dedicated"
 
 
 def test_the_operator_promotes_and_gates_what_a_custom_trainer_writes(tmp_path: Path):
