@@ -1,4 +1,5 @@
-"""Throughput and latency of mfl-server next to MLServer, serving the same joblib model on one core.
+"""Throughput and latency of mfl-server, MLServer and MLServer behind the feedback sidecar, serving the same
+joblib model on one core.
 
 One scikit-learn model (20 numeric features) is trained and dumped once. Each server is started in
 turn, pinned to CPU 1; this process, the load generator (benchmarks/loadgen.py), pins itself to CPU 0.
@@ -9,7 +10,21 @@ sizes 1 and 32, loopback only. Servers:
   accelerators, orjson (>= 3.11.5) and uvloop, from a side virtualenv (``--fast-venv``, created on
   first use with system site packages, so it runs this checkout's mfl_server);
 - MLServer with its scikit-learn runtime (V2 inference protocol, ``parallel_workers: 0`` so inference
-  runs in the serving process, as in mfl-server), from ``--mlserver-venv`` (created on first use).
+  runs in the serving process, as in mfl-server), from ``--mlserver-venv`` (created on first use);
+- MLServer behind ``mfl-sidecar`` (the Pod of ``spec.model.serving.runtime``): the same V2 requests go to
+  the sidecar, which forwards them to MLServer on loopback, signs and logs every row and adds the ids.
+  Both processes share CPU 1, as the two containers share a Pod's CPU: the sidecar's work is paid from
+  the same core;
+- mfl-server on its V2 route (``/v2/models/bench/infer``, the same body as MLServer's) and on its own
+  ``/predict``.
+
+The predict suite's rows are these four cells (``--variants`` adds mfl-server with the standard
+library's json and asyncio, and the ``--baseline`` revision). Each is measured twice: at
+``--concurrency`` (8: the server's CPU saturated; req/s, rows/s and the latency a loaded server shows)
+and with one request in flight (``--latency-requests``: p50/p99 of one request, no queueing: what a hop
+adds). The goals of issue 19 are printed under the table: the sidecar adds at most 1 ms at p50 and 3 ms
+at p99 at batch 1 (one in flight) and keeps >= 80% of MLServer's throughput; mfl-server's V2 route stays
+>= 2x MLServer at batch 1 and 32.
 
 mfl-server does more per request than MLServer: it signs one id per row and appends every row with its
 features to the prediction log before answering. A server that cannot be installed or started gets
@@ -75,6 +90,12 @@ class Cell:
     batch: int
     runs: list[LoadResult] = field(default_factory=list)  # one per round
     note: str = ""
+    solo: list[LoadResult] = field(default_factory=list)  # one request in flight, one per round
+
+    @property
+    def solo_median(self) -> LoadResult | None:
+        ordered = sorted(self.solo, key=lambda run: run.percentile_ms(0.5))
+        return ordered[len(ordered) // 2] if ordered else None
 
     @property
     def median(self) -> LoadResult | None:
@@ -91,6 +112,8 @@ class ServerSpec:
     encode: Callable[[np.ndarray], bytes]
     decode: Callable[[bytes], list[Any]]
     unavailable: str = ""  # why this server cannot run, if it cannot
+    # Processes started before ``start`` (the sidecar's MLServer), each with its own readiness URL.
+    before: list[tuple[Callable[[Path, int], subprocess.Popen], Callable[[int], str]]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     feedback_url: Callable[[int], str] | None = None  # mfl-server only
 
@@ -145,24 +168,43 @@ def pinned(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
+def mfl_env(storage: Path, port: int, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MFL_MODEL_NAME": MODEL,
+        "MFL_MODEL_VERSION": "1",
+        "MFL_TRACK": "stable",
+        "MFL_STORAGE_ROOT": str(storage),
+        "MFL_PORT": str(port),
+        "MFL_HOST": "127.0.0.1",
+        "MFL_SIGNING_KEY": "bench-key",
+        "MFL_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+
+
 def mfl_server_spec(
-    name: str, python: str, storage: Path, unavailable: str = "", extra_env: dict[str, str] | None = None
+    name: str,
+    python: str,
+    storage: Path,
+    unavailable: str = "",
+    extra_env: dict[str, str] | None = None,
+    route: str = "predict",
 ) -> ServerSpec:
     def start(workdir: Path, port: int) -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "MFL_MODEL_NAME": MODEL,
-            "MFL_MODEL_VERSION": "1",
-            "MFL_TRACK": "stable",
-            "MFL_STORAGE_ROOT": str(storage),
-            "MFL_PORT": str(port),
-            "MFL_HOST": "127.0.0.1",
-            "MFL_SIGNING_KEY": "bench-key",
-            "MFL_LOG_LEVEL": "WARNING",
-            **(extra_env or {}),
-        }
-        return pinned([python, "-m", "mfl_server.app"], env, workdir / f"{name}.log")
+        env = mfl_env(storage, port, extra_env)
+        return pinned([python, "-m", "mfl_server.app"], env, workdir / f"{_file_name(name)}.log")
 
+    if route == "v2":
+        return ServerSpec(
+            name=name,
+            start=start,
+            unavailable=unavailable,
+            ready_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready",
+            infer_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
+            encode=v2_body,
+            decode=v2_predictions,
+        )
     return ServerSpec(
         name=name,
         start=start,
@@ -173,6 +215,22 @@ def mfl_server_spec(
         decode=lambda body: json.loads(body)["predictions"],
         feedback_url=lambda port: f"http://127.0.0.1:{port}/feedback",
     )
+
+
+def _file_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+
+
+def v2_body(rows: np.ndarray) -> bytes:
+    """The same V2 request for every V2 cell: one FP64 tensor [rows, features], flat data."""
+    tensor = {"name": "predict", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def v2_predictions(body: bytes) -> list[Any]:
+    output = json.loads(body)["outputs"][0]
+    data = output["data"]
+    return [value for row in data for value in row] if data and isinstance(data[0], list) else data
 
 
 def export_baseline(rev: str, workdir: Path) -> tuple[str, str]:
@@ -192,9 +250,9 @@ def export_baseline(rev: str, workdir: Path) -> tuple[str, str]:
     return str(target / "server_image"), ""
 
 
-def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
+def mlserver_starter(venv: Path, model_file: Path, folder_name: str) -> Callable[[Path, int], subprocess.Popen]:
     def start(workdir: Path, port: int) -> subprocess.Popen:
-        folder = workdir / "mlserver"
+        folder = workdir / folder_name
         folder.mkdir(exist_ok=True)
         shutil.copy(model_file, folder / "model.joblib")
         (folder / "settings.json").write_text(
@@ -219,38 +277,60 @@ def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
             )
         )
         return pinned(
-            [str(venv / "bin" / "mlserver"), "start", str(folder)], dict(os.environ), workdir / "mlserver.log"
+            [str(venv / "bin" / "mlserver"), "start", str(folder)], dict(os.environ), workdir / f"{folder_name}.log"
         )
 
-    def encode(rows: np.ndarray) -> bytes:
-        return json.dumps(
-            {
-                "inputs": [
-                    {"name": "predict", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}
-                ]
-            }
-        ).encode()
+    return start
 
+
+def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
     return ServerSpec(
-        name=f"MLServer {_mlserver_version(venv)} (sklearn)",
-        start=start,
+        name=f"MLServer {_mlserver_version(venv)} alone (V2)",
+        start=mlserver_starter(venv, model_file, "mlserver"),
         unavailable=unavailable,
         ready_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready",
         infer_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
-        encode=encode,
-        decode=lambda body: json.loads(body)["outputs"][0]["data"],
+        encode=v2_body,
+        decode=v2_predictions,
+    )
+
+
+def sidecar_spec(venv: Path, model_file: Path, python: str, storage: Path, unavailable: str) -> ServerSpec:
+    """MLServer on a port of its own, then ``mfl-sidecar`` in front of it (MFL_UPSTREAM_URL), both on CPU 1.
+    The sidecar reads the version's metadata.json (features, task, classes) from ``storage``."""
+    upstream_port = free_port()
+
+    def start_mlserver(workdir: Path, _port: int) -> subprocess.Popen:
+        return mlserver_starter(venv, model_file, "mlserver-upstream")(workdir, upstream_port)
+
+    def start(workdir: Path, port: int) -> subprocess.Popen:
+        env = mfl_env(storage, port, {"MFL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}"})
+        return pinned([python, "-m", "mfl_server.sidecar"], env, workdir / "mfl-sidecar.log")
+
+    return ServerSpec(
+        name=f"MLServer {_mlserver_version(venv)} + mfl-sidecar (V2)",
+        start=start,
+        unavailable=unavailable,
+        ready_url=lambda port: f"http://127.0.0.1:{port}/v2/health/ready",
+        infer_url=lambda port: f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
+        encode=v2_body,
+        decode=v2_predictions,
+        before=[(start_mlserver, lambda _port: f"http://127.0.0.1:{upstream_port}/v2/models/{MODEL}/ready")],
     )
 
 
 @contextlib.contextmanager
 def running(spec: ServerSpec, workdir: Path) -> Iterator[int]:
     port = free_port()
-    process = spec.start(workdir, port)
-    try:
+    with contextlib.ExitStack() as stack:
+        for start, ready_url in spec.before:  # the server behind a sidecar: ready before the sidecar starts
+            companion = start(workdir, port)
+            stack.callback(stop, companion)
+            wait_ready(ready_url(port), companion, workdir)
+        process = spec.start(workdir, port)
+        stack.callback(stop, process)
         wait_ready(spec.ready_url(port), process, workdir)
         yield port
-    finally:
-        stop(process)
 
 
 def wait_ready(url: str, process: subprocess.Popen, workdir: Path) -> None:
@@ -290,6 +370,8 @@ def free_port() -> int:
 def ensure_venv(path: Path, packages: list[str], probe: str, setup: bool, system_site: bool = False) -> str:
     """'' when ``probe`` imports in the venv (creating it if allowed), else why not."""
     python = path / "bin" / "python"
+    if system_site and python.exists():
+        _see_this_venv(path)
     if python.exists() and _imports(python, probe):
         return ""
     if not setup:
@@ -308,7 +390,22 @@ def ensure_venv(path: Path, packages: list[str], probe: str, setup: bool, system
     if installed.returncode != 0:
         lines = [line for line in installed.stderr.splitlines() if line.startswith("ERROR")]
         return f"pip install {' '.join(packages)} failed: {(lines or [installed.stderr[-300:]])[-1]}"
+    if system_site:
+        _see_this_venv(path)
     return "" if _imports(python, probe) else f"{probe} does not import after installing"
+
+
+def _see_this_venv(path: Path) -> None:
+    """``--system-site-packages`` of a venv made by a venv's python is the base interpreter's: when this
+    process runs in a venv (this checkout installed editable), its site-packages are added by a .pth,
+    after the side venv's own (so its orjson and uvloop come first)."""
+    if sys.prefix == sys.base_prefix:
+        return
+    import sysconfig
+
+    ours = sysconfig.get_paths()["purelib"]
+    for target in (path / "lib").glob("python*/site-packages"):
+        (target / "zz-mfl-checkout.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
 
 
 def _imports(python: Path, code: str) -> bool:
@@ -339,6 +436,7 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
     work on the machine hits every server rather than one."""
     notes = {spec.name: f"not run: {spec.unavailable}" for spec in specs if spec.unavailable}
     runs: dict[tuple[str, int], list[LoadResult]] = {}
+    solo: dict[tuple[str, int], list[LoadResult]] = {}
     with contextlib.ExitStack() as stack:
         ports = {}
         for spec in specs:
@@ -355,17 +453,23 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
                     key = (spec.name, batch)
                     if key in notes:
                         continue
-                    outcome = measure_batch(spec, ports[spec.name], estimator, batch, args, check=round_index == 0)
+                    port = ports[spec.name]
+                    outcome = measure_batch(spec, port, estimator, batch, args, check=round_index == 0)
                     if isinstance(outcome, str):
                         notes[key] = f"not run: {outcome}"
-                    else:
-                        runs.setdefault(key, []).append(outcome)
+                        continue
+                    runs.setdefault(key, []).append(outcome)
+                    if args.latency_requests:
+                        one = measure_batch(spec, port, estimator, batch, args, check=False, concurrency=1)
+                        assert not isinstance(one, str)
+                        solo.setdefault(key, []).append(one)
     return [
         Cell(
             spec.name,
             batch,
             runs.get((spec.name, batch), []),
             notes.get(spec.name) or notes.get((spec.name, batch), ""),
+            solo.get((spec.name, batch), []),
         )
         for spec in specs
         for batch in args.batches
@@ -373,21 +477,29 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
 
 
 def measure_batch(
-    spec: ServerSpec, port: int, estimator: Any, batch: int, args: argparse.Namespace, check: bool
+    spec: ServerSpec,
+    port: int,
+    estimator: Any,
+    batch: int,
+    args: argparse.Namespace,
+    check: bool,
+    concurrency: int | None = None,
 ) -> LoadResult | str:
+    """At ``--concurrency`` by default; ``concurrency=1``: ``--latency-requests`` with one in flight."""
     rng = np.random.default_rng(batch)
     matrices = [rng.normal(size=(batch, N_FEATURES)) for _ in range(64)]
     problem = _check_predictions(spec, port, estimator, matrices[0]) if check else ""
     if problem:
         return problem
+    solo = concurrency == 1
     return asyncio.run(
         run_load(
             spec.infer_url(port),
             [spec.encode(m) for m in matrices],
             rows_per_request=batch,
-            concurrency=args.concurrency,
-            requests=args.requests,
-            warmup=args.warmup,
+            concurrency=concurrency or args.concurrency,
+            requests=args.latency_requests if solo else args.requests,
+            warmup=min(args.warmup, 50) if solo else args.warmup,
             max_seconds=args.max_seconds,
         )
     )
@@ -528,32 +640,84 @@ def filesystem_of(path: Path) -> str:
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
     head = (
-        f"{'server':<36} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'errors':>6} {'client CPU':>10}"
+        f"{'server':<40} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'1 in flight: p50':>16} {'p99':>6} {'errors':>6} {'client CPU':>10}"
     )
     lines = [
         f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; {args.requests} "
-        f"requests per run (max {args.max_seconds:.0f} s) after {args.warmup} warm-up; median of "
-        f"{args.rounds} interleaved rounds; server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}",
+        f"requests per run (max {args.max_seconds:.0f} s) after {args.warmup} warm-up, then "
+        f"{args.latency_requests} with one in flight; median of {args.rounds} interleaved rounds; "
+        f"servers on CPU {SERVER_CPU} (the sidecar and its MLServer share it), load generator on CPU {CLIENT_CPU}",
         head,
         "-" * len(head),
     ]
     for cell in cells:
         run = cell.median
         if run is None:
-            lines.append(f"{cell.server:<36} {cell.batch:>5} {cell.note}")
+            lines.append(f"{cell.server:<40} {cell.batch:>5} {cell.note}")
             continue
         rates = [r.requests_per_second for r in cell.runs]
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        lines.append(
-            f"{cell.server:<36} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
-            f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
-            f"{sum(r.errors for r in cell.runs):>6} {100 * run.client_cpu:>9.0f}%"
+        solo = cell.solo_median
+        solo_text = (
+            f"{solo.percentile_ms(0.5):>16.2f} {solo.percentile_ms(0.99):>6.2f}" if solo else f"{'-':>16} {'-':>6}"
         )
-        errors = [r.first_error for r in cell.runs if r.first_error]
+        lines.append(
+            f"{cell.server:<40} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
+            f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
+            f"{solo_text} {sum(r.errors for r in cell.runs + cell.solo):>6} {100 * run.client_cpu:>9.0f}%"
+        )
+        errors = [r.first_error for r in cell.runs + cell.solo if r.first_error]
         if errors:
-            lines.append(f"{'':<36} first error: {errors[0]}")
-    return "\n".join(lines)
+            lines.append(f"{'':<40} first error: {errors[0]}")
+    return "\n".join(lines + goals(cells))
+
+
+MLSERVER, SIDECAR, REFERENCE_V2, REFERENCE_OWN = "mlserver", "sidecar", "reference-v2", "reference-own"
+
+
+def goals(cells: list[Cell]) -> list[str]:
+    """Issue 19's goals from the medians: what the sidecar adds to MLServer, mfl-server's V2 route against
+    MLServer. A goal whose cells did not run is said so."""
+    by_role: dict[tuple[str, int], Cell] = {}
+    for cell in cells:
+        role = ROLES.get(cell.server)
+        if role and cell.median is not None:
+            by_role[(role, cell.batch)] = cell
+    lines = ["", "goals (issue 19):"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    for batch in sorted({cell.batch for cell in cells}):
+        alone, side = by_role.get((MLSERVER, batch)), by_role.get((SIDECAR, batch))
+        if alone and side:
+            ratio = side.median.requests_per_second / alone.median.requests_per_second
+            text = (
+                f"batch {batch}: sidecar throughput / MLServer's = {ratio:.2f} (goal >= 0.80: {verdict(ratio >= 0.8)})"
+            )
+            if alone.solo_median and side.solo_median:
+                p50 = side.solo_median.percentile_ms(0.5) - alone.solo_median.percentile_ms(0.5)
+                p99 = side.solo_median.percentile_ms(0.99) - alone.solo_median.percentile_ms(0.99)
+                text += f"; added latency, one in flight: p50 {p50:+.2f} ms, p99 {p99:+.2f} ms"
+                if batch == 1:
+                    text += f" (goal <= 1 / 3 ms: {verdict(p50 <= 1.0)} / {verdict(p99 <= 3.0)})"
+            loaded50 = side.median.percentile_ms(0.5) - alone.median.percentile_ms(0.5)
+            loaded99 = side.median.percentile_ms(0.99) - alone.median.percentile_ms(0.99)
+            text += f"; at concurrency: p50 {loaded50:+.2f} ms, p99 {loaded99:+.2f} ms"
+            lines.append(text)
+        reference = by_role.get((REFERENCE_V2, batch))
+        if alone and reference:
+            ratio = reference.median.requests_per_second / alone.median.requests_per_second
+            lines.append(f"batch {batch}: mfl-server V2 / MLServer = {ratio:.2f}x (goal >= 2: {verdict(ratio >= 2)})")
+        own = by_role.get((REFERENCE_OWN, batch))
+        if alone and own:
+            ratio = own.median.requests_per_second / alone.median.requests_per_second
+            lines.append(f"batch {batch}: mfl-server /predict / MLServer = {ratio:.2f}x")
+    return lines if len(lines) > 2 else []
+
+
+ROLES: dict[str, str] = {}  # server name -> role in the goals; filled by main
 
 
 def main() -> None:
@@ -565,6 +729,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-requests", type=int, default=500, help="per cell with one request in flight (0: skip)"
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also mfl-server with the standard library's json and asyncio, and the --baseline revision",
+    )
     parser.add_argument("--mlserver-venv", type=Path, default=CACHE / "mlserver")
     parser.add_argument("--fast-venv", type=Path, default=CACHE / "mfl-fast")
     parser.add_argument("--no-setup", action="store_true", help="do not create missing virtualenvs")
@@ -605,23 +777,44 @@ def main() -> None:
         baseline_missing = baseline_missing or fast_missing
         baseline_name = f"mfl-server {args.baseline[:7]} (orjson, uvloop)"
         if "predict" in args.suites:
-            specs = [
-                mfl_server_spec(
-                    "mfl-server (json, asyncio)",
-                    sys.executable,
-                    workdir / "store",
-                    extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"},
-                ),
-                mfl_server_spec("mfl-server (orjson, uvloop)", fast, workdir / "store", unavailable=fast_missing),
-                mfl_server_spec(
-                    baseline_name,
-                    fast,
-                    copy_model(workdir / "store", workdir / "store-baseline"),
-                    unavailable=baseline_missing,
-                    extra_env={"PYTHONPATH": baseline_path},
-                ),
-                mlserver_spec(args.mlserver_venv, model_file, mlserver_missing),
-            ]
+            alone = mlserver_spec(args.mlserver_venv, model_file, mlserver_missing)
+            behind = sidecar_spec(
+                args.mlserver_venv,
+                model_file,
+                fast,
+                copy_model(workdir / "store", workdir / "store-sidecar"),
+                mlserver_missing or fast_missing,
+            )
+            v2_route = mfl_server_spec(
+                "mfl-server V2 (orjson, uvloop)",
+                fast,
+                copy_model(workdir / "store", workdir / "store-v2"),
+                unavailable=fast_missing,
+                route="v2",
+            )
+            own_route = mfl_server_spec(
+                "mfl-server /predict (orjson, uvloop)", fast, workdir / "store", unavailable=fast_missing
+            )
+            ROLES.update(
+                {alone.name: MLSERVER, behind.name: SIDECAR, v2_route.name: REFERENCE_V2, own_route.name: REFERENCE_OWN}
+            )
+            specs = [alone, behind, v2_route, own_route]
+            if args.variants:
+                specs += [
+                    mfl_server_spec(
+                        "mfl-server /predict (json, asyncio)",
+                        sys.executable,
+                        copy_model(workdir / "store", workdir / "store-stdlib"),
+                        extra_env={"MFL_JSON": "stdlib", "MFL_EVENT_LOOP": "asyncio"},
+                    ),
+                    mfl_server_spec(
+                        baseline_name,
+                        fast,
+                        copy_model(workdir / "store", workdir / "store-baseline"),
+                        unavailable=baseline_missing,
+                        extra_env={"PYTHONPATH": baseline_path},
+                    ),
+                ]
             print(table(measure_all(specs, estimator, workdir, args), args), flush=True)
         if "feedback" in args.suites:
             stores = [copy_model(workdir / "store", workdir / f"feedback-{n}") for n in ("before", "after")]
