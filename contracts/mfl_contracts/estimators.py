@@ -13,6 +13,7 @@ CLASSIFIERS = (
     "sgd",
     "gradient_boosting",
     "lightgbm",
+    "keras_dense",
 )
 REGRESSORS = (
     "ridge",
@@ -23,9 +24,9 @@ REGRESSORS = (
 )
 ESTIMATORS = CLASSIFIERS + REGRESSORS
 
-SKLEARN, LIGHTGBM = "sklearn", "lightgbm"
+SKLEARN, LIGHTGBM, KERAS = "sklearn", "lightgbm", "keras"
 # Estimators not listed publish a scikit-learn pipeline (format "sklearn").
-FORMATS = {"lightgbm": LIGHTGBM, "lightgbm_regressor": LIGHTGBM}
+FORMATS = {"lightgbm": LIGHTGBM, "lightgbm_regressor": LIGHTGBM, "keras_dense": KERAS}
 
 
 def model_format(estimator: str) -> str:

@@ -731,6 +731,7 @@ Estimator = Literal[
     "sgd_regressor",
     "lightgbm",
     "lightgbm_regressor",
+    "keras_dense",
 ]
 GateMetric = Literal["accuracy", "f1_macro", "mae", "rmse", "r2"]
 # What the trainer has for each task (trainer_image/mfl_trainer: estimators.py, evaluation.py, config.py's
@@ -844,8 +845,9 @@ class Retraining(ApiModel):
         default="hist_gradient_boosting",
         json_schema_extra=_no_schema_default,
         description="Estimator matching model.task: scikit-learn's, or lightgbm (ridge and the *_regressor ones are "
-        "for regression). Omitted: hist_gradient_boosting for classification, hist_gradient_boosting_regressor "
-        "for regression.",
+        "for regression), or keras_dense (classification: a Keras network, dense -> dropout -> sigmoid/softmax; "
+        "needs the mfl-trainer-keras and mfl-server-keras images). Omitted: hist_gradient_boosting for "
+        "classification, hist_gradient_boosting_regressor for regression.",
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,

@@ -16,7 +16,7 @@ from mfl_contracts.estimators import CLASSIFIERS, ESTIMATORS, REGRESSORS
 from mfl_trainer import estimators
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = {"feedbackloop", "mfl_server", "mfl_trainer", "mfl_cli", "mfl_contracts"}
+PRODUCT = {"feedbackloop", "mfl_server", "mfl_trainer", "mfl_cli", "mfl_contracts", "mfl_keras"}
 
 
 @pytest.mark.integration

@@ -26,6 +26,7 @@ PACKAGES = {
     "mfl_server": ROOT / "server_image",
     "mfl_trainer": ROOT / "trainer_image",
     "mfl_contracts": ROOT / "contracts",
+    "mfl_keras": ROOT / "keras_model",
 }
 # What each image runs, and the requirement files its venv installs (Dockerfile).
 ENTRY_MODULES = {
@@ -36,10 +37,12 @@ ENTRY_MODULES = {
 }
 IMAGE_FILES = {"operator": ["operator.txt"], "server": ["server.txt", "fast.txt"], "trainer": ["trainer.txt"]}
 # Heavy packages an image must not pull in through its requirements (directly or as a dependency).
+# Keras and its backend are the Keras images' alone (requirements/keras.txt, added to trainer.txt / server.txt).
+KERAS_STACK = {"keras", "jax", "jaxlib", "tensorflow", "tensorflow-cpu", "torch"}
 FORBIDDEN = {
-    "operator": {"scikit-learn", "matplotlib", "pandas"},
-    "server": {"kopf", "kubernetes", "matplotlib", "pandas"},
-    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"},
+    "operator": {"scikit-learn", "matplotlib", "pandas", *KERAS_STACK},
+    "server": {"kopf", "kubernetes", "matplotlib", "pandas", *KERAS_STACK},
+    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client", *KERAS_STACK},
 }
 
 
@@ -198,3 +201,11 @@ def test_no_component_lists_what_its_image_must_not_carry(component: str) -> Non
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(canonicalize_name(req.name))
     assert not closure & FORBIDDEN[component], sorted(closure & FORBIDDEN[component])
+
+
+def test_the_keras_file_brings_keras_and_the_backend_mfl_keras_defaults_to() -> None:
+    """mfl_keras imports Keras lazily (an optional import for the default images): the Keras images add
+    requirements/keras.txt, which must hold Keras and the backend it picks when KERAS_BACKEND is unset."""
+    from mfl_keras.classifier import BACKEND
+
+    assert {"keras", canonicalize_name(BACKEND)} <= names(["keras.txt"])

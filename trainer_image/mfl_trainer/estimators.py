@@ -7,6 +7,9 @@ every feature is numeric, object dtype when some feature is categorical (text).
 LightGBM's estimators (``lightgbm``, ``lightgbm_regressor``) are its scikit-learn API classes, imported on
 first use. Their features are numeric only and pass through unchanged (LightGBM handles missing values), so
 the pipeline's input is the booster's input too: ``model.txt`` (formats.py) serves the same rows.
+
+``keras_dense`` is ``mfl_keras.classifier.KerasDenseClassifier``, a Keras network with a scikit-learn face,
+imported on first use (only the Keras images install Keras; docs/contracts.md, "Keras models").
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier, SGDRe
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mfl_contracts.estimators import LIGHTGBM, SKLEARN
+from mfl_contracts.estimators import KERAS, LIGHTGBM, SKLEARN
 
 from .errors import TrainerError
 from .tables import NUMERIC
@@ -93,6 +96,25 @@ def _lightgbm_spec(name: str, task: str, cls: str) -> EstimatorSpec:
     )
 
 
+class _Keras:
+    """mfl_keras's classifier (the seed's dense -> dropout -> sigmoid network), loaded on first use: only the
+    mfl-trainer-keras image carries Keras and JAX, and building one checks they are there."""
+
+    __name__ = "KerasDenseClassifier"
+
+    @property
+    def cls(self) -> type[BaseEstimator]:
+        return importlib.import_module("mfl_keras.classifier").KerasDenseClassifier  # type: ignore[no-any-return]
+
+    def __call__(self, **params: Any) -> BaseEstimator:
+        module = importlib.import_module("mfl_keras.classifier")
+        try:
+            module.keras_module()
+        except ImportError as error:
+            raise TrainerError(f"{error}; set retraining's trainer image to mfl-trainer-keras") from None
+        return module.KerasDenseClassifier(**params)  # type: ignore[no-any-return]
+
+
 ESTIMATORS: dict[str, EstimatorSpec] = {
     spec.name: spec
     for spec in [
@@ -144,6 +166,8 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
         EstimatorSpec("sgd_regressor", "regression", SGDRegressor, linear=True, incremental=PARTIAL_FIT),
         _lightgbm_spec("lightgbm", "classification", "LGBMClassifier"),
         _lightgbm_spec("lightgbm_regressor", "regression", "LGBMRegressor"),
+        # Numeric features are imputed (medians) and passed on: the network standardises them itself.
+        EstimatorSpec("keras_dense", "classification", _Keras(), format=KERAS, incremental=WARM_REFIT),
     ]
 }
 
