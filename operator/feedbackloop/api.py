@@ -79,6 +79,19 @@ def _positive(text: DurationText) -> DurationText:
     return text
 
 
+MIN_READY_TIMEOUT_SECONDS = 10
+MAX_READY_TIMEOUT_SECONDS = 86400
+
+
+def _bounded_ready_timeout(text: DurationText) -> DurationText:
+    """Pods need a few probe periods to become ready; a day is far beyond any model's load time."""
+    if not MIN_READY_TIMEOUT_SECONDS <= text.seconds <= MAX_READY_TIMEOUT_SECONDS:
+        raise ValueError(
+            f"{str(text)!r} is out of range: use {MIN_READY_TIMEOUT_SECONDS}s to {MAX_READY_TIMEOUT_SECONDS // 3600}h"
+        )
+    return text
+
+
 def _bounded_timeout(text: DurationText) -> DurationText:
     """One tenant's slow Prometheus must not hold the shared poll for long."""
     if _positive(text).seconds > MAX_PROMETHEUS_TIMEOUT_SECONDS:
@@ -90,6 +103,7 @@ def _bounded_timeout(text: DurationText) -> DurationText:
 # an out-of-range value as InvalidSpec naming the field, for that loop alone.
 Interval = Annotated[Duration, AfterValidator(_positive)]
 PrometheusTimeout = Annotated[Duration, AfterValidator(_bounded_timeout)]
+ReadyTimeout = Annotated[Duration, AfterValidator(_bounded_ready_timeout)]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
 _QUANTITY_SCALE = {
     "m": 1e-3,
@@ -1182,6 +1196,11 @@ class Rollout(ApiModel):
         max_length=10,
         description="Canary steps, 1 to 10, weights strictly increasing. Default 20% for 2m, then 50% for 2m.",
     )
+    ready_timeout: ReadyTimeout = Field(
+        default=DurationText("5m"),
+        description="How long the canary's Pods may stay unready before the candidate is rolled back with what "
+        "they say (a crash loop or an image pull error: at once). A duration, 10s to 24h. Default 5m.",
+    )
     analysis: Analysis = Field(default_factory=Analysis)
     traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting)
     confirm_promotion: ConfirmPromotion | None = None
@@ -1467,6 +1486,11 @@ class RolloutStatus(ApiModel):
         default=False,
         description="The offline gate showed it better than a breached champion: promoted after its steps "
         "unless its analysis fails, without waiting for its own labels.",
+    )
+    not_ready_since: str | None = Field(
+        default=None,
+        description="Since when its Pods have not all been ready (RFC 3339), for rollout.readyTimeout; null "
+        "once they are.",
     )
 
 

@@ -7,6 +7,7 @@ have checked that the object is ours (a controller owner reference to this loop)
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import secrets
 import socket
@@ -45,6 +46,8 @@ class KubeAPI(Protocol):
     def delete_job(self, namespace: str, name: str) -> None: ...
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]: ...
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str: ...
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None: ...
     def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]: ...
 
@@ -194,6 +197,18 @@ class Kube:
             return "", ""
         terminated = max(finished, key=lambda item: item[0])[1]
         return (terminated.message or "").strip(), f"{terminated.reason} (exit code {terminated.exit_code})"
+
+    # --- serving Pods -----------------------------------------------------------------------------
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods as the API serves them (camelCase JSON, like the watched Deployments), not the client's models."""
+        response = self.core.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
+        return list(json.loads(response.data).get("items") or [])
+
+    def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        """The last `lines` lines of a container's log (at most 16 KiB)."""
+        return str(
+            self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=lines, limit_bytes=16384)
+        )
 
     # --- traffic routing --------------------------------------------------------------------------
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:

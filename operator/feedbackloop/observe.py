@@ -122,7 +122,7 @@ class Observer:
             status=status,
             health=summarize(rule_states) if rule_states is not None else None,
             job=await self._job(body, status),
-            serving=self._serving(body),
+            serving=await self._serving(body, spec, status, now),
             canary=canary,
             requests=requests_of(body),
             promotion_confirmed=await self._confirmation(body, spec, status, now) if canary is not None else None,
@@ -149,17 +149,61 @@ class Observer:
             run["jobName"], "Failed", f"Job {failed.get('reason', 'Failed')}: {detail or reason}".strip(), summary
         )
 
-    def _serving(self, body: dict[str, Any]) -> phases.ServingObservation:
+    async def _serving(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
+    ) -> phases.ServingObservation:
+        """The Deployments from the watch cache; their Pods (one list call) only while one is not all ready."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         stable = self.fleet.deployments.get(f"{namespace}/{resources.stable_name(name)}")
         canary = self.fleet.deployments.get(f"{namespace}/{resources.canary_name(name)}")
+        stable_detail, canary_failure, canary_detail = "", None, ""
+        if stable is not None and not all_ready(stable):
+            _, stable_detail = await self._pod_problems(namespace, name, "stable", stable, logs=False)
+        rollout = status.get("rollout")
+        if (
+            canary is not None
+            and rollout
+            and deployment_version(canary) == rollout.get("version")
+            and not all_ready(canary)
+        ):
+            logs = phases.canary_ready_overdue(spec, rollout, now)  # the rollback's message: the runtime's words
+            canary_failure, canary_detail = await self._pod_problems(namespace, name, "canary", canary, logs=logs)
         return phases.ServingObservation(
             stable_version=deployment_version(stable),
             stable_ready=ready_replicas(stable),
-            stable_replicas=(stable or {}).get("spec", {}).get("replicas") or 0,
+            stable_replicas=desired_replicas(stable),
             canary_version=deployment_version(canary),
             canary_ready=ready_replicas(canary),
+            canary_replicas=desired_replicas(canary),
+            canary_failure=canary_failure,
+            canary_detail=canary_detail,
+            stable_detail=stable_detail,
         )
+
+    async def _pod_problems(
+        self, namespace: str, name: str, track: str, deployment: dict[str, Any], logs: bool
+    ) -> tuple[str | None, str]:
+        """(failure, detail) of a Deployment's Pods (pod_problems), with the last log lines of the first unready
+        Pod's runtime when `logs`. Best effort: a failed read is a detail, never a failed reconcile."""
+        selector = f"{resources.LOOP_LABEL}={resources.loop_label(name)},{resources.TRACK_LABEL}={track}"
+        try:
+            pods = await asyncio.to_thread(self.kube.list_pods, namespace, selector)
+        except Exception as error:
+            return None, f"cannot list its Pods: {short_error(error)}"
+        pods = [p for p in pods if pod_version(p) == deployment_version(deployment)]
+        failure, detail = pod_problems(pods, deployment)
+        if not logs or failure is not None:
+            return failure, detail
+        for pod_name, container in log_targets(pods):
+            try:
+                text = await asyncio.to_thread(self.kube.pod_log_tail, namespace, pod_name, container, LOG_LINES)
+            except Exception as error:
+                log.info("cannot read the log of %s/%s container %s: %s", namespace, pod_name, container, error)
+                continue
+            lines = last_lines(text)
+            if lines:
+                detail = f"{detail}; {container} logged: {lines}" if detail else f"{container} logged: {lines}"
+        return None, detail
 
     async def _canary(
         self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, memory: LoopMemory, now: float
@@ -240,6 +284,150 @@ def deployment_version(deployment: dict[str, Any] | None) -> int | None:
         return None
     label = (deployment["metadata"].get("labels") or {}).get(resources.VERSION_LABEL)
     return int(label) if label and label.isdigit() else None
+
+
+def desired_replicas(deployment: dict[str, Any] | None) -> int:
+    return int((deployment or {}).get("spec", {}).get("replicas") or 0)
+
+
+def all_ready(deployment: dict[str, Any]) -> bool:
+    return ready_replicas(deployment) >= desired_replicas(deployment)
+
+
+# --- what a Deployment's Pods say -------------------------------------------------------------------------
+
+CRASH_LOOP_RESTARTS = 3  # a container that failed this often is crash-looping, not starting slowly
+# Waiting reasons that do not pass by waiting: the image cannot be pulled, or the container cannot be made.
+FAILED_WAITING = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
+LOG_LINES = 20  # read from the end of a container's log
+LOG_KEEP = 3  # of which the last non-empty lines go into the message
+MESSAGE_LIMIT = 400  # characters of one termination message or log excerpt
+
+
+def pod_version(pod: dict[str, Any]) -> int | None:
+    label = (pod.get("metadata", {}).get("labels") or {}).get(resources.VERSION_LABEL)
+    return int(label) if label and label.isdigit() else None
+
+
+def pod_problems(pods: list[dict[str, Any]], deployment: dict[str, Any] | None = None) -> tuple[str | None, str]:
+    """(failure, detail) from Pods as the API serves them (camelCase JSON). `failure`: the first container that
+    will not start by waiting (FAILED_WAITING, or CRASH_LOOP_RESTARTS restarts with a failed last run), with
+    the runtime's termination message (terminationMessagePolicy FallbackToLogsOnError makes a crashed runtime's
+    last log lines that message). `detail`: why the first unready Pod is not ready, whatever the cause."""
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    for pod in live:
+        for status in _container_statuses(pod):
+            failure = _container_failure(status)
+            if failure:
+                return f"Pod {pod['metadata'].get('name')}: {failure}", ""
+    for pod in live:
+        reasons = _unready_reasons(pod)
+        if reasons:
+            return None, f"Pod {pod['metadata'].get('name')}: " + "; ".join(reasons)
+    replica_failure = _deployment_condition(deployment, "ReplicaFailure", "True")
+    if not live and replica_failure:
+        return None, f"no Pods: {replica_failure}"
+    return None, "" if live else "no Pods yet"
+
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _container_failure(status: dict[str, Any]) -> str | None:
+    name, restarts = status.get("name"), int(status.get("restartCount") or 0)
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in FAILED_WAITING:
+        return f"container {name} {waiting['reason']}: {_clip(waiting.get('message') or '')}".rstrip(": ")
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    current = (status.get("state") or {}).get("terminated") or {}
+    failed = current if current.get("exitCode") else last
+    if restarts >= CRASH_LOOP_RESTARTS and failed.get("exitCode") and not status.get("ready"):
+        return f"container {name} restarted {restarts} times, last exit {_termination(failed)}"
+    return None
+
+
+def _unready_reasons(pod: dict[str, Any]) -> list[str]:
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        return [f"not scheduled: {scheduled.get('reason') or 'Pending'}: {_clip(scheduled.get('message') or '')}"]
+    reasons = []
+    for container in _container_statuses(pod):
+        if container.get("ready") or ((container.get("state") or {}).get("terminated") or {}).get("reason") == (
+            "Completed"
+        ):
+            continue
+        state = container.get("state") or {}
+        if state.get("waiting"):
+            waiting = state["waiting"]
+            text = f"container {container.get('name')} waiting: {waiting.get('reason') or 'unknown'}"
+            text += f": {_clip(waiting['message'])}" if waiting.get("message") else ""
+        elif state.get("terminated"):
+            text = f"container {container.get('name')} exited {_termination(state['terminated'])}"
+        else:
+            text = f"container {container.get('name')} running, not ready"
+        last = (container.get("lastState") or {}).get("terminated")
+        restarts = int(container.get("restartCount") or 0)
+        if last and not state.get("terminated"):
+            text += f" (restarted {restarts} times, last exit {_termination(last)})"
+        reasons.append(text)
+    if not reasons and conditions.get("Ready", {}).get("status") == "False":
+        reasons.append(
+            f"not ready: {_clip(conditions['Ready'].get('message') or conditions['Ready'].get('reason') or '')}"
+        )
+    return reasons
+
+
+def _termination(terminated: dict[str, Any]) -> str:
+    text = f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})"
+    message = _clip(" ".join((terminated.get("message") or "").split()), tail=True)
+    return f"{text}: {message}" if message else text
+
+
+def _deployment_condition(deployment: dict[str, Any] | None, type_: str, value: str) -> str:
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == value:
+            return _clip(f"{condition.get('reason')}: {condition.get('message') or ''}")
+    return ""
+
+
+def _clip(text: str, tail: bool = False) -> str:
+    """At most MESSAGE_LIMIT characters; of a log or termination message its end, where the error is."""
+    text = text.strip()
+    if len(text) <= MESSAGE_LIMIT:
+        return text
+    return "..." + text[-MESSAGE_LIMIT:] if tail else text[:MESSAGE_LIMIT] + "..."
+
+
+def log_targets(pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(Pod, container) whose log explains the first unready Pod: its runtime (the container named `server`,
+    which has no readiness probe of its own in V2 mode), then each unready container."""
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        unready = [s.get("name") for s in statuses if not s.get("ready") and "running" in (s.get("state") or {})]
+        if not unready:
+            continue
+        names = [s.get("name") for s in statuses]
+        ordered = (["server"] if "server" in names else []) + [n for n in unready if n != "server"]
+        return [(pod["metadata"]["name"], str(name)) for name in ordered]
+    return []
+
+
+def last_lines(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _clip(" | ".join(lines[-LOG_KEEP:]), tail=True)
 
 
 def ready_replicas(deployment: dict[str, Any] | None) -> int:

@@ -64,6 +64,11 @@ class ServingObservation:
     stable_replicas: int = 0
     canary_version: int | None = None
     canary_ready: int = 0
+    canary_replicas: int = 0  # the canary Deployment's desired replicas (0: none observed)
+    # What the Pods say, read only while a Deployment is not all ready (observe.py, pod_problems):
+    canary_failure: str | None = None  # a failure that will not pass: a crash loop, an image that cannot be pulled
+    canary_detail: str = ""  # why its Pods are not ready yet (states, termination messages, the last log lines)
+    stable_detail: str = ""  # the same for the stable Deployment, shown in ServingReady
 
 
 @dataclass(frozen=True)
@@ -493,6 +498,7 @@ def _start_canary(
         "evidence": [],
         "paused": False,
         "offlineSuperior": offline_superior,
+        "notReadySince": now,
     }
     decision.actions.append(EnsureCanary(version, replicas, weight))
     decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
@@ -517,6 +523,8 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
             else:
                 _roll_back(world, decision, rollout, now, "aborted by annotation")
             return
+    if _canary_cannot_serve(world, decision, rollout, now):
+        return
     replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
     decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
     if world.canary is None:
@@ -560,6 +568,47 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
         )
     elif _may_promote(rollout, verdict.phase) and not _promotion_held(world, decision, rollout, now):
         _promote(world, decision, rollout["version"], rollout.get("trigger", ""), now, _promotion_reason(verdict))
+
+
+def _canary_cannot_serve(world: World, decision: Decision, rollout: RolloutState, now: str) -> bool:
+    """Roll back a candidate whose Pods cannot serve, without waiting out its analysis: at once on a failure
+    that will not pass (a crash loop, an image that cannot be pulled), or when they are not all ready within
+    rollout.readyTimeout (a runtime that cannot load the model file stays unready). Unready Pods take no
+    traffic, so it never served. Judged only once the canary Deployment of this version is observed."""
+    serving = world.serving
+    if serving is None or serving.canary_version != rollout["version"]:
+        return False
+    if serving.canary_failure:
+        _fail_canary(world, decision, rollout, now, f"canary Pods failed before serving: {serving.canary_failure}")
+        return True
+    if serving.canary_replicas and serving.canary_ready >= serving.canary_replicas:
+        if rollout.get("notReadySince") is not None:
+            rollout["notReadySince"] = None  # null: the merge patch removes it
+        return False
+    since = parse_time(rollout.get("notReadySince"))
+    if since is None:
+        rollout["notReadySince"] = now
+        return False
+    timeout = world.spec.rollout.ready_timeout
+    if world.now - since < timeout.seconds:
+        return False
+    detail = serving.canary_detail or f"{serving.canary_ready}/{serving.canary_replicas} ready"
+    _fail_canary(
+        world, decision, rollout, now, f"canary Pods not ready within rollout.readyTimeout ({timeout}): {detail}"
+    )
+    return True
+
+
+def canary_ready_overdue(spec: ModelFeedbackLoopSpec, rollout: RolloutState | None, now: float) -> bool:
+    """Whether a canary's Pods have been unready for rollout.readyTimeout: observe.py then reads their last
+    log lines (the runtime's own words) for the rollback's message."""
+    since = parse_time((rollout or {}).get("notReadySince"))
+    return since is not None and now - since >= spec.rollout.ready_timeout.seconds
+
+
+def _fail_canary(world: World, decision: Decision, rollout: RolloutState, now: str, message: str) -> None:
+    _roll_back(world, decision, rollout, now, message)
+    _training_condition(world, decision, now, False, "CanaryNotReady", f"version {rollout['version']}: {message}")
 
 
 def _may_promote(rollout: RolloutState, phase: AnalysisPhase) -> bool:
@@ -758,13 +807,14 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
             cond.SERVING_READY,
             serving_ready,
             "DeploymentReady" if serving_ready else "DeploymentNotReady",
-            _serving_message(serving),
+            _serving_message(serving, serving_ready),
         )
     )
     status["conditions"] = cond.apply_all(status.get("conditions", []), updates, now, world.generation)
 
 
-def _serving_message(serving: ServingObservation | None) -> str:
+def _serving_message(serving: ServingObservation | None, ready: bool = True) -> str:
     if serving is None:
         return "not observed yet"
-    return f"version {serving.stable_version}: {serving.stable_ready}/{serving.stable_replicas} ready"
+    message = f"version {serving.stable_version}: {serving.stable_ready}/{serving.stable_replicas} ready"
+    return f"{message}: {serving.stable_detail}"[:1024] if serving.stable_detail and not ready else message

@@ -22,6 +22,12 @@ TEMPLATE_ANNOTATION = "feedbackloop.dev/template"  # hash of the pod template a 
 RUN_AS = 65532
 SCRATCH = api.SCRATCH_PATH
 SCRATCH_ENV = [{"name": "TMPDIR", "value": SCRATCH}]
+# A container that crashes leaves its last log lines as its termination message (the runtime's own words on a
+# model it cannot load), which the operator reads from the Pod's status (observe.pod_problems).
+TERMINATION_MESSAGE = {
+    "terminationMessagePath": "/dev/termination-log",
+    "terminationMessagePolicy": "FallbackToLogsOnError",
+}
 
 
 def owner_reference(loop: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +246,7 @@ def server_deployment(
         },
         "resources": _resources(serving.resources),
         "volumeMounts": mounts,
+        **TERMINATION_MESSAGE,
         "securityContext": restricted_container_security(),
     }
     if serving.runtime is None:
@@ -327,6 +334,7 @@ def _v2_containers(
         "resources": _resources(serving.resources),
         # The server only reads its version; the sidecar writes the logs and labels.
         "volumeMounts": [{**mount, "readOnly": True} if mount["name"] == "artifacts" else mount for mount in mounts],
+        **TERMINATION_MESSAGE,
         "securityContext": restricted_container_security(),
     }
     sidecar_env = [*mfl_env, {"name": "MFL_UPSTREAM_URL", "value": f"http://127.0.0.1:{runtime.port}"}]
@@ -422,8 +430,7 @@ def training_job(
         **user_container,
         "resources": _resources(retraining.trainer.resources),
         "volumeMounts": mounts,
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **TERMINATION_MESSAGE,
         "securityContext": restricted_container_security(),
     }
     return {

@@ -93,6 +93,7 @@ class RolloutState(TypedDict, total=False):
     analysis: AnalysisState | None
     paused: bool
     offlineSuperior: bool
+    notReadySince: str | None
 
 
 class Serving(TypedDict, total=False):

@@ -42,6 +42,8 @@ class FakeKube:
     secret_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     route_weights: dict[str, int] = field(default_factory=dict)
     terminations: dict[str, str] = field(default_factory=dict)  # job key -> the Pod's termination message
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # namespace -> Pods (API JSON)
+    logs: dict[str, str] = field(default_factory=dict)  # namespace/pod/container -> its log
     actions: list[tuple[str, str]] = field(default_factory=list)  # (verb, what)
 
     # --- the engine's writes --------------------------------------------------------------------------
@@ -102,6 +104,15 @@ class FakeKube:
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
         return self.terminations.get(f"{namespace}/{job_name}", ""), "Completed (exit code 0)"
 
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        wanted = dict(term.split("=", 1) for term in label_selector.split(","))
+        pods = self.pods.get(namespace, [])
+        return [copy.deepcopy(p) for p in pods if wanted.items() <= (p["metadata"].get("labels") or {}).items()]
+
+    def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        self.actions.append(("read-log", f"{namespace}/{pod}/{container}"))
+        return "\n".join(self.logs.get(f"{namespace}/{pod}/{container}", "").splitlines()[-lines:])
+
     def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]:
         try:
             return self.secrets[f"{namespace}/{name}"][key], self.secret_annotations.get(f"{namespace}/{name}", {})
@@ -109,6 +120,13 @@ class FakeKube:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}") from None
 
     # --- what a test does to the cluster --------------------------------------------------------------
+    def hold_unready(self, key: str, pods: list[dict[str, Any]]) -> None:
+        """The Deployment's Pods do not become ready (its status says 0 ready); `pods` is what they say."""
+        deployment = self.deployments[key]
+        deployment["status"] = {**deployment["status"], "readyReplicas": 0}
+        namespace = key.split("/", 1)[0]
+        self.pods[namespace] = [*self.pods.get(namespace, []), *pods]
+
     def finish_job(self, key: str, succeeded: bool, message: str) -> None:
         condition = "Complete" if succeeded else "Failed"
         self.jobs[key]["status"] = {"conditions": [{"type": condition, "status": "True", "reason": condition}]}
