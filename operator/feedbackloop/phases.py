@@ -119,7 +119,7 @@ class StartTraining:
 class EnsureCanary:
     version: int
     canary_replicas: int
-    weight: int
+    weight: int  # the HTTPRoute's canary weight: 0 until a canary Pod is ready (routed_weight)
 
 
 @dataclass(frozen=True)
@@ -500,7 +500,7 @@ def _start_canary(
         "offlineSuperior": offline_superior,
         "notReadySince": now,
     }
-    decision.actions.append(EnsureCanary(version, replicas, weight))
+    decision.actions.append(EnsureCanary(version, replicas, routed_weight(world, version, weight)))
     decision.event("Normal", "CanaryStarted", f"version {version} at {weight}% ({replicas} replica(s))")
 
 
@@ -526,7 +526,9 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
     if _canary_cannot_serve(world, decision, rollout, now):
         return
     replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
-    decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
+    decision.actions.append(
+        EnsureCanary(rollout["version"], replicas, routed_weight(world, rollout["version"], weight))
+    )
     if world.canary is None:
         return
     # Ended early when undecidable only at its last weight (the label rate will not grow), and never when shown
@@ -560,7 +562,9 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
         rollout["stepStartedAt"] = now
         replicas, weight = replica_split(spec.model.serving.replicas, spec.rollout.steps[rollout["step"]].weight)
         rollout["weight"] = weight
-        decision.actions.append(EnsureCanary(rollout["version"], replicas, weight))
+        decision.actions.append(
+            EnsureCanary(rollout["version"], replicas, routed_weight(world, rollout["version"], weight))
+        )
         decision.event(
             "Normal",
             "CanaryStep",
@@ -597,6 +601,16 @@ def _canary_cannot_serve(world: World, decision: Decision, rollout: RolloutState
         world, decision, rollout, now, f"canary Pods not ready within rollout.readyTimeout ({timeout}): {detail}"
     )
     return True
+
+
+def routed_weight(world: World, version: int, weight: int) -> int:
+    """The weight an HTTPRoute gives the canary: none while no canary Pod of this version is ready, so a gateway
+    never sends requests to a Service without endpoints (replica-ratio routing needs nothing: unready Pods get
+    no traffic). Unknown serving (not observed) keeps the step's weight."""
+    serving = world.serving
+    if serving is None:
+        return weight
+    return weight if serving.canary_version == version and serving.canary_ready > 0 else 0
 
 
 def canary_ready_overdue(spec: ModelFeedbackLoopSpec, rollout: RolloutState | None, now: float) -> bool:

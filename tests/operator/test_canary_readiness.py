@@ -304,3 +304,31 @@ def test_a_canary_that_never_gets_ready_is_rolled_back_at_the_timeout_with_its_r
 def test_api_bounds_are_described():
     field = api.Rollout.model_fields["ready_timeout"]
     assert "10s to 24h" in (field.description or "")
+
+
+# --- an HTTPRoute sends the canary nothing until one of its Pods is ready -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("observed", "weight"),
+    [
+        (None, 33),  # not observed: the step's weight, as before
+        (canary(version=None, replicas=0), 0),  # the Deployment not there yet
+        (canary(ready=0), 0),  # no ready Pod: the Service has no endpoints
+        (canary(ready=1, replicas=2), 33),  # one ready Pod serves the Service
+    ],
+)
+def test_the_routed_weight_waits_for_a_ready_canary_pod(observed, weight):
+    d = decide(world(canary_status(), serving=observed))
+    assert [a.weight for a in d.actions if isinstance(a, EnsureCanary)] == [weight]
+    assert d.status["rollout"]["weight"] == 33  # the step's share, as planned
+
+
+def test_an_httproute_weight_follows_the_canary_s_readiness(bed: Harness) -> None:
+    now = canary_running(bed)
+    routed = {"steps": [{"weight": 50, "pause": "30s"}], "trafficRouting": {"httpRoute": {"name": "churn-route"}}}
+    bed.apply(loop(annotations={"feedbackloop.dev/retrain": "r1"}, rollout=routed))
+    actions = bed.cycle(now)
+    assert ("patch", "HTTPRoute churn-route canary=0") in actions  # created, not yet seen ready
+    actions = bed.cycle(now + 5)  # the watch now shows it ready
+    assert ("patch", "HTTPRoute churn-route canary=50") in actions
