@@ -308,7 +308,7 @@ FAILED_WAITING = (
 )
 LOG_LINES = 20  # read from the end of a container's log
 LOG_KEEP = 3  # of which the last non-empty lines go into the message
-MESSAGE_LIMIT = 400  # characters of one termination message or log excerpt
+MESSAGE_LIMIT = 300  # characters of one termination message or log excerpt: the end of each fits in history (512)
 
 
 def pod_version(pod: dict[str, Any]) -> int | None:

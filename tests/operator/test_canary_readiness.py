@@ -239,6 +239,14 @@ def test_long_messages_keep_their_end():
     assert failure is not None and failure.endswith("the real error") and len(failure) < 600
 
 
+def test_the_runtime_s_last_words_survive_the_history_s_limit():
+    long = {"reason": "Error", "exitCode": 1, "message": "x" * 2000 + " ValueError: invalid load key"}
+    name = "a-long-loop-name-for-a-model-canary-5d9c7b8f6-abcde"
+    failure, _ = observe.pod_problems([pod(name, containers=[container(restarts=3, state=BACKOFF, last=long)])])
+    d = decide(world(unready_since(NOW - 5), serving=canary(failure=failure)))
+    assert d.status["history"][-1]["message"].endswith("ValueError: invalid load key")
+
+
 def test_last_log_lines():
     assert observe.last_lines("a\n\nb\nc\nd\n") == "b | c | d"
 
