@@ -5,16 +5,19 @@ change-point plan and incremental runs like the scikit-learn estimators, and is 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 import pytest
+import yaml
 
+from feedbackloop import api
 from mfl_keras.classifier import KerasDenseClassifier, keras_module
 from mfl_server.model import ModelLoadError, load_model
 from mfl_testbed import datasets
-from mfl_trainer import plan
+from mfl_trainer import estimators, plan
 from tests.server.test_app import metrics_of, run, server_config, serving, value
 
 from .test_train import DAY, FEATURES, MODEL, NOW, config, root, run_trainer, version_path, write_base, write_feedback
@@ -251,3 +254,16 @@ def test_a_server_without_keras_names_what_to_serve_a_keras_version_with(keras_v
     monkeypatch.setattr(classifier, "keras_module", missing)
     with pytest.raises(ModelLoadError, match="mfl-server-keras"):
         load_model(version_path(keras_version, 1), 1)
+
+
+def test_the_keras_loop_example_is_valid_and_runs_the_keras_images():
+    path = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "loop-keras.yaml"
+    spec = yaml.safe_load(path.read_text())["spec"]
+    api.validate_spec(spec)
+    retraining = spec["retraining"]
+    assert retraining["estimator"] == "keras_dense"
+    assert "/mfl-trainer-keras:" in retraining["trainer"]["image"]
+    assert "/mfl-server-keras:" in spec["model"]["serving"]["image"]
+    spec_of = estimators.estimator_spec("keras_dense", "classification")
+    model = estimators.make_estimator(spec_of, retraining["hyperparameters"], seed=0)
+    assert model.get_params()["units"] == retraining["hyperparameters"]["units"]
