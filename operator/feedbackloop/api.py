@@ -858,10 +858,9 @@ class Retraining(ApiModel):
     estimator: Estimator = Field(
         default="hist_gradient_boosting",
         json_schema_extra=_no_schema_default,
-        description="Estimator matching model.task: scikit-learn's, or lightgbm (ridge and the *_regressor ones are "
-        "for regression), or keras_dense (classification: a Keras network, dense -> dropout -> sigmoid/softmax; "
-        "needs the mfl-trainer-keras and mfl-server-keras images). Omitted: hist_gradient_boosting for "
-        "classification, hist_gradient_boosting_regressor for regression.",
+        description="Estimator matching model.task (ridge and *_regressor: regression); keras_dense needs the "
+        "mfl-trainer-keras and mfl-server-keras images. Omitted: hist_gradient_boosting, or "
+        "hist_gradient_boosting_regressor for regression.",
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
