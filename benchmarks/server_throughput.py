@@ -91,6 +91,20 @@ class Cell:
     runs: list[LoadResult] = field(default_factory=list)  # one per round
     note: str = ""
     solo: list[LoadResult] = field(default_factory=list)  # one request in flight, one per round
+    cpu_ms: list[float] = field(default_factory=list)  # the server's CPU per request, one per round
+    # Per process group (the sidecar's MLServer, then the sidecar), per round: where that CPU went.
+    cpu_parts: list[list[float]] = field(default_factory=list)
+
+    @property
+    def median_parts(self) -> list[float]:
+        if not self.cpu_parts:
+            return []
+        return [sorted(part)[len(part) // 2] for part in zip(*self.cpu_parts)]
+
+    @property
+    def median_cpu_ms(self) -> float | None:
+        ordered = sorted(self.cpu_ms)
+        return ordered[len(ordered) // 2] if ordered else None
 
     @property
     def solo_median(self) -> LoadResult | None:
@@ -156,11 +170,11 @@ def copy_model(source: Path, root: Path) -> Path:
 # --- servers -------------------------------------------------------------------------------------
 
 
-def pinned(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def pinned(command: list[str], env: dict[str, str], log: Path, cpu: int = SERVER_CPU) -> subprocess.Popen:
     """Started in its own session (so its whole group can be stopped), on the server CPU."""
 
     def pin() -> None:
-        os.sched_setaffinity(0, {SERVER_CPU})
+        os.sched_setaffinity(0, {cpu})
 
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -295,7 +309,9 @@ def mlserver_spec(venv: Path, model_file: Path, unavailable: str) -> ServerSpec:
     )
 
 
-def sidecar_spec(venv: Path, model_file: Path, python: str, storage: Path, unavailable: str) -> ServerSpec:
+def sidecar_spec(
+    venv: Path, model_file: Path, python: str, storage: Path, unavailable: str, cpu: int = SERVER_CPU
+) -> ServerSpec:
     """MLServer on a port of its own, then ``mfl-sidecar`` in front of it (MFL_UPSTREAM_URL), both on CPU 1.
     The sidecar reads the version's metadata.json (features, task, classes) from ``storage``."""
     upstream_port = free_port()
@@ -305,7 +321,7 @@ def sidecar_spec(venv: Path, model_file: Path, python: str, storage: Path, unava
 
     def start(workdir: Path, port: int) -> subprocess.Popen:
         env = mfl_env(storage, port, {"MFL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}"})
-        return pinned([python, "-m", "mfl_server.sidecar"], env, workdir / "mfl-sidecar.log")
+        return pinned([python, "-m", "mfl_server.sidecar"], env, workdir / "mfl-sidecar.log", cpu)
 
     return ServerSpec(
         name=f"MLServer {_mlserver_version(venv)} + mfl-sidecar (V2)",
@@ -323,14 +339,35 @@ def sidecar_spec(venv: Path, model_file: Path, python: str, storage: Path, unava
 def running(spec: ServerSpec, workdir: Path) -> Iterator[int]:
     port = free_port()
     with contextlib.ExitStack() as stack:
+        groups = GROUPS.setdefault(spec.name, [])
         for start, ready_url in spec.before:  # the server behind a sidecar: ready before the sidecar starts
             companion = start(workdir, port)
             stack.callback(stop, companion)
+            groups.append(companion.pid)
             wait_ready(ready_url(port), companion, workdir)
         process = spec.start(workdir, port)
         stack.callback(stop, process)
+        groups.append(process.pid)
         wait_ready(spec.ready_url(port), process, workdir)
         yield port
+
+
+GROUPS: dict[str, list[int]] = {}  # server name -> the process groups it runs as (each started a session)
+
+
+def group_cpu_seconds(groups: list[int]) -> float:
+    """User + system CPU of every live process in these process groups (their waited children included).
+    CPU per request does not depend on how much of the shared CPUs other work left the server, as req/s
+    does: on a busy machine it is the steadier figure."""
+    wanted, ticks = set(groups), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in wanted:  # pgrp
+            ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_ready(url: str, process: subprocess.Popen, workdir: Path) -> None:
@@ -437,6 +474,8 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
     notes = {spec.name: f"not run: {spec.unavailable}" for spec in specs if spec.unavailable}
     runs: dict[tuple[str, int], list[LoadResult]] = {}
     solo: dict[tuple[str, int], list[LoadResult]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
+    parts: dict[tuple[str, int], list[list[float]]] = {}
     with contextlib.ExitStack() as stack:
         ports = {}
         for spec in specs:
@@ -454,10 +493,19 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
                     if key in notes:
                         continue
                     port = ports[spec.name]
-                    outcome = measure_batch(spec, port, estimator, batch, args, check=round_index == 0)
-                    if isinstance(outcome, str):
-                        notes[key] = f"not run: {outcome}"
-                        continue
+                    if round_index == 0:
+                        problem = measure_batch(spec, port, estimator, batch, args, check=True, check_only=True)
+                        if problem:
+                            notes[key] = f"not run: {problem}"
+                            continue
+                    groups = GROUPS[spec.name]
+                    cpu_before = [group_cpu_seconds([group]) for group in groups]
+                    outcome = measure_batch(spec, port, estimator, batch, args, check=False)
+                    assert not isinstance(outcome, str)
+                    sent = args.warmup + outcome.requests
+                    spent = [1000 * (group_cpu_seconds([g]) - b) / sent for g, b in zip(groups, cpu_before)]
+                    cpu.setdefault(key, []).append(sum(spent))
+                    parts.setdefault(key, []).append(spent)
                     runs.setdefault(key, []).append(outcome)
                     if args.latency_requests:
                         one = measure_batch(spec, port, estimator, batch, args, check=False, concurrency=1)
@@ -470,6 +518,8 @@ def measure_all(specs: list[ServerSpec], estimator: Any, workdir: Path, args: ar
             runs.get((spec.name, batch), []),
             notes.get(spec.name) or notes.get((spec.name, batch), ""),
             solo.get((spec.name, batch), []),
+            cpu.get((spec.name, batch), []),
+            parts.get((spec.name, batch), []),
         )
         for spec in specs
         for batch in args.batches
@@ -484,12 +534,13 @@ def measure_batch(
     args: argparse.Namespace,
     check: bool,
     concurrency: int | None = None,
+    check_only: bool = False,
 ) -> LoadResult | str:
     """At ``--concurrency`` by default; ``concurrency=1``: ``--latency-requests`` with one in flight."""
     rng = np.random.default_rng(batch)
     matrices = [rng.normal(size=(batch, N_FEATURES)) for _ in range(64)]
     problem = _check_predictions(spec, port, estimator, matrices[0]) if check else ""
-    if problem:
+    if problem or check_only:
         return problem
     solo = concurrency == 1
     return asyncio.run(
@@ -641,7 +692,7 @@ def filesystem_of(path: Path) -> str:
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
     head = (
         f"{'server':<40} {'batch':>5} {'req/s':>7} {'(range)':>11} {'rows/s':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'1 in flight: p50':>16} {'p99':>6} {'errors':>6} {'client CPU':>10}"
+        f"{'p99 ms':>7} {'1 in flight: p50':>16} {'p99':>6} {'CPU ms/req':>10} {'errors':>6} {'client CPU':>10}"
     )
     lines = [
         f"model: {args.model}, {N_FEATURES} features; concurrency {args.concurrency}; {args.requests} "
@@ -665,12 +716,17 @@ def table(cells: list[Cell], args: argparse.Namespace) -> str:
         lines.append(
             f"{cell.server:<40} {cell.batch:>5} {run.requests_per_second:>7.0f} {spread:>11} "
             f"{run.rows_per_second:>8.0f} {run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
-            f"{solo_text} {sum(r.errors for r in cell.runs + cell.solo):>6} {100 * run.client_cpu:>9.0f}%"
+            f"{solo_text} {_cpu_text(cell):>10} {sum(r.errors for r in cell.runs + cell.solo):>6} "
+            f"{100 * run.client_cpu:>9.0f}%"
         )
         errors = [r.first_error for r in cell.runs + cell.solo if r.first_error]
         if errors:
             lines.append(f"{'':<40} first error: {errors[0]}")
     return "\n".join(lines + goals(cells))
+
+
+def _cpu_text(cell: Cell) -> str:
+    return f"{cell.median_cpu_ms:.3f}" if cell.median_cpu_ms is not None else "-"
 
 
 MLSERVER, SIDECAR, REFERENCE_V2, REFERENCE_OWN = "mlserver", "sidecar", "reference-v2", "reference-own"
@@ -696,6 +752,15 @@ def goals(cells: list[Cell]) -> list[str]:
             text = (
                 f"batch {batch}: sidecar throughput / MLServer's = {ratio:.2f} (goal >= 0.80: {verdict(ratio >= 0.8)})"
             )
+            text += _cpu_ratio(alone, side, 0.8)
+            shares = side.median_parts
+            if len(shares) == 2 and alone.median_cpu_ms:
+                upstream, own = shares
+                bound = "MLServer-bound" if upstream >= own else "sidecar-bound"
+                text += (
+                    f"; CPU per request: MLServer {upstream:.3f} ms + sidecar {own:.3f} ms; with a core each "
+                    f"{min(1.0, alone.median_cpu_ms / max(upstream, own)):.2f} ({bound})"
+                )
             if alone.solo_median and side.solo_median:
                 p50 = side.solo_median.percentile_ms(0.5) - alone.solo_median.percentile_ms(0.5)
                 p99 = side.solo_median.percentile_ms(0.99) - alone.solo_median.percentile_ms(0.99)
@@ -709,12 +774,24 @@ def goals(cells: list[Cell]) -> list[str]:
         reference = by_role.get((REFERENCE_V2, batch))
         if alone and reference:
             ratio = reference.median.requests_per_second / alone.median.requests_per_second
-            lines.append(f"batch {batch}: mfl-server V2 / MLServer = {ratio:.2f}x (goal >= 2: {verdict(ratio >= 2)})")
+            lines.append(
+                f"batch {batch}: mfl-server V2 / MLServer = {ratio:.2f}x (goal >= 2: {verdict(ratio >= 2)})"
+                + _cpu_ratio(alone, reference, 2.0)
+            )
         own = by_role.get((REFERENCE_OWN, batch))
         if alone and own:
             ratio = own.median.requests_per_second / alone.median.requests_per_second
-            lines.append(f"batch {batch}: mfl-server /predict / MLServer = {ratio:.2f}x")
+            lines.append(f"batch {batch}: mfl-server /predict / MLServer = {ratio:.2f}x" + _cpu_ratio(alone, own, None))
     return lines if len(lines) > 2 else []
+
+
+def _cpu_ratio(alone: Cell, other: Cell, goal: float | None) -> str:
+    """The same ratio from CPU per request: the throughput each would have on a core of its own."""
+    if not alone.median_cpu_ms or not other.median_cpu_ms:
+        return ""
+    ratio = alone.median_cpu_ms / other.median_cpu_ms
+    verdict = "" if goal is None else f" ({'met' if ratio >= goal else 'MISSED'})"
+    return f"; by CPU per request {ratio:.2f}{verdict}"
 
 
 ROLES: dict[str, str] = {}  # server name -> role in the goals; filled by main
@@ -731,6 +808,12 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument(
         "--latency-requests", type=int, default=500, help="per cell with one request in flight (0: skip)"
+    )
+    parser.add_argument(
+        "--sidecar-cpu",
+        type=int,
+        default=SERVER_CPU,
+        help=f"the sidecar's CPU (default {SERVER_CPU}: MLServer's, as one Pod on one core; another CPU needs 3)",
     )
     parser.add_argument(
         "--variants",
@@ -784,6 +867,7 @@ def main() -> None:
                 fast,
                 copy_model(workdir / "store", workdir / "store-sidecar"),
                 mlserver_missing or fast_missing,
+                args.sidecar_cpu,
             )
             v2_route = mfl_server_spec(
                 "mfl-server V2 (orjson, uvloop)",
