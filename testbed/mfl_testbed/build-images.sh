@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Builds the project's three images (operator, server, trainer) from the root Dockerfile with buildah, and
-# the pause image, as OCI archives that containerd imports (there is no registry). Run by `make images`
+# Builds the project's images (operator, server, trainer, mlserver, sidecar) from the root Dockerfile with
+# buildah, and the pause image, as OCI archives that containerd imports (there is no registry). Run by `make images`
 # and by mfl_testbed.images.ensure_images(); needs root, buildah and (on a machine without the
 # base image) mmdebstrap:  apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables
 # Recipe and pitfalls: shared/notes/real-node.md.
 #
-#   build-images.sh [operator|server|trainer ...]      (default: all three)
+#   build-images.sh [operator|server|trainer|mlserver|sidecar ...]      (default: all five, the sidecar last)
 #
 # Cached by input hash: one sha256 over the content of every input file (Dockerfile, .dockerignore,
-# pyproject.toml, requirements/*.txt, the three package trees: `git ls-files -co --exclude-standard`
-# in a checkout, else find) and the base image's ID. An image whose archive exists and whose stamp
-# records the same hash is not built again; buildah's layer cache (`--layers`) makes a rebuild after a
-# code change reuse the dependency layers.
+# pyproject.toml, requirements/*.txt, the package trees the project wheel holds: `git ls-files -co
+# --exclude-standard` in a checkout, else find) and the base image's ID. The mlserver image holds no code of ours: its hash
+# covers only the Dockerfile, requirements/mlserver.txt and the base, so a code change does not rebuild
+# it. An image whose archive exists and whose stamp records the same hash is not built again;
+# buildah's layer cache (`--layers`) makes a rebuild after a code change reuse the dependency layers.
+# At the end, a table of every image's size (unpacked, and its archive's: compressed layers).
 #
-# Output, in ${MFL_CACHE:-$HOME/.cache/mfl}/images/:
-#   mfl-<name>.tar    OCI archive holding both tags of the image (its index names each one):
-#                       ghcr.io/feedbackloop/mfl-<name>:dev-<hash12>   the content tag: deploy this one
-#                       ghcr.io/feedbackloop/mfl-<name>:<version>      the project version (pyproject.toml)
-#   mfl-<name>.ref    those two references, one a line, the dev-<hash12> one first. A consumer reads the
+# Output, in ${MFL_CACHE:-$HOME/.cache/mfl}/images/, per image <image> (mfl-operator, mfl-server,
+# mfl-trainer, mfl-sidecar, mlserver):
+#   <image>.tar       OCI archive holding both tags of the image (its index names each one):
+#                       ghcr.io/feedbackloop/<image>:dev-<hash12>   the content tag: deploy this one
+#                       ghcr.io/feedbackloop/<image>:<version>      the project version (pyproject.toml);
+#                                                                   for mlserver, MLServer's version
+#   <image>.ref       those two references, one a line, the dev-<hash12> one first. A consumer reads the
 #                     first line to learn the reference to deploy (images.ensure_images() does), and
 #                     may skip importing an archive whose references its store already has.
-#   mfl-<name>.hash   the full input hash (the stamp), written last: only a complete build is cached.
+#   <image>.hash      the full input hash (the stamp), written last: only a complete build is cached.
 #   pause.tar, pause.ref   k8s.gcr.io/pause:3.2 (containerd's sandbox image), built once.
 #   base-rootfs.tar   the base image's root filesystem (mmdebstrap), so that another machine with this
 #                     cache imports it in seconds instead of building it.
@@ -36,7 +40,7 @@ BASE_IMAGE="docker.io/library/python:3.11-slim"
 PAUSE_IMAGE="k8s.gcr.io/pause:3.2"
 PAUSE_C="${K8S_SRC:-$CACHE/k8s-build/gopath/src/k8s.io/kubernetes}/build/pause/linux/pause.c"
 INPUTS=(Dockerfile .dockerignore pyproject.toml requirements operator/feedbackloop server_image/mfl_server
-        trainer_image/mfl_trainer cli/mfl_cli contracts/mfl_contracts)
+        trainer_image/mfl_trainer cli/mfl_cli contracts/mfl_contracts keras_model/mfl_keras)
 export LC_ALL=C
 
 step() { printf '==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -51,12 +55,15 @@ need buildah
 [ -f "$REPO/Dockerfile" ] && [ -f "$REPO/pyproject.toml" ] ||
   die "no Dockerfile in $REPO: the images are built from a checkout of the project (set MFL_REPO)"
 COMPONENTS=("$@")
-[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator server trainer)
+[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator server trainer mlserver sidecar)
 for name in "${COMPONENTS[@]}"; do
-  case "$name" in operator|server|trainer) ;; *) die "unknown image '$name' (operator, server or trainer)";; esac
+  case "$name" in operator|server|trainer|mlserver|sidecar) ;;
+    *) die "unknown image '$name' (operator, server, trainer, mlserver or sidecar)";; esac
 done
 VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' "$REPO/pyproject.toml")
 [ -n "$VERSION" ] || die "no version in $REPO/pyproject.toml"
+MLSERVER_VERSION=$(awk -F'==' '$1 == "mlserver" {print $2; exit}' "$REPO/requirements/mlserver.txt")
+[ -n "$MLSERVER_VERSION" ] || die "no mlserver==<version> pin in $REPO/requirements/mlserver.txt"
 mkdir -p "$OUT"
 exec 9>"$OUT/build.lock"
 flock 9   # one build at a time per cache (images.py holds a lock of its own, ensure.lock, around this)
@@ -123,47 +130,54 @@ if [ ! -s "$OUT/pause.tar" ]; then
 fi
 
 # ---- the input hash ----
-input_files() {   # NUL-separated paths relative to $REPO, of the files the build context holds
+input_files() {   # NUL-separated paths relative to $REPO, of the files the build context holds of "$@"
   if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git -C "$REPO" ls-files -z --cached --others --exclude-standard -- "${INPUTS[@]}"
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard -- "$@"
   else
-    find "${INPUTS[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0
+    find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0
   fi
 }
-HASH=$(
+input_hash() {   # the sha256 over the content of the input files among "$@" and the base image's ID
   cd "$REPO"
-  { input_files | sort -z -u | while IFS= read -r -d '' f; do
+  { input_files "$@" | sort -z -u | while IFS= read -r -d '' f; do
       [ -f "$f" ] && printf '%s\0' "$f"   # listed by git but deleted in the work tree: not an input
     done | xargs -0 -r sha256sum
     echo "base $BASE_ID"
   } | sha256sum | cut -c1-64
-)
-TAG="dev-${HASH:0:12}"
+}
+HASH=$(input_hash "${INPUTS[@]}")
+MLSERVER_HASH=$(input_hash Dockerfile requirements/mlserver.txt)
 
 # ---- the images ----
 # RUN steps reach PyPI through the host network (chroot isolation); the egress proxy's CA comes from the
 # host's trust store, bind-mounted for the build only, never baked in. The Dockerfile uses only
 # COPY --from between stages (checksummed), never RUN --mount=type=bind,from=...: buildah 1.28 reuses a
 # cached layer of the latter after its source changed (buildah#4522), so --layers is safe here.
-status=0
+status=0 failed=""
 for name in "${COMPONENTS[@]}"; do
-  image="$REGISTRY/mfl-$name"
+  if [ "$name" = mlserver ]; then
+    file=mlserver hash=$MLSERVER_HASH version=$MLSERVER_VERSION
+  else
+    file=mfl-$name hash=$HASH version=$VERSION
+  fi
+  image="$REGISTRY/$file"
+  TAG="dev-${hash:0:12}"
   dev_ref="$image:$TAG"
-  version_ref="$image:$VERSION"
-  archive="$OUT/mfl-$name.tar"
-  stamp="$OUT/mfl-$name.hash"
-  ref_file="$OUT/mfl-$name.ref"
-  if [ -s "$archive" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$HASH" ] &&
+  version_ref="$image:$version"
+  archive="$OUT/$file.tar"
+  stamp="$OUT/$file.hash"
+  ref_file="$OUT/$file.ref"
+  if [ -s "$archive" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] &&
      [ "$(head -1 "$ref_file" 2>/dev/null)" = "$dev_ref" ]; then
     if ! buildah inspect --type image "$dev_ref" >/dev/null 2>&1; then
       # The cache came without buildah's storage (another machine, a wiped storage): load it back.
       id=$(buildah pull -q "oci-archive:$archive:$dev_ref")
       buildah tag "$id" "$dev_ref" "$version_ref"
     fi
-    echo "mfl-$name: cached (hash ${HASH:0:12}) $archive"
+    echo "$file: cached (hash ${hash:0:12}) $archive"
     continue
   fi
-  step "building mfl-$name ($dev_ref)"
+  step "building $file ($dev_ref)"
   rm -f "$stamp"
   args=()
   [ "$name" = trainer ] && args+=(--build-arg "CODE_VERSION=$TAG")
@@ -171,21 +185,21 @@ for name in "${COMPONENTS[@]}"; do
   if ! nice -n 19 buildah bud --isolation chroot --pull=never --layers -v /etc/ssl/certs:/etc/ssl/certs:ro \
        --build-arg "PYTHON_IMAGE=$BASE_IMAGE" "${args[@]}" --target "$name" \
        -t "$version_ref" -t "$dev_ref" -f "$REPO/Dockerfile" "$REPO"; then
-    echo "mfl-$name: BUILD FAILED" >&2
-    status=1
+    echo "$file: BUILD FAILED" >&2
+    status=1 failed="$failed $name"
     continue
   fi
   built=$(( $(date +%s) - start ))
   # Both tags in one archive: an OCI layout gets one index entry per reference, then becomes the tar.
-  layout="$OUT/.mfl-$name.oci"
+  layout="$OUT/.$file.oci"
   rm -rf "$layout"
   buildah push -q "$dev_ref" "oci:$layout:$dev_ref"
   buildah push -q "$version_ref" "oci:$layout:$version_ref"
-  tar -C "$layout" -cf "$OUT/mfl-$name.partial.tar" oci-layout index.json blobs
+  tar -C "$layout" -cf "$OUT/$file.partial.tar" oci-layout index.json blobs
   rm -rf "$layout"
-  mv "$OUT/mfl-$name.partial.tar" "$archive"
+  mv "$OUT/$file.partial.tar" "$archive"
   printf '%s\n%s\n' "$dev_ref" "$version_ref" > "$ref_file"
-  echo "$HASH" > "$stamp"
+  echo "$hash" > "$stamp"
   # Earlier content tags of this image: untagged, so that buildah's storage does not grow with every
   # code change (the layer cache stays; an image a container still uses stays too).
   for old in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' --filter "reference=$image"); do
@@ -193,6 +207,24 @@ for name in "${COMPONENTS[@]}"; do
   done
   size=$(buildah images --noheading --format '{{.Size}}' "$dev_ref")   # no `| head`: SIGPIPE under pipefail
   size=${size%%$'\n'*}
-  echo "mfl-$name: built in $built s, $size ($dev_ref) $(( $(date +%s) - start - built )) s to export $archive"
+  echo "$file: built in $built s, $size ($dev_ref) $(( $(date +%s) - start - built )) s to export $archive"
+done
+
+# ---- the sizes: unpacked (what buildah and containerd store) and the archive (compressed layers) ----
+echo
+printf '%-14s %10s %10s  %s\n' IMAGE SIZE ARCHIVE REFERENCE
+for name in "${COMPONENTS[@]}"; do
+  file=mfl-$name
+  [ "$name" = mlserver ] && file=mlserver
+  ref=$(head -1 "$OUT/$file.ref" 2>/dev/null || true)
+  size=-
+  if [ -n "$ref" ] && buildah inspect --type image "$ref" >/dev/null 2>&1; then
+    size=$(buildah images --noheading --format '{{.Size}}' "$ref")
+    size=${size%%$'\n'*}
+  fi
+  archive=-
+  [ -s "$OUT/$file.tar" ] && archive="$(( $(stat -c %s "$OUT/$file.tar") / 1000000 )) MB"
+  case " $failed " in *" $name "*) ref="(build failed; the archive, if any, is an older build)";; esac
+  printf '%-14s %10s %10s  %s\n' "$file" "$size" "$archive" "${ref:-(not built)}"
 done
 exit $status

@@ -1,11 +1,13 @@
 """The project's images for a real node: built (or reused) by build-images.sh, handed over as OCI archives.
 
     refs = ensure_images(progress=print)   # {"operator": "ghcr.io/feedbackloop/mfl-operator:dev-<hash12>", ...}
-    archives = image_archives()            # pause + the three images, for `ctr images import`
+    archives = image_archives()            # pause + the five images, for `ctr images import`
 
-There is no registry: build-images.sh builds the three targets of the root Dockerfile with buildah and
-writes `<cache>/images/mfl-<name>.tar` (an OCI archive holding both the `dev-<hash12>` content tag and
-the version tag), `mfl-<name>.ref` (those references, the `dev-<hash12>` one first) and a hash stamp.
+There is no registry: build-images.sh builds the targets of the root Dockerfile with buildah (the
+project's operator, server, trainer and feedback sidecar, and MLServer from PyPI) and writes
+`<cache>/images/<image>.tar` (an OCI archive holding both the `dev-<hash12>` content tag and the version
+tag), `<image>.ref` (those references, the `dev-<hash12>` one first) and a hash stamp; <image> is
+IMAGE_NAMES[component].
 An image whose inputs did not change is not built again, so calling ensure_images() costs a second or
 two once the images exist. The header of build-images.sh documents the layout.
 """
@@ -20,7 +22,16 @@ from pathlib import Path
 
 from mfl_testbed.process import TestbedUnavailable, cache_dir, print_progress, run_script
 
-COMPONENTS = ("operator", "server", "trainer")
+# The sidecar last: build-images.sh builds them in this order.
+COMPONENTS = ("operator", "server", "trainer", "mlserver", "sidecar")
+# ghcr.io/feedbackloop/<name>: the images' repositories, and their files' names in images_dir().
+IMAGE_NAMES = {
+    "operator": "mfl-operator",
+    "server": "mfl-server",
+    "trainer": "mfl-trainer",
+    "mlserver": "mlserver",  # MLServer itself, tagged with its version (requirements/mlserver.txt)
+    "sidecar": "mfl-sidecar",
+}
 BUILD_SCRIPT = Path(__file__).with_name("build-images.sh")
 INSTALL_HINT = "apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables"
 
@@ -32,8 +43,9 @@ def images_dir() -> Path:
 def ensure_images(progress: Callable[[str], None] = print_progress) -> dict[str, str]:
     """The content-tagged reference of each image, building those whose inputs changed first.
 
-    Returns {"operator": ref, "server": ref, "trainer": ref}, each ref
-    `ghcr.io/feedbackloop/mfl-<name>:dev-<hash12>`. The build script's output is streamed line by
+    Returns {component: ref} for COMPONENTS, each ref `ghcr.io/feedbackloop/<IMAGE_NAMES[component]>:dev-<hash12>`
+    (`ghcr.io/feedbackloop/mlserver:dev-<hash12>` for MLServer: its hash covers only the Dockerfile and
+    requirements/mlserver.txt, so a code change does not rebuild it). The build script's output is streamed line by
     line to `progress`; a file lock keeps concurrent callers from building twice. A cold build
     (base image, dependencies from PyPI) takes a few minutes, a rebuild after a code change well
     under one; raises TestbedUnavailable when the images cannot be built on this machine.
@@ -52,8 +64,8 @@ def ensure_images(progress: Callable[[str], None] = print_progress) -> dict[str,
 
 
 def image_archives() -> list[Path]:
-    """The OCI archives containerd imports: pause (its sandbox image) and the three images."""
-    archives = [images_dir() / "pause.tar", *(images_dir() / f"mfl-{name}.tar" for name in COMPONENTS)]
+    """The OCI archives containerd imports: pause (its sandbox image) and the images of COMPONENTS."""
+    archives = [images_dir() / "pause.tar", *(images_dir() / f"{IMAGE_NAMES[name]}.tar" for name in COMPONENTS)]
     missing = [str(archive) for archive in archives if not archive.is_file()]
     if missing:
         raise TestbedUnavailable(
@@ -63,10 +75,11 @@ def image_archives() -> list[Path]:
 
 
 def _dev_ref(name: str) -> str:
-    ref_file = images_dir() / f"mfl-{name}.ref"
+    image = IMAGE_NAMES[name]
+    ref_file = images_dir() / f"{image}.ref"
     refs = ref_file.read_text().split() if ref_file.is_file() else []
-    if not refs or not (images_dir() / f"mfl-{name}.hash").is_file():
-        raise TestbedUnavailable(f"{BUILD_SCRIPT.name} finished but mfl-{name} has no archive/ref in {images_dir()}")
+    if not refs or not (images_dir() / f"{image}.hash").is_file():
+        raise TestbedUnavailable(f"{BUILD_SCRIPT.name} finished but {image} has no archive/ref in {images_dir()}")
     return refs[0]
 
 

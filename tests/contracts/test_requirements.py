@@ -26,7 +26,6 @@ PACKAGES = {
     "mfl_server": ROOT / "server_image",
     "mfl_trainer": ROOT / "trainer_image",
     "mfl_contracts": ROOT / "contracts",
-    "mfl_keras": ROOT / "keras_model",
 }
 # What each image runs, and the requirement files its venv installs (Dockerfile).
 ENTRY_MODULES = {
@@ -34,16 +33,23 @@ ENTRY_MODULES = {
     "server": ["mfl_server.app"],
     # `mfl demo --kubeconfig` runs the demo's traffic in the trainer image (its code from a ConfigMap).
     "trainer": ["mfl_trainer.main", "mfl_testbed.traffic"],
+    "sidecar": ["mfl_server.sidecar"],
 }
-IMAGE_FILES = {"operator": ["operator.txt"], "server": ["server.txt", "fast.txt"], "trainer": ["trainer.txt"]}
+IMAGE_FILES = {
+    "operator": ["operator.txt"],
+    "server": ["server.txt", "fast.txt"],
+    "trainer": ["trainer.txt"],
+    "sidecar": ["sidecar.txt", "fast.txt"],
+}
 # Heavy packages an image must not pull in through its requirements (directly or as a dependency).
-# Keras and its backend are the Keras images' alone (requirements/keras.txt, added to trainer.txt / server.txt).
-KERAS_STACK = {"keras", "jax", "jaxlib", "tensorflow", "tensorflow-cpu", "torch"}
 FORBIDDEN = {
-    "operator": {"scikit-learn", "matplotlib", "pandas", *KERAS_STACK},
-    "server": {"kopf", "kubernetes", "matplotlib", "pandas", *KERAS_STACK},
-    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client", *KERAS_STACK},
+    "operator": {"scikit-learn", "matplotlib", "pandas"},
+    "server": {"kopf", "kubernetes", "matplotlib", "pandas"},
+    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"},
+    "sidecar": {"numpy", "scipy", "scikit-learn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib"},
 }
+# The MLServer image's file: pinned, read by no extra (so nothing combines it with another file).
+PINNED = {"mlserver.txt"}
 
 
 def requirements(name: str) -> list[Requirement]:
@@ -66,6 +72,8 @@ def test_requirement_files_hold_plain_requirements_only() -> None:
 def test_a_package_in_several_files_has_one_specifier() -> None:
     seen: dict[str, tuple[str, str]] = {}
     for path in sorted(REQUIREMENTS.glob("*.txt")):
+        if path.name in PINNED:
+            continue
         for req in requirements(path.name):
             key = canonicalize_name(req.name)
             spec = str(req.specifier) + (f"; {req.marker}" if req.marker else "")
@@ -91,6 +99,18 @@ def test_pyproject_reads_its_extras_from_the_files() -> None:
     # `mfl` (demo: all three run locally) and the tests need everything.
     assert components <= set(extras["cli"]) and set(extras["cli"]) <= set(extras["test"])
     assert {"fast", "bench", "demo", "test", "cli"} <= set(extras)
+    assert not {f"requirements/{name}" for name in PINNED} & {file for files in extras.values() for file in files}
+
+
+def test_the_mlserver_image_is_pinned_and_loads_the_trainers_models() -> None:
+    """Its tag is mlserver's version; its scikit-learn resolves like the trainer's, which pickles the models."""
+    pinned = {str(canonicalize_name(req.name)): req for req in requirements("mlserver.txt")}
+    for name in ("mlserver", "mlserver-sklearn", "mlserver-lightgbm", "mlserver-xgboost", "xgboost-cpu"):
+        assert str(pinned[name].specifier).startswith("=="), name
+    assert "xgboost" not in pinned  # its Linux wheel pulls CUDA (nvidia-nccl-cu12): xgboost-cpu instead
+    trainer = {str(canonicalize_name(req.name)): str(req.specifier) for req in requirements("trainer.txt")}
+    for name in ("scikit-learn", "joblib", "threadpoolctl", "numpy", "lightgbm"):
+        assert str(pinned[name].specifier) == trainer[name], name
 
 
 def test_the_dockerfile_installs_each_components_file() -> None:
@@ -100,6 +120,7 @@ def test_the_dockerfile_installs_each_components_file() -> None:
         for file in files:
             assert f"-r /tmp/requirements/{file}" in stage, (component, file)
         final = dockerfile.split(f"AS {component}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert f"FROM runtime AS {component}\n" in dockerfile  # the slim base, not the build one
         assert "USER 65532:65532" in final and f'ENTRYPOINT ["mfl-{component}"]' in final
     # buildah 1.28 reuses a cached RUN --mount=type=bind,from=... layer after its source changed.
     assert not re.search(r"--mount=type=bind,[^\n]*from=", dockerfile)
@@ -201,11 +222,3 @@ def test_no_component_lists_what_its_image_must_not_carry(component: str) -> Non
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(canonicalize_name(req.name))
     assert not closure & FORBIDDEN[component], sorted(closure & FORBIDDEN[component])
-
-
-def test_the_keras_file_brings_keras_and_the_backend_mfl_keras_defaults_to() -> None:
-    """mfl_keras imports Keras lazily (an optional import for the default images): the Keras images add
-    requirements/keras.txt, which must hold Keras and the backend it picks when KERAS_BACKEND is unset."""
-    from mfl_keras.classifier import BACKEND
-
-    assert {"keras", canonicalize_name(BACKEND)} <= names(["keras.txt"])

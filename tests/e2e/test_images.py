@@ -1,9 +1,11 @@
 """Each image holds what its entry point imports, not the other components' dependencies, and runs as `mfl`.
 
-No cluster: a throwaway container per image (`buildah from` + `buildah run --isolation chroot`), removed
-afterwards. Needs root, buildah and the images: ensure_images() builds them when their inputs changed
-(`make images`; seconds when they are current), and a machine that cannot build them makes these tests
-skip, or fail under CI=true.
+The project's four images and the MLServer image the test bed builds from PyPI (which serves a
+scikit-learn model here, writing nothing outside its scratch folder). No cluster: a throwaway container
+per image (`buildah from` + `buildah run --isolation chroot`, the host's network), removed afterwards.
+Needs root, buildah and the images: ensure_images() builds them when their inputs changed (`make images`;
+seconds when they are current), and a machine that cannot build them makes these tests skip, or fail
+under CI=true.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -23,20 +27,37 @@ from mfl_testbed.pytest_plugin import unavailable
 IMPORTS = {
     "operator": ["feedbackloop.main", "feedbackloop.handlers"],
     "server": ["mfl_server.app"],
-    "trainer": ["mfl_trainer.main"],
+    # lightgbm: estimator lightgbm; its wheel loads the system's OpenMP runtime (libgomp1).
+    "trainer": ["mfl_trainer.main", "lightgbm"],
+    "sidecar": ["mfl_server.sidecar", "aiohttp", "prometheus_client", "orjson", "uvloop"],
+    "mlserver": ["mlserver", "mlserver_sklearn", "mlserver_lightgbm", "mlserver_xgboost", "xgboost", "lightgbm"],
 }
+# What the images are started as: ENTRYPOINT, or for MLServer (no entry point: the operator runs
+# `mlserver start <version folder>` as the container's args) the CMD.
+ENTRYPOINT = {name: [f"mfl-{name}"] for name in ("operator", "server", "trainer", "sidecar")}
+# Never in a final image (the runtime stage removes them): what builds the venvs, perl and apt.
+BUILD_TOOLS = ["pip", "setuptools", "wheel"]
 ABSENT = {
     # No image ships the test bed (mfl_testbed): it is a distribution of its own.
-    "operator": ["sklearn", "matplotlib", "pandas", "mfl_testbed"],
-    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed"],
-    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed"],
+    "operator": ["sklearn", "matplotlib", "pandas", "mfl_testbed", *BUILD_TOOLS],
+    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed", *BUILD_TOOLS],
+    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed", *BUILD_TOOLS],
+    # The sidecar passes rows through as JSON: nothing numeric.
+    "sidecar": ["numpy", "scipy", "sklearn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib", "mfl_testbed"]
+    + BUILD_TOOLS,
+    # MLServer alone, and xgboost without CUDA (xgboost-cpu: no nvidia-nccl). Its dependencies may
+    # require setuptools at run time: only pip is checked.
+    "mlserver": ["mfl_server", "feedbackloop", "mfl_trainer", "mfl_testbed", "nvidia", "pip"],
 }
 # The real entry points, as far as they go without a cluster, a model or a config.
 HELP = {
     "operator": [["mfl-operator", "--help"]],
     "server": [],  # no --help: see test_image_specifics
     "trainer": [["mfl-trainer", "--help"]],
+    "sidecar": [],  # like the server's
+    "mlserver": [["mlserver", "--version"], ["mlserver", "start", "--help"]],
 }
+COMMAND = {name: f"/opt/mfl/bin/mfl-{name}" for name in ENTRYPOINT} | {"mlserver": "/opt/mlserver/bin/mlserver"}
 UID = 65532
 
 
@@ -95,9 +116,8 @@ def test_the_entry_point_imports_with_only_its_own_dependencies(container: Conta
     container.check("python", "-c", f"import {', '.join(modules)}")
     for command in HELP[container.name]:
         container.check(*command)
-    assert (
-        container.check("sh", "-c", f"command -v mfl-{container.name}").strip() == f"/opt/mfl/bin/mfl-{container.name}"
-    )
+    executable = COMMAND[container.name].rsplit("/", 1)[1]
+    assert container.check("sh", "-c", f"command -v {executable}").strip() == COMMAND[container.name]
 
 
 def test_the_other_components_dependencies_are_absent(container: Container) -> None:
@@ -107,26 +127,33 @@ def test_the_other_components_dependencies_are_absent(container: Container) -> N
     )
     present = json.loads(container.check("python", "-c", probe, *ABSENT[container.name]))
     assert not [module for module, found in present.items() if found], f"{container.ref} carries {present}"
+    tools = container.check("sh", "-c", "for t in pip pip3 perl apt-get gcc; do command -v $t || true; done")
+    assert not tools.split(), f"{container.ref} carries {tools.split()}"
 
 
 def test_runs_as_mfl_with_a_passwd_entry(container: Container) -> None:
     """kopf asks getpass.getuser(), which raises KeyError for a uid /etc/passwd does not know."""
     config = json.loads(buildah("inspect", "--type", "image", container.ref).stdout)["OCIv1"]["config"]
     assert config["User"] == f"{UID}:{UID}"  # numeric, so runAsNonRoot can check it
-    assert config["Entrypoint"] == [f"mfl-{container.name}"]
+    if container.name == "mlserver":
+        assert not config.get("Entrypoint") and config["Cmd"][:2] == ["mlserver", "start"]
+    else:
+        assert config["Entrypoint"] == ENTRYPOINT[container.name]
     assert container.check("id", "-un").strip() == "mfl"
     assert container.check("id", "-u").strip() == str(UID)
     assert container.check("python", "-c", "import getpass; print(getpass.getuser())").strip() == "mfl"
 
 
 def test_image_specifics(container: Container) -> None:
-    if container.name == "server":
+    if container.name in ("server", "sidecar"):
         # Without its environment the server gets as far as validating it: everything imported.
-        result = container.run("mfl-server")
+        result = container.run(f"mfl-{container.name}")
         assert result.returncode == 2 and "MFL_MODEL_NAME" in result.stdout + result.stderr, result.stderr
         assert "Traceback" not in result.stdout + result.stderr
         assert container.check("sh", "-c", "test -w /var/lib/mfl/artifacts && echo writable").strip() == "writable"
         assert container.check("python", "-c", "import orjson, uvloop; print('fast')").strip() == "fast"
+    if container.name == "mlserver":
+        check_mlserver_serves_a_scikit_learn_model(container)
     if container.name == "trainer":
         # The font cache was built at build time: nothing to write on a read-only root filesystem.
         result = container.run("python", "-c", "import matplotlib.pyplot")
@@ -135,3 +162,103 @@ def test_image_specifics(container: Container) -> None:
         tag = container.ref.rsplit(":", 1)[1]
         assert container.check("sh", "-c", "echo $MPLBACKEND $MFL_CODE_VERSION").split() == ["Agg", tag]
         assert container.check("pwd").strip() == "/tmp"
+
+
+def free_port_block(size: int = 3) -> int:
+    """A port p with p .. p + size - 1 free (MLServer's HTTP, gRPC and metrics ports)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base: int = probe.getsockname()[1]
+        if base + size > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+# In the MLServer container, as uid 65532: fit a pipeline with the image's scikit-learn, write the
+# version folder the trainer writes (model.joblib + model-settings.json), run `mlserver start` with the
+# environment the operator gives it (scratch folder for metrics and temporary files, no worker
+# processes) and ask it over the V2 protocol. Prints the answers as JSON, then what the server wrote
+# outside the scratch folder.
+MLSERVER_PROBE = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, time, urllib.request
+    import joblib, numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    port, work = int(sys.argv[1]), sys.argv[2]
+    folder, scratch = f"{work}/versions/3", f"{work}/scratch"
+    os.makedirs(folder), os.makedirs(scratch)
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    joblib.dump(make_pipeline(StandardScaler(), LogisticRegression()).fit(X, (X[:, 0] > 0).astype(int)),
+                f"{folder}/model.joblib")
+    settings = {"name": "churn", "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib", "version": "3"}}
+    json.dump(settings, open(f"{folder}/model-settings.json", "w"))
+    marker = f"{work}/marker"
+    open(marker, "w").close()
+    env = dict(os.environ, MLSERVER_HTTP_PORT=str(port), MLSERVER_GRPC_PORT=str(port + 1),
+               MLSERVER_METRICS_PORT=str(port + 2), MLSERVER_METRICS_DIR=scratch, TMPDIR=scratch,
+               MLSERVER_PARALLEL_WORKERS="0", MLSERVER_LOAD_MODELS_AT_STARTUP="true")
+    server = subprocess.Popen(["mlserver", "start", folder], env=env, cwd="/",
+                              stdout=subprocess.DEVNULL, stderr=open(f"{work}/log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/v2/models/churn/ready", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit("not ready in 120 s: " + open(f"{work}/log").read()[-2000:])
+        body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [2, 3], "data": [1, 0, 0, -1, 0, 0]}]}
+        request = urllib.request.Request(f"{url}/v2/models/churn/infer", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(request, timeout=10))
+        print(json.dumps(answer))
+    finally:
+        server.terminate()
+        server.wait(30)
+    found = subprocess.run(["find", "/", "-xdev", "-newer", marker, "-user", "65532", "-not", "-path", f"{work}*"],
+                           capture_output=True, text=True).stdout.split()
+    print(json.dumps(found))
+    """
+)
+
+
+def check_mlserver_serves_a_scikit_learn_model(container: Container) -> None:
+    port = free_port_block()
+    work = f"/tmp/mlserver-probe-{os.getpid()}"
+    lines = container.check("python", "-c", MLSERVER_PROBE, str(port), work).strip().splitlines()
+    answer, written = json.loads(lines[-2]), json.loads(lines[-1])
+    assert answer["model_name"] == "churn" and answer["model_version"] == "3", answer
+    # What the sidecar reads: a scikit-learn classifier answers its labels as `predict`, INT64, [n, 1].
+    [output] = answer["outputs"]
+    assert (output["name"], output["datatype"], output["shape"], output["data"]) == ("predict", "INT64", [2, 1], [1, 0])
+    # Metrics and temporary files went to the scratch folder (the Pod's emptyDir): nothing else.
+    assert not written, f"MLServer wrote outside its scratch folder: {written}"
+
+
+def test_image_sizes_are_reported(image_refs: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """The size of each image (unpacked, as containerd stores it), printed; the figures the docs state."""
+    rows = []
+    for name, ref in sorted(image_refs.items()):
+        listed = buildah("images", "--noheading", "--format", "{{.Size}}", ref)
+        assert listed.returncode == 0, listed.stderr
+        rows.append(f"  {name:<10} {listed.stdout.strip().splitlines()[0]:>10}  {ref}")
+    with capsys.disabled():
+        print("\nimage sizes:\n" + "\n".join(rows))
