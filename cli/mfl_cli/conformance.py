@@ -87,10 +87,15 @@ class Report:
         for check in self.checks:
             word = {"ok": "ok", "fail": "FAIL", "skip": "SKIP"}[check.status]
             lines.append(f"{word:<5} {check.name:<{width}}  {check.detail}".rstrip())
-        failed = sum(not check.passed for check in self.checks)
+        failed = sum(check.status == "fail" for check in self.checks)
+        skipped = sum(check.status == "skip" for check in self.checks)
         target = f"model {self.model!r}" + (f" version {self.version}" if self.version else "") if self.model else ""
-        if failed:
-            lines.append(f"{failed} of {len(self.checks)} checks failed: {self.url} does not meet the serving contract")
+        if failed or skipped:
+            lines.append(
+                f"{failed} of {len(self.checks)} checks failed"
+                + (f", {skipped} not checked" if skipped else "")
+                + f": {self.url} does not meet the serving contract"
+            )
         else:
             lines.append(f"all {len(self.checks)} checks passed: {self.url} ({target}) meets the serving contract")
         return "\n".join(lines) + "\n"
