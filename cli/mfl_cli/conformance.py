@@ -473,14 +473,12 @@ def input_tensors(metadata: dict[str, Any]) -> list[dict[str, Any]] | None:
         name, datatype, shape = item.get("name"), item.get("datatype", "FP64"), item.get("shape")
         if not isinstance(name, str) or not isinstance(shape, list) or not shape:
             return None
-        if len(shape) == 1:
-            width = 1
-            tensor_shape = [1]
-        else:
-            width = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else width_from_features
-            if width is None:
+        width, tensor_shape = 1, [1]
+        if len(shape) > 1:
+            given = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else width_from_features
+            if given is None:
                 return None
-            tensor_shape = [1, width]
+            width, tensor_shape = given, [1, given]
         zero = ZERO.get(str(datatype), 0.0 if str(datatype).startswith("FP") else 0)
         tensors.append({"name": name, "datatype": datatype, "shape": tensor_shape, "data": [zero] * width})
     if not tensors and width_from_features:
