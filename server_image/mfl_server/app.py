@@ -48,7 +48,8 @@ class ModelServer(FeedbackServer):
     @api_endpoint("infer")
     async def infer(self, request: web.Request) -> web.Response:
         model: LoadedModel = self.check_v2_model(request)
-        parsed = v2.parse_infer(await self.read_json(request), model.features, self.config.max_batch)
+        # the values are checked once, by build_batch (numpy), not also value by value here
+        parsed = v2.parse_infer(await self.read_json(request), model.features, self.config.max_batch, False)
         labels, ids = self._predict_rows(model, parsed.rows)
         return v2_answer(v2.infer_response(self.config.model, model.version, parsed.request_id, labels, ids), ids)
 
