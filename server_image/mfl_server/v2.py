@@ -129,7 +129,7 @@ def _all_bounded_numbers(data: list[Any]) -> bool:
     only when no value is NaN or infinite (bounded values cannot overflow it at these batch sizes)."""
     if not data or not set(map(type, data)) <= {float, int}:
         return False
-    return math.isfinite(sum(data)) and -MAX_ABS_NUMBER <= min(data) and max(data) <= MAX_ABS_NUMBER
+    return math.isfinite(sum(data)) and min(data) >= -MAX_ABS_NUMBER and max(data) <= MAX_ABS_NUMBER
 
 
 def _bounded_number(value: Any) -> bool:
