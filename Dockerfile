@@ -4,6 +4,10 @@
 #   ghcr.io/feedbackloop/mfl-server     --target server     entry point mfl-server     (mfl_server.app)
 #   ghcr.io/feedbackloop/mfl-trainer    --target trainer    entry point mfl-trainer    (mfl_trainer.main)
 #   ghcr.io/feedbackloop/mfl-sidecar    --target sidecar    entry point mfl-sidecar    (mfl_server.sidecar)
+#   ghcr.io/feedbackloop/mfl-trainer-keras  --target trainer-keras  entry point mfl-trainer  the trainer with
+#                                                           Keras on JAX (requirements/keras.txt), for keras_dense
+#   ghcr.io/feedbackloop/mfl-server-keras   --target server-keras   entry point mfl-server   the server with
+#                                                           Keras on JAX, for versions of format keras
 #   ghcr.io/feedbackloop/mlserver       --target mlserver   MLServer from PyPI (requirements/mlserver.txt), tagged
 #                                                           with MLServer's version; no code of ours
 #
@@ -261,3 +265,73 @@ RUN python -c "import mfl_server.sidecar"
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["mfl-sidecar"]
+
+# --- the Keras images: the seed's dense -> dropout -> sigmoid network (estimator keras_dense) -----------
+# Last, and only here: the default trainer and server carry neither Keras nor JAX (~460 MB: jaxlib alone
+# is 349 MB; docs/contracts.md, "Keras models", for the backend's choice). The deps stages start from the
+# default ones (their layers are shared and cached) and add requirements/keras.txt, resolved together with
+# the component's file. keras.json is written here: the root filesystem is read-only at run time and
+# HOME is /nonexistent, so KERAS_HOME names this folder, which holds the config Keras would otherwise try
+# to write on import. Saving and unpickling a network goes through a temporary .keras file (TMPDIR: the
+# operator points it at the Pod's scratch emptyDir).
+FROM trainer-deps AS trainer-keras-deps
+COPY requirements/trainer.txt requirements/keras.txt /tmp/requirements/
+RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/trainer.txt -r /tmp/requirements/keras.txt
+RUN slim-venv /opt/mfl
+RUN mkdir -p /opt/keras \
+ && printf '{"backend": "jax", "floatx": "float32", "epsilon": 1e-07, "image_data_format": "channels_last"}\n' \
+      > /opt/keras/keras.json \
+ && chmod -R a+rX /opt/keras
+
+FROM server-deps AS server-keras-deps
+COPY requirements/server.txt requirements/fast.txt requirements/keras.txt /tmp/requirements/
+RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/server.txt -r /tmp/requirements/fast.txt \
+      -r /tmp/requirements/keras.txt
+RUN slim-venv /opt/mfl
+RUN mkdir -p /opt/keras \
+ && printf '{"backend": "jax", "floatx": "float32", "epsilon": 1e-07, "image_data_format": "channels_last"}\n' \
+      > /opt/keras/keras.json \
+ && chmod -R a+rX /opt/keras
+
+# Like `trainer` and `server`, from the Keras deps stages, with KERAS_BACKEND and KERAS_HOME; the build
+# imports Keras through mfl_keras and fails if the backend is not JAX. (mfl_keras defaults KERAS_BACKEND
+# to jax and XLA_FLAGS to one CPU thread itself: the ENV states the backend for anyone reading the image.)
+FROM runtime AS trainer-keras
+ARG CODE_VERSION=""
+LABEL org.opencontainers.image.title="mfl-trainer-keras" \
+      org.opencontainers.image.description="model-feedback-loop: the trainer with Keras (JAX backend), for estimator keras_dense"
+ENV MPLBACKEND=Agg \
+    MPLCONFIGDIR=/opt/matplotlib \
+    OMP_WAIT_POLICY=PASSIVE \
+    MFL_STORAGE_ROOT=/var/lib/mfl/artifacts \
+    KERAS_BACKEND=jax \
+    KERAS_HOME=/opt/keras
+COPY --from=trainer-deps /opt/matplotlib /opt/matplotlib
+COPY --from=trainer-keras-deps /opt/keras /opt/keras
+COPY --from=trainer-keras-deps /opt/mfl /opt/mfl
+COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
+COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
+ENV PATH=/opt/mfl/bin:$PATH \
+    MFL_CODE_VERSION=${CODE_VERSION}
+RUN python -c "import mfl_trainer.main, mfl_keras.classifier as k; assert k.keras_module().backend.backend() == 'jax'"
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["mfl-trainer"]
+
+FROM runtime AS server-keras
+LABEL org.opencontainers.image.title="mfl-server-keras" \
+      org.opencontainers.image.description="model-feedback-loop: the reference model server with Keras (JAX backend), for versions of format keras"
+ENV MFL_PORT=8080 \
+    MFL_STORAGE_ROOT=/var/lib/mfl/artifacts \
+    KERAS_BACKEND=jax \
+    KERAS_HOME=/opt/keras
+RUN mkdir -p /var/lib/mfl/artifacts && chown 65532:65532 /var/lib/mfl/artifacts
+COPY --from=server-keras-deps /opt/keras /opt/keras
+COPY --from=server-keras-deps /opt/mfl /opt/mfl
+COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
+COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
+ENV PATH=/opt/mfl/bin:$PATH
+RUN python -c "import mfl_server.app, mfl_keras.classifier as k; assert k.keras_module().backend.backend() == 'jax'"
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["mfl-server"]

@@ -3,7 +3,9 @@
 Guards the split without building an image (tests/e2e/test_images.py checks the built images):
 every third-party module an entry point imports, directly or lazily, is in that component's file unless
 the import is optional (inside `try: ... except ImportError`), and a package listed in several files
-carries the same specifier in each.
+carries the same specifier in each. The Keras estimator's package (mfl_keras) is in every image's wheel and
+imported lazily by the trainer, but Keras itself only optionally: the default images carry neither Keras nor
+its backend, and only the trainer-keras and server-keras images add requirements/keras.txt.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ PACKAGES = {
     "mfl_server": ROOT / "server_image",
     "mfl_trainer": ROOT / "trainer_image",
     "mfl_contracts": ROOT / "contracts",
+    "mfl_keras": ROOT / "keras_model",
 }
 # What each image runs, and the requirement files its venv installs (Dockerfile).
 ENTRY_MODULES = {
@@ -34,20 +37,35 @@ ENTRY_MODULES = {
     # `mfl demo --kubeconfig` runs the demo's traffic in the trainer image (its code from a ConfigMap).
     "trainer": ["mfl_trainer.main", "mfl_testbed.traffic"],
     "sidecar": ["mfl_server.sidecar"],
+    # The default trainer and server plus Keras: what a keras_dense version needs to be trained and served.
+    "trainer-keras": ["mfl_trainer.main", "mfl_testbed.traffic", "mfl_keras.classifier"],
+    "server-keras": ["mfl_server.app", "mfl_keras.classifier"],
 }
+# The Keras images and the default image each one extends (its Dockerfile stage, entry point and file).
+KERAS_IMAGES = {"trainer-keras": "trainer", "server-keras": "server"}
 IMAGE_FILES = {
     "operator": ["operator.txt"],
     "server": ["server.txt", "fast.txt"],
     "trainer": ["trainer.txt"],
     "sidecar": ["sidecar.txt", "fast.txt"],
+    "trainer-keras": ["trainer.txt", "keras.txt"],
+    "server-keras": ["server.txt", "fast.txt", "keras.txt"],
 }
+# Keras and the deep-learning backends: in no default image (mfl_keras imports Keras only optionally).
+OTHER_BACKENDS = {"tensorflow", "tensorflow-cpu", "torch"}
+KERAS = {"keras", "jax", "jaxlib"} | OTHER_BACKENDS
 # Heavy packages an image must not pull in through its requirements (directly or as a dependency).
 FORBIDDEN = {
-    "operator": {"scikit-learn", "matplotlib", "pandas"},
-    "server": {"kopf", "kubernetes", "matplotlib", "pandas"},
-    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"},
-    "sidecar": {"numpy", "scipy", "scikit-learn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib"},
+    "operator": {"scikit-learn", "matplotlib", "pandas"} | KERAS,
+    "server": {"kopf", "kubernetes", "matplotlib", "pandas"} | KERAS,
+    "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"} | KERAS,
+    "sidecar": {"numpy", "scipy", "scikit-learn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib"} | KERAS,
+    # Keras on JAX only: not TensorFlow's or PyTorch's gigabytes.
+    "trainer-keras": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"} | OTHER_BACKENDS,
+    "server-keras": {"kopf", "kubernetes", "matplotlib", "pandas"} | OTHER_BACKENDS,
 }
+# What the Keras images must list although mfl_keras imports it optionally (a clear error where it is absent).
+REQUIRED = {"trainer-keras": {"keras", "jax"}, "server-keras": {"keras", "jax"}}
 # The MLServer image's file: pinned, read by no extra (so nothing combines it with another file).
 PINNED = {"mlserver.txt"}
 
@@ -93,11 +111,14 @@ def test_pyproject_reads_its_extras_from_the_files() -> None:
     for files in extras.values():
         for file in files:
             assert (ROOT / file).is_file(), file
-    for component in ENTRY_MODULES:
+    defaults = [component for component in ENTRY_MODULES if component not in KERAS_IMAGES]
+    for component in defaults:
         assert extras[component] == [f"requirements/{component}.txt"]
-    components = {f"requirements/{c}.txt" for c in ENTRY_MODULES}
-    # `mfl` (demo: all three run locally) and the tests need everything.
+    components = {f"requirements/{c}.txt" for c in defaults}
+    # `mfl` (demo: all three run locally) and the tests need everything; Keras only the tests (its own extra).
     assert components <= set(extras["cli"]) and set(extras["cli"]) <= set(extras["test"])
+    assert extras["keras"] == ["requirements/keras.txt"] and "requirements/keras.txt" in extras["test"]
+    assert not {"requirements/keras.txt"} & {file for extra in (*defaults, "cli") for file in extras[extra]}
     assert {"fast", "bench", "demo", "test", "cli"} <= set(extras)
     assert not {f"requirements/{name}" for name in PINNED} & {file for files in extras.values() for file in files}
 
@@ -119,11 +140,20 @@ def test_the_dockerfile_installs_each_components_file() -> None:
         stage = dockerfile.split(f"AS {component}-deps", 1)[1].split("\nFROM ", 1)[0]
         for file in files:
             assert f"-r /tmp/requirements/{file}" in stage, (component, file)
+        if component not in KERAS_IMAGES:
+            assert "keras" not in _code(stage), component  # Keras only in the Keras images' own stages
         final = dockerfile.split(f"AS {component}\n", 1)[1].split("\nFROM ", 1)[0]
         assert f"FROM runtime AS {component}\n" in dockerfile  # the slim base, not the build one
-        assert "USER 65532:65532" in final and f'ENTRYPOINT ["mfl-{component}"]' in final
+        entry_point = f"mfl-{KERAS_IMAGES.get(component, component)}"
+        assert "USER 65532:65532" in final and f'ENTRYPOINT ["{entry_point}"]' in final
+        assert ("keras" in _code(final)) == (component in KERAS_IMAGES), component
     # buildah 1.28 reuses a cached RUN --mount=type=bind,from=... layer after its source changed.
     assert not re.search(r"--mount=type=bind,[^\n]*from=", dockerfile)
+
+
+def _code(stage: str) -> str:
+    """A Dockerfile stage's instructions without its comment lines."""
+    return "\n".join(line for line in stage.splitlines() if not line.lstrip().startswith("#"))
 
 
 # ---- what the entry points import --------------------------------------------------------------
@@ -200,6 +230,7 @@ def test_each_import_of_an_entry_point_is_in_its_components_file(component: str)
         if not provided_by & listed:
             missing.append(f"{module} (imported by {importer}; distribution {sorted(provided_by)})")
     assert not missing, f"requirements/{component}.txt lacks: {', '.join(missing)}"
+    assert REQUIRED.get(component, set()) <= listed, (component, REQUIRED[component] - listed)
 
 
 @pytest.mark.parametrize("component", sorted(ENTRY_MODULES))
