@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -56,7 +57,8 @@ OTHER_BACKENDS = {"tensorflow", "tensorflow-cpu", "torch"}
 KERAS = {"keras", "jax", "jaxlib"} | OTHER_BACKENDS
 # Heavy packages an image must not pull in through its requirements (directly or as a dependency).
 FORBIDDEN = {
-    "operator": {"scikit-learn", "matplotlib", "pandas"} | KERAS,
+    # scipy: the latency check's log Phi is feedbackloop.analysis.normal (112 MB less in the image).
+    "operator": {"scikit-learn", "scipy", "matplotlib", "pandas"} | KERAS,
     "server": {"kopf", "kubernetes", "matplotlib", "pandas"} | KERAS,
     "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"} | KERAS,
     "sidecar": {"numpy", "scipy", "scikit-learn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib"} | KERAS,
@@ -253,3 +255,15 @@ def test_no_component_lists_what_its_image_must_not_carry(component: str) -> Non
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(canonicalize_name(req.name))
     assert not closure & FORBIDDEN[component], sorted(closure & FORBIDDEN[component])
+
+
+def test_the_operator_imports_no_scipy_at_run_time() -> None:
+    """Nor does anything it imports (kopf, kubernetes, numpy, prometheus-api-client): its image has none."""
+    probe = (
+        "import sys, feedbackloop.main, feedbackloop.handlers; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules if m.startswith('feedback')}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    loaded = set(ast.literal_eval(result.stdout.strip()))
+    assert "feedbackloop.analysis.latency" in loaded  # the one module that used scipy, loaded at start-up
+    assert not loaded & {"scipy", "sklearn", "pandas", "matplotlib"}, sorted(loaded)

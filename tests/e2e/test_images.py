@@ -39,7 +39,8 @@ ENTRYPOINT = {name: [f"mfl-{name}"] for name in ("operator", "server", "trainer"
 BUILD_TOOLS = ["pip", "setuptools", "wheel"]
 ABSENT = {
     # No image ships the test bed (mfl_testbed): it is a distribution of its own.
-    "operator": ["sklearn", "matplotlib", "pandas", "mfl_testbed", *BUILD_TOOLS],
+    # No scipy: the latency check's log Phi is pure Python (feedbackloop.analysis.normal).
+    "operator": ["sklearn", "scipy", "matplotlib", "pandas", "mfl_testbed", *BUILD_TOOLS],
     "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed", *BUILD_TOOLS],
     "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed", *BUILD_TOOLS],
     # The sidecar passes rows through as JSON: nothing numeric.

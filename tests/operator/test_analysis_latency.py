@@ -10,6 +10,7 @@ import pytest
 from scipy.special import log_ndtr
 from scipy.stats import mannwhitneyu, norm
 
+from feedbackloop.analysis import latency
 from feedbackloop.analysis.latency import (
     HistogramObservation,
     LatencyDesign,
@@ -187,3 +188,39 @@ class TestJudge:
     def test_refuses_bad_designs(self, arguments: dict) -> None:
         with pytest.raises(ValueError):
             LatencyDesign(**arguments)
+
+
+class TestWithoutScipy:
+    """latency.py computes log Phi with analysis.normal (no scipy in the operator image): scipy's answers."""
+
+    def test_the_boundary_is_scipys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        informations = np.unique(np.round(np.logspace(0, 7, 200)))
+        for rho in (2.0, 100.0, 500.0):
+            for alpha in (0.001, 0.0125, 0.05, 0.1, 0.25):
+                ours = mixture_boundary_z(informations, rho, alpha)
+                with monkeypatch.context() as patch:
+                    patch.setattr(latency, "log_ndtr_array", log_ndtr)
+                    reference = mixture_boundary_z(informations, rho, alpha)
+                np.testing.assert_allclose(ours, reference, rtol=1e-12)
+
+    def test_the_verdicts_are_scipys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        rng = np.random.default_rng(19)
+        probabilities = np.diff(norm.cdf(np.log(np.append(EDGES, np.inf) / 0.08) / 0.6), prepend=0.0)
+        observations = []
+        for slowdown in (1.0, 1.1, 1.2, 1.3, 1.5):
+            slow = np.diff(norm.cdf(np.log(np.append(EDGES, np.inf) / (0.08 * slowdown)) / 0.6), prepend=0.0)
+            for count in (300, 600, 2_000, 10_000, 50_000):
+                canary, stable = rng.multinomial(count, slow).cumsum(), rng.multinomial(count, probabilities).cumsum()
+                labels = [f"{edge:g}" for edge in EDGES] + ["+Inf"]
+                observations.append(
+                    HistogramObservation(dict(zip(labels, map(float, canary))), dict(zip(labels, map(float, stable))))
+                )
+        ours = [judge_latency("latency", observation, DESIGN) for observation in observations]
+        with monkeypatch.context() as patch:
+            patch.setattr(latency, "log_ndtr_array", log_ndtr)
+            reference = [judge_latency("latency", observation, DESIGN) for observation in observations]
+        assert [e.decision for e in ours] == [e.decision for e in reference]
+        assert {e.decision for e in ours} == {Outcome.PASS, Outcome.FAIL, Outcome.PENDING}
+        for mine, theirs in zip(ours, reference):
+            assert mine.message == theirs.message
+            assert mine.values == pytest.approx(theirs.values, rel=1e-12)

@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import log_ndtr
 
+from .normal import log_ndtr_array
 from .outcome import Evidence, Outcome
 
 # `le` -> cumulative count; `le` as Prometheus gives it (a float, or its text such as "+Inf").
@@ -127,7 +127,7 @@ def mixture_boundary_z(information: np.ndarray | float, rho: float, alpha: float
     low, high = np.full_like(information, -10.0), np.full_like(information, 50.0)
     for _ in range(60):
         middle = (low + high) / 2
-        too_low = middle**2 / 2 + log_ndtr(middle) < target
+        too_low = middle**2 / 2 + log_ndtr_array(middle) < target
         low, high = np.where(too_low, middle, low), np.where(too_low, high, middle)
     return high * np.sqrt((information + rho) / information)
 
