@@ -1499,6 +1499,11 @@ class ServingStatus(ApiModel):
     version: int | None = Field(default=None, description="The version it runs.")
     ready_replicas: int = Field(default=0, description="Ready replicas.")
     replicas: int = Field(default=0, description="Desired replicas.")
+    since: str | None = Field(
+        default=None,
+        description="When every replica first served this version: a breach counts from then (labels before are "
+        "of the version it replaced).",
+    )
 
 
 class ModelFeedbackLoopStatus(ApiModel):

@@ -30,7 +30,7 @@ from .canary import CanaryObservation, judge_canary, replica_split
 from .credentials import redact
 from .gate import offline_gate
 from .monitoring import Health, rule_state_to_status
-from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, VersionRecord
+from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, Serving, VersionRecord
 from .timeutil import format_time, parse_time
 
 PENDING: Phase = "Pending"
@@ -181,9 +181,16 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
         return f"backing off after a failed retraining until {status['failureBackoffUntil']}"
     if trigger == "Initial":
         return ""
-    # The cooldown runs from the last start and from the last outcome (a promotion needs time to show).
+    serving = status.get("serving")
+    if trigger == "Breach" and serving and rolling_out(serving, status.get("currentVersion")):
+        # Until every replica serves the promoted version, the labels that breach are partly its predecessor's.
+        return f"the stable Deployment is still rolling out version {status.get('currentVersion')}"
+    # The cooldown runs from the last start, from the last outcome and from when the serving version was out on
+    # every replica (a promotion needs time to show, and a slow rollout delays it).
     last = max(
-        parse_time(status.get("lastRetrainAt")) or 0.0, parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0
+        parse_time(status.get("lastRetrainAt")) or 0.0,
+        parse_time((status.get("history") or [{}])[-1].get("at")) or 0.0,
+        parse_time((serving or {}).get("since")) or 0.0,
     )
     cooldown = (
         breach_retry_wait(status, retraining.cooldown.seconds) if trigger == "Breach" else retraining.cooldown.seconds
@@ -194,6 +201,13 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
     if len(recent) >= retraining.max_retrains_per_day:
         return f"daily budget used: {len(recent)} of maxRetrainsPerDay {retraining.max_retrains_per_day}"
     return ""
+
+
+def rolling_out(serving: Serving, current: int | None) -> bool:
+    """The stable Deployment does not yet serve the current version on every replica (and never has)."""
+    if serving.get("version") != current:
+        return True
+    return not serving.get("since") and (serving.get("readyReplicas") or 0) < (serving.get("replicas") or 0)
 
 
 def breach_retry_wait(status: LoopStatus, cooldown: float) -> float:
@@ -308,12 +322,24 @@ def _handle_pause_requests(world: World, decision: Decision) -> None:
 
 
 def _record_serving(world: World, decision: Decision) -> None:
-    if world.serving is None:
+    """The stable Deployment as observed, and since when every replica serves its version: a rolling update
+    of a slow server (MLServer takes tens of seconds a Pod) keeps the old version answering meanwhile."""
+    serving = world.serving
+    if serving is None:
         return
+    before = world.status.get("serving") or {}
+    rolled_out = serving.stable_version is not None and 0 < serving.stable_replicas <= serving.stable_ready
+    since = before.get("since") if before.get("version") == serving.stable_version else None
+    witnessed = bool(before) and (
+        before.get("version") != serving.stable_version or before.get("readyReplicas", 0) < before.get("replicas", 0)
+    )
+    if since is None and rolled_out and witnessed:  # the end of a rollout seen (not a first sight)
+        since = format_time(world.now)
     decision.status["serving"] = {
-        "version": world.serving.stable_version,
-        "readyReplicas": world.serving.stable_ready,
-        "replicas": world.serving.stable_replicas,
+        "version": serving.stable_version,
+        "readyReplicas": serving.stable_ready,
+        "replicas": serving.stable_replicas,
+        "since": since,
     }
 
 

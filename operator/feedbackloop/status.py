@@ -100,6 +100,7 @@ class Serving(TypedDict, total=False):
     version: int | None
     readyReplicas: int
     replicas: int
+    since: str | None
 
 
 class LoopStatus(TypedDict, total=False):

@@ -69,7 +69,8 @@ def test_mlserver_loop_recovers_from_drift_with_a_lightgbm_version(
             ns,
             "churn",
             lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy" and s.get("phase") == "Monitoring",
-            120,
+            # MLServer Pods start in tens of seconds each: the rollout of version 2 and then the rule's window
+            240,
             "version 2 healthy on the drifted traffic",
         )
         recent = traffic.stats.by_version.get("2", [0, 0])

@@ -487,3 +487,49 @@ def test_retraining_condition_tracks_the_job():
         "False",
         "TrainingFailed",
     )
+
+
+# --- a slow rollout of the promoted version (MLServer Pods take tens of seconds each) -----------------
+
+
+def promoted_status(at: float) -> dict:
+    """Version 2 promoted at `at`; the stable Deployment was last seen serving version 1."""
+    return {
+        "currentVersion": 2,
+        "phase": phases.MONITORING,
+        "lastRetrainAt": format_time(at - 600),
+        "history": [{"version": 2, "outcome": "Promoted", "at": format_time(at)}],
+        "serving": {"version": 1, "readyReplicas": 2, "replicas": 2, "since": format_time(at - 7200)},
+    }
+
+
+def test_a_breach_while_the_promoted_version_rolls_out_does_not_retrain():
+    """The labels that breach are the predecessor's while its Pods still answer: no retraining until every
+    replica serves the new version, however long after the promotion that is."""
+    status = promoted_status(NOW - 7200)  # long past the cooldown
+    for observed in (serving(version=1), serving(version=2, ready=1)):
+        d = decide(world(status, health=breached(), serving=observed))
+        assert not actions_of(d, StartTraining)
+        assert d.status["retrainBlockedBy"] == "the stable Deployment is still rolling out version 2"
+        assert d.status["serving"]["since"] == (status["serving"]["since"] if observed.stable_version == 1 else None)
+
+
+def test_the_cooldown_counts_from_when_every_replica_serves_the_promoted_version():
+    status = promoted_status(NOW - 7200)
+    rolling = decide(world(status, health=breached(), serving=serving(version=2, ready=1), now=NOW - 60)).status
+    done = decide(world(rolling, health=breached(), serving=serving(version=2), now=NOW)).status
+    assert done["serving"]["since"] == format_time(NOW)
+    soon = decide(world(done, health=breached(), serving=serving(version=2), now=NOW + 3599))
+    assert not actions_of(soon, StartTraining) and "cooldown" in soon.status["retrainBlockedBy"]
+    # a Pod restart later neither restarts the clock nor blocks
+    dip = decide(world(soon.status, health=breached(), serving=serving(version=2, ready=1), now=NOW + 3600))
+    assert dip.status["serving"]["since"] == format_time(NOW)
+    [start] = actions_of(dip, StartTraining)
+    assert start.trigger == "Breach"
+
+
+def test_a_loop_first_seen_serving_is_not_held_back():
+    """No rollout witnessed (a new operator, or its first look): no clock starts, the cooldown is as before."""
+    d = decide(world(monitoring_status(), health=breached(), serving=serving()))
+    assert d.status["serving"]["since"] is None
+    assert [a.trigger for a in actions_of(d, StartTraining)] == ["Breach"]
