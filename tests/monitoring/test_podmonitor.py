@@ -89,10 +89,10 @@ def test_the_podmonitor_keeps_the_contracts_labels_and_the_default_rules_answer(
 
             # The server's `endpoint` (the API route) survives; without the relabelling it is renamed.
             kept = [sample["metric"] for sample in prometheus.query('mfl_http_requests_total{namespace="shop"}')]
-            assert sorted(m["endpoint"] for m in kept) == ["feedback", "predict"]
+            assert sorted(m["endpoint"] for m in kept) == ["feedback", "infer", "predict"]
             assert not [m for m in kept if "exported_endpoint" in m]
             control = [s["metric"] for s in prometheus.query('mfl_http_requests_total{namespace="control"}')]
-            assert sorted(m["exported_endpoint"] for m in control) == ["feedback", "predict"]
+            assert sorted(m["exported_endpoint"] for m in control) == ["feedback", "infer", "predict"]
             assert {m["endpoint"] for m in control} == {"http"}
         finally:
             prometheus.stop()
