@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds the project's images (operator, server, trainer, mlserver, sidecar) from the root Dockerfile with
+# Builds the project's images (operator, server, trainer, mlserver, sidecar, and the Keras estimator's
+# trainer-keras and server-keras) from the root Dockerfile with
 # buildah, and the pause image, as OCI archives that containerd imports (there is no registry). Run by `make images`
 # and by mfl_testbed.images.ensure_images(); needs root, buildah and (on a machine without the
 # base image) mmdebstrap:  apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables
 # Recipe and pitfalls: shared/notes/real-node.md.
 #
-#   build-images.sh [operator|server|trainer|mlserver|sidecar ...]      (default: all five, the sidecar last)
+#   build-images.sh [operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras ...]
+#                   (default: all seven, in that order: the Keras images, the heaviest, last)
 #
 # Cached by input hash: one sha256 over the content of every input file (Dockerfile, .dockerignore,
 # pyproject.toml, requirements/*.txt, the package trees the project wheel holds: `git ls-files -co
@@ -16,7 +18,7 @@
 # At the end, a table of every image's size (unpacked, and its archive's: compressed layers).
 #
 # Output, in ${MFL_CACHE:-$HOME/.cache/mfl}/images/, per image <image> (mfl-operator, mfl-server,
-# mfl-trainer, mfl-sidecar, mlserver):
+# mfl-trainer, mfl-sidecar, mlserver, mfl-trainer-keras, mfl-server-keras):
 #   <image>.tar       OCI archive holding both tags of the image (its index names each one):
 #                       ghcr.io/feedbackloop/<image>:dev-<hash12>   the content tag: deploy this one
 #                       ghcr.io/feedbackloop/<image>:<version>      the project version (pyproject.toml);
@@ -55,10 +57,10 @@ need buildah
 [ -f "$REPO/Dockerfile" ] && [ -f "$REPO/pyproject.toml" ] ||
   die "no Dockerfile in $REPO: the images are built from a checkout of the project (set MFL_REPO)"
 COMPONENTS=("$@")
-[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator server trainer mlserver sidecar)
+[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator server trainer mlserver sidecar trainer-keras server-keras)
 for name in "${COMPONENTS[@]}"; do
-  case "$name" in operator|server|trainer|mlserver|sidecar) ;;
-    *) die "unknown image '$name' (operator, server, trainer, mlserver or sidecar)";; esac
+  case "$name" in operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras) ;;
+    *) die "unknown image '$name' (operator, server, trainer, mlserver, sidecar, trainer-keras or server-keras)";; esac
 done
 VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' "$REPO/pyproject.toml")
 [ -n "$VERSION" ] || die "no version in $REPO/pyproject.toml"
@@ -180,7 +182,7 @@ for name in "${COMPONENTS[@]}"; do
   step "building $file ($dev_ref)"
   rm -f "$stamp"
   args=()
-  [ "$name" = trainer ] && args+=(--build-arg "CODE_VERSION=$TAG")
+  case "$name" in trainer|trainer-keras) args+=(--build-arg "CODE_VERSION=$TAG");; esac
   start=$(date +%s)
   if ! nice -n 19 buildah bud --isolation chroot --pull=never --layers -v /etc/ssl/certs:/etc/ssl/certs:ro \
        --build-arg "PYTHON_IMAGE=$BASE_IMAGE" "${args[@]}" --target "$name" \
@@ -212,7 +214,7 @@ done
 
 # ---- the sizes: unpacked (what buildah and containerd store) and the archive (compressed layers) ----
 echo
-printf '%-14s %10s %10s  %s\n' IMAGE SIZE ARCHIVE REFERENCE
+printf '%-18s %10s %10s  %s\n' IMAGE SIZE ARCHIVE REFERENCE
 for name in "${COMPONENTS[@]}"; do
   file=mfl-$name
   [ "$name" = mlserver ] && file=mlserver
@@ -225,6 +227,6 @@ for name in "${COMPONENTS[@]}"; do
   archive=-
   [ -s "$OUT/$file.tar" ] && archive="$(( $(stat -c %s "$OUT/$file.tar") / 1000000 )) MB"
   case " $failed " in *" $name "*) ref="(build failed; the archive, if any, is an older build)";; esac
-  printf '%-14s %10s %10s  %s\n' "$file" "$size" "$archive" "${ref:-(not built)}"
+  printf '%-18s %10s %10s  %s\n' "$file" "$size" "$archive" "${ref:-(not built)}"
 done
 exit $status

@@ -1,10 +1,11 @@
 """The project's images for a real node: built (or reused) by build-images.sh, handed over as OCI archives.
 
     refs = ensure_images(progress=print)   # {"operator": "ghcr.io/feedbackloop/mfl-operator:dev-<hash12>", ...}
-    archives = image_archives()            # pause + the five images, for `ctr images import`
+    archives = image_archives()            # pause + the seven images, for `ctr images import`
 
 There is no registry: build-images.sh builds the targets of the root Dockerfile with buildah (the
-project's operator, server, trainer and feedback sidecar, and MLServer from PyPI) and writes
+project's operator, server, trainer and feedback sidecar, MLServer from PyPI, and the Keras estimator's trainer and
+server: the default ones with Keras on JAX) and writes
 `<cache>/images/<image>.tar` (an OCI archive holding both the `dev-<hash12>` content tag and the version
 tag), `<image>.ref` (those references, the `dev-<hash12>` one first) and a hash stamp; <image> is
 IMAGE_NAMES[component].
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from mfl_testbed.process import TestbedUnavailable, cache_dir, print_progress, run_script
 
-# The sidecar last: build-images.sh builds them in this order.
-COMPONENTS = ("operator", "server", "trainer", "mlserver", "sidecar")
+# build-images.sh builds them in this order: the sidecar after the default images, the Keras ones (the heaviest,
+# on the trainer's and the server's dependency layers) last.
+COMPONENTS = ("operator", "server", "trainer", "mlserver", "sidecar", "trainer-keras", "server-keras")
 # ghcr.io/feedbackloop/<name>: the images' repositories, and their files' names in images_dir().
 IMAGE_NAMES = {
     "operator": "mfl-operator",
@@ -31,6 +33,9 @@ IMAGE_NAMES = {
     "trainer": "mfl-trainer",
     "mlserver": "mlserver",  # MLServer itself, tagged with its version (requirements/mlserver.txt)
     "sidecar": "mfl-sidecar",
+    # The default trainer and server with Keras on JAX (requirements/keras.txt), for estimator keras_dense.
+    "trainer-keras": "mfl-trainer-keras",
+    "server-keras": "mfl-server-keras",
 }
 BUILD_SCRIPT = Path(__file__).with_name("build-images.sh")
 INSTALL_HINT = "apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables"

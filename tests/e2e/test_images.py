@@ -1,7 +1,8 @@
 """Each image holds what its entry point imports, not the other components' dependencies, and runs as `mfl`.
 
-The project's four images and the MLServer image the test bed builds from PyPI (which serves a
-scikit-learn model here, writing nothing outside its scratch folder). No cluster: a throwaway container
+The project's images (operator, server, trainer, sidecar; the trainer and server with Keras on JAX for
+estimator keras_dense, which alone carry Keras) and the MLServer image the test bed builds from PyPI (which
+serves a scikit-learn model here, writing nothing outside its scratch folder). No cluster: a throwaway container
 per image (`buildah from` + `buildah run --isolation chroot`, the host's network), removed afterwards.
 Needs root, buildah and the images: ensure_images() builds them when their inputs changed (`make images`;
 seconds when they are current), and a machine that cannot build them makes these tests skip, or fail
@@ -31,20 +32,40 @@ IMPORTS = {
     "trainer": ["mfl_trainer.main", "lightgbm"],
     "sidecar": ["mfl_server.sidecar", "aiohttp", "prometheus_client", "orjson", "uvloop"],
     "mlserver": ["mlserver", "mlserver_sklearn", "mlserver_lightgbm", "mlserver_xgboost", "xgboost", "lightgbm"],
+    # The default trainer and server plus Keras on JAX (requirements/keras.txt), for estimator keras_dense.
+    "trainer-keras": ["mfl_trainer.main", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
+    "server-keras": ["mfl_server.app", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
 }
+# The Keras images and the default image each one extends (its entry point, its checks).
+KERAS_IMAGES = {"trainer-keras": "trainer", "server-keras": "server"}
 # What the images are started as: ENTRYPOINT, or for MLServer (no entry point: the operator runs
 # `mlserver start <version folder>` as the container's args) the CMD.
 ENTRYPOINT = {name: [f"mfl-{name}"] for name in ("operator", "server", "trainer", "sidecar")}
+ENTRYPOINT |= {name: [f"mfl-{base}"] for name, base in KERAS_IMAGES.items()}
 # Never in a final image (the runtime stage removes them): what builds the venvs, perl and apt.
 BUILD_TOOLS = ["pip", "setuptools", "wheel"]
+# Keras and its backends: only in the Keras images, and those only with JAX.
+OTHER_BACKENDS = ["tensorflow", "torch"]
+KERAS = ["keras", "jax", "jaxlib", *OTHER_BACKENDS]
 ABSENT = {
     # No image ships the test bed (mfl_testbed): it is a distribution of its own.
     # No scipy: the latency check's log Phi is pure Python (feedbackloop.analysis.normal).
-    "operator": ["sklearn", "scipy", "matplotlib", "pandas", "mfl_testbed", *BUILD_TOOLS],
-    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed", *BUILD_TOOLS],
-    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed", *BUILD_TOOLS],
+    "operator": ["sklearn", "scipy", "matplotlib", "pandas", "mfl_testbed", *KERAS, *BUILD_TOOLS],
+    "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed"]
+    + KERAS
+    + BUILD_TOOLS,
+    "trainer": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed"]
+    + KERAS
+    + BUILD_TOOLS,
     # The sidecar passes rows through as JSON: nothing numeric.
     "sidecar": ["numpy", "scipy", "sklearn", "joblib", "pandas", "kopf", "kubernetes", "matplotlib", "mfl_testbed"]
+    + KERAS
+    + BUILD_TOOLS,
+    "trainer-keras": ["kopf", "kubernetes", "aiohttp", "prometheus_api_client", "pandas", "mfl_testbed"]
+    + OTHER_BACKENDS
+    + BUILD_TOOLS,
+    "server-keras": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed"]
+    + OTHER_BACKENDS
     + BUILD_TOOLS,
     # MLServer alone, and xgboost without CUDA (xgboost-cpu: no nvidia-nccl). Its dependencies may
     # require setuptools at run time: only pip is checked.
@@ -57,8 +78,11 @@ HELP = {
     "trainer": [["mfl-trainer", "--help"]],
     "sidecar": [],  # like the server's
     "mlserver": [["mlserver", "--version"], ["mlserver", "start", "--help"]],
+    "trainer-keras": [["mfl-trainer", "--help"]],
+    "server-keras": [],
 }
-COMMAND = {name: f"/opt/mfl/bin/mfl-{name}" for name in ENTRYPOINT} | {"mlserver": "/opt/mlserver/bin/mlserver"}
+COMMAND = {name: f"/opt/mfl/bin/{entry[0]}" for name, entry in ENTRYPOINT.items()}
+COMMAND |= {"mlserver": "/opt/mlserver/bin/mlserver"}
 UID = 65532
 
 
@@ -90,7 +114,13 @@ class Container:
 
     def run(self, *command: str) -> subprocess.CompletedProcess[str]:
         """`command` in the container, as the image's own user (USER), with the image's environment."""
-        return buildah("run", "--isolation", "chroot", self.id, "--", *command)
+        for _ in range(3):
+            result = buildah("run", "--isolation", "chroot", self.id, "--", *command)
+            # buildah 1.28 re-executes itself from a sealed in-memory copy; sealing it fails now and then with
+            # EBUSY (seen on this machine for one `id -un` in a few: the next run succeeds). Not the image's fault.
+            if "sealing memfd copy" not in result.stderr:
+                break
+        return result
 
     def check(self, *command: str) -> str:
         result = self.run(*command)
@@ -146,16 +176,17 @@ def test_runs_as_mfl_with_a_passwd_entry(container: Container) -> None:
 
 
 def test_image_specifics(container: Container) -> None:
-    if container.name in ("server", "sidecar"):
+    kind = KERAS_IMAGES.get(container.name, container.name)
+    if kind in ("server", "sidecar"):
         # Without its environment the server gets as far as validating it: everything imported.
-        result = container.run(f"mfl-{container.name}")
+        result = container.run(f"mfl-{kind}")
         assert result.returncode == 2 and "MFL_MODEL_NAME" in result.stdout + result.stderr, result.stderr
         assert "Traceback" not in result.stdout + result.stderr
         assert container.check("sh", "-c", "test -w /var/lib/mfl/artifacts && echo writable").strip() == "writable"
         assert container.check("python", "-c", "import orjson, uvloop; print('fast')").strip() == "fast"
     if container.name == "mlserver":
         check_mlserver_serves_a_scikit_learn_model(container)
-    if container.name == "trainer":
+    if kind == "trainer":
         # The font cache was built at build time: nothing to write on a read-only root filesystem.
         result = container.run("python", "-c", "import matplotlib.pyplot")
         assert result.returncode == 0, result.stderr
@@ -163,6 +194,88 @@ def test_image_specifics(container: Container) -> None:
         tag = container.ref.rsplit(":", 1)[1]
         assert container.check("sh", "-c", "echo $MPLBACKEND $MFL_CODE_VERSION").split() == ["Agg", tag]
         assert container.check("pwd").strip() == "/tmp"
+    if container.name in KERAS_IMAGES:
+        check_keras_on_a_read_only_root(container)
+
+
+# As the operator's Pods run the images (readOnlyRootFilesystem, uid 65532, HOME /nonexistent, TMPDIR the
+# scratch emptyDir: here a tmpfs on /tmp): Keras imports on JAX with its KERAS_HOME, the image's /opt/keras,
+# read-only (it holds keras.json already), then keras_dense trains and goes through the pickle a version's
+# model.joblib holds (a temporary .keras archive in TMPDIR).
+KERAS_IMPORT = textwrap.dedent(
+    """
+    import errno, json, os
+    import jax, keras
+    from mfl_keras.classifier import keras_module
+    try:
+        open("/opt/keras/probe", "w")
+        writable = True
+    except OSError as error:
+        writable = error.errno != errno.EROFS
+    print(json.dumps({"backend": keras.backend.backend(), "module": keras_module().__name__, "uid": os.getuid(),
+                      "keras_home": os.environ.get("KERAS_HOME"), "writable": writable, "jax": jax.__version__,
+                      "devices": [d.platform for d in jax.devices()]}))
+    """
+)
+KERAS_FIT = textwrap.dedent(
+    """
+    import io, json, joblib, numpy as np
+    from mfl_keras.classifier import KerasDenseClassifier
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = KerasDenseClassifier(units=8, epochs=10, batch_size=32, learning_rate=0.01).fit(X, y)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    print(json.dumps({"same": bool((loaded.predict(X) == model.predict(X)).all()),
+                      "accuracy": float((loaded.predict(X) == y).mean())}))
+    """
+)
+
+
+def run_read_only(container: Container, *command: str, scratch: bool = False) -> subprocess.CompletedProcess[str]:
+    """`command` as uid 65532 with the image's environment, in the container's root filesystem mounted
+    read-only (a private mount namespace: /proc of its own, the host's /dev; with `scratch`, a tmpfs on /tmp,
+    named by TMPDIR as the operator names the Pod's scratch emptyDir)."""
+    root = buildah("mount", container.id)
+    assert root.returncode == 0, root.stderr
+    config = json.loads(buildah("inspect", "--type", "container", container.id).stdout)["OCIv1"]["config"]
+    env = [*config.get("Env", []), "HOME=/nonexistent", *(["TMPDIR=/tmp"] if scratch else [])]
+    script = textwrap.dedent(
+        f"""
+        set -e
+        mount --bind "$0" "$0"
+        mount -o remount,bind,ro "$0"
+        mount -t proc proc "$0/proc"
+        mount --rbind /dev "$0/dev"
+        {'mount -t tmpfs -o mode=1777,size=64m tmpfs "$0/tmp"' if scratch else ""}
+        cd "$0"
+        exec chroot --userspec={UID}:{UID} "$0" /usr/bin/env -i "$@"
+        """
+    )
+    try:
+        return subprocess.run(
+            ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script, root.stdout.strip(), *env, *command],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        buildah("umount", container.id)
+
+
+def check_keras_on_a_read_only_root(container: Container) -> None:
+    imported = run_read_only(container, "python", "-c", KERAS_IMPORT, scratch=True)
+    assert imported.returncode == 0, imported.stderr
+    facts = json.loads(imported.stdout.strip().splitlines()[-1])
+    assert facts["backend"] == "jax" and facts["module"] == "keras" and facts["devices"] == ["cpu"], facts
+    assert facts["uid"] == UID and facts["keras_home"] == "/opt/keras" and not facts["writable"], facts
+    assert "Traceback" not in imported.stderr, imported.stderr
+    fitted = run_read_only(container, "python", "-c", KERAS_FIT, scratch=True)
+    assert fitted.returncode == 0, fitted.stderr
+    answer = json.loads(fitted.stdout.strip().splitlines()[-1])
+    assert answer["same"] and answer["accuracy"] > 0.8, answer
 
 
 def free_port_block(size: int = 3) -> int:
@@ -260,6 +373,6 @@ def test_image_sizes_are_reported(image_refs: dict[str, str], capsys: pytest.Cap
     for name, ref in sorted(image_refs.items()):
         listed = buildah("images", "--noheading", "--format", "{{.Size}}", ref)
         assert listed.returncode == 0, listed.stderr
-        rows.append(f"  {name:<10} {listed.stdout.strip().splitlines()[0]:>10}  {ref}")
+        rows.append(f"  {name:<14} {listed.stdout.strip().splitlines()[0]:>10}  {ref}")
     with capsys.disabled():
         print("\nimage sizes:\n" + "\n".join(rows))
