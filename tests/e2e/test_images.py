@@ -27,14 +27,14 @@ from mfl_testbed.pytest_plugin import unavailable
 # Per image: the modules its entry point needs, and what must not be in it.
 IMPORTS = {
     "operator": ["feedbackloop.main", "feedbackloop.handlers"],
-    "server": ["mfl_server.app"],
+    "server": ["mfl_server.app", "lightgbm"],
     # lightgbm: estimator lightgbm; its wheel loads the system's OpenMP runtime (libgomp1).
     "trainer": ["mfl_trainer.main", "lightgbm"],
     "sidecar": ["mfl_server.sidecar", "aiohttp", "prometheus_client", "orjson", "uvloop"],
     "mlserver": ["mlserver", "mlserver_sklearn", "mlserver_lightgbm", "mlserver_xgboost", "xgboost", "lightgbm"],
     # The default trainer and server plus Keras on JAX (requirements/keras.txt), for estimator keras_dense.
     "trainer-keras": ["mfl_trainer.main", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
-    "server-keras": ["mfl_server.app", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
+    "server-keras": ["mfl_server.app", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
 }
 # The Keras images and the default image each one extends (its entry point, its checks).
 KERAS_IMAGES = {"trainer-keras": "trainer", "server-keras": "server"}

@@ -176,3 +176,21 @@ def test_legacy_rows_and_v2_rows_log_the_same_features(tmp_path):
 
     legacy, modern = run(scenario())
     assert legacy == modern
+
+
+def test_the_reference_server_serves_a_lightgbm_version(tmp_path):
+    """estimator lightgbm publishes LightGBM's scikit-learn estimator as model.joblib: the reference server
+    (its image carries lightgbm) serves it on both routes, the same as MLServer's runtime serves model.txt."""
+    from lightgbm import LGBMClassifier
+
+    x, y = synthetic(400, seed=9)
+    estimator = write_model(tmp_path, estimator=LGBMClassifier(n_estimators=20, verbose=-1).fit(x, y))
+    rows = x[:16].tolist()
+
+    async def scenario() -> list[Any]:
+        async with serving(server_config(tmp_path)) as (_, client):
+            response = await client.post("/v2/models/churn/infer", json={"inputs": [tensor(rows)]})
+            assert response.status == 200, await response.text()
+            return (await response.json())["outputs"][0]["data"]
+
+    assert run(scenario()) == estimator.predict(x[:16]).tolist()
