@@ -431,13 +431,20 @@ def last_lines(text: str) -> str:
 
 
 def ready_replicas(deployment: dict[str, Any] | None) -> int:
-    """Ready replicas of the current pod template only (a rollout in progress counts its new Pods)."""
+    """Ready replicas of the current pod template only (a rollout in progress counts its new Pods).
+
+    readyReplicas counts the old template's Pods too: while a rolling update holds one old ready Pod and one
+    new Pod still starting, it says 2 of 2 (seen with MLServer, whose Pods start in tens of seconds). The
+    Pods of older templates are status.replicas - updatedReplicas; at least the rest of the ready ones are
+    new, as `kubectl rollout status` reasons."""
     if not deployment:
         return 0
     status = deployment.get("status") or {}
-    observed = status.get("observedGeneration") == deployment["metadata"].get("generation")
+    if status.get("observedGeneration") != deployment["metadata"].get("generation"):
+        return 0
     updated = status.get("updatedReplicas") or 0
-    return min(status.get("readyReplicas") or 0, updated) if observed else 0
+    older = max(0, (status.get("replicas") or 0) - updated)
+    return max(0, min((status.get("readyReplicas") or 0) - older, updated))
 
 
 _CA_FILES: dict[str, str] = {}

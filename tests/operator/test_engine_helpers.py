@@ -56,6 +56,19 @@ def test_ready_counts_only_the_current_generation():
     assert observe.deployment_version(deployment(version="7")) == 7
 
 
+def test_ready_counts_no_pod_of_an_older_template():
+    """A rolling update (maxSurge 1, maxUnavailable 0) of 2 replicas, as real MLServer Pods showed it: one new
+    Pod ready and one starting, one old Pod still ready and serving. readyReplicas says 2; the new template
+    has 1 ready Pod, then 2 once the old one is gone."""
+    rolling = deployment()
+    rolling["status"].update(replicas=3, updatedReplicas=2, readyReplicas=2)
+    assert observe.ready_replicas(rolling) == 1
+    rolling["status"].update(replicas=3, updatedReplicas=2, readyReplicas=3)
+    assert observe.ready_replicas(rolling) == 2
+    rolling["status"].update(replicas=2, updatedReplicas=1, readyReplicas=2)  # the first new Pod, not yet surged
+    assert observe.ready_replicas(rolling) == 1
+
+
 def test_trainer_overrides_pass_only_known_keys():
     body = {"metadata": {"annotations": {act.TRAINER_OVERRIDES: '{"labelNoise": 0.4, "image": "evil"}'}}}
     assert act.trainer_overrides(body) == {"labelNoise": 0.4}
