@@ -183,8 +183,11 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
         return ""
     serving = status.get("serving")
     if trigger == "Breach" and serving and rolling_out(serving, status.get("currentVersion")):
-        # Until every replica serves the promoted version, the labels that breach are partly its predecessor's.
-        return f"the stable Deployment is still rolling out version {status.get('currentVersion')}"
+        # Until every replica serves the promoted version, the labels that breach are partly its predecessor's;
+        # for rollout.readyTimeout at most: a version that never gets ready must not hold retraining forever.
+        promoted = _promoted_at(status)
+        if promoted is not None and now - promoted < spec.rollout.ready_timeout.seconds:
+            return f"the stable Deployment is still rolling out version {status.get('currentVersion')}"
     # The cooldown runs from the last start, from the last outcome and from when the serving version was out on
     # every replica (a promotion needs time to show, and a slow rollout delays it).
     last = max(
@@ -201,6 +204,14 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
     if len(recent) >= retraining.max_retrains_per_day:
         return f"daily budget used: {len(recent)} of maxRetrainsPerDay {retraining.max_retrains_per_day}"
     return ""
+
+
+def _promoted_at(status: LoopStatus) -> float | None:
+    """When the current version was promoted (None when it was adopted or is the first)."""
+    last = (status.get("history") or [{}])[-1]
+    if last.get("version") != status.get("currentVersion") or last.get("outcome") != "Promoted":
+        return None
+    return parse_time(last.get("at"))
 
 
 def rolling_out(serving: Serving, current: int | None) -> bool:

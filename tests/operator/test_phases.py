@@ -505,17 +505,22 @@ def promoted_status(at: float) -> dict:
 
 def test_a_breach_while_the_promoted_version_rolls_out_does_not_retrain():
     """The labels that breach are the predecessor's while its Pods still answer: no retraining until every
-    replica serves the new version, however long after the promotion that is."""
-    status = promoted_status(NOW - 7200)  # long past the cooldown
+    replica serves the new version, for rollout.readyTimeout (5m) after the promotion at most: a version that
+    never gets ready must not hold retraining for ever."""
+    spec = make_spec(retraining={"features": ["a"], "target": "y", "cooldown": "1m", "maxRetrainsPerDay": 2})
+    status = promoted_status(NOW - 120)  # past the cooldown
     for observed in (serving(version=1), serving(version=2, ready=1)):
-        d = decide(world(status, health=breached(), serving=observed))
+        d = decide(world(status, spec=spec, health=breached(), serving=observed))
         assert not actions_of(d, StartTraining)
         assert d.status["retrainBlockedBy"] == "the stable Deployment is still rolling out version 2"
         assert d.status["serving"]["since"] == (status["serving"]["since"] if observed.stable_version == 1 else None)
+    late = decide(world(promoted_status(NOW - 301), spec=spec, health=breached(), serving=serving(version=2, ready=0)))
+    assert [a.trigger for a in actions_of(late, StartTraining)] == ["Breach"]
 
 
 def test_the_cooldown_counts_from_when_every_replica_serves_the_promoted_version():
     status = promoted_status(NOW - 7200)
+    status["history"][-1]["at"] = format_time(NOW - 120)  # the rollout takes its time
     rolling = decide(world(status, health=breached(), serving=serving(version=2, ready=1), now=NOW - 60)).status
     done = decide(world(rolling, health=breached(), serving=serving(version=2), now=NOW)).status
     assert done["serving"]["since"] == format_time(NOW)
