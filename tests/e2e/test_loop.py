@@ -227,8 +227,8 @@ def test_bad_candidate_is_rolled_back_and_stable_untouched(loops, prometheus, ku
     try:
         manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "rehearse-rollback"
         loops.apply(manifest)
-        status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")
-        weights = route_weights(kubectl, ns)
+        loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")
+        weights, status = canary_routed(loops, kubectl, ns)
         assert weights["churn-canary"] == status["rollout"]["weight"] and sum(weights.values()) == 100
         status = loops.wait(ns, "churn", lambda s: (2, "RolledBack") in history_outcomes(s), 300, "a rollback")
     finally:
@@ -274,6 +274,19 @@ def test_an_undecidable_canary_ends_early_and_frees_the_loop(loops, prometheus, 
     undecided = [e for e in record["evidence"] if e["decision"] == "Inconclusive"]
     assert undecided and all(e["values"]["decisionProbability"] < 0.1 for e in undecided), record["evidence"]
     assert held < 240, f"held {held:.0f}s of a 300s deadline"  # ended by the projection, not the deadline
+
+
+def canary_routed(loops, kubectl, namespace, timeout=90):
+    """The route's weights and the loop's status once the canary gets its step's weight: until one of its Pods
+    is ready the gateway sends it nothing (weight 0), so a canary Service without endpoints takes no traffic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        weights, status = route_weights(kubectl, namespace), loops.status(namespace, "churn")
+        planned = (status.get("rollout") or {}).get("weight")
+        if weights["churn-canary"] == planned or time.monotonic() > deadline:
+            return weights, status
+        assert weights["churn-canary"] == 0, (weights, planned)
+        time.sleep(0.5)
 
 
 def route_weights(kubectl, namespace):

@@ -26,7 +26,8 @@ def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, 
     loops.apply(serving_loop(ns, prometheus.url, claim))
 
     status = loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
-    assert status["serving"] == {"version": 1, "readyReplicas": 2, "replicas": 2}
+    assert status["serving"] == {"version": 1, "readyReplicas": 2, "replicas": 2, "since": status["serving"]["since"]}
+    assert status["serving"]["since"]  # its Pods were seen starting, then every replica serving version 1
     deployment = json.loads(kubectl("get", "deployment", "churn", "-n", ns, "-o", "json").stdout)
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelFeedbackLoop"
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
