@@ -18,13 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from . import v2
-from .base import FeedbackServer, api_endpoint, chunks_of, json_response, v2_answer
+from .base import FeedbackServer, api_endpoint, json_response, v2_answer
 from .config import ServerConfig
 from .inputs import build_batch, instances_of
 from .model import LoadedModel, load_model
 from .runner import run_main
-
-_chunks = chunks_of  # the name the tests know
 
 
 class ModelServer(FeedbackServer):

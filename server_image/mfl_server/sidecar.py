@@ -170,10 +170,7 @@ class SidecarServer(FeedbackServer):
         model: UpstreamModel = self.check_v2_model(request)
         raw, body = await self._read_body(request)
         parsed = v2.parse_infer(body, model.features, self.config.max_batch)
-        answer = await self._infer_upstream(raw)
-        labels = self._labels(answer, len(parsed.rows), model)
-        records = [dict(zip(model.features, row)) for row in parsed.rows]
-        ids = self.record_predictions(model, records, labels)
+        answer, _, ids = await self._predict_upstream(model, parsed.rows, raw)
         answer["outputs"].append(v2.id_output(ids))
         return v2_answer(answer, ids)
 
@@ -183,15 +180,22 @@ class SidecarServer(FeedbackServer):
         model: UpstreamModel = self.require_model()
         _, body = await self._read_body(request)
         rows = _rows_of_instances(body, model.features, self.config.max_batch)
-        tensor = {"name": "input-0", "datatype": "FP64", "shape": [len(rows), len(model.features)], "data": rows}
-        parsed = v2.parse_infer({"inputs": [tensor]}, model.features, self.config.max_batch)
-        answer = await self._infer_upstream(jsonio.dumps({"inputs": [tensor]}))
-        labels = self._labels(answer, len(parsed.rows), model)
-        records = [dict(zip(model.features, row)) for row in parsed.rows]
-        ids = self.record_predictions(model, records, labels)
+        tensor = {"name": "input-0", "datatype": "FP64", "shape": [len(rows), len(rows[0])], "data": rows}
+        translated = {"inputs": [tensor]}
+        parsed = v2.parse_infer(translated, model.features, self.config.max_batch)  # bounds the values
+        _, labels, ids = await self._predict_upstream(model, parsed.rows, jsonio.dumps(translated))
         return json_response({"predictions": labels, "ids": ids, "model": self.config.model, "version": model.version})
 
     # --- the server behind the sidecar ---------------------------------------------------------
+
+    async def _predict_upstream(
+        self, model: UpstreamModel, rows: list[list[Any]], raw: bytes
+    ) -> tuple[dict[str, Any], list[Any], list[str]]:
+        """The server's answer to `raw` (the rows' request), its labels and their ids, the rows logged."""
+        answer = await self._infer_upstream(raw)
+        labels = self._labels(answer, len(rows), model)
+        ids = self.record_predictions(model, [dict(zip(model.features, row)) for row in rows], labels)
+        return answer, labels, ids
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

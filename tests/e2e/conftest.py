@@ -65,6 +65,20 @@ class Loops:
             namespace, name, lambda s: condition_of(s, type_).get("status") == status, timeout, f"{type_}={status}"
         )
 
+    def wait_recovered(self, namespace: str, name: str, version: int, timeout: float) -> dict[str, Any]:
+        """Wait until `version` serves, its accuracy rule is Healthy and the loop is back to Monitoring."""
+        return self.wait(
+            namespace,
+            name,
+            lambda s: (
+                s.get("currentVersion") == version
+                and (s.get("metrics") or [{}])[0].get("state") == "Healthy"
+                and s.get("phase") == "Monitoring"
+            ),
+            timeout,
+            f"version {version} healthy on the drifted traffic",
+        )
+
     def wait(
         self, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
     ) -> dict[str, Any]:

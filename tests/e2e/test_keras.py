@@ -102,13 +102,7 @@ def test_keras_loop_recovers_from_drift_with_a_retrained_network(
         assert server_image(kubectl, ns, "churn-canary") == image_refs["server-keras"]
         status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "promotion of version 2")
         mark("promoted")
-        loops.wait(
-            ns,
-            "churn",
-            lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy" and s.get("phase") == "Monitoring",
-            120,
-            "version 2 healthy on the drifted traffic",
-        )
+        loops.wait_recovered(ns, "churn", 2, 120)
         mark("version 2 healthy")
         recent = traffic.stats.by_version.get("2", [0, 0])
     except AssertionError as error:

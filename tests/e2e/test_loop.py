@@ -144,13 +144,7 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
         assert deployment(kubectl, ns, "churn-canary")["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
         status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "promotion of version 2")
         # The promoted model recovers: version 2's own labels bring the accuracy rule back within bounds.
-        loops.wait(
-            ns,
-            "churn",
-            lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy" and s.get("phase") == "Monitoring",
-            120,
-            "version 2 healthy on the drifted traffic",
-        )
+        loops.wait_recovered(ns, "churn", 2, 120)
     finally:
         traffic.stop()
     assert history_outcomes(status)[-1] == (2, "Promoted")

@@ -7,7 +7,6 @@ back, as with the reference server."""
 from __future__ import annotations
 
 import json
-import time
 
 from mfl_testbed.traffic import TrafficGenerator, service_endpoints
 
@@ -65,14 +64,7 @@ def test_mlserver_loop_recovers_from_drift_with_a_lightgbm_version(
         status = loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the LightGBM candidate's canary")
         assert set(containers_of(kubectl, ns, "churn-canary")) == {"server", "feedback"}
         status = loops.wait(ns, "churn", lambda s: s.get("currentVersion") == 2, 300, "promotion of version 2")
-        loops.wait(
-            ns,
-            "churn",
-            lambda s: (s.get("metrics") or [{}])[0].get("state") == "Healthy" and s.get("phase") == "Monitoring",
-            # MLServer Pods start in tens of seconds each: the rollout of version 2 and then the rule's window
-            240,
-            "version 2 healthy on the drifted traffic",
-        )
+        loops.wait_recovered(ns, "churn", 2, 240)  # MLServer Pods start in tens of seconds: a slow rollout first
         recent = traffic.stats.by_version.get("2", [0, 0])
     finally:
         traffic.stop()
@@ -104,7 +96,7 @@ def test_mlserver_loop_rolls_back_a_bad_candidate(loops, prometheus, kubectl, k8
     stable_before = deployment(kubectl, ns, "churn")
     traffic = v2_traffic(kubectl, ns, rate=80, batch=8, label_delay=1.0)
     try:
-        time.sleep(5)
+        loops.wait(ns, "churn", lambda s: traffic.stats.feedback > 0, 60, "the first labels")
         manifest["metadata"]["annotations"]["feedbackloop.dev/retrain"] = "mlserver-rollback"
         loops.apply(manifest)
         loops.wait(ns, "churn", lambda s: s.get("phase") == "Canary", 240, "the bad candidate's canary")

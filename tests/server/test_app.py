@@ -25,7 +25,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from mfl_server.app import ModelServer, _chunks
+from mfl_server.app import ModelServer
+from mfl_server.base import chunks_of as _chunks
 from mfl_server.config import ServerConfig
 from mfl_server.store import utc_day
 
