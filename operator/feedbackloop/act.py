@@ -52,7 +52,7 @@ class Actor:
             return
         assert spec is not None, "only events are decided for a loop without a valid spec"
         if isinstance(action, phases.StartTraining):
-            await self._start_training(body, spec, action)
+            await self._start_training(body, spec, action, (status.get("rollout") or {}).get("version"))
         elif isinstance(action, phases.EnsureStable):
             await self._ensure_stable(body, spec, action.version)
         elif isinstance(action, phases.EnsureCanary):
@@ -61,11 +61,12 @@ class Actor:
             await self._remove_canary(body, spec)
 
     async def _start_training(
-        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, action: phases.StartTraining
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, action: phases.StartTraining, canary: int | None
     ) -> None:
+        """`canary`: a version on canary, which the trainer's version retention must keep (with the parent)."""
         extra = {**self.job_extra_config, **trainer_overrides(body)}
         job = resources.training_job(
-            body, spec, action.job_name, action.version, action.parent_version, action.trigger, extra
+            body, spec, action.job_name, action.version, action.parent_version, action.trigger, extra, canary
         )
         await asyncio.to_thread(self.kube.create_job, body, job)
         # Finished Jobs (and their Pods' logs) are kept for the last few versions, not forever.

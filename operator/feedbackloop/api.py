@@ -133,6 +133,16 @@ def parse_duration(text: str) -> float:
     return float(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text)))
 
 
+def format_duration(seconds: float) -> str:
+    """5400.0 -> '1h30m', 2678400.0 -> '31d': whole seconds in this API's duration syntax."""
+    rest, parts = int(seconds), []
+    for unit in ("d", "h", "m", "s"):
+        count, rest = divmod(rest, int(_UNIT_SECONDS[unit]))
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def field_error(model: str, loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
     """An error at `loc` (wire names), for a validator that checks several fields: the message then names
     the field the user must change, not the object that holds it."""
@@ -555,31 +565,191 @@ class HostPathSource(ApiModel):
     path: str = Field(pattern=r"^/", description="Absolute path on the node; created if missing.")
 
 
+# S3 bucket names (AWS rules, which every S3-compatible store accepts): 3 to 63 lowercase letters, digits, '.'
+# and '-', alphanumeric at both ends; the rest of the rules (no '..', not an IP address) in _bucket_rules.
+S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# Folders of plain characters, no leading, trailing or doubled '/': a key is `<prefix>/<model>/...` everywhere.
+S3_PREFIX_PATTERN = r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$"
+S3_REGION_PATTERN = r"^[A-Za-z0-9_-]*$"
+S3_CA_PATH = "/var/run/mfl-s3-ca"  # where the caSecret volume is mounted in the containers that reach the store
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+
+class S3Storage(ApiModel):
+    """An S3-compatible bucket (AWS S3, MinIO, SeaweedFS, Ceph RGW) as the artifact store; needs database.
+    Versions, base data and prediction logs are objects; each server Pod fetches its version at start."""
+
+    endpoint: str = Field(
+        pattern=r"^https?://",
+        max_length=2048,
+        description="The S3 API's URL without a path, e.g. http://seaweedfs.storage:8333 or "
+        "https://s3.eu-west-1.amazonaws.com. The credentials Secret must allow its host (annotation "
+        "feedbackloop.dev/s3-hosts).",
+    )
+    bucket: str = Field(
+        pattern=S3_BUCKET_PATTERN,
+        min_length=3,
+        max_length=63,
+        description="The bucket, which must exist: 3 to 63 lowercase letters, digits, '.' and '-' (S3 naming rules).",
+    )
+    prefix: str = Field(
+        default="",
+        pattern=S3_PREFIX_PATTERN,
+        max_length=512,
+        description="Folder within the bucket holding the loop's objects, e.g. team-a: letters, digits, '_', '.', "
+        "'-' and '/' between folders, no '..'. Omitted: the bucket's root.",
+    )
+    region: str = Field(
+        default="",
+        pattern=S3_REGION_PATTERN,
+        max_length=64,
+        description="Region the requests are signed for, e.g. us-east-1; omitted: asked of the bucket.",
+    )
+    credentials_secret: str = Field(
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+        description="Secret in the loop's namespace with keys accessKeyId and secretAccessKey; its annotation "
+        "feedbackloop.dev/s3-hosts must list the endpoint's host, or no Pod is created.",
+    )
+    ca_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key (in the loop's namespace) holding the PEM CA bundle that verifies an https "
+        "endpoint; omitted: the system CAs.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Skip verifying the endpoint's TLS certificate. Default false."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _a_host_without_path(cls, url: str) -> str:
+        """The pattern only checks the scheme; the S3 client takes a host and port, nothing else."""
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError as error:
+            raise ValueError(f"{url!r} is not a URL ({error}): use e.g. http://seaweedfs.storage:8333") from None
+        if not parts.hostname or any(c.isspace() for c in url):
+            raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. http://seaweedfs.storage:8333")
+        if "@" in parts.netloc:
+            raise ValueError("credentials do not go into the URL: put them in credentialsSecret")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            base = f"{parts.scheme}://{parts.netloc}"
+            raise ValueError(f"{url!r} has a path: use {base}, and bucket and prefix for the folder")
+        return url
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_rules(cls, bucket: str) -> str:
+        if ".." in bucket:
+            raise ValueError(f"{bucket!r} holds '..': S3 refuses adjacent periods in a bucket name")
+        try:
+            ipaddress.ip_address(bucket)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{bucket!r} is an IP address: S3 refuses such bucket names")
+        if bucket.startswith("xn--") or bucket.endswith("-s3alias"):
+            raise ValueError(f"{bucket!r}: S3 reserves the prefix xn-- and the suffix -s3alias")
+        return bucket
+
+    @field_validator("prefix")
+    @classmethod
+    def _safe_prefix(cls, prefix: str) -> str:
+        # Keys are joined as prefix/model/...: '.' and '..' would name another folder on a store that
+        # normalizes paths (and a volume does).
+        if any(part in (".", "..") for part in prefix.split("/")):
+            raise ValueError(f"{prefix!r} holds a '.' or '..' folder: name the folder itself, e.g. team-a")
+        return prefix
+
+
+class DatabaseUrlSecretRef(ApiModel):
+    """The Secret key holding the database's URL."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Secret in the loop's namespace.")
+    key: str = Field(
+        default="url", pattern=SECRET_KEY_PATTERN, max_length=253, description="Key within the Secret. Default url."
+    )
+
+
+class Database(ApiModel):
+    """PostgreSQL holding the labels (the ledger, once per prediction id), one database per team.
+    The server writes them, the trainer reads them."""
+
+    url_secret: DatabaseUrlSecretRef = Field(
+        description="Secret key holding a libpq URL, postgresql://user:password@host:5432/database (the team's "
+        "role, which owns its tables)."
+    )
+
+
 class Storage(ApiModel):
-    """Where versions, predictions and feedback live: one volume, mounted by server and trainer.
-    Set exactly one of persistentVolumeClaim and hostPath."""
+    """Where versions, predictions and feedback live: a volume, or a bucket (s3) with the labels in a database.
+    Set exactly one of persistentVolumeClaim, hostPath and s3."""
 
     persistent_volume_claim: PersistentVolumeClaimSource | None = None
     host_path: HostPathSource | None = None
+    s3: S3Storage | None = None
+    database: Database | None = Field(
+        default=None,
+        description="PostgreSQL holding the labels: required with s3; with a volume, labels go to it instead of "
+        "the volume's feedback files. Omitted: labels on the volume.",
+    )
     mount_path: str = Field(
         default="/var/lib/mfl/artifacts",
         pattern=r"^/",
-        description="Where the volume is mounted in the server and trainer containers. Default /var/lib/mfl/artifacts.",
+        description="Where the volume is mounted in the server and trainer containers (with s3: the Pod's own "
+        "folder its version is fetched into). Default /var/lib/mfl/artifacts.",
     )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Storage:
-        if (self.persistent_volume_claim is None) == (self.host_path is None):
-            raise ValueError("set exactly one of persistentVolumeClaim or hostPath")
+        sources = [self.persistent_volume_claim, self.host_path, self.s3]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("set exactly one of persistentVolumeClaim, hostPath or s3")
+        if self.s3 is not None and self.database is None:
+            # One object per label would be the only exactly-once on a bucket: the ledger does it instead.
+            raise field_error(
+                "Storage",
+                ("database",),
+                "s3 needs a database for the labels: set database.urlSecret to a Secret holding a postgresql:// URL",
+                None,
+            )
         return self
 
     @field_validator("mount_path")
     @classmethod
     def _not_a_system_path(cls, path: str) -> str:
         # Two volumes at one path make the API server refuse every Pod; "/" would hide the image.
-        if posixpath.normpath(path) in ("/", SCRATCH_PATH):
-            raise ValueError(f"{path!r} is taken (the root or the scratch volume): use e.g. /var/lib/mfl/artifacts")
+        if posixpath.normpath(path) in ("/", SCRATCH_PATH, S3_CA_PATH):
+            raise ValueError(
+                f"{path!r} is taken (the root, the scratch or the CA volume): use e.g. /var/lib/mfl/artifacts"
+            )
         return path
+
+
+FEEDBACK_MAX_AGE_FLOOR = 30 * 86400  # the server's own default (docs/contracts.md)
+FEEDBACK_MAX_AGE_CEILING = 366 * 86400  # the server keeps exactly-once claims at most this long
+LOG_RETENTION_MIN_MARGIN = 86400  # logs kept at least this long beyond the feedback max age ...
+LOG_RETENTION_DEFAULT_MARGIN = 2 * 86400  # ... and by default this long
+MAX_RETAINED_VERSIONS = 1000
+
+
+class Retention(ApiModel):
+    """What the loop keeps: logs (predictions, labels, claims) for a time, and the newest versions.
+    The server and the trainer delete the rest."""
+
+    logs: Duration | None = Field(
+        default=None,
+        description="Logs older than this are deleted hourly: a duration, at least the feedback max age (30d, or "
+        "retraining.dataWindow when longer; at most 366d) + 1d. Omitted: that max age + 2d.",
+    )
+    versions: int = Field(
+        default=10,
+        ge=2,
+        le=MAX_RETAINED_VERSIONS,
+        description="Newest versions kept in the store, besides the serving and the canary version; 2 to 1000. "
+        "Default 10.",
+    )
 
 
 class Model(ApiModel):
@@ -605,6 +775,7 @@ class Model(ApiModel):
         description="A version already in the artifact store (versions/<n>/) to serve when the loop has none yet, "
         "1 to 1000000000; omitted: the operator trains version 1.",
     )
+    retention: Retention = Field(default_factory=Retention)
 
 
 # --- monitoring --------------------------------------------------------------------------------------
@@ -1218,6 +1389,8 @@ class Rollout(ApiModel):
 NotificationReason = Literal[
     "Adopted",
     "InvalidSpec",
+    "StorageCredentialsNotBound",
+    "StorageCredentialsMissing",
     "BreachStarted",
     "Recovered",
     "AwaitingMetrics",
@@ -1344,6 +1517,33 @@ class ModelFeedbackLoopSpec(ApiModel):
         if isinstance(gate, dict):
             retraining["gate"] = {"metric": TASK_METRICS[task][0], **gate}
         return {**data, "retraining": retraining}
+
+    def feedback_max_age(self) -> float:
+        """How old a prediction may be and still take a label, in seconds: at least the training data window,
+        so that every label the trainer may read was counted once by the server."""
+        window = self.retraining.data_window.seconds if self.retraining else 0.0
+        return float(min(FEEDBACK_MAX_AGE_CEILING, max(FEEDBACK_MAX_AGE_FLOOR, window)))
+
+    def log_retention(self) -> float:
+        """How long logs are kept, in seconds: model.retention.logs, or the feedback max age + 2 days."""
+        logs = self.model.retention.logs
+        return logs.seconds if logs is not None else self.feedback_max_age() + LOG_RETENTION_DEFAULT_MARGIN
+
+    @model_validator(mode="after")
+    def _logs_outlive_their_labels(self) -> ModelFeedbackLoopSpec:
+        """A prediction whose claim or ledger day is gone while its label is still accepted could be counted
+        twice: logs stay at least a day beyond the feedback max age."""
+        logs, max_age = self.model.retention.logs, self.feedback_max_age()
+        if logs is not None and logs.seconds < max_age + LOG_RETENTION_MIN_MARGIN:
+            raise field_error(
+                "ModelFeedbackLoopSpec",
+                ("model", "retention", "logs"),
+                f"{logs} is shorter than the feedback max age {format_duration(max_age)} (30d, or "
+                f"retraining.dataWindow when longer) + 1d: labels of older predictions could be counted twice; "
+                f"use at least {format_duration(max_age + LOG_RETENTION_MIN_MARGIN)}",
+                str(logs),
+            )
+        return self
 
     @model_validator(mode="after")
     def _retraining_fits_the_task(self) -> ModelFeedbackLoopSpec:

@@ -1,4 +1,5 @@
-"""When the operator may send a loop's Prometheus credentials, and how URLs are shown without them.
+"""When the operator may send a loop's Prometheus credentials or let its Pods use object store keys, and how
+URLs are shown without them.
 
 The threat: the operator can read every Secret its loops name, but a loop's author may not be allowed
 to. A loop naming someone else's Secret and a Prometheus URL of its own would receive that Secret as
@@ -10,6 +11,8 @@ read it. Anyone who may annotate the Secret may read it anyway, so the annotatio
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 ALLOWED_HOSTS = "feedbackloop.dev/prometheus-hosts"
@@ -41,3 +44,56 @@ def redact(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+# --- object store credentials ---------------------------------------------------------------------------
+# The same threat as the token's, with more at stake: the Pods the operator creates send a bucket's keys to
+# spec.model.storage.s3.endpoint. So they are created only when the Secret names that host.
+
+S3_HOSTS = "feedbackloop.dev/s3-hosts"
+S3_KEYS = ("accessKeyId", "secretAccessKey")
+NOT_BOUND = "StorageCredentialsNotBound"  # the Secret does not allow the endpoint's host
+MISSING = "StorageCredentialsMissing"  # no such Secret, it cannot be read, or it lacks a key
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the operator creates no Pod and no Job for a loop: a condition reason and what to do about it."""
+
+    reason: str
+    message: str
+
+
+def s3_refusal(
+    endpoint: str, namespace: str, secret: str, annotations: dict[str, str] | None, keys: Collection[str] = ()
+) -> Refusal | None:
+    """Why the keys of `secret` may not go to `endpoint` (None when they may). `annotations` None: no such
+    Secret. Hosts match case-insensitively, as `host` (any port) or `host:port`."""
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "").lower()
+    where = f"{host}:{parts.port}" if parts.port else host
+    if annotations is None:
+        return Refusal(
+            MISSING,
+            f"Secret {namespace}/{secret} (storage.s3.credentialsSecret) does not exist: create it with keys "
+            f"{' and '.join(S3_KEYS)} and the annotation {S3_HOSTS}={host}",
+        )
+    absent = [key for key in S3_KEYS if key not in keys]
+    if absent:
+        return Refusal(MISSING, f"Secret {namespace}/{secret} has no key {' or '.join(absent)}: add it")
+    allowed = [h.strip().lower() for h in annotations.get(S3_HOSTS, "").split(",") if h.strip()]
+    if host in allowed or (parts.port is not None and where in allowed):
+        return None
+    value = ",".join([*allowed, host])
+    said = f"allows its keys only to {', '.join(allowed)}" if allowed else "does not say where its keys may go"
+    return Refusal(
+        NOT_BOUND,
+        f"Secret {namespace}/{secret} {said}, not {where} (storage.s3.endpoint): annotate it {S3_HOSTS}={value} "
+        f"(kubectl -n {namespace} annotate secret {secret} --overwrite {S3_HOSTS}={value}); no Pod is created "
+        "until then",
+    )
+
+
+def unreadable(namespace: str, secret: str, error: str) -> Refusal:
+    """The Secret could not be read (no permission, API error): nothing proves the keys may go there."""
+    return Refusal(MISSING, f"cannot read Secret {namespace}/{secret} (storage.s3.credentialsSecret): {error}")

@@ -50,6 +50,7 @@ class KubeAPI(Protocol):
     def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str: ...
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None: ...
     def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]: ...
+    def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None: ...
 
 
 class Kube:
@@ -228,3 +229,14 @@ class Kube:
         if data is None:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data).decode(), dict(secret.metadata.annotations or {})
+
+    def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None:
+        """A Secret's annotations and key names, not its values (None when it does not exist): whether the
+        object store keys it holds may go where a loop's Pods would send them."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(secret.metadata.annotations or {}), sorted(secret.data or {})

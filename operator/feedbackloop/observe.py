@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any
 
-from . import canary_queries, metrics, notify, phases, resources
+from . import canary_queries, credentials, metrics, notify, phases, resources
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation
 from .credentials import token_refusal
@@ -36,6 +36,7 @@ class Observer:
         self.fleet = fleet
         self.poller = poller
         self._secrets: dict[tuple[str, str, str], tuple[float, tuple[str, dict[str, str]]]] = {}
+        self._bound: dict[tuple[str, str, str], float] = {}  # (namespace, Secret, endpoint) -> when found bound
         self.confirm = notify.confirm_promotion  # rollout.confirmPromotion's webhook (a fake in tests)
 
     # --- the fleet poll -------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class Observer:
         if spec is None:
             return phases.InvalidWorld(now, name, generation, memory.spec_error, status)
         canary = await self._canary(body, spec, status, memory, now)
+        storage_refused = await self.storage_refusal(body, spec, now)
         return phases.World(
             now=now,
             name=name,
@@ -126,6 +128,7 @@ class Observer:
             canary=canary,
             requests=requests_of(body),
             promotion_confirmed=await self._confirmation(body, spec, status, now) if canary is not None else None,
+            storage_refused=storage_refused,
         )
 
     async def _job(self, body: dict[str, Any], status: LoopStatus) -> phases.JobObservation | None:
@@ -242,6 +245,31 @@ class Observer:
         if prom.ca_bundle_secret_ref:  # a CA bundle is public: it verifies the server, it is never sent
             ca_file = ca_file_of((await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))[0])
         return token, ca_file
+
+    async def storage_refusal(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, now: float
+    ) -> credentials.Refusal | None:
+        """Whether the object store keys of an s3 loop may go to its endpoint (credentials.s3_refusal), read
+        before any Pod of it is created or updated. A binding found holds for SECRET_CACHE_SECONDS; a refusal is
+        read again at the next reconcile, so annotating the Secret takes effect at once."""
+        s3 = spec.model.storage.s3
+        if s3 is None:
+            return None
+        namespace, secret = body["metadata"]["namespace"], s3.credentials_secret
+        cache_key = (namespace, secret, s3.endpoint)
+        if now - self._bound.get(cache_key, -SECRET_CACHE_SECONDS) < SECRET_CACHE_SECONDS:
+            return None
+        try:
+            found = await asyncio.to_thread(self.kube.read_secret_metadata, namespace, secret)
+        except Exception as error:
+            return credentials.unreadable(namespace, secret, short_error(error))
+        annotations, keys = found if found is not None else (None, [])
+        refusal = credentials.s3_refusal(s3.endpoint, namespace, secret, annotations, keys)
+        if refusal is None:
+            self._bound[cache_key] = now
+        else:
+            self._bound.pop(cache_key, None)
+        return refusal
 
     async def _secret_key(self, namespace: str, ref: Any, now: float | None) -> tuple[str, dict[str, str]]:
         now = time.time() if now is None else now

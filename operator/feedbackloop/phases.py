@@ -27,7 +27,7 @@ from . import cron, resources
 from .analysis import Phase as AnalysisPhase
 from .api import ModelFeedbackLoopSpec
 from .canary import CanaryObservation, judge_canary, replica_split
-from .credentials import redact
+from .credentials import Refusal, redact
 from .gate import offline_gate
 from .monitoring import Health, rule_state_to_status
 from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, Serving, VersionRecord
@@ -97,6 +97,8 @@ class World:
     canary: CanaryObservation | None = None  # None: not analysed this round
     requests: dict[str, str] = field(default_factory=dict)  # annotation suffix -> value
     promotion_confirmed: bool | None = None  # rollout.confirmPromotion's answer this round; None: not asked
+    # Why no Pod or Job of this loop may be created or updated now (storage.s3's keys not bound to its endpoint).
+    storage_refused: Refusal | None = None
 
 
 # --- what the operator should do --------------------------------------------------------------------
@@ -286,7 +288,30 @@ def decide(world: World | InvalidWorld) -> Decision:
     if not status.get("retraining") and not status.get("rollout"):
         _maybe_start_training(world, decision, now_text)
     _settle_phase(world, decision, now_text)
+    if world.storage_refused is not None:
+        _hold_pods(world, decision, world.storage_refused)
     return decision
+
+
+POD_ACTIONS = (StartTraining, EnsureStable, EnsureCanary)  # what creates or updates Pods (RemoveCanary does not)
+
+
+def _hold_pods(world: World, decision: Decision, refusal: Refusal) -> None:
+    """No Pod and no Job while the loop's storage credentials may not go where its Pods would send them: the
+    Pods that run stay as they are, Ready=False and Stalled=True say why, and a Warning says so once."""
+    decision.actions = [action for action in decision.actions if not isinstance(action, POD_ACTIONS)]
+    before = cond.get(world.status.get("conditions", []), cond.READY) or {}
+    if (before.get("reason"), before.get("message")) != (refusal.reason, refusal.message):
+        decision.event("Warning", refusal.reason, refusal.message)
+    decision.status["conditions"] = cond.apply_all(
+        decision.status.get("conditions", []),
+        [
+            cond.ConditionUpdate(cond.READY, False, refusal.reason, refusal.message),
+            cond.ConditionUpdate(cond.STALLED, True, refusal.reason, refusal.message),
+        ],
+        format_time(world.now) or "",
+        world.generation,
+    )
 
 
 def _decided(decision: Decision, kind: type) -> bool:
@@ -419,7 +444,8 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     trigger, detail = retrain_trigger(world, status)
     if not trigger:
         return
-    blocker = retrain_blocker(spec, status, world.now, trigger)
+    refused = world.storage_refused
+    blocker = refused.message if refused is not None else retrain_blocker(spec, status, world.now, trigger)
     handled = status.setdefault("handledRequests", {})
     if trigger == "Manual":
         handled["retrain"] = world.requests["retrain"]

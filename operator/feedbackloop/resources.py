@@ -126,15 +126,13 @@ def restricted_container_security() -> dict[str, Any]:
     }
 
 
-FEEDBACK_MAX_AGE_FLOOR = 30 * 86400  # the server's own default (docs/contracts.md)
-FEEDBACK_MAX_AGE_CEILING = 366 * 86400  # the server keeps exactly-once claims at most this long
+FEEDBACK_MAX_AGE_FLOOR = api.FEEDBACK_MAX_AGE_FLOOR
+FEEDBACK_MAX_AGE_CEILING = api.FEEDBACK_MAX_AGE_CEILING
 
 
 def feedback_max_age(spec: ModelFeedbackLoopSpec) -> float:
-    """How old a prediction may be and still take a label: at least the training data window, so that
-    every label the trainer may read was counted once by the server."""
-    window = spec.retraining.data_window.seconds if spec.retraining else 0.0
-    return min(FEEDBACK_MAX_AGE_CEILING, max(FEEDBACK_MAX_AGE_FLOOR, window))
+    """How old a prediction may be and still take a label (api.ModelFeedbackLoopSpec.feedback_max_age)."""
+    return spec.feedback_max_age()
 
 
 def _resources(resources: Resources) -> dict[str, Any]:
@@ -143,6 +141,8 @@ def _resources(resources: Resources) -> dict[str, Any]:
 
 def _storage_volume(spec: ModelFeedbackLoopSpec) -> dict[str, Any]:
     storage = spec.model.storage
+    if storage.s3 is not None:  # the Pod's own folder: `fetch` puts its version there, the trainer its scratch
+        return {"name": "artifacts", "emptyDir": {}}
     if storage.persistent_volume_claim is not None:
         return {"name": "artifacts", "persistentVolumeClaim": {"claimName": storage.persistent_volume_claim.claim_name}}
     assert storage.host_path is not None
@@ -153,11 +153,88 @@ def _volumes(spec: ModelFeedbackLoopSpec) -> tuple[list[dict[str, Any]], list[di
     # The root filesystem is read-only: scratch space is an emptyDir, named by TMPDIR (not over /tmp, so a
     # hostPath under /tmp stays reachable on the local test runtime).
     volumes = [_storage_volume(spec), {"name": "scratch", "emptyDir": {}}]
+    s3 = spec.model.storage.s3
+    if s3 is not None and s3.ca_secret is not None:
+        items = [{"key": s3.ca_secret.key, "path": S3_CA_FILE_NAME}]
+        volumes.append({"name": S3_CA_VOLUME, "secret": {"secretName": s3.ca_secret.name, "items": items}})
     mounts = [
         {"name": "artifacts", "mountPath": spec.model.storage.mount_path},
         {"name": "scratch", "mountPath": SCRATCH},
     ]
     return volumes, mounts
+
+
+# --- the object store and the label ledger (storage.s3, storage.database): the env contract of docs/contracts.md
+S3_CA_VOLUME = "s3-ca"
+S3_CA_FILE_NAME = "ca.crt"
+S3_CA_FILE = f"{api.S3_CA_PATH}/{S3_CA_FILE_NAME}"
+# `fetch` downloads one version's files into the emptyDir: little CPU, memory for a buffer, not the model.
+FETCH_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def store_mounts(spec: ModelFeedbackLoopSpec) -> list[dict[str, Any]]:
+    """The CA bundle's mount, in the containers that reach the store (none without storage.s3.caSecret)."""
+    s3 = spec.model.storage.s3
+    if s3 is None or s3.ca_secret is None:
+        return []
+    return [{"name": S3_CA_VOLUME, "mountPath": api.S3_CA_PATH, "readOnly": True}]
+
+
+def s3_env(spec: ModelFeedbackLoopSpec) -> list[dict[str, Any]]:
+    """MFL_S3_*: where the bucket is and its keys (from the Secret, never in the Pod spec); none in volume mode.
+    Optional values are left out when empty (the API server drops an empty value, which would look like drift)."""
+    s3 = spec.model.storage.s3
+    if s3 is None:
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": "MFL_S3_ENDPOINT", "value": s3.endpoint},
+        {"name": "MFL_S3_BUCKET", "value": s3.bucket},
+        *([{"name": "MFL_S3_PREFIX", "value": s3.prefix}] if s3.prefix else []),
+        *([{"name": "MFL_S3_REGION", "value": s3.region}] if s3.region else []),
+        {"name": "MFL_S3_INSECURE_SKIP_VERIFY", "value": "true" if s3.insecure_skip_verify else "false"},
+    ]
+    for name, key in (("MFL_S3_ACCESS_KEY_ID", "accessKeyId"), ("MFL_S3_SECRET_ACCESS_KEY", "secretAccessKey")):
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}})
+    if s3.ca_secret is not None:
+        env.append({"name": "MFL_S3_CA_FILE", "value": S3_CA_FILE})
+    return env
+
+
+def store_env(spec: ModelFeedbackLoopSpec) -> list[dict[str, Any]]:
+    """The object store's env and MFL_DATABASE_URL (the label ledger, from its Secret) when set."""
+    database = spec.model.storage.database
+    if database is None:
+        return s3_env(spec)
+    ref = {"name": database.url_secret.name, "key": database.url_secret.key}
+    return [*s3_env(spec), {"name": "MFL_DATABASE_URL", "valueFrom": {"secretKeyRef": ref}}]
+
+
+def _fetch_container(
+    spec: ModelFeedbackLoopSpec, version: int, mounts: list[dict[str, Any]], user_container: dict[str, Any]
+) -> dict[str, Any]:
+    """s3 mode: the init container that waits for the version in the bucket and downloads it into the Pod's
+    folder, so the server (or the V2 runtime) loads it as from a volume. Its image is the one that has
+    mfl-fetch: the sidecar's in V2 mode, else the mfl-server's; it gets that container's user settings."""
+    serving = spec.model.serving
+    runtime = serving.runtime
+    env = [
+        {"name": "MFL_MODEL_NAME", "value": spec.model.name},
+        {"name": "MFL_MODEL_VERSION", "value": str(version)},
+        {"name": "MFL_STORAGE_ROOT", "value": spec.model.storage.mount_path},
+        *s3_env(spec),
+        *SCRATCH_ENV,
+    ]
+    return {
+        "name": "fetch",
+        "image": runtime.sidecar.image if runtime else serving.image,
+        "command": ["mfl-fetch"],
+        "env": _env(runtime.sidecar.env if runtime else serving.env, env),
+        **({} if runtime else user_container),
+        "resources": FETCH_RESOURCES,
+        "volumeMounts": [*mounts, *store_mounts(spec)],
+        **TERMINATION_MESSAGE,
+        "securityContext": restricted_container_security(),
+    }
 
 
 def _env(user: list[api.EnvVar], operator_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -219,6 +296,7 @@ def server_deployment(
         VERSION_LABEL: str(version),
     }
     volumes, mounts = _volumes(spec)
+    s3 = spec.model.storage.s3 is not None
     mfl_env: list[dict[str, Any]] = [
         {"name": "MFL_MODEL_NAME", "value": spec.model.name},
         {"name": "MFL_MODEL_VERSION", "value": str(version)},
@@ -230,6 +308,8 @@ def server_deployment(
             "valueFrom": {"secretKeyRef": {"name": signing_secret_name(loop_name), "key": "key"}},
         },
         {"name": "MFL_FEEDBACK_MAX_AGE_SECONDS", "value": str(int(feedback_max_age(spec)))},
+        {"name": "MFL_RETENTION_LOG_SECONDS", "value": str(int(spec.log_retention()))},
+        *store_env(spec),
         *SCRATCH_ENV,
     ]
     user_container, user_pod = _pod_settings(serving)
@@ -245,7 +325,7 @@ def server_deployment(
             "initialDelaySeconds": 10,
         },
         "resources": _resources(serving.resources),
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, *store_mounts(spec)],
         **TERMINATION_MESSAGE,
         "securityContext": restricted_container_security(),
     }
@@ -263,6 +343,7 @@ def server_deployment(
             },
         },
         "spec": {
+            **({"initContainers": [_fetch_container(spec, version, mounts, user_container)]} if s3 else {}),
             "containers": containers,
             "volumes": volumes,
             "automountServiceAccountToken": False,
@@ -371,8 +452,15 @@ def signing_secret(loop: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def trainer_config(
-    loop: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int, parent: int | None, now: float | None = None
+    loop: dict[str, Any],
+    spec: ModelFeedbackLoopSpec,
+    version: int,
+    parent: int | None,
+    now: float | None = None,
+    canary: int | None = None,
 ) -> dict[str, Any]:
+    """The trainer's MFL_TRAINER_CONFIG. After publishing, it keeps the newest retainVersions versions and
+    protectedVersions (the serving one, `parent`, and a canary's), deleting the rest."""
     retraining = spec.retraining
     assert retraining is not None
     return {
@@ -396,6 +484,8 @@ def trainer_config(
         "changePointAlpha": retraining.change_point.alpha,
         "changePointMinRows": retraining.change_point.min_rows,
         "trainerImage": retraining.trainer.image,
+        "retainVersions": spec.model.retention.versions,
+        "protectedVersions": sorted({v for v in (parent, canary) if v is not None}),
     }
 
 
@@ -407,10 +497,11 @@ def training_job(
     parent: int | None,
     trigger: str,
     extra_config: dict[str, Any] | None = None,
+    canary: int | None = None,
 ) -> dict[str, Any]:
     retraining = spec.retraining
     assert retraining is not None
-    config = {**trainer_config(loop, spec, version, parent), **(extra_config or {})}
+    config = {**trainer_config(loop, spec, version, parent, canary=canary), **(extra_config or {})}
     volumes, mounts = _volumes(spec)
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
     operator_env: list[dict[str, Any]] = [
@@ -421,6 +512,7 @@ def training_job(
             "name": "MFL_TRAINER_THREADS",
             "valueFrom": {"resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}},
         },
+        *store_env(spec),
     ]
     user_container, user_pod = _pod_settings(retraining.trainer)
     container = {
@@ -429,7 +521,7 @@ def training_job(
         "env": _env(retraining.trainer.env, operator_env),
         **user_container,
         "resources": _resources(retraining.trainer.resources),
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, *store_mounts(spec)],
         **TERMINATION_MESSAGE,
         "securityContext": restricted_container_security(),
     }

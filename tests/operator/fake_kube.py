@@ -119,6 +119,11 @@ class FakeKube:
         except KeyError:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}") from None
 
+    def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None:
+        if f"{namespace}/{name}" not in self.secrets:
+            return None
+        return dict(self.secret_annotations.get(f"{namespace}/{name}", {})), sorted(self.secrets[f"{namespace}/{name}"])
+
     # --- what a test does to the cluster --------------------------------------------------------------
     def hold_unready(self, key: str, pods: list[dict[str, Any]]) -> None:
         """The Deployment's Pods do not become ready (its status says 0 ready); `pods` is what they say."""

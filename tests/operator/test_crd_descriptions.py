@@ -91,8 +91,8 @@ def test_descriptions_state_the_schema_default():
 
 # `spec.a.b` / `status.a` anywhere (also `obj.spec.paused` in Lua), and backticked paths relative to spec
 # (`retraining.recentWeight`); a `: value` may follow.
-ABSOLUTE = re.compile(r"(?<![\w/-])((?:spec|status)(?:\.[a-zA-Z]+)+)")
-RELATIVE = re.compile(r"`((?:model|monitoring|retraining|rollout)(?:\.[a-zA-Z]+)+)(?::[^`]*)?`")
+ABSOLUTE = re.compile(r"(?<![\w/-])((?:spec|status)(?:\.[a-zA-Z][a-zA-Z0-9]*)+)")  # s3: a digit
+RELATIVE = re.compile(r"`((?:model|monitoring|retraining|rollout)(?:\.[a-zA-Z][a-zA-Z0-9]*)+)(?::[^`]*)?`")
 
 
 FILE_SUFFIXES = {"csv", "joblib", "json", "jsonl", "md", "png", "py", "toml", "txt", "yaml", "yml"}  # not fields

@@ -49,7 +49,28 @@ DURATIONS = st.sampled_from(["0s", "500ms", "1s", "30s", "5m", "1h30m", "2h", "7
 # Plausible values beside what the schema allows, so that half the specs get past the parser and reach the
 # code behind it: free text the schema cannot constrain (PromQL, columns, cron) and common shapes.
 PLAUSIBLE_BY_PATH: dict[str, st.SearchStrategy[Any]] = {
-    "model.storage": st.sampled_from([{"hostPath": {"path": "/data"}}, {"persistentVolumeClaim": {"claimName": "c"}}]),
+    "model.storage": st.sampled_from(
+        [
+            {"hostPath": {"path": "/data"}},
+            {"persistentVolumeClaim": {"claimName": "c"}},
+            {"persistentVolumeClaim": {"claimName": "c"}, "database": {"urlSecret": {"name": "db"}}},
+            {
+                "s3": {"endpoint": "http://seaweedfs:8333", "bucket": "models", "credentialsSecret": "s3"},
+                "database": {"urlSecret": {"name": "db", "key": "dsn"}},
+            },
+            {
+                "s3": {
+                    "endpoint": "https://s3.example.com",
+                    "bucket": "models",
+                    "prefix": "team-a",
+                    "credentialsSecret": "s3",
+                    "caSecret": {"name": "ca", "key": "ca.crt"},
+                },
+                "database": {"urlSecret": {"name": "db"}},
+            },
+        ]
+    ),
+    "model.retention.logs": st.sampled_from(["1d", "31d", "32d", "400d", "99999999999d"]),
     "monitoring.prometheus.url": st.sampled_from(["http://prometheus:9090", "https://p.monitoring.svc"]),
     "monitoring.prometheus.timeout": st.sampled_from(["1s", "10s", "60s", "61s"]),
     "monitoring.metrics[].query": TEMPLATES,
