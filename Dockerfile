@@ -162,7 +162,8 @@ RUN mkdir -p /opt/matplotlib \
  && MPLCONFIGDIR=/opt/matplotlib MPLBACKEND=Agg /opt/mfl/bin/python -c "import matplotlib.pyplot" \
  && chmod -R a+rX /opt/matplotlib
 
-# The feedback sidecar: aiohttp, prometheus-client, orjson and uvloop, nothing numeric.
+# The feedback sidecar: aiohttp, prometheus-client, orjson and uvloop, nothing numeric; for s3 mode minio
+# and psycopg (the labels' ledger), as the server.
 FROM build AS sidecar-deps
 RUN python -m venv --without-pip /opt/mfl
 COPY requirements/sidecar.txt requirements/fast.txt /tmp/requirements/
@@ -211,7 +212,9 @@ COPY --from=server-deps /opt/mfl /opt/mfl
 COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
 ENV PATH=/opt/mfl/bin:$PATH
-RUN python -c "import mfl_server.app"
+# s3 mode imports its clients lazily: check here that the image has them, and the init container's mfl-fetch.
+RUN python -c "import mfl_server.app; import psycopg, psycopg_pool, minio, mfl_server.fetch, mfl_server.ledger_labels" \
+ && command -v mfl-fetch
 USER 65532:65532
 EXPOSE 8080
 # No HEALTHCHECK: Kubernetes probes /healthz and /readyz.
@@ -261,7 +264,8 @@ COPY --from=sidecar-deps /opt/mfl /opt/mfl
 COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
 ENV PATH=/opt/mfl/bin:$PATH
-RUN python -c "import mfl_server.sidecar"
+RUN python -c "import mfl_server.sidecar; import psycopg, psycopg_pool, minio, mfl_server.fetch, mfl_server.ledger_labels" \
+ && command -v mfl-fetch
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["mfl-sidecar"]
@@ -331,7 +335,8 @@ COPY --from=server-keras-deps /opt/mfl /opt/mfl
 COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
 ENV PATH=/opt/mfl/bin:$PATH
-RUN python -c "import mfl_server.app, mfl_keras.classifier as k; assert k.keras_module().backend.backend() == 'jax'"
+RUN python -c "import mfl_server.app, mfl_keras.classifier as k; assert k.keras_module().backend.backend() == 'jax'; import psycopg, psycopg_pool, minio, mfl_server.fetch, mfl_server.ledger_labels" \
+ && command -v mfl-fetch
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["mfl-server"]

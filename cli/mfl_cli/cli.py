@@ -3,9 +3,12 @@ a pause or a retraining, read a version's error analysis, run the demo and bench
 
 mfl get [LOOP] [-A] [-o json|yaml]         loops: phase, serving version, canary, age
 mfl status LOOP [--watch] [-o json|yaml]   phase, conditions, metrics, retraining, canary evidence
-mfl versions LOOP [--storage DIR]          every version with its outcome (status history + registry)
-mfl report LOOP [--version N] [--storage DIR] [-o json|yaml]
+mfl versions LOOP [--storage DIR|--s3-*]   every version with its outcome (status history + registry)
+mfl report LOOP [--version N] [--storage DIR|--s3-*] [-o json|yaml]
                                            a version's error analysis and what it was trained on
+mfl feedback export LOOP -o FILE [--since 7d] [--size N] [--format csv|parquet]
+                                           unlabelled predictions sampled for people to label
+mfl feedback import LOOP FILE [--url URL]  send the labels filled in to the loop's server
 mfl promote|abort|pause|resume LOOP        act on the running canary (the operator acts asynchronously)
 mfl retrain LOOP                           retrain now (skips the cooldown, not the daily budget)
 mfl demo                                   the whole loop on this machine (see `mfl demo --help`)
@@ -15,7 +18,9 @@ mfl conformance URL [--model NAME] [-o json]
                                            does a running server meet the serving contract
 
 The namespace is -n, else the kubeconfig context's (as kubectl); --kubeconfig, else $KUBECONFIG, else
-~/.kube/config. Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too.
+~/.kube/config. The artifact store is --storage DIR, else the loop's S3 bucket (credentials from its Secret, or
+--s3-* flags and $MFL_S3_ACCESS_KEY_ID/$MFL_S3_SECRET_ACCESS_KEY), else its hostPath when this machine has it.
+Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.timeutil import format_time
-from mfl_cli import kube, views
+from mfl_cli import kube, stores, views
 from mfl_cli.views import table
+from mfl_contracts.objectstore import ArtifactStore, NotFound, StoreError, VolumeStore
 
 BENCHMARKS = [
     "canary_simulation.py",
@@ -140,18 +146,33 @@ def storage_root(loop: dict[str, Any] | None, given: str | None) -> Path | None:
     return None
 
 
-def registry_versions(root: Path, model: str) -> dict[int, dict[str, Any]]:
+def as_store(store: ArtifactStore | Path) -> ArtifactStore:
+    return VolumeStore(store) if isinstance(store, Path) else store
+
+
+def registry_versions(store: ArtifactStore | Path, model: str) -> dict[int, dict[str, Any]]:
+    """Every published version's metadata: a version exists iff its metadata.json does (written last)."""
+    store = as_store(store)
+    pattern = re.compile(rf"^{re.escape(model)}/versions/(\d+)/metadata\.json$")
     versions: dict[int, dict[str, Any]] = {}
-    for folder in sorted((root / model / "versions").glob("[0-9]*")):
-        metadata = folder / "metadata.json"
-        if folder.name.isdigit() and metadata.exists():
-            versions[int(folder.name)] = json.loads(metadata.read_text())
-    return versions
+    for info in store.list(f"{model}/versions/"):
+        found = pattern.match(info.key)
+        if found:
+            versions[int(found[1])] = read_json(store, info.key)
+    return dict(sorted(versions.items()))
 
 
-def render_versions(loop: dict[str, Any] | None, root: Path | None, model: str) -> str:
+def read_json(store: ArtifactStore, key: str) -> dict[str, Any]:
+    try:
+        value = json.loads(store.get(key))
+    except ValueError as error:
+        raise kube.CliError(f"{store.description}: {key} is not valid JSON ({error})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | None, model: str) -> str:
     history = {h["version"]: h for h in ((loop or {}).get("status") or {}).get("history", [])}
-    registry = registry_versions(root, model) if root else {}
+    registry = registry_versions(store, model) if store else {}
     current = ((loop or {}).get("status") or {}).get("currentVersion")
     rows = []
     for version in sorted(set(history) | set(registry)):
@@ -171,7 +192,9 @@ def render_versions(loop: dict[str, Any] | None, root: Path | None, model: str) 
         )
     if not rows:
         return "no versions yet\n"
-    note = "" if root else "\n(registry not reachable from here: pass --storage DIR to add its metadata)"
+    note = (
+        "" if store else "\n(registry not reachable from here: pass --storage DIR or --s3-bucket to add its metadata)"
+    )
     return (
         table(rows, ["VERSION", "PARENT", "TRIGGER", "OUTCOME", "OFFLINE", "TRAIN ROWS", "WHY"])
         + "\n* = serving"
@@ -180,7 +203,9 @@ def render_versions(loop: dict[str, Any] | None, root: Path | None, model: str) 
     )
 
 
-def render_report(report: dict[str, Any], folder: Path) -> str:
+def render_report(report: dict[str, Any], folder: Path | None, plots: list[str] | None = None) -> str:
+    """`folder`: the version's local folder, whose confusion.png is named; `plots`: where the version's plots
+    are when it has no local folder (objects in a bucket, or the copies --plots downloaded)."""
     out = [
         f"{report.get('model')} version {report.get('version')} (parent {report.get('parentVersion')}), "
         f"{report.get('task')}, target {report.get('target')!r}"
@@ -229,9 +254,10 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
                 ["FEATURE", "BIN", metric.upper(), "ROWS"],
             ),
         ]
-    png = folder / "confusion.png"
-    if png.exists():
-        out += ["", f"confusion matrix plot: {png}"]
+    if plots is not None:
+        out += ["", *(f"plot: {plot}" for plot in plots)] if plots else []
+    elif folder is not None and (folder / "confusion.png").exists():
+        out += ["", f"confusion matrix plot: {folder / 'confusion.png'}"]
     return "\n".join(out) + "\n"
 
 
@@ -362,32 +388,110 @@ def watch_separator(output: str | None, now: datetime) -> str:
     return f"\n--- {now.strftime('%H:%M:%S')} ---\n"
 
 
-def cmd_versions(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+def loop_of(args: argparse.Namespace, loops: kube.Loops | None) -> tuple[dict[str, Any] | None, str]:
+    """The loop (None offline) and its model's name (the loop's name offline)."""
     loop = loops.get(args.loop, args.namespace) if loops else None
-    model = ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
-    sys.stdout.write(render_versions(loop, storage_root(loop, args.storage), model))
+    return loop, ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
+
+
+def artifact_store(
+    args: argparse.Namespace, loop: dict[str, Any] | None, loops: kube.Loops | None
+) -> ArtifactStore | None:
+    return stores.open_store(args, loop, loops, storage_root(loop, None))
+
+
+def cmd_versions(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+    loop, model = loop_of(args, loops)
+    sys.stdout.write(render_versions(loop, artifact_store(args, loop, loops), model))
     return 0
 
 
 def cmd_report(args: argparse.Namespace, loops: kube.Loops | None) -> int:
-    loop = loops.get(args.loop, args.namespace) if loops else None
-    model = ((loop or {}).get("spec") or {}).get("model", {}).get("name", args.loop)
-    root = storage_root(loop, args.storage)
-    if root is None:
-        print("the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC)", file=sys.stderr)
+    loop, model = loop_of(args, loops)
+    store = artifact_store(args, loop, loops)
+    if store is None:
+        print(
+            "the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC) or the bucket "
+            "(--s3-endpoint, --s3-bucket and credentials)",
+            file=sys.stderr,
+        )
         return 2
     version = (
         args.version
         or ((loop or {}).get("status") or {}).get("currentVersion")
-        or max(registry_versions(root, model), default=None)
+        or max(registry_versions(store, model), default=None)
     )
-    folder = root / model / "versions" / str(version)
-    if version is None or not (folder / "report.json").exists():
-        print(f"no report for {model} version {version} under {root}", file=sys.stderr)
+    prefix = f"{model}/versions/{version}/"
+    try:
+        report = json.loads(store.get(prefix + "report.json")) if version is not None else None
+    except NotFound:
+        report = None
+    except ValueError as error:
+        raise kube.CliError(f"{store.description}: {prefix}report.json is not valid JSON ({error})") from None
+    if report is None:
+        print(f"no report for {model} version {version} under {store.description}", file=sys.stderr)
         return 2
-    report = json.loads((folder / "report.json").read_text())
-    sys.stdout.write(views.dump(report, args.output) if args.output else render_report(report, folder))
+    if args.output:
+        sys.stdout.write(views.dump(report, args.output))
+    elif isinstance(store, VolumeStore):
+        sys.stdout.write(render_report(report, store.root / model / "versions" / str(version)))
+    else:
+        sys.stdout.write(render_report(report, None, plots_of(store, prefix, args.plots)))
     return 0
+
+
+def plots_of(store: ArtifactStore, prefix: str, folder: str | None) -> list[str]:
+    """The version's PNG plots: downloaded to `folder` (--plots), else named where they are in the store."""
+    keys = [info.key for info in store.list(prefix) if info.key.endswith(".png")]
+    if folder is None:
+        return [f"{key} in {store.description} (--plots DIR downloads it)" for key in keys]
+    paths = []
+    for key in keys:
+        path = Path(folder) / key.rsplit("/", 1)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(store.get(key))
+        paths.append(str(path))
+    return paths
+
+
+def cmd_feedback_export(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+    from mfl_cli import export  # the sampling and writers: only this command pays for them
+
+    loop, model = loop_of(args, loops)
+    store = artifact_store(args, loop, loops)
+    if store is None:
+        raise kube.CliError("the artifact store is not reachable from here: pass --storage DIR or --s3-bucket ...")
+    if args.format == "parquet":
+        export.pyarrow_modules()  # fail before the long read, not after
+    database_url = stores.database_url(args, loop, loops, os.environ)
+    if database_url is None and not isinstance(store, VolumeStore):
+        print(
+            "warning: no label database given (--database-url): in s3 mode the labels are only there, so "
+            "predictions labelled already may be exported again",
+            file=sys.stderr,
+        )
+    spec_model = ((loop or {}).get("spec") or {}).get("model") or {}
+    serving = args.version or ((loop or {}).get("status") or {}).get("currentVersion")
+    request = export.ExportRequest(
+        model, Path(args.output_file), args.since, args.size, args.format, serving, database_url, args.seed
+    )
+    return export.export(store, request, spec_model.get("task"), time.time())
+
+
+def cmd_feedback_import(args: argparse.Namespace, loops: kube.Loops | None) -> int:
+    from mfl_cli import labels
+
+    loop = loops.get(args.loop, args.namespace) if loops else None
+    task = args.task or (((loop or {}).get("spec") or {}).get("model") or {}).get("task")
+    rows, skipped = labels.label_rows(labels.read_records(Path(args.file)), task)
+    if not rows:
+        print(f"{args.file}: no row has a label ({skipped} rows with an empty label column)", file=sys.stderr)
+        return 2
+    if args.url or loops is None:  # run() connects unless --url and --task leave nothing to ask the cluster
+        sender, target = labels.url_sender(args.url, args.request_timeout), args.url
+    else:
+        sender, target = labels.proxy_sender(loops, args.namespace, args.loop)
+    return labels.import_labels(rows, skipped, sender, target, args.batch)
 
 
 # The requests the operator reads as annotations (feedbackloop.phases.REQUEST_ANNOTATIONS; a test keeps
@@ -509,11 +613,13 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
         ("report", cmd_report, "a version's error analysis"),
     ):
         command = loop_command(name, handler, help_)
-        command.add_argument("--storage", help="the artifact store as a local folder")
-        command.add_argument("--offline", action="store_true", help="read only --storage, not the cluster")
+        stores.add_store_options(command)
+        command.add_argument("--offline", action="store_true", help="read only the store, not the cluster")
         if name == "report":
             command.add_argument("--version", type=int, help="default: the serving version")
             command.add_argument("-o", "--output", choices=views.FORMATS, help="the report.json as it is")
+            command.add_argument("--plots", metavar="DIR", help="download the plots of a version in a bucket here")
+    add_feedback_commands(sub, common)
     for verb, help_ in WRITE_VERBS.items():
         loop_command(verb, cmd_request, help_).set_defaults(verb=verb)
     conformance = sub.add_parser(
@@ -540,15 +646,93 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
     return parser
 
 
+def add_feedback_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    feedback = sub.add_parser("feedback", help="labels by people: export predictions to label, import the labels")
+    verbs = feedback.add_subparsers(dest="feedback_command", required=True, metavar="export|import")
+    export = verbs.add_parser(
+        "export",
+        parents=[common],
+        help="write unlabelled predictions, sampled for people to label",
+        description="Writes a sample of the predictions served in the last --since that have no label yet: "
+        "stratified by predicted class, the rows in the serving version's worst slices oversampled. Columns: id, "
+        "ts, version, prediction, the features, and an empty label column to fill in for `feedback import`.",
+    )
+    export.add_argument("loop", help="the ModelFeedbackLoop's name")
+    export.add_argument("-o", "--output-file", required=True, metavar="FILE", help="the file to write")
+    export.add_argument("--since", type=since_type, default=7 * 86400.0, metavar="DURATION", help="e.g. 36h (7d)")
+    export.add_argument("--size", type=positive_int, default=200, metavar="N", help="rows to write (200)")
+    export.add_argument("--format", choices=("csv", "parquet"), default="csv", help="parquet needs pyarrow")
+    export.add_argument(
+        "--version", type=int, metavar="N", help="whose worst slices to oversample (default: the serving one)"
+    )
+    export.add_argument("--seed", type=int, help="the same sample again for the same logs")
+    export.add_argument("--offline", action="store_true", help="read only the store, not the cluster")
+    stores.add_store_options(export)
+    stores.add_database_option(export)
+    export.set_defaults(handler=cmd_feedback_export, loop_command=True)
+    labels = verbs.add_parser(
+        "import",
+        parents=[common],
+        help="send the labels of a file to the loop's server",
+        description="Sends the labels filled in (rows with an empty label are skipped) to the loop's server, "
+        "through the API server's service proxy or to --url, and prints per row: accepted, duplicate (recorded "
+        "before) or refused with the server's reason. Exits 1 when a row was refused. Importing again is safe.",
+    )
+    labels.add_argument("loop", help="the ModelFeedbackLoop's name")
+    labels.add_argument("file", help="a CSV or Parquet file with the columns id and label")
+    labels.add_argument("--url", help="the server's base URL (default: the loop's Service through the API server)")
+    labels.add_argument("--batch", type=positive_int, default=256, metavar="N", help="labels per request (256)")
+    labels.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="how to type the labels (default: the loop's model.task); with --url, no cluster is needed",
+    )
+    labels.set_defaults(handler=cmd_feedback_import, loop_command=True)
+
+
+def since_type(text: str) -> float:
+    from mfl_cli.export import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def needs_cluster(args: argparse.Namespace) -> bool:
+    """--offline reads only the store; an import to --url with its --task has nothing to ask the cluster."""
+    if getattr(args, "offline", False):
+        return False
+    return not (getattr(args, "handler", None) is cmd_feedback_import and args.url and args.task)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Loop commands get the cluster's adapter (none with --offline) and the namespace resolved."""
+    """Loop commands get the cluster's adapter (none offline) and the namespace resolved."""
     if not getattr(args, "loop_command", False):
         return args.handler(args)
     loops = None
-    if not getattr(args, "offline", False):
+    if needs_cluster(args):
         target = kube.Target(args.kubeconfig, args.context, args.namespace, args.request_timeout)
         loops, args.namespace = kube.connect(target)
     return args.handler(args, loops)
+
+
+def store_error_message(error: StoreError) -> str:
+    """One line; a bucket unreachable from here is usually a cluster-internal endpoint: say how to reach it."""
+    message = " ".join(str(error).split())
+    if message.startswith("s3://") and "unreachable" in message:
+        message += " (from outside the cluster: --s3-endpoint, e.g. through kubectl port-forward)"
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -560,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
         code = 130  # Ctrl-C, e.g. ending --watch: the shell's convention, no traceback
     except kube.CliError as error:
         print(f"{prog}: {error}", file=sys.stderr)
+        code = 1
+    except StoreError as error:  # the store's message names it, the key and the reason (AccessDenied, ...)
+        print(f"{prog}: {store_error_message(error)}", file=sys.stderr)
         code = 1
     except BrokenPipeError:  # `mfl get | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,6 +6,7 @@ errors are translated by the pure functions at the bottom, so the commands never
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -37,12 +38,14 @@ class Target:
 
 
 class Loops:
-    """ModelFeedbackLoop objects through a CustomObjectsApi (the real one, or a test's)."""
+    """ModelFeedbackLoop objects through a CustomObjectsApi (the real one, or a test's); the loop's Secrets and
+    its server (through the API server's service proxy) through a CoreV1Api."""
 
-    def __init__(self, custom: Any, host: str = "", timeout: float = 15.0) -> None:
+    def __init__(self, custom: Any, host: str = "", timeout: float = 15.0, core: Any = None) -> None:
         self.custom = custom
         self.host = host
         self.timeout = timeout
+        self.core = core
 
     def get(self, name: str, namespace: str) -> dict[str, Any]:
         with self._errors(name, namespace):
@@ -108,14 +111,45 @@ class Loops:
                     raise
                 # 410 Gone: our resourceVersion is too old; read the loop again and watch from there.
 
+    def secret_value(self, name: str, namespace: str, key: str) -> bytes:
+        """One key of a Secret, decoded (the loop's S3 credentials, CA bundle, database URL)."""
+        with self._errors(name, namespace, kind="Secret"):
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=self.timeout)
+        data = secret.data or {}
+        if key not in data:
+            raise CliError(
+                f"Secret {namespace}/{name} has no key {key!r} (it has: {', '.join(sorted(data)) or 'none'})"
+            )
+        return base64.b64decode(data[key])
+
+    def post_to_service(self, namespace: str, service: str, port: str, path: str, body: Any) -> tuple[int, bytes]:
+        """POST JSON to a Service through the API server's proxy (no port-forward, no Ingress needed): the
+        status and body of whoever answered, the Service's Pod or the API server itself (403, 503 without
+        endpoints). Network failures are a CliError."""
+        api_client = self.core.api_client
+        resource = f"/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{path.lstrip('/')}"
+        request = api_client.param_serialize(
+            "POST",
+            resource,
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        with self._errors(service, namespace, kind="Service"):
+            response = api_client.call_api(*request, _request_timeout=self.timeout)
+            return response.status, response.read() or b""
+
     @contextmanager
-    def _errors(self, name: str | None, namespace: str | None) -> Iterator[None]:
+    def _errors(self, name: str | None, namespace: str | None, kind: str = RESOURCE) -> Iterator[None]:
         import urllib3
         from kubernetes.client.rest import ApiException
 
         try:
             yield
         except ApiException as error:
+            if kind != RESOURCE:
+                body = error.body or error.reason  # status 0: the client's own failure (TLS), said in `reason`
+                raise CliError(object_error_message(kind, error.status, body, name, namespace)) from error
             raise CliError(api_error_message(error.status, error.body, name, namespace)) from error
         except urllib3.exceptions.HTTPError as error:
             raise CliError(unreachable_message(self.host, error)) from error
@@ -146,7 +180,8 @@ def connect(target: Target) -> tuple[Loops, str]:
         raise CliError(f"cannot use the kubeconfig {where}: {first_line(error)}") from error
     api_client.configuration.retries = 1  # a refused connection fails in a second, not after three tries
     host = api_client.configuration.host
-    return Loops(client.CustomObjectsApi(api_client), host, target.timeout), target.namespace or namespace
+    loops = Loops(client.CustomObjectsApi(api_client), host, target.timeout, client.CoreV1Api(api_client))
+    return loops, target.namespace or namespace
 
 
 def context_namespace(kubeconfig: str, context: str | None) -> str:
@@ -200,6 +235,21 @@ def api_error_message(status: int | None, body: str | bytes | None, name: str | 
     if status == 401:
         return f"unauthorized: the kubeconfig's credentials were refused ({message})"
     return f"the API server answered {status}: {message}"
+
+
+def object_error_message(
+    kind: str, status: int | None, body: str | bytes | None, name: str | None, namespace: str | None
+) -> str:
+    """One line for an API error about a core object the CLI reads for a loop (its Secrets, its Service)."""
+    answer = parse_status(body)
+    message = answer.get("message") or first_line(body or "") or "no message"
+    if status == 404:
+        return f"{kind} {name!r} not found in namespace {namespace!r}"
+    if status == 403:
+        return f"forbidden: {message}"
+    if status == 401:
+        return f"unauthorized: the kubeconfig's credentials were refused ({message})"
+    return f"the API server answered {status} for {kind} {name!r}: {message}"
 
 
 def unreachable_message(host: str, error: BaseException) -> str:

@@ -5,42 +5,49 @@ A subclass says how a version is loaded (`load`) and how rows are predicted (its
 routes); everything a label goes through is here, once. No numpy or scikit-learn is imported here: the
 sidecar's image has neither.
 
-A label is recorded once across replicas and restarts: its claim on the shared store (mfl_server.claims)
-comes first, then the log line, then the metrics. Claims are file creates, a round trip each on a
-network volume, so a request's claims run on a few threads at once, off the loop that serves predictions
-(on local ext4 and one core, threads and inline creates measured the same).
-The server is not ready while the store cannot be written: a failed write says so at once, a probe
-every few seconds says when it can again.
+A label is recorded once across replicas and restarts by the server's label recorder (mfl_server.labels):
+on a volume its claim file comes first, then the log line; with a database (MFL_DATABASE_URL) one INSERT
+per request (mfl_server.ledger_labels). The metrics move only for what was recorded, after it was.
+Predictions are logged to daily JSON-lines files on the volume, or to gzip segments in an object store
+(MFL_S3_BUCKET, mfl_server.segments).
+The server is not ready while the store or the database cannot be written: a failed write says so at
+once, a probe every few seconds says when it can again. An hourly sweep deletes expired claims and, with
+MFL_RETENTION_LOG_SECONDS, log days and ledger partitions past retention (mfl_server.retention).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from functools import wraps
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from mfl_contracts import storage
 
 from . import feedback as fb
-from . import jsonio, v2
-from .claims import ClaimStore
+from . import jsonio, retention, v2
 from .config import ServerConfig
-from .errors import ModelLoadError, RequestError, bad_request, too_large
+from .errors import ModelLoadError, RequestError, StoreFailure, bad_request, too_large
 from .ids import IdSigner
+from .labels import ARTIFACT_STORE, LabelRecorder, VolumeLabels, os_reason
+from .labels import chunks_of as chunks_of  # re-exported: the tests import it from here
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .segments import SegmentLog
 from .store import DailyJsonl, process_file_name
 
 log = logging.getLogger("mfl_server")
-SWEEP_INTERVAL = 3600.0  # seconds between deletions of expired claims
-CLAIM_THREADS = 8  # file creates in flight per request
+SWEEP_INTERVAL = 3600.0  # seconds between deletions of expired claims, partitions and log days
+LOG_FOLDERS = ("predictions", "feedback")  # <model>/<folder>/date=YYYY-MM-DD/...: what retention deletes
 PREDICTION_ENDPOINTS = ("predict", "infer")  # their latency is mfl_prediction_latency_seconds
 Handler = Callable[[Any, web.Request], Awaitable[web.Response]]
+T = TypeVar("T")
 
 
 class ServedModel(Protocol):
@@ -91,6 +98,33 @@ def api_endpoint(name: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def object_store(config: ServerConfig) -> Any:
+    """The bucket of the s3 mode (mfl_contracts.objectstore.S3Store), else None (everything on the volume)."""
+    if config.s3 is None:
+        return None
+    from mfl_contracts.objectstore import S3Store
+
+    return S3Store(config.s3)
+
+
+def prediction_log(config: ServerConfig, objects: Any, file_name: str) -> DailyJsonl | SegmentLog:
+    if objects is None:
+        return DailyJsonl(storage.predictions_dir(config.storage_root, config.model), file_name)
+    prefix = f"{config.model}/predictions"
+    return SegmentLog(objects, prefix, config.log_flush_bytes, config.log_flush_seconds)
+
+
+def label_recorder(config: ServerConfig, file_name: str) -> LabelRecorder:
+    """The ledger when there is a database (imported only then: psycopg), else claims and the feedback log."""
+    if config.database_url:
+        from .ledger_labels import LedgerLabels
+
+        return LedgerLabels(config.database_url, config.model, config.feedback_max_age, config.retention_log_seconds)
+    root, model = config.storage_root, config.model
+    claims, feedback = storage.feedback_claims_dir(root, model), storage.feedback_dir(root, model)
+    return VolumeLabels(claims, feedback, file_name, config.feedback_max_age)
+
+
 class InFlight:
     """Counts API handlers running, so shutdown can wait for them before closing connections."""
 
@@ -130,13 +164,14 @@ class FeedbackServer:
         self.not_ready_reason = "the model is loading"
         self.shutting_down = False
         self.in_flight = InFlight()
-        self.store_problem: str | None = None  # why the artifact store cannot be written right now
+        self.store_problem: str | None = None  # why the store or the database cannot be written right now
         file_name = process_file_name()
-        root, model = config.storage_root, config.model
-        self.predictions_log = DailyJsonl(storage.predictions_dir(root, model), file_name)
-        self.feedback_log = DailyJsonl(storage.feedback_dir(root, model), file_name)
-        self.claims = ClaimStore(storage.feedback_claims_dir(root, model), file_name.removesuffix(".jsonl"))
-        self._claim_threads = ThreadPoolExecutor(CLAIM_THREADS, thread_name_prefix="mfl-claims")
+        self.objects: Any = object_store(config)  # an ArtifactStore in s3 mode, else None
+        self.predictions_log: DailyJsonl | SegmentLog = prediction_log(config, self.objects, file_name)
+        self.labels: LabelRecorder = label_recorder(config, file_name)
+        # The volume's feedback log (None with a database: the ledger is the feedback log).
+        self.feedback_log = self.labels.log if isinstance(self.labels, VolumeLabels) else None
+        self._log_days_checked: date | None = None  # object store: the newest day a sweep emptied
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -169,8 +204,10 @@ class FeedbackServer:
         """Retries a missing or unreadable artifact or store; logs each new reason once."""
         while self.model is None:
             try:
-                await asyncio.to_thread(self._check_store)
+                await self._probe_stores()
                 model = await self.load()
+            except StoreFailure as failure:
+                self._not_ready(failure.problem)
             except OSError as error:
                 self._not_ready(f"the artifact store is not writable: {error}")
             except ModelLoadError as error:
@@ -182,37 +219,81 @@ class FeedbackServer:
                 return
             await asyncio.sleep(self.config.reload_interval)
 
-    def _check_store(self) -> None:
-        """Predictions that cannot be logged cannot be acknowledged: not ready until they can."""
-        self.predictions_log.check_writable()
-        self.feedback_log.check_writable()
-        self.claims.probe()
+    async def _probe_stores(self) -> None:
+        """Predictions that cannot be logged and labels that cannot be recorded cannot be acknowledged: not
+        ready until they can (StoreFailure says why)."""
+        try:
+            await asyncio.to_thread(self.predictions_log.check_writable)
+        except OSError as error:
+            raise StoreFailure(ARTIFACT_STORE, "not writable", str(error)) from error
+        await self.labels.probe(time.time())
 
     async def watch_store(self) -> None:
-        """Probes the store every few seconds (not ready while it fails) and deletes expired claims hourly."""
+        """Probes the stores every few seconds (not ready while one fails) and sweeps what expired hourly."""
         next_sweep = 0.0
         while True:
             await asyncio.sleep(self.config.store_check_interval)
             try:
-                await asyncio.to_thread(self._check_store)
-            except OSError as error:
-                self._store_failed(f"the artifact store is not writable: {_reason(error)}")
+                await self._probe_stores()
+            except StoreFailure as failure:
+                self._store_failed(failure.problem)
                 continue
             if self.store_problem is not None:
-                log.info("the artifact store is writable again: ready")
+                log.info("the artifact store and the label store are writable again: ready")
                 self.store_problem = None
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
-                await self._sweep_claims()
+                await self.sweep(time.time())
 
-    async def _sweep_claims(self) -> None:
-        try:
-            swept = await asyncio.to_thread(self.claims.sweep, time.time(), self.config.feedback_max_age)
-        except OSError as error:
-            log.warning("cannot delete expired feedback claims in %s: %s", self.claims.folder, _reason(error))
-            return
+    async def sweep(self, now: float) -> None:
+        """Expired claims or ledger partitions, then log days past MFL_RETENTION_LOG_SECONDS (if set)."""
+        swept = await self.labels.sweep(now)
         if swept:
-            log.info("deleted expired feedback claims: %s", ", ".join(swept))
+            log.info("deleted expired labels' days: %s", ", ".join(swept))
+        keep = self.config.retention_log_seconds
+        if keep <= 0:
+            return
+        deleted = await asyncio.to_thread(self._sweep_logs, now, keep)
+        if deleted:
+            log.info("deleted log days past retention: %s", ", ".join(deleted))
+
+    def _sweep_logs(self, now: float, keep: float) -> list[str]:
+        if self.objects is None:
+            return self._sweep_log_folders(now, keep)
+        return self._sweep_log_objects(now, keep)
+
+    def _sweep_log_folders(self, now: float, keep: float) -> list[str]:
+        """Day folders on the volume; several replicas may delete the same one at once."""
+        deleted = []
+        for name in LOG_FOLDERS:
+            folder = storage.model_dir(self.config.storage_root, self.config.model) / name
+            try:
+                days = os.listdir(folder)
+            except OSError:
+                continue
+            for day in retention.expired_day_names(days, now, keep):
+                shutil.rmtree(folder / day, ignore_errors=True)
+                deleted.append(f"{name}/{day}")
+        return deleted
+
+    def _sweep_log_objects(self, now: float, keep: float) -> list[str]:
+        """Objects under the expired days' prefixes; the days checked are remembered only when all went."""
+        span = retention.days_to_check(now, keep, self._log_days_checked)
+        if span is None:
+            return []
+        deleted = []
+        try:
+            for folder in LOG_FOLDERS:
+                for prefix in retention.day_prefixes(*span):
+                    keys = [info.key for info in self.objects.list(f"{self.config.model}/{folder}/{prefix}")]
+                    if keys:
+                        self.objects.delete(keys)
+                        deleted.append(f"{folder}/{prefix.rstrip('/')}* ({len(keys)} objects)")
+        except Exception as error:  # the store's error names it and why; the next sweep tries again
+            log.warning("cannot delete log objects past retention: %s", error)
+            return deleted
+        self._log_days_checked = span[1]
+        return deleted
 
     def _store_failed(self, reason: str) -> None:
         if reason != self.store_problem:
@@ -246,15 +327,19 @@ class FeedbackServer:
 
     def background_tasks(self) -> list[Awaitable[None]]:
         """What runs beside the routes while the process serves (cancelled at shutdown)."""
-        return [self.load_until_ready(), self.watch_store()]
+        tasks: list[Awaitable[None]] = [self.load_until_ready(), self.watch_store()]
+        if isinstance(self.predictions_log, SegmentLog):
+            tasks.append(self.predictions_log.run())
+        return tasks
 
     def close(self) -> None:
-        self._claim_threads.shutdown(wait=True)
+        """Synchronous part of the shutdown (tests, volume mode); ``aclose`` also closes the database pool."""
+        self.labels.close()
         self.predictions_log.close()
-        self.feedback_log.close()
 
     async def aclose(self) -> None:
-        self.close()
+        await self.labels.aclose()
+        await asyncio.to_thread(self.predictions_log.close)  # s3: uploads the last segments
 
     # --- predictions -------------------------------------------------------------------------
 
@@ -301,14 +386,7 @@ class FeedbackServer:
         ts = time.time()
         rules = fb.LabelRules.for_model(model.task, model.classes, ts, self.config.feedback_max_age)
         valid, rejected = fb.review(entries, self.signer.verify, rules)
-        accepted, duplicates = await self._claim(valid)
-        try:
-            self._append(self.feedback_log, b"".join(_feedback_line(item, ts) for item in accepted), ts, "feedback")
-        except RequestError:
-            self._release(accepted)
-            raise
-        for item in accepted:
-            self._score(item, model.task)
+        accepted, duplicates = await _shielded(self._record_labels(valid, ts, model.task))
         rejected = sorted(rejected + duplicates, key=lambda entry: entry.index)
         for entry in rejected:
             self.metrics.count_rejected(entry.reason)
@@ -317,6 +395,20 @@ class FeedbackServer:
         if refusal:
             return json_response({"error": refusal, **body}, 422)
         return json_response(body)
+
+    async def _record_labels(
+        self, valid: list[fb.Accepted], ts: float, task: str
+    ) -> tuple[list[fb.Accepted], list[fb.Rejected]]:
+        """Records, then scores what was recorded: run shielded, so that a handler cancelled half-way (its
+        client went away, the shutdown's last resort) never leaves a claimed or committed label uncounted
+        or, on a volume, claimed but not logged."""
+        try:
+            accepted, duplicates = await self.labels.record(valid, ts)
+        except StoreFailure as failure:
+            raise self._refused("feedback", failure) from failure
+        for item in accepted:
+            self._score(item, task)
+        return accepted, duplicates
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.exposition())
@@ -381,47 +473,20 @@ class FeedbackServer:
         except jsonio.DECODE_ERRORS as error:
             raise bad_request(f"body is not valid JSON: {error}") from None
 
-    def _append(self, log_file: DailyJsonl, data: bytes, ts: float, what: str) -> None:
-        """Nothing is acknowledged that is not in the store: a failed write fails the request."""
+    def _append(self, log_file: DailyJsonl | SegmentLog, data: bytes, ts: float, what: str) -> None:
+        """Nothing is acknowledged that is not in the store (or, s3, in a bounded upload buffer)."""
         try:
             log_file.append(data, ts)
         except OSError as error:
-            raise self._write_failed(what, log_file.folder, error) from error
+            log.error("cannot write %s to %s: %s", what, log_file.folder, error)
+            raise self._refused(what, StoreFailure(ARTIFACT_STORE, "not writable", os_reason(error))) from error
+        except StoreFailure as failure:
+            raise self._refused(what, failure) from failure
 
-    async def _claim(self, items: list[fb.Accepted]) -> tuple[list[fb.Accepted], list[fb.Rejected]]:
-        """Labels whose claim this request created, and the ones someone recorded before."""
-        loop = asyncio.get_running_loop()
-        chunks = chunks_of(items, CLAIM_THREADS)
-        outcomes = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self._claim_threads, self.claims.claim_all, [(item.id, item.ref.ts) for item in chunk]
-                )
-                for chunk in chunks
-            )
-        )
-        claimed: list[fb.Accepted] = []
-        duplicates: list[fb.Rejected] = []
-        for chunk, (won, _) in zip(chunks, outcomes):  # a chunk that failed won fewer than it holds
-            claimed += [item for item, created in zip(chunk, won) if created]
-            duplicates += [fb.duplicate(item.index, item.id) for item, created in zip(chunk, won) if not created]
-        error = next((failure for _, failure in outcomes if failure is not None), None)
-        if error is not None:
-            self._release(claimed)
-            raise self._write_failed("feedback", self.claims.folder, error) from error
-        return claimed, duplicates
-
-    def _release(self, items: list[fb.Accepted]) -> None:
-        """Claims of labels that were not recorded, so the client's retry can record them."""
-        kept = sum(not self.claims.release(item.id, item.ref.ts) for item in items)
-        if kept:
-            log.error("%d feedback claims could not be released: those labels stay unrecorded", kept)
-
-    def _write_failed(self, what: str, folder: Any, error: OSError) -> RequestError:
+    def _refused(self, what: str, failure: StoreFailure) -> RequestError:
         """503: the client may retry, on another replica; this one is not ready until a probe writes."""
-        log.error("cannot write %s to %s: %s", what, folder, error)
-        self._store_failed(f"the artifact store is not writable: {_reason(error)}")
-        return RequestError(503, f"cannot record {what} in the artifact store ({_reason(error)}); retry later")
+        self._store_failed(failure.problem)
+        return RequestError(503, failure.request_message(what))
 
     def _score(self, item: fb.Accepted, task: str) -> None:
         ref = item.ref
@@ -437,6 +502,18 @@ class FeedbackServer:
         )
 
 
+async def _shielded(work: Awaitable[T]) -> T:
+    """``work`` runs to its end even if the caller is cancelled; its outcome then goes unread, on purpose."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_read_outcome)
+    return await asyncio.shield(task)
+
+
+def _read_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: no "exception was never retrieved" for a request nobody waits for
+
+
 def v2_answer(body: dict[str, Any], ids: list[str]) -> web.Response:
     """A V2 infer response with the ids as an output tensor and, when short enough, a header."""
     response = json_response(body)
@@ -446,38 +523,10 @@ def v2_answer(body: dict[str, Any], ids: list[str]) -> web.Response:
     return response
 
 
-def chunks_of(items: list[Any], count: int) -> list[list[Any]]:
-    """At most ``count`` contiguous, non-empty parts of nearly equal size."""
-    size = -(-len(items) // count) if items else 1
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def _reason(error: OSError) -> str:
-    return error.strerror or str(error) or type(error).__name__
-
-
 def _prediction_line(row_id: str, ts: float, version: int, track: str, features: dict[str, Any], label: Any) -> bytes:
     return (
         jsonio.dumps(
             {"id": row_id, "ts": ts, "version": version, "track": track, "features": features, "prediction": label}
-        )
-        + b"\n"
-    )
-
-
-def _feedback_line(item: fb.Accepted, ts: float) -> bytes:
-    ref = item.ref
-    return (
-        jsonio.dumps(
-            {
-                "id": item.id,
-                "ts": ts,
-                "label": item.label,
-                "version": ref.version,
-                "track": ref.track,
-                "prediction": ref.label,
-                "predictionTs": ref.ts,
-            }
         )
         + b"\n"
     )

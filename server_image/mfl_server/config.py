@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mfl_contracts import storage
+from mfl_contracts.objectstore import S3Settings, s3_settings_from_env
 
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 DEFAULT_PORT = 8080
@@ -17,6 +19,9 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # the trainer never misses one the server could take; it also bounds how long claims are kept.
 DEFAULT_FEEDBACK_MAX_AGE = 30 * 86400.0
 MAX_FEEDBACK_MAX_AGE = 366 * 86400.0  # claims are kept this long at most
+DEFAULT_LOG_FLUSH_SECONDS = 5.0  # s3 mode: what a crash can lose of the prediction log
+DEFAULT_LOG_FLUSH_BYTES = 4 * 1024 * 1024
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
@@ -39,6 +44,12 @@ class ServerConfig:
     reload_interval: float = 5.0  # seconds between attempts to load a missing artifact
     store_check_interval: float = 5.0  # seconds between writes that probe the artifact store
     inference_threads: int = 1  # OpenMP/BLAS threads; 0 leaves the libraries' default
+    # Object store + database mode (docs/contracts.md): s3 is an mfl_contracts.objectstore.S3Settings.
+    s3: S3Settings | None = None  # None: the prediction log is on the volume at storage_root
+    database_url: str = field(default="", repr=False)  # "": labels are claim files + the feedback log
+    log_flush_seconds: float = DEFAULT_LOG_FLUSH_SECONDS
+    log_flush_bytes: int = DEFAULT_LOG_FLUSH_BYTES
+    retention_log_seconds: float = 0.0  # 0: logs are kept (the hourly sweep deletes nothing past claims)
 
     @property
     def model_dir(self) -> Path:
@@ -51,7 +62,8 @@ class ServerConfig:
 
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_MAX_BODY_BYTES,
-    MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_SHUTDOWN_DELAY_SECONDS and MFL_INFERENCE_THREADS."""
+    MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_SHUTDOWN_DELAY_SECONDS, MFL_INFERENCE_THREADS, the object store's
+    MFL_S3_*, MFL_DATABASE_URL, MFL_LOG_FLUSH_SECONDS/_BYTES and MFL_RETENTION_LOG_SECONDS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
     if not storage.valid_model_name(model):
         raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
@@ -77,7 +89,34 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
         feedback_max_age=max_age,
         shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
         inference_threads=_int(env, "MFL_INFERENCE_THREADS", 1, minimum=0),
+        **_stores(env),
     )
+
+
+def _stores(env: Mapping[str, str]) -> dict[str, Any]:
+    """The object store, the label database and the logs' settings; s3 needs the database."""
+    try:
+        s3 = s3_settings_from_env(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    url = env.get("MFL_DATABASE_URL", "").strip()
+    if url and not url.startswith(DATABASE_SCHEMES):
+        raise ConfigError("MFL_DATABASE_URL must be a libpq URI like postgresql://user:password@host:5432/db")
+    if s3 is not None and not url:
+        raise ConfigError(
+            "MFL_S3_BUCKET is set but MFL_DATABASE_URL is empty: with an object store, labels are recorded "
+            "exactly once in PostgreSQL (spec.model.storage.database), not as a file per label"
+        )
+    flush_seconds = _float(env, "MFL_LOG_FLUSH_SECONDS", DEFAULT_LOG_FLUSH_SECONDS)
+    if not 0 < flush_seconds <= 300:
+        raise ConfigError("MFL_LOG_FLUSH_SECONDS must be > 0 and at most 300")
+    return {
+        "s3": s3,
+        "database_url": url,
+        "log_flush_seconds": flush_seconds,
+        "log_flush_bytes": _int(env, "MFL_LOG_FLUSH_BYTES", DEFAULT_LOG_FLUSH_BYTES, minimum=1024),
+        "retention_log_seconds": _float(env, "MFL_RETENTION_LOG_SECONDS", 0.0),
+    }
 
 
 def _int(

@@ -73,8 +73,8 @@ def review(
 ) -> tuple[list[Accepted], list[Rejected]]:
     """Split entries into valid labels and rejected ones; an id given twice in one batch counts once.
 
-    Whether an id was labelled before (here, on another replica, before a restart) is the claim
-    store's to say (mfl_server.claims): it is the only state the replicas share.
+    Whether an id was labelled before (here, on another replica, before a restart) is the label
+    recorder's to say (mfl_server.labels: claim files or the ledger): it is the only state the replicas share.
     """
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []

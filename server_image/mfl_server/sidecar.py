@@ -9,7 +9,7 @@ offline gate and the canary analysis read the same `mfl_*` metrics and logs what
 
 The request body is forwarded as the client sent it (no re-encoding); the sidecar parses it only to
 bound and log the rows. It imports no numpy or scikit-learn: its image holds aiohttp, prometheus-client,
-orjson and uvloop.
+orjson and uvloop, and for the object store + database mode minio and psycopg (mfl_server.base chooses).
 
 Environment: the server's (docs/contracts.md) plus MFL_UPSTREAM_URL (the V2 server, e.g.
 http://127.0.0.1:9000), MFL_UPSTREAM_MODEL (the model's name there; default MFL_MODEL_NAME) and

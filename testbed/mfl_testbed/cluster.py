@@ -1,7 +1,9 @@
-"""The whole test bed: a one-node Kubernetes cluster with a real kubelet, Prometheus and Pod discovery.
+"""The whole test bed: a one-node Kubernetes cluster with a real kubelet, Prometheus and Pod discovery,
+and the services of s3 mode: an S3 store (SeaweedFS) and PostgreSQL, on the node's IP so Pods reach them.
 
     cluster = Cluster.create()            # a 0755 work folder under /var/tmp
-    cluster.start(progress=print)         # control plane + node + Prometheus (+ discovery of Pods)
+    cluster.start(progress=print)         # control plane + node + Prometheus (+ discovery of Pods),
+                                          # then cluster.seaweedfs and cluster.postgres
     cluster.install_operator(refs)        # kubectl apply -k manifests/ (images overridden by kustomize)
     ...
     cluster.stop()                        # undoes every change to the machine (node.teardown)
@@ -30,8 +32,10 @@ from mfl_testbed import node as node_module
 from mfl_testbed.controlplane import ControlPlane, binaries_dir
 from mfl_testbed.netutil import free_port, wait_until
 from mfl_testbed.node import NODE_IP, NODE_NAME, Node, record
+from mfl_testbed.postgres import Postgres
 from mfl_testbed.process import ManagedProcess, TestbedError, TestbedUnavailable, print_progress
 from mfl_testbed.prometheus import Prometheus
+from mfl_testbed.seaweed import SeaweedFS
 
 OPERATOR_NAMESPACE = "feedbackloop-system"
 OPERATOR_DEPLOYMENT = "feedbackloop-operator"
@@ -48,6 +52,8 @@ class Cluster:
             self.workdir / "node", binaries_dir(), self.plane.kubeconfig, self.plane.node_kubeconfig, self.images
         )
         self.prometheus = Prometheus(self.workdir / "prometheus", host=NODE_IP)
+        self.seaweedfs = SeaweedFS(self.workdir / "seaweedfs", host=NODE_IP, tls=True)
+        self.postgres = Postgres(self.workdir / "postgres", host=NODE_IP)
         self.discovery: ManagedProcess | None = None
         self.timings: dict[str, float] = {}
         self._kept = False
@@ -79,6 +85,8 @@ class Cluster:
             self._step("containerd and images", self.node.start_runtime, progress)
             self._step("kubelet and kube-proxy", self.node.join, progress)
             self._step("prometheus", self._start_prometheus, progress)
+            self._step("seaweedfs", self._start_seaweedfs, progress)
+            self._step("postgres", self._start_postgres, progress)
         except BaseException:
             self.stop()
             raise
@@ -111,12 +119,22 @@ class Cluster:
         self.prometheus.start()
         record(pids={"prometheus": self.prometheus.pid})
 
+    def _start_seaweedfs(self) -> None:
+        self.seaweedfs.start()
+        record(pids={"seaweedfs": self.seaweedfs.pid})
+
+    def _start_postgres(self) -> None:
+        self.postgres.start()
+        record(pids={"postgres": self.postgres.pid})
+
     def stop(self) -> list[str]:
         """Stop everything and restore the machine; returns what could not be undone (nothing, normally).
         Safe to call more than once."""
         atexit.unregister(self.stop)
         if self._kept:
             return []
+        self.postgres.stop()
+        self.seaweedfs.stop()
         self.prometheus.stop()
         if self.discovery is not None:
             self.discovery.stop()
@@ -131,11 +149,14 @@ class Cluster:
         self.plane.detach()
         self.node.detach()
         self.prometheus.detach()
+        self.seaweedfs.detach()
+        self.postgres.detach()
         return (
             f"The cluster keeps running.\n"
             f"  export KUBECONFIG={self.plane.kubeconfig}\n"
             f"  {self.plane.bin_dir / 'kubectl'} get pods -A -o wide\n"
             f"  Prometheus: {self.prometheus.url}\n"
+            f"  S3 (SeaweedFS): {self.seaweedfs.url}, PostgreSQL: {self.postgres.host}:{self.postgres.port}\n"
             f"  logs: {self.workdir}\n"
             f"Tear it down (processes, containers, mounts, bridge, iptables, sysctls): mfl testbed down"
         )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -21,7 +24,9 @@ from mfl_testbed import TestbedError
 from mfl_testbed.cluster import Cluster
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
+from mfl_testbed.postgres import Postgres
 from mfl_testbed.prometheus import Prometheus
+from mfl_testbed.seaweed import SeaweedFS
 
 T = TypeVar("T")
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -158,3 +163,50 @@ def prometheus(cluster: Cluster, exporter: TestExporter) -> Prometheus:
         server.log_tail,
     )
     return server
+
+
+# ---- the services of s3 mode, on loopback (the cluster has its own on the node's IP) ----------
+
+
+def _slug(request: pytest.FixtureRequest, length: int = 30) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:length] or "test"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS S3 gateway on 127.0.0.1: `seaweedfs.url` (HTTP), `seaweedfs.https_url` (its certificate:
+    `seaweedfs.ca_file`), tenants `tenant_a` / `tenant_b` (S3Credentials: access_key, secret_key, bucket = a
+    bucket of their own that exists, the other's refused) and `admin`."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), tls=True)
+    start_component("seaweedfs", store.start, store.log_tail)
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The MFL_S3_* variables for tenant A's bucket under a prefix of this test's own."""
+    return seaweedfs.s3_env(seaweedfs.tenant_a, prefix=f"{_slug(request)}-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL on 127.0.0.1 (password auth); `postgres.create_tenant(name)` returns a database URL."""
+    # Not under pytest's 0700 folders: as root the server runs as the `postgres` user, which must reach it.
+    workdir = Path(tempfile.mkdtemp(prefix="mfl-postgres-", dir="/var/tmp"))
+    workdir.chmod(0o755)
+    server = Postgres(workdir / "server")
+    try:
+        start_component("postgres", server.start, server.log_tail)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh tenant database (its own role, which owns it) for this test: its URL. Dropped afterwards."""
+    name = f"{_slug(request, 20).replace('-', '_')}_{uuid.uuid4().hex[:6]}"
+    yield postgres.create_tenant(name)
+    postgres.drop_tenant(name)

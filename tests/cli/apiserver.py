@@ -1,15 +1,20 @@
 """A local HTTP server that answers like kube-apiserver for ModelFeedbackLoops: get, list (one namespace or
 all), watch (a chunked stream of events), JSON merge patch (RFC 7386), and the error bodies the real one
-sends (404 for a missing object or a missing resource type, 403). The CLI talks to it through the real
-kubernetes client, so everything from the kubeconfig to the error messages is exercised."""
+sends (404 for a missing object or a missing resource type, 403); for a loop's Secrets (get) and its
+Services' proxy (`POST .../services/<name>:<port>/proxy/<path>`, forwarded to a server the test runs). The
+CLI talks to it through the real kubernetes client, so everything from the kubeconfig to the error messages
+is exercised."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import queue
 import re
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,8 @@ from tests.operator.fake_kube import merge_patch  # the API server's merge-patch
 
 GROUP, VERSION, PLURAL = "feedbackloop.dev", "v1alpha1", "modelfeedbackloops"
 PATH = re.compile(rf"^/apis/{GROUP}/{VERSION}(?:/namespaces/(?P<ns>[^/]+))?/{PLURAL}(?:/(?P<name>[^/]+))?$")
+SECRET_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/]+)$")
+PROXY_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<service>[^/]+)/proxy/(?P<rest>.*)$")
 END = object()  # put on `events` to end the watch stream
 
 
@@ -42,6 +49,9 @@ class FakeApiServer:
         self.loops: dict[tuple[str, str], dict[str, Any]] = {}
         self.crd_installed = True
         self.forbidden: set[str] = set()  # HTTP methods refused with 403
+        self.secrets: dict[tuple[str, str], dict[str, bytes]] = {}  # (namespace, name): data
+        self.forbidden_secrets = False  # every Secret read refused with 403
+        self.services: dict[tuple[str, str], str | None] = {}  # (namespace, "name:port"): base URL (None: no Pods)
         self.stall = threading.Event()  # set: requests get no answer until stop()
         self.events: queue.Queue[Any] = queue.Queue()  # (type, object) streamed to the next open watch
         self.requests: list[dict[str, Any]] = []
@@ -99,6 +109,9 @@ class FakeApiServer:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def add_secret(self, namespace: str, name: str, data: dict[str, str | bytes]) -> None:
+        self.secrets[(namespace, name)] = {k: v.encode() if isinstance(v, str) else v for k, v in data.items()}
+
     def _stamp(self, loop: dict[str, Any]) -> dict[str, Any]:
         self._version += 1
         loop["metadata"]["resourceVersion"] = str(self._version)
@@ -121,6 +134,9 @@ class FakeApiServer:
             def do_PATCH(self) -> None:
                 server._answer(self)
 
+            def do_POST(self) -> None:
+                server._answer(self)
+
         return Handler
 
     def _answer(self, http: BaseHTTPRequestHandler) -> None:
@@ -140,6 +156,12 @@ class FakeApiServer:
         )
         if self.stall.is_set():
             self._stopping.wait()
+            return
+        if SECRET_PATH.match(url.path):
+            self._secret(http, SECRET_PATH.match(url.path))
+            return
+        if PROXY_PATH.match(url.path):
+            self._proxy(http, PROXY_PATH.match(url.path), body)
             return
         match = PATH.match(url.path)
         if not match or not self.crd_installed:
@@ -170,8 +192,48 @@ class FakeApiServer:
         else:
             self._send(http, 200, self.loops[(namespace, name)])
 
+    def _secret(self, http: BaseHTTPRequestHandler, match: re.Match[str]) -> None:
+        namespace, name = match["ns"], match["name"]
+        details = {"name": name, "kind": "secrets"}
+        if self.forbidden_secrets:
+            message = (
+                f'secrets "{name}" is forbidden: User "me" cannot get resource "secrets" in API group "" '
+                f'in the namespace "{namespace}"'
+            )
+            self._send(http, 403, status_body(403, "Forbidden", message, details))
+        elif (namespace, name) not in self.secrets:
+            self._send(http, 404, status_body(404, "NotFound", f'secrets "{name}" not found', details))
+        else:
+            data = {k: base64.b64encode(v).decode() for k, v in self.secrets[(namespace, name)].items()}
+            metadata = {"name": name, "namespace": namespace}
+            self._send(http, 200, {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": data})
+
+    def _proxy(self, http: BaseHTTPRequestHandler, match: re.Match[str], body: Any) -> None:
+        """As the API server's service proxy: the Pod's answer as it is, or the proxy's own error."""
+        namespace, service = match["ns"], match["service"]
+        name = service.split(":")[0]
+        if (namespace, service) not in self.services:
+            self._send(http, 404, status_body(404, "NotFound", f'services "{name}" not found', {"name": name}))
+            return
+        base = self.services[(namespace, service)]
+        if base is None:
+            message = f'no endpoints available for service "{name}"'
+            self._send(http, 503, status_body(503, "ServiceUnavailable", message, {}))
+            return
+        request = urllib.request.Request(
+            f"{base}/{match['rest']}", json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                code, data = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            code, data = error.code, error.read()
+        self._send_bytes(http, code, data)
+
     def _send(self, http: BaseHTTPRequestHandler, code: int, value: dict[str, Any]) -> None:
-        data = json.dumps(value).encode()
+        self._send_bytes(http, code, json.dumps(value).encode())
+
+    def _send_bytes(self, http: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
         http.send_response(code)
         http.send_header("Content-Type", "application/json")
         http.send_header("Content-Length", str(len(data)))

@@ -126,10 +126,12 @@ def test_table_types_from_base_and_unusable_feedback_counted():
         rows=2,
         file_hashes={},
     )
-    feedback = [
-        datasource.FeedbackRow("1", 10.0, {"a": "oops", "c": 7}, 1),
-        datasource.FeedbackRow("2", 11.0, {"a": 3}, 0),
-    ]  # no "c": skipped
+    feedback = datasource.feedback_from_records(
+        [
+            {"id": "1", "ts": 10.0, "features": {"a": "oops", "c": 7}, "label": 1},
+            {"id": "2", "ts": 11.0, "features": {"a": 3}, "label": 0},  # no "c": skipped
+        ]
+    )
     stats: Counter = Counter()
     table = tables.build_table(["a", "c"], "label", "classification", base, feedback, stats)
     assert table.feature_types == {"a": "numeric", "c": "categorical"}
@@ -266,7 +268,7 @@ def test_feedback_join_window_and_first_label(tmp_path):
                 path, [*(json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])), record]
             )
     data = datasource.read_feedback(tmp_path, now - 2 * day, now)
-    assert [(r.id, r.label) for r in data.rows] == [("p1", 0), ("p3", 0)]
+    assert list(zip(data.ids, data.labels)) == [("p1", 0), ("p3", 0)]
     assert data.stats == Counter(duplicateFeedback=2, feedbackAfterNow=1, feedbackWithoutPrediction=1)
     assert data.files_read == 4  # 10-03 and 10-04 for both; the 10-01 partition lies before the window
 

@@ -48,6 +48,8 @@ class TrainerConfig:
     trainer_image: str = ""
     label_noise: float = 0.0  # tests only: flip this fraction of training labels
     seed: int = 0
+    retain_versions: int = 0  # after publishing keep the newest N versions (and the protected ones); 0: keep all
+    protected_versions: list[int] = field(default_factory=list)  # never deleted: the serving and canary versions
     ignored_keys: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)  # the document as given, for the content hash
 
@@ -88,6 +90,12 @@ def _str_list(value: Any, key: str) -> list[str]:
     return value
 
 
+def _int_list(value: Any, key: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TrainerError(f"config: {key} must be a list of integers, got {value!r}")
+    return value
+
+
 def _dict(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TrainerError(f"config: {key} must be an object, got {value!r}")
@@ -123,6 +131,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "trainerImage": ("trainer_image", _str),
     "labelNoise": ("label_noise", _number),
     "seed": ("seed", _int),
+    "retainVersions": ("retain_versions", _int),
+    "protectedVersions": ("protected_versions", _int_list),
 }
 
 
@@ -182,6 +192,10 @@ def _check_ranges(c: TrainerConfig) -> None:
         problems.append("sliceBins and sliceMinRows must be >= 1")
     if c.incremental_steps is not None and c.incremental_steps < 1:
         problems.append(f"incrementalSteps must be >= 1, got {c.incremental_steps}")
+    if c.retain_versions < 0 or any(v < 1 for v in c.protected_versions):
+        problems.append(
+            f"retainVersions must be >= 0 and protectedVersions >= 1, got {c.retain_versions}, {c.protected_versions}"
+        )
     if c.incremental and c.parent_version is None:
         problems.append("incremental training needs parentVersion (the champion to start from)")
     if c.target in c.features:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .datasource import MISSING_TEXT, BaseData, FeedbackRow
+from .columns import FLOAT, INT, FeatureColumn
+from .datasource import MISSING_TEXT, BaseData, FeedbackData
 from .errors import TrainerError
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
@@ -48,14 +49,20 @@ class LabelledTable:
         return sorted(set(self.y.tolist()))
 
 
-def feature_types_of(features: list[str], base: BaseData | None, feedback: Sequence[FeedbackRow]) -> dict[str, str]:
+def feature_types_of(features: list[str], base: BaseData | None, feedback: FeedbackData) -> dict[str, str]:
     """Base data decides the type when present (every value a number: numeric); else the feedback."""
     if base is not None:
         return {name: NUMERIC if base.columns[name].dtype == np.float64 else CATEGORICAL for name in features}
-    return {
-        name: NUMERIC if all(_is_numeric_value(row.features.get(name)) for row in feedback) else CATEGORICAL
-        for name in features
-    }
+    return {name: NUMERIC if _numeric_feedback(feedback.features.get(name)) else CATEGORICAL for name in features}
+
+
+def _numeric_feedback(column: FeatureColumn | None) -> bool:
+    """Every cell a number, null, "" or numeric text (a row without the key counts as null)."""
+    if column is None:
+        return True
+    if np.isnan(column.numbers[column.kinds == FLOAT]).any():  # a JSON NaN literal is not a usable number
+        return False
+    return all(_is_numeric_value(value) for value in column.others.values())
 
 
 def build_table(
@@ -63,7 +70,7 @@ def build_table(
     target: str,
     task: str,
     base: BaseData | None,
-    feedback: Sequence[FeedbackRow],
+    feedback: FeedbackData,
     stats: Counter,
     extra_columns: Sequence[str] = (),
 ) -> LabelledTable:
@@ -74,15 +81,17 @@ def build_table(
     names = [*features, *(name for name in extra_columns if name not in features)]
     types = feature_types_of(names, base, feedback)
     usable = _usable_feedback(feedback, names, stats)
+    rows = np.flatnonzero(usable).tolist()
     base_target = base.columns[target] if base is not None else np.array([], dtype=np.float64)
-    y, keep = label_column(base_target, [row.label for row in usable], task)
+    y, keep = label_column(base_target, [feedback.labels[row] for row in rows], task)
     n_base = len(base_target)
     stats["baseRowsWithoutLabel"] += int((~keep[:n_base]).sum())
     stats["feedbackRowsWithBadLabel"] += int((~keep[n_base:]).sum())
-    columns = {name: _feature_column(name, types[name], base, usable, stats)[keep] for name in names}
-    ts = np.concatenate([np.full(n_base, np.nan), np.array([r.ts for r in usable], dtype=np.float64)])
+    columns = {name: _feature_column(name, types[name], base, feedback, usable, stats)[keep] for name in names}
+    ts = np.concatenate([np.full(n_base, np.nan), feedback.ts[usable]])
     is_feedback = np.arange(len(keep)) >= n_base
-    served = np.concatenate([np.full(n_base, np.nan), served_errors(y[n_base:], [r.prediction for r in usable], task)])
+    served_values = [feedback.predictions[row] for row in rows]
+    served = np.concatenate([np.full(n_base, np.nan), served_errors(y[n_base:], served_values, task)])
     return LabelledTable(features, types, columns, y[keep], ts[keep], is_feedback[keep], served[keep])
 
 
@@ -101,26 +110,51 @@ def served_errors(labels: np.ndarray, predictions: list[Any], task: str) -> np.n
     return errors
 
 
-def _usable_feedback(feedback: Sequence[FeedbackRow], features: list[str], stats: Counter) -> list[FeedbackRow]:
-    usable = [row for row in feedback if all(name in row.features for name in features)]
-    stats["feedbackRowsMissingFeatures"] += len(feedback) - len(usable)
+def _usable_feedback(feedback: FeedbackData, features: list[str], stats: Counter) -> np.ndarray:
+    """Rows that have every feature (bool mask); the others are counted."""
+    usable = np.ones(len(feedback), dtype=bool)
+    for name in features:
+        column = feedback.features.get(name)
+        usable &= column.present() if column is not None else False
+    stats["feedbackRowsMissingFeatures"] += len(feedback) - int(usable.sum())
     return usable
 
 
 def _feature_column(
-    name: str, kind: str, base: BaseData | None, feedback: Sequence[FeedbackRow], stats: Counter
+    name: str, kind: str, base: BaseData | None, feedback: FeedbackData, usable: np.ndarray, stats: Counter
 ) -> np.ndarray:
     base_part = base.columns[name] if base is not None else np.array([], dtype=np.float64)
-    values = [row.features[name] for row in feedback]
+    column = feedback.features.get(name)
+    if column is None:  # no feedback row has it, so none is usable
+        column = FeatureColumn(np.empty(len(feedback)), np.zeros(len(feedback), dtype=np.int8))
     if kind == NUMERIC:
-        numbers = [_as_number(v) for v in values]
-        stats["nonNumericFeatureValues"] += sum(
-            1 for v, x in zip(values, numbers) if math.isnan(x) and v is not None and v != ""
-        )
-        return np.concatenate([base_part.astype(np.float64), np.array(numbers, dtype=np.float64)])
-    texts = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        return np.concatenate([base_part.astype(np.float64), _feedback_numbers(column, usable, stats)])
     base_texts = base_part if base_part.dtype == object else _floats_as_text(base_part)
-    return np.concatenate([base_texts, texts])
+    return np.concatenate([base_texts, _feedback_texts(column, usable)])
+
+
+def _feedback_numbers(column: FeatureColumn, usable: np.ndarray, stats: Counter) -> np.ndarray:
+    """The usable rows' cells as numbers (NaN where not one); text that is not a number is counted."""
+    numbers = column.numbers[usable]
+    bad = int(np.isnan(numbers[column.kinds[usable] == FLOAT]).sum())
+    position = np.cumsum(usable) - 1
+    for row, value in column.others.items():
+        if usable[row]:
+            number = numbers[position[row]] = _as_number(value)
+            bad += int(math.isnan(number) and value is not None and value != "")
+    stats["nonNumericFeatureValues"] += bad
+    return numbers
+
+
+def _feedback_texts(column: FeatureColumn, usable: np.ndarray) -> np.ndarray:
+    """The usable rows' cells as text, as ``str`` of their JSON value ("" for null)."""
+    numbers, kinds = column.numbers[usable].tolist(), column.kinds[usable].tolist()
+    texts = [str(int(x)) if k == INT else str(x) for x, k in zip(numbers, kinds)]
+    position = np.cumsum(usable) - 1
+    for row, value in column.others.items():
+        if usable[row]:
+            texts[position[row]] = "" if value is None else str(value)
+    return np.array(texts, dtype=object)
 
 
 def label_column(base_target: np.ndarray, feedback_labels: list[Any], task: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,8 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,16 @@ import sklearn
 
 from mfl_contracts import storage
 
-from . import datasource, estimators, evaluation, formats, plan, plots, registry, split
+from . import datasource, estimators, evaluation, formats, mirror, plan, plots, registry, split
 from .config import TrainerConfig
 from .errors import TrainerError
 from .summary import success_summary
 from .tables import LabelledTable, build_table
 
 Progress = Callable[[str], None]
+# Config keys that are not inputs of the model: a different mount path, or a retention setting changed between
+# a Job's retries, is the same run.
+NOT_INPUTS = frozenset({"storageRoot", "retainVersions", "protectedVersions"})
 INPUT_FORMAT = (
     "2-D array, one column per feature in `features` order; float64 when every feature is "
     "numeric, otherwise object dtype (categorical features as text)"
@@ -58,50 +61,57 @@ class TrainingRows:
     recipe_scores: dict[str, float] | None = None  # cross-fitted score of each recipe, when there was a cut
 
 
-def run(config: TrainerConfig, progress: Progress) -> dict[str, Any]:
+def run(config: TrainerConfig, progress: Progress, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train version ``config.version`` (or report it, if a run with the same inputs made it)."""
     started = time.monotonic()
     spec = estimators.estimator_spec(config.estimator, config.task)
     estimator = estimators.make_estimator(spec, config.hyperparameters, config.seed)
     if config.incremental:
         estimators.check_incremental(spec)
-    inputs = load_inputs(config, progress)
-    inputs.timings["load"] = time.monotonic() - started
-    previous = registry.existing_metadata(config.storage_root, config.model, config.version)
-    if previous is not None:
-        return _existing_result(config, previous, inputs.content_hashes, progress)
-    registry.require_writable(config.storage_root, config.model)
-    check_trainable(config, inputs.table)
-    estimators.check_features(spec, {name: inputs.table.feature_types[name] for name in inputs.features})
-    return train_and_publish(config, spec, estimator, inputs, progress, started)
+    with mirror.open_workspace(config, progress, env) as space:
+        config = replace(config, storage_root=space.root)  # s3 mode: the local mirror
+        inputs = load_inputs(config, progress, space)
+        inputs.timings["load"] = time.monotonic() - started
+        previous = registry.existing_metadata(config.storage_root, config.model, config.version)
+        if previous is not None:
+            summary = _existing_result(config, previous, inputs.content_hashes, progress, space)
+            space.retain(config, progress)  # a retry of a run that published but stopped before this
+            return summary
+        registry.require_writable(config.storage_root, config.model)
+        check_trainable(config, inputs.table)
+        estimators.check_features(spec, {name: inputs.table.feature_types[name] for name in inputs.features})
+        return train_and_publish(config, spec, estimator, inputs, progress, started, space)
 
 
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_inputs(config: TrainerConfig, progress: Progress) -> Inputs:
+def load_inputs(config: TrainerConfig, progress: Progress, space: mirror.Workspace) -> Inputs:
     root = storage.model_dir(config.storage_root, config.model)
     champion = _load_champion(config, progress)
+    files = datasource.base_files(root)
+    known = _features(config, champion, files)
+    # Only the columns the table uses are kept (all the features every row has, when they are inferred).
+    wanted = None if known is None else [*known, *_champion_extra(champion, known)]
     progress(f"loading feedback predicted in the data window ({_window_text(config)}) from {root}")
-    feedback = datasource.read_feedback(root, config.window_start, config.now)
+    feedback = datasource.read_feedback(root, config.window_start, config.now, space.feedback_dirs, wanted)
     progress(
-        f"feedback: {len(feedback.rows)} labelled rows from {feedback.files_read} files; "
+        f"feedback: {len(feedback)} labelled rows from {feedback.files_read} files; "
         f"skipped {dict(feedback.stats) or 'nothing'}"
     )
-    files = datasource.base_files(root)
-    features = _features(config, champion, files, feedback.rows)
-    extra = [name for name in (champion.metadata.get("features") or []) if name not in features] if champion else []
+    features = known if known is not None else _inferred_features(feedback)
+    extra = _champion_extra(champion, features)
     progress(f"loading base data: {len(files)} CSV files in {root / 'data'}")
     base = datasource.read_base_data(files, [*features, *extra, config.target])
-    if base is None and not feedback.rows:
+    if base is None and not len(feedback):
         raise TrainerError(
-            f"no data: no base data (*.csv) in {root / 'data'} and no labelled feedback in the "
+            f"no data: no base data (*.csv) in {space.where(root / 'data')} and no labelled feedback in the "
             f"data window ({_window_text(config)}; {feedback.files_read} partition files read)"
         )
     stats = Counter(feedback.stats)
     if base is not None and base.malformed_rows:
         stats["malformedBaseRows"] += base.malformed_rows
-    table = build_table(features, config.target, config.task, base, feedback.rows, stats, extra)
+    table = build_table(features, config.target, config.task, base, feedback, stats, extra)
     progress(
         f"rows: {int((~table.is_feedback).sum())} base + {int(table.is_feedback.sum())} feedback "
         f"= {len(table)} labelled rows, {len(features)} features"
@@ -119,10 +129,13 @@ def _load_champion(config: TrainerConfig, progress: Progress) -> Champion | None
     return Champion(config.parent_version, model, metadata, datasource.sha256_file(folder / storage.MODEL_FILE))
 
 
-def _features(
-    config: TrainerConfig, champion: Champion | None, files: list[Path], feedback: list[datasource.FeedbackRow]
-) -> list[str]:
-    """Configured features; else the champion's (incremental), the base header's, or the feedback's."""
+def _champion_extra(champion: Champion | None, features: list[str]) -> list[str]:
+    """Features only the champion uses: kept as columns, so it can score the holdout."""
+    return [name for name in (champion.metadata.get("features") or []) if name not in features] if champion else []
+
+
+def _features(config: TrainerConfig, champion: Champion | None, files: list[Path]) -> list[str] | None:
+    """Configured features; else the champion's (incremental) or the base header's; None: the feedback's."""
     champion_features = list(champion.metadata.get("features") or []) if champion else []
     if config.incremental and champion_features:
         if config.features and config.features != champion_features:
@@ -138,7 +151,11 @@ def _features(
         if config.target not in header:
             raise TrainerError(f"base data {files[0].name}: missing columns ['{config.target}'] (columns: {header})")
         return [name for name in header if name != config.target]
-    common = set.intersection(*(set(row.features) for row in feedback)) if feedback else set()
+    return None
+
+
+def _inferred_features(feedback: datasource.FeedbackData) -> list[str]:
+    common = feedback.common_features()
     if not common:
         raise TrainerError(
             "no features: config features is empty and there is no base data header or "
@@ -153,8 +170,7 @@ def _content_hashes(
     feedback: datasource.FeedbackData,
     champion: Champion | None,
 ) -> dict[str, Any]:
-    # The storage root is where the inputs are, not what they are: a different mount path is the same run.
-    recipe = {key: value for key, value in config.raw.items() if key != "storageRoot"}
+    recipe = {key: value for key, value in config.raw.items() if key not in NOT_INPUTS}
     return {
         "config": _sha256_json(recipe),
         "baseData": base.file_hashes if base is not None else {},
@@ -193,14 +209,18 @@ def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
 
 
 def _existing_result(
-    config: TrainerConfig, previous: dict[str, Any], hashes: dict[str, Any], progress: Progress
+    config: TrainerConfig,
+    previous: dict[str, Any],
+    hashes: dict[str, Any],
+    progress: Progress,
+    space: mirror.Workspace,
 ) -> dict[str, Any]:
     folder = storage.version_dir(config.storage_root, config.model, config.version)
     old = previous.get("contentHashes") or {}
     differing = sorted(key for key in set(old) | set(hashes) if old.get(key) != hashes.get(key))
     if differing:
         raise TrainerError(
-            f"version {config.version} already exists at {folder} with different inputs "
+            f"version {config.version} already exists at {space.where(folder)} with different inputs "
             f"({', '.join(differing)} differ); refusing to overwrite it"
         )
     progress(f"version {config.version} already exists with the same inputs: reporting it")
@@ -218,6 +238,7 @@ def train_and_publish(
     inputs: Inputs,
     progress: Progress,
     started: float,
+    space: mirror.Workspace,
 ) -> dict[str, Any]:
     table = inputs.table
     training = make_plan(config, inputs)
@@ -263,9 +284,12 @@ def train_and_publish(
             config.version,
             lambda folder: _write_files(folder, config, spec, model, metadata, report, y_judged, predictions),
         )
+        previous = space.publish(config.version, progress)
     except registry.VersionExists:
         previous = registry.existing_metadata(config.storage_root, config.model, config.version) or {}
-        return _existing_result(config, previous, inputs.content_hashes, progress)
+    if previous is not None:  # a concurrent or earlier run of this version published first
+        return _existing_result(config, previous, inputs.content_hashes, progress, space)
+    space.retain(config, progress)
     return success_summary(metadata, report, existing=False)
 
 
