@@ -35,6 +35,9 @@ so each one is verified, claimed on the store (one ``O_EXCL`` create: exactly-on
 and logged. Side by side with ``--baseline``, a revision exported with ``git archive`` and run by
 the same interpreter: by default the last one whose dedup was a per-replica in-memory LRU. Both
 suites run the baseline, so a change that moves ``/predict`` shows too.
+The storage modes of issue 20 (volume + claims, object store + PostgreSQL, two replicas sending the
+same labels, and how the stores grow) are measured side by side with that baseline by
+``benchmarks/feedback_storage.py``, which reuses this file's helpers.
 
     python benchmarks/server_throughput.py                   # logreg, 3 rounds of 2000 requests per cell
     python benchmarks/server_throughput.py --model hgb --requests 1000

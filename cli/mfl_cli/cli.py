@@ -47,6 +47,8 @@ BENCHMARKS = [
     "operator_scale.py",
     "training_scale.py",
     "server_throughput.py",
+    "feedback_storage.py",
+    "trainer_read.py",
     "ml_efficacy.py",
     "detection_latency.py",
 ]

@@ -27,10 +27,20 @@ from mfl_testbed.pytest_plugin import unavailable
 # Per image: the modules its entry point needs, and what must not be in it.
 IMPORTS = {
     "operator": ["feedbackloop.main", "feedbackloop.handlers"],
-    "server": ["mfl_server.app", "lightgbm"],
+    # psycopg (the label ledger), minio (the object store), mfl_server.fetch (an s3 Pod's init container).
+    "server": ["mfl_server.app", "lightgbm", "mfl_server.fetch", "psycopg", "psycopg_pool", "minio"],
     # lightgbm: estimator lightgbm; its wheel loads the system's OpenMP runtime (libgomp1).
-    "trainer": ["mfl_trainer.main", "lightgbm"],
-    "sidecar": ["mfl_server.sidecar", "aiohttp", "prometheus_client", "orjson", "uvloop"],
+    "trainer": ["mfl_trainer.main", "lightgbm", "psycopg", "minio", "orjson"],
+    "sidecar": [
+        "mfl_server.sidecar",
+        "mfl_server.fetch",
+        "aiohttp",
+        "prometheus_client",
+        "orjson",
+        "uvloop",
+        "psycopg",
+        "minio",
+    ],
     "mlserver": ["mlserver", "mlserver_sklearn", "mlserver_lightgbm", "mlserver_xgboost", "xgboost", "lightgbm"],
     # The default trainer and server plus Keras on JAX (requirements/keras.txt), for estimator keras_dense.
     "trainer-keras": ["mfl_trainer.main", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
