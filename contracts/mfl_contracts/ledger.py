@@ -1,11 +1,11 @@
 """The label ledger: every accepted label, exactly once, in PostgreSQL (object store + database mode).
 
 One table per tenant database, ``mfl_labels``, keyed by (model, prediction day, prediction id): a replica
-records a batch with ONE ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id`` and
-counts only the ids it gets back, after COMMIT. The primary key does what the claim files do on a volume
-(mfl_server.claims): whichever replica inserts an id first wins, the others see a duplicate, and a client's
-retry after a lost answer is a duplicate too, never a second count. The ledger IS the feedback log in this
-mode: the trainer and the CLI read it with ``read_labels``.
+records labels with ONE ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id`` (a
+transaction by itself) and counts only the ids it gets back, once the statement returned. The primary key
+does what the claim files do on a volume (mfl_server.claims): whichever replica inserts an id first wins, the
+others see a duplicate, and a client's retry after a lost answer is a duplicate too, never a second count.
+The ledger IS the feedback log in this mode: the trainer and the CLI read it with ``read_labels``.
 
 The table is partitioned by the prediction's UTC day, so retention drops whole days (``DROP TABLE``, no
 row-by-row DELETE). A day is dropped only when no replica can accept a label for it any more: the longest
@@ -47,13 +47,18 @@ SCHEMA = (
   model text PRIMARY KEY, keep_seconds double precision NOT NULL, updated double precision NOT NULL)""",
 )
 
-# Labels arrive as JSON text (the server's own encoder) and become jsonb here, per element.
+# Labels arrive as JSON text (the server's own encoder) and become jsonb here, per element. ``ts`` is per row:
+# one statement may carry several requests' labels (the server's group commit), each received at its own time.
+# Parameters in binary (%(...)b): psycopg dumps a text array element by element with an escaping regex, 2-3x
+# the CPU of the binary form (~0.75 ms against ~0.25 ms for 32 rows), on the server's event loop; the
+# database reads either at the same cost.
 INSERT_LABELS = f"""INSERT INTO {TABLE}
   (model, prediction_day, id, label, prediction, version, track, prediction_ts, ts)
-SELECT %(model)s, u.day, u.id, u.label::jsonb, u.prediction::jsonb, u.version, u.track, u.prediction_ts, %(ts)s
-FROM unnest(%(days)s::date[], %(ids)s::text[], %(labels)s::text[], %(predictions)s::text[],
-            %(versions)s::integer[], %(tracks)s::text[], %(prediction_ts)s::double precision[])
-  AS u(day, id, label, prediction, version, track, prediction_ts)
+SELECT %(model)b, u.day, u.id, u.label::jsonb, u.prediction::jsonb, u.version, u.track, u.prediction_ts, u.ts
+FROM unnest(%(days)b::date[], %(ids)b::text[], %(labels)b::text[], %(predictions)b::text[],
+            %(versions)b::integer[], %(tracks)b::text[], %(prediction_ts)b::double precision[],
+            %(ts)b::double precision[])
+  AS u(day, id, label, prediction, version, track, prediction_ts, ts)
 ON CONFLICT DO NOTHING
 RETURNING id"""
 
@@ -124,11 +129,15 @@ def ddl_statements(days: Iterable[date], schema: bool = False) -> list[str]:
     return head + (list(SCHEMA) if schema else []) + [partition_ddl(day) for day in sorted(set(days))]
 
 
-def insert_params(model: str, rows: Sequence[LabelRow], ts: float) -> dict[str, Any]:
-    """Parameters of INSERT_LABELS: one array per column, so a batch is one statement and one round trip."""
+def insert_params(model: str, rows: Sequence[LabelRow], ts: float | Sequence[float]) -> dict[str, Any]:
+    """Parameters of INSERT_LABELS: one array per column, so a batch is one statement and one round trip.
+    ``ts``: when the labels were received, one for all rows or one per row."""
+    received = [float(ts)] * len(rows) if isinstance(ts, (int, float)) else [float(value) for value in ts]
+    if len(received) != len(rows):
+        raise ValueError(f"{len(received)} receive times for {len(rows)} rows")
     return {
         "model": model,
-        "ts": ts,
+        "ts": received,
         "days": [day_of(row.prediction_ts) for row in rows],
         "ids": [row.id for row in rows],
         "labels": [row.label for row in rows],

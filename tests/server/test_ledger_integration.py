@@ -191,6 +191,141 @@ def test_a_retry_after_a_lost_answer_is_a_duplicate_never_a_second_count(tmp_pat
     assert count_rows(postgres_url) == 4 and counted(metrics) == 4
 
 
+# --- group commit: concurrent requests share one INSERT ------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def table_locked(url: str) -> AsyncIterator[None]:
+    """The server's inserts wait (a SHARE lock of another session) until the block ends. Off the loop, with
+    timeouts: a sync call waiting on the server's statements must not freeze them."""
+    blocker = await asyncio.to_thread(psycopg.connect, url, connect_timeout=5)
+    try:
+        await asyncio.to_thread(blocker.execute, "SET lock_timeout = '10s'")
+        await asyncio.to_thread(blocker.execute, "LOCK TABLE mfl_labels IN SHARE MODE")  # until rollback
+        yield
+    finally:
+        await asyncio.to_thread(blocker.rollback)
+        await asyncio.to_thread(blocker.close)
+
+
+def statement_sizes(server: ModelServer) -> list[int]:
+    """Rows of every INSERT the server runs from now on (its group writer's statement, wrapped)."""
+    writer = server.labels._writer
+    insert, sizes = writer._insert, []
+
+    async def counted_insert(rows: list[ledger.LabelRow], received: list[float]) -> set[str]:
+        sizes.append(len(rows))
+        return await insert(rows, received)
+
+    writer._insert = counted_insert
+    return sizes
+
+
+async def until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+def labelled(ids: list[str]) -> list[dict[str, Any]]:
+    return [{"id": row_id, "label": 1} for row_id in ids]
+
+
+async def behind_waiting_statements(
+    server: ModelServer, client: TestClient, ids: list[str], *batches: list[str]
+) -> tuple[list[asyncio.Task], list[int], int]:
+    """With the table locked: one request per statement slot (ids[0], ids[1]...) takes it and waits; then
+    ``batches`` are sent one after the other, each queued before the next is sent. The requests, the rows
+    of every statement, and the number of slots."""
+    writer, sizes = server.labels._writer, statement_sizes(server)
+    slots = writer._max_in_flight
+    sends = [asyncio.create_task(post_feedback(client, labelled([row_id]))) for row_id in ids[:slots]]
+    await until(lambda: len(sizes) == slots)
+    for n, batch in enumerate(batches, start=1):
+        sends.append(asyncio.create_task(post_feedback(client, labelled(batch))))
+        await until(lambda n=n: len(writer._queue) == n)
+    return sends, sizes, slots
+
+
+def test_concurrent_requests_share_one_insert_and_an_id_in_two_of_them_counts_once(tmp_path, postgres_url):
+    """While the statements wait, two requests queue (ids 5 and 6 in both): they go in as ONE statement of
+    10 rows; the first request queued wins ids 5 and 6, the second gets them as duplicates."""
+    write_model(tmp_path)
+
+    async def scenario() -> tuple[list[tuple[int, dict]], list[int], int, dict]:
+        async with ledger_serving(ledger_config(tmp_path, postgres_url)) as (server, client):
+            ids = (await predict(client, rows_of(synthetic(12, seed=8)[0])))["ids"]
+            async with table_locked(postgres_url):
+                sends, sizes, slots = await behind_waiting_statements(server, client, ids, ids[2:7], ids[5:12])
+            answers = await asyncio.gather(*sends)
+            return answers, sizes, slots, await metrics_of(client)
+
+    answers, sizes, slots, metrics = asyncio.run(scenario())
+    assert sizes == [1] * slots + [10]
+    assert [status for status, _ in answers] == [200] * (slots + 2)
+    assert [body["accepted"] for _, body in answers] == [1] * slots + [5, 5]
+    duplicates = [(entry["index"], entry["reason"]) for entry in answers[-1][1]["rejected"]]
+    assert duplicates == [(0, "duplicate"), (1, "duplicate")]
+    assert count_rows(postgres_url) == slots + 10 and counted(metrics) == slots + 10
+
+
+async def inserts_waiting(observer: psycopg.Connection, count: int, besides: set[int]) -> set[int]:
+    """The backends of the server's INSERTs waiting on the lock (but ``besides``), once there are ``count``.
+    ``observer``: autocommit (pg_stat_activity is a snapshot for the rest of a transaction)."""
+    query = """SELECT pid FROM pg_stat_activity WHERE application_name = 'mfl-server churn'
+      AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO mfl_labels%'"""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = await asyncio.to_thread(lambda: observer.execute(query).fetchall())
+        pids = {row[0] for row in rows} - besides
+        if len(pids) >= count:
+            return pids
+        assert time.monotonic() < deadline, f"{len(pids)} inserts waiting, not {count}"
+        await asyncio.sleep(0.01)
+
+
+async def terminate(observer: psycopg.Connection, pids: set[int]) -> None:
+    for pid in pids:
+        await asyncio.to_thread(observer.execute, "SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_failed_insert_fails_every_request_of_its_group_with_a_503(tmp_path, postgres_url):
+    """The server's connections are terminated while their INSERTs wait: the lone requests first, then the
+    group of three queued behind them, all get the 503 and make the replica unready (nothing acknowledged);
+    the client's retry records every label once."""
+    write_model(tmp_path)
+
+    async def scenario() -> tuple[list[tuple[int, dict]], list[int], int, list[str], int, dict]:
+        async with ledger_serving(ledger_config(tmp_path, postgres_url)) as (server, client):
+            ids = (await predict(client, rows_of(synthetic(11, seed=12)[0])))["ids"]
+            problems: list[str] = []
+            store_failed = server._store_failed
+            server._store_failed = lambda problem: (problems.append(problem), store_failed(problem))
+            observer = await asyncio.to_thread(psycopg.connect, postgres_url, connect_timeout=5, autocommit=True)
+            try:
+                async with table_locked(postgres_url):
+                    batches = [ids[2:5], ids[5:8], ids[8:11]]
+                    sends, sizes, slots = await behind_waiting_statements(server, client, ids, *batches)
+                    lone = await inserts_waiting(observer, slots, set())
+                    await terminate(observer, lone)
+                    await terminate(observer, await inserts_waiting(observer, 1, lone))  # the group's statement
+                    answers = await asyncio.gather(*sends)
+            finally:
+                await asyncio.to_thread(observer.close)
+            await wait_status(client, 200)
+            status, body = await post_feedback(client, labelled(ids[:slots] + ids[2:]))
+            assert status == 200, body
+            return answers, sizes, slots, problems, body["accepted"], await metrics_of(client)
+
+    answers, sizes, slots, problems, accepted, metrics = asyncio.run(scenario())
+    assert sizes[: slots + 1] == [1] * slots + [9]
+    assert [status for status, _ in answers] == [503] * (slots + 3), answers
+    assert all("cannot record feedback in the label database" in body["error"] for _, body in answers)
+    assert len(problems) == slots + 3 and all(p.startswith("the label database is unavailable") for p in problems)
+    assert accepted == slots + 9 and count_rows(postgres_url) == slots + 9 and counted(metrics) == slots + 9
+
+
 # --- outages and crashes -------------------------------------------------------------------------
 
 
@@ -403,11 +538,12 @@ def test_retention_deletes_old_log_objects_and_ledger_partitions_but_never_live_
 
     async def scenario() -> None:
         async with ledger_serving(config) as (server, _):  # ready: the probe created the live days' partitions
-            await asyncio.to_thread(execute, postgres_url, *(ledger.partition_ddl(day) for day in (old, kept)))
-            # Another loop on this database keeps its labels for 20 days: nothing younger goes.
+            # Another loop on this database keeps its labels for 20 days: nothing younger goes. Recorded before
+            # the old partition exists, so the server's own first sweep (in the background) cannot drop it either.
             await asyncio.to_thread(
                 execute, postgres_url, (ledger.RECORD_HORIZON, {"model": "other", "keep": 20.0 * DAY, "now": now})
             )
+            await asyncio.to_thread(execute, postgres_url, *(ledger.partition_ddl(day) for day in (old, kept)))
             await server.sweep(now)
             assert ledger.partition_name(old) in await asyncio.to_thread(partitions, postgres_url)
             await asyncio.to_thread(execute, postgres_url, "DELETE FROM mfl_label_horizons WHERE model = 'other'")

@@ -48,7 +48,7 @@ def test_a_batch_is_one_statement_with_one_array_per_column():
     params = ledger.insert_params("churn", rows, DAY1 + 2 * DAY)
     assert params == {
         "model": "churn",
-        "ts": DAY1 + 2 * DAY,
+        "ts": [DAY1 + 2 * DAY, DAY1 + 2 * DAY],  # one receive time for all rows: repeated per row
         "days": [date(2025, 11, 28), date(2025, 11, 29)],
         "ids": ["id-1", "id-2"],
         "labels": ["1", '"yes"'],
@@ -60,7 +60,14 @@ def test_a_batch_is_one_statement_with_one_array_per_column():
     sql = ledger.INSERT_LABELS
     assert sql.count("INSERT") == 1 and "unnest(" in sql and "ON CONFLICT DO NOTHING" in sql
     assert sql.rstrip().endswith("RETURNING id")
-    assert all(f"%({name})s" in sql for name in params)
+    assert all(f"%({name})b" in sql for name in params)  # binary: the cheap dump of long arrays
+
+
+def test_rows_of_several_requests_keep_each_their_receive_time():
+    rows = [ledger.LabelRow(f"id-{n}", "1", "0", 3, "stable", DAY1) for n in range(3)]
+    assert ledger.insert_params("churn", rows, [DAY1 + 1, DAY1 + 1, DAY1 + 2])["ts"] == [DAY1 + 1, DAY1 + 1, DAY1 + 2]
+    with pytest.raises(ValueError, match="2 receive times for 3 rows"):
+        ledger.insert_params("churn", rows, [DAY1, DAY1])
 
 
 @pytest.mark.parametrize(
