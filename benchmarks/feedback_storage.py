@@ -9,8 +9,8 @@ Rows, each at batch 1 and 32 (labels per ``/feedback`` request), every label new
 - **volume + claims**: this checkout on a volume (today's default mode): one ``O_EXCL`` claim file per label,
   then a line of the daily feedback JSON-lines file;
 - **object store + PostgreSQL**: this checkout with ``MFL_S3_*`` (prediction log: gzip segments in SeaweedFS)
-  and ``MFL_DATABASE_URL`` (labels: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per request, acknowledged
-  after COMMIT);
+  and ``MFL_DATABASE_URL`` (labels: the requests queued meanwhile in one autocommit ``INSERT ... ON CONFLICT DO
+  NOTHING RETURNING``, acknowledged once it returned);
 - **2 replicas, same labels**: two object store + PostgreSQL servers sharing the bucket and the database; the
   load generator splits its concurrency between them and sends every label to both, so each label races
   itself. Reported: labels/s acknowledged as new, the duplicates, and a check that every label is stored once
