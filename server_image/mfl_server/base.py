@@ -7,7 +7,8 @@ sidecar's image has neither.
 
 A label is recorded once across replicas and restarts by the server's label recorder (mfl_server.labels):
 on a volume its claim file comes first, then the log line; with a database (MFL_DATABASE_URL) one INSERT
-for the requests queued meanwhile (group commit, mfl_server.ledger_labels). The metrics move only for what was recorded, after it was.
+for the requests queued meanwhile (group commit, mfl_server.ledger_labels). The metrics move only for what
+was recorded, after it was.
 Predictions are logged to daily JSON-lines files on the volume, or to gzip segments in an object store
 (MFL_S3_BUCKET, mfl_server.segments).
 The server is not ready while the store or the database cannot be written: a failed write says so at
