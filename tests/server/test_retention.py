@@ -91,3 +91,39 @@ def test_without_retention_logs_are_kept(tmp_path):
     finally:
         server.close()
     assert listed(tmp_path, "predictions") == ["date=2020-01-01"]
+
+
+def store_size(root) -> tuple[int, int]:
+    """(files, bytes) under the model's folder."""
+    files = [path for path in (root / "churn").rglob("*") if path.is_file()]
+    return len(files), sum(path.stat().st_size for path in files)
+
+
+def test_the_store_stays_bounded_over_a_simulated_month_and_more(tmp_path):
+    """60 days of the same daily traffic (prediction and feedback logs, one claim per label), the hourly sweep
+    run at the end of each day: the store grows for the retention (10 days) plus the day being written,
+    then stays flat, where before this issue it grew by a day's worth every day."""
+    config = server_config(tmp_path, retention_log_seconds=KEEP, feedback_max_age=2 * DAY)
+    server = ModelServer(config)
+    daily_lines, labels = 200, 50
+    sizes = []
+    try:
+        for offset in range(60):
+            day = (date(2025, 11, 28) + timedelta(days=offset)).isoformat()
+            for folder, lines in (("predictions", daily_lines), ("feedback", labels)):
+                path = tmp_path / "churn" / folder / f"date={day}"
+                path.mkdir(parents=True)
+                (path / "host-1.jsonl").write_text('{"id": "x", "features": {"f0": 1.0}}\n' * lines)
+            shard = tmp_path / "churn" / "feedback-claims" / f"date={day}" / "ab"
+            shard.mkdir(parents=True)
+            for index in range(labels):
+                (shard / f"{index:030x}").touch()
+            asyncio.run(server.sweep(DAY1 + (offset + 1) * DAY - 1))  # the day's last sweep
+            sizes.append(store_size(tmp_path))
+    finally:
+        server.close()
+    daily_files, daily_bytes = 2 + labels, sizes[0][1]
+    kept_days = KEEP // DAY + 1
+    assert sizes[-1] == sizes[30] == sizes[15]  # flat once the retention is full
+    assert sizes[-1][0] <= kept_days * daily_files and sizes[-1][1] <= kept_days * daily_bytes
+    assert sizes[-1][0] < 60 * daily_files / 4  # without retention: 60 days of files
