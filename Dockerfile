@@ -195,7 +195,7 @@ COPY --from=operator-deps /opt/mfl /opt/mfl
 COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
 COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
 ENV PATH=/opt/mfl/bin:$PATH
-RUN python -c "import feedbackloop.main, feedbackloop.handlers"
+RUN python -c "import feedbackloop.main, feedbackloop.runtime.handlers"
 USER 65532:65532
 # 8000: the operator's metrics; 8080: kopf's liveness endpoint.
 EXPOSE 8000 8080

@@ -24,7 +24,7 @@ run: python-deps  ## install, then run the operator against the current kubeconf
 test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test
 	$(call timed,tests,$(PYTHON) -m pytest -ra)
 
-lint: python-deps  ## ruff (lint + format), mypy --strict on the pure core ([tool.mypy]) and the import contracts of pyproject.toml's [tool.importlinter]
+lint: python-deps  ## ruff (lint + format), mypy --strict on the whole operator package ([tool.mypy]) and the import contracts of pyproject.toml's [tool.importlinter]
 	$(call timed,lint,$(PYTHON) -m ruff check . && $(PYTHON) -m mypy && $(PYTHON) -m ruff format --check . && $(VENV)/bin/lint-imports)
 
 deps: system-deps python-deps control-plane images

@@ -1,7 +1,7 @@
 """Simulate canary analyses: the sequential test against per-interval raw thresholds and z-tests.
 
 Labelled feedback arrives per interval in both arms; every judge looks after every interval. Judges:
-  sequential            this project's test (feedbackloop.analysis.sequential), evaluated vectorized
+  sequential            this project's test (feedbackloop.core.analysis.sequential), evaluated vectorized
   raw diff, N=k         Flagger/Argo style: an interval whose canary accuracy is below stable - margin is a
                         failed check; roll back at the k-th failed check, promote after `raw_intervals`
   raw acc >= min, N=3   the same with a fixed floor (stable accuracy - margin) on the canary alone
@@ -25,15 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from feedbackloop.analysis.latency import (
+from feedbackloop.core.analysis.latency import (
     LatencyDesign,
     histogram_quantile,
     latency_decision,
     ratio_bounds,
     value_at_rank,
 )
-from feedbackloop.analysis.machine import PROJECTION_AFTER
-from feedbackloop.analysis.sequential import (
+from feedbackloop.core.analysis.machine import PROJECTION_AFTER
+from feedbackloop.core.analysis.sequential import (
     NonInferiorityDesign,
     decision_probability,
     difference_and_information,

@@ -71,10 +71,10 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from feedbackloop import api
-from feedbackloop.canary import ArmCounts, CanaryObservation
-from feedbackloop.monitoring import Health, RuleState, Sample, evaluate_rule, rule_state_from_status, summarize
-from feedbackloop.phases import (
+from feedbackloop.core import api
+from feedbackloop.core.canary import ArmCounts, CanaryObservation
+from feedbackloop.core.monitoring import Health, RuleState, Sample, evaluate_rule, rule_state_from_status, summarize
+from feedbackloop.core.phases import (
     EnsureCanary,
     EnsureStable,
     Event,
@@ -85,7 +85,7 @@ from feedbackloop.phases import (
     World,
     decide,
 )
-from feedbackloop.timeutil import parse_time
+from feedbackloop.core.timeutil import parse_time
 from mfl_testbed import datasets
 from mfl_trainer import plan, split
 

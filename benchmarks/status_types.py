@@ -3,7 +3,7 @@
 Per reconcile the engine copies the loop's status (decide never mutates its input). A pydantic status
 would add a model_validate and a model_dump(by_alias, exclude_none) to that. This times both on the
 largest status a loop carries (a canary with its evidence, conditions and history) and scales them to
-one poll of a 2,000-loop fleet. The figures are in operator/feedbackloop/status.py's docstring.
+one poll of a 2,000-loop fleet. The figures are in operator/feedbackloop/core/status.py's docstring.
 
     python benchmarks/status_types.py
 """
@@ -14,7 +14,7 @@ import copy
 import time
 from typing import Any
 
-from feedbackloop import api
+from feedbackloop.core import api
 
 EVIDENCE = [
     {"name": n, "decision": "Pending", "message": "m" * 60, "values": {"a": 1.0, "b": 2.0, "c": 3.0}}

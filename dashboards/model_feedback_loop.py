@@ -1,6 +1,6 @@
 """The model-feedback-loop Grafana dashboard, built with grafana-foundation-sdk's typed builders.
 
-Fleet rows read the operator's metrics (operator/feedbackloop/metrics.py) and the recording rules of
+Fleet rows read the operator's metrics (operator/feedbackloop/runtime/metrics.py) and the recording rules of
 manifests/monitoring/rules.yaml; the per-loop rows read the model servers' series (docs/contracts.md),
 selected by `$namespace` and `$model` (a loop's `spec.model.name`, the label every server series has).
 """

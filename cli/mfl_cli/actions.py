@@ -1,4 +1,4 @@
-"""The write verbs: the annotations the operator reads (feedbackloop.phases), when writing one makes sense,
+"""The write verbs: the annotations the operator reads (feedbackloop.core.phases), when writing one makes sense,
 and what to tell the user. Pure functions; the adapter (mfl_cli.kube) writes the patch."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from feedbackloop import api, phases
+from feedbackloop.core import api, phases
 
 CANARY_VERBS = ("promote", "abort", "pause", "resume")
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from feedbackloop.timeutil import format_time
+from feedbackloop.core.timeutil import format_time
 from mfl_cli import kube, stores, views
 from mfl_cli.views import table
 from mfl_contracts.objectstore import ArtifactStore, NotFound, StoreError, VolumeStore
@@ -496,7 +496,7 @@ def cmd_feedback_import(args: argparse.Namespace, loops: kube.Loops | None) -> i
     return labels.import_labels(rows, skipped, sender, target, args.batch)
 
 
-# The requests the operator reads as annotations (feedbackloop.phases.REQUEST_ANNOTATIONS; a test keeps
+# The requests the operator reads as annotations (feedbackloop.core.phases.REQUEST_ANNOTATIONS; a test keeps
 # the two equal). Listed here so that building the parser does not import the operator's decision code.
 WRITE_VERBS = {
     "promote": "promote the running canary now",

@@ -23,7 +23,7 @@ from mfl_cli.kube import CliError, Loops, first_line, parse_status
 from mfl_cli.views import table
 
 ID_COLUMN, LABEL_COLUMN = "id", "label"
-SERVICE_PORT = "http"  # the loop's Service port (feedbackloop.resources.service)
+SERVICE_PORT = "http"  # the loop's Service port (feedbackloop.core.resources.service)
 SHOWN_ID = 24  # characters of an id in the table; the row number finds it in the file
 ACCEPTED, DUPLICATE, REFUSED = "accepted", "duplicate", "refused"
 # What answered a batch: (HTTP status, body).
@@ -46,7 +46,7 @@ class Outcome:
 
 
 # --- the loop's Service ----------------------------------------------------------------------------------
-# Named as the operator names it (feedbackloop.resources.service_name; a test keeps the two equal), copied so
+# Named as the operator names it (feedbackloop.core.resources.service_name; a test keeps the two equal), copied so
 # that the CLI does not import the operator's resource code.
 DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_LABEL = 63

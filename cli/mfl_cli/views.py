@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from feedbackloop.timeutil import parse_time
+from feedbackloop.core.timeutil import parse_time
 
 FORMATS = ("json", "yaml")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import api, phases
+from feedbackloop.core import api, phases
 
 _DROPPED_KEYS = {"title", "x-mfl-duration"}
 

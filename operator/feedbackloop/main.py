@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once in the kubeconfig
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address)
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from feedbackloop.runtime import handlers  # noqa: F401  (registers the handlers)
 
     namespaces = watched_namespaces(args.namespace, os.environ.get("MFL_WATCH_NAMESPACES", ""))
     settings = kopf.OperatorSettings()

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from feedbackloop.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
+from feedbackloop.core.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
 from mfl_testbed import node as node_module
 from mfl_testbed.controlplane import ControlPlane, binaries_dir
 from mfl_testbed.netutil import free_port, wait_until

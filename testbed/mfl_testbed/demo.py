@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from feedbackloop import resources
-from feedbackloop.timeutil import parse_time
+from feedbackloop.core import resources
+from feedbackloop.core.timeutil import parse_time
 
 from . import datasets
 

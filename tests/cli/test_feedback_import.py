@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from feedbackloop import resources
+from feedbackloop.core import resources
 from mfl_cli import cli, labels
 from tests.server.test_app import jsonl, predict, rows_of, run, server_config, serving, synthetic, write_model
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedbackloop import phases
-from feedbackloop.timeutil import parse_time
+from feedbackloop.core import phases
+from feedbackloop.core.timeutil import parse_time
 from mfl_cli import actions, cli, kube, views
 
 EXAMPLE = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests" / "examples" / "loop.yaml").read_text())

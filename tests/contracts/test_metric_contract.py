@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from feedbackloop import api, canary_queries, monitoring
+from feedbackloop.core import api, monitoring
+from feedbackloop.runtime import canary_queries
 from mfl_server.metrics import ServerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

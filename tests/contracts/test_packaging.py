@@ -11,7 +11,7 @@ from typing import get_args
 
 import pytest
 
-from feedbackloop import api
+from feedbackloop.core import api
 from mfl_contracts.estimators import CLASSIFIERS, ESTIMATORS, REGRESSORS
 from mfl_trainer import estimators
 

@@ -33,7 +33,7 @@ PACKAGES = {
 }
 # What each image runs, and the requirement files its venv installs (Dockerfile).
 ENTRY_MODULES = {
-    "operator": ["feedbackloop.main", "feedbackloop.handlers"],
+    "operator": ["feedbackloop.main", "feedbackloop.runtime.handlers"],
     "server": ["mfl_server.app"],
     # `mfl demo --kubeconfig` runs the demo's traffic in the trainer image (its code from a ConfigMap).
     "trainer": ["mfl_trainer.main", "mfl_testbed.traffic"],
@@ -57,7 +57,7 @@ OTHER_BACKENDS = {"tensorflow", "tensorflow-cpu", "torch"}
 KERAS = {"keras", "jax", "jaxlib"} | OTHER_BACKENDS
 # Heavy packages an image must not pull in through its requirements (directly or as a dependency).
 FORBIDDEN = {
-    # scipy: the latency check's log Phi is feedbackloop.analysis.normal (112 MB less in the image).
+    # scipy: the latency check's log Phi is feedbackloop.core.analysis.normal (112 MB less in the image).
     "operator": {"scikit-learn", "scipy", "matplotlib", "pandas"} | KERAS,
     "server": {"kopf", "kubernetes", "matplotlib", "pandas"} | KERAS,
     "trainer": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"} | KERAS,
@@ -260,10 +260,10 @@ def test_no_component_lists_what_its_image_must_not_carry(component: str) -> Non
 def test_the_operator_imports_no_scipy_at_run_time() -> None:
     """Nor does anything it imports (kopf, kubernetes, numpy, prometheus-api-client): its image has none."""
     probe = (
-        "import sys, feedbackloop.main, feedbackloop.handlers; "
+        "import sys, feedbackloop.main, feedbackloop.runtime.handlers; "
         "print(sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules if m.startswith('feedback')}))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     loaded = set(ast.literal_eval(result.stdout.strip()))
-    assert "feedbackloop.analysis.latency" in loaded  # the one module that used scipy, loaded at start-up
+    assert "feedbackloop.core.analysis.latency" in loaded  # the one module that used scipy, loaded at start-up
     assert not loaded & {"scipy", "sklearn", "pandas", "matplotlib"}, sorted(loaded)

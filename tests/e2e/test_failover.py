@@ -32,7 +32,7 @@ MIN_KILLS = 10
 BUDGET_SECONDS = 420  # for the rounds; setup and teardown come on top
 # Kills planned per phase and round, each after a random delay (seconds) within the phase.
 PLAN = {"Monitoring": (2, (1.0, 6.0)), "Retraining": (2, (0.5, 4.0)), "Canary": (3, (1.0, 8.0))}
-LEASE_SECONDS, RETRY_SECONDS = 15, 2  # the defaults (operator/feedbackloop/leader.py Timing)
+LEASE_SECONDS, RETRY_SECONDS = 15, 2  # the defaults (operator/feedbackloop/runtime/leader.py Timing)
 
 
 @dataclass

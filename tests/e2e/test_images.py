@@ -26,7 +26,7 @@ from mfl_testbed.pytest_plugin import unavailable
 
 # Per image: the modules its entry point needs, and what must not be in it.
 IMPORTS = {
-    "operator": ["feedbackloop.main", "feedbackloop.handlers"],
+    "operator": ["feedbackloop.main", "feedbackloop.runtime.handlers"],
     # psycopg (the label ledger), minio (the object store), mfl_server.fetch (an s3 Pod's init container).
     "server": ["mfl_server.app", "lightgbm", "mfl_server.fetch", "psycopg", "psycopg_pool", "minio"],
     # lightgbm: estimator lightgbm; its wheel loads the system's OpenMP runtime (libgomp1).
@@ -59,7 +59,7 @@ OTHER_BACKENDS = ["tensorflow", "torch"]
 KERAS = ["keras", "jax", "jaxlib", *OTHER_BACKENDS]
 ABSENT = {
     # No image ships the test bed (mfl_testbed): it is a distribution of its own.
-    # No scipy: the latency check's log Phi is pure Python (feedbackloop.analysis.normal).
+    # No scipy: the latency check's log Phi is pure Python (feedbackloop.core.analysis.normal).
     "operator": ["sklearn", "scipy", "matplotlib", "pandas", "mfl_testbed", *KERAS, *BUILD_TOOLS],
     "server": ["kopf", "kubernetes", "matplotlib", "pandas", "prometheus_api_client", "mfl_testbed"]
     + KERAS

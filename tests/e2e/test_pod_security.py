@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from feedbackloop import api, resources
+from feedbackloop.core import api, resources
 
 PROBE = (
     "import os, getpass, json\n"

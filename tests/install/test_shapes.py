@@ -11,7 +11,8 @@ import kopf
 import pytest
 import yaml
 
-from feedbackloop import leader, main
+from feedbackloop import main
+from feedbackloop.runtime import leader
 from mfl_testbed.pytest_plugin import unavailable
 
 from .shapes import (

@@ -12,7 +12,7 @@ import prometheus_client
 import pytest
 
 from dashboards import generate
-from feedbackloop import metrics as operator_metrics
+from feedbackloop.runtime import metrics as operator_metrics
 from mfl_server.metrics import ServerMetrics
 from mfl_testbed.prometheus import Prometheus
 from mfl_testbed.pytest_plugin import start_component

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedbackloop import api, monitoring, promql
+from feedbackloop.core import api, monitoring, promql
 from mfl_server.metrics import ServerMetrics
 from mfl_testbed.prometheus import Prometheus
 from mfl_testbed.pytest_plugin import start_component

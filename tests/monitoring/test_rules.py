@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from dashboards import generate
-from feedbackloop import api, monitoring, promql, resources
+from feedbackloop.core import api, monitoring, promql, resources
 
 from .tools import (
     COMPONENT,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop import resources
-from feedbackloop.engine import Engine, Settings
-from feedbackloop.poller import EndpointKey, Series
+from feedbackloop.core import resources
+from feedbackloop.runtime.engine import Engine, Settings
+from feedbackloop.runtime.poller import EndpointKey, Series
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

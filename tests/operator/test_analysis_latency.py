@@ -1,4 +1,4 @@
-"""The latency check from histogram buckets (feedbackloop.analysis.latency)."""
+"""The latency check from histogram buckets (feedbackloop.core.analysis.latency)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from scipy.special import log_ndtr
 from scipy.stats import mannwhitneyu, norm
 
-from feedbackloop.analysis import latency
-from feedbackloop.analysis.latency import (
+from feedbackloop.core.analysis import latency
+from feedbackloop.core.analysis.latency import (
     HistogramObservation,
     LatencyDesign,
     bin_counts,
@@ -23,7 +23,7 @@ from feedbackloop.analysis.latency import (
     rank_test,
     value_at_rank,
 )
-from feedbackloop.analysis.outcome import Outcome
+from feedbackloop.core.analysis.outcome import Outcome
 
 EDGES = 0.01 * 1.25 ** np.arange(25)  # fine buckets, 10 ms .. 2.1 s
 DESIGN = LatencyDesign(alpha=0.05, beta=0.10, max_increase=0.2, min_samples=500)

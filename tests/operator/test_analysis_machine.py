@@ -1,4 +1,4 @@
-"""The analysis state machine, its configuration and the threshold judge (feedbackloop.analysis)."""
+"""The analysis state machine, its configuration and the threshold judge (feedbackloop.core.analysis)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from feedbackloop.analysis import (
+from feedbackloop.core.analysis import (
     AnalysisConfig,
     AnalysisState,
     CountObservation,
@@ -26,9 +26,9 @@ from feedbackloop.analysis import (
     judge_threshold,
     start_analysis,
 )
-from feedbackloop.analysis.machine import LatencyCheck, duration_seconds
-from feedbackloop.api import Analysis
-from feedbackloop.canary import analysis_config
+from feedbackloop.core.analysis.machine import LatencyCheck, duration_seconds
+from feedbackloop.core.api import Analysis
+from feedbackloop.core.canary import analysis_config
 
 ACCURACY_ONLY = AnalysisConfig(latency=LatencyCheck(enabled=False), max_duration_seconds=3600)
 EQUAL = CountObservation(2700, 3000, 2700, 3000)

@@ -1,4 +1,4 @@
-"""log Phi(x) without scipy (feedbackloop.analysis.normal): against scipy.special.log_ndtr and a 60-digit reference.
+"""log Phi(x) without scipy (core.analysis.normal): against scipy.special.log_ndtr and a 60-digit reference.
 
 scipy stays in the test venv (scikit-learn, the trainer's, needs it; requirements/test.txt lists it), never in
 the operator image.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.special import log_ndtr as scipy_log_ndtr
 
-from feedbackloop.analysis.normal import log_ndtr, log_ndtr_array
+from feedbackloop.core.analysis.normal import log_ndtr, log_ndtr_array
 
 # Below this, -Phi(-x) (x > ~37) is subnormal: both sides keep only a few bits, compared absolutely.
 SUBNORMAL = 1e-300

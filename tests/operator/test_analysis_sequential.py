@@ -1,4 +1,4 @@
-"""The sequential non-inferiority test on counts (feedbackloop.analysis.sequential)."""
+"""The sequential non-inferiority test on counts (feedbackloop.core.analysis.sequential)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from feedbackloop.analysis.outcome import Outcome
-from feedbackloop.analysis.sequential import (
+from feedbackloop.core.analysis.outcome import Outcome
+from feedbackloop.core.analysis.sequential import (
     CountObservation,
     NonInferiorityDesign,
     decision_boundaries,

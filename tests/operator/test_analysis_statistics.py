@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from feedbackloop.analysis import AnalysisConfig, CountObservation, LatencyCheck, Phase, evaluate, start_analysis
-from feedbackloop.analysis.latency import LatencyDesign, latency_decision, ratio_bounds
-from feedbackloop.analysis.sequential import NonInferiorityDesign, difference_and_information, log_likelihood_ratio
+from feedbackloop.core.analysis import AnalysisConfig, CountObservation, LatencyCheck, Phase, evaluate, start_analysis
+from feedbackloop.core.analysis.latency import LatencyDesign, latency_decision, ratio_bounds
+from feedbackloop.core.analysis.sequential import NonInferiorityDesign, difference_and_information, log_likelihood_ratio
 
 DESIGN = NonInferiorityDesign(alpha=0.05, beta=0.10, max_degradation=0.02, detectable_degradation=0.03, min_samples=200)
 STREAMS, LOOKS = 1000, 40

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from feedbackloop import api, crdgen
+from feedbackloop import crdgen
+from feedbackloop.core import api
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "modelfeedbackloops.feedbackloop.dev.yaml"

@@ -22,10 +22,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from feedbackloop import api, phases, resources
-from feedbackloop.canary import ArmCounts, CanaryObservation
-from feedbackloop.gate import offline_gate, sign_test_p
-from feedbackloop.phases import (
+from feedbackloop.core import api, phases, resources
+from feedbackloop.core.canary import ArmCounts, CanaryObservation
+from feedbackloop.core.gate import offline_gate, sign_test_p
+from feedbackloop.core.phases import (
     AWAITING_CONFIRMATION,
     EnsureCanary,
     EnsureStable,
@@ -37,7 +37,7 @@ from feedbackloop.phases import (
     decide,
     retrain_blocker,
 )
-from feedbackloop.timeutil import format_time
+from feedbackloop.core.timeutil import format_time
 from mfl_trainer import config as trainer_config_module
 
 from .fake_kube import FakeKube, FakePrometheus, Harness

@@ -11,9 +11,10 @@ from typing import Any
 import pydantic
 import pytest
 
-from feedbackloop import api, observe, phases, resources
-from feedbackloop.phases import EnsureCanary, EnsureStable, RemoveCanary, ServingObservation, decide
-from feedbackloop.timeutil import format_time
+from feedbackloop.core import api, phases, resources
+from feedbackloop.core.phases import EnsureCanary, EnsureStable, RemoveCanary, ServingObservation, decide
+from feedbackloop.core.timeutil import format_time
+from feedbackloop.runtime import observe
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 from .test_engine_cycle import canary_running, loop, reasons, writes

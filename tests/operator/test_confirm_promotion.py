@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from feedbackloop import api, notify
-from feedbackloop.phases import AWAITING_CONFIRMATION, EnsureStable, RemoveCanary, awaiting_promotion, decide
-from feedbackloop.timeutil import format_time
+from feedbackloop.core import api
+from feedbackloop.core.phases import AWAITING_CONFIRMATION, EnsureStable, RemoveCanary, awaiting_promotion, decide
+from feedbackloop.core.timeutil import format_time
+from feedbackloop.runtime import notify
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 from .test_engine_cycle import T0, loop, reasons, trained

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedbackloop import api, crdgen
+from feedbackloop import crdgen
+from feedbackloop.core import api
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -53,7 +54,7 @@ def test_every_field_has_a_description():
     ]
     assert not missing, (
         "fields without a description; add Field(description=...) (or a class docstring for an object) "
-        "in operator/feedbackloop/api.py, then `make crd`: " + ", ".join(missing)
+        "in operator/feedbackloop/core/api.py, then `make crd`: " + ", ".join(missing)
     )
 
 

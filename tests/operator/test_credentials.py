@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedbackloop.credentials import ALLOWED_HOSTS, redact, token_refusal
+from feedbackloop.core.credentials import ALLOWED_HOSTS, redact, token_refusal
 
 OPTED_IN = {ALLOWED_HOSTS: "prometheus.monitoring.svc, thanos.example.com:443"}
 

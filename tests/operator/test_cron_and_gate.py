@@ -2,8 +2,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from feedbackloop import api, cron
-from feedbackloop.gate import offline_gate
+from feedbackloop.core import api, cron
+from feedbackloop.core.gate import offline_gate
 
 
 def ts(text):

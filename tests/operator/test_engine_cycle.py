@@ -269,7 +269,7 @@ def test_prometheus_down_during_a_canary_neither_rolls_back_nor_promotes_and_the
 
 
 def test_a_query_prometheus_refuses_is_an_error_that_ends_the_canary(bed: Harness) -> None:
-    from feedbackloop.poller import QueryRejected
+    from feedbackloop.runtime.poller import QueryRejected
 
     now = canary_running(bed)
     bed.cycle(now)

@@ -1,6 +1,6 @@
 """The pure helpers of observe, act and record: what is worth a status write, merge patches, drift of owned objects."""
 
-from feedbackloop import act, observe, record
+from feedbackloop.runtime import act, observe, record
 
 
 def status(value, state="Healthy", message="m"):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from feedbackloop import api
-from feedbackloop import observe as observe_module
-from feedbackloop.engine import Engine
-from feedbackloop.fleet import LoopMemory
-from feedbackloop.monitoring import Sample
-from feedbackloop.poller import PollStats
+from feedbackloop.core import api
+from feedbackloop.core.fleet import LoopMemory
+from feedbackloop.core.monitoring import Sample
+from feedbackloop.runtime import observe as observe_module
+from feedbackloop.runtime.engine import Engine
+from feedbackloop.runtime.poller import PollStats
 
 ACCURACY = 'test_model_accuracy{model="{{model}}",namespace="{{namespace}}"}'
 

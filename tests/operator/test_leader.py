@@ -1,4 +1,4 @@
-"""Leader election (feedbackloop.leader): the pure step function over every combination of its inputs, a
+"""Leader election (feedbackloop.runtime.leader): the pure step function over every combination of its inputs, a
 seeded simulation of crashes, outages and slow writes that never finds two actors, and the asyncio edge
 against an in-memory Lease store with the API server's optimistic concurrency."""
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from feedbackloop import leader, metrics
-from feedbackloop.leader import Holding, Observation, Step, Timing
+from feedbackloop.runtime import leader, metrics
+from feedbackloop.runtime.leader import Holding, Observation, Step, Timing
 
 ME, OTHER = "feedbackloop-operator-abc", "feedbackloop-operator-xyz"
 

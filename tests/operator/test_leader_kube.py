@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from feedbackloop import leader
+from feedbackloop.runtime import leader
 
 PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/?]+))?")
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from feedbackloop.api import MetricRule, Monitoring
-from feedbackloop.monitoring import (
+from feedbackloop.core.api import MetricRule, Monitoring
+from feedbackloop.core.monitoring import (
     BREACHING,
     HEALTHY,
     NO_DATA,
@@ -115,8 +115,8 @@ def test_default_rules_cover_accuracy_errors_latency():
 
 
 def test_no_data_for_a_new_version_is_awaited_but_failures_and_lost_data_warn():
-    from feedbackloop.monitoring import Health, RuleState
-    from feedbackloop.phases import awaiting_first_data
+    from feedbackloop.core.monitoring import Health, RuleState
+    from feedbackloop.core.phases import awaiting_first_data
 
     fresh = RuleState(message="accuracy: query returned no data; holding NoData")
     failed = RuleState(message="accuracy: connection refused; holding NoData", failed=True)
@@ -127,8 +127,8 @@ def test_no_data_for_a_new_version_is_awaited_but_failures_and_lost_data_warn():
 
 
 def test_a_failed_query_is_marked_failed_and_an_empty_answer_is_not():
-    from feedbackloop.api import MetricRule
-    from feedbackloop.monitoring import RuleState, Sample, evaluate_rule
+    from feedbackloop.core.api import MetricRule
+    from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule
 
     rule = MetricRule(name="accuracy", query="q", min=0.8)
     assert evaluate_rule(rule, RuleState(), Sample(None, 1.0, error="HTTP 503")).failed

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from feedbackloop import api, metrics, notify
-from feedbackloop.api import Webhook, describe_validation_error, validate_spec
-from feedbackloop.notify import Notifier
-from feedbackloop.phases import Event
+from feedbackloop.core import api
+from feedbackloop.core.api import Webhook, describe_validation_error, validate_spec
+from feedbackloop.core.phases import Event
+from feedbackloop.runtime import metrics, notify
+from feedbackloop.runtime.notify import Notifier
 
 LOOP = {"metadata": {"namespace": "team-a", "name": "churn", "uid": "uid-1"}}
 T = 1_800_000_000.0

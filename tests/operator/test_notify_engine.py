@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from feedbackloop.notify import Notifier
+from feedbackloop.runtime.notify import Notifier
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 from .test_engine_cycle import T0, loop, trained

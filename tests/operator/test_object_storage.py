@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from feedbackloop import act, api, crdgen, credentials, resources, validation
-from feedbackloop.credentials import MISSING, NOT_BOUND, S3_HOSTS, s3_refusal
+from feedbackloop import crdgen
+from feedbackloop.core import api, credentials, resources, validation
+from feedbackloop.core.credentials import MISSING, NOT_BOUND, S3_HOSTS, s3_refusal
+from feedbackloop.runtime import act
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 

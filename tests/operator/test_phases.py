@@ -2,9 +2,9 @@
 
 import pytest
 
-from feedbackloop import api, phases
-from feedbackloop.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, summarize
-from feedbackloop.phases import (
+from feedbackloop.core import api, phases
+from feedbackloop.core.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, summarize
+from feedbackloop.core.phases import (
     EnsureCanary,
     EnsureStable,
     Event,
@@ -16,7 +16,7 @@ from feedbackloop.phases import (
     World,
     decide,
 )
-from feedbackloop.timeutil import format_time
+from feedbackloop.core.timeutil import format_time
 
 NOW = 1_800_000_000.0
 
@@ -356,7 +356,7 @@ def test_pause_request_holds_the_rollout():
 
 # --- the canary analysis through decide -------------------------------------------------------------
 
-from feedbackloop.canary import ArmCounts, CanaryObservation, replica_split  # noqa: E402
+from feedbackloop.core.canary import ArmCounts, CanaryObservation, replica_split  # noqa: E402
 
 
 def counts(canary_acc, stable_acc, n):

@@ -5,8 +5,8 @@ import asyncio
 import math
 import re
 
-from feedbackloop.api import MetricRule
-from feedbackloop.poller import EndpointKey, FleetPoller, LoopQuery
+from feedbackloop.core.api import MetricRule
+from feedbackloop.runtime.poller import EndpointKey, FleetPoller, LoopQuery
 
 ENDPOINT = EndpointKey("http://p", None, None, False, 5.0)
 BATCHABLE = MetricRule.model_validate(

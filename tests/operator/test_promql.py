@@ -1,6 +1,6 @@
 import pytest
 
-from feedbackloop import promql
+from feedbackloop.core import promql
 
 TEMPLATE = 'sum by (model, namespace) (rate(x{model="{{model}}",namespace="{{namespace}}"}[5m]))'
 

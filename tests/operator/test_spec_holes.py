@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from feedbackloop import api, canary, crdgen, phases, resources, validation
-from feedbackloop.monitoring import RuleState, Sample, evaluate_rule, rules_of, summarize
-from feedbackloop.phases import JobObservation, World, decide
-from feedbackloop.timeutil import format_time
+from feedbackloop import crdgen
+from feedbackloop.core import api, canary, phases, resources, validation
+from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule, rules_of, summarize
+from feedbackloop.core.phases import JobObservation, World, decide
+from feedbackloop.core.timeutil import format_time
 from mfl_trainer import config as trainer_config
 from mfl_trainer import estimators as trainer_estimators
 from mfl_trainer import evaluation

@@ -23,12 +23,13 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from feedbackloop import api, canary, crdgen, phases, resources, validation
-from feedbackloop.api import DNS_SUBDOMAIN_PATTERN, ModelFeedbackLoopSpec
-from feedbackloop.canary import ArmCounts, CanaryObservation
-from feedbackloop.monitoring import RuleState, Sample, evaluate_rule, rules_of, summarize
-from feedbackloop.phases import JobObservation, ServingObservation, World, decide
-from feedbackloop.timeutil import format_time
+from feedbackloop import crdgen
+from feedbackloop.core import api, canary, phases, resources, validation
+from feedbackloop.core.api import DNS_SUBDOMAIN_PATTERN, ModelFeedbackLoopSpec
+from feedbackloop.core.canary import ArmCounts, CanaryObservation
+from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule, rules_of, summarize
+from feedbackloop.core.phases import JobObservation, ServingObservation, World, decide
+from feedbackloop.core.timeutil import format_time
 
 NOW = 1_800_000_000.0
 SPEC_SCHEMA = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

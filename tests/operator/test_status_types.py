@@ -10,7 +10,7 @@ from typing import Any, get_type_hints
 import pydantic
 import pytest
 
-from feedbackloop import api, status
+from feedbackloop.core import api, status
 
 PAIRS = [
     (status.LoopStatus, api.ModelFeedbackLoopStatus),

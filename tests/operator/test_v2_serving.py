@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from feedbackloop import act, api, kube, resources, validation
+from feedbackloop.core import api, resources, validation
+from feedbackloop.runtime import act, kube
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feedbackloop import api
+from feedbackloop.core import api
 from mfl_cli import cli
 from mfl_testbed import demo
 

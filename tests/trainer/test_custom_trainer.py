@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import yaml
 
-from feedbackloop import api, phases, resources
-from feedbackloop.gate import offline_gate
-from feedbackloop.observe import parse_summary
+from feedbackloop.core import api, phases, resources
+from feedbackloop.core.gate import offline_gate
+from feedbackloop.runtime.observe import parse_summary
 from mfl_server.model import load_model
 from mfl_server.sidecar import read_metadata
 from mfl_testbed import datasets

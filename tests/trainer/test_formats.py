@@ -12,8 +12,8 @@ import joblib
 import numpy as np
 import pytest
 
-from feedbackloop import api
-from feedbackloop.gate import offline_gate
+from feedbackloop.core import api
+from feedbackloop.core.gate import offline_gate
 from mfl_contracts import estimators as contract_estimators
 from mfl_trainer import estimators, formats, plan
 

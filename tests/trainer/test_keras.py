@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from feedbackloop import api
+from feedbackloop.core import api
 from mfl_keras.classifier import KerasDenseClassifier, keras_module
 from mfl_server.model import ModelLoadError, load_model
 from mfl_testbed import datasets

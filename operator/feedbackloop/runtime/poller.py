@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
-from . import promql
-from .api import MetricRule, PrometheusEndpoint
-from .credentials import redact
-from .monitoring import Sample
+from feedbackloop.core import promql
+from feedbackloop.core.api import MetricRule, PrometheusEndpoint
+from feedbackloop.core.credentials import redact
+from feedbackloop.core.monitoring import Sample
 
 log = logging.getLogger(__name__)
 

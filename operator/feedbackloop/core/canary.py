@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import cast
 
-from . import status
-from .analysis import (
+from feedbackloop.core import status
+from feedbackloop.core.analysis import (
     AnalysisConfig,
     AnalysisState,
     CountObservation,
@@ -23,9 +23,9 @@ from .analysis import (
     evaluate,
     start_analysis,
 )
-from .api import Analysis
-from .status import RolloutState
-from .timeutil import parse_time
+from feedbackloop.core.api import Analysis
+from feedbackloop.core.status import RolloutState
+from feedbackloop.core.timeutil import parse_time
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,16 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
-from ..api import parse_duration
-from .latency import HistogramObservation, LatencyDesign, judge_latency
-from .outcome import Evidence, Outcome
-from .sequential import CountObservation, NonInferiorityDesign, decision_probability, judge_proportion
-from .threshold import ThresholdDesign, ValueObservation, judge_threshold
+from feedbackloop.core.analysis.latency import HistogramObservation, LatencyDesign, judge_latency
+from feedbackloop.core.analysis.outcome import Evidence, Outcome
+from feedbackloop.core.analysis.sequential import (
+    CountObservation,
+    NonInferiorityDesign,
+    decision_probability,
+    judge_proportion,
+)
+from feedbackloop.core.analysis.threshold import ThresholdDesign, ValueObservation, judge_threshold
+from feedbackloop.core.api import parse_duration
 
 
 class Phase(str, Enum):

@@ -22,16 +22,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import conditions as cond
-from . import cron, resources
-from .analysis import Phase as AnalysisPhase
-from .api import ModelFeedbackLoopSpec
-from .canary import CanaryObservation, judge_canary, replica_split
-from .credentials import Refusal, redact
-from .gate import offline_gate
-from .monitoring import Health, rule_state_to_status
-from .status import CheckEvidence, LoopStatus, Phase, RetrainingRun, RolloutState, Serving, VersionRecord
-from .timeutil import format_time, parse_time
+from feedbackloop.core import conditions as cond
+from feedbackloop.core import cron, resources
+from feedbackloop.core.analysis import Phase as AnalysisPhase
+from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.canary import CanaryObservation, judge_canary, replica_split
+from feedbackloop.core.credentials import Refusal, redact
+from feedbackloop.core.gate import offline_gate
+from feedbackloop.core.monitoring import Health, rule_state_to_status
+from feedbackloop.core.status import (
+    CheckEvidence,
+    LoopStatus,
+    Phase,
+    RetrainingRun,
+    RolloutState,
+    Serving,
+    VersionRecord,
+)
+from feedbackloop.core.timeutil import format_time, parse_time
 
 PENDING: Phase = "Pending"
 INVALID: Phase = "Invalid"

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from feedbackloop.core import api
+from feedbackloop.core.api import ModelFeedbackLoopSpec, Resources
 from mfl_contracts import storage
-
-from . import api
-from .api import ModelFeedbackLoopSpec, Resources
 
 MANAGED_BY = "feedbackloop"
 LOOP_LABEL = "feedbackloop.dev/loop"

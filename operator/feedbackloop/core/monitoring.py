@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from feedbackloop.core.api import MetricRule, Monitoring
+from feedbackloop.core.status import MetricState
+from feedbackloop.core.timeutil import format_time, parse_time
 from mfl_contracts import metrics as names
-
-from .api import MetricRule, Monitoring
-from .status import MetricState
-from .timeutil import format_time, parse_time
 
 RuleHealth = Literal["Healthy", "Pending", "Breaching", "NoData"]
 HEALTHY: RuleHealth = "Healthy"

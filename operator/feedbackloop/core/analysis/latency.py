@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .normal import log_ndtr_array
-from .outcome import Evidence, Outcome
+from feedbackloop.core.analysis.normal import log_ndtr_array
+from feedbackloop.core.analysis.outcome import Evidence, Outcome
 
 # `le` -> cumulative count; `le` as Prometheus gives it (a float, or its text such as "+Inf").
 Buckets = Mapping[float, float] | Mapping[str, float]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import api, resources
+from feedbackloop.core import api, resources
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import metrics
+from feedbackloop.runtime import metrics
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE = "feedbackloop-operator"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .outcome import Evidence, Outcome
+from feedbackloop.core.analysis.outcome import Evidence, Outcome
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .api import ModelFeedbackLoopSpec
+from feedbackloop.core.api import ModelFeedbackLoopSpec
 
 LOWER_IS_BETTER = {"mae", "rmse"}
 

@@ -10,9 +10,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from . import phases
-from .api import ModelFeedbackLoopSpec
-from .status import LoopStatus
+from feedbackloop.core import phases
+from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.status import LoopStatus
 
 
 @dataclass

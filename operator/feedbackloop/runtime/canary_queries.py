@@ -10,13 +10,12 @@ import asyncio
 import math
 from typing import Any
 
+from feedbackloop.core import promql
+from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.canary import ArmCounts, CanaryObservation
+from feedbackloop.core.timeutil import parse_time
+from feedbackloop.runtime.poller import AsyncQueryFn, EndpointKey, QueryRejected, Series, short_error
 from mfl_contracts import metrics as names
-
-from . import promql
-from .api import ModelFeedbackLoopSpec
-from .canary import ArmCounts, CanaryObservation
-from .poller import AsyncQueryFn, EndpointKey, QueryRejected, Series, short_error
-from .timeutil import parse_time
 
 
 def _selector(spec: ModelFeedbackLoopSpec, namespace: str) -> str:

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .outcome import Evidence, Outcome
+from feedbackloop.core.analysis.outcome import Evidence, Outcome
 
 ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray)
 

@@ -6,8 +6,8 @@
 Everything here is pure (no I/O, no clock): the caller passes the time and persists `state.to_dict()`.
 """
 
-from .latency import HistogramObservation, LatencyDesign, judge_latency
-from .machine import (
+from feedbackloop.core.analysis.latency import HistogramObservation, LatencyDesign, judge_latency
+from feedbackloop.core.analysis.machine import (
     AnalysisConfig,
     AnalysisState,
     LatencyCheck,
@@ -22,9 +22,15 @@ from .machine import (
     evaluate,
     start_analysis,
 )
-from .outcome import Evidence, Outcome
-from .sequential import CountObservation, NonInferiorityDesign, OperatingPoint, judge_proportion, operating_point
-from .threshold import ThresholdDesign, ValueObservation, judge_threshold
+from feedbackloop.core.analysis.outcome import Evidence, Outcome
+from feedbackloop.core.analysis.sequential import (
+    CountObservation,
+    NonInferiorityDesign,
+    OperatingPoint,
+    judge_proportion,
+    operating_point,
+)
+from feedbackloop.core.analysis.threshold import ThresholdDesign, ValueObservation, judge_threshold
 
 __all__ = [
     "AnalysisConfig",

@@ -29,11 +29,11 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics
-from .api import Webhook
-from .credentials import redact
-from .phases import Event
-from .timeutil import format_time
+from feedbackloop.core.api import Webhook
+from feedbackloop.core.credentials import redact
+from feedbackloop.core.phases import Event
+from feedbackloop.core.timeutil import format_time
+from feedbackloop.runtime import metrics
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 100  # per receiver of a loop: a day of a busy loop's important Events

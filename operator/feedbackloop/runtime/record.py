@@ -12,9 +12,9 @@ import copy
 import math
 from typing import Any
 
-from . import metrics
-from .fleet import LoopMemory
-from .kube import KubeAPI
+from feedbackloop.core.fleet import LoopMemory
+from feedbackloop.runtime import metrics
+from feedbackloop.runtime.kube import KubeAPI
 
 # Fields that change with every poll; a change in them alone is written at most every `refresh` seconds.
 VOLATILE_METRIC_FIELDS = ("value", "sampleTime", "message")

@@ -23,16 +23,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics, phases, resources
-from .act import Actor
-from .fleet import Fleet, LoopMemory
-from .kube import KubeAPI
-from .monitoring import RuleState
-from .notify import Notifier
-from .observe import Observer
-from .poller import FleetPoller, PrometheusClients
-from .record import StatusRecorder
-from .validation import parse_spec
+from feedbackloop.core import phases, resources
+from feedbackloop.core.fleet import Fleet, LoopMemory
+from feedbackloop.core.monitoring import RuleState
+from feedbackloop.core.validation import parse_spec
+from feedbackloop.runtime import metrics
+from feedbackloop.runtime.act import Actor
+from feedbackloop.runtime.kube import KubeAPI
+from feedbackloop.runtime.notify import Notifier
+from feedbackloop.runtime.observe import Observer
+from feedbackloop.runtime.poller import FleetPoller, PrometheusClients
+from feedbackloop.runtime.record import StatusRecorder
 
 log = logging.getLogger(__name__)
 ACTIVE_PHASES = (phases.RETRAINING, phases.CANARY)

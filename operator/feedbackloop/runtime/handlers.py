@@ -14,9 +14,10 @@ from typing import Any
 
 import kopf
 
-from . import api, leader, resources
-from .engine import Engine, Settings
-from .kube import Kube, load_config
+from feedbackloop.core import api, resources
+from feedbackloop.runtime import leader
+from feedbackloop.runtime.engine import Engine, Settings
+from feedbackloop.runtime.kube import Kube, load_config
 
 
 def settings_from_env() -> Settings:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .status import ConditionStatus
+from feedbackloop.core.status import ConditionStatus
 
 READY = "Ready"
 RECONCILING = "Reconciling"  # kstatus: abnormal-true while the operator works towards the spec

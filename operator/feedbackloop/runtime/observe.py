@@ -15,15 +15,16 @@ import tempfile
 import time
 from typing import Any
 
-from . import canary_queries, credentials, metrics, notify, phases, resources
-from .api import ModelFeedbackLoopSpec
-from .canary import CanaryObservation
-from .credentials import token_refusal
-from .fleet import Fleet, LoopMemory
-from .kube import KubeAPI
-from .monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
-from .poller import FleetPoller, LoopQuery, endpoint_key, short_error
-from .status import LoopStatus
+from feedbackloop.core import credentials, phases, resources
+from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.canary import CanaryObservation
+from feedbackloop.core.credentials import token_refusal
+from feedbackloop.core.fleet import Fleet, LoopMemory
+from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
+from feedbackloop.core.status import LoopStatus
+from feedbackloop.runtime import canary_queries, metrics, notify
+from feedbackloop.runtime.kube import KubeAPI
+from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, short_error
 
 log = logging.getLogger(__name__)
 SECRET_CACHE_SECONDS = 60  # not an API read per loop per poll; a rotated Secret still lands within this

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import api, cron, promql
-from .api import ModelFeedbackLoopSpec
+from feedbackloop.core import api, cron, promql
+from feedbackloop.core.api import ModelFeedbackLoopSpec
 
 
 def parse_spec(raw: dict[str, Any]) -> tuple[ModelFeedbackLoopSpec | None, str]:

@@ -12,11 +12,12 @@ import json
 import logging
 from typing import Any
 
-from . import metrics, phases, resources
-from .api import ModelFeedbackLoopSpec
-from .fleet import Fleet
-from .kube import KubeAPI, NotOurs
-from .notify import Notifier
+from feedbackloop.core import phases, resources
+from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.fleet import Fleet
+from feedbackloop.runtime import metrics
+from feedbackloop.runtime.kube import KubeAPI, NotOurs
+from feedbackloop.runtime.notify import Notifier
 
 log = logging.getLogger(__name__)
 TRAINER_OVERRIDES = "feedbackloop.dev/trainer-overrides"
