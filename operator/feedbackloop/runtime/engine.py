@@ -26,6 +26,7 @@ from typing import Any
 from feedbackloop.core import phases, resources
 from feedbackloop.core.fleet import Fleet, LoopMemory
 from feedbackloop.core.monitoring import RuleState
+from feedbackloop.core.settings import AdminSettings
 from feedbackloop.core.validation import parse_spec
 from feedbackloop.runtime import metrics
 from feedbackloop.runtime.act import Actor
@@ -46,6 +47,7 @@ class Settings:
     status_refresh_seconds: float = 300.0  # rewrite live metric values at most this often
     concurrency: int = 16
     job_extra_config: dict[str, Any] = field(default_factory=dict)  # e.g. labelNoise in tests
+    admin: AdminSettings = field(default_factory=AdminSettings)  # the admin's policy (core/settings.py)
 
 
 class Engine:

@@ -15,13 +15,14 @@ from typing import Any
 import kopf
 
 from feedbackloop.core import api, resources
+from feedbackloop.core.settings import admin_settings_from_env
 from feedbackloop.runtime import leader
 from feedbackloop.runtime.engine import Engine, Settings
 from feedbackloop.runtime.kube import Kube, load_config
 
 
 def settings_from_env() -> Settings:
-    settings = Settings()
+    settings = Settings(admin=admin_settings_from_env(os.environ))  # a bad value stops the operator, named
     if os.environ.get("MFL_STATUS_REFRESH_SECONDS"):
         settings.status_refresh_seconds = float(os.environ["MFL_STATUS_REFRESH_SECONDS"])
     if os.environ.get("MFL_ACTIVE_RECONCILE_SECONDS"):
