@@ -11,7 +11,7 @@ The table is partitioned by the prediction's UTC day, so retention drops whole d
 row-by-row DELETE). A day is dropped only when no replica can accept a label for it any more: the longest
 of the retention and the feedback max age plus ``CLOCK_MARGIN``, over every model recorded in the
 database (``mfl_label_horizons``: loops sharing one database must not drop each other's live days, or a
-late label could count twice).
+late label could count twice). A day dated beyond every server's clock margin is dropped too (``future_day``).
 
 psycopg 3 is imported lazily: the contracts package stays importable where it is not installed (the
 operator's image). Everything that builds SQL here is pure and unit-tested.
@@ -157,16 +157,24 @@ def horizon(keep_seconds: float, feedback_max_age: float) -> float:
 
 
 def expired_partitions(names: Iterable[str], now: float, keep_seconds: float) -> list[str]:
-    """Partitions whose whole day ended more than ``keep_seconds`` (a ``horizon``) ago."""
+    """Partitions whose whole day ended more than ``keep_seconds`` (a ``horizon``) ago, and partitions of days
+    no server takes labels for yet (``future_day``)."""
     expired = []
     for name in names:
         day = day_of_partition(name)
         if day is None:
             continue
-        day_end = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + DAY_SECONDS
-        if now >= day_end + keep_seconds:
+        day_start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        if now >= day_start + DAY_SECONDS + keep_seconds or future_day(day_start, now):
             expired.append(name)
     return sorted(expired)
+
+
+def future_day(day_start: float, now: float) -> bool:
+    """Servers refuse labels of predictions dated more than their clock margin (at most ``CLOCK_MARGIN``) ahead of
+    their clock, itself at most ``CLOCK_MARGIN`` ahead of this one: a day starting later holds only labels taken
+    before servers refused such ids, which no retention would reach until long after that day."""
+    return day_start > now + 2 * CLOCK_MARGIN
 
 
 def label_dict(row: Sequence[Any]) -> dict[str, Any]:

@@ -385,7 +385,9 @@ class FeedbackServer:
         model = self.require_model()
         entries = fb.entries_of(await self.read_json(request), self.config.max_batch)
         ts = time.time()
-        rules = fb.LabelRules.for_model(model.task, model.classes, ts, self.config.feedback_max_age)
+        rules = fb.LabelRules.for_model(
+            model.task, model.classes, ts, self.config.feedback_max_age, self.config.feedback_clock_margin
+        )
         valid, rejected = fb.review(entries, self.signer.verify, rules)
         accepted, duplicates = await _shielded(self._record_labels(valid, ts, model.task))
         rejected = sorted(rejected + duplicates, key=lambda entry: entry.index)

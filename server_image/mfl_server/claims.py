@@ -10,7 +10,8 @@ time bounds how long a key must live, as the 24 h of Stripe's idempotency keys b
 Claims are empty files (an inode, no data block). A day folder is deleted once every prediction it
 holds is older than the feedback age the server accepts, plus ``CLOCK_MARGIN`` for skew between the
 replicas' clocks: by then no replica accepts a label for those ids any more, so nothing can be
-counted twice after the deletion. Docs: docs/contracts.md, "Feedback".
+counted twice after the deletion. A day folder dated beyond every replica's clock margin (ids dated in the
+future are refused: mfl_server.feedback.future_problem) is deleted too. Docs: docs/contracts.md, "Feedback".
 """
 
 from __future__ import annotations
@@ -39,13 +40,22 @@ def claim_key(prediction_id: str, prediction_ts: float) -> str:
 
 
 def expired_days(names: Iterable[str], now: float, max_age: float) -> list[str]:
-    """Day folders whose every prediction is older than ``max_age`` + ``CLOCK_MARGIN``."""
+    """Day folders whose every prediction is older than ``max_age`` + ``CLOCK_MARGIN``, and day folders dated
+    beyond what any replica accepts (``future_day``)."""
     expired = []
     for name in names:
         day = _day_start(name)
-        if day is not None and now >= day + DAY_SECONDS + max_age + CLOCK_MARGIN:
+        if day is not None and (now >= day + DAY_SECONDS + max_age + CLOCK_MARGIN or future_day(day, now)):
             expired.append(name)
     return sorted(expired)
+
+
+def future_day(day_start: float, now: float) -> bool:
+    """No replica takes a label for a prediction of this day yet: every one refuses ids dated more than the
+    feedback clock margin (at most ``CLOCK_MARGIN``) ahead of its clock, itself at most ``CLOCK_MARGIN`` ahead
+    of this one. Such a day holds only the claims of ids accepted before servers refused them; nothing deletes
+    them otherwise until long after that day."""
+    return day_start > now + 2 * CLOCK_MARGIN
 
 
 def _day_start(name: str) -> float | None:

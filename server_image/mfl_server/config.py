@@ -11,6 +11,9 @@ from typing import Any
 from mfl_contracts import storage
 from mfl_contracts.objectstore import S3Settings, s3_settings_from_env
 
+from .claims import CLOCK_MARGIN
+from .feedback import DEFAULT_FUTURE_MARGIN
+
 DEFAULT_STORAGE_ROOT = "/var/lib/mfl/artifacts"
 DEFAULT_PORT = 8080
 TRACKS = ("stable", "canary")
@@ -19,6 +22,11 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # the trainer never misses one the server could take; it also bounds how long claims are kept.
 DEFAULT_FEEDBACK_MAX_AGE = 30 * 86400.0
 MAX_FEEDBACK_MAX_AGE = 366 * 86400.0  # claims are kept this long at most
+# A prediction dated ahead of this replica's clock by more than the margin is refused (`future`). The margin is
+# at most the clock skew the claims' and the ledger's retention tolerate, so a sweep never deletes a day whose
+# labels a replica may still take (claims.expired_days).
+DEFAULT_FEEDBACK_CLOCK_MARGIN = DEFAULT_FUTURE_MARGIN
+MAX_FEEDBACK_CLOCK_MARGIN = CLOCK_MARGIN
 DEFAULT_LOG_FLUSH_SECONDS = 5.0  # s3 mode: what a crash can lose of the prediction log
 DEFAULT_LOG_FLUSH_BYTES = 4 * 1024 * 1024
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
@@ -40,6 +48,7 @@ class ServerConfig:
     max_batch: int = 1024  # rows per /predict request
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     feedback_max_age: float = DEFAULT_FEEDBACK_MAX_AGE  # seconds after a prediction its label is taken
+    feedback_clock_margin: float = DEFAULT_FEEDBACK_CLOCK_MARGIN  # seconds a prediction may be dated ahead of now
     shutdown_delay: float = 0.0  # seconds to keep serving (not ready) after SIGTERM
     reload_interval: float = 5.0  # seconds between attempts to load a missing artifact
     store_check_interval: float = 5.0  # seconds between writes that probe the artifact store
@@ -62,8 +71,9 @@ class ServerConfig:
 
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_MAX_BODY_BYTES,
-    MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_SHUTDOWN_DELAY_SECONDS, MFL_INFERENCE_THREADS, the object store's
-    MFL_S3_*, MFL_DATABASE_URL, MFL_LOG_FLUSH_SECONDS/_BYTES and MFL_RETENTION_LOG_SECONDS."""
+    MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_FEEDBACK_CLOCK_MARGIN_SECONDS (300), MFL_SHUTDOWN_DELAY_SECONDS,
+    MFL_INFERENCE_THREADS, the object store's MFL_S3_*, MFL_DATABASE_URL, MFL_LOG_FLUSH_SECONDS/_BYTES and
+    MFL_RETENTION_LOG_SECONDS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
     if not storage.valid_model_name(model):
         raise ConfigError(f"MFL_MODEL_NAME must be a model name like 'churn', got {model!r}")
@@ -76,6 +86,12 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     max_age = _float(env, "MFL_FEEDBACK_MAX_AGE_SECONDS", DEFAULT_FEEDBACK_MAX_AGE)
     if not 0 < max_age <= MAX_FEEDBACK_MAX_AGE:
         raise ConfigError(f"MFL_FEEDBACK_MAX_AGE_SECONDS must be > 0 and at most {MAX_FEEDBACK_MAX_AGE:.0f} (a year)")
+    margin = _float(env, "MFL_FEEDBACK_CLOCK_MARGIN_SECONDS", DEFAULT_FEEDBACK_CLOCK_MARGIN)
+    if not 0 < margin <= MAX_FEEDBACK_CLOCK_MARGIN:
+        raise ConfigError(
+            f"MFL_FEEDBACK_CLOCK_MARGIN_SECONDS must be > 0 and at most {MAX_FEEDBACK_CLOCK_MARGIN:.0f} (the clock "
+            f"skew the retention of claims tolerates), got {margin:g}"
+        )
     return ServerConfig(
         model=model,
         version=_int(env, "MFL_MODEL_VERSION", None, minimum=0),
@@ -87,6 +103,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
         max_batch=_int(env, "MFL_MAX_BATCH", 1024, minimum=1),
         max_body_bytes=_int(env, "MFL_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
         feedback_max_age=max_age,
+        feedback_clock_margin=margin,
         shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
         inference_threads=_int(env, "MFL_INFERENCE_THREADS", 1, minimum=0),
         **_stores(env),

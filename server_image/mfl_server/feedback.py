@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mfl_contracts.classes import as_number as as_number  # re-exported: the label rules are the contract's
+from mfl_contracts.classes import class_key
+
 from .errors import bad_request, too_large, unprocessable
 from .ids import InvalidId, PredictionRef
 from .limits import MAX_ABS_NUMBER, MAX_TEXT_CHARS
@@ -17,6 +20,10 @@ MAX_CONFUSION_LABELS = 100  # bound on series when the classes are unknown
 MAX_LABEL_CHARS = MAX_TEXT_CHARS  # a class name longer than this is a mistake or an attack
 MAX_CLASSES_SHOWN = 20
 DAY = 86400.0
+# How far ahead of this replica's clock a prediction's signed time may be: the replicas' clock skew. An id dated
+# further ahead was signed by a replica whose clock runs ahead, or forged with the key; its claim would be filed
+# under a day that no sweep reaches until that day has come and gone (MFL_FEEDBACK_CLOCK_MARGIN_SECONDS).
+DEFAULT_FUTURE_MARGIN = 300.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Accepted:
 class Rejected:
     index: int
     id: Any
-    reason: str  # malformed | bad_signature | expired | bad_label | duplicate
+    reason: str  # malformed | bad_signature | expired | future | bad_label | duplicate
     message: str
 
     def as_json(self) -> dict[str, Any]:
@@ -61,11 +68,19 @@ class LabelRules:
     classes: frozenset[str] | None  # label_key of each class; None: the model does not say
     now: float
     max_age: float  # seconds after its prediction that a label is still accepted
+    future_margin: float = DEFAULT_FUTURE_MARGIN  # seconds a prediction may be dated ahead of ``now``
 
     @classmethod
-    def for_model(cls, task: str, classes: list[Any] | None, now: float, max_age: float) -> LabelRules:
+    def for_model(
+        cls,
+        task: str,
+        classes: list[Any] | None,
+        now: float,
+        max_age: float,
+        future_margin: float = DEFAULT_FUTURE_MARGIN,
+    ) -> LabelRules:
         known = frozenset(label_key(c) for c in classes) if task == "classification" and classes else None
-        return cls(task, known, now, max_age)
+        return cls(task, known, now, max_age, future_margin)
 
 
 def review(
@@ -121,6 +136,9 @@ def _review_one(
         canonical, ref = verify(entry["id"])
     except InvalidId as error:
         return Rejected(index, entry["id"], error.reason, str(error))
+    problem = future_problem(ref.ts, rules.now, rules.future_margin)
+    if problem:
+        return Rejected(index, canonical, "future", problem)
     problem = age_problem(ref.ts, rules.now, rules.max_age)
     if problem:
         return Rejected(index, canonical, "expired", problem)
@@ -137,6 +155,19 @@ def age_problem(prediction_ts: float, now: float, max_age: float) -> str | None:
     return (
         f"the prediction is {_duration(now - prediction_ts)} old: labels are accepted for "
         f"{_duration(max_age)} after the prediction (MFL_FEEDBACK_MAX_AGE_SECONDS)"
+    )
+
+
+def future_problem(prediction_ts: float, now: float, margin: float) -> str | None:
+    """A prediction dated more than ``margin`` seconds after ``now``: no replica whose clock is within the
+    margin of this one made it, and its claim (or ledger day) would outlive the retention meant for it."""
+    ahead = prediction_ts - now
+    if ahead <= margin:
+        return None
+    return (
+        f"the prediction id is dated {_duration(ahead)} in the future: ids dated more than {margin:.0f} s "
+        f"ahead of this server's clock are refused (MFL_FEEDBACK_CLOCK_MARGIN_SECONDS); the replica that "
+        f"signed it has a clock running ahead (check NTP on its node) or the id was forged with the signing key"
     )
 
 
@@ -177,12 +208,7 @@ def _duration(seconds: float) -> str:
 
 def label_key(value: Any) -> str:
     """Comparable text of a class label, as the trainer compares them: 1, 1.0, "1" and True agree."""
-    number = as_number(value)
-    if math.isfinite(number) and number == int(number):
-        return str(int(number))
-    if isinstance(value, float):
-        return repr(value)
-    return str(value).strip()
+    return class_key(value)
 
 
 def is_correct(predicted: Any, actual: Any) -> bool:
@@ -191,20 +217,6 @@ def is_correct(predicted: Any, actual: Any) -> bool:
 
 def abs_error(predicted: Any, actual: Any) -> float:
     return abs(as_number(actual) - as_number(predicted))
-
-
-def as_number(value: Any) -> float:
-    """NaN when not a number; an integer beyond float range is infinite, not an OverflowError."""
-    try:
-        if isinstance(value, (bool, int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return float(value.strip())
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-    except ValueError:
-        return math.nan
-    return math.nan
 
 
 def _is_missing(value: Any) -> bool:

@@ -183,6 +183,27 @@ def test_s3_version_published_with_other_inputs_is_refused(s3_mode, bucket, tmp_
     )
 
 
+def test_s3_recreated_job_made_later_reads_the_published_window(s3_mode, bucket, tmp_path, monkeypatch, capsys):
+    """A Job re-created two days later for a published version: the mirror and the ledger read the window the
+    version was trained on (its first days are outside the new Job's window), and the version is reported."""
+    write_base(bucket, n=600)
+    write_feedback(bucket, n=500, start=NOW - 6.5 * DAY, step=900.0)
+    gzip_segments(bucket / MODEL)
+    calls = move_feedback_to_ledger(bucket / MODEL, monkeypatch)
+    document = config(tmp_path / "fetch", hyperparameters={"max_iter": 20})
+    code, first, _ = run_trainer(document, tmp_path, monkeypatch, capsys)
+    assert code == 0 and first["rows"]["feedback"] == 500, first
+    s3_mode.writes.clear()
+
+    later = {**document, "now": NOW + 2 * DAY, "jobName": "churn-train-v1-b", "trainerImage": "trainer:2"}
+    code, again, err = run_trainer(later, tmp_path, monkeypatch, capsys)
+
+    assert code == 0 and again["existing"] is True, again
+    assert calls[-1] == (DATABASE_URL, MODEL, NOW - 7 * DAY)  # the published window's start
+    assert "already exists with the same inputs" in err
+    assert [key for key in s3_mode.writes if "/versions/" in key] == []
+
+
 def test_store_errors_fail_the_version_with_the_store_message(s3_mode, bucket, tmp_path, monkeypatch, capsys):
     write_base(bucket, n=600)
     reason = f"{s3_mode.description}: cannot list {MODEL}/predictions/date=2025-11-21/: AccessDenied (Access Denied.)"

@@ -135,6 +135,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "protectedVersions": ("protected_versions", _int_list),
 }
 
+FIELD_ATTRIBUTES = {key: attribute for key, (attribute, _) in _FIELDS.items()}
+
 
 def parse_config(
     document: Mapping[str, Any], env: Mapping[str, str] | None = None, clock: float | None = None

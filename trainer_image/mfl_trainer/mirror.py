@@ -23,10 +23,11 @@ from mfl_contracts import ledger
 from mfl_contracts.objectstore import ArtifactStore, NotFound, S3Store, StoreError, s3_settings_from_env
 from mfl_contracts.storage import METADATA_FILE, version_dir
 
-from . import retention
+from . import identity, retention
 from .config import TrainerConfig
 from .datasource import dumps_line, utc_day
 from .errors import TrainerError
+from .registry import existing_metadata
 
 Progress = Callable[[str], None]
 SCRATCH_FOLDER = "mfl-store"
@@ -43,6 +44,8 @@ class Workspace(AbstractContextManager["Workspace"]):
         self.store = store  # the object store the mirror came from; None in volume mode
         self.scratch = scratch  # removed on exit
         self.feedback_dirs = [root / model / "feedback"]
+        # The run's config as the workspace read for it: a published version's data window (identity.pinned).
+        self.config: TrainerConfig | None = None
 
     def __exit__(self, *exc_info: object) -> None:
         if self.scratch is not None:
@@ -94,7 +97,10 @@ class Workspace(AbstractContextManager["Workspace"]):
 
 
 def open_workspace(config: TrainerConfig, progress: Progress, env: Mapping[str, str] | None = None) -> Workspace:
-    """The run's workspace for the env contract (design: "Env contract"); s3 mode mirrors the inputs now."""
+    """The run's workspace for the env contract (design: "Env contract"); s3 mode mirrors the inputs now.
+
+    When the version is published already, the workspace holds the data window it was trained on (its
+    ``config`` is pinned to it: identity.pinned), so a re-created Job compares the inputs that made it."""
     env = os.environ if env is None else env
     try:
         settings = s3_settings_from_env(env)
@@ -102,13 +108,16 @@ def open_workspace(config: TrainerConfig, progress: Progress, env: Mapping[str, 
         raise TrainerError(f"artifact store settings: {error}") from error
     database = env.get("MFL_DATABASE_URL", "").strip()
     if settings is None:
-        return _volume_workspace(config, progress, database)
+        published = existing_metadata(config.storage_root, config.model, config.version)
+        return _volume_workspace(identity.pinned(config, published, progress), progress, database)
     store = S3Store(settings)
     scratch = new_scratch(config)
     try:
         space = Workspace(scratch, config.model, store, scratch)
         with store_errors():
             store.check()  # read-only credentials fail now, not after the training
+            published = remote_metadata(store, config.model, config.version)
+            config = space.config = identity.pinned(config, published, progress)
             mirror_inputs(store, scratch, config, progress)
         if database:
             mirror_labels(database, scratch / config.model / "feedback", config, progress)
@@ -122,6 +131,7 @@ def open_workspace(config: TrainerConfig, progress: Progress, env: Mapping[str, 
 
 def _volume_workspace(config: TrainerConfig, progress: Progress, database: str) -> Workspace:
     space = Workspace(config.storage_root, config.model)
+    space.config = config
     if database:
         # The ledger's labels go to scratch space, never to the shared volume; the volume's feedback
         # folder is still read (labels logged before the loop moved to the ledger).

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mfl_contracts.classes import class_key
 
 from .columns import FLOAT, INT, FeatureColumn
 from .datasource import MISSING_TEXT, BaseData, FeedbackData
@@ -26,6 +28,8 @@ class LabelledTable:
     ts: np.ndarray  # prediction time; NaN for base rows
     is_feedback: np.ndarray  # bool
     served_error: np.ndarray | None = None  # float64: the served prediction's error; NaN where unknown
+    missing_features: dict[str, int] = field(default_factory=dict)  # feature -> feedback rows left out lacking it
+    unknown_classes: dict[str, int] = field(default_factory=dict)  # label -> feedback rows left out: not a class
 
     def __len__(self) -> int:
         return len(self.y)
@@ -73,14 +77,21 @@ def build_table(
     feedback: FeedbackData,
     stats: Counter,
     extra_columns: Sequence[str] = (),
+    classes: Collection[str] | None = None,
 ) -> LabelledTable:
     """Base rows first (file order), then feedback rows (time order). Unusable rows are counted.
 
     ``extra_columns`` (e.g. features only the champion uses) are kept as columns, not as features.
+    ``classes`` (classification; ``class_key``s): a feedback row whose label is another value is left out and
+    counted in ``feedbackRowsWithUnknownClass``, as the server refuses such a label; None keeps every label.
     """
     names = [*features, *(name for name in extra_columns if name not in features)]
     types = feature_types_of(names, base, feedback)
-    usable = _usable_feedback(feedback, names, stats)
+    usable, missing_features = _usable_feedback(feedback, names, stats)
+    unknown_classes: Counter[str] = Counter()
+    if classes is not None and task == "classification":
+        unknown_classes = _leave_out_unknown_classes(feedback.labels, usable, frozenset(classes))
+        stats["feedbackRowsWithUnknownClass"] += sum(unknown_classes.values())
     rows = np.flatnonzero(usable).tolist()
     base_target = base.columns[target] if base is not None else np.array([], dtype=np.float64)
     y, keep = label_column(base_target, [feedback.labels[row] for row in rows], task)
@@ -92,7 +103,41 @@ def build_table(
     is_feedback = np.arange(len(keep)) >= n_base
     served_values = [feedback.predictions[row] for row in rows]
     served = np.concatenate([np.full(n_base, np.nan), served_errors(y[n_base:], served_values, task)])
-    return LabelledTable(features, types, columns, y[keep], ts[keep], is_feedback[keep], served[keep])
+    return LabelledTable(
+        features,
+        types,
+        columns,
+        y[keep],
+        ts[keep],
+        is_feedback[keep],
+        served[keep],
+        missing_features,
+        dict(unknown_classes),
+    )
+
+
+def class_keys(values: np.ndarray) -> set[str]:
+    """The classes (``class_key``s) a target column holds; missing values are none."""
+    return {class_key(value) for value in set(values.tolist()) if not _is_missing(value)}
+
+
+def _leave_out_unknown_classes(labels: list[Any], usable: np.ndarray, classes: frozenset[str]) -> Counter[str]:
+    """Clears ``usable`` for rows whose label is present but not one of ``classes``; the count per label.
+    A missing label is left to ``label_column`` (``feedbackRowsWithBadLabel``)."""
+    known: dict[Any, bool] = {}  # per distinct label: few values, many rows (1, 1.0 and True share an entry)
+    unknown: Counter[str] = Counter()
+    for row in np.flatnonzero(usable).tolist():
+        label = labels[row]
+        try:
+            ok = known[label]
+        except KeyError:
+            ok = known[label] = _is_missing(label) or class_key(label) in classes
+        except TypeError:  # an unhashable label (a JSON list or object) is not a class
+            ok = False
+        if not ok:
+            usable[row] = False
+            unknown[str(label)[:40]] += 1
+    return unknown
 
 
 def served_errors(labels: np.ndarray, predictions: list[Any], task: str) -> np.ndarray:
@@ -110,14 +155,18 @@ def served_errors(labels: np.ndarray, predictions: list[Any], task: str) -> np.n
     return errors
 
 
-def _usable_feedback(feedback: FeedbackData, features: list[str], stats: Counter) -> np.ndarray:
-    """Rows that have every feature (bool mask); the others are counted."""
+def _usable_feedback(feedback: FeedbackData, features: list[str], stats: Counter) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows that have every feature (bool mask); the others are counted, and the rows lacking each feature."""
     usable = np.ones(len(feedback), dtype=bool)
+    lacking: dict[str, int] = {}
     for name in features:
         column = feedback.features.get(name)
-        usable &= column.present() if column is not None else False
+        present = column.present() if column is not None else np.zeros(len(feedback), dtype=bool)
+        if not present.all():
+            lacking[name] = len(feedback) - int(present.sum())
+        usable &= present
     stats["feedbackRowsMissingFeatures"] += len(feedback) - int(usable.sum())
-    return usable
+    return usable, lacking
 
 
 def _feature_column(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -18,17 +16,16 @@ import numpy as np
 import sklearn
 
 from mfl_contracts import storage
+from mfl_contracts.classes import class_key
 
-from . import datasource, estimators, evaluation, formats, mirror, plan, plots, registry, split
+from . import datasource, estimators, evaluation, formats, identity, mirror, plan, plots, registry, split, tables
 from .config import TrainerConfig
 from .errors import TrainerError
 from .summary import success_summary
 from .tables import LabelledTable, build_table
 
 Progress = Callable[[str], None]
-# Config keys that are not inputs of the model: a different mount path, or a retention setting changed between
-# a Job's retries, is the same run.
-NOT_INPUTS = frozenset({"storageRoot", "retainVersions", "protectedVersions"})
+MAX_NAMED = 5  # features, classes or files named in one message
 INPUT_FORMAT = (
     "2-D array, one column per feature in `features` order; float64 when every feature is "
     "numeric, otherwise object dtype (categorical features as text)"
@@ -69,7 +66,8 @@ def run(config: TrainerConfig, progress: Progress, env: Mapping[str, str] | None
     if config.incremental:
         estimators.check_incremental(spec)
     with mirror.open_workspace(config, progress, env) as space:
-        config = replace(config, storage_root=space.root)  # s3 mode: the local mirror
+        # s3 mode: the local mirror; a published version's data window when it exists (identity.pinned)
+        config = replace(space.config or config, storage_root=space.root)
         inputs = load_inputs(config, progress, space)
         inputs.timings["load"] = time.monotonic() - started
         previous = registry.existing_metadata(config.storage_root, config.model, config.version)
@@ -78,7 +76,7 @@ def run(config: TrainerConfig, progress: Progress, env: Mapping[str, str] | None
             space.retain(config, progress)  # a retry of a run that published but stopped before this
             return summary
         registry.require_writable(config.storage_root, config.model)
-        check_trainable(config, inputs.table)
+        check_trainable(config, inputs.table, inputs.stats)
         estimators.check_features(spec, {name: inputs.table.feature_types[name] for name in inputs.features})
         return train_and_publish(config, spec, estimator, inputs, progress, started, space)
 
@@ -99,25 +97,92 @@ def load_inputs(config: TrainerConfig, progress: Progress, space: mirror.Workspa
         f"feedback: {len(feedback)} labelled rows from {feedback.files_read} files; "
         f"skipped {dict(feedback.stats) or 'nothing'}"
     )
-    features = known if known is not None else _inferred_features(feedback)
-    extra = _champion_extra(champion, features)
-    progress(f"loading base data: {len(files)} CSV files in {root / 'data'}")
-    base = datasource.read_base_data(files, [*features, *extra, config.target])
-    if base is None and not len(feedback):
+    if not files and not len(feedback):
+        # Before the features are inferred from the feedback: an empty window is the cause, not the features.
         raise TrainerError(
             f"no data: no base data (*.csv) in {space.where(root / 'data')} and no labelled feedback in the "
-            f"data window ({_window_text(config)}; {feedback.files_read} partition files read)"
+            f"data window ({_window_text(config)}; {feedback.files_read} log files read"
+            f"{_skipped_text(feedback.stats)}): add base data there, widen retraining.dataWindow, or retrain "
+            f"once labels for the window's predictions have arrived"
         )
+    features = known if known is not None else _inferred_features(feedback)
+    extra = _champion_extra(champion, features)
+    _check_champion_columns(champion, extra, files, space)
+    progress(f"loading base data: {len(files)} CSV files in {root / 'data'}")
+    base = datasource.read_base_data(files, [*features, *extra, config.target])
     stats = Counter(feedback.stats)
     if base is not None and base.malformed_rows:
         stats["malformedBaseRows"] += base.malformed_rows
-    table = build_table(features, config.target, config.task, base, feedback, stats, extra)
+    classes, origin = task_classes(config, base, champion)
+    table = build_table(features, config.target, config.task, base, feedback, stats, extra, classes)
+    if table.unknown_classes:
+        progress(
+            f"left out {sum(table.unknown_classes.values())} feedback rows whose label is not a class of the task "
+            f"(classes {_named(sorted(classes or ()))}, from {origin}): {_named_counts(table.unknown_classes)}"
+        )
     progress(
         f"rows: {int((~table.is_feedback).sum())} base + {int(table.is_feedback.sum())} feedback "
         f"= {len(table)} labelled rows, {len(features)} features"
     )
-    hashes = _content_hashes(config, base, feedback, champion)
+    champion_hash = champion.model_hash if champion else None
+    hashes = identity.content_hashes(
+        config, base.file_hashes if base is not None else {}, feedback.digest, champion_hash
+    )
     return Inputs(table, features, +stats, hashes, champion)
+
+
+def task_classes(
+    config: TrainerConfig, base: datasource.BaseData | None, champion: Champion | None
+) -> tuple[frozenset[str] | None, str]:
+    """The classes of a classification task (as ``class_key``s) and where they come from: the champion's (its
+    metadata's ``classes``, else its estimator's ``classes_``) and the base data's. A logged label of another
+    class is left out, as the server refuses it: a class is added by adding rows of it to the base data.
+    None (every label kept) when neither says: a first version trained on feedback alone."""
+    if config.task != "classification":
+        return None, ""
+    keys: set[str] = set()
+    origins = []
+    known = _champion_classes(champion)
+    if known and champion is not None:
+        keys |= {class_key(value) for value in known}
+        origins.append(f"champion version {champion.version}")
+    if base is not None:
+        in_base = tables.class_keys(base.columns[config.target])
+        if in_base:
+            keys |= in_base
+            origins.append("the base data")
+    return (frozenset(keys) if keys else None), " and ".join(origins)
+
+
+def _champion_classes(champion: Champion | None) -> list[Any]:
+    if champion is None:
+        return []
+    listed = champion.metadata.get("classes")
+    if isinstance(listed, list) and listed:
+        return listed
+    try:
+        fitted = getattr(champion.model, "classes_", None)  # a Pipeline asks its last step
+    except Exception:  # noqa: BLE001 - an unfitted or foreign estimator: its classes are unknown
+        return []
+    return np.asarray(fitted).tolist() if fitted is not None else []
+
+
+def _check_champion_columns(
+    champion: Champion | None, extra: list[str], files: list[Path], space: mirror.Workspace
+) -> None:
+    """Features only the champion uses must be in the base data too: it is scored on the challenger's rows."""
+    if champion is None or not extra:
+        return
+    for path in files:
+        header = datasource.base_header(path)
+        missing = [name for name in extra if name not in header]
+        if missing:
+            raise TrainerError(
+                f"champion version {champion.version} was trained with feature(s) {missing} (its metadata's "
+                f"features), which base data {space.where(path)} lacks (columns: {header}): the champion is "
+                f"scored on the same rows as the challenger, base rows included; put the column(s) back in the "
+                f"base data"
+            )
 
 
 def _load_champion(config: TrainerConfig, progress: Progress) -> Champion | None:
@@ -164,23 +229,20 @@ def _inferred_features(feedback: datasource.FeedbackData) -> list[str]:
     return sorted(common)
 
 
-def _content_hashes(
-    config: TrainerConfig,
-    base: datasource.BaseData | None,
-    feedback: datasource.FeedbackData,
-    champion: Champion | None,
-) -> dict[str, Any]:
-    recipe = {key: value for key, value in config.raw.items() if key not in NOT_INPUTS}
-    return {
-        "config": _sha256_json(recipe),
-        "baseData": base.file_hashes if base is not None else {},
-        "feedback": feedback.digest,
-        "champion": champion.model_hash if champion else None,
-    }
+def _named(values: list[Any]) -> str:
+    shown = ", ".join(repr(value) for value in values[:MAX_NAMED])
+    return f"[{shown}{f' and {len(values) - MAX_NAMED} more' if len(values) > MAX_NAMED else ''}]"
 
 
-def _sha256_json(document: Any) -> str:
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+def _named_counts(counts: Mapping[str, int]) -> str:
+    """``'tenure' in 800, 'plan' in 12`` for the most frequent first."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{name!r} in {count}" for name, count in ranked[:MAX_NAMED])
+    return shown + (f" and {len(ranked) - MAX_NAMED} more" if len(ranked) > MAX_NAMED else "")
+
+
+def _skipped_text(stats: Mapping[str, int]) -> str:
+    return f"; skipped {dict(stats)}" if stats else ""
 
 
 def _window_text(config: TrainerConfig) -> str:
@@ -191,12 +253,20 @@ def _window_text(config: TrainerConfig) -> str:
 # --- checks --------------------------------------------------------------------------------------
 
 
-def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
+def check_trainable(config: TrainerConfig, table: LabelledTable, stats: Mapping[str, int] | None = None) -> None:
     n_base, n_feedback = int((~table.is_feedback).sum()), int(table.is_feedback.sum())
     if len(table) < config.min_rows:
+        # The rows left out are named first: "too few rows" alone sent people to minRows when a feature the
+        # logs lack, or an empty target column, had dropped them.
+        dropped = _dropped_text(config, table, stats or {})
+        fix = (
+            "; ".join(dropped)
+            if dropped
+            else ("add base data (data/*.csv), widen retraining.dataWindow, or lower retraining.minRows")
+        )
         raise TrainerError(
             f"too few rows: {len(table)} labelled rows (base {n_base}, feedback {n_feedback}) "
-            f"< minRows {config.min_rows}"
+            f"< minRows {config.min_rows}: {fix}"
         )
     if config.task == "classification" and not config.incremental and len(table.classes) < 2:
         raise TrainerError(
@@ -208,6 +278,74 @@ def check_trainable(config: TrainerConfig, table: LabelledTable) -> None:
         raise TrainerError(f"sliceFeatures {unknown} are not features of the data (features: {table.features})")
 
 
+def _dropped_text(config: TrainerConfig, table: LabelledTable, stats: Mapping[str, int]) -> list[str]:
+    """Why labelled rows were left out, biggest cause first, each with its fix."""
+    causes: list[tuple[int, str]] = []
+    missing = stats.get("feedbackRowsMissingFeatures", 0)
+    if missing:
+        absent = _named_counts(table.missing_features)
+        fixes = []
+        if any(name in table.features for name in table.missing_features):
+            fixes.append(
+                "the server logs the features a request sends: send them or drop them from retraining.features"
+            )
+        if any(name not in table.features for name in table.missing_features):
+            fixes.append(
+                f"features only champion version {config.parent_version} uses are needed to score it on the same "
+                f"rows: send them in the requests"
+            )
+        causes.append(
+            (
+                missing,
+                f"{missing} feedback rows were left out because their logged prediction lacks a feature ({absent} "
+                f"rows): {'; '.join(fixes)}",
+            )
+        )
+    unlabelled = stats.get("baseRowsWithoutLabel", 0)
+    if unlabelled:
+        causes.append(
+            (
+                unlabelled,
+                f"{unlabelled} base rows were left out because the target column {config.target!r} is empty in "
+                f"them: fill it in the base data (data/*.csv), or name the right column in retraining.target",
+            )
+        )
+    unknown = stats.get("feedbackRowsWithUnknownClass", 0)
+    if unknown:
+        causes.append(
+            (
+                unknown,
+                f"{unknown} feedback rows were left out because their label is not a class of the task "
+                f"({_named_counts(table.unknown_classes)}): add rows of a new class to the base data",
+            )
+        )
+    bad = stats.get("feedbackRowsWithBadLabel", 0)
+    if bad:
+        kind = "a number" if config.task == "regression" else "a class"
+        causes.append((bad, f"{bad} feedback rows were left out because their label is missing or not {kind}"))
+    orphans = stats.get("feedbackWithoutPrediction", 0)
+    if orphans:
+        causes.append(
+            (
+                orphans,
+                f"{orphans} labels were left out because their prediction is not in the window's prediction log "
+                f"(predicted before the window: widen retraining.dataWindow)",
+            )
+        )
+    return [text for _, text in sorted(causes, key=lambda cause: -cause[0])]
+
+
+def _identity_help(differing: list[str]) -> str:
+    what = {
+        "recipe": "the config's training settings changed",
+        "config": "the config changed (a version published by an older trainer matches only its own Job's config)",
+        "baseData": "files in data/ changed",
+        "feedback": "the labelled rows of its data window changed (log files deleted or rewritten)",
+        "champion": "the champion's model file changed",
+    }
+    return "; ".join(what[key] for key in differing if key in what)
+
+
 def _existing_result(
     config: TrainerConfig,
     previous: dict[str, Any],
@@ -216,12 +354,12 @@ def _existing_result(
     space: mirror.Workspace,
 ) -> dict[str, Any]:
     folder = storage.version_dir(config.storage_root, config.model, config.version)
-    old = previous.get("contentHashes") or {}
-    differing = sorted(key for key in set(old) | set(hashes) if old.get(key) != hashes.get(key))
+    differing = identity.differing(previous.get("contentHashes") or {}, hashes, config)
     if differing:
         raise TrainerError(
             f"version {config.version} already exists at {space.where(folder)} with different inputs "
-            f"({', '.join(differing)} differ); refusing to overwrite it"
+            f"({', '.join(differing)} differ); refusing to overwrite it: a published version is never "
+            f"retrained (times, Job names and the image are not inputs; {_identity_help(differing)})"
         )
     progress(f"version {config.version} already exists with the same inputs: reporting it")
     report = registry.read_json(folder / storage.REPORT_FILE)
@@ -255,7 +393,7 @@ def train_and_publish(
     y_train, flipped = split.flip_labels(
         table.y[train_rows], config.label_noise, table.classes, config.seed, regression=config.task == "regression"
     )
-    _check_training_labels(config, y_train)
+    _check_training_labels(config, y_train, training)
     weights = chosen.weights[train_rows]
     X_train = table.matrix(train_rows)
     origin = f" incrementally from version {config.parent_version}" if config.incremental else ""
@@ -381,6 +519,7 @@ def _best_recipe(
     metric = evaluation.PRIMARY_METRIC[config.task]
     sign = 1.0 if evaluation.GREATER_IS_BETTER[metric] else -1.0
     y_true = table.y[training.holdout]
+    training = _two_class_recipes(config, table, training, progress)
 
     def fit_predict(rows: np.ndarray, weights: np.ndarray, test: np.ndarray) -> np.ndarray:
         return np.asarray(_fit_fold(config, spec, inputs, rows, weights).predict(table.matrix(test)))
@@ -407,11 +546,35 @@ def _fit_fold(
     return _fit_pipeline(spec, estimator, inputs, table.matrix(rows), y, weights)
 
 
-def _check_training_labels(config: TrainerConfig, y_train: np.ndarray) -> None:
+def _two_class_recipes(
+    config: TrainerConfig, table: LabelledTable, training: plan.TrainingPlan, progress: Progress
+) -> plan.TrainingPlan:
+    """Classification: a recipe whose rows hold one class cannot train a classifier (the rows since a change
+    point may all be of one class); it is not tried. If none is left, the plan's first one fails later, naming
+    the rows it trained on."""
+    if config.task != "classification":
+        return training
+    kept = tuple(recipe for recipe in training.recipes if len(set(table.y[training.rows_of(recipe)[0]].tolist())) > 1)
+    if kept == training.recipes or not kept:
+        return training
+    left_out = [recipe.name for recipe in training.recipes if recipe not in kept]
+    progress(f"recipes {left_out} left out: their rows hold a single class")
+    return replace(training, recipes=kept)
+
+
+def _check_training_labels(config: TrainerConfig, y_train: np.ndarray, training: plan.TrainingPlan) -> None:
     if config.task == "classification" and not config.incremental and len(set(y_train.tolist())) < 2:
+        if training.concept_since is not None:
+            fix = (
+                f"the rows since the change point at ts {training.concept_since:.0f} hold one class: retrain once "
+                f"labels of another class arrived, or set retraining.changePoint.enabled to false"
+            )
+        else:
+            fix = "add rows of another class to the base data (data/*.csv) or widen retraining.dataWindow"
         raise TrainerError(
             f"target {config.target!r} has only one class {sorted(set(y_train.tolist()))} in the "
-            f"{len(y_train)} training rows (after the holdout); classification needs two"
+            f"{len(y_train)} rows trained on ({training.strategy}: {training.reason}); classification needs two: "
+            f"{fix}"
         )
 
 
