@@ -37,7 +37,11 @@ def loop(name: str, prometheus_url: str, interval: int, for_: str) -> dict:
         "kind": "ModelFeedbackLoop",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-lat"}}},
+            "model": {
+                "name": name,
+                "initialVersion": 1,
+                "storage": {"persistentVolumeClaim": {"claimName": "mfl-lat"}},
+            },
             "monitoring": {
                 "prometheus": {"url": prometheus_url},
                 "interval": f"{interval}s",

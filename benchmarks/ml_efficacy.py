@@ -73,7 +73,7 @@ from threadpoolctl import threadpool_limits
 
 from feedbackloop.core import api
 from feedbackloop.core.canary import ArmCounts, CanaryObservation
-from feedbackloop.core.monitoring import Health, RuleState, Sample, evaluate_rule, rule_state_from_status, summarize
+from feedbackloop.core.monitoring import Sample
 from feedbackloop.core.phases import (
     EnsureCanary,
     EnsureStable,
@@ -549,7 +549,7 @@ class FeedbackLoop:
             generation=1,
             spec=self.spec,
             status=self.status,
-            health=self.health(now),
+            samples=(self.poll(now),),
             job=self.job(now),
             serving=self.serving(),
             canary=self.canary_counts(now),
@@ -559,18 +559,15 @@ class FeedbackLoop:
         for action in decision.actions:
             self.apply(action, now)
 
-    def health(self, now: int) -> Health:
+    def poll(self, now: int) -> dict[str, Sample]:
         """The accuracy rule's sample: labels that arrived in its window, of the stable version's rows."""
         end = self.lab.labelled_end(now)
         rows = slice(max(0, end - self.settings.rule_window), end)
-        mine = (self.version[rows] == self.status.get("currentVersion", 1)) & ~self.on_canary[rows]
+        serving = self.status.get("currentVersion", 1)
+        mine = (self.version[rows] == serving) & ~self.on_canary[rows]
         labelled = int(mine.sum())
         value = float(self.correct[rows][mine].mean()) if labelled else None
-        previous = {m["name"]: rule_state_from_status(m) for m in self.status.get("metrics", [])}
-        state = evaluate_rule(
-            self.rule, previous.get(self.rule.name, RuleState()), Sample(value, EPOCH + now, samples=float(labelled))
-        )
-        return summarize({self.rule.name: state})
+        return {self.rule.name: Sample(value, EPOCH + now, samples=float(labelled), version=serving)}
 
     def job(self, now: int) -> JobObservation | None:
         run = self.status.get("retraining")

@@ -32,7 +32,11 @@ def loop(name: str, prometheus_url: str, interval: int) -> dict:
         "kind": "ModelFeedbackLoop",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
-            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/tmp/mfl-bench"}}},
+            "model": {
+                "name": name,
+                "initialVersion": 1,
+                "storage": {"persistentVolumeClaim": {"claimName": "mfl-bench"}},
+            },
             "monitoring": {
                 "prometheus": {"url": prometheus_url},
                 "interval": f"{interval}s",

@@ -39,7 +39,7 @@ from typing import Any
 
 from feedbackloop.core.timeutil import format_time
 from mfl_cli import kube, stores, views
-from mfl_cli.views import table
+from mfl_cli.views import cell, entries, integer, line, mapping, table
 from mfl_contracts.objectstore import ArtifactStore, NotFound, StoreError, VolumeStore
 
 BENCHMARKS = [
@@ -58,25 +58,28 @@ BENCHMARKS = [
 
 
 def render_status(loop: dict[str, Any]) -> str:
-    status = loop.get("status") or {}
-    meta = loop["metadata"]
+    """The loop's status in words and tables; any status the schema admits (a field absent, null or of
+    another shape reads as absent), every value shown as inert text."""
+    status, meta = mapping(loop.get("status")), mapping(loop.get("metadata"))
     out = [
-        f"{meta['namespace']}/{meta['name']}: phase {status.get('phase', '?')}, serving version "
-        f"{status.get('currentVersion', '-')}, generation {meta.get('generation')} "
-        f"(observed {status.get('observedGeneration', '-')})",
+        line(
+            f"{meta.get('namespace')}/{meta.get('name')}: phase {status.get('phase', '?')}, serving version "
+            f"{status.get('currentVersion', '-')}, generation {meta.get('generation')} "
+            f"(observed {status.get('observedGeneration', '-')})"
+        ),
         "",
     ]
-    conditions = status.get("conditions", [])
+    conditions = entries(status.get("conditions"))
     if conditions:
         out += [
             table(
                 [
                     [
-                        c["type"],
-                        c["status"],
+                        c.get("type"),
+                        c.get("status"),
                         c.get("reason", ""),
                         c.get("lastTransitionTime", ""),
-                        (c.get("message") or "")[:90],
+                        cell(c.get("message"), 90),
                     ]
                     for c in conditions
                 ],
@@ -84,33 +87,42 @@ def render_status(loop: dict[str, Any]) -> str:
             ),
             "",
         ]
-    if status.get("metrics"):
+    metrics = entries(status.get("metrics"))
+    if metrics:
         out += [
             table(
                 [
-                    [m["name"], m.get("state"), m.get("value"), m.get("sampleTime"), m.get("breachSince")]
-                    for m in status["metrics"]
+                    [m.get("name"), m.get("state"), m.get("value"), m.get("sampleTime"), m.get("breachSince")]
+                    for m in metrics
                 ],
                 ["METRIC", "STATE", "VALUE", "SAMPLED", "BREACH SINCE"],
             ),
             "",
         ]
-    if status.get("retraining"):
-        r = status["retraining"]
-        out += [f"Retraining: version {r['version']} ({r['trigger']}), Job {r['jobName']}, since {r['startedAt']}", ""]
+    r = mapping(status.get("retraining"))
+    if r:
+        out += [
+            line(
+                f"Retraining: version {r.get('version')} ({r.get('trigger')}), Job {r.get('jobName')}, "
+                f"since {r.get('startedAt')}"
+            ),
+            "",
+        ]
     if status.get("retrainBlockedBy"):
-        out += [f"Retraining wanted but blocked: {status['retrainBlockedBy']}", ""]
-    if status.get("candidate"):
-        c = status["candidate"]
-        out += [f"Candidate: version {c['version']}: {c.get('gate', '')}", ""]
-    if status.get("rollout"):
-        out += render_rollout(status["rollout"])
-    if status.get("history"):
+        out += [line(f"Retraining wanted but blocked: {status['retrainBlockedBy']}"), ""]
+    c = mapping(status.get("candidate"))
+    if c:
+        out += [line(f"Candidate: version {c.get('version')}: {c.get('gate', '')}"), ""]
+    rollout = mapping(status.get("rollout"))
+    if rollout:
+        out += render_rollout(rollout)
+    history = entries(status.get("history"))
+    if history:
         out += [
             table(
                 [
-                    [h["version"], h.get("trigger"), h.get("outcome"), h.get("at"), (h.get("message") or "")[:80]]
-                    for h in status["history"]
+                    [h.get("version"), h.get("trigger"), h.get("outcome"), h.get("at"), cell(h.get("message"), 80)]
+                    for h in history
                 ],
                 ["VERSION", "TRIGGER", "OUTCOME", "AT", "WHY"],
             )
@@ -120,15 +132,17 @@ def render_status(loop: dict[str, Any]) -> str:
 
 def render_rollout(rollout: dict[str, Any]) -> list[str]:
     lines = [
-        f"Canary: version {rollout['version']}, step {rollout.get('step', 0) + 1} at {rollout.get('weight')}%, "
-        f"analysis {rollout.get('analysisPhase')}{' (paused)' if rollout.get('paused') else ''}, "
-        f"since {rollout.get('startedAt')}"
+        line(
+            f"Canary: version {rollout.get('version')}, step {integer(rollout.get('step')) + 1} at "
+            f"{rollout.get('weight')}%, analysis {rollout.get('analysisPhase')}"
+            f"{' (paused)' if rollout.get('paused') else ''}, since {rollout.get('startedAt')}"
+        )
     ]
-    evidence = rollout.get("evidence") or []
+    evidence = entries(rollout.get("evidence"))
     if evidence:
         lines.append(
             table(
-                [[e["name"], e.get("decision"), (e.get("message") or "")[:110]] for e in evidence],
+                [[e.get("name"), e.get("decision"), cell(e.get("message"), 110)] for e in evidence],
                 ["CHECK", "DECISION", "EVIDENCE"],
             )
         )
@@ -173,14 +187,15 @@ def read_json(store: ArtifactStore, key: str) -> dict[str, Any]:
 
 
 def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | None, model: str) -> str:
-    history = {h["version"]: h for h in ((loop or {}).get("status") or {}).get("history", [])}
+    status = mapping((loop or {}).get("status"))
+    history = {h["version"]: h for h in entries(status.get("history")) if type(h.get("version")) is int}
     registry = registry_versions(store, model) if store else {}
-    current = ((loop or {}).get("status") or {}).get("currentVersion")
+    current = status.get("currentVersion")
     rows = []
     for version in sorted(set(history) | set(registry)):
         record, metadata = history.get(version, {}), registry.get(version, {})
-        metrics = metadata.get("metrics", {}).get("challenger") or record.get("metrics") or {}
-        score = ", ".join(f"{k}={v:.4f}" for k, v in list(metrics.items())[:2]) if isinstance(metrics, dict) else ""
+        metrics = mapping(mapping(metadata.get("metrics")).get("challenger")) or mapping(record.get("metrics"))
+        score = ", ".join(f"{k}={_number(v, '.4f')}" for k, v in list(metrics.items())[:2])
         rows.append(
             [
                 f"{version}{' *' if version == current else ''}",
@@ -188,8 +203,8 @@ def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | N
                 record.get("trigger", ""),
                 record.get("outcome", "(in registry)" if metadata else ""),
                 score,
-                (metadata.get("rows") or {}).get("train", ""),
-                (record.get("message") or "")[:60],
+                mapping(metadata.get("rows")).get("train", ""),
+                cell(record.get("message"), 60),
             ]
         )
     if not rows:
@@ -207,59 +222,72 @@ def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | N
 
 def render_report(report: dict[str, Any], folder: Path | None, plots: list[str] | None = None) -> str:
     """`folder`: the version's local folder, whose confusion.png is named; `plots`: where the version's plots
-    are when it has no local folder (objects in a bucket, or the copies --plots downloaded)."""
+    are when it has no local folder (objects in a bucket, or the copies --plots downloaded). The report is the
+    trainer's: any part of another shape reads as absent, every value is shown as inert text."""
     out = [
-        f"{report.get('model')} version {report.get('version')} (parent {report.get('parentVersion')}), "
-        f"{report.get('task')}, target {report.get('target')!r}"
+        line(
+            f"{report.get('model')} version {report.get('version')} (parent {report.get('parentVersion')}), "
+            f"{report.get('task')}, target {report.get('target')!r}"
+        )
     ]
-    holdout = report.get("holdout") or {}
+    holdout = mapping(report.get("holdout"))
     out.append(
-        f"holdout: {holdout.get('rows')} rows, {holdout.get('strategy')}"
-        + (f" ({holdout['reason']})" if holdout.get("reason") else "")
+        line(
+            f"holdout: {holdout.get('rows')} rows, {holdout.get('strategy')}"
+            + (f" ({holdout['reason']})" if holdout.get("reason") else "")
+        )
     )
     if isinstance(report.get("trainingData"), dict):  # trainers before change-point training wrote none
-        out += render_training_data(report["trainingData"], holdout, report.get("metric"))
+        out += [line(text) for text in render_training_data(report["trainingData"], holdout, report.get("metric"))]
     if isinstance(report.get("paired"), dict):
-        out.append(LABEL.format("paired:") + render_paired(report["paired"], report.get("task")))
+        out.append(line(LABEL.format("paired:") + render_paired(report["paired"], report.get("task"))))
     for role in ("challenger", "champion"):
-        part = report.get(role)
+        part = mapping(report.get(role))
         if not part:
             continue
-        out += ["", f"== {role}: " + ", ".join(f"{k}={v:.4f}" for k, v in part.get("metrics", {}).items())]
-        confusion = part.get("confusion")
-        if confusion:
-            labels = confusion["labels"]
+        scores = mapping(part.get("metrics"))
+        out += ["", line(f"== {role}: " + ", ".join(f"{k}={_number(v, '.4f')}" for k, v in scores.items()))]
+        confusion = mapping(part.get("confusion"))
+        labels, matrix = confusion.get("labels"), confusion.get("matrix")
+        if isinstance(labels, list) and labels and isinstance(matrix, list):
             out.append(
                 table(
-                    [[f"actual {a}", *row] for a, row in zip(labels, confusion["matrix"])],
+                    [[f"actual {a}", *(row if isinstance(row, list) else [row])] for a, row in zip(labels, matrix)],
                     ["", *[f"pred {p}" for p in labels]],
                 )
             )
-        if part.get("perClass"):
+        per_class = entries(part.get("perClass"))
+        if per_class:
             out.append(
                 table(
                     [
-                        [c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
-                        for c in part["perClass"]
+                        [
+                            c.get("label"),
+                            _number(c.get("precision"), ".3f"),
+                            _number(c.get("recall"), ".3f"),
+                            _number(c.get("f1"), ".3f"),
+                            c.get("support"),
+                        ]
+                        for c in per_class
                     ],
                     ["CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"],
                 )
             )
-    slices = (report.get("worstSlices") or {}).get("challenger") or []
+    slices = entries(mapping(report.get("worstSlices")).get("challenger"))
     if slices:
-        metric = next((k for k in slices[0] if k not in ("feature", "bin", "rows")), "accuracy")
+        metric = str(next((k for k in slices[0] if k not in ("feature", "bin", "rows")), "accuracy"))
         out += [
             "",
             "worst slices (challenger):",
             table(
-                [[s["feature"], s["bin"], f"{s[metric]:.3f}", s["rows"]] for s in slices[:10]],
+                [[s.get("feature"), s.get("bin"), _number(s.get(metric), ".3f"), s.get("rows")] for s in slices[:10]],
                 ["FEATURE", "BIN", metric.upper(), "ROWS"],
             ),
         ]
     if plots is not None:
-        out += ["", *(f"plot: {plot}" for plot in plots)] if plots else []
+        out += ["", *(line(f"plot: {plot}") for plot in plots)] if plots else []
     elif folder is not None and (folder / "confusion.png").exists():
-        out += ["", f"confusion matrix plot: {folder / 'confusion.png'}"]
+        out += ["", line(f"confusion matrix plot: {folder / 'confusion.png'}")]
     return "\n".join(out) + "\n"
 
 
@@ -275,7 +303,13 @@ JUDGED_ON = {  # the trainer's holdout strategies (mfl_trainer.plan, .split), as
 
 
 def _number(value: Any, spec: str) -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+    """A number of the trainer's report or metadata as `spec` says, "?" when it is none (or no float holds it)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "?"
+    try:
+        return format(value, spec)
+    except (OverflowError, ValueError):
+        return "?"
 
 
 def render_training_data(training: dict[str, Any], holdout: dict[str, Any], metric: Any = None) -> list[str]:
@@ -317,9 +351,13 @@ def render_training_data(training: dict[str, Any], holdout: dict[str, Any], metr
 def _best(scores: dict[str, Any], metric: Any) -> str | None:
     """The recipe the trainer trained: the best cross-fitted score of the report's metric, the first on a tie
     (mfl_trainer.plan.best_recipe); None when the metric's direction is unknown."""
-    if metric not in GREATER_IS_BETTER:
+    if not isinstance(metric, str) or metric not in GREATER_IS_BETTER:
         return None
-    numbers = {name: float(v) for name, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {
+        name: float(v)
+        for name, v in scores.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e300
+    }
     if not numbers:
         return None
     sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
@@ -327,7 +365,12 @@ def _best(scores: dict[str, Any], metric: Any) -> str | None:
 
 
 def _when(ts: Any) -> str:
-    return (format_time(float(ts)) or "?") if isinstance(ts, (int, float)) and not isinstance(ts, bool) else "?"
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return "?"
+    try:
+        return format_time(float(ts)) or "?"
+    except (OverflowError, ValueError, OSError):  # NaN, or a time no calendar holds
+        return "?"
 
 
 def render_paired(paired: dict[str, Any], task: Any) -> str:
@@ -740,20 +783,26 @@ def store_error_message(error: StoreError) -> str:
 def main(argv: list[str] | None = None) -> None:
     prog = program_name(sys.argv[0])
     args = build_parser(prog).parse_args(argv)
+    sys.exit(execute(args, prog))
+
+
+def execute(args: argparse.Namespace, prog: str = "mfl") -> int:
+    """A parsed command run: whatever it prints made inert (the cluster's, a bucket's and a server's text
+    are others'), a failure said in one line on stderr; the exit code."""
     try:
-        code = run(args)
+        with views.inert_output():
+            return run(args)
     except KeyboardInterrupt:
-        code = 130  # Ctrl-C, e.g. ending --watch: the shell's convention, no traceback
+        return 130  # Ctrl-C, e.g. ending --watch: the shell's convention, no traceback
     except kube.CliError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        code = 1
+        print(line(f"{prog}: {error}"), file=sys.stderr)
+        return 1
     except StoreError as error:  # the store's message names it, the key and the reason (AccessDenied, ...)
-        print(f"{prog}: {store_error_message(error)}", file=sys.stderr)
-        code = 1
+        print(line(f"{prog}: {store_error_message(error)}"), file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `mfl get | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 141
-    sys.exit(code)
+        return 141
 
 
 if __name__ == "__main__":

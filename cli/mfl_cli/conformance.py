@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from feedbackloop.core.text import inert
 from mfl_contracts import metrics as names
 
 ID_OUTPUT = "mfl_prediction_id"
@@ -86,7 +87,7 @@ class Report:
         lines = []
         for check in self.checks:
             word = {"ok": "ok", "fail": "FAIL", "skip": "SKIP"}[check.status]
-            lines.append(f"{word:<5} {check.name:<{width}}  {check.detail}".rstrip())
+            lines.append(inert(f"{word:<5} {check.name:<{width}}  {check.detail}".rstrip()))  # the server's words
         failed = sum(check.status == "fail" for check in self.checks)
         skipped = sum(check.status == "skip" for check in self.checks)
         target = f"model {self.model!r}" + (f" version {self.version}" if self.version else "") if self.model else ""

@@ -1,19 +1,87 @@
-"""What `get` prints: the loop table (as the CRD's printer columns, with the canary) and -o json|yaml."""
+"""What `get` prints: the loop table (as the CRD's printer columns, with the canary) and -o json|yaml; and
+what every view prints through: text made inert (feedbackloop.core.text), values read whatever their shape.
+
+A loop's status, a bucket's metadata and report, a server's answer: what the CLI shows was written by
+someone else, a tenant's trainer, Prometheus or webhook among them. Every table cell and every line built
+from such a value is one line of inert text (`cell`, `line`: control characters, escape sequences and bidi
+overrides shown as their escapes, a newline too, so no row can be forged); `inert_output` makes whatever a
+command writes inert as well (newlines kept), for what a view may have missed. `mapping`, `entries` and
+`integer` read a value of an unexpected shape as absent, so no status the schema admits stops a view.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
+from feedbackloop.core.text import inert
 from feedbackloop.core.timeutil import parse_time
 
 FORMATS = ("json", "yaml")
 
 
+def cell(value: Any, limit: int | None = None) -> str:
+    """A value as one line of inert text, at most `limit` characters ("" for None)."""
+    if value is None:
+        return ""
+    return inert(value if isinstance(value, str) else str(value), limit)
+
+
+def line(text: str) -> str:
+    """A line of a view built from others' values: inert, its newlines shown as \\n."""
+    return inert(text)
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """`value` when it is an object, else {} (read as absent)."""
+    return value if isinstance(value, dict) else {}
+
+
+def entries(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list (anything else in it, or a value that is no list, is skipped)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def integer(value: Any, default: int = 0) -> int:
+    """An integer field (a boolean or anything else reads as `default`)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+class InertStream:
+    """A text stream whose every write is made inert (newlines and tabs kept); the rest is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(inert(text, multiline=True))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def inert_output() -> Iterator[None]:
+    """Within: sys.stdout and sys.stderr write inert text."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = InertStream(saved[0]), InertStream(saved[1])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def table(rows: list[list[Any]], header: list[str], rule: bool = True) -> str:
-    """Columns padded to their widest cell; `rule` adds a dashed line under the header."""
-    cells = [[str(c) for c in header]] + [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    """Columns padded to their widest cell; `rule` adds a dashed line under the header. Every cell is one line
+    of inert text; a row shorter or longer than the others is padded, not cut."""
+    cells = [[cell(c) for c in header]] + [[cell(c) for c in row] for row in rows]
+    columns = max(len(row) for row in cells)
+    cells = [row + [""] * (columns - len(row)) for row in cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join([lines[0], *(["  ".join("-" * w for w in widths)] if rule else []), *lines[1:]])
 
@@ -44,11 +112,12 @@ def age(created: str | None, now: float) -> str:
 
 def canary(loop: dict[str, Any]) -> str:
     """The running canary in a cell: version, weight, step of steps, paused; '-' when none runs."""
-    rollout = (loop.get("status") or {}).get("rollout")
+    rollout = mapping(mapping(loop.get("status")).get("rollout"))
     if not rollout:
         return "-"
-    steps = len(((loop.get("spec") or {}).get("rollout") or {}).get("steps") or [])
-    step = f" step {rollout.get('step', 0) + 1}" + (f"/{steps}" if steps else "")
+    listed = mapping(mapping(loop.get("spec")).get("rollout")).get("steps")
+    steps = len(listed) if isinstance(listed, list) else 0
+    step = f" step {integer(rollout.get('step')) + 1}" + (f"/{steps}" if steps else "")
     return f"v{rollout.get('version')} {rollout.get('weight')}%{step}" + (" paused" if rollout.get("paused") else "")
 
 
@@ -56,7 +125,7 @@ def loops_table(loops: list[dict[str, Any]], now: float, all_namespaces: bool) -
     """One row per loop, by namespace then name; NAMESPACE first with -A, as kubectl does."""
     rows = []
     for loop in sorted(loops, key=lambda x: (x["metadata"].get("namespace", ""), x["metadata"]["name"])):
-        meta, status = loop["metadata"], loop.get("status") or {}
+        meta, status = loop["metadata"], mapping(loop.get("status"))
         row = [meta["name"], status.get("phase", ""), status.get("currentVersion"), canary(loop)]
         row.append(age(meta.get("creationTimestamp"), now))
         rows.append([meta.get("namespace"), *row] if all_namespaces else row)

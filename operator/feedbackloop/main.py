@@ -8,6 +8,7 @@ import os
 import socket
 
 import kopf
+from kopf._core.engines.peering import Identity  # a NewType of str that kopf does not re-export
 from prometheus_client import start_http_server
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         settings=settings,
         standalone=True,
         liveness_endpoint=args.liveness or None,
-        identity=operator_identity(),
+        identity=Identity(operator_identity()),
     )
 
 

@@ -41,6 +41,19 @@ OPERATOR_NAMESPACE = "feedbackloop-system"
 OPERATOR_DEPLOYMENT = "feedbackloop-operator"
 IMAGE_REPOSITORY = "ghcr.io/feedbackloop"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where `mfl_testbed` is importable from
+SETTINGS_CONFIGMAP = "mfl-operator-settings"  # the admin's settings (manifests/settings.yaml)
+# The test bed is the admin of its own cluster, and sets what its tests need (docs/security.md): its
+# Prometheus, object store and database, and the e2e tests' webhook and confirmPromotion receivers, all listen
+# on the node's address (private: refused to receivers by default); e2e loops keep their files on hostPath.
+OPERATOR_SETTINGS = {"MFL_EGRESS_ALLOW": NODE_IP, "MFL_ALLOW_HOST_PATH": "true"}
+
+
+def settings_patch(
+    settings: Mapping[str, str] = OPERATOR_SETTINGS, namespace: str | None = OPERATOR_NAMESPACE
+) -> dict[str, Any]:
+    """A strategic merge patch of the operator's settings ConfigMap to `settings`."""
+    metadata = {"name": SETTINGS_CONFIGMAP, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": dict(settings)}
 
 
 class Cluster:
@@ -181,9 +194,11 @@ class Cluster:
         image_refs: Mapping[str, str],
         env: Mapping[str, str] | None = None,
         timeout: float = 240.0,
+        settings: Mapping[str, str] = OPERATOR_SETTINGS,
     ) -> str:
-        """`kubectl apply -k` of an overlay that points `manifests/` at these images (and nothing else,
-        unless `env` adds variables to the operator's container, as the demo does to refresh faster)."""
+        """`kubectl apply -k` of an overlay that points `manifests/` at these images, with the test bed's admin
+        `settings` (OPERATOR_SETTINGS) in the operator's settings ConfigMap (and nothing else, unless `env`
+        adds variables to the operator's container, as the demo does to refresh faster)."""
         overlay = self.workdir / "install"
         overlay.mkdir(exist_ok=True)
         kustomization = {
@@ -199,6 +214,8 @@ class Cluster:
                 for component, ref in image_refs.items()
             ],
         }
+        (overlay / "settings.yaml").write_text(yaml.safe_dump(settings_patch(settings), sort_keys=False))
+        kustomization["patchesStrategicMerge"] = ["settings.yaml"]
         if env:
             patch = {
                 "apiVersion": "apps/v1",
@@ -215,7 +232,7 @@ class Cluster:
                 },
             }
             (overlay / "env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
-            kustomization["patchesStrategicMerge"] = ["env.yaml"]
+            kustomization["patchesStrategicMerge"] = ["settings.yaml", "env.yaml"]
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         applied = self.kubectl("apply", "-k", str(overlay)).stdout
         self.kubectl(

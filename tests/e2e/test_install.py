@@ -7,6 +7,8 @@ import json
 
 import yaml
 
+from mfl_testbed.cluster import OPERATOR_SETTINGS, SETTINGS_CONFIGMAP
+
 from .conftest import ROOT, condition_of
 from .test_monitoring import loop_manifest
 
@@ -15,7 +17,11 @@ SYSTEM = "feedbackloop-system"
 
 def test_kustomize_install_renders_only_an_image_override(kubectl, operator):
     overlay = yaml.safe_load((operator.workdir / "install" / "kustomization.yaml").read_text())
-    assert set(overlay) == {"apiVersion", "kind", "bases", "images"}  # manifests/ itself is applied unchanged
+    # manifests/ itself is applied unchanged, but for the image and the test bed's own admin settings
+    assert set(overlay) == {"apiVersion", "kind", "bases", "images", "patchesStrategicMerge"}
+    assert overlay["patchesStrategicMerge"] == ["settings.yaml"]
+    settings = json.loads(kubectl("get", "configmap", SETTINGS_CONFIGMAP, "-n", SYSTEM, "-o", "json").stdout)["data"]
+    assert {key: settings[key] for key in OPERATOR_SETTINGS} == OPERATOR_SETTINGS
     rendered = list(yaml.safe_load_all(kubectl("kustomize", str(ROOT / "manifests")).stdout))
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered}
     assert {

@@ -88,9 +88,21 @@ def test_missing_series_is_no_data_not_a_breach(loops, prometheus, exporter, k8s
 
 def test_unreachable_prometheus_is_reported_never_a_breach(loops, k8s_namespace):
     ns = k8s_namespace
-    loops.apply(loop_manifest(ns, "http://127.0.0.1:9"))  # nothing listens on the discard port
+    loops.apply(loop_manifest(ns, f"http://{NODE_IP}:9"))  # nothing listens on the node's discard port
     status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
     assert "connection refused" in condition_of(status, "MetricsAvailable")["message"]
+    assert status["phase"] == "Monitoring"
+
+
+def test_a_prometheus_url_at_the_operators_own_loopback_is_refused_naming_the_setting(loops, k8s_namespace):
+    """The egress policy in-cluster (docs/security.md, Egress): the operator never connects to its own Pod for a
+    tenant; the loop says so, naming the URL, the address and the setting its admin would change."""
+    ns = k8s_namespace
+    loops.apply(loop_manifest(ns, "http://127.0.0.1:8080"))  # the operator's own health endpoint
+    status = loops.wait_condition(ns, "churn", "MetricsAvailable", "False", 30)
+    message = condition_of(status, "MetricsAvailable")["message"]
+    assert "http://127.0.0.1:8080" in message and "127.0.0.1 is loopback" in message, message
+    assert "MFL_EGRESS_ALLOW" in message, message
     assert status["phase"] == "Monitoring"
 
 

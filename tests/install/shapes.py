@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from mfl_testbed.cluster import SETTINGS_CONFIGMAP, settings_patch
 from tests.monitoring.tools import kustomize_kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +103,15 @@ def image_overrides(image_refs: Mapping[str, str], repository: str = "ghcr.io/fe
     ]
 
 
+def bed_settings_patch() -> dict[str, Any]:
+    """A kustomize patch setting the test bed's admin settings (mfl_testbed.cluster.OPERATOR_SETTINGS) in the
+    operator's settings ConfigMap, wherever the shape puts it."""
+    return {
+        "patch": yaml.safe_dump(settings_patch(namespace=None), sort_keys=False),
+        "target": {"kind": "ConfigMap", "name": SETTINGS_CONFIGMAP},
+    }
+
+
 def apply_shape(
     cluster: Any,
     workdir: Path,
@@ -110,9 +120,10 @@ def apply_shape(
     namespace: str | None = None,
     timeout: float = 240.0,
 ) -> list[dict[str, Any]]:
-    """Render the shape with this tree's operator image, apply it with the test bed's kubectl and wait for
-    the operator's rollout; returns what was applied."""
-    path = overlay(workdir, components, namespace, images=image_overrides(image_refs))
+    """Render the shape with this tree's operator image and the test bed's admin settings (as
+    Cluster.install_operator), apply it with the test bed's kubectl and wait for the operator's rollout;
+    returns what was applied."""
+    path = overlay(workdir, components, namespace, images=image_overrides(image_refs), patches=[bed_settings_patch()])
     objects = for_kubernetes_1_20(render(path))
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
     deployment = one(objects, "Deployment", "feedbackloop-operator")["metadata"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import prometheus_client
 import yaml
 
-from feedbackloop import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
+from feedbackloop.runtime import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
 from mfl_server.metrics import CONTENT_TYPE
 from mfl_testbed.netutil import LOOPBACK
 from mfl_testbed.pytest_plugin import unavailable

@@ -12,7 +12,7 @@ import asyncio
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.core import resources
 from feedbackloop.runtime.engine import Engine, Settings
@@ -147,8 +147,11 @@ class FakePrometheus:
     down: bool = False
 
     def answer(self, fragment: str, series: Series | Callable[[str], Series]) -> None:
-        fixed = series
-        self.answers.insert(0, (fragment, series if callable(series) else (lambda _query: list(fixed))))
+        if callable(series):
+            self.answers.insert(0, (fragment, series))
+        else:
+            fixed = list(series)
+            self.answers.insert(0, (fragment, lambda _query: list(fixed)))
 
     def query(self, endpoint: EndpointKey, query: str) -> Series:
         self.asked.append(query)
@@ -215,3 +218,11 @@ class Harness:
 
     def status(self, key: str = "team-a/churn") -> dict[str, Any]:
         return self.kube.loops[key].get("status") or {}
+
+
+if TYPE_CHECKING:  # `make lint` type-checks this file: the fakes must keep the shape of what they stand for
+    from feedbackloop.runtime.kube import KubeAPI
+    from feedbackloop.runtime.poller import QueryFn
+
+    _kube: KubeAPI = FakeKube()
+    _query: QueryFn = FakePrometheus().query

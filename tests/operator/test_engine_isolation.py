@@ -20,7 +20,7 @@ def loop(name: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "team-a", "generation": 1, "uid": name},
         "spec": {
-            "model": {"name": name, "initialVersion": 1, "storage": {"hostPath": {"path": "/data"}}},
+            "model": {"name": name, "initialVersion": 1, "storage": {"persistentVolumeClaim": {"claimName": "c"}}},
             "monitoring": {
                 "prometheus": {"url": "http://prometheus:9090"},
                 "interval": "10s",
@@ -72,7 +72,7 @@ def test_a_loop_whose_poll_cannot_be_prepared_does_not_stop_the_others(monkeypat
     assert poller.asked == ["team-a/healthy"]
     assert states["team-a/healthy"]["accuracy"].value == 0.9
     broken = states["team-a/broken"]["accuracy"]
-    assert broken.value is None and "boom" in broken.message
+    assert broken.value is None and "boom" in broken.error
     assert engine.fleet.memory["team-a/broken"].next_poll == 1030.0  # backs off: no hot loop
 
 

@@ -138,7 +138,6 @@ def test_a_webhook_defaults_to_the_important_events_in_the_generic_format() -> N
         "http://receiver.team-a.svc:8080/hook",
         "http://receiver.team-a.svc.cluster.local/hook",
         "http://10.245.0.1:9000/",
-        "http://127.0.0.1:9000/",
         "https://hooks.slack.com/services/T/B/X",
     ],
 )
@@ -152,6 +151,7 @@ def test_http_only_inside_the_cluster(url: str) -> None:
         "http://hooks.example.com/x",
         "http://8.8.8.8/x",
         "http://169.254.169.254/latest",
+        "http://127.0.0.1:9000/",
         "http://0.0.0.0:80/",
         "http://svc.example.com/x",
         "https:///x",
@@ -363,7 +363,9 @@ def test_what_a_stopped_notifier_left_queued_goes_out_when_it_runs_again() -> No
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 that answers 500 to its first `failures` requests, and dedups by id."""
+    """An HTTP server on 127.0.0.1 that answers 500 to its first `failures` requests, and dedups by id. Loopback is
+    no receiver's address a spec may name, nor one the egress policy allows by default: a test using it takes
+    the `loopback_receivers` fixture and builds its Webhook with `Webhook.model_construct`."""
 
     def __init__(self, failures: int = 0, slow_first: float = 0.0) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -408,14 +410,16 @@ def short_sleep() -> NoSleep:
     return NoSleep()
 
 
-def test_a_real_receiver_failing_for_a_while_gets_every_notification_once_by_id(short_sleep: NoSleep) -> None:
+def test_a_real_receiver_failing_for_a_while_gets_every_notification_once_by_id(
+    short_sleep: NoSleep, loopback_receivers: None
+) -> None:
     receiver = Receiver(failures=4)
     try:
         notifier = Notifier(sleep=short_sleep, timeout=5)
         published = []
         for n, event in enumerate(events(5)):
             status = {"currentVersion": n, "history": [{"version": n}]}
-            notifier.publish(LOOP, [Webhook(url=receiver.url)], event, status)
+            notifier.publish(LOOP, [Webhook.model_construct(url=receiver.url)], event, status)
             published.append(next(iter(notifier.channels.values())).queue[-1].id)
         asyncio.run(deliver(notifier))
     finally:
@@ -430,11 +434,13 @@ def test_a_real_receiver_failing_for_a_while_gets_every_notification_once_by_id(
     assert short_sleep.slept and all(0.5 <= s <= 60 for s in short_sleep.slept)
 
 
-def test_a_2xx_lost_to_the_timeout_is_sent_again_under_the_same_id(short_sleep: NoSleep) -> None:
+def test_a_2xx_lost_to_the_timeout_is_sent_again_under_the_same_id(
+    short_sleep: NoSleep, loopback_receivers: None
+) -> None:
     receiver = Receiver(slow_first=1.0)
     try:
         notifier = Notifier(sleep=short_sleep, timeout=0.3)
-        notifier.publish(LOOP, [Webhook(url=receiver.url, format="slack")], BREACH, {})
+        notifier.publish(LOOP, [Webhook.model_construct(url=receiver.url, format="slack")], BREACH, {})
         asyncio.run(deliver(notifier))
     finally:
         receiver.close()

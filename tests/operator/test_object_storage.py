@@ -16,6 +16,7 @@ import yaml
 from feedbackloop import crdgen
 from feedbackloop.core import api, credentials, resources, validation
 from feedbackloop.core.credentials import MISSING, NOT_BOUND, S3_HOSTS, s3_refusal
+from feedbackloop.core.settings import AdminSettings
 from feedbackloop.runtime import act
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
@@ -47,14 +48,17 @@ def with_(path: str, value: Any, base: dict[str, Any] = BASE) -> dict[str, Any]:
     return spec
 
 
+HOST_PATH_ALLOWED = AdminSettings(allow_host_path=True)  # these specs store on a hostPath
+
+
 def parsed(raw: dict[str, Any]) -> api.ModelFeedbackLoopSpec:
-    spec, error = validation.parse_spec(raw)
+    spec, error = validation.parse_spec(raw, HOST_PATH_ALLOWED)
     assert spec is not None, error
     return spec
 
 
 def error_of(raw: dict[str, Any]) -> str:
-    spec, error = validation.parse_spec(raw)
+    spec, error = validation.parse_spec(raw, HOST_PATH_ALLOWED)
     assert spec is None, "the spec should be refused"
     return error
 

@@ -1,9 +1,11 @@
 """The loop's decisions, without a cluster: every transition of phases.decide."""
 
+import json
+
 import pytest
 
-from feedbackloop.core import api, phases
-from feedbackloop.core.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, summarize
+from feedbackloop.core import api, phases, resources
+from feedbackloop.core.monitoring import BREACHING, HEALTHY, NO_DATA, RuleState, Sample, rule_state_to_status, summarize
 from feedbackloop.core.phases import (
     EnsureCanary,
     EnsureStable,
@@ -16,7 +18,7 @@ from feedbackloop.core.phases import (
     World,
     decide,
 )
-from feedbackloop.core.timeutil import format_time
+from feedbackloop.core.timeutil import format_time, parse_time
 
 NOW = 1_800_000_000.0
 
@@ -45,12 +47,18 @@ def serving(version=1, ready=2):
 
 
 def world(status=None, spec=None, **kw):
+    """A loop's world; `health=` puts those rule states in status.metrics as a poll with no new sample."""
+    status = dict(status or {})
+    health = kw.pop("health", None)
+    if health is not None:
+        status["metrics"] = [rule_state_to_status(name, state) for name, state in health.rules.items()]
+        kw["samples"] = ()
     return World(
         now=kw.pop("now", NOW),
         name="churn",
         generation=kw.pop("generation", 3),
         spec=spec if spec is not None else make_spec(),
-        status=status or {},
+        status=status,
         **kw,
     )
 
@@ -162,11 +170,11 @@ def test_recovery_emits_an_event():
 
 
 def test_metrics_unavailable_event_once():
-    no_data = summarize({"accuracy": RuleState(NO_DATA, message="query failed", failed=True)})
-    d = decide(world(monitoring_status(), health=no_data, serving=serving()))
+    failed = ({"accuracy": Sample(None, NOW, error="query failed")},)
+    d = decide(world(monitoring_status(), samples=failed, serving=serving()))
     assert ("Warning", "MetricsUnavailable") in events(d)
     assert condition(d.status, "MetricsAvailable")["status"] == "False"
-    again = decide(world(d.status, health=no_data, serving=serving()))
+    again = decide(world(d.status, samples=failed, serving=serving()))
     assert ("Warning", "MetricsUnavailable") not in events(again)
     assert again.status["phase"] == phases.MONITORING  # no data is never a breach
 
@@ -262,7 +270,57 @@ def test_running_job_is_followed_without_actions():
 
 def test_missing_job_is_recreated_under_the_same_name():
     d = decide(world(retraining_status(), job=JobObservation("churn-train-v2", "Missing"), serving=serving()))
-    assert actions_of(d, StartTraining) == [StartTraining(2, 1, "Breach", "churn-train-v2")]
+    assert actions_of(d, StartTraining) == [StartTraining(2, 1, "Breach", "churn-train-v2", NOW - 100)]
+
+
+LOOP = {"metadata": {"name": "churn", "namespace": "team-a", "uid": "u-1"}}
+
+
+def built_jobs(decision, spec):
+    """The Jobs the actor would create for the decision's StartTraining actions (runtime/act.py)."""
+    return [
+        resources.training_job(LOOP, spec, a.job_name, a.version, a.parent_version, a.trigger, started_at=a.started_at)
+        for a in actions_of(decision, StartTraining)
+    ]
+
+
+def trainer_config_of(job):
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    return next(var["value"] for var in container["env"] if var["name"] == "MFL_TRAINER_CONFIG")
+
+
+def test_a_job_recreated_for_the_same_version_is_the_job_it_replaces():
+    """Issue 22: the config carried the moment the Job was made, hashed by the trainer with its inputs, so a
+    re-created Job always found its version "with different inputs". `now` is now the run's start."""
+    spec = make_spec()
+    started = decide(world(monitoring_status(), health=breached(), serving=serving()))
+    [first] = built_jobs(started, spec)
+    later = decide(
+        world(started.status, job=JobObservation("churn-train-v2", "Missing"), serving=serving(), now=NOW + 3600)
+    )
+    [again] = built_jobs(later, spec)
+    assert trainer_config_of(again) == trainer_config_of(first)
+    config = json.loads(trainer_config_of(first))
+    assert config["now"] == parse_time(started.status["retraining"]["startedAt"]) == NOW
+
+
+@pytest.mark.parametrize("retraining", [None, {"features": ["a"], "target": "y", "enabled": False}])
+def test_a_removed_retraining_whose_job_is_gone_settles(retraining):
+    """Issue 22: the Missing Job was created again from a spec without retraining: every reconcile failed."""
+    spec = make_spec(retraining=retraining)
+    d = decide(
+        world(retraining_status(), spec=spec, job=JobObservation("churn-train-v2", "Missing"), serving=serving())
+    )
+    assert built_jobs(d, spec) == []  # nothing the actor would fail to build
+    assert d.status["retraining"] is None and d.status["phase"] == phases.MONITORING
+    retraining_condition = condition(d.status, "Retraining")
+    assert retraining_condition["status"] == "False" and retraining_condition["reason"] == "RetrainingRemoved"
+    assert "spec.retraining" in retraining_condition["message"] and "churn-train-v2" in retraining_condition["message"]
+    assert ("Warning", "RetrainingFailed") in events(d)
+    assert d.status["history"][-1]["version"] == 2 and d.status["history"][-1]["outcome"] == "TrainingFailed"
+    again = decide(world(d.status, spec=spec, serving=serving()))  # settled: quiet, and version 2 is never reused
+    assert again.status["phase"] == phases.MONITORING and not events(again)
+    assert actions_of(again, EnsureStable) == [EnsureStable(1)] and phases.next_version(again.status) == 3
 
 
 def test_failed_job_backs_off_and_deploys_nothing():

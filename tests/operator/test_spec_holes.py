@@ -12,7 +12,7 @@ import pytest
 
 from feedbackloop import crdgen
 from feedbackloop.core import api, canary, phases, resources, validation
-from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule, rules_of, summarize
+from feedbackloop.core.monitoring import Sample, rules_of
 from feedbackloop.core.phases import JobObservation, World, decide
 from feedbackloop.core.timeutil import format_time
 from mfl_trainer import config as trainer_config
@@ -21,7 +21,7 @@ from mfl_trainer import evaluation
 
 NOW = 1_800_000_000.0
 BASE: dict[str, Any] = {
-    "model": {"name": "churn", "storage": {"hostPath": {"path": "/data"}}},
+    "model": {"name": "churn", "storage": {"persistentVolumeClaim": {"claimName": "artifacts"}}},
     "monitoring": {"prometheus": {"url": "http://prometheus:9090"}},
     "retraining": {"features": ["a", "b"], "target": "y"},
 }
@@ -276,7 +276,7 @@ def test_the_status_history_bound_is_what_the_operator_keeps() -> None:
 def test_an_infinite_metric_value_leaves_a_valid_status() -> None:
     spec = parsed(BASE)
     rules = rules_of(spec.monitoring, spec.model.task)  # latencyP99: histogram_quantile says +Inf past the last bucket
-    health = summarize({r.name: evaluate_rule(r, RuleState(), Sample(math.inf, NOW)) for r in rules})
+    polled = ({r.name: Sample(math.inf, NOW) for r in rules},)
     status = {"currentVersion": 1, "phase": phases.MONITORING}
-    world = World(now=NOW, name="churn", generation=1, spec=spec, status=status, health=health)  # type: ignore[arg-type]
+    world = World(now=NOW, name="churn", generation=1, spec=spec, status=status, samples=polled)  # type: ignore[arg-type]
     json.dumps(decide(world).status, allow_nan=False)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from feedbackloop.core import api, resources, validation
+from feedbackloop.core.settings import AdminSettings
 from feedbackloop.runtime import act, kube
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +37,17 @@ def with_(path: str, value: Any, base: dict[str, Any] = BASE) -> dict[str, Any]:
     return spec
 
 
+HOST_PATH_ALLOWED = AdminSettings(allow_host_path=True)  # these specs store on a hostPath
+
+
 def parsed(raw: dict[str, Any]) -> api.ModelFeedbackLoopSpec:
-    spec, error = validation.parse_spec(raw)
+    spec, error = validation.parse_spec(raw, HOST_PATH_ALLOWED)
     assert spec is not None, error
     return spec
 
 
 def error_of(raw: dict[str, Any]) -> str:
-    spec, error = validation.parse_spec(raw)
+    spec, error = validation.parse_spec(raw, HOST_PATH_ALLOWED)
     assert spec is None, "the spec should be refused"
     return error
 

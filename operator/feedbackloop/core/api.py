@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
+from feedbackloop.core import egress
+from feedbackloop.core.promql import MAX_QUERY_LENGTH
 from mfl_contracts import estimators
 
 GROUP = "feedbackloop.dev"
@@ -212,6 +214,8 @@ MAX_NODE_SELECTOR = 20
 MAX_TOLERATIONS = 20
 MAX_PULL_SECRETS = 10
 MAX_AFFINITY_BYTES = 16384
+MAX_AFFINITY_DEPTH = 12  # a Pod's affinity nests 10 deep at most (podAntiAffinity ... matchExpressions[].values)
+MAX_AFFINITY_VALUES = 2048
 AFFINITY_KINDS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
 
 
@@ -355,6 +359,29 @@ def _node_selector(selector: dict[str, str]) -> dict[str, str]:
     return selector
 
 
+def free_form_problem(value: Any, max_depth: int, max_values: int, max_bytes: int) -> str:
+    """Why a free-form JSON value (kept as written: affinity, hyperparameters) is too large to keep ('' when it
+    is not): nested deeper than max_depth objects and lists, more than max_values values in all, or more than
+    max_bytes as JSON. Walked without recursion, so a value nested thousands deep is refused, not a crash."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    count = 0
+    while stack:
+        node, path, depth = stack.pop()
+        count += 1
+        if count > max_values:
+            return f"holds more than {max_values} values in all: at most {max_values}"
+        if isinstance(node, dict | list):
+            if depth > max_depth:
+                where = path[:120] or "its top"  # the keys are the tenant's text: never a long message
+                return f"nests objects and lists deeper than {max_depth} levels (at {where}): flatten it"
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((item, f"{path}.{key}".lstrip("."), depth + 1) for key, item in items)
+    size = len(json.dumps(value, allow_nan=True))  # bounded in depth now: no recursion error
+    if size > max_bytes:
+        return f"is {size} bytes as JSON: at most {max_bytes}"
+    return ""
+
+
 def _affinity(affinity: dict[str, Any]) -> dict[str, Any]:
     """Free-form (as a Pod spec's affinity, passed on as written) but bounded: known kinds, objects, finite."""
     unknown = sorted(set(affinity) - set(AFFINITY_KINDS))
@@ -362,10 +389,11 @@ def _affinity(affinity: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown {unknown}: use {', '.join(AFFINITY_KINDS)}")
     if not all(isinstance(value, dict) for value in affinity.values()):
         raise ValueError("each of nodeAffinity, podAffinity and podAntiAffinity is an object")
+    problem = free_form_problem(affinity, MAX_AFFINITY_DEPTH, MAX_AFFINITY_VALUES, MAX_AFFINITY_BYTES)
+    if problem:
+        raise ValueError(problem)
     if _non_finite(affinity):
         raise ValueError("holds a NaN or an infinity")
-    if len(json.dumps(affinity)) > MAX_AFFINITY_BYTES:
-        raise ValueError(f"is larger than {MAX_AFFINITY_BYTES} bytes as JSON")
     return affinity
 
 
@@ -559,10 +587,78 @@ class PersistentVolumeClaimSource(ApiModel):
     )
 
 
-class HostPathSource(ApiModel):
-    """A directory on the node as the artifact store: for one-node and test clusters."""
+# A folder name of portable characters that is neither '.' nor '..' (RE2 has no lookahead: three forms).
+_HOST_PATH_SEGMENT = r"([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)"
+HOST_PATH_PATTERN = rf"^(/{_HOST_PATH_SEGMENT})+$"
+# The node's own folders: the kernel's, the kubelet's and the container runtimes' state, credentials and
+# binaries. A hostPath at, under or above one of them is refused even when the admin allows hostPath.
+SYSTEM_HOST_PATHS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt/cni",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/calico",
+    "/var/lib/cni",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/dockershim",
+    "/var/lib/etcd",
+    "/var/lib/k0s",
+    "/var/lib/kubelet",
+    "/var/lib/kubernetes",
+    "/var/lib/rancher",
+    "/var/log",
+    "/var/run",
+)
 
-    path: str = Field(pattern=r"^/", description="Absolute path on the node; created if missing.")
+
+def host_path_problem(path: str) -> str:
+    """Why `path` may not be a loop's hostPath ('' when it may): the node's system folders, and the folders
+    that hold them (/, /var, /var/lib, /opt), are never a loop's store."""
+    if path.strip("/") == "":
+        return f"{path!r} is the node's whole filesystem: use a folder of its own, e.g. /srv/mfl/<team>"
+    if not re.fullmatch(HOST_PATH_PATTERN, path):
+        return (
+            f"{path!r} is not an absolute path of folder names (letters, digits, '.', '_', '-'; no '.' or '..' "
+            "folders, no '//' or trailing '/'): use e.g. /srv/mfl/<team>"
+        )
+    for system in SYSTEM_HOST_PATHS:
+        if path == system or path.startswith(system + "/") or system.startswith(path + "/"):
+            return (
+                f"{path!r} is or holds a system folder of the node ({system}): use a folder of its own, e.g. "
+                "/srv/mfl/<team>"
+            )
+    return ""
+
+
+class HostPathSource(ApiModel):
+    """A directory on the node as the artifact store: for one-node and test clusters, if the admin allows it."""
+
+    path: str = Field(
+        json_schema_extra={"pattern": HOST_PATH_PATTERN},  # in the CRD; here the validator says it in words
+        max_length=1024,
+        description="Absolute path on the node, created if missing: no '..', not a system folder (/proc, /etc, "
+        "/var/lib/kubelet, ...) nor one holding them (/, /var).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _not_the_nodes_own(cls, path: str) -> str:
+        problem = host_path_problem(path)
+        if problem:
+            raise ValueError(problem)
+        return path
 
 
 # S3 bucket names (AWS rules, which every S3-compatible store accepts): 3 to 63 lowercase letters, digits, '.'
@@ -828,8 +924,9 @@ class MetricRule(ApiModel):
     )
     query: str = Field(
         min_length=1,
-        description="PromQL template returning one series for the loop; {{model}}, {{namespace}}, "
-        "{{version}} (the stable version) and {{track}} (stable) are replaced by escaped values.",
+        max_length=MAX_QUERY_LENGTH,
+        description="PromQL template returning one series for the loop, at most 4096 characters; {{model}}, "
+        "{{namespace}}, {{version}} (the stable version) and {{track}} (stable) are replaced by escaped values.",
     )
     min: float | None = Field(default=None, description="Out of bounds below this value. Set min, max or both.")
     max: float | None = Field(default=None, description="Out of bounds above this value. Set min, max or both.")
@@ -851,6 +948,8 @@ class MetricRule(ApiModel):
     )
     samples_query: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=MAX_QUERY_LENGTH,
         description="PromQL template (same placeholders) counting the samples behind `query`; set with minSamples.",
     )
 
@@ -1017,6 +1116,22 @@ class ChangePoint(ApiModel):
     )
 
 
+MAX_HYPERPARAMETERS = 64  # names (the CRD's maxProperties)
+MAX_HYPERPARAMETER_DEPTH = 8  # nested objects and lists, the hyperparameters object itself the first
+MAX_HYPERPARAMETER_VALUES = 1024
+MAX_HYPERPARAMETER_BYTES = 16384  # as JSON: they travel in the trainer Job's MFL_TRAINER_CONFIG variable
+
+
+def _bounded_hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
+    problem = free_form_problem(value, MAX_HYPERPARAMETER_DEPTH, MAX_HYPERPARAMETER_VALUES, MAX_HYPERPARAMETER_BYTES)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Hyperparameters = Annotated[dict[str, Any], AfterValidator(_bounded_hyperparameters)]
+
+
 class Retraining(ApiModel):
     """When and how the operator retrains the model in a Job. Omitted: no retraining (set
     model.initialVersion to serve an existing version)."""
@@ -1033,10 +1148,11 @@ class Retraining(ApiModel):
         "mfl-trainer-keras and mfl-server-keras images. Omitted: hist_gradient_boosting, or "
         "hist_gradient_boosting_regressor for regression.",
     )
-    hyperparameters: dict[str, Any] = Field(
+    hyperparameters: Hyperparameters = Field(
         default_factory=dict,
-        description="Constructor arguments of the estimator by scikit-learn name, checked by the trainer. "
-        "Default none.",
+        max_length=MAX_HYPERPARAMETERS,
+        description="Constructor arguments of the estimator by scikit-learn name, checked by the trainer: at most "
+        "64, nested at most 8 deep, 16384 bytes as JSON. Default none.",
     )
     features: list[Annotated[str, Field(min_length=1)]] = Field(
         min_length=1,
@@ -1126,15 +1242,15 @@ class Retraining(ApiModel):
         return self
 
 
-def _non_finite(value: Any, path: str = "") -> str:
-    """The dotted path of the first NaN or infinity in a free-form value ('' when none)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return path or "."
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _non_finite(item, f"{path}.{key}".lstrip("."))
-        if found:
-            return found
+def _non_finite(value: Any) -> str:
+    """The dotted path of the first NaN or infinity in a free-form value ('' when none); without recursion."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "."
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((item, f"{path}.{key}".lstrip(".")) for key, item in reversed(list(items)))
     return ""
 
 
@@ -1181,8 +1297,9 @@ class ThresholdCheck(ApiModel):
     )
     query: str = Field(
         min_length=1,
-        description="PromQL template returning one value; {{model}}, {{namespace}}, {{version}} (the canary's) "
-        "and {{track}} (canary) are replaced by escaped values.",
+        max_length=MAX_QUERY_LENGTH,
+        description="PromQL template returning one value, at most 4096 characters; {{model}}, {{namespace}}, "
+        "{{version}} (the canary's) and {{track}} (canary) are replaced by escaped values.",
     )
     min: float | None = Field(default=None, description="A look fails when the value is below min.")
     max: float | None = Field(default=None, description="A look fails when the value is above max.")
@@ -1422,19 +1539,17 @@ IN_CLUSTER_SUFFIXES = (".svc", ".svc.cluster.local")
 
 
 def _plain_http_allowed(host: str) -> bool:
-    """http only where the payload stays inside the cluster's network: a Service name or a private address."""
-    if host.endswith(IN_CLUSTER_SUFFIXES):
+    """http only where the payload stays inside the cluster's network: a Service name or a private address
+    (and then only if the operator's admin allows it: the connect-time egress policy, core/egress.py)."""
+    if host.rstrip(".").endswith(IN_CLUSTER_SUFFIXES):
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    # Not link-local: 169.254.169.254 is a cloud's metadata service, no receiver of anyone's.
-    return address.is_private and not (address.is_link_local or address.is_unspecified)
+    address = egress.literal_address(host)
+    return address is not None and egress.internal(address) is not None
 
 
 def receiver_url(url: str) -> str:
-    """A URL the operator may POST a loop's news to: a host, and https unless it stays in the cluster."""
+    """A URL the operator may POST a loop's news to: a host, and https unless it stays in the cluster; never
+    an address no receiver may be (loopback, metadata, link-local, ...), however it is spelled."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
@@ -1443,6 +1558,12 @@ def receiver_url(url: str) -> str:
     host = (parts.hostname or "").lower()
     if not host or any(c.isspace() for c in url):
         raise ValueError(f"{url!r} names no host or holds whitespace: use e.g. https://hooks.example.com/mfl")
+    refused = egress.literal_refusal(host)
+    if refused:
+        raise ValueError(
+            f"{url!r} may not be a receiver: {refused}. The operator never connects to a tenant's URL at a "
+            "loopback, link-local, cloud metadata, multicast or reserved address (docs/security.md, Egress)"
+        )
     if parts.scheme == "http" and not _plain_http_allowed(host):
         raise ValueError(
             f"{url!r} is plain http to a host outside the cluster: use https (http only for *.svc, "

@@ -8,6 +8,7 @@ the breach start it reads back, it does not restart.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,6 +32,7 @@ class Sample:
     at: float
     error: str = ""
     samples: float | None = None  # the rule's samplesQuery result, when it has one
+    version: int | None = None  # the serving version it was polled for ({{version}}); None: not known
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,30 @@ def summarize(rules: dict[str, RuleState]) -> Health:
         no_data=[name for name, s in rules.items() if s.state == NO_DATA or (s.value is None)],
         rules=rules,
     )
+
+
+Round = Mapping[str, Sample]  # one poll's samples, by rule name
+
+
+def judge(
+    rules: Sequence[MetricRule], metrics: Sequence[MetricState], rounds: Sequence[Round], version: int | None
+) -> Health:
+    """The one place a breach is judged: each rule's last state, read from `status.metrics`, stepped by every
+    poll since (in order). Samples polled for another version than the one serving now are not this
+    version's evidence (a poll that raced a promotion) and are left out.
+    """
+    previous = {entry.get("name"): rule_state_from_status(entry) for entry in metrics}
+    states: dict[str, RuleState] = {}
+    for rule in rules:
+        state = previous.get(rule.name)
+        for samples in rounds:
+            sample = samples.get(rule.name)
+            if sample is None or (sample.version is not None and version is not None and sample.version != version):
+                continue
+            state = evaluate_rule(rule, state or RuleState(), sample)
+        if state is not None:
+            states[rule.name] = state
+    return summarize(states)
 
 
 def rule_state_from_status(entry: MetricState) -> RuleState:

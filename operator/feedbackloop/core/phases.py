@@ -29,7 +29,7 @@ from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.canary import CanaryObservation, judge_canary, replica_split
 from feedbackloop.core.credentials import Refusal, redact
 from feedbackloop.core.gate import offline_gate
-from feedbackloop.core.monitoring import Health, rule_state_to_status
+from feedbackloop.core.monitoring import Health, Round, judge, rule_state_to_status, rules_of
 from feedbackloop.core.status import (
     CheckEvidence,
     LoopStatus,
@@ -99,7 +99,8 @@ class World:
     generation: int
     spec: ModelFeedbackLoopSpec
     status: LoopStatus
-    health: Health | None = None  # None: not polled this round
+    # The polls since the last reconcile, oldest first; None: not polled. `decide` judges them (monitoring.judge).
+    samples: tuple[Round, ...] | None = None
     job: JobObservation | None = None  # the Job of status.retraining, when there is one
     serving: ServingObservation | None = None
     canary: CanaryObservation | None = None  # None: not analysed this round
@@ -123,6 +124,9 @@ class StartTraining:
     parent_version: int | None
     trigger: str
     job_name: str
+    # The run's startedAt: the trainer's `now` (its data window's end), the same in every Job of this version,
+    # so a re-created Job has the inputs, and the content hash, of the one it replaces (resources.training_job).
+    started_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ Action = EnsureStable | StartTraining | EnsureCanary | RemoveCanary | Event
 class Decision:
     status: LoopStatus
     actions: list[Action] = field(default_factory=list)
+    health: Health | None = None  # the rules as judged this round from status and the polls (None: no poll)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.actions.append(Event(type_, reason, message))
@@ -244,7 +249,7 @@ def breach_retry_wait(status: LoopStatus, cooldown: float) -> float:
     return cooldown / 2 if rejected == 1 else cooldown
 
 
-def retrain_trigger(world: World, status: LoopStatus) -> tuple[str, str]:
+def retrain_trigger(world: World, status: LoopStatus, health: Health | None) -> tuple[str, str]:
     """(trigger, detail) of a wanted retraining, or ('', '')."""
     spec = world.spec
     if status.get("currentVersion") is None:
@@ -252,8 +257,8 @@ def retrain_trigger(world: World, status: LoopStatus) -> tuple[str, str]:
     request = world.requests.get("retrain")
     if request and request != status.get("handledRequests", {}).get("retrain"):
         return "Manual", f"annotation {ANNOTATION_PREFIX}retrain={request}"
-    if world.health is not None and world.health.breached:
-        return "Breach", "breaching: " + ", ".join(world.health.breaching)
+    if health is not None and health.breached:
+        return "Breach", "breaching: " + ", ".join(health.breaching)
     if status.get("phase") == BREACHED:
         return "Breach", "still breached"
     schedule = spec.retraining.schedule if spec.retraining else None
@@ -281,8 +286,9 @@ def decide(world: World | InvalidWorld) -> Decision:
         decision.event("Normal", "Adopted", f"serving registry version {status['currentVersion']} (initialVersion)")
     _handle_pause_requests(world, decision)
     _record_serving(world, decision)
-    if world.health is not None:
-        _record_health(world, decision, now_text)
+    decision.health = _judge(world, status)
+    if decision.health is not None:
+        _record_health(world, decision, decision.health, now_text)
     run, rollout = status.get("retraining"), status.get("rollout")
     if run:
         _follow_training(world, decision, run, now_text)
@@ -394,9 +400,15 @@ def awaiting_first_data(health: Health) -> bool:
     return all(rule.sample_time is None and not rule.failed for rule in rules)
 
 
-def _record_health(world: World, decision: Decision, now: str) -> None:
-    health = world.health
-    assert health is not None
+def _judge(world: World, status: LoopStatus) -> Health | None:
+    """This round's health: the rules stepped from status by the polls since the last round (None: no poll)."""
+    if world.samples is None:
+        return None
+    rules = rules_of(world.spec.monitoring, world.spec.model.task)
+    return judge(rules, status.get("metrics", []), world.samples, status.get("currentVersion"))
+
+
+def _record_health(world: World, decision: Decision, health: Health, now: str) -> None:
     status = decision.status
     status["metrics"] = [rule_state_to_status(name, s) for name, s in health.rules.items()]
     first = next(iter(health.rules.items()), None)
@@ -449,7 +461,7 @@ def _summary(first: tuple[str, Any] | None) -> str:
 
 def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     spec, status = world.spec, decision.status
-    trigger, detail = retrain_trigger(world, status)
+    trigger, detail = retrain_trigger(world, status, decision.health)
     if not trigger:
         return
     refused = world.storage_refused
@@ -478,7 +490,7 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     status["retrainTimes"] = [t for t in status.get("retrainTimes", []) if world.now - (parse_time(t) or 0) < 86400] + [
         now
     ]
-    decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name))
+    decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name, parse_time(now)))
     _training_condition(world, decision, now, None, "Started", f"version {version} ({trigger}), Job {name}")
     decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
 
@@ -489,7 +501,18 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
     if job is None or job.state == "Running":
         return
     if job.state == "Missing":  # created-then-lost, or status written before a crash: create it again
-        decision.actions.append(StartTraining(run["version"], run.get("parentVersion"), run["trigger"], run["jobName"]))
+        if spec.retraining is None or not spec.retraining.enabled:
+            _abandon_training(world, decision, run, now)
+            return
+        decision.actions.append(
+            StartTraining(
+                run["version"],
+                run.get("parentVersion"),
+                run["trigger"],
+                run["jobName"],
+                parse_time(run.get("startedAt")),
+            )
+        )
         return
     status["retraining"] = None
     if job.state == "Failed" or not (job.summary or {}).get("ok"):
@@ -531,6 +554,21 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
         return
     decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
     _start_canary(world, decision, run["version"], run["trigger"], now, gate.superior)
+
+
+def _abandon_training(world: World, decision: Decision, run: RetrainingRun, now: str) -> None:
+    """The Job is gone and spec.retraining was removed (or disabled): there is nothing to create it from, and
+    no retraining may start. The run ends as failed (its version is never reused) and the loop settles."""
+    status = decision.status
+    removed = "removed" if world.spec.retraining is None else "disabled (enabled: false)"
+    message = (
+        f"version {run['version']}: its Job {run['jobName']} is gone and spec.retraining was {removed}: the "
+        "retraining is abandoned; set spec.retraining (enabled) to train again"
+    )
+    status["retraining"] = None
+    _remember(status, run["version"], run["trigger"], "TrainingFailed", now, message)
+    _training_condition(world, decision, now, False, "RetrainingRemoved", message)
+    decision.event("Warning", "RetrainingFailed", message)
 
 
 def _training_condition(

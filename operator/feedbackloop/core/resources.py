@@ -459,7 +459,11 @@ def trainer_config(
     canary: int | None = None,
 ) -> dict[str, Any]:
     """The trainer's MFL_TRAINER_CONFIG. After publishing, it keeps the newest retainVersions versions and
-    protectedVersions (the serving one, `parent`, and a canary's), deleting the rest."""
+    protectedVersions (the serving one, `parent`, and a canary's), deleting the rest.
+
+    `now` ends the data window: pass the run's start (status.retraining.startedAt), so that every Job of one
+    version gets the same config, and the trainer, which hashes it beside the data (contentHashes), accepts a
+    re-created Job's version as its own. Omitted: this moment (a config no re-created Job reproduces)."""
     retraining = spec.retraining
     assert retraining is not None
     return {
@@ -497,10 +501,13 @@ def training_job(
     trigger: str,
     extra_config: dict[str, Any] | None = None,
     canary: int | None = None,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
+    """The training Job of `version`; `started_at`: the run's start (phases.StartTraining.started_at), the
+    trainer's `now`, so that a Job re-created for the same version is the same Job (trainer_config)."""
     retraining = spec.retraining
     assert retraining is not None
-    config = {**trainer_config(loop, spec, version, parent, canary=canary), **(extra_config or {})}
+    config = {**trainer_config(loop, spec, version, parent, started_at, canary), **(extra_config or {})}
     volumes, mounts = _volumes(spec)
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
     operator_env: list[dict[str, Any]] = [

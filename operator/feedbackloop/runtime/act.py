@@ -15,6 +15,8 @@ from typing import Any
 from feedbackloop.core import phases, resources
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.fleet import Fleet
+from feedbackloop.core.status import LoopStatus
+from feedbackloop.core.text import inert
 from feedbackloop.runtime import metrics
 from feedbackloop.runtime.kube import KubeAPI, NotOurs
 from feedbackloop.runtime.notify import Notifier
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 TRAINER_OVERRIDES = "feedbackloop.dev/trainer-overrides"
 KEEP_JOBS = 3  # training Jobs kept per loop: the running one and the two before it
 ALLOWED_OVERRIDES = {"labelNoise", "seed", "recentWeight"}
+EVENT_MESSAGE_LIMIT = 1024  # the API server's note limit is larger; kube.event cuts here as well
 
 
 class Actor:
@@ -39,15 +42,20 @@ class Actor:
             try:
                 await self._do(body, spec, action, decision.status)
             except NotOurs as error:
-                await asyncio.to_thread(self.kube.event, body, "Warning", "NameConflict", str(error))
+                await self._event(body, "Warning", "NameConflict", str(error))
                 raise
 
+    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event with its reason and message made inert: a message quotes what a tenant controls (a
+        training failure, a Prometheus error, a refused Secret) and `kubectl describe` prints it raw."""
+        await asyncio.to_thread(self.kube.event, body, type_, inert(reason, 128), inert(message, EVENT_MESSAGE_LIMIT))
+
     async def _do(
-        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, action: phases.Action, status: dict[str, Any]
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, action: phases.Action, status: LoopStatus
     ) -> None:
         if isinstance(action, phases.Event):
             metrics.EVENTS.labels(action.reason).inc()
-            await asyncio.to_thread(self.kube.event, body, action.type, action.reason, action.message)
+            await self._event(body, action.type, action.reason, action.message)
             if spec is not None and spec.notifications:  # queued only: delivery never waits on a receiver
                 self.notifier.publish(body, spec.notifications, action, status)
             return
@@ -67,7 +75,15 @@ class Actor:
         """`canary`: a version on canary, which the trainer's version retention must keep (with the parent)."""
         extra = {**self.job_extra_config, **trainer_overrides(body)}
         job = resources.training_job(
-            body, spec, action.job_name, action.version, action.parent_version, action.trigger, extra, canary
+            body,
+            spec,
+            action.job_name,
+            action.version,
+            action.parent_version,
+            action.trigger,
+            extra,
+            canary,
+            started_at=action.started_at,
         )
         await asyncio.to_thread(self.kube.create_job, body, job)
         # Finished Jobs (and their Pods' logs) are kept for the last few versions, not forever.
@@ -128,10 +144,10 @@ class Actor:
         if (observed["metadata"].get("annotations") or {}).get(APPLIED) == applied_hash(desired):
             # What we applied last is still what we want: someone else changed the object.
             message = f"Deployment {name} was changed by hand ({changes}); restored to what the loop says"
-            await asyncio.to_thread(self.kube.event, body, "Warning", "DriftCorrected", message)
+            await self._event(body, "Warning", "DriftCorrected", message)
         else:
             message = f"Deployment {name} updated to the spec: {changes}"
-            await asyncio.to_thread(self.kube.event, body, "Normal", "ServingUpdated", message)
+            await self._event(body, "Normal", "ServingUpdated", message)
 
 
 def trainer_overrides(body: dict[str, Any]) -> dict[str, Any]:

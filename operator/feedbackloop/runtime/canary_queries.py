@@ -2,12 +2,16 @@
 
 Both arms are read over the same window, from the canary's start to now, with increase() so that a
 restarted server Pod (a counter reset) does not corrupt the counts.
+
+The queries go through `query` with the loop's namespace as the tenant: the fleet poller runs them in the
+canary looks' own lane (FleetPoller.run), never queued behind any tenant's polls, within the tenant's share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from feedbackloop.core import promql
@@ -69,15 +73,15 @@ async def observe(
     endpoint: EndpointKey,
     spec: ModelFeedbackLoopSpec,
     namespace: str,
-    status: dict[str, Any],
-    rollout: dict[str, Any],
+    status: Mapping[str, Any],
+    rollout: Mapping[str, Any],
     now: float,
 ) -> CanaryObservation:
     started = parse_time(rollout.get("startedAt")) or now
     window = f"{max(60, int(now - started) + 1)}s"
     texts = query_texts(spec, namespace, str(rollout["version"]), window)
     try:
-        results = dict(zip(texts, await asyncio.gather(*(query(endpoint, q) for q in texts.values()))))
+        results = dict(zip(texts, await asyncio.gather(*(query(endpoint, q, namespace) for q in texts.values()))))
     except QueryRejected as error:
         return CanaryObservation(error=f"Prometheus refused a query: {error}")
     except Exception as error:

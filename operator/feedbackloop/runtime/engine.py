@@ -25,7 +25,7 @@ from typing import Any
 
 from feedbackloop.core import phases, resources
 from feedbackloop.core.fleet import Fleet, LoopMemory
-from feedbackloop.core.monitoring import RuleState
+from feedbackloop.core.monitoring import Round
 from feedbackloop.core.settings import AdminSettings
 from feedbackloop.core.validation import parse_spec
 from feedbackloop.runtime import metrics
@@ -38,6 +38,9 @@ from feedbackloop.runtime.record import StatusRecorder
 
 log = logging.getLogger(__name__)
 ACTIVE_PHASES = (phases.RETRAINING, phases.CANARY)
+# Polls of one loop kept while its reconcile waits (each steps its rules in `decide`, oldest first): enough to
+# cover any `for` at the shortest interval while a reconcile is slow, bounded however long it is stuck.
+MAX_UNRECONCILED_POLLS = 16
 
 
 @dataclass
@@ -57,16 +60,22 @@ class Engine:
         self.settings = settings or Settings()
         self.fleet = Fleet()
         clients = clients or PrometheusClients()
-        poller = FleetPoller(clients.query, concurrency=self.settings.concurrency)
+        poller = FleetPoller(  # fair shares of Prometheus: the admin's (core/settings.py), per tenant, host and in all
+            clients.query,
+            self.settings.admin.prometheus_concurrency,
+            per_tenant=self.settings.admin.prometheus_per_tenant,
+            per_host=self.settings.admin.prometheus_per_host,
+        )
         self.observer = Observer(kube, self.fleet, poller)
         self.notifier = Notifier()
         self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
         self.wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
-        self._polls: dict[str, asyncio.Task[None]] = {}  # Prometheus URL -> its poll in flight
+        # (namespace, Prometheus URL) -> its poll in flight: a tenant naming another's URL never delays its samples
+        self._polls: dict[str, asyncio.Task[None]] = {}
         self._reconciles: dict[str, asyncio.Task[None]] = {}  # loop -> its reconcile in flight
-        self._fresh: dict[str, dict[str, RuleState]] = {}  # loop -> rule states polled, not yet reconciled
+        self._fresh: dict[str, list[Round]] = {}  # loop -> its polls not yet reconciled, oldest first
         self._deleted_routes: list[tuple[dict[str, Any], str]] = []  # (deleted loop, its HTTPRoute) to reset
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -151,7 +160,7 @@ class Engine:
             memory = self.fleet.memory.setdefault(key, LoopMemory())
             self._parse(body, memory)
             if memory.spec is not None and now >= memory.next_poll:
-                due_poll.setdefault(memory.spec.monitoring.prometheus.url, []).append(key)
+                due_poll.setdefault(f"{key.split('/')[0]} {memory.spec.monitoring.prometheus.url}", []).append(key)
             elif (
                 memory.dirty
                 or key in self._fresh
@@ -164,8 +173,8 @@ class Engine:
         started = 0
         for key in due:
             if key not in self._reconciles:
-                states = self._fresh.pop(key, None)
-                self._reconciles[key] = asyncio.create_task(self._reconcile_task(key, states, now), name=key)
+                polls = self._fresh.pop(key, None)
+                self._reconciles[key] = asyncio.create_task(self._reconcile_task(key, polls, now), name=key)
                 started += 1
         metrics.LOOPS_DUE.set(started)
         metrics.observe_phases(self.fleet.phase(key) for key in self.fleet.loops)
@@ -178,38 +187,40 @@ class Engine:
 
     async def _poll(self, url: str, keys: list[str], now: float) -> None:
         try:
-            self._fresh.update(await self.observer.poll(keys, now))
+            for key, samples in (await self.observer.poll(keys, now)).items():
+                polls = self._fresh.setdefault(key, [])
+                polls.append(samples)
+                del polls[:-MAX_UNRECONCILED_POLLS]
         except Exception:  # the observer isolates loops; this is a bug, and must not end the task silently
             log.exception("polling %s failed", url)
         finally:
             self._polls.pop(url, None)
             self.wake.set()
 
-    async def _reconcile_task(self, key: str, rule_states: dict[str, RuleState] | None, now: float) -> None:
+    async def _reconcile_task(self, key: str, polls: list[Round] | None, now: float) -> None:
         try:
-            await self._reconcile_guarded(key, rule_states, now)
+            await self._reconcile_guarded(key, polls, now)
         finally:
             self._reconciles.pop(key, None)
 
-    @staticmethod
-    def _parse(body: dict[str, Any], memory: LoopMemory) -> None:
+    def _parse(self, body: dict[str, Any], memory: LoopMemory) -> None:
         """Parse a loop's spec once per generation; a spec that fails is InvalidSpec for that loop only."""
         generation = body["metadata"].get("generation")
         if generation == memory.parsed_generation:
             return
         memory.parsed_generation = generation
         try:
-            memory.spec, memory.spec_error = parse_spec(body.get("spec") or {})
+            memory.spec, memory.spec_error = parse_spec(body.get("spec") or {}, self.settings.admin)
         except Exception as error:  # a bug in validation must still cost only this loop
             log.exception("parsing the spec of %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
             memory.spec, memory.spec_error = None, f"spec: {type(error).__name__}: {error}"
         memory.next_poll = 0.0
 
     # --- one loop: observe -> decide -> act -> record ------------------------------------------------
-    async def _reconcile_guarded(self, key: str, rule_states: dict[str, RuleState] | None, now: float) -> None:
+    async def _reconcile_guarded(self, key: str, polls: list[Round] | None, now: float) -> None:
         async with self._semaphore:
             try:
-                await self._reconcile(key, rule_states, now)
+                await self._reconcile(key, polls, now)
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 log.exception("reconcile of %s failed", key)
@@ -217,7 +228,7 @@ class Engine:
                 if memory is not None:
                     memory.next_reconcile = now + self.settings.active_reconcile_seconds
 
-    async def _reconcile(self, key: str, rule_states: dict[str, RuleState] | None, now: float) -> None:
+    async def _reconcile(self, key: str, polls: list[Round] | None, now: float) -> None:
         body, memory = self.fleet.loops.get(key), self.fleet.memory.get(key)
         if body is None or memory is None:
             return  # deleted since the cycle began
@@ -226,7 +237,7 @@ class Engine:
         memory.dirty = False
         memory.next_reconcile = now + self.settings.active_reconcile_seconds
         before = self.fleet.status(key)
-        world = await self.observer.world(key, before, rule_states, now)
+        world = await self.observer.world(key, before, polls, now)
         decision = phases.decide(world)
         await self.actor.act(body, memory.spec, decision)
         await self.recorder.record(body, memory, before, decision.status, now)

@@ -16,7 +16,7 @@ import kopf
 
 from feedbackloop.core import api, resources
 from feedbackloop.core.settings import admin_settings_from_env
-from feedbackloop.runtime import leader
+from feedbackloop.runtime import egress_net, leader
 from feedbackloop.runtime.engine import Engine, Settings
 from feedbackloop.runtime.kube import Kube, load_config
 
@@ -40,7 +40,10 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.networking.request_timeout = 60
     load_config(os.environ.get("KUBECONFIG"))
     fence = leader.Fence(Kube())  # the engine's API calls pass only while this replica leads
-    memo.engine = Engine(fence, settings_from_env())  # every replica observes: the watch feeds it
+    engine_settings = settings_from_env()
+    # Before any tenant's URL is used: the admin's egress allowance, and the API server's addresses to refuse.
+    egress_net.install(await asyncio.to_thread(egress_net.operator_policy, engine_settings.admin.egress_allow))
+    memo.engine = Engine(fence, engine_settings)  # every replica observes: the watch feeds it
     election = leader.election_from_env(os.environ)
     if election.enabled:  # only the leader runs the engine: it alone acts and writes status
         lease = leader.KubeLease(election.name, election.namespace, election.timing.retry_seconds)
@@ -62,12 +65,12 @@ async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
 # async: they run on the event loop with the engine (a sync handler would run in kopf's thread pool,
 # and asyncio's Event and tasks are not thread-safe).
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def loop_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def loop_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.engine.observe_loop(event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": resources.MANAGED_BY})
-async def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.engine.observe_deployment(event.get("type"), event["object"])
 
 

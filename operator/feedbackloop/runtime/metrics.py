@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter as _Tally
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # the poller imports this module: a name for the annotation only
+    from feedbackloop.runtime.poller import PollStats
 
 LOOPS = Gauge("mfl_operator_loops", "Loops by phase", ["phase"])
 LOOPS_DUE = Gauge("mfl_operator_loops_due", "Loops reconciled in the last cycle")
@@ -34,7 +38,7 @@ LEADER = Gauge("mfl_operator_leader", "1 while this replica holds the leader Lea
 _PHASES_SEEN: set[str] = set()
 
 
-def record_poll(stats) -> None:
+def record_poll(stats: PollStats) -> None:
     POLL_SECONDS.observe(stats.seconds)
     CYCLES_POLLED.inc()
     QUERIES.inc(stats.queries)

@@ -6,9 +6,14 @@
 Guarantees, while the operator runs: every notification is POSTed until a receiver answers 2xx
 (at least once, in order per receiver), retried with capped, jittered exponential backoff, each try
 bounded by a timeout. A receiver's outage delays only its own queue: each (loop, webhook) has its own
-bounded queue and task, and nothing here is awaited by a reconcile. A queue that is full drops its
-oldest notification; one undelivered for MAX_AGE_SECONDS is dropped too (both counted). The queues live
-in memory: what is queued when the operator stops is lost (docs/operations.md, Notifications).
+bounded queue and task, and nothing here is awaited by a reconcile. One tenant's dead receivers delay no
+other tenant: a try first takes a slot of its tenant (the loop's namespace; PER_TENANT in flight), then
+of its receiver's host (PER_HOST connections), then one in all (CONCURRENCY), each a FIFO queue
+(runtime/slots.py), and only then does its timeout start: waiting for a connection is never part of a
+try's time. The connection pool itself has no limit of its own that could make a try wait inside it.
+A queue that is full drops its oldest notification; one undelivered for MAX_AGE_SECONDS is dropped too
+(both counted). The queues live in memory: what is queued when the operator stops is lost
+(docs/operations.md, Notifications).
 
 Every payload carries an `id`, the same on every retry and for every receiver of one Event, so a
 receiver that may see a notification twice (a 2xx lost on the way back) can drop the repeat.
@@ -23,17 +28,20 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from feedbackloop.core import egress
 from feedbackloop.core.api import Webhook
 from feedbackloop.core.credentials import redact
 from feedbackloop.core.phases import Event
+from feedbackloop.core.tenancy import origin, tenant_of
 from feedbackloop.core.timeutil import format_time
-from feedbackloop.runtime import metrics
+from feedbackloop.runtime import egress_net, metrics
+from feedbackloop.runtime.slots import Lane
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 100  # per receiver of a loop: a day of a busy loop's important Events
@@ -41,6 +49,9 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 MAX_AGE_SECONDS = 24 * 3600.0  # a receiver down for a day gets the news of that day, not of last week
+PER_TENANT = 4  # tries in flight for one namespace's loops: its dead receivers hold these, nobody else's
+PER_HOST = 8  # connections to one receiver host (scheme, host, port), whatever the tenants and paths
+CONCURRENCY = 64  # tries in flight in all
 PAYLOAD_VERSION = "feedbackloop.dev/v1alpha1"
 # Outcomes: the status no longer names the version (it was just cleared); history's last record does.
 FROM_HISTORY = ("Promoted", "RolledBack", "CandidateRejected", "RetrainingFailed")
@@ -54,16 +65,17 @@ Sender = Callable[[str, bytes, dict[str, str], float], Awaitable[int]]
 # --- pure: what is sent ----------------------------------------------------------------------------
 
 
-def subject_version(reason: str, status: dict[str, Any]) -> int | None:
+def subject_version(reason: str, status: Mapping[str, Any]) -> int | None:
     """The version an Event is about, read from the status decided with it."""
+    version: Any = status.get("currentVersion")
     if reason in FROM_HISTORY and status.get("history"):
-        return status["history"][-1].get("version")
-    if reason in SERVING:
-        return status.get("currentVersion")
-    for part in ("rollout", "retraining", "candidate"):
-        if status.get(part):
-            return status[part].get("version")
-    return status.get("currentVersion")
+        version = status["history"][-1].get("version")
+    elif reason not in SERVING:
+        for part in ("rollout", "retraining", "candidate"):
+            if status.get(part):
+                version = status[part].get("version")
+                break
+    return int(version) if isinstance(version, int) else None
 
 
 def notification_id(uid: str, event: Event, timestamp: float) -> str:
@@ -72,7 +84,7 @@ def notification_id(uid: str, event: Event, timestamp: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def generic_payload(loop: dict[str, Any], event: Event, status: dict[str, Any], timestamp: float) -> dict[str, Any]:
+def generic_payload(loop: dict[str, Any], event: Event, status: Mapping[str, Any], timestamp: float) -> dict[str, Any]:
     """The documented JSON payload (docs/operations.md, Notifications)."""
     metadata = loop["metadata"]
     rollout, retraining = status.get("rollout") or {}, status.get("retraining") or {}
@@ -112,11 +124,11 @@ def render(webhook: Webhook, generic: dict[str, Any]) -> bytes:
 def backoff_seconds(attempt: int, rng: float) -> float:
     """After the attempt-th failure (1, 2, ...): base x 2^(attempt-1), capped, then jittered to half..full so
     receivers that failed together do not retry together."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt - 1, 32))
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(attempt - 1, 32))
     return ceiling * (0.5 + 0.5 * rng)
 
 
-def promotion_request(loop: dict[str, Any], status: dict[str, Any], timestamp: float) -> dict[str, Any]:
+def promotion_request(loop: dict[str, Any], status: Mapping[str, Any], timestamp: float) -> dict[str, Any]:
     """What rollout.confirmPromotion's webhook is asked with: the candidate, its canary and the evidence."""
     metadata, rollout = loop["metadata"], status.get("rollout") or {}
     return {
@@ -141,11 +153,19 @@ def promotion_request(loop: dict[str, Any], status: dict[str, Any], timestamp: f
 # --- the edge: delivery ----------------------------------------------------------------------------
 
 
+def _new_session() -> aiohttp.ClientSession:
+    """Every HTTP session of this module is made here. Its connector has no connection limit: the Notifier's
+    slots (per tenant, per receiver host, in all) bound the connections, and are taken before a try's timer
+    starts; a pool limit would make a try wait for a connection inside its timeout, behind other tenants.
+    It connects only where the egress policy lets a receiver go (runtime/egress_net.py, docs/security.md)."""
+    return aiohttp.ClientSession(connector=egress_net.connector(egress.RECEIVER, limit=0, limit_per_host=0))
+
+
 async def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
     """One POST, no redirects (a 3xx must not turn https into http, or send the body elsewhere)."""
     limit = aiohttp.ClientTimeout(total=timeout)
     async with (
-        aiohttp.ClientSession() as session,
+        _new_session() as session,
         session.post(url, data=body, headers=headers, timeout=limit, allow_redirects=False) as response,
     ):
         return response.status
@@ -159,6 +179,9 @@ async def confirm_promotion(
     try:
         body = json.dumps(payload, sort_keys=True).encode()
         code = await asyncio.wait_for(send(url, body, headers, timeout), timeout + 1)
+    except egress_net.EgressRefused as error:  # never asked: a no, until the admin allows it
+        log.warning("confirm-promotion webhook %s: %s", redact(url), error)
+        return False
     except Exception as error:  # noqa: BLE001 - no answer is no approval; asked again at the next look
         log.info("confirm-promotion webhook %s did not answer: %s", redact(url), error)
         return False
@@ -198,16 +221,20 @@ class Notifier:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        concurrency: int = CONCURRENCY,
+        per_tenant: int = PER_TENANT,
+        per_host: int = PER_HOST,
     ) -> None:
         self._send = send or self._post
         self.queue_limit, self.timeout = queue_limit, timeout
+        self.slots = Lane("notifications", concurrency, per_tenant, per_host)
         self._clock, self._rng, self._sleep = clock, rng, sleep
         self.channels: dict[tuple[str, str], Channel] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
 
-    def publish(self, loop: dict[str, Any], webhooks: list[Webhook], event: Event, status: dict[str, Any]) -> None:
+    def publish(self, loop: dict[str, Any], webhooks: list[Webhook], event: Event, status: Mapping[str, Any]) -> None:
         """Queue the Event for each webhook that wants it; never waits (called inside a reconcile)."""
         now = self._clock()
         generic = generic_payload(loop, event, status, now)
@@ -251,17 +278,21 @@ class Notifier:
     async def _deliver(self, key: tuple[str, str], channel: Channel) -> None:
         try:
             while channel.queue:
-                await self._deliver_head(channel)
+                await self._deliver_head(tenant_of(key[0]), channel)
         finally:
             self._workers.pop(key, None)
             if not channel.queue:
                 self.channels.pop(key, None)
 
-    async def _deliver_head(self, channel: Channel) -> None:
+    async def _deliver_head(self, tenant: str, channel: Channel) -> None:
         """Try the oldest notification until it is delivered, too old, or dropped by a full queue meanwhile."""
         head, attempt = channel.queue[0], 0
         while channel.queue and channel.queue[0] is head:
-            if await self._try(head):
+            async with self.slots.slot(tenant, origin(head.url)):  # the wait for a slot is not timed
+                if not (channel.queue and channel.queue[0] is head):
+                    return  # dropped by a full queue while it waited
+                delivered = await self._try(head)
+            if delivered:
                 _remove(channel, head)
                 metrics.NOTIFICATIONS.labels("delivered").inc()
                 return
@@ -294,7 +325,7 @@ class Notifier:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = _new_session()
         # No redirects: a 3xx must not turn an https webhook into a plain http one, or send it elsewhere.
         async with self._session.post(
             url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False

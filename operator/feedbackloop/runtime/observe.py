@@ -13,14 +13,16 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from feedbackloop.core import credentials, phases, resources
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.canary import CanaryObservation
-from feedbackloop.core.credentials import token_refusal
+from feedbackloop.core.credentials import Refusal, token_refusal
 from feedbackloop.core.fleet import Fleet, LoopMemory
-from feedbackloop.core.monitoring import RuleState, Sample, evaluate_rule, rule_state_from_status, rules_of, summarize
+from feedbackloop.core.monitoring import Round, Sample, rules_of
 from feedbackloop.core.status import LoopStatus
 from feedbackloop.runtime import canary_queries, metrics, notify
 from feedbackloop.runtime.kube import KubeAPI
@@ -41,9 +43,14 @@ class Observer:
         self.confirm = notify.confirm_promotion  # rollout.confirmPromotion's webhook (a fake in tests)
 
     # --- the fleet poll -------------------------------------------------------------------------------
-    async def poll(self, keys: list[str], now: float) -> dict[str, dict[str, RuleState]]:
-        """Each due loop's rule states: one query per template for all loops, each loop isolated."""
-        queries, samples = [], {}
+    async def poll(self, keys: list[str], now: float) -> dict[str, Round]:
+        """Each due loop's samples, by rule: one query per template for all loops, each loop isolated.
+
+        Samples only: whether they make a breach is judged by `phases.decide`, from the status it reads then.
+        """
+        queries: list[LoopQuery] = []
+        samples: dict[str, dict[str, Sample]] = {}
+        versions: dict[str, int | None] = {}
         for key in keys:
             try:
                 query = await self._loop_query(key, now)
@@ -52,6 +59,7 @@ class Observer:
                 self.fleet.memory[key].next_poll = now + FAILED_POLL_BACKOFF_SECONDS  # no hot loop
                 samples[key] = self._all_failed(self.fleet.memory[key].spec, now, f"{type(error).__name__}: {error}")
                 continue
+            versions[key] = self.fleet.status(key).get("currentVersion")
             if isinstance(query, LoopQuery):
                 queries.append(query)
             else:
@@ -60,16 +68,11 @@ class Observer:
             polled, stats = await self.poller.poll(queries, now)
             metrics.record_poll(stats)
             samples.update(polled)
-        evaluated = {}
-        for key, per_rule in samples.items():
-            memory = self.fleet.memory.get(key)
-            if key not in self.fleet.loops or memory is None or memory.spec is None:
-                continue  # deleted (or made invalid) while its poll was in flight
-            try:
-                evaluated[key] = self._evaluate(key, memory.spec, per_rule)
-            except Exception:
-                log.exception("evaluating the rules of %s failed", key)
-        return evaluated
+        return {
+            key: {name: replace(sample, version=versions.get(key)) for name, sample in per_rule.items()}
+            for key, per_rule in samples.items()
+            if key in self.fleet.loops  # not deleted while its poll was in flight
+        }
 
     @staticmethod
     def _all_failed(spec: ModelFeedbackLoopSpec | None, now: float, error: str) -> dict[str, Sample]:
@@ -99,16 +102,9 @@ class Observer:
         }
         return LoopQuery(key, endpoint, values, rules_of(spec.monitoring, spec.model.task))
 
-    def _evaluate(self, key: str, spec: ModelFeedbackLoopSpec, samples: dict[str, Sample]) -> dict[str, RuleState]:
-        previous = {m.get("name"): rule_state_from_status(m) for m in self.fleet.status(key).get("metrics", [])}
-        return {
-            rule.name: evaluate_rule(rule, previous.get(rule.name, RuleState()), samples[rule.name])
-            for rule in rules_of(spec.monitoring, spec.model.task)
-        }
-
     # --- one loop's world -----------------------------------------------------------------------------
     async def world(
-        self, key: str, status: LoopStatus, rule_states: dict[str, RuleState] | None, now: float
+        self, key: str, status: LoopStatus, polls: Sequence[Round] | None, now: float
     ) -> phases.World | phases.InvalidWorld:
         body, memory = self.fleet.loops[key], self.fleet.memory[key]
         name, generation = body["metadata"]["name"], body["metadata"].get("generation", 0)
@@ -123,7 +119,7 @@ class Observer:
             generation=generation,
             spec=spec,
             status=status,
-            health=summarize(rule_states) if rule_states is not None else None,
+            samples=tuple(polls) if polls is not None else None,
             job=await self._job(body, status),
             serving=await self._serving(body, spec, status, now),
             canary=canary,
@@ -247,9 +243,7 @@ class Observer:
             ca_file = ca_file_of((await self._secret_key(namespace, prom.ca_bundle_secret_ref, now))[0])
         return token, ca_file
 
-    async def storage_refusal(
-        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, now: float
-    ) -> credentials.Refusal | None:
+    async def storage_refusal(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, now: float) -> Refusal | None:
         """Whether the object store keys of an s3 loop may go to its endpoint (credentials.s3_refusal), read
         before any Pod of it is created or updated. A binding found holds for SECRET_CACHE_SECONDS; a refusal is
         read again at the next reconcile, so annotating the Secret takes effect at once."""

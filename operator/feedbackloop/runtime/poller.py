@@ -1,7 +1,13 @@
-"""Fleet-level Prometheus polling: one query per (endpoint, template) for every due loop together.
+"""Fleet-level Prometheus polling: one query per (tenant, endpoint, template) for every due loop together.
 
 The thin edge around prometheus-api-client. Errors, timeouts, NaN and empty results all become
 "no data" samples with the reason; the pure rule evaluation decides what no data means.
+
+Fair shares (runtime/slots.py): every query takes a slot of its tenant (the loop's namespace), of its
+Prometheus host (scheme, host and port: not the URL string, whose path a tenant chooses freely) and one in
+all, in that order, so one tenant never holds more than its share and a tenant waiting for its own slots
+holds nothing another tenant needs. Polls and canary looks have a lane each: a look never waits behind a
+poll. A batched query carries the loops of one tenant only (see FleetPoller.poll).
 """
 
 from __future__ import annotations
@@ -16,13 +22,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from feedbackloop.core import promql
+from feedbackloop.core import egress, promql
 from feedbackloop.core.api import MetricRule, PrometheusEndpoint
 from feedbackloop.core.credentials import redact
 from feedbackloop.core.monitoring import Sample
+from feedbackloop.core.tenancy import origin, tenant_of
+from feedbackloop.runtime import egress_net
+from feedbackloop.runtime.slots import Grant, Lane
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ class PollStats:
 
 Series = list[tuple[dict[str, str], float]]
 QueryFn = Callable[[EndpointKey, str], Series]
-AsyncQueryFn = Callable[[EndpointKey, str], Awaitable[Series]]
+AsyncQueryFn = Callable[[EndpointKey, str, str], Awaitable[Series]]  # (endpoint, query, tenant): a canary look's
 
 
 def endpoint_key(endpoint: PrometheusEndpoint, token: str | None, ca_file: str | None) -> EndpointKey:
@@ -101,6 +111,8 @@ class PrometheusClients:
         )
         if endpoint.ca_file and not endpoint.insecure:
             client._session.verify = endpoint.ca_file  # the client exposes no CA option of its own
+        # Connections only to addresses the egress policy allows, checked when each is made (docs/security.md).
+        egress_net.guard(client._session, egress.PROMETHEUS, max_retries=Retry(total=0))
         self._clients[endpoint] = client
         return client
 
@@ -112,63 +124,87 @@ def _to_float(text: str) -> float:
         return math.nan
 
 
-PER_ENDPOINT_CONCURRENCY = 4  # queries in flight to one Prometheus URL
+DEADLINE_FACTOR, DEADLINE_MARGIN_SECONDS = 2, 5.0  # a query's answer is awaited 2 x its timeout + 5 s at most
 
 
 class FleetPoller:
-    """Runs the fleet's queries on a thread pool of its own, at most `concurrency` at once and at most
-    PER_ENDPOINT_CONCURRENCY per Prometheus URL: a tenant's black-hole Prometheus holds a few of these
-    threads until its (bounded) timeout, never the Kubernetes calls' threads or other tenants' share."""
+    """Runs the fleet's queries on a thread pool of its own, within fair shares (AdminSettings): at most
+    `per_tenant` queries in flight for one namespace's loops, `per_host` to one Prometheus host and
+    `concurrency` in all, for the polls; the same again, apart, for the canary looks. A tenant's black-hole
+    Prometheus holds its own share of these threads until its (bounded) timeout, never another tenant's
+    share, the Kubernetes calls' threads or a canary look's slot."""
 
-    def __init__(self, query: QueryFn, concurrency: int = 8) -> None:
+    def __init__(self, query: QueryFn, concurrency: int = 8, *, per_tenant: int = 2, per_host: int = 4) -> None:
         self._query = query
-        self._semaphore = asyncio.Semaphore(concurrency)
-        self._per_endpoint: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(min(PER_ENDPOINT_CONCURRENCY, concurrency))
-        )
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")
+        self.polls = Lane("polls", concurrency, per_tenant, per_host)
+        self.looks = Lane("canary looks", concurrency, per_tenant, per_host)
+        # A slot is held until its thread ends, so the pool never queues: a thread per slot of both lanes.
+        self._executor = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix="prometheus")
 
-    async def run(self, endpoint: EndpointKey, query: str) -> Series:
-        """One query, within the bounds; raises what the query raises."""
-        async with self._per_endpoint[endpoint.url], self._semaphore:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._query, endpoint, query)
+    async def run(self, endpoint: EndpointKey, query: str, tenant: str) -> Series:
+        """One query of a canary look (canary_queries.observe), in the looks' own lane: never queued behind
+        any poll, within `tenant`'s share of the looks; raises what the query raises."""
+        return await self._in_lane(self.looks, tenant, endpoint, query)
+
+    async def _in_lane(self, lane: Lane, tenant: str, endpoint: EndpointKey, query: str) -> Series:
+        grant = await lane.acquire(tenant, origin(endpoint.url))  # the wait for slots is not timed
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, self._query, endpoint, query)
+        except BaseException:
+            grant.release()
+            raise
+        # The slots go back when the thread ends, not when the caller stops waiting: an abandoned query still
+        # holds a connection and a thread, and its tenant pays for them, not the next tenant in the queue.
+        future.add_done_callback(lambda done: _settle(done, grant))
+        deadline = DEADLINE_FACTOR * endpoint.timeout + DEADLINE_MARGIN_SECONDS
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), deadline)
+        except TimeoutError:  # a server that trickles its answer byte by byte defeats the socket timeout
+            raise TimeoutError(f"timed out: no complete answer within {deadline:.0f}s") from None
 
     async def poll(
         self, loops: Iterable[LoopQuery], now: float | None = None
     ) -> tuple[dict[str, dict[str, Sample]], PollStats]:
-        """Samples per loop key and rule name for every loop given."""
+        """Samples per loop key and rule name for every loop given.
+
+        Batching is within a tenant: one query per (tenant, endpoint, template), charged to that tenant. A
+        batch across tenants would let one tenant's loops make another's query slow (thousands of names in
+        its regex), refused (too long, too many series) or ambiguous, and the batch would have to be charged
+        to one of them; per tenant, what a batch costs and how it fails is its own tenant's alone. The price:
+        tenants sharing one Prometheus and template cost a query each instead of one together."""
         started = time.monotonic()
         at = time.time() if now is None else now
         stats = PollStats()
-        groups: dict[tuple[EndpointKey, str], list[LoopQuery]] = defaultdict(list)
+        groups: dict[GroupKey, list[LoopQuery]] = defaultdict(list)
         for loop in loops:
+            tenant = tenant_of(loop.key)
             for rule in loop.rules:
-                groups[(loop.endpoint, rule.query)].append(loop)
+                groups[(tenant, loop.endpoint, rule.query)].append(loop)
                 if rule.samples_query:
-                    groups[(loop.endpoint, rule.samples_query)].append(loop)
+                    groups[(tenant, loop.endpoint, rule.samples_query)].append(loop)
         results = await asyncio.gather(
             *(
-                self._run_template(endpoint, template, members, stats)
-                for (endpoint, template), members in groups.items()
+                self._run_template(tenant, endpoint, template, members, stats)
+                for (tenant, endpoint, template), members in groups.items()
             )
         )
-        by_template: dict[tuple[EndpointKey, str], dict[str, float | str | None]] = dict(zip(groups, results))
+        by_template: dict[GroupKey, dict[str, float | str | None]] = dict(zip(groups, results))
         samples: dict[str, dict[str, Sample]] = defaultdict(dict)
-        for (endpoint, template), members in groups.items():
+        for (_, _, template), members in groups.items():
             for loop in members:
                 for rule in loop.rules:
                     if rule.query == template and rule.name not in samples[loop.key]:
-                        samples[loop.key][rule.name] = _sample(rule, loop, endpoint, by_template, at)
+                        samples[loop.key][rule.name] = _sample(rule, loop, by_template, at)
         stats.seconds = time.monotonic() - started
         return samples, stats
 
     async def _run_template(
-        self, endpoint: EndpointKey, template: str, members: list[LoopQuery], stats: PollStats
+        self, tenant: str, endpoint: EndpointKey, template: str, members: list[LoopQuery], stats: PollStats
     ) -> dict[str, float | str | None]:
         """Value (or error text, or None for no data) per loop key."""
         plan = promql.plan_batch(template, (m.values for m in members)) if len(members) > 1 else None
         if plan is not None:
-            outcome = await self._one(endpoint, plan.query, stats)
+            outcome = await self._one(tenant, endpoint, plan.query, stats)
             if isinstance(outcome, str):
                 return {m.key: outcome for m in members}
             split = _split(plan, outcome, members)
@@ -177,14 +213,14 @@ class FleetPoller:
                 return split
         stats.unbatched_templates += 1
         outcomes = await asyncio.gather(
-            *(self._one(endpoint, promql.render(template, m.values), stats) for m in members)
+            *(self._one(tenant, endpoint, promql.render(template, m.values), stats) for m in members)
         )
         return {m.key: (o if isinstance(o, str) else _single(o)) for m, o in zip(members, outcomes)}
 
-    async def _one(self, endpoint: EndpointKey, query: str, stats: PollStats) -> Series | str:
+    async def _one(self, tenant: str, endpoint: EndpointKey, query: str, stats: PollStats) -> Series | str:
         stats.queries += 1
         try:
-            return await self.run(endpoint, query)
+            return await self._in_lane(self.polls, tenant, endpoint, query)
         except Exception as error:  # any failure is "no data" with a reason, never a crash
             stats.errors += 1
             message = f"query to {redact(endpoint.url)} failed: {short_error(error)}"
@@ -192,10 +228,20 @@ class FleetPoller:
             return message
 
 
+GroupKey = tuple[str, EndpointKey, str]  # (tenant, endpoint, template)
+
+
+def _settle(done: asyncio.Future[Series], grant: Grant) -> None:
+    grant.release()
+    if not done.cancelled():
+        done.exception()  # retrieved: an answer nobody waited for any more is not an "exception never retrieved"
+
+
 def short_error(error: BaseException) -> str:
     """The root cause in a few words (requests wraps it in pool and retry errors)."""
-    if isinstance(getattr(error, "status", None), int) and isinstance(getattr(error, "reason", None), str):
-        return f"{error.status} {error.reason}"  # a Kubernetes ApiException
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if isinstance(status, int) and isinstance(reason, str):
+        return f"{status} {reason}"  # a Kubernetes ApiException
     if isinstance(error, KeyError):
         return str(error.args[0]) if error.args else "missing key"
     root: BaseException = error
@@ -234,12 +280,12 @@ def _single(series: Series) -> float | str | None:
 def _sample(
     rule: MetricRule,
     loop: LoopQuery,
-    endpoint: EndpointKey,
-    by_template: Mapping[tuple[EndpointKey, str], Mapping[str, float | str | None]],
+    by_template: Mapping[GroupKey, Mapping[str, float | str | None]],
     at: float,
 ) -> Sample:
-    value = by_template[(endpoint, rule.query)].get(loop.key)
-    samples = by_template[(endpoint, rule.samples_query)].get(loop.key) if rule.samples_query else None
+    tenant = tenant_of(loop.key)
+    value = by_template[(tenant, loop.endpoint, rule.query)].get(loop.key)
+    samples = by_template[(tenant, loop.endpoint, rule.samples_query)].get(loop.key) if rule.samples_query else None
     if isinstance(value, str):
         return Sample(None, at, error=value)
     if isinstance(samples, str):

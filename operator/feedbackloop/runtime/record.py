@@ -3,6 +3,11 @@
 Live metric values change on every poll; writing each would cost an API write per loop per interval.
 A change of phase, conditions, versions or rule states is written at once; values alone at most every
 `refresh_seconds`.
+
+Every string of a write is made inert first (feedbackloop.core.text): a Prometheus error, a trainer's
+termination message or a Pod's waiting message reaches status.conditions[].message, status.metrics[].message,
+status.history[].message or status.lastFailure, and from there an administrator's terminal. Only the patch
+is walked (the keys that changed), once per write; the decisions keep comparing the texts as they made them.
 """
 
 from __future__ import annotations
@@ -10,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from feedbackloop.core.fleet import LoopMemory
+from feedbackloop.core.status import LoopStatus
+from feedbackloop.core.text import inert_tree
 from feedbackloop.runtime import metrics
 from feedbackloop.runtime.kube import KubeAPI
 
 # Fields that change with every poll; a change in them alone is written at most every `refresh` seconds.
 VOLATILE_METRIC_FIELDS = ("value", "sampleTime", "message")
+# Any string of a status write, after its escapes: a condition's message is cut at 1024 before, an Event's too.
+STATUS_TEXT_LIMIT = 4096
 
 
 class StatusRecorder:
@@ -26,7 +36,7 @@ class StatusRecorder:
         self.refresh_seconds = refresh_seconds
 
     async def record(
-        self, body: dict[str, Any], memory: LoopMemory, before: dict[str, Any], after: dict[str, Any], now: float
+        self, body: dict[str, Any], memory: LoopMemory, before: LoopStatus, after: LoopStatus, now: float
     ) -> None:
         changed = significant(after) != significant(before)
         stale = values(after) != values(before) and now - memory.written_at >= self.refresh_seconds
@@ -35,19 +45,19 @@ class StatusRecorder:
         if not (changed or stale):
             return
         base = body.get("status") or {} if memory.written_status is None else before
-        patch = merge_patch(writable(base), writable(after))
+        patch = inert_tree(merge_patch(writable(base), writable(after)), STATUS_TEXT_LIMIT)
         await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
         metrics.STATUS_WRITES.labels("change" if changed else "refresh").inc()
         memory.written_status = copy.deepcopy(after)
         memory.written_at = now
 
 
-def values(status: dict[str, Any]) -> list[Any]:
+def values(status: Mapping[str, Any]) -> list[Any]:
     """The live metric values (a new sample time alone is not worth a write)."""
     return [m.get("value") for m in status.get("metrics", [])]
 
 
-def significant(status: dict[str, Any]) -> Any:
+def significant(status: Mapping[str, Any]) -> Any:
     """The status without what changes on every poll."""
     trimmed = {k: v for k, v in status.items() if k not in ("summary",)}
     trimmed["metrics"] = [
