@@ -11,6 +11,8 @@ import kopf
 from kopf._core.engines.peering import Identity  # a NewType of str that kopf does not re-export
 from prometheus_client import start_http_server
 
+from feedbackloop.core.text import inert
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mfl-operator", description=__doc__)
@@ -34,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not args.verbose:  # one line per watch event and loop is noise at thousands of loops
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -61,6 +63,14 @@ def main(argv: list[str] | None = None) -> None:
         liveness_endpoint=args.liveness or None,
         identity=Identity(operator_identity()),
     )
+
+
+class InertFormatter(logging.Formatter):
+    """Log lines quote tenants' text (a Prometheus error, a webhook's answer, a Pod's message): made inert
+    (core/text.py) as in status, so `kubectl logs` in an admin's terminal runs no escape sequence."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return inert(super().format(record), multiline=True)
 
 
 def watched_namespaces(flags: list[str], env: str) -> list[str]:

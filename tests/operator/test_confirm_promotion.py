@@ -7,6 +7,7 @@ The decision (phases.py) over hand-made worlds, then the whole path through Engi
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from feedbackloop.core import api
 from feedbackloop.core.phases import AWAITING_CONFIRMATION, EnsureStable, RemoveCanary, awaiting_promotion, decide
 from feedbackloop.core.timeutil import format_time
-from feedbackloop.runtime import notify
+from feedbackloop.runtime import egress_net, notify
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 from .test_engine_cycle import T0, loop, reasons, trained
@@ -215,3 +216,21 @@ def test_the_engine_rolls_back_a_canary_never_confirmed_by_max_duration() -> Non
     assert status["currentVersion"] == 1 and status["history"][-1]["outcome"] == "RolledBack"
     assert "not confirmed by http://approvals.ops.svc:8080/confirm" in status["history"][-1]["message"]
     assert len(approver.asked) >= 20  # asked all along, refused each time
+
+
+def test_a_confirm_url_the_egress_policy_refuses_holds_the_canary_and_says_why_in_status() -> None:
+    class Refusing(Approver):
+        async def confirm(self, url: str, payload: dict[str, Any]) -> bool:
+            self.asked.append({"url": url, **payload})
+            raise egress_net.EgressRefused("approvals.ops.svc", ipaddress.ip_address("10.0.0.7"), "a private address")
+
+    approver = Refusing([])
+    bed, now = canary_of_an_equal_candidate(approver)
+    for look in range(1, 4):
+        bed.cycle(now + 10 * look)
+    status = bed.status()
+    assert status["phase"] == "Canary" and status["currentVersion"] == 1  # never promoted unconfirmed
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["reason"] == "AwaitingConfirmation"
+    assert "not asked: not connected: 10.0.0.7 is a private address" in reconciling["message"], reconciling
+    assert "MFL_EGRESS_ALLOW" in reconciling["message"]

@@ -197,8 +197,11 @@ def test_confirm_promotion_is_no_oracle_of_internal_endpoints(
     dns.answers["approvals.ops.svc"] = [PUBLIC, "127.0.0.1"]
     socket.getaddrinfo("approvals.ops.svc", 80)  # public, at a look before the connection
     url = f"http://approvals.ops.svc:{server.port}/confirm"
-    with caplog.at_level(logging.WARNING, logger="feedbackloop.runtime.notify"):
-        assert asyncio.run(notify.confirm_promotion(url, {"version": 2}, timeout=3.0)) is False
+    with (
+        caplog.at_level(logging.WARNING, logger="feedbackloop.runtime.notify"),
+        pytest.raises(egress_net.EgressRefused),  # the observer shows it in the loop's status
+    ):
+        asyncio.run(notify.confirm_promotion(url, {"version": 2}, timeout=3.0))
     assert server.requests == []
     assert f"confirm-promotion webhook {url}: not connected: 127.0.0.1 is loopback" in caplog.text
     assert "MFL_EGRESS_ALLOW" in caplog.text

@@ -22,3 +22,13 @@ def test_identity_without_a_passwd_entry(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(getpass, "getuser", no_user)
     monkeypatch.delenv("POD_NAME", raising=False)
     assert "/" in main.operator_identity()
+
+
+def test_log_lines_quoting_a_tenants_text_are_inert() -> None:
+    import logging
+
+    from feedbackloop.main import InertFormatter
+
+    record = logging.LogRecord("x", logging.WARNING, "f", 1, "webhook said %s", ("\x1b]52;c;cm0gLXJmIC8=\x07ok",), None)
+    line = InertFormatter("%(levelname)s %(message)s").format(record)
+    assert "\x1b" not in line and "\x07" not in line and "\\x1b]52" in line

@@ -106,6 +106,7 @@ class World:
     canary: CanaryObservation | None = None  # None: not analysed this round
     requests: dict[str, str] = field(default_factory=dict)  # annotation suffix -> value
     promotion_confirmed: bool | None = None  # rollout.confirmPromotion's answer this round; None: not asked
+    promotion_refused: str | None = None  # why confirmPromotion's URL was not asked (the operator's egress policy)
     # Why no Pod or Job of this loop may be created or updated now (storage.s3's keys not bound to its endpoint).
     storage_refused: Refusal | None = None
 
@@ -893,6 +894,8 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
     gate = spec.rollout.confirm_promotion
     if phase == CANARY and rollout and gate and awaiting_promotion(spec, rollout, world.now):
         message = f"version {rollout['version']} {_ready(rollout)}; waiting for {redact(gate.url)} to confirm"
+        if world.promotion_refused:
+            message += f" (not asked: {world.promotion_refused})"
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, AWAITING_CONFIRMATION, message))
         held = cond.get(world.status.get("conditions", []), cond.RECONCILING)
         if (held or {}).get("reason") != AWAITING_CONFIRMATION:  # once per hold, however it began

@@ -174,14 +174,15 @@ async def post_once(url: str, body: bytes, headers: dict[str, str], timeout: flo
 async def confirm_promotion(
     url: str, payload: dict[str, Any], timeout: float = REQUEST_TIMEOUT_SECONDS, send: Sender = post_once
 ) -> bool:
-    """rollout.confirmPromotion's answer: True on a 2xx only; no answer, an error or any other status is a no."""
+    """rollout.confirmPromotion's answer: True on a 2xx only; no answer, an error or any other status is a no.
+    A URL the egress policy refuses is never asked: EgressRefused is raised, for the loop's status to say so."""
     headers = {"Content-Type": "application/json", "User-Agent": "mfl-operator"}
     try:
         body = json.dumps(payload, sort_keys=True).encode()
         code = await asyncio.wait_for(send(url, body, headers, timeout), timeout + 1)
     except egress_net.EgressRefused as error:  # never asked: a no, until the admin allows it
         log.warning("confirm-promotion webhook %s: %s", redact(url), error)
-        return False
+        raise
     except Exception as error:  # noqa: BLE001 - no answer is no approval; asked again at the next look
         log.info("confirm-promotion webhook %s did not answer: %s", redact(url), error)
         return False

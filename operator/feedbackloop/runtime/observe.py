@@ -24,7 +24,7 @@ from feedbackloop.core.credentials import Refusal, token_refusal
 from feedbackloop.core.fleet import Fleet, LoopMemory
 from feedbackloop.core.monitoring import Round, Sample, rules_of
 from feedbackloop.core.status import LoopStatus
-from feedbackloop.runtime import canary_queries, metrics, notify
+from feedbackloop.runtime import canary_queries, egress_net, metrics, notify
 from feedbackloop.runtime.kube import KubeAPI
 from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, short_error
 
@@ -113,6 +113,7 @@ class Observer:
             return phases.InvalidWorld(now, name, generation, memory.spec_error, status)
         canary = await self._canary(body, spec, status, memory, now)
         storage_refused = await self.storage_refusal(body, spec, now)
+        confirmed, refused = await self._confirmation(body, spec, status, now) if canary is not None else (None, None)
         return phases.World(
             now=now,
             name=name,
@@ -124,7 +125,8 @@ class Observer:
             serving=await self._serving(body, spec, status, now),
             canary=canary,
             requests=requests_of(body),
-            promotion_confirmed=await self._confirmation(body, spec, status, now) if canary is not None else None,
+            promotion_confirmed=confirmed,
+            promotion_refused=refused,
             storage_refused=storage_refused,
         )
 
@@ -219,12 +221,16 @@ class Observer:
 
     async def _confirmation(
         self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
-    ) -> bool | None:
-        """Asked at the looks (the analysis interval) of a canary that passed and waits for its promotion."""
+    ) -> tuple[bool | None, str | None]:
+        """Asked at the looks (the analysis interval) of a canary that passed and waits for its promotion:
+        (the answer, None), or (False, why it was not asked) when the egress policy refuses its address."""
         gate, rollout = spec.rollout.confirm_promotion, status.get("rollout")
         if gate is None or not rollout or not phases.awaiting_promotion(spec, rollout, now):
-            return None
-        return await self.confirm(gate.url, notify.promotion_request(body, dict(status), now))
+            return None, None
+        try:
+            return await self.confirm(gate.url, notify.promotion_request(body, dict(status), now)), None
+        except egress_net.EgressRefused as error:
+            return False, str(error)
 
     # --- credentials ----------------------------------------------------------------------------------
     async def credentials(
