@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from feedbackloop.core.election import Timing
 from mfl_testbed.cluster import OPERATOR_NAMESPACE, Cluster
 from tests.install.shapes import apply_shape
 
@@ -146,7 +147,7 @@ def test_ha_shape_runs_two_replicas_one_leader_and_hands_over_on_a_rolling_updat
     assert after["leaseTransitions"] > transitions
     handovers = handover_gaps([spec for _, spec in samples])
     print(f"ha: rolling update handovers of the Lease: {[f'{h:.1f}s' for h in handovers]}")
-    assert handovers and max(handovers) < 15, handovers  # < leaseDurationSeconds: it was released
+    assert handovers and max(handovers) < Timing().lease_seconds, handovers  # under a lease: it was released
     assert "Forbidden" not in logs(kubectl)
 
 

@@ -1,6 +1,10 @@
-"""KubeLease, the election's edge, through the real kubernetes client against a local HTTP server that
-answers like kube-apiserver for one Lease: 404 for a missing one, 409 for a stale resourceVersion or a
-create of an existing one, and MicroTime parsed as strictly as Go's RFC3339Micro layout (six digits)."""
+"""KubeLease, the election's edge, and Kube's fenced writes, through the real kubernetes client against a local
+HTTP server that answers like kube-apiserver: one Lease (404 for a missing one, 409 for a stale resourceVersion
+or a create of an existing one, MicroTime parsed as strictly as Go's RFC3339Micro layout: six digits) and
+custom objects (a merge patch of status or of the object, a resourceVersion in the patch as a precondition).
+
+Fault injection: a leader paused after its fence admitted a write, and a write in flight (held by the server)
+when the leader's term ends, each while the standby takes over and writes: the standby's write stands."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import copy
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,18 +21,25 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from feedbackloop.runtime import leader
+from feedbackloop.core import election
+from feedbackloop.runtime import kube, leader
 
 PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/?]+))?")
+OBJECT = re.compile(r"^(?P<path>/apis/[^?]+?)(?P<status>/status)?(?:\?.*)?$")
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 
 
 class LeaseServer:
     def __init__(self) -> None:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.objects: dict[str, dict[str, Any]] = {}  # other objects by path (custom objects)
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
+        self.answers: list[tuple[str, str, int]] = []  # (method, path, code) of each object request
         self.version = 40
         self.lock = threading.Lock()
+        self.hold: threading.Event | None = None  # the next PATCH waits for it (a request in flight)
+        self.held = threading.Event()
+        self.edit_after_get = False  # the next GET of an object is followed by someone else's edit
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -48,27 +60,85 @@ class LeaseServer:
             def do_PUT(self) -> None:
                 server.answer(self, "PUT")
 
+            def do_PATCH(self) -> None:
+                server.answer(self, "PATCH")
+
+            def do_DELETE(self) -> None:
+                server.answer(self, "DELETE")
+
         return Handler
 
     def answer(self, http: BaseHTTPRequestHandler, method: str) -> None:
-        match = PATH.match(http.path)
-        assert match, http.path
         length = int(http.headers.get("Content-Length") or 0)
         body = json.loads(http.rfile.read(length)) if length else None
         self.requests.append((method, http.path, body))
+        match = PATH.match(http.path)
+        if match:
+            code, value = self.lease_request(method, match, body)
+        else:
+            code, value = self.object_request(method, http.path, body)
+        data = json.dumps(value).encode()
+        try:
+            http.send_response(code)
+            http.send_header("Content-Type", "application/json")
+            http.send_header("Content-Length", str(len(data)))
+            http.end_headers()
+            http.wfile.write(data)
+        except OSError:  # the client gave up waiting (its request timeout)
+            pass
+
+    def lease_request(self, method: str, match: re.Match[str], body: dict[str, Any] | None) -> tuple[int, dict]:
         namespace = match["ns"]
         with self.lock:
             if method == "GET":
                 found = self.leases.get((namespace, match["name"]))
-                code, value = (200, found) if found else (404, status(404, "NotFound"))
-            else:
-                code, value = self.write(method, namespace, match["name"], body or {})
-        data = json.dumps(value).encode()
-        http.send_response(code)
-        http.send_header("Content-Type", "application/json")
-        http.send_header("Content-Length", str(len(data)))
-        http.end_headers()
-        http.wfile.write(data)
+                return (200, found) if found else (404, status(404, "NotFound"))
+            if method == "DELETE":
+                return (
+                    (200, {}) if self.leases.pop((namespace, match["name"]), None) else (404, status(404, "NotFound"))
+                )
+            return self.write(method, namespace, match["name"], body or {})
+
+    def object_request(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict]:
+        match = OBJECT.match(path)
+        assert match, path
+        if method == "PATCH" and self.hold is not None:  # in flight: the server has it, not yet applied
+            hold, self.hold = self.hold, None
+            self.held.set()
+            hold.wait(10)
+        with self.lock:
+            code, value = self.apply(method, match["path"], bool(match["status"]), body or {})
+            self.answers.append((method, path, code))
+            if method == "GET" and self.edit_after_get and code == 200:
+                self.edit_after_get = False
+                self.bump(match["path"])  # e.g. a user's `kubectl edit` between our read and our write
+        return code, value
+
+    def apply(self, method: str, path: str, subresource: bool, body: dict[str, Any]) -> tuple[int, dict]:
+        current = self.objects.get(path)
+        if current is None:
+            return 404, status(404, "NotFound")
+        if method == "GET":
+            return 200, copy.deepcopy(current)
+        expected = (body.get("metadata") or {}).get("resourceVersion")
+        if method == "DELETE":
+            expected = ((body.get("preconditions") or {}).get("resourceVersion")) or None
+        if expected is not None and expected != current["metadata"]["resourceVersion"]:
+            return 409, status(409, "Conflict", "the object has been modified; please apply your changes to the "
+                                                "latest version and try again")  # fmt: skip
+        if method == "DELETE":
+            del self.objects[path]
+            return 200, status(200, "Success")
+        patch = {"status": body.get("status")} if subresource else {k: v for k, v in body.items() if k != "metadata"}
+        merged = merge_patch(current, patch)
+        merged["metadata"] = current["metadata"]
+        self.objects[path] = merged
+        self.bump(path)
+        return 200, copy.deepcopy(self.objects[path])
+
+    def bump(self, path: str) -> None:
+        self.version += 1
+        self.objects[path]["metadata"]["resourceVersion"] = str(self.version)
 
     def write(self, method: str, namespace: str, name: str | None, body: dict[str, Any]) -> tuple[int, dict]:
         spec = body.get("spec") or {}
@@ -88,6 +158,19 @@ class LeaseServer:
         stored["metadata"].update(namespace=namespace, resourceVersion=str(self.version))
         self.leases[key] = stored
         return (201 if method == "POST" else 200), stored
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 def status(code: int, reason: str, message: str = "") -> dict[str, Any]:
@@ -155,3 +238,196 @@ def test_two_candidates_through_the_real_client_hand_over_on_release(server: Lea
     renewals = [body for _, body in writes if body["spec"].get("holderIdentity") == "op-1"]
     assert len(renewals) >= 8  # every retry period (0.1 s) for 1.5 s
     assert {body["spec"]["acquireTime"] for body in renewals} == {renewals[0]["spec"]["acquireTime"]}
+
+
+# --- fenced writes: a paused leader's write, a write in flight at the end of the term -------------------------
+LOOP_PATH = "/apis/feedbackloop.dev/v1alpha1/namespaces/team/modelfeedbackloops/churn"
+
+
+def with_loop(server: LeaseServer) -> None:
+    server.objects[LOOP_PATH] = {
+        "apiVersion": "feedbackloop.dev/v1alpha1",
+        "kind": "ModelFeedbackLoop",
+        "metadata": {"name": "churn", "namespace": "team", "resourceVersion": "7"},
+        "spec": {},
+        "status": {"phase": "Monitoring"},
+    }
+    released = election.released_body(election.Holding("operator-before", 1, "", 0, None), LEASE, "ops", WALL)
+    server.write("POST", "ops", None, released)  # a rolling update: the first candidate takes it at once
+
+
+LEASE = "feedbackloop-operator"
+WALL = leader.datetime(2026, 12, 2, 4, 0, 0, tzinfo=leader.UTC)
+
+
+class ReachableLease(leader.KubeLease):
+    """This replica's Lease calls; `broken` cuts them (its network to the API server, for the Lease only)."""
+
+    broken = False
+
+    def read(self) -> dict[str, Any] | None:
+        self._check()
+        return super().read()
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        return super().create(body)
+
+    def replace(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        return super().replace(body)
+
+    def _check(self) -> None:
+        if self.broken:
+            raise ConnectionError("unreachable")
+
+
+class PausedKube(kube.Kube):
+    """The engine's Kube with a pause injected between the fence's admission and the call's first request
+    (SIGSTOP, a frozen VM, a long GC)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.paused.set()
+        self.resume.wait(10)
+        return super().patch_status(namespace, name, status)
+
+
+class Replica:
+    """One operator replica: its elector on the Lease, its fenced Kube, its engine (one status write)."""
+
+    def __init__(self, identity: str, api: kube.Kube) -> None:
+        self.lease = ReachableLease(LEASE, "ops", 1.0)
+        self.elector = leader.Elector(self.lease, leader.Election(True, identity, LEASE, "ops", TIMING))
+        self.fence = leader.Fence(api)
+        self.lost = threading.Event()
+        self.outcome: list[Any] = []  # what its write returned or raised, and when
+        self.wrote = threading.Event()
+
+    def write(self, phase: str) -> None:
+        try:
+            self.outcome.append(self.fence.patch_status("team", "churn", {"phase": phase}))
+        except Exception as error:
+            self.outcome.append(error)
+        self.outcome.append(time.monotonic())
+        self.wrote.set()
+
+    def lead(self, phase: str) -> asyncio.Task[None]:
+        async def engine() -> None:
+            threading.Thread(target=self.write, args=(phase,), daemon=True).start()  # outlives a cancel
+            await asyncio.Event().wait()
+
+        return asyncio.create_task(leader.lead(self.elector, engine, self.fence, self.lost.set))
+
+
+async def until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s"
+        await asyncio.sleep(0.01)
+
+
+def test_a_write_admitted_before_a_long_pause_is_refused_after_the_standby_took_over(server: LeaseServer) -> None:
+    """Fault injection: the fence admits the leader's status write, the process pauses, the leader's term ends
+    and the standby takes over and writes; then the paused write resumes. Checked only when the call started
+    (before), it lands over the new leader's status; checked before each request, it is never sent."""
+    with_loop(server)
+
+    async def scenario() -> tuple[Replica, Replica]:
+        paused = PausedKube()
+        first, second = Replica("op-1", paused), Replica("op-2", kube.Kube())
+        tasks = [first.lead("Stale")]
+        await until(paused.paused.is_set, 5)  # admitted: inside the fenced call, before its first request
+        tasks.append(second.lead("Fresh"))
+        first.lease.broken = True  # frozen: it renews no more
+        await until(second.wrote.is_set, 5)
+        paused.resume.set()
+        await until(first.wrote.is_set, 5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(second.outcome[0], dict)
+    assert server.objects[LOOP_PATH]["status"] == {"phase": "Fresh"}  # the new leader's status stands
+    assert isinstance(first.outcome[0], leader.NotLeading), first.outcome
+    patches = [(method, path) for method, path, _ in server.answers if method == "PATCH"]
+    assert len(patches) == 1  # the paused one sent nothing
+
+
+def test_a_write_in_flight_when_the_term_ends_does_not_land_over_the_new_leaders(server: LeaseServer) -> None:
+    """Fault injection: the leader's status write is sent within its term but held in flight (a slow network,
+    an overloaded API server) while its term ends and the standby takes over and writes. Without a
+    precondition and a timeout (before), the old write lands last; with them, the leader stops waiting
+    within its term, and the API server refuses the write (409: the object changed since it was read)."""
+    with_loop(server)
+    server.hold = threading.Event()
+
+    async def scenario() -> tuple[Replica, Replica, float]:
+        first, second = Replica("op-1", kube.Kube()), Replica("op-2", kube.Kube())
+        tasks = [first.lead("Stale")]
+        await until(server.held.is_set, 5)  # sent, read by the API server, not yet applied
+        tasks.append(second.lead("Fresh"))
+        first.lease.broken = True
+        await until(second.wrote.is_set, 5)
+        taken_over = time.monotonic()
+        release.set()  # the held request reaches etcd at last
+        await until(lambda: [m for m, _, _ in server.answers].count("PATCH") >= 2, 5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return first, second, taken_over
+
+    release = server.hold
+    first, second, taken_over = asyncio.run(scenario())
+    assert server.objects[LOOP_PATH]["status"] == {"phase": "Fresh"}
+    assert isinstance(first.outcome[0], Exception), first.outcome  # it gave up waiting: a timeout
+    assert first.outcome[1] < taken_over  # within its own term, before the standby acted
+    codes = [code for method, _, code in server.answers if method == "PATCH"]
+    assert codes == [200, 409]  # the new leader's, then the held one refused on its stale resourceVersion
+
+
+def test_a_conflict_from_an_edit_between_read_and_write_is_retried_on_a_new_read(server: LeaseServer) -> None:
+    with_loop(server)
+    server.edit_after_get = True
+    written = kube.Kube().patch_status("team", "churn", {"phase": "Retraining"})
+    assert written["status"] == {"phase": "Retraining"}
+    assert [(method, code) for method, _, code in server.answers] == [
+        ("GET", 200), ("PATCH", 409), ("GET", 200), ("PATCH", 200)
+    ]  # fmt: skip
+
+
+def test_route_weights_are_written_on_the_version_read(server: LeaseServer) -> None:
+    path = "/apis/gateway.networking.k8s.io/v1/namespaces/team/httproutes/churn"
+    server.objects[path] = {"metadata": {"name": "churn", "resourceVersion": "3"}, "spec": {"rules": [{}]}}
+    server.edit_after_get = True
+    kube.Kube().set_route_weights({"metadata": {"name": "churn", "namespace": "team"}}, "churn", 20)
+    patches = [body for method, _, body in server.requests if method == "PATCH"]
+    assert [p["metadata"]["resourceVersion"] for p in patches] == ["3", "41"]  # the second after a new read
+    weights = [b["weight"] for b in server.objects[path]["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [80, 20]
+
+
+def test_no_request_is_sent_with_too_little_of_the_term_left(server: LeaseServer) -> None:
+    with_loop(server)
+    fence = leader.Fence(kube.Kube())
+    fence.open(lambda: time.monotonic() + leader.MIN_REQUEST_SECONDS / 2)
+    with pytest.raises(leader.NotLeading, match="not sent"):
+        fence.patch_status("team", "churn", {"phase": "Stale"})
+    assert server.answers == []
+    fence.open(lambda: time.monotonic() + 5)
+    timeouts: list[float] = []
+    pool = fence._target.custom.api_client.rest_client.pool_manager
+    send = pool.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        timeouts.append(kwargs["timeout"].total)
+        return send(*args, **kwargs)
+
+    pool.request = request
+    fence.patch_status("team", "churn", {"phase": "Fresh"})
+    assert len(timeouts) == 2 and all(0 < t <= 5 for t in timeouts), timeouts  # bounded by what is left

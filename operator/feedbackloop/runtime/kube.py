@@ -2,6 +2,16 @@
 
 Every create is idempotent: names are deterministic, and AlreadyExists means "it is there" once we
 have checked that the object is ours (a controller owner reference to this loop).
+
+Fenced (runtime/leader.py explains why): every HTTP request made in a call through the leader's Fence is
+sent only with at least leader.MIN_REQUEST_SECONDS of the term left, with its timeout bounded by what is
+left, and its answer is refused (NotLeading) when the term ended while it was in flight. Every update and
+delete carries, as a precondition, the resourceVersion of the object as read in the same call, before
+the write's own check: a standby writes only after this replica's term ended, so a write of ours that
+lands after a takeover is refused (409) when the new leader wrote the object since. A 409 on that
+precondition (the object changed between our read and our write, e.g. a user's edit) is retried after a
+new read, within the term, up to CONFLICT_RETRIES times; a 409 left is raised, and the engine tries again
+on its next reconcile.
 """
 
 from __future__ import annotations
@@ -11,22 +21,27 @@ import json
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from feedbackloop.core import api, resources
+from feedbackloop.runtime import leader
 
 log = logging.getLogger(__name__)
+DEFAULT_REQUEST_SECONDS = 30.0  # no request of the engine's waits longer, leading or not
+CONFLICT_RETRIES = 3
+T = TypeVar("T")
 
 
 def load_config(kubeconfig: str | None = None) -> None:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
 
 
 class NotOurs(RuntimeError):
@@ -53,20 +68,102 @@ class KubeAPI(Protocol):
     def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None: ...
 
 
+def fence_requests(api_client: client.ApiClient) -> client.ApiClient:
+    """Every request of `api_client` checked against the leader's term of the call it is made in
+    (leader.TERM, set by the Fence): not sent with less than MIN_REQUEST_SECONDS left, its timeout at most
+    what is left (DEFAULT_REQUEST_SECONDS outside a term), and its answer refused when the term ended while
+    it was in flight. The hook is the REST client's `request`, the last step before urllib3 sends (called
+    with keyword arguments by every client version this project supports)."""
+    rest = api_client.rest_client
+    send: Callable[..., Any] = rest.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        term = leader.TERM.get()
+        timeout = kwargs.get("_request_timeout") or DEFAULT_REQUEST_SECONDS
+        if term is not None:
+            left = term.remaining()
+            if left < leader.MIN_REQUEST_SECONDS:
+                raise leader.NotLeading(f"{method} {url}: not sent, {max(left, 0.0):.2f}s left of the leader's term")
+            timeout = min(timeout, left) if isinstance(timeout, int | float) else (min(timeout[0], left), left)
+        kwargs["_request_timeout"] = timeout
+        response = send(method, url, *args, **kwargs)
+        if term is not None and term.remaining() <= 0:
+            raise leader.NotLeading(f"{method} {url}: answered after the leader's term ended; not used")
+        return response
+
+    rest.request = request  # type: ignore[method-assign]
+    return api_client
+
+
+def resource_version(obj: Any) -> str:
+    """An object's resourceVersion, from a dict (the API's JSON) or the client's model."""
+    if isinstance(obj, dict):
+        return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    metadata = getattr(obj, "metadata", None)
+    return str(getattr(metadata, "resource_version", None) or "")
+
+
+def with_precondition(read: Callable[[], str | None], write: Callable[[str], T]) -> T | None:
+    """`write(resourceVersion)` with the version `read()` returned just before (None: the object is gone,
+    nothing to write). On 409 (it changed between the two) read and write again, at most CONFLICT_RETRIES
+    times in all; a 409 left is raised."""
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        version = read()
+        if version is None:
+            return None
+        try:
+            return write(version)
+        except ApiException as error:
+            if error.status != 409 or attempt == CONFLICT_RETRIES:
+                raise
+            log.info("the object changed since it was read (attempt %d), reading it again: %s", attempt, error.reason)
+    return None
+
+
+def if_found(call: Callable[[], T]) -> T | None:
+    """The call's result, or None on 404."""
+    try:
+        return call()
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def delete_options(version: str) -> client.V1DeleteOptions:
+    """Background (the dependents go with it: the API's default for Jobs would orphan their Pods), and only
+    the version read."""
+    return client.V1DeleteOptions(
+        propagation_policy="Background", preconditions=client.V1Preconditions(resource_version=version)
+    )
+
+
 class Kube:
     def __init__(self) -> None:
-        self.core = client.CoreV1Api()
-        self.apps = client.AppsV1Api()
-        self.batch = client.BatchV1Api()
-        self.custom = client.CustomObjectsApi()
+        api_client = fence_requests(client.ApiClient())
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
         self.host = socket.gethostname()
 
     # --- status and events ------------------------------------------------------------------------
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch the status subresource (null deletes a key; lists are replaced whole)."""
-        return self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
-        )
+        """Merge-patch the status subresource (null deletes a key; lists are replaced whole) on the version
+        just read: a merge patch carrying metadata.resourceVersion is a precondition."""
+
+        def read() -> str:
+            loop = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+            return resource_version(loop)
+
+        def write(version: str) -> dict[str, Any]:
+            patch = {"metadata": {"resourceVersion": version}, "status": status}
+            written = self.custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch
+            )
+            return cast(dict[str, Any], written)
+
+        return with_precondition(read, write) or {}
 
     def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = loop["metadata"]
@@ -97,20 +194,18 @@ class Kube:
             log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], error.reason)
 
     # --- generic apply ----------------------------------------------------------------------------
-    def _create_or_check(self, create, read, namespace: str, body: dict[str, Any], loop_uid: str) -> dict[str, Any]:
+    @staticmethod
+    def _create_or_check(
+        create: Callable[[str, Any], Any], read: Callable[[str, str], Any], namespace: str, body: dict[str, Any],
+        loop_uid: str,
+    ) -> str:  # fmt: skip
+        """Create `body`, or check that the object of its name is this loop's: its resourceVersion either way."""
         try:
-            return create(namespace, body).to_dict()
+            return resource_version(create(namespace, body))
         except ApiException as error:
             if error.status != 409:
                 raise
-        existing = read(body["metadata"]["name"], namespace)
-        owners = existing.metadata.owner_references or []
-        if not any(o.uid == loop_uid and o.controller for o in owners):
-            raise NotOurs(
-                f"{body['kind']} {namespace}/{body['metadata']['name']} exists and is not owned by "
-                f"this loop; rename or delete it"
-            )
-        return existing.to_dict()
+        return owned(read(body["metadata"]["name"], namespace), body["kind"], namespace, loop_uid)
 
     # --- serving ----------------------------------------------------------------------------------
     def ensure_signing_secret(self, loop: dict[str, Any]) -> None:
@@ -133,28 +228,41 @@ class Kube:
         )
 
     def ensure_deployment(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
-        namespace, name = loop["metadata"]["namespace"], body["metadata"]["name"]
-        self._create_or_check(
-            self.apps.create_namespaced_deployment,
-            self.apps.read_namespaced_deployment,
-            namespace,
-            body,
-            loop["metadata"]["uid"],
-        )
+        namespace, name, uid = loop["metadata"]["namespace"], body["metadata"]["name"], loop["metadata"]["uid"]
+        checked = [
+            self._create_or_check(
+                self.apps.create_namespaced_deployment, self.apps.read_namespaced_deployment, namespace, body, uid
+            )
+        ]
         # Converge replicas, labels and the pod template; a no-op patch does not bump the generation. The pod
         # spec is replaced whole ("$patch": "replace"), not merged: a strategic merge keeps containers, env
         # variables and nodeSelector keys the spec no longer has (a removed feedback sidecar would stay).
-        metadata = {"labels": body["metadata"]["labels"], "annotations": body["metadata"].get("annotations") or {}}
         template = body["spec"]["template"]
         spec = {**body["spec"], "template": {**template, "spec": {**template["spec"], "$patch": "replace"}}}
-        self.apps.patch_namespaced_deployment(name, namespace, {"metadata": metadata, "spec": spec})
+
+        def read() -> str | None:
+            if checked:
+                return checked.pop() or ""  # the version just created or checked
+            existing = if_found(lambda: self.apps.read_namespaced_deployment(name, namespace))
+            return None if existing is None else owned(existing, "Deployment", namespace, uid)
+
+        def write(version: str) -> None:
+            metadata = {"labels": body["metadata"]["labels"], "annotations": body["metadata"].get("annotations") or {}}
+            if version:
+                metadata["resourceVersion"] = version
+            self.apps.patch_namespaced_deployment(name, namespace, {"metadata": metadata, "spec": spec})
+
+        with_precondition(read, write)
 
     def delete_deployment(self, namespace: str, name: str) -> None:
-        try:
-            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        def read() -> str | None:
+            found = if_found(lambda: self.apps.read_namespaced_deployment(name, namespace))
+            return None if found is None else resource_version(found)
+
+        def delete(version: str) -> None:
+            if_found(lambda: self.apps.delete_namespaced_deployment(name, namespace, body=delete_options(version)))
+
+        with_precondition(read, delete)
 
     # --- training ---------------------------------------------------------------------------------
     def create_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
@@ -167,26 +275,25 @@ class Kube:
         )
 
     def delete_job(self, namespace: str, name: str) -> None:
-        try:  # Background: the Job's Pods go with it (the API's default for Jobs would orphan them)
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        def read() -> str | None:
+            found = if_found(lambda: self.batch.read_namespaced_job(name, namespace))
+            return None if found is None else resource_version(found)
+
+        def delete(version: str) -> None:
+            if_found(lambda: self.batch.delete_namespaced_job(name, namespace, body=delete_options(version)))
+
+        with_precondition(read, delete)
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.batch.read_namespaced_job(name, namespace).to_dict()
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        job = if_found(lambda: self.batch.read_namespaced_job(name, namespace))
+        return None if job is None else job.to_dict()
 
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
         """(termination message, reason) of the Job's newest finished Pod."""
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
         finished = []
         for pod in pods:
-            for status in pod.status.container_statuses or []:
+            for status in (pod.status.container_statuses if pod.status else None) or []:
                 if status.state and status.state.terminated:
                     finished.append(
                         (
@@ -202,7 +309,7 @@ class Kube:
     # --- serving Pods -----------------------------------------------------------------------------
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """Pods as the API serves them (camelCase JSON, like the watched Deployments), not the client's models."""
-        response = self.core.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
+        response: Any = self.core.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)
         return list(json.loads(response.data).get("items") or [])
 
     def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
@@ -214,13 +321,18 @@ class Kube:
     # --- traffic routing --------------------------------------------------------------------------
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:
         namespace = loop["metadata"]["namespace"]
-        route = self.custom.get_namespaced_custom_object(
-            "gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name
-        )
-        patch = resources.http_route_weights(route, loop["metadata"]["name"], canary_weight)
-        self.custom.patch_namespaced_custom_object(
-            "gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name, patch
-        )
+        where = ("gateway.networking.k8s.io", "v1", namespace, "httproutes", route_name)
+        read_route: list[dict[str, Any]] = []
+
+        def read() -> str:
+            read_route[:] = [cast(dict[str, Any], self.custom.get_namespaced_custom_object(*where))]
+            return resource_version(read_route[0])
+
+        def write(version: str) -> None:
+            patch = resources.http_route_weights(read_route[0], loop["metadata"]["name"], canary_weight)
+            self.custom.patch_namespaced_custom_object(*where, {**patch, "metadata": {"resourceVersion": version}})
+
+        with_precondition(read, write)
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]:
         """A key's value, and the Secret's annotations (which say where a token may be sent)."""
@@ -228,15 +340,23 @@ class Kube:
         data = (secret.data or {}).get(key)
         if data is None:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(data).decode(), dict(secret.metadata.annotations or {})
+        return base64.b64decode(data).decode(), dict((secret.metadata.annotations if secret.metadata else None) or {})
 
     def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None:
         """A Secret's annotations and key names, not its values (None when it does not exist): whether the
         object store keys it holds may go where a loop's Pods would send them."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return dict(secret.metadata.annotations or {}), sorted(secret.data or {})
+        secret = if_found(lambda: self.core.read_namespaced_secret(name, namespace))
+        if secret is None:
+            return None
+        return dict((secret.metadata.annotations if secret.metadata else None) or {}), sorted(secret.data or {})
+
+
+def owned(existing: Any, kind: str, namespace: str, loop_uid: str) -> str:
+    """The resourceVersion of `existing` when this loop controls it (a controller owner reference); NotOurs
+    otherwise."""
+    metadata = existing.metadata
+    owners = (metadata.owner_references if metadata else None) or []
+    if not any(o.uid == loop_uid and o.controller for o in owners):
+        name = metadata.name if metadata else "?"
+        raise NotOurs(f"{kind} {namespace}/{name} exists and is not owned by this loop; rename or delete it")
+    return resource_version(existing)

@@ -1,26 +1,44 @@
 """Leader election on a `coordination.k8s.io/v1` Lease: any number of replicas, one actor.
 
 Every replica watches (kopf feeds its engine's view of the fleet); only the holder of the Lease runs the
-engine, which acts and writes status. The rules are client-go's (tools/leaderelection):
+engine, which acts and writes status. The rules are client-go's (tools/leaderelection), decided by the pure
+functions of feedbackloop.core.election, which explains where they differ: expiry on the candidate's own
+clock; a deleted or emptied Lease still held until its last known term expires, and for a lease duration
+from when it was seen so; only a release by the holder itself taken at once; a Lease created from absence
+acted on a lease duration later:
 
-- A candidate takes the Lease when it is absent, released (no holder) or expired. Expiry is judged on
-  the candidate's own monotonic clock: `leaseDurationSeconds` after it *saw* the Lease last change
-  (its resourceVersion), never by comparing the holder's renewTime with its own wall clock, so clock
-  skew between nodes cannot shorten a lease.
+- A candidate takes the Lease when its holder released it, or when the last term it knows of expired.
 - The holder renews every `retry` seconds. When it has not renewed for `renew_deadline` seconds
   (< the lease duration) it ends the process: it stops acting before anyone may take over, and in-flight
   API calls in worker threads die with it. A watchdog thread enforces this, so a busy event loop
   cannot delay it. The kubelet restarts the container, which comes back as a candidate.
-- Writes are optimistic (the read resourceVersion goes back with the replace): of two candidates that
-  saw the same expired Lease, one write wins, the other gets 409.
-- On shutdown (SIGTERM, a rolling update) the engine is stopped first, then the Lease is released, so
-  the standby takes over within one retry period instead of a lease duration.
+- Writes to the Lease are optimistic (the read resourceVersion goes back with the replace): of two
+  candidates that saw the same expired Lease, one write wins, the other gets 409.
+- The holder that finds its Lease taken, deleted or cleared ends the process the same way.
+- On shutdown (SIGTERM, a rolling update) the engine is stopped first, then the Lease is released (marked
+  as released by its holder), so the standby takes over within a poll instead of a lease duration.
+
+**Fencing** (the engine's writes, runtime/kube.py): a process can pause (SIGSTOP, a frozen VM, a long GC)
+after its fence admitted a call and resume after a standby took over; its watchdog and a check at the
+start of the call do not stop what it sends on resuming. So the fence is the term, not only the call's
+start: every HTTP request of a fenced call is sent only while the term has at least MIN_REQUEST_SECONDS
+left, with its timeout bounded by what is left, and its answer is not used when the term ended while it
+was in flight (NotLeading). Every update and delete carries a resourceVersion precondition read in the
+same call before the request's own check: a standby writes only after this term ended, so a write that
+lands after a takeover is refused (409) when the standby wrote the object since. Creates cannot carry a
+precondition; their names are deterministic (AlreadyExists), and they are sent only with time left.
+
+**Timing** (defaults, MFL_LEASE_* variables): lease 7 s, renew deadline 5 s, renew every 1 s, a standby
+looks every 0.5 s and again exactly when the term it waits for ends. The holder stops 2 s before a standby
+may take over; a ready standby takes over within lease + a poll (with jitter) + two API round trips of the
+kill: at most about 7.6 s plus those round trips (core/election.py has the argument;
+tests/e2e/test_failover.py measures it).
 
 Why not a library: kubernetes.leaderelection (the official client; LeaseLock only since 2026) blocks a
 thread with time.sleep, runs once (no way back to candidate), calls sys.exit on a bad config, and has no
 request timeout, so a hung renew can outlive the lease while the work runs on. kubernetes_asyncio's port
 would add a second Kubernetes client. kopf's peering is not an election: replicas of equal priority all
-freeze. What is left is small: a pure step function (tested exhaustively) and a thin edge.
+freeze. What is left is small: pure rules (tested exhaustively) and a thin edge.
 
 The identity is the Pod's name (stable across container restarts: a SIGKILLed leader restarted by the
 kubelet in the same Pod finds the Lease its own and resumes at once; a Pod's container never runs twice
@@ -30,149 +48,41 @@ at the same time). Outside a cluster it is host/pid.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
+import math
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
+from feedbackloop.core.election import (
+    Holding,
+    Observation,
+    Step,
+    Timing,
+    acts_from,
+    holding_of,
+    lease_body,
+    next_step,
+    observe,
+    parse_micro_time,
+    released_body,
+    still_leading,
+)
 from feedbackloop.runtime import metrics
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE = "feedbackloop-operator"
 DEFAULT_NAMESPACE = "feedbackloop-system"
-
-
-# --- the pure part --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Timing:
-    lease_seconds: int = 15  # a standby takes over this long after it saw the Lease last change
-    renew_deadline_seconds: float = 10.0  # the holder stops acting when it has not renewed for this long
-    retry_seconds: float = 2.0  # how often the holder renews and a standby looks
-
-    def __post_init__(self) -> None:
-        if not 0 < self.retry_seconds < self.renew_deadline_seconds < self.lease_seconds:
-            raise ValueError(
-                "leader election needs 0 < retry < renew deadline < lease duration, got "
-                f"{self.retry_seconds} / {self.renew_deadline_seconds} / {self.lease_seconds} s"
-            )
-
-
-@dataclass(frozen=True)
-class Holding:
-    """What a Lease says, as far as the election is concerned."""
-
-    holder: str  # "" when released
-    lease_seconds: int  # 0 when absent
-    version: str  # resourceVersion: every write changes it
-    transitions: int
-    acquire_time: str | None
-
-
-@dataclass(frozen=True)
-class Observation:
-    """When this candidate first saw the Lease at `version` (its monotonic clock)."""
-
-    version: str | None
-    since: float
-
-
-class Step(enum.Enum):
-    CREATE = "create"  # no Lease: create it, holding it
-    RENEW = "renew"  # ours: renew it
-    ACQUIRE = "acquire"  # released, malformed or expired: take it over
-    WAIT = "wait"  # another holder's, still valid
-
-
-def holding_of(lease: Mapping[str, Any] | None) -> Holding | None:
-    if lease is None:
-        return None
-    spec = lease.get("spec") or {}
-    return Holding(
-        holder=spec.get("holderIdentity") or "",
-        lease_seconds=int(spec.get("leaseDurationSeconds") or 0),
-        version=str((lease.get("metadata") or {}).get("resourceVersion") or ""),
-        transitions=int(spec.get("leaseTransitions") or 0),
-        acquire_time=spec.get("acquireTime"),
-    )
-
-
-def observe(previous: Observation | None, holding: Holding | None, now: float) -> Observation:
-    """The observation after reading `holding` at `now`: its clock restarts only when the Lease changed."""
-    version = holding.version if holding else None
-    if previous is not None and previous.version == version:
-        return previous
-    return Observation(version, now)
-
-
-def next_step(holding: Holding | None, me: str, observed: Observation, now: float) -> Step:
-    if holding is None:
-        return Step.CREATE
-    if holding.holder == me:
-        return Step.RENEW
-    if not holding.holder or holding.lease_seconds <= 0:
-        return Step.ACQUIRE
-    if now >= observed.since + holding.lease_seconds:
-        return Step.ACQUIRE
-    return Step.WAIT
-
-
-def still_leading(renewed_at: float | None, now: float, timing: Timing) -> bool:
-    """`renewed_at`: when the last successful write *started* (the standby saw it no earlier)."""
-    return renewed_at is not None and now < renewed_at + timing.renew_deadline_seconds
-
-
-def micro_time(moment: datetime) -> str:
-    """A MicroTime as the API server parses it: always six fraction digits (isoformat drops them at .0)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def lease_body(
-    step: Step, holding: Holding | None, me: str, timing: Timing, name: str, namespace: str, wall: datetime
-) -> dict[str, Any]:
-    """The Lease to write for `step` (CREATE, RENEW or ACQUIRE); carries the read resourceVersion."""
-    now = micro_time(wall)
-    keep_acquired = step is Step.RENEW and holding is not None and holding.acquire_time
-    transitions = holding.transitions if holding else 0
-    if step is Step.ACQUIRE:
-        transitions += 1
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
-    if holding is not None:
-        metadata["resourceVersion"] = holding.version
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": metadata,
-        "spec": {
-            "holderIdentity": me,
-            "leaseDurationSeconds": timing.lease_seconds,
-            "acquireTime": holding.acquire_time if keep_acquired else now,
-            "renewTime": now,
-            "leaseTransitions": transitions,
-        },
-    }
-
-
-def released_body(holding: Holding, name: str, namespace: str, wall: datetime) -> dict[str, Any]:
-    """client-go's release: no holder, a one-second duration; transitions kept."""
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "namespace": namespace, "resourceVersion": holding.version},
-        "spec": {
-            "leaseDurationSeconds": 1,
-            "acquireTime": micro_time(wall),
-            "renewTime": micro_time(wall),
-            "leaseTransitions": holding.transitions,
-        },
-    }
+MIN_REQUEST_SECONDS = 0.25  # a request is not sent with less of the term left: it could not finish in it
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -186,7 +96,7 @@ class Election:
 
 def election_from_env(env: Mapping[str, str]) -> Election:
     """MFL_LEADER_ELECTION, MFL_LEASE_NAME, MFL_LEASE_NAMESPACE (default the Pod's namespace),
-    MFL_LEASE_DURATION_SECONDS, MFL_LEASE_RENEW_DEADLINE_SECONDS, MFL_LEASE_RETRY_SECONDS.
+    MFL_LEASE_DURATION_SECONDS, MFL_LEASE_RENEW_DEADLINE_SECONDS, MFL_LEASE_RETRY_SECONDS, MFL_LEASE_POLL_SECONDS.
 
     On by default in a Pod (POD_NAME from the downward API, as manifests/ sets it); off by default outside
     one (`make run`, the benchmarks' host process): one process by construction, often on a cluster with
@@ -197,6 +107,7 @@ def election_from_env(env: Mapping[str, str]) -> Election:
         lease_seconds=int(env.get("MFL_LEASE_DURATION_SECONDS", Timing.lease_seconds)),
         renew_deadline_seconds=float(env.get("MFL_LEASE_RENEW_DEADLINE_SECONDS", Timing.renew_deadline_seconds)),
         retry_seconds=float(env.get("MFL_LEASE_RETRY_SECONDS", Timing.retry_seconds)),
+        poll_seconds=float(env.get("MFL_LEASE_POLL_SECONDS", Timing.poll_seconds)),
     )
     return Election(
         enabled=enabled,
@@ -235,11 +146,12 @@ class KubeLease:
 
     def read(self) -> dict[str, Any] | None:
         try:
-            return dict(self.api.get_namespaced_custom_object(*self._where(), self.name, _request_timeout=self.timeout))
+            found = self.api.get_namespaced_custom_object(*self._where(), self.name, _request_timeout=self.timeout)
         except Exception as error:
             if getattr(error, "status", None) == 404:
                 return None
             raise
+        return dict(cast(dict[str, Any], found))
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._write(self.api.create_namespaced_custom_object, *self._where(), body)
@@ -273,11 +185,12 @@ class Elector:
         self.observed: Observation | None = None
         self.holding: Holding | None = None
         self.renewed_at: float | None = None
+        self.acts_from = math.inf  # when this candidate may start acting (core.election.acts_from)
         self.other_holder = ""
         # Its own threads: a renewal never queues behind the engine's calls in the default executor.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="leader-lease")
 
-    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     @property
@@ -288,9 +201,36 @@ class Elector:
         """When this candidate must stop acting (monotonic), unless it renews before."""
         return (self.renewed_at or self.clock()) + self.timing.renew_deadline_seconds
 
+    def term_end(self) -> float:
+        """When this candidate's term ends (monotonic): -inf when it does not lead (or may not act yet)."""
+        if self.renewed_at is None or self.clock() < self.acts_from:
+            return -math.inf
+        return self.renewed_at + self.timing.renew_deadline_seconds
+
     async def acquire(self) -> None:
-        while not await self._attempt():
-            await asyncio.sleep(self.timing.retry_seconds * random.uniform(1.0, 1.2))  # client-go's jitter
+        """Return once this candidate holds the Lease and may act."""
+        while True:
+            while not await self._attempt():
+                # A standby looks every poll (client-go's jitter), and once more right when the term it waits
+                # for ends.
+                wait = self.timing.poll_seconds * random.uniform(1.0, 1.2)
+                if self.observed is not None and self.observed.until > self.clock():
+                    wait = min(wait, self.observed.until - self.clock() + 0.001)
+                await asyncio.sleep(wait)
+            if await self._hold_until_it_may_act():
+                return
+
+    async def _hold_until_it_may_act(self) -> bool:
+        """Renew without acting until `acts_from` (a Lease created from absence); False when lost meanwhile."""
+        while self.clock() < self.acts_from:
+            await asyncio.sleep(min(self.timing.retry_seconds, self.acts_from - self.clock()))
+            if await self._attempt():
+                continue
+            if self.other_holder or not still_leading(self.renewed_at, self.clock(), self.timing):
+                log.info("lost the leader Lease before acting on it")
+                self.renewed_at, self.acts_from = None, math.inf
+                return False
+        return True
 
     async def keep(self, renewed: Callable[[float], None] = lambda deadline: None) -> None:
         while True:
@@ -325,12 +265,17 @@ class Elector:
         except Exception as error:
             log.warning("reading the leader Lease failed: %s", error)
             return False
+        seen = self.clock()  # after the read returned: the holder's renewal it shows started before
         holding = holding_of(lease)
-        self.observed = observe(self.observed, holding, started)
-        step = next_step(holding, self.election.identity, self.observed, started)
-        self.other_holder = holding.holder if step is Step.WAIT and holding else ""
+        self.observed = observe(self.observed, holding, seen, self.timing)
+        step = next_step(holding, self.election.identity, self.observed, seen)
         if step is Step.WAIT:
+            if holding is not None and holding.holder:
+                self.other_holder = holding.holder
+            else:
+                self.other_holder = "nobody: the Lease was " + ("deleted" if holding is None else "cleared")
             return False
+        self.other_holder = ""
         body = lease_body(
             step, holding, self.election.identity, self.timing, self.election.name, self.election.namespace, self.wall()
         )
@@ -344,8 +289,17 @@ class Elector:
         if step is not Step.RENEW:
             log.info("%s leads (%s of Lease %s/%s)", self.election.identity, step.value, self.election.namespace,
                      self.election.name)  # fmt: skip
+        returned = self.clock()
+        if step is not Step.RENEW:
+            self.acts_from = acts_from(step, returned, self.timing)
+        elif self.acts_from == math.inf:  # this process's first write: it resumes its Pod's Lease
+            created_ago = None
+            if holding is not None and holding.transitions == 0:  # created by this Pod, maybe not acted on yet
+                acquired = parse_micro_time(holding.acquire_time)
+                created_ago = (self.wall() - acquired).total_seconds() if acquired else 0.0
+            self.acts_from = acts_from(step, returned, self.timing, created_ago)
         self.renewed_at, self.holding = started, holding_of(written)
-        self.observed = observe(self.observed, self.holding, started)
+        self.observed = observe(self.observed, self.holding, returned, self.timing)
         return True
 
 
@@ -383,20 +337,57 @@ class Watchdog:
 
 
 class NotLeading(RuntimeError):
-    """An API call refused: this replica does not hold the Lease (or no longer knows that it does)."""
+    """An API call or request refused: this replica does not hold the Lease (or no longer knows that it
+    does, or its term ended while the request was in flight)."""
+
+
+class Term(Protocol):
+    """The leadership term a fenced call runs in (a Fence): runtime/kube.py sends each request only with
+    time left in it."""
+
+    def remaining(self) -> float: ...
+
+
+# The term of the fenced call running in this thread (None outside a fenced call): set by Fence for the
+# duration of each call, read by runtime/kube.py before and after each HTTP request.
+TERM: ContextVar[Term | None] = ContextVar("feedbackloop_leader_term", default=None)
+
+
+def _not_leading() -> float:
+    return -math.inf
+
+
+def _declared() -> float:
+    return math.inf
 
 
 class Fence:
-    """The engine's Kubernetes API behind a fence: a call starts only while `may_act()`, and calls in
-    flight (in worker threads, which cancelling the engine does not stop) are counted, so the Lease is
-    released on shutdown only once none is left (client-go's ReleaseOnCancel caveat). Reads are fenced
+    """The engine's Kubernetes API behind a fence: a call starts only while the term lasts (`may_act()`),
+    and every request it sends is checked against the term again (TERM, runtime/kube.py), so a call
+    admitted before a pause sends nothing after the term ended. Calls in flight (in worker threads, which
+    cancelling the engine does not stop) are counted, so the Lease is released on shutdown only once none
+    is left (client-go's ReleaseOnCancel caveat); `close()` ends the term for them too. Reads are fenced
     too: a standby's engine has no business with the API at all."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self._target = target
-        self.may_act: Callable[[], bool] = lambda: False
+        self.clock = clock
+        self._term_end: Callable[[], float] = _not_leading
         self._busy = 0
         self._lock = threading.Lock()
+
+    def open(self, term_end: Callable[[], float]) -> None:
+        """Admit calls until `term_end()` (monotonic, re-read at every check: renewals push it back)."""
+        self._term_end = term_end
+
+    def close(self) -> None:
+        self._term_end = _not_leading
+
+    def remaining(self) -> float:
+        return self._term_end() - self.clock()
+
+    def may_act(self) -> bool:
+        return self.remaining() > 0
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._target, name)
@@ -408,16 +399,15 @@ class Fence:
                 if not self.may_act():
                     raise NotLeading(f"{name}: this replica does not hold the leader Lease")
                 self._busy += 1
+            token = TERM.set(self)
             try:
                 return attribute(*args, **kwargs)
             finally:
+                TERM.reset(token)
                 with self._lock:
                     self._busy -= 1
 
         return fenced
-
-    def close(self) -> None:
-        self.may_act = lambda: False
 
     async def drained(self, timeout: float, poll: float = 0.05) -> bool:
         """Whether every call in flight has returned within `timeout` seconds."""
@@ -435,14 +425,17 @@ def exit_process() -> None:
 
 
 async def lead(
-    elector: Elector, work: Callable[[], Awaitable[None]], fence: Fence, lost: Callable[[], None] = exit_process
+    elector: Elector,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    fence: Fence,
+    lost: Callable[[], None] = exit_process,
 ) -> None:
     """Wait to lead, then run `work` while leading, its API calls allowed through `fence` only until the
     renew deadline. Leadership lost (not renewed in time, another holder, or `work` ended): `lost()`
     without releasing (the Lease expires after we are gone). Cancelled (shutdown): stop `work`, wait for
     its calls in flight, then release the Lease, so that the standby takes over at once and never overlaps."""
     await elector.acquire()
-    fence.may_act = lambda: still_leading(elector.renewed_at, elector.clock(), elector.timing)
+    fence.open(elector.term_end)
     metrics.LEADER.set(1)
     watchdog = Watchdog(lost, elector.clock)
     watchdog.arm(elector.deadline())
@@ -462,7 +455,7 @@ async def lead(
     if engine_ended:
         log.error("the engine ended while leading")
     elif elector.other_holder:
-        log.error("the leader Lease is held by %s now", elector.other_holder)
+        log.error("the leader Lease is now held by %s", elector.other_holder)
     else:
         log.error("the leader Lease was not renewed within %ss", elector.timing.renew_deadline_seconds)
     lost()
@@ -476,9 +469,9 @@ async def _stop(fence: Fence, *tasks: asyncio.Task[Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def unelected(work: Callable[[], Awaitable[None]], fence: Fence) -> None:
+async def unelected(work: Callable[[], Coroutine[Any, Any, None]], fence: Fence) -> None:
     """MFL_LEADER_ELECTION=false: one replica only (e.g. `make run`), leading by declaration."""
-    fence.may_act = lambda: True
+    fence.open(_declared)
     metrics.LEADER.set(1)
     try:
         await work()
