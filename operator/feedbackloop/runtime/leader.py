@@ -251,7 +251,9 @@ class Elector:
             return
         body = released_body(self.holding, self.election.name, self.election.namespace, self.wall())
         try:
-            await asyncio.wait_for(self._call(self.leases.replace, body), self.timing.retry_seconds)
+            # Up to a renew deadline, not a retry period: a loaded API server answers a write in more than 1 s,
+            # and a release that lands late is still safe (it names our last version: after a takeover, a 409).
+            await asyncio.wait_for(self._call(self.leases.replace, body), self.timing.renew_deadline_seconds)
             log.info("released the leader Lease %s/%s", self.election.namespace, self.election.name)
         except Exception as error:  # the standby then waits for expiry: slower, still safe
             log.warning("could not release the leader Lease: %s", error)
@@ -445,7 +447,8 @@ async def lead(
         await asyncio.wait({worker, keeper}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         await _stop(fence, worker, keeper)
-        if await fence.drained(elector.timing.renew_deadline_seconds / 2):
+        # Calls in flight end with the term at the latest (each request's timeout is capped by it): wait that long.
+        if await fence.drained(elector.timing.renew_deadline_seconds):
             await elector.release()
         watchdog.disarm()
         raise
