@@ -24,6 +24,11 @@ def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
     )
 
 
+# The bed is the admin of its own control plane: its Prometheus and exporters listen on loopback, which the
+# operator's egress policy refuses unless its admin allows it (docs/security.md).
+LOCAL_ADMIN_SETTINGS = {"MFL_EGRESS_ALLOW": "127.0.0.1", "MFL_ALLOW_HOST_PATH": "true"}
+
+
 class OperatorProcess:
     """`mfl-operator` with its metrics and liveness ports on loopback; `kill()` simulates a crash."""
 
@@ -42,7 +47,13 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         self.starts += 1
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            **LOCAL_ADMIN_SETTINGS,
+            **self.extra_env,
+        }
         args = [
             sys.executable,
             "-m",
