@@ -446,9 +446,13 @@ async def lead(
     try:
         await asyncio.wait({worker, keeper}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        await _stop(fence, worker, keeper)
-        # Calls in flight end with the term at the latest (each request's timeout is capped by it): wait that long.
-        if await fence.drained(elector.timing.renew_deadline_seconds):
+        # Shutdown: no new call, the engine stopped, and the Lease still renewed while the calls in flight drain
+        # (they end with the term at the latest: each request's timeout is capped by it), so that the release
+        # follows the last renewal at once and the standby's wait is the release's write, not the drain.
+        await _stop(fence, worker)
+        drained = await fence.drained(elector.timing.renew_deadline_seconds)
+        await _stop(fence, keeper)
+        if drained:
             await elector.release()
         watchdog.disarm()
         raise
