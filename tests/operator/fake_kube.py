@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from feedbackloop.core import resources
 from feedbackloop.runtime.engine import Engine, Settings
+from feedbackloop.runtime.kube import DASK_MISSING, EngineUnavailable
 from feedbackloop.runtime.poller import EndpointKey, Series
 
 
@@ -45,16 +46,25 @@ class FakeKube:
     pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # namespace -> Pods (API JSON)
     logs: dict[str, str] = field(default_factory=dict)  # namespace/pod/container -> its log
     actions: list[tuple[str, str]] = field(default_factory=list)  # (verb, what)
+    dask_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace/name -> DaskJob
+    dask_installed: bool = True  # false: the API server serves no DaskJobs (no dask-kubernetes operator)
+    reasons: dict[str, str] = field(default_factory=dict)  # job key -> the Pod's termination reason
+    event_messages: list[str] = field(default_factory=list)  # "<reason>: <message>" of every Event posted
+    status_versions: list[str | None] = field(default_factory=list)  # the resourceVersion each status write was sent on
 
     # --- the engine's writes --------------------------------------------------------------------------
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], known_version: str | None = None
+    ) -> dict[str, Any]:
         body = self.loops[f"{namespace}/{name}"]
+        self.status_versions.append(known_version)
         body["status"] = merge_patch(body.get("status") or {}, status)
         self.actions.append(("patch-status", f"{namespace}/{name}"))
         return body
 
     def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.actions.append(("event", f"{type_} {reason}"))
+        self.event_messages.append(f"{reason}: {message}")
 
     def ensure_signing_secret(self, loop: dict[str, Any]) -> None:
         key = f"{loop['metadata']['namespace']}/{resources.signing_secret(loop, 'x')['metadata']['name']}"
@@ -93,6 +103,28 @@ class FakeKube:
         if self.jobs.pop(f"{namespace}/{name}", None) is not None:
             self.actions.append(("delete", f"Job {namespace}/{name}"))
 
+    def create_dask_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
+        if not self.dask_installed:
+            raise EngineUnavailable(DASK_MISSING)
+        key = f"{loop['metadata']['namespace']}/{body['metadata']['name']}"
+        if key in self.dask_jobs:
+            return
+        self.dask_jobs[key] = copy.deepcopy(body)
+        self.actions.append(("create", f"DaskJob {key}"))
+
+    def delete_dask_job(self, namespace: str, name: str) -> None:
+        if self.dask_jobs.pop(f"{namespace}/{name}", None) is not None:
+            self.actions.append(("delete", f"DaskJob {namespace}/{name}"))
+
+    def read_dask_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if not self.dask_installed:
+            raise EngineUnavailable(DASK_MISSING)
+        return copy.deepcopy(self.dask_jobs.get(f"{namespace}/{name}"))
+
+    def dask_runner_termination(self, namespace: str, name: str) -> tuple[str, str]:
+        key = f"{namespace}/{name}"
+        return self.terminations.get(key, ""), self.reasons.get(key, "Completed (exit code 0)")
+
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None:
         self.route_weights[f"{loop['metadata']['namespace']}/{route_name}"] = canary_weight
         self.actions.append(("patch", f"HTTPRoute {route_name} canary={canary_weight}"))
@@ -102,7 +134,8 @@ class FakeKube:
         return copy.deepcopy(self.jobs.get(f"{namespace}/{name}"))
 
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
-        return self.terminations.get(f"{namespace}/{job_name}", ""), "Completed (exit code 0)"
+        key = f"{namespace}/{job_name}"
+        return self.terminations.get(key, ""), self.reasons.get(key, "Completed (exit code 0)")
 
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         wanted = dict(term.split("=", 1) for term in label_selector.split(","))
@@ -136,6 +169,13 @@ class FakeKube:
         condition = "Complete" if succeeded else "Failed"
         self.jobs[key]["status"] = {"conditions": [{"type": condition, "status": "True", "reason": condition}]}
         self.terminations[key] = message
+
+    def finish_dask_job(self, key: str, job_status: str, message: str = "", reason: str = "") -> None:
+        """The DaskJob's status.jobStatus (Running, Successful, Failed...) and its runner's termination."""
+        self.dask_jobs[key]["status"] = {"jobStatus": job_status}
+        self.terminations[key] = message
+        if reason:
+            self.reasons[key] = reason
 
 
 @dataclass

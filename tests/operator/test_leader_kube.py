@@ -290,10 +290,12 @@ class PausedKube(kube.Kube):
         super().__init__()
         self.paused, self.resume = threading.Event(), threading.Event()
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], known_version: str | None = None
+    ) -> dict[str, Any]:
         self.paused.set()
         self.resume.wait(10)
-        return super().patch_status(namespace, name, status)
+        return super().patch_status(namespace, name, status, known_version)
 
 
 class Replica:

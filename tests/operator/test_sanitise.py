@@ -177,9 +177,11 @@ class RecordingKube(FakeKube):
     patches: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], known_version: str | None = None
+    ) -> dict[str, Any]:
         self.patches.append(copy.deepcopy(status))
-        return super().patch_status(namespace, name, status)
+        return super().patch_status(namespace, name, status, known_version)
 
     def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((reason, message))

@@ -1116,6 +1116,40 @@ class ChangePoint(ApiModel):
     )
 
 
+Engine = Literal["Job", "Dask"]
+DASK_ESTIMATORS = ("lightgbm", "lightgbm_regressor")  # what the trainer fits with lightgbm.dask
+MAX_DASK_WORKERS = 64
+
+
+class Dask(ApiModel):
+    """The cluster of engine Dask: the trainer runs as the DaskJob's runner (trainer.resources and env), the
+    workers read the data partitions and fit lightgbm.dask. Ignored with engine Job."""
+
+    image: str = Field(
+        default="ghcr.io/feedbackloop/mfl-trainer-dask:0.1.0",
+        min_length=1,
+        max_length=512,
+        description="Image of the runner, the scheduler and the workers: an mfl-trainer with dask "
+        "(mfl-trainer as its entry point, `dask` on its PATH). Default ghcr.io/feedbackloop/mfl-trainer-dask:0.1.0.",
+    )
+    workers: int = Field(default=2, ge=1, le=MAX_DASK_WORKERS, description="Dask workers, 1 to 64. Default 2.")
+    worker_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="500m", memory="1Gi"), limits=ResourceList(memory="1Gi")
+        ),
+        description="CPU and memory of each worker container; its memory limit is the worker's --memory-limit. "
+        "Default requests cpu 500m, memory 1Gi; limits memory 1Gi.",
+    )
+    scheduler_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="100m", memory="256Mi"), limits=ResourceList(memory="512Mi")
+        ),
+        description="CPU and memory of the scheduler container. Default requests cpu 100m, memory 256Mi; limits "
+        "memory 512Mi.",
+    )
+    worker_threads: int = Field(default=1, ge=1, le=64, description="Threads of each worker, 1 to 64. Default 1.")
+
+
 MAX_HYPERPARAMETERS = 64  # names (the CRD's maxProperties)
 MAX_HYPERPARAMETER_DEPTH = 8  # nested objects and lists, the hyperparameters object itself the first
 MAX_HYPERPARAMETER_VALUES = 1024
@@ -1141,6 +1175,13 @@ class Retraining(ApiModel):
         description="false: no retraining starts, not even on request; breaches are still reported. Default true.",
     )
     trainer: Trainer = Field(default_factory=Trainer)
+    engine: Engine = Field(
+        default="Job",
+        description="Job: the trainer runs in one Pod, the data window in its memory. Dask: in a DaskJob of the "
+        "dask-kubernetes operator (installed separately), trained on retraining.dask's workers; needs estimator "
+        "lightgbm or lightgbm_regressor. Default Job.",
+    )
+    dask: Dask = Field(default_factory=Dask)
     estimator: Estimator = Field(
         default="hist_gradient_boosting",
         json_schema_extra=_no_schema_default,
@@ -1235,6 +1276,14 @@ class Retraining(ApiModel):
                 ("incremental",),
                 f"{self.estimator} cannot continue training: set incremental false or pick another estimator",
                 True,
+            )
+        if self.engine == "Dask" and self.estimator not in DASK_ESTIMATORS:
+            raise field_error(
+                "Retraining",
+                ("estimator",),
+                f"engine Dask trains {' or '.join(DASK_ESTIMATORS)} (lightgbm.dask), not {self.estimator}: "
+                "set estimator to one of them or engine to Job",
+                self.estimator,
             )
         bad = _non_finite(self.hyperparameters)
         if bad:
@@ -1749,7 +1798,8 @@ class RetrainingStatus(ApiModel):
     """The training Job in progress."""
 
     version: int = Field(description="The version being trained.")
-    job_name: str = Field(description="Its Job's name.")
+    job_name: str = Field(description="Its Job's name (its DaskJob's with engine Dask).")
+    engine: Engine = Field(default="Job", description="Where it runs: Job (a Kubernetes Job) or Dask (a DaskJob).")
     trigger: str = Field(description="Initial, Breach, Schedule or Manual.")
     started_at: str = Field(description="When it started (RFC 3339).")
     parent_version: int | None = Field(

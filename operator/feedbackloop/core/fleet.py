@@ -29,6 +29,20 @@ class LoopMemory:
     spec_error: str = ""
     dirty: bool = True
     seen_metadata: tuple[Any, ...] | None = None
+    # The loop's resourceVersion our last status write made, and the one the watch showed when we wrote it.
+    written_version: str = ""
+    written_over: str = ""
+
+    def version_to_write_on(self, seen: str) -> str | None:
+        """The loop's current resourceVersion as far as we know, for a status write's precondition: our own last
+        write's until the watch shows anything newer than what that write was based on (the watch delivers
+        events in order, so the first one after `written_over` is our write itself). None: read it first."""
+        if self.written_version and seen == self.written_over:
+            return self.written_version
+        return seen or None
+
+    def note_write(self, seen: str, written: str) -> None:
+        self.written_over, self.written_version = seen, written
 
 
 @dataclass

@@ -128,6 +128,7 @@ class StartTraining:
     # The run's startedAt: the trainer's `now` (its data window's end), the same in every Job of this version,
     # so a re-created Job has the inputs, and the content hash, of the one it replaces (resources.training_job).
     started_at: float | None = None
+    engine: str = "Job"  # Job | Dask: the kind of object job_name names (status.retraining.engine)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,30 @@ def job_name(loop_name: str, version: int) -> str:
     """Deterministic, so a retried or restarted operator finds the Job it made instead of a twin; at most 63
     characters (the Job controller puts it in a label), and unique per loop even for long or dotted names."""
     return resources.safe_name(loop_name, f"-train-v{version}", pattern=resources.DNS1123_SUBDOMAIN)
+
+
+# The dask-kubernetes operator names each worker (its Deployment, DASK_WORKER_NAME) <name>-default-worker-<10 hex>:
+# 26 characters more, which must still fit a label value (63). The design's bound is 42; this one is within it.
+MAX_DASK_JOB_NAME = 63 - len("-default-worker-") - 10
+
+
+def dask_job_name(loop_name: str, version: int) -> str:
+    """A DaskJob's name: deterministic as job_name, at most 37 characters and a DNS-1035 label (its scheduler
+    Service is `<name>-scheduler`); the same as job_name whenever that fits (a short loop name)."""
+    return resources.safe_name(loop_name, f"-train-v{version}", limit=MAX_DASK_JOB_NAME)
+
+
+def run_job_name(loop_name: str, version: int, engine: str) -> str:
+    """The name of a run's Job (engine Job) or DaskJob (engine Dask)."""
+    return dask_job_name(loop_name, version) if engine == "Dask" else job_name(loop_name, version)
+
+
+def oom_message(what: str, limit: str | None, engine: str) -> str:
+    """What a container killed for memory tells the user, plainly, with what to change."""
+    at = f"limit {limit}" if limit else "no memory limit set: the node ran out"
+    fixes = "raise spec.retraining.trainer.resources.limits.memory, shorten retraining.dataWindow"
+    fixes += ", or raise spec.retraining.dask.workers" if engine == "Dask" else ", or use retraining.engine: Dask"
+    return f"the {what} was killed for using more memory than its limit (OOMKilled, {at}): {fixes}"
 
 
 def next_version(status: LoopStatus) -> int:
@@ -479,10 +504,12 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
         return
     status.pop("retrainBlockedBy", None)
     version = next_version(status)
-    name = job_name(world.name, version)
+    engine = spec.retraining.engine if spec.retraining else "Job"
+    name = run_job_name(world.name, version, engine)
     status["retraining"] = {
         "version": version,
         "jobName": name,
+        "engine": engine,
         "trigger": trigger,
         "startedAt": now,
         "parentVersion": status.get("currentVersion"),
@@ -491,9 +518,12 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     status["retrainTimes"] = [t for t in status.get("retrainTimes", []) if world.now - (parse_time(t) or 0) < 86400] + [
         now
     ]
-    decision.actions.append(StartTraining(version, status.get("currentVersion"), trigger, name, parse_time(now)))
-    _training_condition(world, decision, now, None, "Started", f"version {version} ({trigger}), Job {name}")
-    decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), Job {name}")
+    decision.actions.append(
+        StartTraining(version, status.get("currentVersion"), trigger, name, parse_time(now), engine)
+    )
+    kind = "DaskJob" if engine == "Dask" else "Job"
+    _training_condition(world, decision, now, None, "Started", f"version {version} ({trigger}), {kind} {name}")
+    decision.event("Normal", "RetrainingStarted", f"version {version} ({trigger}: {detail}), {kind} {name}")
 
 
 def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: str) -> None:
@@ -512,6 +542,7 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
                 run["trigger"],
                 run["jobName"],
                 parse_time(run.get("startedAt")),
+                run.get("engine") or "Job",
             )
         )
         return

@@ -492,6 +492,57 @@ def trainer_config(
     }
 
 
+def _trainer_pod(
+    loop: dict[str, Any],
+    spec: ModelFeedbackLoopSpec,
+    version: int,
+    parent: int | None,
+    extra_config: dict[str, Any] | None,
+    canary: int | None,
+    started_at: float | None,
+    image: str,
+) -> dict[str, Any]:
+    """The trainer's Pod spec (a Job's template, a DaskJob's runner): one container `trainer` of `image`, with
+    the config, the store's env and volumes, scratch, and its termination message (the summary)."""
+    retraining = spec.retraining
+    assert retraining is not None
+    config = {**trainer_config(loop, spec, version, parent, started_at, canary), **(extra_config or {})}
+    volumes, mounts = _volumes(spec)
+    operator_env: list[dict[str, Any]] = [
+        {"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)},
+        *SCRATCH_ENV,
+        # As many threads as the CPU limit allows (the node's CPUs when there is none).
+        _threads_env("trainer"),
+        *store_env(spec),
+    ]
+    user_container, user_pod = _pod_settings(retraining.trainer)
+    container = {
+        "name": "trainer",
+        "image": image,
+        "env": _env(retraining.trainer.env, operator_env),
+        **user_container,
+        "resources": _resources(retraining.trainer.resources),
+        "volumeMounts": [*mounts, *store_mounts(spec)],
+        **TERMINATION_MESSAGE,
+        "securityContext": restricted_container_security(),
+    }
+    return {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        **user_pod,
+    }
+
+
+def _threads_env(container: str) -> dict[str, Any]:
+    return {
+        "name": "MFL_TRAINER_THREADS",
+        "valueFrom": {"resourceFieldRef": {"containerName": container, "resource": "limits.cpu", "divisor": "1"}},
+    }
+
+
 def training_job(
     loop: dict[str, Any],
     spec: ModelFeedbackLoopSpec,
@@ -507,30 +558,8 @@ def training_job(
     trainer's `now`, so that a Job re-created for the same version is the same Job (trainer_config)."""
     retraining = spec.retraining
     assert retraining is not None
-    config = {**trainer_config(loop, spec, version, parent, started_at, canary), **(extra_config or {})}
-    volumes, mounts = _volumes(spec)
     labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
-    operator_env: list[dict[str, Any]] = [
-        {"name": "MFL_TRAINER_CONFIG", "value": json.dumps(config, sort_keys=True)},
-        *SCRATCH_ENV,
-        # As many threads as the CPU limit allows (the node's CPUs when there is none).
-        {
-            "name": "MFL_TRAINER_THREADS",
-            "valueFrom": {"resourceFieldRef": {"containerName": "trainer", "resource": "limits.cpu", "divisor": "1"}},
-        },
-        *store_env(spec),
-    ]
-    user_container, user_pod = _pod_settings(retraining.trainer)
-    container = {
-        "name": "trainer",
-        "image": retraining.trainer.image,
-        "env": _env(retraining.trainer.env, operator_env),
-        **user_container,
-        "resources": _resources(retraining.trainer.resources),
-        "volumeMounts": [*mounts, *store_mounts(spec)],
-        **TERMINATION_MESSAGE,
-        "securityContext": restricted_container_security(),
-    }
+    pod = _trainer_pod(loop, spec, version, parent, extra_config, canary, started_at, retraining.trainer.image)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -540,14 +569,136 @@ def training_job(
             "activeDeadlineSeconds": retraining.trainer.active_deadline_seconds,
             "template": {
                 "metadata": {"labels": {**common_labels(loop["metadata"]["name"]), **labels}},
+                "spec": pod,
+            },
+        },
+    }
+
+
+# --- the Dask engine: a DaskJob of the dask-kubernetes operator (kubernetes.dask.org/v1) --------------------
+DASK_GROUP = "kubernetes.dask.org"
+DASK_VERSION = "v1"
+DASK_PLURAL = "daskjobs"
+DASK_KIND = "DaskJob"
+DASK_WAIT_SECONDS = 300  # how long the trainer waits for its workers before it fails, saying so
+DASK_SCHEDULER_PORT = 8786
+DASK_DASHBOARD_PORT = 8787
+DASK_WORKER_DASHBOARD_PORT = 8788
+
+
+def dask_runner_pod(name: str) -> str:
+    """The runner Pod the dask-kubernetes operator makes of a DaskJob: the trainer."""
+    return f"{name}-runner"
+
+
+def _dask_worker_memory(resources: Resources) -> str:
+    """The worker's --memory-limit: its container's memory limit in bytes (Dask reads "1Gi" as a Kubernetes
+    quantity, but "500m" as megabytes), or auto (the cgroup's) when there is none."""
+    limit = resources.limits.memory
+    return str(int(api.quantity_value(limit))) if limit else "auto"
+
+
+def _dask_pod(
+    containers: list[dict[str, Any]], volumes: list[dict[str, Any]], user_pod: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "containers": containers,
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        **user_pod,
+    }
+
+
+def dask_job(
+    loop: dict[str, Any],
+    spec: ModelFeedbackLoopSpec,
+    name: str,
+    version: int,
+    parent: int | None,
+    trigger: str,
+    extra_config: dict[str, Any] | None = None,
+    canary: int | None = None,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """The DaskJob of `version` (retraining.engine Dask): its runner is the trainer as training_job builds it,
+    in dask.image, told to use `dask.workers` workers; the workers get the store's env and volumes (they read
+    the data partitions). Deterministic as training_job: a re-created DaskJob is the same one."""
+    retraining = spec.retraining
+    assert retraining is not None
+    dask = retraining.dask
+    config = {
+        **(extra_config or {}),
+        "trainerImage": dask.image,
+        "engine": "dask",
+        "dask": {"workers": dask.workers, "waitSeconds": DASK_WAIT_SECONDS},
+    }
+    runner = _trainer_pod(loop, spec, version, parent, config, canary, started_at, dask.image)
+    # A run that hangs (workers never come) ends as a Job's does: the runner Pod fails at the deadline.
+    runner["activeDeadlineSeconds"] = retraining.trainer.active_deadline_seconds
+    volumes, mounts = _volumes(spec)
+    _, user_pod = _pod_settings(retraining.trainer)
+    worker = {
+        "name": "worker",
+        "image": dask.image,
+        "command": ["dask"],
+        "args": [
+            "worker",
+            "--nthreads",
+            str(dask.worker_threads),
+            "--memory-limit",
+            _dask_worker_memory(dask.worker_resources),
+            "--name",
+            "$(DASK_WORKER_NAME)",
+            "--dashboard-address",
+            f":{DASK_WORKER_DASHBOARD_PORT}",
+        ],
+        "env": [*store_env(spec), *SCRATCH_ENV, _threads_env("worker")],
+        "ports": [{"name": "http-dashboard", "containerPort": DASK_WORKER_DASHBOARD_PORT, "protocol": "TCP"}],
+        "resources": _resources(dask.worker_resources),
+        "volumeMounts": [*mounts, *store_mounts(spec)],
+        **TERMINATION_MESSAGE,
+        "securityContext": restricted_container_security(),
+    }
+    scheduler = {
+        "name": "scheduler",
+        "image": dask.image,
+        "command": ["dask"],
+        "args": ["scheduler"],
+        "env": list(SCRATCH_ENV),
+        "ports": [
+            {"name": "tcp-comm", "containerPort": DASK_SCHEDULER_PORT, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": DASK_DASHBOARD_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"tcpSocket": {"port": "tcp-comm"}, "periodSeconds": 5, "failureThreshold": 3},
+        "resources": _resources(dask.scheduler_resources),
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+        **TERMINATION_MESSAGE,
+        "securityContext": restricted_container_security(),
+    }
+    service = {
+        "type": "ClusterIP",
+        "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+        "ports": [
+            {"name": "tcp-comm", "protocol": "TCP", "port": DASK_SCHEDULER_PORT, "targetPort": "tcp-comm"},
+            {"name": "http-dashboard", "protocol": "TCP", "port": DASK_DASHBOARD_PORT, "targetPort": "http-dashboard"},
+        ],
+    }
+    labels = {"app.kubernetes.io/name": "mfl-trainer", VERSION_LABEL: str(version)}
+    return {
+        "apiVersion": f"{DASK_GROUP}/{DASK_VERSION}",
+        "kind": DASK_KIND,
+        "metadata": {**_metadata(loop, name, labels), "annotations": {"feedbackloop.dev/trigger": trigger}},
+        "spec": {
+            "job": {"spec": runner},
+            "cluster": {
                 "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": volumes,
-                    "automountServiceAccountToken": False,
-                    "securityContext": restricted_pod_security(),
-                    **user_pod,
-                },
+                    "worker": {"replicas": dask.workers, "spec": _dask_pod([worker], volumes, user_pod)},
+                    "scheduler": {
+                        "spec": _dask_pod([scheduler], [{"name": "scratch", "emptyDir": {}}], user_pod),
+                        "service": service,
+                    },
+                }
             },
         },
     }

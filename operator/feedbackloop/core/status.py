@@ -56,6 +56,7 @@ class VersionRecord(TypedDict, total=False):
 class RetrainingRun(TypedDict, total=False):
     version: int
     jobName: str
+    engine: Literal["Job", "Dask"]  # absent: Job (a run started before engines existed)
     trigger: str
     startedAt: str
     parentVersion: int | None

@@ -18,7 +18,7 @@ from feedbackloop.core.fleet import Fleet
 from feedbackloop.core.status import LoopStatus
 from feedbackloop.core.text import inert
 from feedbackloop.runtime import metrics
-from feedbackloop.runtime.kube import KubeAPI, NotOurs
+from feedbackloop.runtime.kube import EngineUnavailable, KubeAPI, NotOurs
 from feedbackloop.runtime.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Actor:
     ) -> None:
         """`canary`: a version on canary, which the trainer's version retention must keep (with the parent)."""
         extra = {**self.job_extra_config, **trainer_overrides(body)}
-        job = resources.training_job(
+        build = resources.dask_job if action.engine == "Dask" else resources.training_job
+        job = build(
             body,
             spec,
             action.job_name,
@@ -85,14 +86,30 @@ class Actor:
             canary,
             started_at=action.started_at,
         )
-        await asyncio.to_thread(self.kube.create_job, body, job)
-        # Finished Jobs (and their Pods' logs) are kept for the last few versions, not forever.
-        if action.version > KEEP_JOBS:
-            old = phases.job_name(body["metadata"]["name"], action.version - KEEP_JOBS)
+        if action.engine == "Dask":
             try:
-                await asyncio.to_thread(self.kube.delete_job, body["metadata"]["namespace"], old)
-            except Exception as error:  # housekeeping: never worth failing the retraining that just started
-                log.warning("could not delete the finished Job %s: %s", old, error)
+                await asyncio.to_thread(self.kube.create_dask_job, body, job)
+            except EngineUnavailable as error:  # not a crash loop: the next observation fails the run, saying so
+                await self._event(body, "Warning", "EngineUnavailable", str(error))
+                return
+        else:
+            await asyncio.to_thread(self.kube.create_job, body, job)
+        # Finished Jobs and DaskJobs (and their Pods' logs) are kept for the last few versions, not forever.
+        if action.version > KEEP_JOBS:
+            await self._delete_old_run(body, action.version - KEEP_JOBS)
+
+    async def _delete_old_run(self, body: dict[str, Any], version: int) -> None:
+        """Best effort, whichever engine that version ran on (the spec may have changed since): housekeeping is
+        never worth failing the retraining that just started."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            await asyncio.to_thread(self.kube.delete_job, namespace, phases.job_name(name, version))
+        except Exception as error:
+            log.warning("could not delete the finished Job of version %d: %s", version, error)
+        try:
+            await asyncio.to_thread(self.kube.delete_dask_job, namespace, phases.dask_job_name(name, version))
+        except Exception as error:  # EngineUnavailable included: no DaskJobs to delete
+            log.debug("could not delete the finished DaskJob of version %d: %s", version, error)
 
     async def _ensure_stable(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, version: int) -> None:
         desired = resources.server_deployment(body, spec, version, "stable", spec.model.serving.replicas)

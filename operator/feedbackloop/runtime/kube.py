@@ -48,10 +48,35 @@ class NotOurs(RuntimeError):
     """An object with the name we need exists and another controller owns it."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The kind a retraining engine needs cannot be used: its CRD is not installed, or RBAC forbids it."""
+
+
+DASK_MISSING = (
+    "engine Dask needs the dask-kubernetes operator: its DaskJob CRD is not installed "
+    "(kubernetes.dask.org/v1 daskjobs); install it, or set spec.retraining.engine: Job"
+)
+
+
+def dask_unavailable(error: ApiException, verb: str) -> EngineUnavailable | None:
+    """What a failed DaskJob call means for the user, when it is not about the one object: a CRD the API
+    server does not serve, or the operator's RBAC."""
+    if error.status == 404:
+        return EngineUnavailable(DASK_MISSING)
+    if error.status == 403:
+        return EngineUnavailable(
+            f"engine Dask: the operator may not {verb} DaskJobs (kubernetes.dask.org daskjobs; RBAC "
+            f"forbidden): grant its ClusterRole or Role get, list, create and delete on them ({error.reason})"
+        )
+    return None
+
+
 class KubeAPI(Protocol):
     """What the engine needs of the Kubernetes API (Kube below; tests use an in-memory fake)."""
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> Any: ...
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], known_version: str | None = None
+    ) -> Any: ...
     def event(self, loop: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
     def ensure_signing_secret(self, loop: dict[str, Any]) -> None: ...
     def ensure_service(self, loop: dict[str, Any], body: dict[str, Any]) -> None: ...
@@ -61,6 +86,10 @@ class KubeAPI(Protocol):
     def delete_job(self, namespace: str, name: str) -> None: ...
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]: ...
+    def create_dask_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None: ...
+    def delete_dask_job(self, namespace: str, name: str) -> None: ...
+    def read_dask_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def dask_runner_termination(self, namespace: str, name: str) -> tuple[str, str]: ...
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
     def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str: ...
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None: ...
@@ -148,11 +177,19 @@ class Kube:
         self.host = socket.gethostname()
 
     # --- status and events ------------------------------------------------------------------------
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Merge-patch the status subresource (null deletes a key; lists are replaced whole) on the version
-        just read: a merge patch carrying metadata.resourceVersion is a precondition."""
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], known_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource (null deletes a key; lists are replaced whole) carrying
+        metadata.resourceVersion, a precondition. The first try carries `known_version`, the version the
+        caller knows to be current (its watch, or its own last write): no read on the hot path. Without one,
+        or on a 409, the loop is read and the patch sent on the version just read."""
+        known = [known_version]
 
         def read() -> str:
+            if known[0]:
+                version, known[0] = known[0], None
+                return version
             loop = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
             return resource_version(loop)
 
@@ -290,21 +327,60 @@ class Kube:
 
     def job_pod_termination(self, namespace: str, job_name: str) -> tuple[str, str]:
         """(termination message, reason) of the Job's newest finished Pod."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
-        finished = []
-        for pod in pods:
-            for status in (pod.status.container_statuses if pod.status else None) or []:
-                if status.state and status.state.terminated:
-                    finished.append(
-                        (
-                            status.state.terminated.finished_at or datetime.min.replace(tzinfo=UTC),
-                            status.state.terminated,
-                        )
-                    )
-        if not finished:
-            return "", ""
-        terminated = max(finished, key=lambda item: item[0])[1]
-        return (terminated.message or "").strip(), f"{terminated.reason} (exit code {terminated.exit_code})"
+        return newest_termination(self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items)
+
+    # --- training on Dask: DaskJobs (kubernetes.dask.org/v1), a custom resource that may not be installed ----
+    def _dask(self, namespace: str) -> tuple[str, str, str, str]:
+        return (resources.DASK_GROUP, resources.DASK_VERSION, namespace, resources.DASK_PLURAL)
+
+    def create_dask_job(self, loop: dict[str, Any], body: dict[str, Any]) -> None:
+        """Create the DaskJob, or check that the one of its name is this loop's; EngineUnavailable when the API
+        server does not serve DaskJobs or the operator may not create them."""
+        namespace = loop["metadata"]["namespace"]
+        try:
+            self.custom.create_namespaced_custom_object(*self._dask(namespace), body)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise dask_unavailable(error, "create") or error from error
+        existing = self.custom.get_namespaced_custom_object(*self._dask(namespace), body["metadata"]["name"])
+        owned_dict(cast(dict[str, Any], existing), resources.DASK_KIND, namespace, loop["metadata"]["uid"])
+
+    def read_dask_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The DaskJob, None when it does not exist; EngineUnavailable when DaskJobs are not served (a 404 of
+        the object and of the kind's list alike) or not readable."""
+        try:
+            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(*self._dask(namespace), name))
+        except ApiException as error:
+            if error.status == 403:
+                raise dask_unavailable(error, "read") or error from error
+            if error.status != 404:
+                raise
+        try:  # the object, or the whole kind? A list of a kind the API server serves is never a 404.
+            self.custom.list_namespaced_custom_object(*self._dask(namespace), limit=1)
+        except ApiException as error:
+            raise dask_unavailable(error, "list") or error from error
+        return None
+
+    def delete_dask_job(self, namespace: str, name: str) -> None:
+        """Delete the DaskJob (its cluster and runner Pod go with it); nothing when it, or its kind, is absent."""
+
+        def read() -> str | None:
+            found = if_found(lambda: self.custom.get_namespaced_custom_object(*self._dask(namespace), name))
+            return None if found is None else resource_version(found)
+
+        def delete(version: str) -> None:
+            options = delete_options(version)
+            if_found(lambda: self.custom.delete_namespaced_custom_object(*self._dask(namespace), name, body=options))
+
+        with_precondition(read, delete)
+
+    def dask_runner_termination(self, namespace: str, name: str) -> tuple[str, str]:
+        """(termination message, reason) of the DaskJob's runner Pod (`<name>-runner`), as for a Job's Pod."""
+        selector = f"dask.org/cluster-name={name},dask.org/component=job-runner"
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        runner = [p for p in pods if p.metadata and p.metadata.name == resources.dask_runner_pod(name)]
+        return newest_termination(runner or pods)
 
     # --- serving Pods -----------------------------------------------------------------------------
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
@@ -349,6 +425,31 @@ class Kube:
         if secret is None:
             return None
         return dict((secret.metadata.annotations if secret.metadata else None) or {}), sorted(secret.data or {})
+
+
+def newest_termination(pods: list[Any]) -> tuple[str, str]:
+    """(termination message, "<reason> (exit code <n>)") of the newest terminated container of `pods` (the
+    client's models); ("", "") when none has ended."""
+    finished = []
+    for pod in pods:
+        for status in (pod.status.container_statuses if pod.status else None) or []:
+            if status.state and status.state.terminated:
+                terminated = status.state.terminated
+                finished.append((terminated.finished_at or datetime.min.replace(tzinfo=UTC), terminated))
+    if not finished:
+        return "", ""
+    terminated = max(finished, key=lambda item: item[0])[1]
+    return (terminated.message or "").strip(), f"{terminated.reason} (exit code {terminated.exit_code})"
+
+
+def owned_dict(existing: dict[str, Any], kind: str, namespace: str, loop_uid: str) -> str:
+    """owned() of an object as the API serves it (a custom object's JSON)."""
+    metadata = existing.get("metadata") or {}
+    owners = metadata.get("ownerReferences") or []
+    if not any(o.get("uid") == loop_uid and o.get("controller") for o in owners):
+        name = metadata.get("name", "?")
+        raise NotOurs(f"{kind} {namespace}/{name} exists and is not owned by this loop; rename or delete it")
+    return resource_version(existing)
 
 
 def owned(existing: Any, kind: str, namespace: str, loop_uid: str) -> str:

@@ -25,7 +25,7 @@ from feedbackloop.core.fleet import Fleet, LoopMemory
 from feedbackloop.core.monitoring import Round, Sample, rules_of
 from feedbackloop.core.status import LoopStatus
 from feedbackloop.runtime import canary_queries, egress_net, metrics, notify
-from feedbackloop.runtime.kube import KubeAPI
+from feedbackloop.runtime.kube import EngineUnavailable, KubeAPI
 from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, short_error
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Observer:
             spec=spec,
             status=status,
             samples=tuple(polls) if polls is not None else None,
-            job=await self._job(body, status),
+            job=await self._job(body, spec, status),
             serving=await self._serving(body, spec, status, now),
             canary=canary,
             requests=requests_of(body),
@@ -130,10 +130,14 @@ class Observer:
             storage_refused=storage_refused,
         )
 
-    async def _job(self, body: dict[str, Any], status: LoopStatus) -> phases.JobObservation | None:
+    async def _job(
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus
+    ) -> phases.JobObservation | None:
         run = status.get("retraining")
         if not run:
             return None
+        if run.get("engine") == "Dask":
+            return await self._dask_job(body, spec, run["jobName"])
         namespace = body["metadata"]["namespace"]
         job = await asyncio.to_thread(self.kube.read_job, namespace, run["jobName"])
         if job is None:
@@ -146,10 +150,34 @@ class Observer:
         if "Complete" in conditions:
             return phases.JobObservation(run["jobName"], "Succeeded", message, summary)
         failed = conditions["Failed"]
+        if oom_killed(reason):
+            return phases.JobObservation(run["jobName"], "Failed", oom_text(spec, "trainer", "Job"), summary)
         detail = (summary or {}).get("error") or message or failed.get("message") or ""
         return phases.JobObservation(
             run["jobName"], "Failed", f"Job {failed.get('reason', 'Failed')}: {detail or reason}".strip(), summary
         )
+
+    async def _dask_job(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, name: str) -> phases.JobObservation:
+        """A run on engine Dask: its DaskJob's status.jobStatus, the runner Pod's termination message once it
+        ended. DaskJobs not served (no dask-kubernetes operator) or not allowed: a failed run saying so."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            job = await asyncio.to_thread(self.kube.read_dask_job, namespace, name)
+        except EngineUnavailable as error:
+            return phases.JobObservation(name, "Failed", str(error))
+        if job is None:
+            return phases.JobObservation(name, "Missing")
+        state = DASK_JOB_STATES.get(str((job.get("status") or {}).get("jobStatus") or ""), "Running")
+        if state == "Running":
+            return phases.JobObservation(name, "Running")
+        message, reason = await asyncio.to_thread(self.kube.dask_runner_termination, namespace, name)
+        summary = parse_summary(message)
+        if state == "Succeeded":
+            return phases.JobObservation(name, "Succeeded", message, summary)
+        if oom_killed(reason):
+            return phases.JobObservation(name, "Failed", oom_text(spec, "trainer (the Dask runner)", "Dask"), summary)
+        detail = (summary or {}).get("error") or message or reason or "its runner Pod failed"
+        return phases.JobObservation(name, "Failed", f"DaskJob Failed: {detail}".strip(), summary)
 
     async def _serving(
         self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
@@ -294,6 +322,21 @@ def requests_of(body: dict[str, Any]) -> dict[str, str]:
         for name in phases.REQUEST_ANNOTATIONS
         if annotations.get(phases.ANNOTATION_PREFIX + name)
     }
+
+
+# DaskJob status.jobStatus (dask-kubernetes) -> JobObservation.state; anything else (none yet, JobCreated,
+# ClusterCreated, Running) is Running.
+DASK_JOB_STATES = {"Successful": "Succeeded", "Failed": "Failed"}
+
+
+def oom_killed(reason: str) -> bool:
+    """Whether a termination reason ("<reason> (exit code <n>)") says the kernel killed it for memory."""
+    return reason.startswith("OOMKilled")
+
+
+def oom_text(spec: ModelFeedbackLoopSpec, what: str, engine: str) -> str:
+    limit = spec.retraining.trainer.resources.limits.memory if spec.retraining else None
+    return phases.oom_message(what, limit, engine)
 
 
 def parse_summary(message: str) -> dict[str, Any] | None:

@@ -46,7 +46,12 @@ class StatusRecorder:
             return
         base = body.get("status") or {} if memory.written_status is None else before
         patch = inert_tree(merge_patch(writable(base), writable(after)), STATUS_TEXT_LIMIT)
-        await asyncio.to_thread(self.kube.patch_status, body["metadata"]["namespace"], body["metadata"]["name"], patch)
+        meta = body["metadata"]
+        seen = str(meta.get("resourceVersion") or "")
+        written = await asyncio.to_thread(
+            self.kube.patch_status, meta["namespace"], meta["name"], patch, memory.version_to_write_on(seen)
+        )
+        memory.note_write(seen, str(((written or {}).get("metadata") or {}).get("resourceVersion") or ""))
         metrics.STATUS_WRITES.labels("change" if changed else "refresh").inc()
         memory.written_status = copy.deepcopy(after)
         memory.written_at = now
