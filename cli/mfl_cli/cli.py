@@ -103,7 +103,8 @@ def render_status(loop: dict[str, Any]) -> str:
     if r:
         out += [
             line(
-                f"Retraining: version {r.get('version')} ({r.get('trigger')}), Job {r.get('jobName')}, "
+                f"Retraining: version {r.get('version')} ({r.get('trigger')}), "
+                f"{'DaskJob' if r.get('engine') == 'Dask' else 'Job'} {r.get('jobName')}, "
                 f"since {r.get('startedAt')}"
             ),
             "",

@@ -45,6 +45,13 @@ def test_status_shows_phase_conditions_metrics_canary_evidence_and_history():
         assert expected in text
 
 
+def test_status_names_the_kind_of_the_training_run():
+    run = {"version": 2, "trigger": "Manual", "jobName": "churn-train-v2", "startedAt": "t"}
+    assert "Job churn-train-v2" in cli.render_status(loop_with({**STATUS, "retraining": run}))
+    dask = cli.render_status(loop_with({**STATUS, "retraining": {**run, "engine": "Dask"}}))
+    assert "DaskJob churn-train-v2" in dask
+
+
 def test_versions_merge_history_and_registry(tmp_path):
     folder = tmp_path / "churn" / "versions" / "2"
     folder.mkdir(parents=True)
