@@ -50,6 +50,8 @@ class TrainerConfig:
     seed: int = 0
     retain_versions: int = 0  # after publishing keep the newest N versions (and the protected ones); 0: keep all
     protected_versions: list[int] = field(default_factory=list)  # never deleted: the serving and canary versions
+    engine: str = "job"  # "job": in this process; "dask": on the Dask cluster at DASK_SCHEDULER_ADDRESS
+    dask: dict[str, Any] = field(default_factory=dict)  # engine dask: {"workers": N, "waitSeconds": S}
     ignored_keys: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)  # the document as given, for the content hash
 
@@ -133,7 +135,10 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "seed": ("seed", _int),
     "retainVersions": ("retain_versions", _int),
     "protectedVersions": ("protected_versions", _int_list),
+    "engine": ("engine", _str),
+    "dask": ("dask", _dict),
 }
+ENGINES = ("job", "dask")
 
 FIELD_ATTRIBUTES = {key: attribute for key, (attribute, _) in _FIELDS.items()}
 
@@ -160,6 +165,7 @@ def parse_config(
     if task not in TASKS:
         raise TrainerError(f"config: task must be one of {list(TASKS)}, got {task!r}")
     values.setdefault("estimator", DEFAULT_ESTIMATOR[task])
+    values["engine"] = values.get("engine", "job").lower()
     values["ignored_keys"] = sorted(set(document) - set(_FIELDS))
     values["raw"] = dict(document)
     config = TrainerConfig(**values)
@@ -200,6 +206,14 @@ def _check_ranges(c: TrainerConfig) -> None:
         )
     if c.incremental and c.parent_version is None:
         problems.append("incremental training needs parentVersion (the champion to start from)")
+    if c.engine not in ENGINES:
+        problems.append(f"engine must be one of {list(ENGINES)}, got {c.engine!r}")
+    if c.engine == "dask":
+        workers, wait = c.dask.get("workers", 1), c.dask.get("waitSeconds", 300)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            problems.append(f"dask.workers must be an integer >= 1, got {workers!r}")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait <= 0:
+            problems.append(f"dask.waitSeconds must be a positive number, got {wait!r}")
     if c.target in c.features:
         problems.append(f"target {c.target!r} is also listed in features")
     if problems:

@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(load_config_document(arguments.config))
         for key in config.ignored_keys:
             progress(f"note: ignoring unknown config field {key!r}")
-        from .train import run  # heavy imports (scikit-learn, matplotlib) after the config is known good
+        # heavy imports (scikit-learn, matplotlib; Dask) after the config is known good
+        if config.engine == "dask":
+            from .dask_engine import run
+        else:
+            from .train import run
 
         threads = thread_budget()
         progress(f"training {config.model} version {config.version} with {threads} threads")
