@@ -24,6 +24,9 @@ SHAPES: dict[str, tuple[str, ...]] = {
     "ha": ("ha",),
     "namespaced-ha": ("namespaced", "ha"),
     "ha-monitoring": ("ha", "monitoring"),
+    "sharded": ("sharded",),
+    "ha-sharded": ("ha", "sharded"),
+    "namespaced-sharded": ("namespaced", "sharded"),
 }
 
 

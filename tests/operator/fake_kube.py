@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from feedbackloop.core import resources
+from feedbackloop.core import resources, sharding
 from feedbackloop.runtime.engine import Engine, Settings
 from feedbackloop.runtime.kube import DASK_MISSING, EngineUnavailable
 from feedbackloop.runtime.poller import EndpointKey, Series
@@ -51,6 +51,31 @@ class FakeKube:
     reasons: dict[str, str] = field(default_factory=dict)  # job key -> the Pod's termination reason
     event_messages: list[str] = field(default_factory=list)  # "<reason>: <message>" of every Event posted
     status_versions: list[str | None] = field(default_factory=list)  # the resourceVersion each status write was sent on
+    ack_versions: list[str] = field(default_factory=list)  # the resourceVersion each shard ack was sent on
+
+    # --- the loops themselves (sharding) ---------------------------------------------------------------
+    def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool:
+        self.actions.append(("get", f"{namespace}/{name}"))
+        body = self.loops.get(f"{namespace}/{name}")
+        if body is None:
+            return True
+        metadata = body["metadata"]
+        return bool(metadata.get("deletionTimestamp")) or bool(uid and metadata.get("uid", uid) != uid)
+
+    def ack_shard(self, namespace: str, name: str, version: str) -> str:
+        """Both shard labels off, only on the version given (the API server's 409 otherwise)."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = self.loops.get(f"{namespace}/{name}")
+        if body is None:
+            raise ApiException(status=404, reason="NotFound")
+        self.ack_versions.append(version)
+        if str(body["metadata"].get("resourceVersion") or "") != version:
+            raise ApiException(status=409, reason="Conflict")
+        body["metadata"] = merge_patch(body["metadata"], {"labels": sharding.ACK_LABELS})
+        body["metadata"]["resourceVersion"] = str(int(version) + 1)
+        self.actions.append(("ack-shard", f"{namespace}/{name}"))
+        return str(body["metadata"]["resourceVersion"])
 
     # --- the engine's writes --------------------------------------------------------------------------
     def patch_status(

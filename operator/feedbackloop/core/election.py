@@ -188,16 +188,26 @@ def micro_time(moment: datetime) -> str:
 
 
 def lease_body(
-    step: Step, holding: Holding | None, me: str, timing: Timing, name: str, namespace: str, wall: datetime
+    step: Step,
+    holding: Holding | None,
+    me: str,
+    timing: Timing,
+    name: str,
+    namespace: str,
+    wall: datetime,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Lease to write for `step` (CREATE, RENEW or ACQUIRE); carries the read resourceVersion. A replace
-    carries no annotations, so it clears a release marker."""
+    carries no annotations, so it clears a release marker; it carries `labels` (a replace without them would
+    drop them: the replica Leases are listed by label)."""
     now = micro_time(wall)
     acquired = holding.acquire_time if step is Step.RENEW and holding is not None else None
     transitions = holding.transitions if holding else 0
     if step is Step.ACQUIRE:
         transitions += 1
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
     if holding is not None:
         metadata["resourceVersion"] = holding.version
     return {
@@ -214,19 +224,24 @@ def lease_body(
     }
 
 
-def released_body(holding: Holding, name: str, namespace: str, wall: datetime) -> dict[str, Any]:
+def released_body(
+    holding: Holding, name: str, namespace: str, wall: datetime, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """client-go's release (no holder, a one-second duration, transitions kept), marked as written by the
     holder: RELEASED_BY names it, so a standby takes it at once (a clearing by anyone else is not taken
     before the holder's term expires). Written only on the holder's own last version (resourceVersion)."""
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "resourceVersion": holding.version,
+        "annotations": {RELEASED_BY: holding.holder},
+    }
+    if labels:
+        metadata["labels"] = dict(labels)
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "resourceVersion": holding.version,
-            "annotations": {RELEASED_BY: holding.holder},
-        },
+        "metadata": metadata,
         "spec": {
             "leaseDurationSeconds": 1,
             "acquireTime": micro_time(wall),

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop.core import phases, resources
+from feedbackloop.core import phases, resources, sharding
 from feedbackloop.core.fleet import Fleet, LoopMemory
 from feedbackloop.core.monitoring import Round
 from feedbackloop.core.settings import AdminSettings
@@ -51,6 +51,7 @@ class Settings:
     concurrency: int = 16
     job_extra_config: dict[str, Any] = field(default_factory=dict)  # e.g. labelNoise in tests
     admin: AdminSettings = field(default_factory=AdminSettings)  # the admin's policy (core/settings.py)
+    shard: str | None = None  # sharding (core/sharding.py): this replica's identity; it acks drains of its loops
 
 
 class Engine:
@@ -66,6 +67,7 @@ class Engine:
             per_tenant=self.settings.admin.prometheus_per_tenant,
             per_host=self.settings.admin.prometheus_per_host,
         )
+        self.kube = kube
         self.observer = Observer(kube, self.fleet, poller)
         self.notifier = Notifier()
         self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
@@ -78,6 +80,8 @@ class Engine:
         self._fresh: dict[str, list[Round]] = {}  # loop -> its polls not yet reconciled, oldest first
         self._deleted_routes: list[tuple[dict[str, Any], str]] = []  # (deleted loop, its HTTPRoute) to reset
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._acks: dict[str, asyncio.Task[None]] = {}  # loop -> its drain's ack in flight (sharding)
+        self._released: dict[str, str] = {}  # loop -> the resourceVersion of our ack: older events are stale
 
     @property
     def loops(self) -> dict[str, dict[str, Any]]:
@@ -85,16 +89,27 @@ class Engine:
 
     # --- fed by kopf's watch ----------------------------------------------------------------------
     def observe_loop(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event. DELETED means the loop left this watch: deleted, or (sharding) moved off this
+        replica's label selector; either way this replica stops acting on it at once, and only a real
+        deletion (checked by a GET in the cycle) resets its HTTPRoute."""
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
         if event_type == "DELETED":
+            self._released.pop(key, None)
             self.fleet.loops.pop(key, None)
+            self._fresh.pop(key, None)
             memory = self.fleet.memory.pop(key, None)
             route = memory.spec.rollout.traffic_routing.http_route if memory and memory.spec else None
             if route is not None:  # the user's HTTPRoute: its weights must not keep pointing at a canary
                 self._deleted_routes.append((body, route.name))
                 self.wake.set()
             return
+        if key in self._released:
+            if not newer(body, self._released[key]):
+                return  # from before our own ack: this replica let it go
+            del self._released[key]  # assigned back to this replica since
         self.fleet.loops[key] = body
+        if self._draining(body):
+            self.wake.set()  # finish what is in flight, then let it go
         memory = self.fleet.memory.setdefault(key, LoopMemory())
         seen = (body["metadata"].get("generation"), body["metadata"].get("annotations"))
         if seen != memory.seen_metadata:  # a spec change or a request annotation: act now
@@ -151,12 +166,16 @@ class Engine:
         """
         while self._deleted_routes:
             loop, route = self._deleted_routes.pop()
-            task = asyncio.create_task(self.actor.release_route(loop, route), name=f"release {route}")
+            task = asyncio.create_task(self._release_route_if_gone(loop, route), name=f"release {route}")
             self._cleanups.add(task)
             task.add_done_callback(self._cleanups.discard)
         due_poll: dict[str, list[str]] = {}
         due = []
         for key, body in list(self.fleet.loops.items()):
+            if self._draining(body):
+                if key not in self._reconciles and key not in self._acks:  # its reconcile in flight ended
+                    self._acks[key] = asyncio.create_task(self._ack(key, body), name=f"ack {key}")
+                continue
             memory = self.fleet.memory.setdefault(key, LoopMemory())
             self._parse(body, memory)
             if memory.spec is not None and now >= memory.next_poll:
@@ -181,9 +200,52 @@ class Engine:
 
     async def settle(self) -> None:
         """Wait for every poll and reconcile in flight (tests and shutdown; the run loop never waits)."""
-        while self._polls or self._reconciles or self._cleanups:
-            tasks = [*self._polls.values(), *self._reconciles.values(), *self._cleanups]
+        while self._polls or self._reconciles or self._cleanups or self._acks:
+            tasks = [*self._polls.values(), *self._reconciles.values(), *self._cleanups, *self._acks.values()]
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- a loop that left: deleted, or moved to another replica (sharding) ------------------------------
+    async def _release_route_if_gone(self, loop: dict[str, Any], route: str) -> None:
+        """Reset the loop's HTTPRoute only when the loop is really gone: a loop that merely left this
+        replica's shard keeps the user's weights (its new owner carries on with them)."""
+        meta = loop["metadata"]
+        try:
+            gone = await asyncio.to_thread(self.kube.loop_gone, meta["namespace"], meta["name"], meta.get("uid"))
+        except Exception as error:  # the new owner (or a restart) sets the weights again; a wrong reset would not
+            log.warning("could not tell whether %s/%s was deleted; its HTTPRoute %s is left as it is: %s",
+                        meta["namespace"], meta["name"], route, error)  # fmt: skip
+            return
+        if gone:
+            await self.actor.release_route(loop, route)
+        else:
+            log.info("%s/%s left this replica's shard; its HTTPRoute %s stays", meta["namespace"], meta["name"], route)
+
+    def _draining(self, body: dict[str, Any]) -> bool:
+        if self.settings.shard is None:
+            return False
+        labels = body["metadata"].get("labels") or {}
+        return labels.get(sharding.SHARD_LABEL) == self.settings.shard and bool(labels.get(sharding.DRAIN_LABEL))
+
+    async def _ack(self, key: str, body: dict[str, Any]) -> None:
+        """Let a drained loop go (sharding): both labels off in one fenced patch on the version that asked
+        for it. From then on this replica does nothing for it (its watch's DELETED follows)."""
+        meta = body["metadata"]
+        try:
+            version = await asyncio.to_thread(
+                self.kube.ack_shard, meta["namespace"], meta["name"], str(meta.get("resourceVersion") or "")
+            )
+        except Exception as error:  # a 409: the watch brings the loop as it is now; the next cycle tries again
+            log.info("could not let %s go yet: %s", key, getattr(error, "reason", None) or error)
+            return
+        finally:
+            self._acks.pop(key, None)
+        if self.fleet.loops.get(key) is not None and not newer(self.fleet.loops[key], version):
+            self.fleet.loops.pop(key, None)
+        self.fleet.memory.pop(key, None)
+        self._fresh.pop(key, None)
+        self._released[key] = version
+        metrics.SHARD_MOVES.labels("acked").inc()
+        log.info("let %s go (drained to %s)", key, (meta.get("labels") or {}).get(sharding.DRAIN_LABEL))
 
     async def _poll(self, url: str, keys: list[str], now: float) -> None:
         try:
@@ -232,6 +294,8 @@ class Engine:
         body, memory = self.fleet.loops.get(key), self.fleet.memory.get(key)
         if body is None or memory is None:
             return  # deleted since the cycle began
+        if self._draining(body):
+            return  # to be let go: no new reconcile (one queued before the drain was seen does nothing)
         if body["metadata"].get("deletionTimestamp"):
             return  # going away (its namespace too, perhaps): nothing to create, garbage collection does the rest
         memory.dirty = False
@@ -241,3 +305,10 @@ class Engine:
         decision = phases.decide(world)
         await self.actor.act(body, memory.spec, decision)
         await self.recorder.record(body, memory, before, decision.status, now)
+
+
+def newer(body: dict[str, Any], version: str) -> bool:
+    """Whether `body` is a later version of the loop than `version` (resourceVersions are etcd revisions,
+    compared as integers; when either is not one, not newer: a DELETED event then clears the mark)."""
+    current = str(body["metadata"].get("resourceVersion") or "")
+    return current.isdigit() and version.isdigit() and int(current) > int(version)

@@ -14,9 +14,9 @@ from typing import Any
 
 import kopf
 
-from feedbackloop.core import api, resources
+from feedbackloop.core import api, resources, sharding
 from feedbackloop.core.settings import admin_settings_from_env
-from feedbackloop.runtime import egress_net, leader
+from feedbackloop.runtime import egress_net, leader, metrics, shards
 from feedbackloop.runtime.engine import Engine, Settings
 from feedbackloop.runtime.kube import Kube, load_config
 
@@ -39,13 +39,33 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 60
     load_config(os.environ.get("KUBECONFIG"))
-    fence = leader.Fence(Kube())  # the engine's API calls pass only while this replica leads
+    kube = Kube()
+    fence = leader.Fence(kube)  # the engine's API calls pass only while this replica leads (or holds its shard)
     engine_settings = settings_from_env()
     # Before any tenant's URL is used: the admin's egress allowance, and the API server's addresses to refuse.
     egress_net.install(await asyncio.to_thread(egress_net.operator_policy, engine_settings.admin.egress_allow))
-    memo.engine = Engine(fence, engine_settings)  # every replica observes: the watch feeds it
     election = leader.election_from_env(os.environ)
-    if election.enabled:  # only the leader runs the engine: it alone acts and writes status
+    sharded = shards.sharding_from_env(os.environ)
+    if sharded.enabled:
+        if not election.enabled:
+            raise kopf.PermanentError("MFL_SHARDING=true needs leader election (POD_NAME, MFL_LEADER_ELECTION)")
+        engine_settings.shard = election.identity
+        settings.watching.label_selectors[api.GROUP, api.PLURAL] = sharding.shard_selector(election.identity)
+    memo.engine = Engine(fence, engine_settings)  # every replica observes: the watch feeds it
+    if sharded.enabled:  # each replica acts on its shard, fenced by its own Lease; the leader coordinates
+        timeout = election.timing.retry_seconds
+        replica = leader.replica_election(election)
+        own = leader.Elector(leader.KubeLease(replica.name, replica.namespace, timeout), replica)
+        work = leader.lead(own, memo.engine.run, fence, gauge=metrics.REPLICA_LEASE)
+        coordinator_fence = leader.Fence(kube)
+        coordinator = shards.Coordinator(
+            coordinator_fence, election, sharded, lambda name: leader.KubeLease(name, election.namespace, timeout)
+        )
+        lease = leader.KubeLease(election.name, election.namespace, timeout)
+        memo.coordinator_task = asyncio.create_task(
+            leader.lead(leader.Elector(lease, election), coordinator.run, coordinator_fence), name="shard-coordinator"
+        )
+    elif election.enabled:  # only the leader runs the engine: it alone acts and writes status
         lease = leader.KubeLease(election.name, election.namespace, election.timing.retry_seconds)
         work = leader.lead(leader.Elector(lease, election), memo.engine.run, fence)
     else:
@@ -55,11 +75,13 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
 
 @kopf.on.cleanup()
 async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the engine, then release the Lease (inside `lead`): the standby takes over at once."""
-    task = getattr(memo, "engine_task", None)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    """Stop the engine, then release the Lease (inside `lead`): the standby takes over at once. Sharded: the
+    engine first (its replica Lease released: the coordinator moves its loops at once), then the coordinator."""
+    for name in ("engine_task", "coordinator_task"):
+        task = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 # async: they run on the event loop with the engine (a sync handler would run in kopf's thread pool,

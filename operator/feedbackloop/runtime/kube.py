@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from feedbackloop.core import api, resources
+from feedbackloop.core import api, resources, sharding
 from feedbackloop.runtime import leader
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ class KubeAPI(Protocol):
     def set_route_weights(self, loop: dict[str, Any], route_name: str, canary_weight: int) -> None: ...
     def read_secret_key(self, namespace: str, name: str, key: str) -> tuple[str, dict[str, str]]: ...
     def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None: ...
+    def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool: ...
+    def ack_shard(self, namespace: str, name: str, version: str) -> str: ...
 
 
 def fence_requests(api_client: client.ApiClient) -> client.ApiClient:
@@ -425,6 +427,79 @@ class Kube:
         if secret is None:
             return None
         return dict((secret.metadata.annotations if secret.metadata else None) or {}), sorted(secret.data or {})
+
+    # --- the loops themselves: is one really gone; sharding (core/sharding.py) --------------------------
+    def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool:
+        """Whether the loop was really deleted (a watch's DELETED also means "left this replica's label
+        selector"): 404, being deleted, or another object of its name since (another uid)."""
+        found = if_found(
+            lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        )
+        if found is None:
+            return True
+        metadata = cast(dict[str, Any], found).get("metadata") or {}
+        return bool(metadata.get("deletionTimestamp")) or bool(uid and metadata.get("uid") != uid)
+
+    def ack_shard(self, namespace: str, name: str, version: str) -> str:
+        """The owner lets a drained loop go: both shard labels removed in one merge patch, on the version
+        whose labels asked for it (a 409 when it changed since). Its new resourceVersion."""
+        patch = {"metadata": {"resourceVersion": version, "labels": sharding.ACK_LABELS}}
+        written = self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
+        return resource_version(written)
+
+    def label_loop(self, namespace: str, name: str, version: str, labels: dict[str, str | None]) -> str:
+        """The coordinator's move: a merge patch of the loop's labels on the version it listed (409 otherwise)."""
+        patch = {"metadata": {"resourceVersion": version, "labels": labels}}
+        written = self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
+        return resource_version(written)
+
+    def list_loop_labels(self, namespaces: list[str]) -> list[tuple[str, str, dict[str, str], str]]:
+        """(namespace, name, labels, resourceVersion) of every loop in `namespaces` ([]: all), in pages."""
+        found: list[tuple[str, str, dict[str, str], str]] = []
+        for namespace in namespaces or [""]:
+            token: str | None = None
+            while True:
+                kwargs: dict[str, Any] = {"limit": 500, **({"_continue": token} if token else {})}
+                page: dict[str, Any]
+                if not namespace:
+                    page = cast(
+                        dict[str, Any],
+                        self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, **kwargs),
+                    )
+                else:
+                    page = cast(
+                        dict[str, Any],
+                        self.custom.list_namespaced_custom_object(
+                            api.GROUP, api.VERSION, namespace, api.PLURAL, **kwargs
+                        ),
+                    )
+                for item in page.get("items") or []:
+                    meta = item.get("metadata") or {}
+                    found.append(
+                        (meta["namespace"], meta["name"], dict(meta.get("labels") or {}), resource_version(item))
+                    )
+                token = (page.get("metadata") or {}).get("continue") or None
+                if not token:
+                    break
+        return found
+
+    def list_replica_leases(self, namespace: str) -> list[dict[str, Any]]:
+        selector = f"{sharding.REPLICA_LEASE_LABEL}=true"
+        page = cast(
+            dict[str, Any],
+            self.custom.list_namespaced_custom_object(
+                "coordination.k8s.io", "v1", namespace, "leases", label_selector=selector
+            ),
+        )
+        return list(page.get("items") or [])
+
+    def delete_lease(self, namespace: str, name: str, version: str) -> None:
+        """A taken replica Lease none of whose loops is left (404: gone already; 409: written since, kept)."""
+        if_found(
+            lambda: self.custom.delete_namespaced_custom_object(
+                "coordination.k8s.io", "v1", namespace, "leases", name, body=delete_options(version)
+            )
+        )
 
 
 def newest_termination(pods: list[Any]) -> tuple[str, str]:

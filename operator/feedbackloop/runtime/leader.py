@@ -58,9 +58,11 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
+
+from prometheus_client import Gauge
 
 from feedbackloop.core.election import (
     Holding,
@@ -76,6 +78,7 @@ from feedbackloop.core.election import (
     released_body,
     still_leading,
 )
+from feedbackloop.core.sharding import REPLICA_LEASE_LABEL, replica_lease_name
 from feedbackloop.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,17 @@ class Election:
     name: str
     namespace: str
     timing: Timing
+    labels: Mapping[str, str] = field(default_factory=dict)  # written on the Lease (the replica Leases' label)
+
+
+def replica_election(election: Election) -> Election:
+    """The replica's own Lease when sharding (core/sharding.py): `mfl-replica-<identity>`, labelled so that the
+    coordinator lists them, with the leader Lease's timing and namespace."""
+    return replace(
+        election,
+        name=replica_lease_name(election.identity),
+        labels={REPLICA_LEASE_LABEL: "true"},
+    )
 
 
 def election_from_env(env: Mapping[str, str]) -> Election:
@@ -249,7 +263,9 @@ class Elector:
         """Hand the Lease over at once (only ours, only as last read): best effort, bounded."""
         if self.holding is None or self.renewed_at is None or self.other_holder:
             return
-        body = released_body(self.holding, self.election.name, self.election.namespace, self.wall())
+        body = released_body(
+            self.holding, self.election.name, self.election.namespace, self.wall(), self.election.labels or None
+        )
         try:
             # Up to a renew deadline, not a retry period: a loaded API server answers a write in more than 1 s,
             # and a release that lands late is still safe (it names our last version: after a takeover, a 409).
@@ -258,6 +274,19 @@ class Elector:
         except Exception as error:  # the standby then waits for expiry: slower, still safe
             log.warning("could not release the leader Lease: %s", error)
         self.renewed_at = None
+
+    async def attempt(self) -> bool:
+        """One read-decide-write (the coordinator takes a dead replica's Lease this way, a step per round):
+        True when this candidate holds a freshly written Lease; `may_act()` says whether it may act on it."""
+        return await self._attempt()
+
+    def may_act(self) -> bool:
+        return self.term_end() > self.clock()
+
+    def saw(self, lease: dict[str, Any] | None) -> None:
+        """The Lease as a list just returned it: the observation (when its holder's term ends) starts from
+        here, before this candidate tries to take it; `now` is after the list returned, so it errs late."""
+        self.observed = observe(self.observed, holding_of(lease), self.clock(), self.timing)
 
     async def _attempt(self) -> bool:
         """Read, decide, write once. True when this candidate holds a freshly written Lease."""
@@ -279,7 +308,14 @@ class Elector:
             return False
         self.other_holder = ""
         body = lease_body(
-            step, holding, self.election.identity, self.timing, self.election.name, self.election.namespace, self.wall()
+            step,
+            holding,
+            self.election.identity,
+            self.timing,
+            self.election.name,
+            self.election.namespace,
+            self.wall(),
+            self.election.labels or None,
         )
         try:
             written = await self._call(self.leases.create if step is Step.CREATE else self.leases.replace, body)
@@ -431,6 +467,7 @@ async def lead(
     work: Callable[[], Coroutine[Any, Any, None]],
     fence: Fence,
     lost: Callable[[], None] = exit_process,
+    gauge: Gauge = metrics.LEADER,
 ) -> None:
     """Wait to lead, then run `work` while leading, its API calls allowed through `fence` only until the
     renew deadline. Leadership lost (not renewed in time, another holder, or `work` ended): `lost()`
@@ -438,7 +475,7 @@ async def lead(
     its calls in flight, then release the Lease, so that the standby takes over at once and never overlaps."""
     await elector.acquire()
     fence.open(elector.term_end)
-    metrics.LEADER.set(1)
+    gauge.set(1)
     watchdog = Watchdog(lost, elector.clock)
     watchdog.arm(elector.deadline())
     worker = asyncio.create_task(work(), name="leader-work")
@@ -449,15 +486,15 @@ async def lead(
         # Shutdown: no new call, the engine stopped, and the Lease still renewed while the calls in flight drain
         # (they end with the term at the latest: each request's timeout is capped by it), so that the release
         # follows the last renewal at once and the standby's wait is the release's write, not the drain.
-        await _stop(fence, worker)
+        await _stop(fence, gauge, worker)
         drained = await fence.drained(elector.timing.renew_deadline_seconds)
-        await _stop(fence, keeper)
+        await _stop(fence, gauge, keeper)
         if drained:
             await elector.release()
         watchdog.disarm()
         raise
     engine_ended = worker.done()
-    await _stop(fence, worker, keeper)
+    await _stop(fence, gauge, worker, keeper)
     watchdog.disarm()
     if engine_ended:
         log.error("the engine ended while leading")
@@ -468,9 +505,9 @@ async def lead(
     lost()
 
 
-async def _stop(fence: Fence, *tasks: asyncio.Task[Any]) -> None:
+async def _stop(fence: Fence, gauge: Gauge, *tasks: asyncio.Task[Any]) -> None:
     fence.close()
-    metrics.LEADER.set(0)
+    gauge.set(0)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

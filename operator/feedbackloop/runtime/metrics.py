@@ -35,7 +35,29 @@ NOTIFICATIONS = Counter(
     ["result"],
 )
 LEADER = Gauge("mfl_operator_leader", "1 while this replica holds the leader Lease and runs the engine")
+REPLICA_LEASE = Gauge(
+    "mfl_operator_replica_lease", "1 while this replica holds its own Lease and runs its shard's engine (sharding)"
+)
+SHARD_LOOPS = Gauge(
+    "mfl_shard_loops", "Loops labelled for each replica, as the coordinator last listed them", ["replica"]
+)
+SHARD_MOVES = Counter(
+    "mfl_shard_moves_total",
+    "Shard moves the coordinator wrote: unassigned, taken (its replica died), over_cap, rebalance (drains); "
+    "and acked (a replica let go of a drained loop)",
+    ["reason"],
+)
 _PHASES_SEEN: set[str] = set()
+_REPLICAS_SEEN: set[str] = set()
+
+
+def observe_shards(loops_by_replica: dict[str, int]) -> None:
+    for replica in _REPLICAS_SEEN - set(loops_by_replica):
+        SHARD_LOOPS.remove(replica)
+    for replica, count in loops_by_replica.items():
+        SHARD_LOOPS.labels(replica).set(count)
+    _REPLICAS_SEEN.clear()
+    _REPLICAS_SEEN.update(loops_by_replica)
 
 
 def record_poll(stats: PollStats) -> None:

@@ -1,0 +1,81 @@
+"""How the startup handler wires a sharded replica (MFL_SHARDING=true): kopf's watch of the loops selects
+this replica's shard server-side (Deployments stay watched in full), the engine runs fenced by the replica's
+own Lease, the coordinator by the leader Lease; unset, the wiring is today's (one leader, one engine)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import pytest
+from kopf._cogs.structs import references
+
+from feedbackloop.core import api, sharding
+from feedbackloop.runtime import egress_net, handlers, leader, metrics
+
+
+def started(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> tuple[kopf.OperatorSettings, kopf.Memo, list[dict[str, Any]]]:
+    for name in ("MFL_SHARDING", "MFL_LEADER_ELECTION", "POD_NAME", "POD_NAMESPACE", "MFL_WATCH_NAMESPACES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    leads: list[dict[str, Any]] = []
+
+    async def lead(elector: leader.Elector, work: Any, fence: leader.Fence, **kwargs: Any) -> None:
+        leads.append({"lease": elector.election.name, "labels": dict(elector.election.labels), **kwargs})
+
+    async def unelected(work: Any, fence: leader.Fence) -> None:
+        leads.append({"lease": None})
+
+    monkeypatch.setattr(handlers, "load_config", lambda path: None)
+    monkeypatch.setattr(handlers, "Kube", lambda: object())
+    monkeypatch.setattr(egress_net, "operator_policy", lambda allow: None)
+    monkeypatch.setattr(egress_net, "install", lambda policy: None)
+    monkeypatch.setattr(leader, "KubeLease", lambda name, namespace, timeout: object())
+    monkeypatch.setattr(leader, "lead", lead)
+    monkeypatch.setattr(leader, "unelected", unelected)
+    settings, memo = kopf.OperatorSettings(), kopf.Memo()
+
+    async def start() -> None:
+        await handlers.start_engine(settings=settings, memo=memo)
+        await asyncio.sleep(0.01)  # the tasks start
+        await handlers.stop_engine(memo=memo)
+
+    asyncio.run(start())
+    return settings, memo, leads
+
+
+def resource(group: str, plural: str) -> references.Resource:
+    return references.Resource(group, "v1", plural, kind="X", namespaced=True)
+
+
+def test_sharded_replica_watches_its_shard_and_leads_two_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, memo, leads = started(monkeypatch, {"MFL_SHARDING": "true", "POD_NAME": "op-a", "POD_NAMESPACE": "ns"})
+    selectors = settings.watching.label_selectors
+    assert selectors.collect(resource(api.GROUP, api.PLURAL)) == ["feedbackloop.dev/shard=op-a"]
+    assert selectors.collect(resource("apps", "deployments")) == []
+    assert memo.engine.settings.shard == "op-a"
+    replica, coordinator = sorted(leads, key=lambda lead: lead["lease"] != "mfl-replica-op-a")
+    assert replica == {
+        "lease": "mfl-replica-op-a",
+        "labels": {sharding.REPLICA_LEASE_LABEL: "true"},
+        "gauge": metrics.REPLICA_LEASE,
+    }
+    assert coordinator == {"lease": leader.DEFAULT_LEASE, "labels": {}}
+
+
+def test_unsharded_wiring_is_todays(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, memo, leads = started(monkeypatch, {"POD_NAME": "op-a"})
+    assert len(settings.watching.label_selectors) == 0
+    assert memo.engine.settings.shard is None and not hasattr(memo, "coordinator_task")
+    assert leads == [{"lease": leader.DEFAULT_LEASE, "labels": {}}]
+    _, memo, leads = started(monkeypatch, {})
+    assert leads == [{"lease": None}]
+
+
+def test_sharding_needs_leader_election(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(kopf.PermanentError, match="MFL_SHARDING"):
+        started(monkeypatch, {"MFL_SHARDING": "true", "MFL_LEADER_ELECTION": "false"})
