@@ -10,6 +10,10 @@
 #                                                           Keras on JAX, for versions of format keras
 #   ghcr.io/feedbackloop/mlserver       --target mlserver   MLServer from PyPI (requirements/mlserver.txt), tagged
 #                                                           with MLServer's version; no code of ours
+#   ghcr.io/feedbackloop/mfl-trainer-dask   --target trainer-dask   entry point mfl-trainer  the trainer with Dask
+#                                                           (requirements/dask.txt); also runs `dask scheduler`/`dask worker`
+#   ghcr.io/feedbackloop/dask-kubernetes-operator  --target dask-operator  the dask-kubernetes operator from PyPI
+#                                                           (requirements/dask-operator.txt), tagged with its version
 #
 #   docker build --target server -t ghcr.io/feedbackloop/mfl-server:0.1.0 .
 #   make images    # all of them with buildah, cached by input hash (testbed/mfl_testbed/build-images.sh)
@@ -340,3 +344,52 @@ RUN python -c "import mfl_server.app, mfl_keras.classifier as k; assert k.keras_
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["mfl-server"]
+
+# --- the Dask engine (retraining.engine: Dask): the dask-kubernetes operator and the trainer with Dask ---------
+# Last, as no other image needs them. The operator is upstream's kopf controller from PyPI, no code of ours (as
+# mlserver): its image's hash covers only this file and requirements/dask-operator.txt. kopf's liveness endpoint
+# on 8080; uid 65532 has a passwd entry (base), which kopf's peering identity needs.
+FROM build AS dask-operator-deps
+RUN python -m venv --without-pip /opt/mfl
+COPY requirements/dask-operator.txt /tmp/requirements/
+RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/dask-operator.txt
+RUN slim-venv /opt/mfl
+
+FROM runtime AS dask-operator
+LABEL org.opencontainers.image.title="dask-kubernetes-operator" \
+      org.opencontainers.image.description="The dask-kubernetes operator (DaskCluster, DaskJob) from PyPI (requirements/dask-operator.txt), built for model-feedback-loop"
+COPY --from=dask-operator-deps /opt/mfl /opt/mfl
+ENV PATH=/opt/mfl/bin:$PATH
+RUN python -c "import dask_kubernetes.operator.controller" && command -v kopf
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080
+ENTRYPOINT ["kopf", "run", "-m", "dask_kubernetes.operator.controller"]
+CMD ["--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+
+# The trainer with Dask (requirements/dask.txt on top of the trainer's, resolved together): the DaskJob's runner
+# (entry point mfl-trainer), and with `command: [dask, scheduler]` / `[dask, worker, ...]` the cluster's
+# scheduler and workers. lightgbm.dask imports dask.dataframe (pandas, pyarrow) at fit time: checked here.
+FROM trainer-deps AS trainer-dask-deps
+COPY requirements/trainer.txt requirements/dask.txt /tmp/requirements/
+RUN pip --python /opt/mfl/bin/python install -q -r /tmp/requirements/trainer.txt -r /tmp/requirements/dask.txt
+RUN slim-venv /opt/mfl
+
+FROM runtime AS trainer-dask
+ARG CODE_VERSION=""
+LABEL org.opencontainers.image.title="mfl-trainer-dask" \
+      org.opencontainers.image.description="model-feedback-loop: the trainer with Dask, for retraining.engine Dask (runner, scheduler and workers)"
+ENV MPLBACKEND=Agg \
+    MPLCONFIGDIR=/opt/matplotlib \
+    OMP_WAIT_POLICY=PASSIVE \
+    MFL_STORAGE_ROOT=/var/lib/mfl/artifacts
+COPY --from=trainer-deps /opt/matplotlib /opt/matplotlib
+COPY --from=trainer-dask-deps /opt/mfl /opt/mfl
+COPY --from=project /opt/mfl/lib/ /opt/mfl/lib/
+COPY --from=project /opt/mfl/bin/mfl* /opt/mfl/bin/
+ENV PATH=/opt/mfl/bin:$PATH \
+    MFL_CODE_VERSION=${CODE_VERSION}
+RUN python -c "import mfl_trainer.main, dask.dataframe, distributed, lightgbm.dask" && command -v dask
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["mfl-trainer"]

@@ -10,9 +10,9 @@ export PATH := $(VENV)/bin:$(PATH)
 # Reinstalled (editable) only when what it installs from changes.
 INSTALLED := $(VENV)/.installed
 # The node: containerd + runc + CNI plugins run the Pods, buildah + mmdebstrap build the images;
-# python3-venv: Debian's python3 creates no virtual environment without it.
+# python3-venv: Debian's python3 creates no virtual environment without it; dnsmasq-base: the test bed's cluster DNS.
 APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux iptables \
-	containerd runc containernetworking-plugins buildah mmdebstrap python3-venv postgresql
+	containerd runc containernetworking-plugins buildah mmdebstrap python3-venv postgresql dnsmasq-base
 # `$(call timed,stage,command)`: run a stage and print how long it took (CI keeps these lines).
 timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) - start ))s"; exit $$rc
 

@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# Builds the project's images (operator, server, trainer, mlserver, sidecar, and the Keras estimator's
-# trainer-keras and server-keras) from the root Dockerfile with
+# Builds the project's images (operator, server, trainer, mlserver, sidecar, the Keras estimator's
+# trainer-keras and server-keras, and the Dask engine's trainer-dask and dask-operator) from the root Dockerfile with
 # buildah, and the pause image, as OCI archives that containerd imports (there is no registry). Run by `make images`
 # and by mfl_testbed.images.ensure_images(); needs root, buildah and (on a machine without the
 # base image) mmdebstrap:  apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables
 # Recipe and pitfalls: shared/notes/real-node.md.
 #
-#   build-images.sh [operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras ...]
-#                   (default: all seven, in that order: the Keras images, the heaviest, last)
+#   build-images.sh [operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras|trainer-dask|dask-operator ...]
+#                   (default: all nine, in that order: the Keras and Dask images, the heaviest, last)
 #
 # Cached by input hash: one sha256 over the content of every input file (Dockerfile, .dockerignore,
 # pyproject.toml, requirements/*.txt, the package trees the project wheel holds: `git ls-files -co
 # --exclude-standard` in a checkout, else find) and the base image's ID. The mlserver image holds no code of ours: its hash
 # covers only the Dockerfile, requirements/mlserver.txt and the base, so a code change does not rebuild
-# it. An image whose archive exists and whose stamp records the same hash is not built again;
+# it; nor does the dask-operator image's (ghcr.io/feedbackloop/dask-kubernetes-operator, tagged with
+# dask-kubernetes' version): the Dockerfile, requirements/dask-operator.txt and the base. An image whose archive exists and whose stamp records the same hash is not built again;
 # buildah's layer cache (`--layers`) makes a rebuild after a code change reuse the dependency layers.
 # At the end, a table of every image's size (unpacked, and its archive's: compressed layers).
 #
 # Output, in ${MFL_CACHE:-$HOME/.cache/mfl}/images/, per image <image> (mfl-operator, mfl-server,
-# mfl-trainer, mfl-sidecar, mlserver, mfl-trainer-keras, mfl-server-keras):
+# mfl-trainer, mfl-sidecar, mlserver, mfl-trainer-keras, mfl-server-keras, mfl-trainer-dask,
+# dask-kubernetes-operator):
 #   <image>.tar       OCI archive holding both tags of the image (its index names each one):
 #                       ghcr.io/feedbackloop/<image>:dev-<hash12>   the content tag: deploy this one
 #                       ghcr.io/feedbackloop/<image>:<version>      the project version (pyproject.toml);
-#                                                                   for mlserver, MLServer's version
+#                                                                   for mlserver, MLServer's version;
+#                                                                   for dask-kubernetes-operator, its version
 #   <image>.ref       those two references, one a line, the dev-<hash12> one first. A consumer reads the
 #                     first line to learn the reference to deploy (images.ensure_images() does), and
 #                     may skip importing an archive whose references its store already has.
@@ -57,15 +60,19 @@ need buildah
 [ -f "$REPO/Dockerfile" ] && [ -f "$REPO/pyproject.toml" ] ||
   die "no Dockerfile in $REPO: the images are built from a checkout of the project (set MFL_REPO)"
 COMPONENTS=("$@")
-[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator server trainer mlserver sidecar trainer-keras server-keras)
+[ ${#COMPONENTS[@]} -gt 0 ] ||
+  COMPONENTS=(operator server trainer mlserver sidecar trainer-keras server-keras trainer-dask dask-operator)
 for name in "${COMPONENTS[@]}"; do
-  case "$name" in operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras) ;;
-    *) die "unknown image '$name' (operator, server, trainer, mlserver, sidecar, trainer-keras or server-keras)";; esac
+  case "$name" in operator|server|trainer|mlserver|sidecar|trainer-keras|server-keras|trainer-dask|dask-operator) ;;
+    *) die "unknown image '$name' (operator, server, trainer, mlserver, sidecar, trainer-keras, server-keras,
+  trainer-dask or dask-operator)";; esac
 done
 VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' "$REPO/pyproject.toml")
 [ -n "$VERSION" ] || die "no version in $REPO/pyproject.toml"
 MLSERVER_VERSION=$(awk -F'==' '$1 == "mlserver" {print $2; exit}' "$REPO/requirements/mlserver.txt")
 [ -n "$MLSERVER_VERSION" ] || die "no mlserver==<version> pin in $REPO/requirements/mlserver.txt"
+DASK_OPERATOR_VERSION=$(awk -F'==' '$1 == "dask-kubernetes" {print $2; exit}' "$REPO/requirements/dask-operator.txt")
+[ -n "$DASK_OPERATOR_VERSION" ] || die "no dask-kubernetes==<version> pin in $REPO/requirements/dask-operator.txt"
 mkdir -p "$OUT"
 exec 9>"$OUT/build.lock"
 flock 9   # one build at a time per cache (images.py holds a lock of its own, ensure.lock, around this)
@@ -149,6 +156,7 @@ input_hash() {   # the sha256 over the content of the input files among "$@" and
 }
 HASH=$(input_hash "${INPUTS[@]}")
 MLSERVER_HASH=$(input_hash Dockerfile requirements/mlserver.txt)
+DASK_OPERATOR_HASH=$(input_hash Dockerfile requirements/dask-operator.txt)
 
 # ---- the images ----
 # RUN steps reach PyPI through the host network (chroot isolation); the egress proxy's CA comes from the
@@ -159,6 +167,8 @@ status=0 failed=""
 for name in "${COMPONENTS[@]}"; do
   if [ "$name" = mlserver ]; then
     file=mlserver hash=$MLSERVER_HASH version=$MLSERVER_VERSION
+  elif [ "$name" = dask-operator ]; then
+    file=dask-kubernetes-operator hash=$DASK_OPERATOR_HASH version=$DASK_OPERATOR_VERSION
   else
     file=mfl-$name hash=$HASH version=$VERSION
   fi
@@ -182,7 +192,7 @@ for name in "${COMPONENTS[@]}"; do
   step "building $file ($dev_ref)"
   rm -f "$stamp"
   args=()
-  case "$name" in trainer|trainer-keras) args+=(--build-arg "CODE_VERSION=$TAG");; esac
+  case "$name" in trainer|trainer-keras|trainer-dask) args+=(--build-arg "CODE_VERSION=$TAG");; esac
   start=$(date +%s)
   if ! nice -n 19 buildah bud --isolation chroot --pull=never --layers -v /etc/ssl/certs:/etc/ssl/certs:ro \
        --build-arg "PYTHON_IMAGE=$BASE_IMAGE" "${args[@]}" --target "$name" \
@@ -218,6 +228,7 @@ printf '%-18s %10s %10s  %s\n' IMAGE SIZE ARCHIVE REFERENCE
 for name in "${COMPONENTS[@]}"; do
   file=mfl-$name
   [ "$name" = mlserver ] && file=mlserver
+  [ "$name" = dask-operator ] && file=dask-kubernetes-operator
   ref=$(head -1 "$OUT/$file.ref" 2>/dev/null || true)
   size=-
   if [ -n "$ref" ] && buildah inspect --type image "$ref" >/dev/null 2>&1; then

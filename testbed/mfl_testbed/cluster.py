@@ -9,7 +9,8 @@ and the services of s3 mode: an S3 store (SeaweedFS) and PostgreSQL, on the node
     cluster.stop()                        # undoes every change to the machine (node.teardown)
 
 What a cluster on this machine lacks is provided here, outside the product: Prometheus discovery
-of Pods (`pod_discovery`, as kubernetes_sd would) and PersistentVolumes for claims
+of Pods (`pod_discovery`, as kubernetes_sd would), cluster DNS for Services (`dns`: dnsmasq and a watcher of
+Services, as CoreDNS would) and PersistentVolumes for claims
 (`artifact_volume`: a hostPath PV bound to one claim, as a static provisioner would).
 """
 
@@ -18,9 +19,12 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,17 @@ import yaml
 from feedbackloop.core.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
 from mfl_testbed import node as node_module
 from mfl_testbed.controlplane import ControlPlane, binaries_dir
+from mfl_testbed.dns import ClusterDNS
 from mfl_testbed.netutil import free_port, wait_until
 from mfl_testbed.node import NODE_IP, NODE_NAME, Node, record
 from mfl_testbed.postgres import Postgres
-from mfl_testbed.process import ManagedProcess, TestbedError, TestbedUnavailable, print_progress
+from mfl_testbed.process import ManagedProcess, TestbedError, TestbedUnavailable, cache_dir, print_progress
 from mfl_testbed.prometheus import Prometheus
 from mfl_testbed.seaweed import SeaweedFS
 
+DASK_OPERATOR_NAMESPACE = "dask-operator"  # manifests/dask/
+DASK_OPERATOR_DEPLOYMENT = "dask-kubernetes-operator"
+DASK_CRDS = ("daskclusters", "daskworkergroups", "daskjobs", "daskautoscalers")  # .kubernetes.dask.org
 OPERATOR_NAMESPACE = "feedbackloop-system"
 OPERATOR_DEPLOYMENT = "feedbackloop-operator"
 IMAGE_REPOSITORY = "ghcr.io/feedbackloop"
@@ -67,6 +75,7 @@ class Cluster:
         self.prometheus = Prometheus(self.workdir / "prometheus", host=NODE_IP)
         self.seaweedfs = SeaweedFS(self.workdir / "seaweedfs", host=NODE_IP, tls=True)
         self.postgres = Postgres(self.workdir / "postgres", host=NODE_IP)
+        self.dns = ClusterDNS(self.workdir / "dns", NODE_IP, self.plane.bin_dir / "kubectl", self.plane.kubeconfig)
         self.discovery: ManagedProcess | None = None
         self.timings: dict[str, float] = {}
         self._kept = False
@@ -95,6 +104,7 @@ class Cluster:
             self._step("network", self.node.prepare_network, progress)
             self._step("control plane", self.plane.start, progress)
             record(pids={p.name: p.pid for p in self.plane.processes})
+            self._step("cluster dns", self._start_dns, progress)
             self._step("containerd and images", self.node.start_runtime, progress)
             self._step("kubelet and kube-proxy", self.node.join, progress)
             self._step("prometheus", self._start_prometheus, progress)
@@ -110,6 +120,10 @@ class Cluster:
         step()
         self.timings[what] = time.monotonic() - started
         progress(f"test bed: {what} up in {self.timings[what]:.1f}s")
+
+    def _start_dns(self) -> None:
+        self.dns.start()
+        record(pids={p.name: p.pid for p in self.dns.processes})
 
     def _start_prometheus(self) -> None:
         port = free_port()
@@ -151,6 +165,7 @@ class Cluster:
         self.prometheus.stop()
         if self.discovery is not None:
             self.discovery.stop()
+        self.dns.stop()
         self.plane.stop()
         return self.node.stop()
 
@@ -164,6 +179,7 @@ class Cluster:
         self.prometheus.detach()
         self.seaweedfs.detach()
         self.postgres.detach()
+        self.dns.detach()
         return (
             f"The cluster keeps running.\n"
             f"  export KUBECONFIG={self.plane.kubeconfig}\n"
@@ -246,6 +262,57 @@ class Cluster:
         )
         return applied
 
+    def install_dask_operator(self, manifests: Path, image_ref: str, timeout: float = 180.0) -> str:
+        """The dask-kubernetes operator as a user installs it (manifests/dask/kustomization.yaml): its CRDs from the
+        dask-kubernetes wheel (`kubectl create`, the ones missing only: daskjob.yaml is too large for a client-side
+        apply), then `kubectl apply -k` of an overlay pointing `manifests` at `image_ref`; returns once the
+        controller's Pod is ready. Idempotent."""
+        crds = dask_crds(_pinned_dask_kubernetes(manifests))
+        present = set(self.kubectl("get", "crd", "-o", "name").stdout.split())
+        for path in sorted(crds.glob("*.yaml")):
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            if f"customresourcedefinition.apiextensions.k8s.io/{name}" not in present:
+                self.kubectl("create", "-f", str(path))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            *(f"crd/{plural}.kubernetes.dask.org" for plural in DASK_CRDS),
+            "--timeout=60s",
+            timeout=70,
+        )
+        overlay = self.workdir / "install-dask"
+        overlay.mkdir(exist_ok=True)
+        name, tag = image_ref.rsplit(":", 1)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "bases": [os.path.relpath(manifests, overlay)],  # `bases`: the kustomize inside kubectl 1.20
+            "images": [{"name": f"{IMAGE_REPOSITORY}/dask-kubernetes-operator", "newName": name, "newTag": tag}],
+        }
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        applied = self.kubectl("apply", "-k", str(overlay)).stdout
+        self.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{DASK_OPERATOR_DEPLOYMENT}",
+            "-n",
+            DASK_OPERATOR_NAMESPACE,
+            f"--timeout={timeout:.0f}s",
+            timeout=timeout + 10,
+        )
+        return applied
+
+    def dask_operator_logs(self, lines: int = 60) -> str:
+        result = self.kubectl(
+            "logs",
+            f"deployment/{DASK_OPERATOR_DEPLOYMENT}",
+            "-n",
+            DASK_OPERATOR_NAMESPACE,
+            f"--tail={lines}",
+            check=False,
+        )
+        return result.stdout + result.stderr
+
     def operator_logs(self, lines: int = 60) -> str:
         result = self.kubectl(
             "logs", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE, f"--tail={lines}", check=False
@@ -327,3 +394,67 @@ def give_to_images(path: Path) -> None:
         os.chown(root, RUN_AS, RUN_AS)
         for name in folders + files:
             os.chown(os.path.join(root, name), RUN_AS, RUN_AS)
+
+
+def _pinned_dask_kubernetes(manifests: Path) -> str:
+    """The dask-kubernetes version the image is built from (requirements/dask-operator.txt beside manifests/)."""
+    requirements = Path(manifests).resolve().parents[1] / "requirements" / "dask-operator.txt"
+    for line in requirements.read_text().splitlines():
+        if line.startswith("dask-kubernetes=="):
+            return line.split("==", 1)[1].strip()
+    raise TestbedError(f"no dask-kubernetes==<version> pin in {requirements}")
+
+
+def dask_crds(version: str) -> Path:
+    """The folder of the dask-kubernetes operator's CRDs (its Helm chart's crds/, in the wheel) of `version`: the
+    installed package's when it is that version, else from the wheel (`pip download`, cached under cache_dir())."""
+    chart_crds = Path("operator/deployment/helm/dask-kubernetes-operator/crds")
+    try:
+        from importlib.metadata import version as installed_version
+
+        if installed_version("dask-kubernetes") == version:
+            import importlib.util
+
+            spec = importlib.util.find_spec("dask_kubernetes")
+            if spec is not None and spec.origin is not None:
+                folder = Path(spec.origin).parent / chart_crds
+                if folder.is_dir():
+                    return folder
+    except ImportError:  # importlib.metadata.PackageNotFoundError: not installed here
+        pass
+    target = cache_dir() / "dask-kubernetes" / version
+    folder = target / "dask_kubernetes" / chart_crds
+    if folder.is_dir():
+        return folder
+    downloads = target.with_name(f"{version}.download")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            f"dask-kubernetes=={version}",
+            "-d",
+            str(downloads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    wheels = sorted(downloads.glob(f"dask_kubernetes-{version}-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise TestbedUnavailable(
+            f"the dask-kubernetes {version} wheel (its CRDs) could not be downloaded: {result.stderr.strip()[-500:]}"
+        )
+    partial = target.with_name(f"{version}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        members = [m for m in wheel.namelist() if m.startswith(f"dask_kubernetes/{chart_crds}/")]
+        wheel.extractall(partial, members)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    shutil.rmtree(downloads, ignore_errors=True)
+    return folder

@@ -1,11 +1,12 @@
 """The project's images for a real node: built (or reused) by build-images.sh, handed over as OCI archives.
 
     refs = ensure_images(progress=print)   # {"operator": "ghcr.io/feedbackloop/mfl-operator:dev-<hash12>", ...}
-    archives = image_archives()            # pause + the seven images, for `ctr images import`
+    archives = image_archives()            # pause + the nine images, for `ctr images import`
 
 There is no registry: build-images.sh builds the targets of the root Dockerfile with buildah (the
-project's operator, server, trainer and feedback sidecar, MLServer from PyPI, and the Keras estimator's trainer and
-server: the default ones with Keras on JAX) and writes
+project's operator, server, trainer and feedback sidecar, MLServer from PyPI, the Keras estimator's trainer and
+server: the default ones with Keras on JAX, and the Dask engine's: the trainer with Dask and the dask-kubernetes
+operator from PyPI) and writes
 `<cache>/images/<image>.tar` (an OCI archive holding both the `dev-<hash12>` content tag and the version
 tag), `<image>.ref` (those references, the `dev-<hash12>` one first) and a hash stamp; <image> is
 IMAGE_NAMES[component].
@@ -24,8 +25,18 @@ from pathlib import Path
 from mfl_testbed.process import TestbedUnavailable, cache_dir, print_progress, run_script
 
 # build-images.sh builds them in this order: the sidecar after the default images, the Keras ones (the heaviest,
-# on the trainer's and the server's dependency layers) last.
-COMPONENTS = ("operator", "server", "trainer", "mlserver", "sidecar", "trainer-keras", "server-keras")
+# on the trainer's and the server's dependency layers), then the Dask engine's last.
+COMPONENTS = (
+    "operator",
+    "server",
+    "trainer",
+    "mlserver",
+    "sidecar",
+    "trainer-keras",
+    "server-keras",
+    "trainer-dask",
+    "dask-operator",
+)
 # ghcr.io/feedbackloop/<name>: the images' repositories, and their files' names in images_dir().
 IMAGE_NAMES = {
     "operator": "mfl-operator",
@@ -36,6 +47,10 @@ IMAGE_NAMES = {
     # The default trainer and server with Keras on JAX (requirements/keras.txt), for estimator keras_dense.
     "trainer-keras": "mfl-trainer-keras",
     "server-keras": "mfl-server-keras",
+    # retraining.engine Dask: the trainer with Dask (requirements/dask.txt; also runs `dask scheduler`/`dask worker`)
+    # and the dask-kubernetes operator itself, tagged with its version (requirements/dask-operator.txt).
+    "trainer-dask": "mfl-trainer-dask",
+    "dask-operator": "dask-kubernetes-operator",
 }
 BUILD_SCRIPT = Path(__file__).with_name("build-images.sh")
 INSTALL_HINT = "apt-get install buildah mmdebstrap containerd runc containernetworking-plugins iptables"
@@ -50,10 +65,11 @@ def ensure_images(progress: Callable[[str], None] = print_progress) -> dict[str,
 
     Returns {component: ref} for COMPONENTS, each ref `ghcr.io/feedbackloop/<IMAGE_NAMES[component]>:dev-<hash12>`
     (`ghcr.io/feedbackloop/mlserver:dev-<hash12>` for MLServer: its hash covers only the Dockerfile and
-    requirements/mlserver.txt, so a code change does not rebuild it). The build script's output is streamed line by
-    line to `progress`; a file lock keeps concurrent callers from building twice. A cold build
-    (base image, dependencies from PyPI) takes a few minutes, a rebuild after a code change well
-    under one; raises TestbedUnavailable when the images cannot be built on this machine.
+    requirements/mlserver.txt, so a code change does not rebuild it; the same for
+    `ghcr.io/feedbackloop/dask-kubernetes-operator:dev-<hash12>` and requirements/dask-operator.txt). The build
+    script's output is streamed line by line to `progress`; a file lock keeps concurrent callers from building
+    twice. A cold build (base image, dependencies from PyPI) takes a few minutes, a rebuild after a code change
+    well under one; raises TestbedUnavailable when the images cannot be built on this machine.
     """
     if shutil.which("buildah") is None:
         raise TestbedUnavailable(f"buildah is missing, so the images cannot be built: {INSTALL_HINT}")

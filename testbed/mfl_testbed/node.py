@@ -38,6 +38,7 @@ BRIDGE = "mflbr0"
 NODE_IP = "10.245.0.1"
 POD_CIDR = "10.245.0.0/24"
 SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_DOMAIN = "cluster.local"  # mfl_testbed.dns serves it
 PAUSE_IMAGE = "k8s.gcr.io/pause:3.2"
 STATE_DIR = Path("/run/mfl-testbed")
 SOCKET = STATE_DIR / "containerd" / "containerd.sock"
@@ -207,9 +208,16 @@ class Node:
         if f"{NODE_IP}/" not in run("ip", "addr", "show", "dev", BRIDGE):
             run("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
         run("ip", "link", "set", BRIDGE, "up")
+        # Pod -> ClusterIP -> Pod: the Pod routes the Service range to the node, kube-proxy DNATs it to a Pod on
+        # this same bridge, and the node must forward it back out. Forwarding is turned on for packets that come
+        # in on this bridge only (the machine's ip_forward stays as it was; the setting goes with the bridge),
+        # without ICMP redirects (the DNATed destination is on-link).
+        for key, value in (("forwarding", "1"), ("send_redirects", "0")):
+            Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/{key}").write_text(value)
         conf_dir = self.workdir / "cni" / "net.d"
         conf_dir.mkdir(parents=True, exist_ok=True)
-        # isGateway false: no default route in Pods (no egress), and ip_forward is left alone.
+        # isGateway false: no default route in Pods (no egress: their only route beyond the bridge is the Service
+        # range, via the node), and the machine's ip_forward is left alone.
         network = {
             "cniVersion": "0.4.0",
             "name": "mfl-pods",
@@ -284,6 +292,8 @@ class Node:
             "--healthz-bind-address=127.0.0.1", f"--healthz-port={healthz_port}",
             f"--root-dir={root}", f"--cert-dir={root / 'pki'}", f"--volume-plugin-dir={root / 'volumeplugins'}",
             f"--pod-infra-container-image={PAUSE_IMAGE}", "--resolv-conf=",
+            # Cluster DNS: dnsmasq on the node's IP (mfl_testbed.dns), names of Services under cluster.local.
+            f"--cluster-dns={NODE_IP}", f"--cluster-domain={CLUSTER_DOMAIN}",
             # No registry to pull from again: never garbage-collect images.
             "--image-gc-high-threshold=100", "--image-gc-low-threshold=99",
             "--eviction-hard=memory.available<100Mi", "--v=1",
@@ -389,6 +399,8 @@ def running_components() -> list[str]:
 
 
 STOP_ORDER = (
+    "dns-watcher",
+    "dnsmasq",
     "pod-discovery",
     "prometheus",
     "kube-proxy",

@@ -29,6 +29,19 @@ def operator(cluster: Cluster, image_refs: dict[str, str], prometheus) -> Cluste
     return cluster
 
 
+@pytest.fixture(scope="session")
+def dask_operator(cluster: Cluster, image_refs: dict[str, str]) -> Cluster:
+    """The dask-kubernetes operator (DaskCluster, DaskJob) running in-cluster from its image, installed as a user
+    would: its CRDs from the dask-kubernetes wheel, then `kubectl apply -k manifests/dask` (image overridden by
+    kustomize to this tree's build, image_refs["dask-operator"]). Dask's images: image_refs["trainer-dask"]."""
+    start_component(
+        "dask operator",
+        lambda: cluster.install_dask_operator(ROOT / "manifests" / "dask", image_refs["dask-operator"]),
+        cluster.dask_operator_logs,
+    )
+    return cluster
+
+
 class Loops:
     """Apply loops and read them back through the API, as a user with kubectl would."""
 
