@@ -45,13 +45,20 @@ IMPORTS = {
     # The default trainer and server plus Keras on JAX (requirements/keras.txt), for estimator keras_dense.
     "trainer-keras": ["mfl_trainer.main", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
     "server-keras": ["mfl_server.app", "lightgbm", "mfl_keras.classifier", "keras", "jax", "jaxlib"],
+    # The trainer plus Dask (requirements/dask.txt): the DaskJob's runner, scheduler and workers.
+    "trainer-dask": ["mfl_trainer.main", "mfl_trainer.dask_engine", "lightgbm.dask", "distributed", "dask.dataframe"],
+    # Upstream's dask-kubernetes controller from PyPI, no code of ours.
+    "dask-operator": ["dask_kubernetes.operator.controller", "kopf", "kr8s"],
 }
 # The Keras images and the default image each one extends (its entry point, its checks).
 KERAS_IMAGES = {"trainer-keras": "trainer", "server-keras": "server"}
+# The images that extend a default one in other ways than Keras, and that image.
+EXTENDED_IMAGES = {**KERAS_IMAGES, "trainer-dask": "trainer"}
 # What the images are started as: ENTRYPOINT, or for MLServer (no entry point: the operator runs
 # `mlserver start <version folder>` as the container's args) the CMD.
 ENTRYPOINT = {name: [f"mfl-{name}"] for name in ("operator", "server", "trainer", "sidecar")}
-ENTRYPOINT |= {name: [f"mfl-{base}"] for name, base in KERAS_IMAGES.items()}
+ENTRYPOINT |= {name: [f"mfl-{base}"] for name, base in EXTENDED_IMAGES.items()}
+ENTRYPOINT |= {"dask-operator": ["kopf", "run", "-m", "dask_kubernetes.operator.controller"]}
 # Never in a final image (the runtime stage removes them): what builds the venvs, perl and apt.
 BUILD_TOOLS = ["pip", "setuptools", "wheel"]
 # Keras and its backends: only in the Keras images, and those only with JAX.
@@ -80,6 +87,8 @@ ABSENT = {
     # MLServer alone, and xgboost without CUDA (xgboost-cpu: no nvidia-nccl). Its dependencies may
     # require setuptools at run time: only pip is checked.
     "mlserver": ["mfl_server", "feedbackloop", "mfl_trainer", "mfl_testbed", "nvidia", "pip"],
+    "trainer-dask": ["kopf", "kubernetes", "prometheus_api_client", "mfl_testbed"] + KERAS + BUILD_TOOLS,
+    "dask-operator": ["feedbackloop", "mfl_trainer", "mfl_server", "mfl_testbed", "sklearn", *BUILD_TOOLS],
 }
 # The real entry points, as far as they go without a cluster, a model or a config.
 HELP = {
@@ -90,6 +99,8 @@ HELP = {
     "mlserver": [["mlserver", "--version"], ["mlserver", "start", "--help"]],
     "trainer-keras": [["mfl-trainer", "--help"]],
     "server-keras": [],
+    "trainer-dask": [["mfl-trainer", "--help"], ["dask", "worker", "--help"], ["dask", "scheduler", "--help"]],
+    "dask-operator": [["kopf", "run", "--help"]],
 }
 COMMAND = {name: f"/opt/mfl/bin/{entry[0]}" for name, entry in ENTRYPOINT.items()}
 COMMAND |= {"mlserver": "/opt/mlserver/bin/mlserver"}
@@ -186,7 +197,7 @@ def test_runs_as_mfl_with_a_passwd_entry(container: Container) -> None:
 
 
 def test_image_specifics(container: Container) -> None:
-    kind = KERAS_IMAGES.get(container.name, container.name)
+    kind = EXTENDED_IMAGES.get(container.name, container.name)
     if kind in ("server", "sidecar"):
         # Without its environment the server gets as far as validating it: everything imported.
         result = container.run(f"mfl-{kind}")
