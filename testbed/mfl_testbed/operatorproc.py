@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,9 +20,18 @@ def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
     from feedbackloop.crdgen import render
 
     control_plane.kubectl("apply", "-f", "-", input=render())
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modelfeedbackloops.feedbackloop.dev"
-    )
+    for attempt in range(5):
+        # A CRD read before the API server set its first condition fails the wait ("accessor error"): retry.
+        waited = control_plane.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/modelfeedbackloops.feedbackloop.dev",
+            check=attempt == 4,
+        )
+        if waited.returncode == 0:
+            return
+        time.sleep(1)
 
 
 # The bed is the admin of its own control plane: its Prometheus and exporters listen on loopback, which the
@@ -29,13 +39,29 @@ def install_crd(control_plane) -> None:  # noqa: ANN001 - a ControlPlane
 LOCAL_ADMIN_SETTINGS = {"MFL_EGRESS_ALLOW": "127.0.0.1", "MFL_ALLOW_HOST_PATH": "true"}
 
 
+def sharded_env(identity: str, lease_namespace: str) -> dict[str, str]:
+    """The settings of one sharded replica (MFL_SHARDING=true): its identity is a Pod name (the downward
+    API's POD_NAME in a cluster), its Lease and the leader's live in `lease_namespace` (which must exist)."""
+    return {
+        "MFL_SHARDING": "true",
+        "MFL_LEADER_ELECTION": "true",
+        "POD_NAME": identity,
+        "POD_NAMESPACE": lease_namespace,
+        "MFL_LEASE_NAMESPACE": lease_namespace,
+    }
+
+
 class OperatorProcess:
     """`mfl-operator` with its metrics and liveness ports on loopback; `kill()` simulates a crash."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, kubeconfig: Path, workdir: Path, env: Mapping[str, str] | None = None, name: str = "operator"
+    ) -> None:
+        """`name`: its log files' prefix (`<name>-<start>.log`), distinct per replica sharing a `workdir`."""
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.extra_env = dict(env or {})
+        self.name = name
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.starts = 0
@@ -43,9 +69,22 @@ class OperatorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"operator-{self.starts}.log"
+        return self.workdir / f"{self.name}-{self.starts}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Launch it and wait until its liveness endpoint answers."""
+        return self.launch().wait_healthy(timeout)
+
+    def launch(self) -> OperatorProcess:
+        """Launch it without waiting (several replicas start side by side; then `wait_healthy` each)."""
         self.starts += 1
         env = {
             **os.environ,
@@ -62,8 +101,12 @@ class OperatorProcess:
             "--metrics-address=127.0.0.1",
             f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
         ]
-        self._process = ManagedProcess("operator", args, self.log_path, env=env)
+        self._process = ManagedProcess(self.name, args, self.log_path, env=env)
         self._process.start()
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> OperatorProcess:
+        assert self._process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._process.check_running()
@@ -86,6 +129,20 @@ class OperatorProcess:
             if line.startswith(name) and (line[len(name)] in " {"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def probes(self) -> dict:
+        """The liveness endpoint's probe results, e.g. {"loops": <loops its engine knows>}."""
+        return json.loads(http_request(f"http://127.0.0.1:{self.health_port}/healthz", timeout=5.0)[1] or b"{}")
+
+    def rss_mib(self) -> float:
+        """Resident memory of the operator process (MiB); NaN once it has exited."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, TypeError):
+            pass
+        return float("nan")
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an evicted Pod would end it: no cleanup runs."""

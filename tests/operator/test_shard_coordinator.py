@@ -157,14 +157,12 @@ def test_alive_replicas_are_those_holding_their_own_unexpired_lease() -> None:
     api.renew(C, BASE)
     api.leases[sharding.replica_lease_name(C)]["spec"]["holderIdentity"] = A  # taken by the coordinator
     assert sharding.alive_replicas(api.list_replica_leases(NS), BASE) == {A}
-    # A Lease created moments ago (no transition yet): its replica acts on it a lease duration later, so
-    # it gets loops then; one taken over (a transition) or created long ago counts at once.
+    # A Lease created moments ago counts at once: its replica acts a lease duration later, and a loop given it
+    # meanwhile only waits (at a cold start the first round otherwise gave every loop to the oldest replica,
+    # and balancing took hundreds of drains: benchmarks/fleet_shards.py).
     new = api.leases[sharding.replica_lease_name(A)]["spec"]
     new.update(acquireTime=micro_time(BASE - timedelta(seconds=3)), leaseTransitions=0)
-    assert sharding.alive_replicas(api.list_replica_leases(NS), BASE) == set()
-    assert sharding.alive_replicas(api.list_replica_leases(NS), BASE + timedelta(seconds=4)) == {A}  # 7 s on
-    new.update(acquireTime=micro_time(BASE), leaseTransitions=1)
-    assert sharding.alive_replicas(api.list_replica_leases(NS), BASE + timedelta(seconds=1)) == {A}
+    assert sharding.alive_replicas(api.list_replica_leases(NS), BASE) == {A}
 
 
 def test_unassigned_loops_are_assigned_on_their_listed_version() -> None:

@@ -203,20 +203,17 @@ def alive_replicas(leases: Collection[Mapping[str, Any]], now: datetime) -> set[
     """The replicas whose own Lease names them and has not expired at `now` (wall clock: the renewTime the
     holder wrote). Only who *gets* loops depends on this; a loop leaves a replica only by its own ack or
     once its Lease was taken through the election's rules (its own clock, no skew), so a clock skew here
-    can delay moves, never make two owners. A Lease its replica created less than a lease duration ago
-    (leaseTransitions 0) does not count yet: the replica acts on it only then (core/election.acts_from), so
-    a new replica gets loops once it can act on them."""
+    can delay moves, never make two owners. A Lease created moments ago counts at once: its replica acts on it
+    a lease duration later (core/election.acts_from) and a loop given it meanwhile waits that long; not
+    counting it gave a cold start's first round every loop to whichever replica started first."""
     alive = set()
     for lease in leases:
         identity = identity_of_lease(str((lease.get("metadata") or {}).get("name") or ""))
         spec = lease.get("spec") or {}
         renewed = parse_micro_time(spec.get("renewTime"))
-        acquired = parse_micro_time(spec.get("acquireTime"))
         term = timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
         held = identity and spec.get("holderIdentity") == identity
         if not held or renewed is None or renewed + term <= now:
             continue
-        if not int(spec.get("leaseTransitions") or 0) and acquired is not None and acquired + term > now:
-            continue  # created moments ago: it may not act yet
         alive.add(str(identity))
     return alive

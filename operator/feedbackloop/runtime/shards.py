@@ -28,6 +28,8 @@ from feedbackloop.runtime import leader, metrics
 
 log = logging.getLogger(__name__)
 TRUE = ("true", "1", "yes", "on")
+MOVES_PER_ROUND = 500  # label writes in one round at most: the rest the next round (re-planned on a fresh list)
+WRITERS = 8  # label writes in flight at once (the kubernetes client's connection pool holds more)
 
 
 @dataclass(frozen=True)
@@ -99,20 +101,26 @@ class Coordinator:
         for replica in sorted(known - alive):
             if await self.takers[replica].attempt() and self.takers[replica].may_act():
                 taken.add(replica)
-        moves = sharding.plan(loops, alive, taken)
-        written: list[Move] = []
-        for move in moves:
-            ns, name = move.key.split("/", 1)
-            try:
-                await asyncio.to_thread(self.api.label_loop, ns, name, versions[move.key], sharding.labels_for(move))
-            except Exception as error:  # 409 (it changed since the list) or 404: the next round sees it as it is
-                log.info("shard move of %s to %s not written: %s", move.key, move.to, getattr(error, "reason", error))
-                continue
-            written.append(move)
-            metrics.SHARD_MOVES.labels(move.reason.value).inc()
-            log.info("shard %s %s to %s (%s)", move.kind.value, move.key, move.to, move.reason.value)
+        # At most MOVES_PER_ROUND, WRITERS at a time: a cold start's round of thousands of assignments written one
+        # by one took minutes, and no dead replica's Lease is taken while a round lasts.
+        moves = sharding.plan(loops, alive, taken)[:MOVES_PER_ROUND]
+        gate = asyncio.Semaphore(WRITERS)
+        done = await asyncio.gather(*(self._write(move, versions[move.key], gate) for move in moves))
+        written = [move for move, ok in zip(moves, done, strict=True) if ok]
         await self._forget_empty(taken, loops, written)
         return written
+
+    async def _write(self, move: Move, version: str, gate: asyncio.Semaphore) -> bool:
+        ns, name = move.key.split("/", 1)
+        async with gate:
+            try:
+                await asyncio.to_thread(self.api.label_loop, ns, name, version, sharding.labels_for(move))
+            except Exception as error:  # 409 (it changed since the list) or 404: the next round sees it as it is
+                log.info("shard move of %s to %s not written: %s", move.key, move.to, getattr(error, "reason", error))
+                return False
+        metrics.SHARD_MOVES.labels(move.reason.value).inc()
+        log.info("shard %s %s to %s (%s)", move.kind.value, move.key, move.to, move.reason.value)
+        return True
 
     def _candidacy(self, replica: str) -> leader.Elector:
         """Our candidacy for a replica's Lease (its name and label, us as the candidate)."""
