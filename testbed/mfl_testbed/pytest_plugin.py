@@ -15,12 +15,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
 
 from mfl_testbed import TestbedError
+from mfl_testbed.bedlock import bed_lock
 from mfl_testbed.cluster import Cluster
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
@@ -109,11 +111,13 @@ def cluster(pytestconfig: pytest.Config, image_refs: dict[str, str]) -> Iterator
     start_component(
         "Kubernetes binaries", lambda: _timed(pytestconfig, "kubernetes build", lambda: ensure_binaries(_progress))
     )
-    bed = Cluster.create(image_archives())
-    start_component("cluster", lambda: bed.start(_progress), bed.log_tails)
-    pytestconfig.stash[timings_key].update({f"cluster: {k}": v for k, v in bed.timings.items()})
-    yield bed
-    left = bed.stop()
+    with ExitStack() as held:  # one bed per machine: a second run waits for this one (mfl_testbed.bedlock)
+        start_component("the test bed's lock", lambda: held.enter_context(bed_lock(_progress)))
+        bed = Cluster.create(image_archives())
+        start_component("cluster", lambda: bed.start(_progress), bed.log_tails)
+        pytestconfig.stash[timings_key].update({f"cluster: {k}": v for k, v in bed.timings.items()})
+        yield bed
+        left = bed.stop()
     assert not left, f"the test bed's teardown left {left} on the machine"
 
 
