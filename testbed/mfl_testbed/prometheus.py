@@ -68,6 +68,9 @@ class Prometheus:
         self._targets: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._process: ManagedProcess | None = None
+        # Called with the process id after every start: a restart by a test is a new process, which the test
+        # bed's state file must know so that `mfl testbed down` stops it too (Cluster sets it).
+        self.on_start: Callable[[int], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -82,6 +85,8 @@ class Prometheus:
         self._process = ManagedProcess("prometheus", self._command(binary), self.log_path)
         atexit.register(self.stop)
         self._process.start()
+        if self.on_start is not None and self._process.pid is not None:
+            self.on_start(self._process.pid)
         try:
             wait_until(self._ready, timeout, "prometheus to become ready", on_poll=self._process.check_running)
         except BaseException as error:
