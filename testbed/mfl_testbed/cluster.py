@@ -40,6 +40,7 @@ from mfl_testbed.node import NODE_IP, NODE_NAME, Node, record
 from mfl_testbed.postgres import Postgres
 from mfl_testbed.process import ManagedProcess, TestbedError, TestbedUnavailable, cache_dir, print_progress
 from mfl_testbed.prometheus import Prometheus
+from mfl_testbed.replicas import PodLogKeeper
 from mfl_testbed.seaweed import SeaweedFS
 
 DASK_OPERATOR_NAMESPACE = "dask-operator"  # manifests/dask/
@@ -77,6 +78,8 @@ class Cluster:
         self.postgres = Postgres(self.workdir / "postgres", host=NODE_IP)
         self.dns = ClusterDNS(self.workdir / "dns", NODE_IP, self.plane.bin_dir / "kubectl", self.plane.kubeconfig)
         self.discovery: ManagedProcess | None = None
+        self.log_keepers: dict[str, PodLogKeeper] = {}  # namespace -> the copier of its containers' logs
+        self.started_at = 0.0  # Unix time of start()
         self.timings: dict[str, float] = {}
         self._kept = False
 
@@ -99,6 +102,7 @@ class Cluster:
         if left:
             raise TestbedError(f"an earlier test bed could not be torn down: {', '.join(left)}")
         record(workdirs=[str(self.workdir)], owner=os.getpid(), kept=False)
+        self.started_at = time.time()
         atexit.register(self.stop)
         try:
             self._step("network", self.node.prepare_network, progress)
@@ -143,8 +147,8 @@ class Cluster:
         self.discovery.start()
         record(pids={"pod-discovery": self.discovery.pid})
         self.prometheus.add_http_sd(f"http://127.0.0.1:{port}/sd")
+        self.prometheus.on_start = lambda pid: record(pids={"prometheus": pid})  # restarts by tests too
         self.prometheus.start()
-        record(pids={"prometheus": self.prometheus.pid})
 
     def _start_seaweedfs(self) -> None:
         self.seaweedfs.start()
@@ -160,6 +164,8 @@ class Cluster:
         atexit.unregister(self.stop)
         if self._kept:
             return []
+        for keeper in self.log_keepers.values():
+            keeper.stop()
         self.postgres.stop()
         self.seaweedfs.stop()
         self.prometheus.stop()
@@ -312,6 +318,17 @@ class Cluster:
             check=False,
         )
         return result.stdout + result.stderr
+
+    def keep_pod_logs(self, namespace: str = OPERATOR_NAMESPACE) -> PodLogKeeper:
+        """Copy every container log of `namespace`'s Pods to `<workdir>/logs/pods/<namespace>/` as they appear
+        and grow, until the cluster stops (the kubelet keeps a Pod's current and previous container's only, and
+        nothing of a deleted Pod); `.text()` reads them all. One copier per namespace."""
+        keeper = self.log_keepers.get(namespace)
+        if keeper is None:
+            keeper = PodLogKeeper(namespace, self.workdir / "logs" / "pods" / namespace, since=self.started_at)
+            keeper.start()
+            self.log_keepers[namespace] = keeper
+        return keeper
 
     def operator_logs(self, lines: int = 60) -> str:
         result = self.kubectl(

@@ -163,6 +163,11 @@ def test_alive_replicas_are_those_holding_their_own_unexpired_lease() -> None:
     new = api.leases[sharding.replica_lease_name(A)]["spec"]
     new.update(acquireTime=micro_time(BASE - timedelta(seconds=3)), leaseTransitions=0)
     assert sharding.alive_replicas(api.list_replica_leases(NS), BASE) == {A}
+    # ... as fresh: it gets new loops only, no loop anyone acts on, until it may act (core/sharding.plan)
+    assert sharding.fresh_replicas(api.list_replica_leases(NS), BASE) == {A}
+    assert sharding.fresh_replicas(api.list_replica_leases(NS), BASE + timedelta(seconds=4)) == set()
+    new.update(leaseTransitions=1)  # taken over, not created: it acts at once
+    assert sharding.fresh_replicas(api.list_replica_leases(NS), BASE) == set()
 
 
 def test_unassigned_loops_are_assigned_on_their_listed_version() -> None:

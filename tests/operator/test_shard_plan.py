@@ -350,3 +350,23 @@ def test_loop_deletions_shrink_the_cap_and_over_cap_replicas_shed_to_those_with_
     assert [m for m in moves if m.reason is Reason.OVER_CAP]
     assert all(m.kind is Kind.DRAIN and m.to == B for m in moves)
     assert len(moves) <= 5  # B ends at most at the cap (7): 2 + 5
+
+
+def test_a_fresh_replica_gets_new_loops_but_nothing_anyone_acts_on() -> None:
+    """A replica whose Lease is younger than a lease duration cannot act yet: a loop drained or taken to it would
+    stand still (seen on the real node: a loop mid-Retraining drained to a Pod 2 s old)."""
+    settled = {f"ns/l{i}": LoopShard(A if i % 2 else B) for i in range(12)}
+    # A joins as fresh D: no drain towards it, whatever the ranking says.
+    assert [m for m in plan(settled, [A, B, D], fresh=[D]) if m.to == D] == []
+    assert any(m.to == D for m in plan(settled, [A, B, D]))  # once settled, it gets its share
+    # C died and was taken: its loops go to settled replicas only.
+    with_dead = {**settled, **{f"ns/c{i}": LoopShard(C) for i in range(6)}}
+    moved = plan(with_dead, [A, B, D], taken=[C], fresh=[D])
+    assert {m.key for m in moved if m.reason is Reason.TAKEN} == {f"ns/c{i}" for i in range(6)}
+    assert all(m.to in (A, B) for m in moved)
+    # A cold start: every replica fresh, new loops spread over all of them at once.
+    new = {f"ns/n{i}": LoopShard() for i in range(30)}
+    owners = Counter(m.to for m in plan(new, [A, B, D], fresh=[A, B, D]))
+    assert set(owners) == {A, B, D} and max(owners.values()) <= sharding.cap(30, 3)
+    # New loops beside a fresh replica: it may get them (they wait a few seconds either way).
+    assert {m.to for m in plan({**settled, **new}, [A, B, D], fresh=[D]) if m.kind is Kind.ASSIGN} <= {A, B, D}

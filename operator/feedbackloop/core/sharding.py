@@ -114,12 +114,16 @@ def plan(
     alive: Collection[str],
     taken: Collection[str] = (),
     max_drains: int | None = None,
+    fresh: Collection[str] = (),
 ) -> list[Move]:
     """The moves of one round (at most one per loop), deterministic in its inputs.
 
     `alive`: the replicas whose Lease is held by themselves and not expired (they get loops). `taken`: the
     replicas whose Lease the coordinator holds (dead: their loops move at once). A replica in both is
-    treated as taken. `max_drains`: drains in flight at most (default `drain_budget`)."""
+    treated as taken. `max_drains`: drains in flight at most (default `drain_budget`). `fresh`: alive replicas
+    that cannot act yet (a Lease created less than a lease duration ago): they get new loops, which wait for
+    them anyway (a cold start spreads at once), but no loop that someone acts on: neither a dead replica's nor
+    one drained from a live owner, which would stand still until the newcomer may act."""
     taken = set(taken)
     replicas = sorted(set(alive) - taken)
     if not replicas or not loops:
@@ -139,15 +143,22 @@ def plan(
                 if shard.drain in incoming and shard.drain != shard.shard:
                     incoming[shard.drain] += 1
 
+    fresh = set(fresh)
+    settled_replicas = [r for r in replicas if r not in fresh]
+
     def room(replica: str) -> bool:
         return held[replica] + incoming[replica] < bound
+
+    def ranked(key: str, new_loop: bool) -> list[str]:
+        """The replicas a loop may go to, best first (a fresh one only for a new loop, or when all are)."""
+        return ranking(key, replicas if new_loop or not settled_replicas else settled_replicas)
 
     moves: list[Move] = []
     # 1. Loops that no alive replica owns and that may move now: assign (never limited: nobody acts on them).
     for key in sorted(loops):
         shard = loops[key]
         if shard.shard is None or shard.shard in taken:
-            order = ranking(key, replicas)
+            order = ranked(key, shard.shard is None)
             to = next((r for r in order if room(r)), order[0])  # room exists while n * cap >= loops
             incoming[to] += 1
             moves.append(Move(key, Kind.ASSIGN, to, Reason.UNASSIGNED if shard.shard is None else Reason.TAKEN))
@@ -162,7 +173,7 @@ def plan(
         for key in keys:
             if in_flight >= limit or held[owner] - outgoing[owner] <= bound:
                 break
-            target = next((r for r in ranking(key, replicas) if r != owner and room(r)), None)
+            target = next((r for r in ranked(key, False) if r != owner and room(r)), None)
             if target is None:
                 break
             incoming[target] += 1
@@ -177,7 +188,7 @@ def plan(
         if key in moving:
             continue
         owner = str(loops[key].shard)
-        for replica in ranking(key, replicas):
+        for replica in ranked(key, False):
             if replica == owner:
                 break
             if room(replica):
@@ -197,6 +208,20 @@ def labels_for(move: Move) -> dict[str, str | None]:
 
 
 ACK_LABELS: dict[str, str | None] = {SHARD_LABEL: None, DRAIN_LABEL: None}  # the owner lets go: both labels go
+
+
+def fresh_replicas(leases: Collection[Mapping[str, Any]], now: datetime) -> set[str]:
+    """The replicas whose own Lease was created less than a lease duration ago (no transition yet): they act
+    on their loops only a lease duration after creating it (core/election.acts_from)."""
+    fresh = set()
+    for lease in leases:
+        identity = identity_of_lease(str((lease.get("metadata") or {}).get("name") or ""))
+        spec = lease.get("spec") or {}
+        acquired = parse_micro_time(spec.get("acquireTime"))
+        term = timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+        if identity and not int(spec.get("leaseTransitions") or 0) and acquired is not None and acquired + term > now:
+            fresh.add(identity)
+    return fresh
 
 
 def alive_replicas(leases: Collection[Mapping[str, Any]], now: datetime) -> set[str]:

@@ -103,7 +103,8 @@ class Coordinator:
                 taken.add(replica)
         # At most MOVES_PER_ROUND, WRITERS at a time: a cold start's round of thousands of assignments written one
         # by one took minutes, and no dead replica's Lease is taken while a round lasts.
-        moves = sharding.plan(loops, alive, taken)[:MOVES_PER_ROUND]
+        fresh = sharding.fresh_replicas(leases, self.wall()) & alive
+        moves = sharding.plan(loops, alive, taken, fresh=fresh)[:MOVES_PER_ROUND]
         gate = asyncio.Semaphore(WRITERS)
         done = await asyncio.gather(*(self._write(move, versions[move.key], gate) for move in moves))
         written = [move for move, ok in zip(moves, done, strict=True) if ok]
