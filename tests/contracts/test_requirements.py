@@ -41,9 +41,17 @@ ENTRY_MODULES = {
     # The default trainer and server plus Keras: what a keras_dense version needs to be trained and served.
     "trainer-keras": ["mfl_trainer.main", "mfl_testbed.traffic", "mfl_keras.classifier"],
     "server-keras": ["mfl_server.app", "mfl_keras.classifier"],
+    # The trainer plus Dask: the DaskJob's runner, scheduler and workers (retraining.engine Dask).
+    "trainer-dask": ["mfl_trainer.main", "mfl_trainer.dask_engine"],
 }
 # The Keras images and the default image each one extends (its Dockerfile stage, entry point and file).
 KERAS_IMAGES = {"trainer-keras": "trainer", "server-keras": "server"}
+# Every image that extends a default one (its entry point; no extra of its own in pyproject).
+EXTENDED_IMAGES = {**KERAS_IMAGES, "trainer-dask": "trainer"}
+# The Dask engine's modules run only in the trainer-dask image (the operator's DaskJob names it); another trainer
+# image reaches them only through main.py's guarded import, which names the image to use instead.
+DASK_MODULES = {"mfl_trainer.dask_engine", "mfl_trainer.dask_data"}
+SKIPPED_MODULES = {component: DASK_MODULES for component in ("trainer", "trainer-keras")}
 IMAGE_FILES = {
     "operator": ["operator.txt"],
     "server": ["server.txt", "fast.txt"],
@@ -51,6 +59,7 @@ IMAGE_FILES = {
     "sidecar": ["sidecar.txt", "fast.txt"],
     "trainer-keras": ["trainer.txt", "keras.txt"],
     "server-keras": ["server.txt", "fast.txt", "keras.txt"],
+    "trainer-dask": ["trainer.txt", "dask.txt"],
 }
 # Keras and the deep-learning backends: in no default image (mfl_keras imports Keras only optionally).
 OTHER_BACKENDS = {"tensorflow", "tensorflow-cpu", "torch"}
@@ -65,9 +74,14 @@ FORBIDDEN = {
     # Keras on JAX only: not TensorFlow's or PyTorch's gigabytes.
     "trainer-keras": {"kopf", "kubernetes", "aiohttp", "prometheus-api-client"} | OTHER_BACKENDS,
     "server-keras": {"kopf", "kubernetes", "matplotlib", "pandas"} | OTHER_BACKENDS,
+    "trainer-dask": {"kopf", "kubernetes", "prometheus-api-client"} | KERAS,
 }
 # What the Keras images must list although mfl_keras imports it optionally (a clear error where it is absent).
-REQUIRED = {"trainer-keras": {"keras", "jax"}, "server-keras": {"keras", "jax"}}
+REQUIRED = {
+    "trainer-keras": {"keras", "jax"},
+    "server-keras": {"keras", "jax"},
+    "trainer-dask": {"dask", "distributed"},
+}
 # The MLServer image's file: pinned, read by no extra (so nothing combines it with another file).
 PINNED = {"mlserver.txt"}
 
@@ -113,7 +127,7 @@ def test_pyproject_reads_its_extras_from_the_files() -> None:
     for files in extras.values():
         for file in files:
             assert (ROOT / file).is_file(), file
-    defaults = [component for component in ENTRY_MODULES if component not in KERAS_IMAGES]
+    defaults = [component for component in ENTRY_MODULES if component not in EXTENDED_IMAGES]
     for component in defaults:
         assert extras[component] == [f"requirements/{component}.txt"]
     components = {f"requirements/{c}.txt" for c in defaults}
@@ -146,7 +160,7 @@ def test_the_dockerfile_installs_each_components_file() -> None:
             assert "keras" not in _code(stage), component  # Keras only in the Keras images' own stages
         final = dockerfile.split(f"AS {component}\n", 1)[1].split("\nFROM ", 1)[0]
         assert f"FROM runtime AS {component}\n" in dockerfile  # the slim base, not the build one
-        entry_point = f"mfl-{KERAS_IMAGES.get(component, component)}"
+        entry_point = f"mfl-{EXTENDED_IMAGES.get(component, component)}"
         assert "USER 65532:65532" in final and f'ENTRYPOINT ["{entry_point}"]' in final
         assert ("keras" in _code(final)) == (component in KERAS_IMAGES), component
     # buildah 1.28 reuses a cached RUN --mount=type=bind,from=... layer after its source changed.
@@ -184,11 +198,12 @@ def _optional(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def third_party_imports(entry_modules: list[str]) -> dict[str, str]:
-    """{top-level module: the project module importing it} over everything `entry_modules` may import."""
+def third_party_imports(entry_modules: list[str], skipped: set[str] | None = None) -> dict[str, str]:
+    """{top-level module: the project module importing it} over everything `entry_modules` may import, but
+    the modules `skipped` (those another image runs)."""
     files = _module_files()
     found: dict[str, str] = {}
-    seen: set[str] = set()
+    seen: set[str] = set(skipped or ())
     todo = list(entry_modules)
     while todo:
         module = todo.pop()
@@ -227,7 +242,8 @@ def test_each_import_of_an_entry_point_is_in_its_components_file(component: str)
     listed = names(IMAGE_FILES[component])
     distributions = importlib.metadata.packages_distributions()
     missing = []
-    for module, importer in sorted(third_party_imports(ENTRY_MODULES[component]).items()):
+    imported = third_party_imports(ENTRY_MODULES[component], SKIPPED_MODULES.get(component))
+    for module, importer in sorted(imported.items()):
         provided_by = {canonicalize_name(d) for d in distributions.get(module, [module])}
         if not provided_by & listed:
             missing.append(f"{module} (imported by {importer}; distribution {sorted(provided_by)})")

@@ -336,6 +336,16 @@ def test_config_checks_the_engine(root, tmp_path, monkeypatch, capsys):
     assert code == 2 and "dask.workers must be an integer >= 1" in summary["error"]
 
 
+def test_a_trainer_image_without_dask_names_the_image_to_use(root, tmp_path, monkeypatch, capsys):
+    """The default trainer image has no Dask (requirements/dask.txt is the trainer-dask image's): engine dask
+    there is a plain error naming the image, not a traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mfl_trainer.dask_engine", None)  # as if its imports were missing
+    code, summary, _ = run_trainer(dask_config(root), tmp_path, monkeypatch, capsys)
+    assert code == 2 and "engine dask needs the mfl-trainer-dask image" in summary["error"], summary
+
+
 def test_too_little_feedback_holds_out_base_rows(root, dask_env, tmp_path, monkeypatch, capsys):
     """As the Job engine: with fewer recent feedback rows than minHoldoutRows, a stratified share of the
     base data is held out (per base-data file) and all feedback is trained on."""

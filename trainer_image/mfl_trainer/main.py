@@ -40,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"note: ignoring unknown config field {key!r}")
         # heavy imports (scikit-learn, matplotlib; Dask) after the config is known good
         if config.engine == "dask":
-            from .dask_engine import run
+            try:  # only the mfl-trainer-dask image has Dask (requirements/dask.txt): the default one says so
+                from .dask_engine import run
+            except ImportError as error:
+                raise TrainerError(
+                    f"engine dask needs the mfl-trainer-dask image (dask, distributed, pandas): {error}; set "
+                    "spec.retraining.dask.image to it"
+                ) from error
         else:
             from .train import run
 
