@@ -146,7 +146,8 @@ class SegmentLog:
         tick = min(1.0, max(0.02, self.flush_seconds / 4))
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

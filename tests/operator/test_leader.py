@@ -745,3 +745,27 @@ def test_watchdog_fires_at_the_deadline_unless_pushed_back() -> None:
     dog.arm(time.monotonic() + 0.1)
     dog.disarm()
     assert not fired.wait(0.3)
+
+
+@in_event_loop
+async def test_renewals_stop_when_cancelled_just_as_an_attempt_returns() -> None:
+    """Python 3.11's wait_for returned the attempt's result and dropped a cancellation that arrived as the attempt
+    ended: `keep` then renewed forever after shutdown cancelled it (a CI run hung 10 minutes in the test above)."""
+    leases = MemoryLeases()
+    renewing = elector(leases, ME)
+    await renewing.acquire()
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    attempts = 0
+
+    async def attempt() -> bool:
+        nonlocal attempts
+        attempts += 1
+        return await answer if attempts == 1 else True
+
+    renewing._attempt = attempt  # type: ignore[method-assign]
+    keeper = asyncio.create_task(renewing.keep())
+    await until(lambda: attempts == 1, 2)
+    answer.set_result(True)  # the attempt ends, and the cancellation arrives in the same turn of the loop
+    keeper.cancel()
+    done, _ = await asyncio.wait({keeper}, timeout=3 * FAST.retry_seconds + 0.5)
+    assert keeper in done and keeper.cancelled(), f"still renewing after {attempts} attempts"

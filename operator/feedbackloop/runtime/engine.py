@@ -142,7 +142,8 @@ class Engine:
     async def _run_cycles(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self._sleep_seconds(time.time()))
+                async with asyncio.timeout(self._sleep_seconds(time.time())):
+                    await self.wake.wait()
             except TimeoutError:
                 pass
             self.wake.clear()

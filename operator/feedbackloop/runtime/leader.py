@@ -251,7 +251,8 @@ class Elector:
             await asyncio.sleep(self.timing.retry_seconds)
             remaining = self.deadline() - self.clock()
             try:
-                leading = await asyncio.wait_for(self._attempt(), timeout=max(0.0, remaining))
+                async with asyncio.timeout(max(0.0, remaining)):
+                    leading = await self._attempt()
             except TimeoutError:
                 leading = False
             if leading:
@@ -269,7 +270,8 @@ class Elector:
         try:
             # Up to a renew deadline, not a retry period: a loaded API server answers a write in more than 1 s,
             # and a release that lands late is still safe (it names our last version: after a takeover, a 409).
-            await asyncio.wait_for(self._call(self.leases.replace, body), self.timing.renew_deadline_seconds)
+            async with asyncio.timeout(self.timing.renew_deadline_seconds):
+                await self._call(self.leases.replace, body)
             log.info("released the leader Lease %s/%s", self.election.namespace, self.election.name)
         except Exception as error:  # the standby then waits for expiry: slower, still safe
             log.warning("could not release the leader Lease: %s", error)

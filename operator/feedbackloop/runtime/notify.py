@@ -179,7 +179,8 @@ async def confirm_promotion(
     headers = {"Content-Type": "application/json", "User-Agent": "mfl-operator"}
     try:
         body = json.dumps(payload, sort_keys=True).encode()
-        code = await asyncio.wait_for(send(url, body, headers, timeout), timeout + 1)
+        async with asyncio.timeout(timeout + 1):
+            code = await send(url, body, headers, timeout)
     except egress_net.EgressRefused as error:  # never asked: a no, until the admin allows it
         log.warning("confirm-promotion webhook %s: %s", redact(url), error)
         raise
@@ -313,9 +314,8 @@ class Notifier:
             "X-MFL-Notification-Id": notification.id,
         }
         try:
-            code = await asyncio.wait_for(
-                self._send(notification.url, notification.body, headers, self.timeout), self.timeout + 1
-            )
+            async with asyncio.timeout(self.timeout + 1):
+                code = await self._send(notification.url, notification.body, headers, self.timeout)
         except Exception as error:  # noqa: BLE001 - any failure to get an answer is a retry, never a crash
             log.info("notification %s to %s failed: %s", notification.id, redact(notification.url), error)
             return False

@@ -158,7 +158,8 @@ class FleetPoller:
         future.add_done_callback(lambda done: _settle(done, grant))
         deadline = DEADLINE_FACTOR * endpoint.timeout + DEADLINE_MARGIN_SECONDS
         try:
-            return await asyncio.wait_for(asyncio.shield(future), deadline)
+            async with asyncio.timeout(deadline):
+                return await asyncio.shield(future)
         except TimeoutError:  # a server that trickles its answer byte by byte defeats the socket timeout
             raise TimeoutError(f"timed out: no complete answer within {deadline:.0f}s") from None
 
