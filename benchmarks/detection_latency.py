@@ -23,6 +23,7 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
+from mfl_testbed.fleet import monitoring_loop
 from mfl_testbed.operatorproc import OperatorProcess, install_crd
 from mfl_testbed.prometheus import Prometheus
 
@@ -32,24 +33,8 @@ QUERY = 'sum by (model, namespace) (bench_accuracy{model="{{model}}",namespace="
 
 
 def loop(name: str, prometheus_url: str, interval: int, for_: str) -> dict:
-    return {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
-        "kind": "ModelFeedbackLoop",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {
-                "name": name,
-                "initialVersion": 1,
-                "storage": {"persistentVolumeClaim": {"claimName": "mfl-lat"}},
-            },
-            "monitoring": {
-                "prometheus": {"url": prometheus_url},
-                "interval": f"{interval}s",
-                "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": for_}],
-            },
-            "retraining": {"features": ["x0"], "target": "label", "cooldown": "1h"},
-        },
-    }
+    retraining = {"features": ["x0"], "target": "label", "cooldown": "1h"}
+    return monitoring_loop(name, NAMESPACE, prometheus_url, interval, QUERY, "mfl-lat", for_, retraining)
 
 
 def wait(predicate, timeout: float, step: float = 0.02) -> float:

@@ -41,11 +41,13 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
+from mfl_testbed.fleet import histogram, monitoring_loop, quantile
 from mfl_testbed.netutil import http_request
 from mfl_testbed.operatorproc import OperatorProcess, install_crd, sharded_env
 from mfl_testbed.prometheus import Prometheus
 
 NAMESPACE = "bench"
+CLAIM = "mfl-bench"
 OPERATOR_NAMESPACE = "mfl-system"  # the replicas' Leases and the leader's
 SHARD_LABEL = "feedbackloop.dev/shard"
 DRAIN_LABEL = "feedbackloop.dev/shard-drain"
@@ -61,55 +63,7 @@ def progress(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def loop(name: str, prometheus_url: str, interval: int) -> dict:
-    return {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
-        "kind": "ModelFeedbackLoop",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {
-                "name": name,
-                "initialVersion": 1,
-                "storage": {"persistentVolumeClaim": {"claimName": "mfl-bench"}},
-            },
-            "monitoring": {
-                "prometheus": {"url": prometheus_url},
-                "interval": f"{interval}s",
-                "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": "1m"}],
-            },
-        },
-    }
-
-
 # ---- Prometheus text ------------------------------------------------------------------------------------
-
-
-def histogram(text: str, name: str) -> dict[float, float]:
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(le.replace("+Inf", "inf"))] = buckets.get(float(le.replace("+Inf", "inf")), 0.0) + float(
-                line.rsplit(" ", 1)[1]
-            )
-    return buckets
-
-
-def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    edges = sorted(after)
-    counts = [after[e] - before.get(e, 0.0) for e in edges]
-    total = counts[-1] if counts else 0
-    if total <= 0:
-        return float("nan")
-    rank, previous_edge, previous_count = q * total, 0.0, 0.0
-    for edge, count in zip(edges, counts):
-        if count >= rank:
-            if edge == float("inf"):
-                return previous_edge
-            share = (rank - previous_count) / max(count - previous_count, 1e-9)
-            return previous_edge + (edge - previous_edge) * share
-        previous_edge, previous_count = edge, count
-    return edges[-2]
 
 
 def samples(text: str, name: str, **labels: str) -> float:
@@ -274,7 +228,7 @@ def create_loops(cp: ControlPlane, exporter: TestExporter, prom: Prometheus, hav
     progress(f"creating loops {have}..{want - 1} ...")
     for i in range(have, want):
         exporter.set("bench_model_accuracy", 0.9, model=f"m{i}", namespace=NAMESPACE)
-    manifests = [loop(f"m{i}", prom.url, interval) for i in range(have, want)]
+    manifests = [monitoring_loop(f"m{i}", NAMESPACE, prom.url, interval, QUERY, CLAIM) for i in range(have, want)]
     for start in range(0, len(manifests), 250):
         cp.kubectl(
             "apply",

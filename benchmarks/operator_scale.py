@@ -19,57 +19,13 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
+from mfl_testbed.fleet import histogram, monitoring_loop, quantile
 from mfl_testbed.operatorproc import OperatorProcess, install_crd
 from mfl_testbed.prometheus import Prometheus
 
 NAMESPACE = "bench"
+CLAIM = "mfl-bench"
 QUERY = 'sum by (model, namespace) (bench_model_accuracy{model="{{model}}",namespace="{{namespace}}"})'
-
-
-def loop(name: str, prometheus_url: str, interval: int) -> dict:
-    return {
-        "apiVersion": "feedbackloop.dev/v1alpha1",
-        "kind": "ModelFeedbackLoop",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {
-                "name": name,
-                "initialVersion": 1,
-                "storage": {"persistentVolumeClaim": {"claimName": "mfl-bench"}},
-            },
-            "monitoring": {
-                "prometheus": {"url": prometheus_url},
-                "interval": f"{interval}s",
-                "metrics": [{"name": "accuracy", "query": QUERY, "min": 0.8, "for": "1m"}],
-            },
-        },
-    }
-
-
-def histogram(metrics_text: str, name: str) -> dict[float, float]:
-    buckets: dict[float, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(le.replace("+Inf", "inf"))] = float(line.rsplit(" ", 1)[1])
-    return buckets
-
-
-def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    edges = sorted(after)
-    counts = [after[e] - before.get(e, 0.0) for e in edges]
-    total = counts[-1] if counts else 0
-    if total <= 0:
-        return float("nan")
-    rank, previous_edge, previous_count = q * total, 0.0, 0.0
-    for edge, count in zip(edges, counts):
-        if count >= rank:
-            if edge == float("inf"):
-                return previous_edge
-            share = (rank - previous_count) / max(count - previous_count, 1e-9)
-            return previous_edge + (edge - previous_edge) * share
-        previous_edge, previous_count = edge, count
-    return edges[-2]
 
 
 def rss_mib(pid: int) -> float:
@@ -122,7 +78,9 @@ def measure(cp, prom, exporter, operator, created: int, size: int, args) -> dict
     print(f"--- {size} loops: creating {size - created} ...", file=sys.stderr, flush=True)
     for i in range(created, size):
         exporter.set("bench_model_accuracy", 0.9, model=f"m{i}", namespace=NAMESPACE)
-    manifests = [loop(f"m{i}", prom.url, args.interval) for i in range(created, size)]
+    manifests = [
+        monitoring_loop(f"m{i}", NAMESPACE, prom.url, args.interval, QUERY, CLAIM) for i in range(created, size)
+    ]
     for start in range(0, len(manifests), 250):
         cp.kubectl(
             "apply",

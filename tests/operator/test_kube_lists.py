@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from feedbackloop.core import sharding
 from feedbackloop.runtime import kube
 
 
@@ -40,3 +43,38 @@ def test_an_old_client_lists_whole_objects() -> None:
     k = kube_with(custom)
     assert len(k.list_loop_labels([])) == 2 and not k._metadata_lists
     assert not any("_headers" in kwargs for _, kwargs in custom.calls)
+
+
+class Patching:
+    def __init__(self, content_type: bool) -> None:
+        self.content_type, self.calls = content_type, []  # type: ignore[var-annotated]
+
+    def patch_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if "_content_type" in kwargs and not self.content_type:
+            raise TypeError("got an unexpected keyword argument '_content_type'")
+        self.calls.append((args, kwargs))
+        return {"metadata": {"resourceVersion": "8"}}
+
+
+def test_a_move_tests_the_labels_it_listed() -> None:
+    listed = {"app": "churn", "feedbackloop.dev/shard": "a"}
+    patch = sharding.label_patch(listed, {"feedbackloop.dev/shard-drain": "b", "gone": None})
+    assert patch == [
+        {"op": "test", "path": "/metadata/labels", "value": listed},
+        {"op": "add", "path": "/metadata/labels/feedbackloop.dev~1shard-drain", "value": "b"},
+    ]  # a label absent from the list is not removed (a JSON patch's remove of nothing fails)
+    ack = sharding.label_patch({**listed, "feedbackloop.dev/shard-drain": "b"}, sharding.ACK_LABELS)
+    assert [op["op"] for op in ack] == ["test", "remove", "remove"]
+
+
+@pytest.mark.parametrize("content_type", [True, False])
+def test_label_loop_sends_a_json_patch_or_a_merge_patch_on_the_version(content_type: bool) -> None:
+    custom = Patching(content_type)
+    k = kube_with(custom)  # type: ignore[arg-type]
+    assert k.label_loop("ns", "a", "7", {"feedbackloop.dev/shard": "r1"}, {"app": "churn"}) == "8"
+    assert k.label_loop("ns", "b", "7", {"feedbackloop.dev/shard": "r1"}, {}) == "8"
+    (json_args, json_kwargs), (merge_args, merge_kwargs) = custom.calls
+    assert json_args[-1][0] == {"op": "test", "path": "/metadata/labels", "value": {"app": "churn"}}
+    assert json_kwargs == ({"_content_type": kube.JSON_PATCH} if content_type else {})
+    assert merge_args[-1] == {"metadata": {"resourceVersion": "7", "labels": {"feedbackloop.dev/shard": "r1"}}}
+    assert merge_kwargs == {}

@@ -32,7 +32,8 @@ class Api:
         self.version = 100
         self.label_writes: list[tuple[str, str, dict[str, str | None]]] = []
         self.deleted: list[str] = []
-        self.race: str | None = None  # a loop changed between the coordinator's list and its write
+        self.race: set[str] = set()  # loops written between the coordinator's list and its write (their status)
+        self.relabel: tuple[str, dict[str, str]] | None = None  # a loop's labels changed between the two
 
     def bump(self) -> str:
         self.version += 1
@@ -48,13 +49,20 @@ class Api:
 
     def list_loop_labels(self, namespaces: list[str]) -> list[tuple[str, str, dict[str, str], str]]:
         listed = [(*k.split("/", 1), dict(v["labels"]), v["version"]) for k, v in sorted(self.loops.items())]
-        if self.race:
-            self.loops[self.race]["version"] = self.bump()
+        for key in sorted(self.race):
+            self.loops[key]["version"] = self.bump()
+        if self.relabel:
+            key, labels = self.relabel
+            self.loops[key].update(labels=dict(labels), version=self.bump())
         return listed
 
-    def label_loop(self, namespace: str, name: str, version: str, labels: dict[str, str | None]) -> str:
+    def label_loop(
+        self, namespace: str, name: str, version: str, labels: dict[str, str | None], listed: dict[str, str]
+    ) -> str:
         loop = self.loops[f"{namespace}/{name}"]
-        if loop["version"] != version:
+        if listed and loop["labels"] != listed:  # the JSON patch's test
+            raise ApiException(status=422, reason="Unprocessable Entity")
+        if not listed and loop["version"] != version:
             raise ApiException(status=409, reason="Conflict")
         for key, value in labels.items():
             if value is None:
@@ -182,11 +190,34 @@ def test_unassigned_loops_are_assigned_on_their_listed_version() -> None:
 
 def test_a_move_of_a_loop_changed_since_the_list_is_not_written() -> None:
     bed = Bed(loops=2)
-    bed.api.race = "team-a/loop-0"
+    bed.api.race = {"team-a/loop-0"}
     moves = bed.round(0, renew=(A,))
     assert [m.key for m in moves] == ["team-a/loop-1"]
-    bed.api.race = None
+    bed.api.race = set()
     assert [m.key for m in bed.round(1, renew=(A,))] == ["team-a/loop-0"]
+
+
+def test_a_labelled_loop_is_moved_although_its_status_was_written_since_the_list() -> None:
+    """The plan reads only labels: the move's precondition is the labels as listed, not the resourceVersion that
+    every status write of a busy loop (mid-Canary: every few seconds) changes."""
+    bed = Bed(loops=40)
+    bed.round(0, renew=(A, B))
+    bed.api.race = set(bed.api.loops)  # every loop is busy: its status changes between each list and each write
+    moves = bed.round(1, renew=(A, B, D))
+    assert moves and {(m.kind, m.to) for m in moves} == {(Kind.DRAIN, D)}
+    for move in moves:
+        assert bed.api.loops[move.key]["labels"][sharding.DRAIN_LABEL] == D
+
+
+def test_a_move_of_a_loop_relabelled_since_the_list_is_not_written() -> None:
+    bed = Bed(loops=40)
+    bed.round(0, renew=(A, B))
+    key = next(key for key, owner in sorted(bed.api.owners().items()) if owner == A)
+    bed.api.relabel = (key, {sharding.SHARD_LABEL: B})  # someone (an owner's ack, a user) wrote its labels since
+    moves = bed.round(1, renew=(A, B, D))
+    bed.api.relabel = None
+    assert all(m.key != key for m in moves if m.kind is Kind.DRAIN or m.to != B)
+    assert bed.api.loops[key]["labels"] == {sharding.SHARD_LABEL: B}
 
 
 def test_a_joining_replica_gets_loops_through_drains() -> None:

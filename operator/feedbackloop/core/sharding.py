@@ -210,6 +210,20 @@ def labels_for(move: Move) -> dict[str, str | None]:
 ACK_LABELS: dict[str, str | None] = {SHARD_LABEL: None, DRAIN_LABEL: None}  # the owner lets go: both labels go
 
 
+def label_patch(listed: Mapping[str, str], changes: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """A JSON patch that makes `changes` (None removes) only if the loop's labels are still `listed`: the plan
+    read nothing else, so a status written since the list (a busy loop's, every few seconds) does not refuse the
+    move as a resourceVersion precondition did. `listed` must not be empty (there is no path to test then)."""
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/labels", "value": dict(listed)}]
+    for key, value in sorted(changes.items()):
+        path = "/metadata/labels/" + key.replace("~", "~0").replace("/", "~1")
+        if value is not None:
+            ops.append({"op": "add", "path": path, "value": value})
+        elif key in listed:
+            ops.append({"op": "remove", "path": path})
+    return ops
+
+
 def fresh_replicas(leases: Collection[Mapping[str, Any]], now: datetime) -> set[str]:
     """The replicas whose own Lease was created less than a lease duration ago (no transition yet): they act
     on their loops only a lease duration after creating it (core/election.acts_from)."""

@@ -34,6 +34,7 @@ from feedbackloop.runtime import leader
 
 # The Accept header of a list of metadata only (meta.k8s.io/v1, Kubernetes >= 1.15).
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+JSON_PATCH = "application/json-patch+json"
 log = logging.getLogger(__name__)
 DEFAULT_REQUEST_SECONDS = 30.0  # no request of the engine's waits longer, leading or not
 CONFLICT_RETRIES = 3
@@ -451,10 +452,20 @@ class Kube:
         written = self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
         return resource_version(written)
 
-    def label_loop(self, namespace: str, name: str, version: str, labels: dict[str, str | None]) -> str:
-        """The coordinator's move: a merge patch of the loop's labels on the version it listed (409 otherwise)."""
-        patch = {"metadata": {"resourceVersion": version, "labels": labels}}
-        written = self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
+    def label_loop(
+        self, namespace: str, name: str, version: str, labels: dict[str, str | None], listed: dict[str, str]
+    ) -> str:
+        """The coordinator's move, on the labels it listed (a JSON patch's test: 422 when they changed since); a loop
+        that had no labels, on the version it listed (a merge patch: 409 when it changed)."""
+        call = functools.partial(self.custom.patch_namespaced_custom_object, api.GROUP, api.VERSION, namespace)
+        if not listed:
+            merge = {"metadata": {"resourceVersion": version, "labels": labels}}
+            return resource_version(call(api.PLURAL, name, merge))
+        patch = sharding.label_patch(listed, labels)
+        try:
+            written = call(api.PLURAL, name, patch, _content_type=JSON_PATCH)
+        except TypeError:  # no _content_type in this client version: it sends a list as a JSON patch itself
+            written = call(api.PLURAL, name, patch)
         return resource_version(written)
 
     def list_loop_labels(self, namespaces: list[str]) -> list[tuple[str, str, dict[str, str], str]]:

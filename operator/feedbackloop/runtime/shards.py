@@ -6,8 +6,9 @@ server-side (feedbackloop.dev/shard=<POD_NAME>). The holder of the leader Lease 
 fenced by that Lease: every MFL_SHARD_PERIOD_SECONDS (2 s) it lists the replica Leases and the loops' labels,
 takes the Lease of every replica that is not alive (through the election's rules, one step a round: only
 once its term expired on the coordinator's clock, so the replica has stopped acting and a partitioned one's
-renewal fails and it exits), applies the pure plan (core/sharding.py) and writes each move as a merge patch
-of the loop's labels on the version it listed (a 409 skips it until the next round). A taken Lease none
+renewal fails and it exits), applies the pure plan (core/sharding.py) and writes each move as a patch of
+the loop's labels on the labels it listed (on the version, for a loop that had none): a loop changed since
+is skipped until the next round. A taken Lease none
 of whose loops is left is deleted. Deployments stay watched in full by every replica this round.
 """
 
@@ -54,7 +55,9 @@ class ShardAPI(Protocol):
 
     def list_replica_leases(self, namespace: str) -> list[dict[str, Any]]: ...
     def list_loop_labels(self, namespaces: list[str]) -> list[tuple[str, str, dict[str, str], str]]: ...
-    def label_loop(self, namespace: str, name: str, version: str, labels: dict[str, str | None]) -> str: ...
+    def label_loop(
+        self, namespace: str, name: str, version: str, labels: dict[str, str | None], listed: dict[str, str]
+    ) -> str: ...
     def delete_lease(self, namespace: str, name: str, version: str) -> None: ...
 
 
@@ -88,7 +91,7 @@ class Coordinator:
         listed = await asyncio.to_thread(self.api.list_loop_labels, list(self.config.namespaces))
         alive = sharding.alive_replicas(leases, self.wall())
         loops = {f"{ns}/{name}": sharding.shard_of(labels) for ns, name, labels, _ in listed}
-        versions = {f"{ns}/{name}": version for ns, name, _, version in listed}
+        as_listed = {f"{ns}/{name}": (version, labels) for ns, name, labels, version in listed}
         held = Counter(s.shard for s in loops.values() if s.shard)
         metrics.observe_shards({str(r): n for r, n in held.items()} | dict.fromkeys(alive - set(held), 0))
         by_replica = {sharding.identity_of_lease(str((x.get("metadata") or {}).get("name") or "")): x for x in leases}
@@ -106,17 +109,18 @@ class Coordinator:
         fresh = sharding.fresh_replicas(leases, self.wall()) & alive
         moves = sharding.plan(loops, alive, taken, fresh=fresh)[:MOVES_PER_ROUND]
         gate = asyncio.Semaphore(WRITERS)
-        done = await asyncio.gather(*(self._write(move, versions[move.key], gate) for move in moves))
+        done = await asyncio.gather(*(self._write(move, as_listed[move.key], gate) for move in moves))
         written = [move for move, ok in zip(moves, done, strict=True) if ok]
         await self._forget_empty(taken, loops, written)
         return written
 
-    async def _write(self, move: Move, version: str, gate: asyncio.Semaphore) -> bool:
+    async def _write(self, move: Move, listed: tuple[str, dict[str, str]], gate: asyncio.Semaphore) -> bool:
         ns, name = move.key.split("/", 1)
+        version, labels = listed
         async with gate:
             try:
-                await asyncio.to_thread(self.api.label_loop, ns, name, version, sharding.labels_for(move))
-            except Exception as error:  # 409 (it changed since the list) or 404: the next round sees it as it is
+                await asyncio.to_thread(self.api.label_loop, ns, name, version, sharding.labels_for(move), labels)
+            except Exception as error:  # 409/422 (changed since the list) or 404: the next round sees it as it is
                 log.info("shard move of %s to %s not written: %s", move.key, move.to, getattr(error, "reason", error))
                 return False
         metrics.SHARD_MOVES.labels(move.reason.value).inc()
