@@ -23,7 +23,7 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
-from mfl_testbed.fleet import monitoring_loop
+from mfl_testbed.fleet import monitoring_loop, stop_on_signals
 from mfl_testbed.operatorproc import OperatorProcess, install_crd
 from mfl_testbed.prometheus import Prometheus
 
@@ -66,6 +66,7 @@ def trial(cp, prom, exporter, name: str, interval: int, for_: str) -> float:
 
 
 def main() -> None:
+    stop_on_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--intervals", type=int, nargs="+", default=[2, 10])

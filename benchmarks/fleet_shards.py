@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
-from mfl_testbed.fleet import histogram, monitoring_loop, quantile
+from mfl_testbed.fleet import histogram, monitoring_loop, quantile, stop_on_signals
 from mfl_testbed.netutil import http_request
 from mfl_testbed.operatorproc import OperatorProcess, install_crd, sharded_env
 from mfl_testbed.prometheus import Prometheus
@@ -524,11 +523,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[dict], list[dict]]:
         args.rebalance = max(args.replicas) if max(args.replicas) >= 2 else 0
     sizes = sorted(args.loops)
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupted)
+    stop_on_signals()
     work = Path(tempfile.mkdtemp(prefix="mfl-bench-shards-"))
     progress(f"work directory {work}")
     ensure_binaries(lambda line: print(f"[build] {line}", file=sys.stderr))

@@ -19,7 +19,7 @@ import yaml
 
 from mfl_testbed.controlplane import ControlPlane, ensure_binaries
 from mfl_testbed.exporter import TestExporter
-from mfl_testbed.fleet import histogram, monitoring_loop, quantile
+from mfl_testbed.fleet import histogram, monitoring_loop, quantile, stop_on_signals
 from mfl_testbed.operatorproc import OperatorProcess, install_crd
 from mfl_testbed.prometheus import Prometheus
 
@@ -47,6 +47,7 @@ def counter(text: str, name: str) -> float:
 
 
 def main() -> None:
+    stop_on_signals()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 2000])
     parser.add_argument("--interval", type=int, default=10, help="monitoring.interval of every loop (s)")

@@ -4,6 +4,7 @@ test exporter's metric, and quantiles of the operator's histograms read from its
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any
 
 API_VERSION = "feedbackloop.dev/v1alpha1"
@@ -65,3 +66,14 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
             return previous_edge + (edge - previous_edge) * share
         previous_edge, previous_count = edge, count
     return edges[-2]
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a benchmark as Ctrl-C does (KeyboardInterrupt), so that its `with` blocks stop
+    every process it started (a control plane, Prometheus, operators): by default they would outlive it."""
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
