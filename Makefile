@@ -10,13 +10,14 @@ export PATH := $(VENV)/bin:$(PATH)
 # Reinstalled (editable) only when what it installs from changes.
 INSTALLED := $(VENV)/.installed
 # The node: containerd + runc + CNI plugins run the Pods, buildah + mmdebstrap build the images;
+# prometheus-alertmanager: amtool (tests/monitoring/test_routing.py checks the documented alert routes);
 # python3-venv: Debian's python3 creates no virtual environment without it; dnsmasq-base: the test bed's cluster DNS.
-APT_PACKAGES = prometheus etcd-server iproute2 openssl procps util-linux iptables \
+APT_PACKAGES = prometheus prometheus-alertmanager etcd-server iproute2 openssl procps util-linux iptables \
 	containerd runc containernetworking-plugins buildah mmdebstrap python3-venv postgresql dnsmasq-base
 # `$(call timed,stage,command)`: run a stage and print how long it took (CI keeps these lines).
 timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) - start ))s"; exit $$rc
 
-.PHONY: run test deps system-deps python-deps control-plane images lint unit e2e crd bench demo
+.PHONY: run test deps system-deps python-deps control-plane images lint unit e2e crd release bench demo
 
 run: python-deps  ## install, then run the operator against the current kubeconfig
 	$(VENV)/bin/mfl-operator
@@ -57,6 +58,9 @@ e2e: python-deps
 
 crd: python-deps  ## regenerate crds/ from the pydantic models
 	$(PYTHON) -m feedbackloop.crdgen > crds/modelfeedbackloops.feedbackloop.dev.yaml
+
+release: python-deps  ## check that everything names pyproject.toml's version (CHANGELOG entry included), then git tag v<version>; pushes nothing
+	$(PYTHON) -m tests.release.release check && $(PYTHON) -m tests.release.release tag
 
 bench: deps
 	$(PIP) install -q river

@@ -1,8 +1,10 @@
 """The model-feedback-loop Grafana dashboard, built with grafana-foundation-sdk's typed builders.
 
 Fleet rows read the operator's metrics (operator/feedbackloop/runtime/metrics.py) and the recording rules of
-manifests/monitoring/rules.yaml; the per-loop rows read the model servers' series (docs/contracts.md),
-selected by `$namespace` and `$model` (a loop's `spec.model.name`, the label every server series has).
+manifests/monitoring/rules.yaml; the Loops row reads the operator's per-loop series (mfl_loop_*, labelled with
+the loop's `namespace` and `loop`), selected by `$namespace` and `$loop`; the per-model row reads the model
+servers' series (docs/contracts.md), selected by `$namespace` and `$model` (a loop's `spec.model.name`, the
+label every server series has).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ UID = "model-feedback-loop"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 # The server series of the loops chosen in the dashboard's namespace and model variables.
 LOOP = 'namespace=~"$namespace",model=~"$model"'
+# The operator's per-loop series of the loops chosen in the namespace and loop variables.
+LOOPS = 'namespace=~"$namespace",loop=~"$loop"'
+NAMED = "{{namespace}}/{{loop}}"
 EVENTS_1H = "namespace_job_reason:mfl_operator_events:increase1h"
 # The operator judges accuracy over 5 minutes (monitoring.default_rules): the per-loop panels do too.
 WINDOW = "5m"
@@ -109,6 +114,75 @@ def fleet_panels() -> list[Panel]:
                 "Canaries started and stepped, versions promoted, canaries rolled back.",
                 events("CanaryStarted|CanaryStep|Promoted|RolledBack"),
                 "{{reason}}",
+            )
+        ),
+    ]
+
+
+def loops_panels() -> list[Panel]:
+    """Each loop by name, as the replica acting on it exports it (max by: one series per loop whatever replica)."""
+    return [
+        (
+            stat.Panel()
+            .title("Phase by loop")
+            .description("mfl_loop_info: each loop's phase, serving version and canary version.")
+            .datasource(DATASOURCE)
+            .span(8)
+            .height(8)
+            .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .graph_mode(BigValueGraphMode.NONE)
+            .text_mode(BigValueTextMode.NAME)
+            .with_target(
+                query(
+                    f"max by (namespace, loop, phase, version, canary_version) (mfl_loop_info{{{LOOPS}}})",
+                    NAMED + ": {{phase}} v{{version}} {{canary_version}}",
+                ).instant()
+            )
+        ),
+        (
+            graph(
+                "Breaching rules by loop",
+                "mfl_loop_rule_breaching: 1 while a rule of the loop is past its threshold for its `for`.",
+                "short",
+                query(f"max by (namespace, loop, rule) (mfl_loop_rule_breaching{{{LOOPS}}})", NAMED + " {{rule}}"),
+                width=8,
+            )
+            .min(0)
+            .max(1)
+        ),
+        (
+            graph(
+                "Canary weight by loop",
+                "mfl_loop_canary_weight: the running canary's traffic weight (0: none runs).",
+                "percent",
+                query(f"max by (namespace, loop) (mfl_loop_canary_weight{{{LOOPS}}})", NAMED),
+                width=8,
+            )
+        ),
+        (
+            graph(
+                "Metrics unavailable by loop",
+                "mfl_loop_metrics_unavailable: 1 during an outage of the serving version's data; a version "
+                "awaiting its first data (after a promotion) is not one.",
+                "short",
+                query(f"max by (namespace, loop) (mfl_loop_metrics_unavailable{{{LOOPS}}})", NAMED),
+                width=12,
+            )
+            .min(0)
+            .max(1)
+        ),
+        (
+            graph(
+                "Since the last retraining ended, by outcome",
+                "mfl_loop_last_retraining_timestamp_seconds: how long ago each loop's last retraining ended, "
+                "labelled with its outcome (Promoted, RolledBack, Rejected, TrainingFailed).",
+                "s",
+                query(
+                    f"max by (namespace, loop, outcome) "
+                    f"(time() - mfl_loop_last_retraining_timestamp_seconds{{{LOOPS}}})",
+                    NAMED + " {{outcome}}",
+                ),
+                width=12,
             )
         ),
     ]
@@ -277,7 +351,15 @@ def variables() -> list[DatasourceVariable | QueryVariable]:
         QueryVariable("namespace")
         .label("Namespace")
         .datasource(DATASOURCE)
-        .query("label_values(mfl_predictions_total, namespace)")
+        .query("label_values(mfl_loop_info, namespace)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True),
+        QueryVariable("loop")
+        .label("Loop")
+        .datasource(DATASOURCE)
+        .query('label_values(mfl_loop_info{namespace=~"$namespace"}, loop)')
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(True)
@@ -307,6 +389,7 @@ def build() -> Dashboard:
         dashboard = dashboard.with_variable(variable)
     for title, panels in (
         ("Fleet", fleet_panels()),
+        ("Loops in $namespace", loops_panels()),
         ("Operator", operator_panels()),
         ("Loop: $model in $namespace", loop_panels()),
     ):

@@ -1,10 +1,14 @@
 """`mfl` (also `kubectl mfl`): see what a loop is doing and why, ask the operator for a promotion, a rollback,
 a pause or a retraining, read a version's error analysis, run the demo and benchmarks.
 
-mfl get [LOOP] [-A] [-o json|yaml]         loops: phase, serving version, canary, age
-mfl status LOOP [--watch] [-o json|yaml]   phase, conditions, metrics, retraining, canary evidence
-mfl versions LOOP [--storage DIR|--s3-*]   every version with its outcome (status history + registry)
-mfl report LOOP [--version N] [--storage DIR|--s3-*] [-o json|yaml]
+mfl get [LOOP] [-A] [-l SELECTOR] [-w] [--no-headers]
+        [-o wide|name|json|yaml|jsonpath=...|custom-columns=...]
+                                           loops: phase, serving version, canary, age
+mfl status LOOP [--watch] [-o json|yaml|jsonpath=...]
+                                           phase, conditions, metrics, retraining, canary evidence
+mfl versions LOOP [--storage DIR|--s3-*] [-o json|yaml|jsonpath=...]
+                                           every version with its outcome (status history + registry)
+mfl report LOOP [--version N] [--storage DIR|--s3-*] [-o json|yaml|jsonpath=...]
                                            a version's error analysis and what it was trained on
 mfl feedback export LOOP -o FILE [--since 7d] [--size N] [--format csv|parquet]
                                            unlabelled predictions sampled for people to label
@@ -16,11 +20,14 @@ mfl testbed status|down                    the local test bed `mfl demo --keep` 
 mfl bench                                  every benchmark table
 mfl conformance URL [--model NAME] [-o json]
                                            does a running server meet the serving contract
+mfl version [--client] [-o json|yaml]      this client's version and the operator's (its Deployment's)
 
 The namespace is -n, else the kubeconfig context's (as kubectl); --kubeconfig, else $KUBECONFIG, else
 ~/.kube/config. The artifact store is --storage DIR, else the loop's S3 bucket (credentials from its Secret, or
 --s3-* flags and $MFL_S3_ACCESS_KEY_ID/$MFL_S3_SECRET_ACCESS_KEY), else its hostPath when this machine has it.
-Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too.
+Installed as `kubectl-mfl` on PATH, every command runs as `kubectl mfl ...` too. Exit codes: 0 done, 1 an
+error (the cluster, the store, an object not found), 2 a usage error; every error is one line on stderr
+starting with "mfl:" (docs/cli.md: each verb and flag beside kubectl's).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.core.timeutil import format_time
-from mfl_cli import kube, stores, views
+from mfl_cli import kube, output, stores, views
 from mfl_cli.views import cell, entries, integer, line, mapping, table
 from mfl_contracts.objectstore import ArtifactStore, NotFound, StoreError, VolumeStore
 
@@ -187,25 +194,45 @@ def read_json(store: ArtifactStore, key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | None, model: str) -> str:
+def version_records(
+    loop: dict[str, Any] | None, store: ArtifactStore | Path | None, model: str
+) -> list[dict[str, Any]]:
+    """Every version the loop's history or the registry knows, oldest first (what `versions -o json` prints)."""
     status = mapping((loop or {}).get("status"))
     history = {h["version"]: h for h in entries(status.get("history")) if type(h.get("version")) is int}
     registry = registry_versions(store, model) if store else {}
-    current = status.get("currentVersion")
-    rows = []
+    records = []
     for version in sorted(set(history) | set(registry)):
         record, metadata = history.get(version, {}), registry.get(version, {})
         metrics = mapping(mapping(metadata.get("metrics")).get("challenger")) or mapping(record.get("metrics"))
-        score = ", ".join(f"{k}={_number(v, '.4f')}" for k, v in list(metrics.items())[:2])
+        records.append(
+            {
+                "version": version,
+                "serving": version == status.get("currentVersion"),
+                "parentVersion": metadata.get("parentVersion"),
+                "trigger": record.get("trigger"),
+                "outcome": record.get("outcome", "(in registry)" if metadata else None),
+                "offlineMetrics": metrics,
+                "trainRows": mapping(metadata.get("rows")).get("train"),
+                "message": record.get("message"),
+            }
+        )
+    return records
+
+
+def render_versions(loop: dict[str, Any] | None, store: ArtifactStore | Path | None, model: str) -> str:
+    rows = []
+    for record in version_records(loop, store, model):
+        score = ", ".join(f"{k}={_number(v, '.4f')}" for k, v in list(record["offlineMetrics"].items())[:2])
         rows.append(
             [
-                f"{version}{' *' if version == current else ''}",
-                metadata.get("parentVersion", ""),
-                record.get("trigger", ""),
-                record.get("outcome", "(in registry)" if metadata else ""),
+                f"{record['version']}{' *' if record['serving'] else ''}",
+                "" if record["parentVersion"] is None else record["parentVersion"],
+                record["trigger"] or "",
+                record["outcome"] or "",
                 score,
-                mapping(metadata.get("rows")).get("train", ""),
-                cell(record.get("message"), 60),
+                "" if record["trainRows"] is None else record["trainRows"],
+                cell(record["message"], 60),
             ]
         )
     if not rows:
@@ -388,39 +415,69 @@ def render_paired(paired: dict[str, Any], task: Any) -> str:
 
 def cmd_get(args: argparse.Namespace, loops: kube.Loops) -> int:
     namespace = None if args.all_namespaces else args.namespace
-    if args.loop:
-        found = [loops.get(args.loop, args.namespace)]
-    else:
-        found = loops.list(namespace)
-    if args.output:
-        sys.stdout.write(views.dump(found[0] if args.loop else views.as_list(found), args.output))
-    elif found:
-        sys.stdout.write(views.loops_table(found, time.time(), args.all_namespaces))
-    else:
+    selector = kube.Selector(args.selector, args.field_selector)
+    if args.loop and (args.all_namespaces or args.selector or args.field_selector):
+        raise kube.UsageError("a loop's name cannot be given with -A, -l or --field-selector (as kubectl)")
+    printer = output.LoopPrinter(args.output, args.all_namespaces, args.no_headers, time.time)
+    if args.watch or args.watch_only:
+        return watch_loops(args, loops, printer, namespace, selector)
+    found = (
+        [loops.get(args.loop, args.namespace)] if args.loop else output.sorted_loops(loops.list(namespace, selector))
+    )
+    listing = args.output is not None and args.output.format in ("json", "yaml", "jsonpath")
+    if found or listing:
+        sys.stdout.write(printer.print(found, as_list=not args.loop))  # kubectl prints an empty List too
+    if not found and not listing:
         print(views.no_loops(namespace), file=sys.stderr)  # as kubectl: stdout stays empty for scripts
     return 0
 
 
-def status_text(loop: dict[str, Any], output: str | None) -> str:
-    """`status` prints the loop's status: as text, or the raw status block with -o json|yaml."""
-    return views.dump(loop.get("status") or {}, output) if output else render_status(loop)
+def watch_loops(
+    args: argparse.Namespace,
+    loops: kube.Loops,
+    printer: output.LoopPrinter,
+    namespace: str | None,
+    selector: kube.Selector,
+) -> int:
+    """kubectl get -w: the loops now (not with --watch-only), then a row (or object) per change, a deleted
+    loop's last state included; Ctrl-C ends it with 0. One loop by name: a field selector on its name."""
+    if args.loop:
+        loops.get(args.loop, args.namespace)  # a loop that is not there: not found (1), as kubectl, not a silent wait
+        selector, namespace = kube.Selector(fields=f"metadata.name={args.loop}"), args.namespace
+    try:
+        for kind, loop in loops.watch_list(namespace, selector):
+            if kind == "LISTED" and args.watch_only:
+                continue
+            sys.stdout.write(printer.print([loop], as_list=False))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def status_text(loop: dict[str, Any], out: output.Output | None) -> str:
+    """`status` prints the loop's status: as text, or the raw status block with -o json|yaml|jsonpath."""
+    return output.document(loop.get("status") or {}, out) if out else render_status(loop)
 
 
 def cmd_status(args: argparse.Namespace, loops: kube.Loops) -> int:
-    output = "json" if args.json else args.output
+    out = output.Output("json") if args.json else args.output
     if not args.watch:
-        sys.stdout.write(status_text(loops.get(args.loop, args.namespace), output))
+        sys.stdout.write(status_text(loops.get(args.loop, args.namespace), out))
         return 0
     shown = None
-    for loop in loops.watch(args.loop, args.namespace):
-        text = status_text(loop, output)
-        if text == shown:  # an update of something not shown (a refresh, another field)
-            continue
-        if shown is not None:
-            sys.stdout.write(watch_separator(output, datetime.now(UTC)))
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        shown = text
+    try:
+        for loop in loops.watch(args.loop, args.namespace):
+            text = status_text(loop, out)
+            if text == shown:  # an update of something not shown (a refresh, another field)
+                continue
+            if shown is not None:
+                sys.stdout.write(watch_separator(out.format if out else None, datetime.now(UTC)))
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            shown = text
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends: not a failure (as `get -w`)
+        return 0
     return 0
 
 
@@ -446,9 +503,30 @@ def artifact_store(
     return stores.open_store(args, loop, loops, storage_root(loop, None))
 
 
+OFFLINE_NEEDS_STORE = (
+    "--offline reads only the artifact store, and none is given: pass --storage DIR (e.g. a mounted PVC) or the "
+    "bucket (--s3-bucket, --s3-endpoint and credentials)"
+)
+UNREACHABLE_STORE = (
+    "the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC) or the bucket "
+    "(--s3-endpoint, --s3-bucket and credentials)"
+)
+
+
 def cmd_versions(args: argparse.Namespace, loops: kube.Loops | None) -> int:
     loop, model = loop_of(args, loops)
-    sys.stdout.write(render_versions(loop, artifact_store(args, loop, loops), model))
+    store = artifact_store(args, loop, loops)
+    if loops is None and store is None:
+        raise kube.UsageError(OFFLINE_NEEDS_STORE)
+    records = version_records(loop, store, model)
+    if loops is None and not records:
+        assert store is not None
+        raise kube.CliError(f"no versions of model {model!r} in {as_store(store).description}")
+    if args.output:
+        current = mapping((loop or {}).get("status")).get("currentVersion")
+        sys.stdout.write(output.document({"model": model, "servingVersion": current, "versions": records}, args.output))
+    else:
+        sys.stdout.write(render_versions(loop, store, model))
     return 0
 
 
@@ -456,12 +534,7 @@ def cmd_report(args: argparse.Namespace, loops: kube.Loops | None) -> int:
     loop, model = loop_of(args, loops)
     store = artifact_store(args, loop, loops)
     if store is None:
-        print(
-            "the artifact store is not reachable from here: pass --storage DIR (e.g. a mounted PVC) or the bucket "
-            "(--s3-endpoint, --s3-bucket and credentials)",
-            file=sys.stderr,
-        )
-        return 2
+        raise kube.UsageError(OFFLINE_NEEDS_STORE) if loops is None else kube.CliError(UNREACHABLE_STORE)
     version = (
         args.version
         or ((loop or {}).get("status") or {}).get("currentVersion")
@@ -475,10 +548,9 @@ def cmd_report(args: argparse.Namespace, loops: kube.Loops | None) -> int:
     except ValueError as error:
         raise kube.CliError(f"{store.description}: {prefix}report.json is not valid JSON ({error})") from None
     if report is None:
-        print(f"no report for {model} version {version} under {store.description}", file=sys.stderr)
-        return 2
+        raise kube.CliError(f"no report for {model} version {version} under {store.description}")
     if args.output:
-        sys.stdout.write(views.dump(report, args.output))
+        sys.stdout.write(output.document(report, args.output))
     elif isinstance(store, VolumeStore):
         sys.stdout.write(render_report(report, store.root / model / "versions" / str(version)))
     else:
@@ -530,9 +602,8 @@ def cmd_feedback_import(args: argparse.Namespace, loops: kube.Loops | None) -> i
     loop = loops.get(args.loop, args.namespace) if loops else None
     task = args.task or (((loop or {}).get("spec") or {}).get("model") or {}).get("task")
     rows, skipped = labels.label_rows(labels.read_records(Path(args.file)), task)
-    if not rows:
-        print(f"{args.file}: no row has a label ({skipped} rows with an empty label column)", file=sys.stderr)
-        return 2
+    if not rows:  # the file given cannot be used: a usage error (2)
+        raise kube.UsageError(f"{args.file}: no row has a label ({skipped} rows with an empty label column)")
     if args.url or loops is None:  # run() connects unless --url and --task leave nothing to ask the cluster
         sender, target = labels.url_sender(args.url, args.request_timeout), args.url
     else:
@@ -561,6 +632,62 @@ def cmd_request(args: argparse.Namespace, loops: kube.Loops) -> int:
     token = actions.new_token()
     loops.annotate(args.loop, args.namespace, {actions.annotation_key(args.verb): token})
     print(actions.confirmation(args.verb, loop, token, args.prog))
+    return 0
+
+
+OPERATOR_NAMESPACE = "feedbackloop-system"  # manifests/kustomization.yaml's
+OPERATOR_SELECTOR = "app.kubernetes.io/name=feedbackloop-operator"  # manifests/operator.yaml's Deployment
+DISTRIBUTION = "model-feedback-loop"  # pyproject.toml's [project] name: the one version of the release
+
+
+def client_version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def operator_version(deployment: Any) -> dict[str, Any]:
+    """The operator's version as its Deployment says it: the `app.kubernetes.io/version` label, else the tag
+    of its image (none: a digest only, or the registry's default `latest`)."""
+    meta = deployment.metadata
+    containers = deployment.spec.template.spec.containers or []
+    image = next((c.image for c in containers if c.name == "operator"), containers[0].image if containers else "")
+    tail = (image or "").rsplit("/", 1)[-1].split("@", 1)[0]
+    tag = tail.partition(":")[2] or None
+    version = (meta.labels or {}).get("app.kubernetes.io/version") or tag or "unknown"
+    return {"version": version, "image": image, "deployment": f"{meta.namespace}/{meta.name}"}
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    """kubectl version's shape: the client's, then the operator's as the cluster says it; with -o the whole as
+    one document. An unreachable cluster or no operator: the client's version printed, the error, exit 1."""
+    result: dict[str, Any] = {"clientVersion": {"version": client_version()}}
+    failure = None
+    if not args.client:
+        try:
+            target = kube.Target(args.kubeconfig, args.context, None, args.request_timeout)
+            loops, _ = kube.connect(target)
+            found = loops.operator_deployments(args.operator_namespace, args.operator_selector)
+            if not found:
+                raise kube.CliError(
+                    f"no operator Deployment labelled {args.operator_selector} in namespace "
+                    f"{args.operator_namespace!r} (--operator-namespace, --operator-selector)"
+                )
+            result["operatorVersion"] = operator_version(found[0])
+        except kube.CliError as error:
+            failure = error
+    if args.output:
+        sys.stdout.write(output.document(result, args.output))
+    else:
+        sys.stdout.write(f"Client Version: {result['clientVersion']['version']}\n")
+        if "operatorVersion" in result:
+            operator = result["operatorVersion"]
+            sys.stdout.write(
+                f"Operator Version: {operator['version']} ({operator['deployment']}, {operator['image']})\n"
+            )
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -603,10 +730,7 @@ def add_plugin_commands(sub: Any) -> None:
 
 
 def missing_testbed(name: str) -> int:
-    print(
-        f"mfl {name}: the test bed is not installed here: pip install -e ./testbed (from the checkout)", file=sys.stderr
-    )
-    return 2
+    raise kube.UsageError(f"{name}: the test bed is not installed here: pip install -e ./testbed (from the checkout)")
 
 
 def program_name(argv0: str) -> str:
@@ -627,18 +751,46 @@ def cluster_options(parser: argparse.ArgumentParser, after_verb: bool) -> None:
         "-n", "--namespace", default=default(None), help="default: the namespace of the kubeconfig's context"
     )
     parser.add_argument(
-        "--request-timeout", type=float, default=default(15.0), metavar="SECONDS", help="per API request (15)"
+        "--request-timeout",
+        type=request_timeout,
+        default=default(15.0),
+        metavar="DURATION",
+        help="per API request, as kubectl: 30s, 1m, a bare number of seconds, 0 for none (15s)",
     )
+
+
+def request_timeout(text: str) -> float | None:
+    """kubectl's --request-timeout: a Go duration (1s, 2m, 1m30s, 500ms), a bare number meaning seconds, 0 for no
+    timeout (None)."""
+    import durationpy  # the kubernetes client's own Go-duration parser (a dependency of it)
+
+    value = text.strip()
+    try:
+        seconds = float(value) if re.fullmatch(r"\d+(\.\d+)?", value) else durationpy.from_str(value).total_seconds()
+    except (ValueError, durationpy.DurationError):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: e.g. 30s, 1m, 500ms, a number of seconds, 0 for none"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: a timeout cannot be negative")
+    return seconds or None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, its usage errors said as every other error ("mfl: ..."), then where help is, as kubectl says it;
+    exit code 2."""
+
+    def error(self, message: str) -> Any:
+        root = "kubectl mfl" if self.prog.startswith("kubectl mfl") else "mfl"
+        self.exit(2, f"{root}: {message}\nSee '{self.prog} --help' for usage.\n")
 
 
 def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cluster_options(parser, after_verb=False)
     parser.set_defaults(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     cluster_options(common, after_verb=True)
 
     def loop_command(name: str, handler: Any, help_: str, loop_nargs: str | None = None) -> argparse.ArgumentParser:
@@ -649,9 +801,26 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
 
     get = loop_command("get", cmd_get, "list loops (or one): name, phase, version, canary, age", loop_nargs="?")
     get.add_argument("-A", "--all-namespaces", action="store_true", help="loops of every namespace")
-    get.add_argument("-o", "--output", choices=views.FORMATS, help="the whole object(s) instead of the table")
+    get.add_argument(
+        "-o",
+        "--output",
+        type=output.output_type("wide", "name", "json", "yaml", "jsonpath", "custom-columns"),
+        metavar="FORMAT",
+        help="wide, name, json, yaml, jsonpath=TEMPLATE or custom-columns=SPEC (as kubectl)",
+    )
+    get.add_argument("-l", "--selector", metavar="SELECTOR", help="label selector, e.g. team=ml,tier!=test")
+    get.add_argument("--field-selector", metavar="SELECTOR", help="field selector, e.g. metadata.name=churn")
+    get.add_argument("--no-headers", action="store_true", help="no header line in the table formats")
+    get.add_argument("-w", "--watch", action="store_true", help="then a line per change (Ctrl-C ends, exit 0)")
+    get.add_argument("--watch-only", action="store_true", help="a line per change, without the loops first")
     status = loop_command("status", cmd_status, "phase, conditions, metrics, retraining and canary evidence")
-    status.add_argument("-o", "--output", choices=views.FORMATS, help="the raw status instead of the text")
+    status.add_argument(
+        "-o",
+        "--output",
+        type=output.output_type("json", "yaml", "jsonpath"),
+        metavar="FORMAT",
+        help="the raw status instead of the text: json, yaml or jsonpath=TEMPLATE",
+    )
     status.add_argument("--json", action="store_true", help="the raw status (same as -o json)")
     status.add_argument("-w", "--watch", action="store_true", help="print again on every change (Ctrl-C ends)")
     for name, handler, help_ in (
@@ -661,9 +830,16 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
         command = loop_command(name, handler, help_)
         stores.add_store_options(command)
         command.add_argument("--offline", action="store_true", help="read only the store, not the cluster")
+        command.add_argument(
+            "-o",
+            "--output",
+            type=output.output_type("json", "yaml", "jsonpath"),
+            metavar="FORMAT",
+            help=("the report.json as it is" if name == "report" else "the versions as data")
+            + ": json, yaml or jsonpath=TEMPLATE",
+        )
         if name == "report":
             command.add_argument("--version", type=int, help="default: the serving version")
-            command.add_argument("-o", "--output", choices=views.FORMATS, help="the report.json as it is")
             command.add_argument("--plots", metavar="DIR", help="download the plots of a version in a bucket here")
     add_feedback_commands(sub, common)
     for verb, help_ in WRITE_VERBS.items():
@@ -684,6 +860,20 @@ def build_parser(prog: str = "mfl") -> argparse.ArgumentParser:
     conformance.add_argument("--timeout", default="10s", metavar="DURATION", help="per request, e.g. 10s, 500ms")
     conformance.add_argument("-o", "--output", choices=["json"], help="the checks as JSON")
     conformance.set_defaults(handler=cmd_conformance)
+    version = sub.add_parser(
+        "version",
+        help="this client's version and the operator's (from its Deployment)",
+        description="Prints this client's version and the operator's, as the cluster says it: the "
+        "app.kubernetes.io/version label of the operator's Deployment, else its image's tag.",
+    )
+    cluster_options(version, after_verb=True)
+    version.add_argument("--client", action="store_true", help="the client's version only (no cluster needed)")
+    version.add_argument(
+        "-o", "--output", type=output.output_type("json", "yaml"), metavar="FORMAT", help="json or yaml"
+    )
+    version.add_argument("--operator-namespace", default=OPERATOR_NAMESPACE, help=f"default: {OPERATOR_NAMESPACE}")
+    version.add_argument("--operator-selector", default=OPERATOR_SELECTOR, help=f"default: {OPERATOR_SELECTOR}")
+    version.set_defaults(handler=cmd_version)
     bench = sub.add_parser("bench", help="run every benchmark and print its table")
     bench.add_argument("--only", nargs="*", help=f"some of: {' '.join(BENCHMARKS)}")
     bench.add_argument("extra", nargs=argparse.REMAINDER, help="passed to each benchmark")
@@ -794,7 +984,10 @@ def execute(args: argparse.Namespace, prog: str = "mfl") -> int:
         with views.inert_output():
             return run(args)
     except KeyboardInterrupt:
-        return 130  # Ctrl-C, e.g. ending --watch: the shell's convention, no traceback
+        return 130  # Ctrl-C (outside a watch, which ends with 0): the shell's convention, no traceback
+    except kube.UsageError as error:
+        print(line(f"{prog}: {error}"), file=sys.stderr)
+        return 2
     except kube.CliError as error:
         print(line(f"{prog}: {error}"), file=sys.stderr)
         return 1

@@ -27,6 +27,10 @@ class CliError(Exception):
     """A failure the user can act on: its message is printed as one line, no traceback."""
 
 
+class UsageError(CliError):
+    """A command that cannot work as given (exit code 2, as argparse's usage errors)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a command points, as the user gave it (None: what the kubeconfig says)."""
@@ -34,18 +38,35 @@ class Target:
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
-    timeout: float = 15.0
+    timeout: float | None = 15.0  # None: no timeout (--request-timeout=0, as kubectl)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """kubectl's -l/--selector and --field-selector, passed to the API server as they are."""
+
+    labels: str | None = None
+    fields: str | None = None
+
+    def query(self) -> dict[str, str]:
+        return {
+            **({"label_selector": self.labels} if self.labels else {}),
+            **({"field_selector": self.fields} if self.fields else {}),
+        }
 
 
 class Loops:
     """ModelFeedbackLoop objects through a CustomObjectsApi (the real one, or a test's); the loop's Secrets and
     its server (through the API server's service proxy) through a CoreV1Api."""
 
-    def __init__(self, custom: Any, host: str = "", timeout: float = 15.0, core: Any = None) -> None:
+    def __init__(
+        self, custom: Any, host: str = "", timeout: float | None = 15.0, core: Any = None, apps: Any = None
+    ) -> None:
         self.custom = custom
         self.host = host
         self.timeout = timeout
         self.core = core
+        self.apps = apps
 
     def get(self, name: str, namespace: str) -> dict[str, Any]:
         with self._errors(name, namespace):
@@ -53,18 +74,68 @@ class Loops:
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, _request_timeout=self.timeout
             )
 
-    def list(self, namespace: str | None) -> list[dict[str, Any]]:
-        """The loops of `namespace`, or of every namespace when it is None."""
+    def list(self, namespace: str | None, selector: Selector | None = None) -> list[dict[str, Any]]:
+        """The loops of `namespace`, or of every namespace when it is None; `selector` as kubectl's -l and
+        --field-selector (the API server filters)."""
+        return self.list_object(namespace, selector).get("items", [])
+
+    def list_object(self, namespace: str | None, selector: Selector | None = None) -> dict[str, Any]:
+        """The List itself (its metadata.resourceVersion starts a watch)."""
         with self._errors(None, namespace):
-            if namespace is None:
-                found = self.custom.list_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.PLURAL, _request_timeout=self.timeout
-                )
-            else:
-                found = self.custom.list_namespaced_custom_object(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, _request_timeout=self.timeout
-                )
-        return found.get("items", [])
+            return self._list(namespace, (selector or Selector()).query(), _request_timeout=self.timeout)
+
+    def _list(self, namespace: str | None, query: dict[str, str], **options: Any) -> Any:
+        if namespace is None:
+            return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, **query, **options)
+        return self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, **query, **options
+        )
+
+    def watch_list(self, namespace: str | None, selector: Selector) -> Iterator[tuple[str, dict[str, Any]]]:
+        """kubectl get -w: ("LISTED", loop) for each loop now, then (event type, loop) for every change, until
+        the caller stops (a watch request ends after WATCH_SECONDS; a new one goes on from where it was, and
+        after 410 Gone the loops are listed again)."""
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        listed = self.list_object(namespace, selector)
+        for loop in listed.get("items", []):
+            yield "LISTED", loop
+        version = (listed.get("metadata") or {}).get("resourceVersion")
+        while True:
+            stream = watch.Watch().stream(
+                self._list,
+                namespace,
+                selector.query(),
+                resource_version=version,
+                timeout_seconds=WATCH_SECONDS,
+                _request_timeout=self._watch_timeout(),
+            )
+            try:
+                with self._errors(None, namespace):
+                    for event in stream:
+                        loop = event["raw_object"]
+                        version = (loop.get("metadata") or {}).get("resourceVersion", version)
+                        yield event["type"], loop
+            except CliError as error:
+                if not isinstance(error.__cause__, ApiException) or error.__cause__.status != 410:
+                    raise
+                listed = self.list_object(namespace, selector)  # 410 Gone: list again, watch from there
+                for loop in listed.get("items", []):
+                    yield "MODIFIED", loop
+                version = (listed.get("metadata") or {}).get("resourceVersion")
+
+    def _watch_timeout(self) -> tuple[float, float] | None:
+        # The server ends the request after WATCH_SECONDS; the read timeout only catches a dead link.
+        return None if self.timeout is None else (self.timeout, WATCH_SECONDS + self.timeout)
+
+    def operator_deployments(self, namespace: str, selector: str) -> tuple[Any, ...]:
+        """The operator's Deployments (`mfl version`): those of `namespace` that `selector` matches."""
+        with self._errors(None, namespace, kind="Deployment"):
+            found = self.apps.list_namespaced_deployment(
+                namespace, label_selector=selector, _request_timeout=self.timeout
+            )
+        return tuple(found.items or [])
 
     def annotate(self, name: str, namespace: str, annotations: dict[str, str]) -> dict[str, Any]:
         """A JSON merge patch of metadata.annotations only: the spec stays the user's (and GitOps's)."""
@@ -97,8 +168,7 @@ class Loops:
                 field_selector=f"metadata.name={name}",
                 resource_version=loop["metadata"].get("resourceVersion"),
                 timeout_seconds=WATCH_SECONDS,
-                # The server ends the request after WATCH_SECONDS; the read timeout only catches a dead link.
-                _request_timeout=(self.timeout, WATCH_SECONDS + self.timeout),
+                _request_timeout=self._watch_timeout(),
             )
             try:
                 with self._errors(name, namespace):
@@ -180,7 +250,13 @@ def connect(target: Target) -> tuple[Loops, str]:
         raise CliError(f"cannot use the kubeconfig {where}: {first_line(error)}") from error
     api_client.configuration.retries = 1  # a refused connection fails in a second, not after three tries
     host = api_client.configuration.host
-    loops = Loops(client.CustomObjectsApi(api_client), host, target.timeout, client.CoreV1Api(api_client))
+    loops = Loops(
+        client.CustomObjectsApi(api_client),
+        host,
+        target.timeout,
+        client.CoreV1Api(api_client),
+        client.AppsV1Api(api_client),
+    )
     return loops, target.namespace or namespace
 
 

@@ -191,7 +191,7 @@ def _json(body: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def url_sender(url: str, timeout: float) -> Sender:
+def url_sender(url: str, timeout: float | None) -> Sender:
     """POST to the server directly (`--url`): its base URL, or its /feedback endpoint."""
     endpoint = url.rstrip("/") if url.rstrip("/").endswith("/feedback") else url.rstrip("/") + "/feedback"
     if "://" not in endpoint:

@@ -20,8 +20,6 @@ from typing import Any, TextIO
 from feedbackloop.core.text import inert
 from feedbackloop.core.timeutil import parse_time
 
-FORMATS = ("json", "yaml")
-
 
 def cell(value: Any, limit: int | None = None) -> str:
     """A value as one line of inert text, at most `limit` characters ("" for None)."""
@@ -119,18 +117,6 @@ def canary(loop: dict[str, Any]) -> str:
     steps = len(listed) if isinstance(listed, list) else 0
     step = f" step {integer(rollout.get('step')) + 1}" + (f"/{steps}" if steps else "")
     return f"v{rollout.get('version')} {rollout.get('weight')}%{step}" + (" paused" if rollout.get("paused") else "")
-
-
-def loops_table(loops: list[dict[str, Any]], now: float, all_namespaces: bool) -> str:
-    """One row per loop, by namespace then name; NAMESPACE first with -A, as kubectl does."""
-    rows = []
-    for loop in sorted(loops, key=lambda x: (x["metadata"].get("namespace", ""), x["metadata"]["name"])):
-        meta, status = loop["metadata"], mapping(loop.get("status"))
-        row = [meta["name"], status.get("phase", ""), status.get("currentVersion"), canary(loop)]
-        row.append(age(meta.get("creationTimestamp"), now))
-        rows.append([meta.get("namespace"), *row] if all_namespaces else row)
-    header = ["NAME", "PHASE", "VERSION", "CANARY", "AGE"]
-    return table(rows, ["NAMESPACE", *header] if all_namespaces else header, rule=False) + "\n"
 
 
 def no_loops(namespace: str | None) -> str:

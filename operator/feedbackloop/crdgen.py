@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from feedbackloop.core import api, phases
+from feedbackloop.core import api, celrules, phases
 
 _DROPPED_KEYS = {"title", "x-mfl-duration"}
+CEL_RULES = "x-kubernetes-validations"  # 1.25+ evaluate them; 1.20's API server drops the field (docs/install.md)
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -25,8 +26,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
-        target = defs[node["$ref"].split("/")[-1]]
+        name = node["$ref"].split("/")[-1]
+        target = defs[name]
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        if celrules.validations(name):  # the model's cross-field rules, wherever it is used
+            merged[CEL_RULES] = celrules.validations(name)
         return _resolve(merged, defs)
     return {key: _resolve(value, defs) for key, value in node.items() if key != "$defs"}
 
@@ -78,6 +82,8 @@ def _structural_object(node: dict[str, Any]) -> dict[str, Any]:
 def openapi_schema(model: type[api.ApiModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of one pydantic model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
+    if celrules.validations(model.__name__):
+        raw[CEL_RULES] = celrules.validations(model.__name__)
     schema: dict[str, Any] = _structural(_resolve(raw, raw.get("$defs", {})))
     return schema
 
@@ -90,6 +96,23 @@ def _status_schema() -> dict[str, Any]:
     schema["properties"]["history"]["maxItems"] = phases.HISTORY_LIMIT
     # Canary evidence values are free-form numbers; everything else is typed so nothing is pruned.
     return schema
+
+
+def _without_list_item_defaults(schema: Any, in_items: bool = False) -> Any:
+    """The schema without a `default` anywhere under an array's `items`. The API server would apply those to each
+    list item, where Argo CD's diff cannot see them (a list is compared whole: every sync would show the applied
+    items as changed). The operator applies the same defaults itself: it reads every spec through the pydantic
+    models, whose fields keep them (tests/release/test_crd_for_gitops.py)."""
+    if not isinstance(schema, dict):
+        return schema
+    node = {k: v for k, v in schema.items() if not (in_items and k == "default")}
+    if "properties" in node:
+        node["properties"] = {k: _without_list_item_defaults(v, in_items) for k, v in node["properties"].items()}
+    if isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = _without_list_item_defaults(node["additionalProperties"], in_items)
+    if "items" in node:
+        node["items"] = _without_list_item_defaults(node["items"], True)
+    return node
 
 
 def _without_defaults(node: Any) -> Any:
@@ -111,7 +134,7 @@ PRINTER_COLUMNS = [
 
 
 def crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(api.ModelFeedbackLoopSpec)
+    spec_schema = _without_list_item_defaults(openapi_schema(api.ModelFeedbackLoopSpec))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

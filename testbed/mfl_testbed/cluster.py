@@ -4,7 +4,7 @@ and the services of s3 mode: an S3 store (SeaweedFS) and PostgreSQL, on the node
     cluster = Cluster.create()            # a 0755 work folder under /var/tmp
     cluster.start(progress=print)         # control plane + node + Prometheus (+ discovery of Pods),
                                           # then cluster.seaweedfs and cluster.postgres
-    cluster.install_operator(refs)        # kubectl apply -k manifests/ (images overridden by kustomize)
+    cluster.install_operator(refs)        # manifests/ (images overridden by kustomize), as 1.20 takes it
     ...
     cluster.stop()                        # undoes every change to the machine (node.teardown)
 
@@ -33,6 +33,7 @@ import yaml
 
 from feedbackloop.core.resources import RUN_AS  # the images' user: hostPath folders it writes must be its own
 from mfl_testbed import node as node_module
+from mfl_testbed import render
 from mfl_testbed.controlplane import ControlPlane, binaries_dir
 from mfl_testbed.dns import ClusterDNS
 from mfl_testbed.netutil import free_port, wait_until
@@ -218,15 +219,16 @@ class Cluster:
         timeout: float = 240.0,
         settings: Mapping[str, str] = OPERATOR_SETTINGS,
     ) -> str:
-        """`kubectl apply -k` of an overlay that points `manifests/` at these images, with the test bed's admin
-        `settings` (OPERATOR_SETTINGS) in the operator's settings ConfigMap (and nothing else, unless `env`
-        adds variables to the operator's container, as the demo does to refresh faster)."""
+        """An overlay that points `manifests/` at these images, with the test bed's admin `settings`
+        (OPERATOR_SETTINGS) in the operator's settings ConfigMap (and nothing else, unless `env` adds variables to
+        the operator's container, as the demo does to refresh faster), rendered by a current kustomize and
+        applied by the test bed's kubectl 1.20 as `render.for_kubernetes_1_20` adapts it."""
         overlay = self.workdir / "install"
         overlay.mkdir(exist_ok=True)
-        kustomization = {
+        kustomization: dict[str, Any] = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
-            "bases": [os.path.relpath(manifests, overlay)],
+            "resources": [os.path.relpath(manifests, overlay)],
             "images": [
                 {
                     "name": f"{IMAGE_REPOSITORY}/mfl-{component}",
@@ -237,7 +239,7 @@ class Cluster:
             ],
         }
         (overlay / "settings.yaml").write_text(yaml.safe_dump(settings_patch(settings), sort_keys=False))
-        kustomization["patchesStrategicMerge"] = ["settings.yaml"]
+        kustomization["patches"] = [{"path": "settings.yaml"}]
         if env:
             patch = {
                 "apiVersion": "apps/v1",
@@ -254,9 +256,9 @@ class Cluster:
                 },
             }
             (overlay / "env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
-            kustomization["patchesStrategicMerge"] = ["settings.yaml", "env.yaml"]
+            kustomization["patches"] = [{"path": "settings.yaml"}, {"path": "env.yaml"}]
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        applied = self.kubectl("apply", "-k", str(overlay)).stdout
+        applied = self.kubectl("apply", "-f", "-", input=render.render_for_kubernetes_1_20(overlay)).stdout
         self.kubectl(
             "rollout",
             "status",
@@ -292,11 +294,12 @@ class Cluster:
         kustomization = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
-            "bases": [os.path.relpath(manifests, overlay)],  # `bases`: the kustomize inside kubectl 1.20
+            "resources": [os.path.relpath(manifests, overlay)],
             "images": [{"name": f"{IMAGE_REPOSITORY}/dask-kubernetes-operator", "newName": name, "newTag": tag}],
         }
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        applied = self.kubectl("apply", "-k", str(overlay)).stdout
+        # Rendered by a current kustomize (manifests/dask uses `labels:`), applied by the test bed's kubectl.
+        applied = self.kubectl("apply", "-f", "-", input=render.render_for_kubernetes_1_20(overlay)).stdout
         self.kubectl(
             "rollout",
             "status",

@@ -1,9 +1,10 @@
 """A local HTTP server that answers like kube-apiserver for ModelFeedbackLoops: get, list (one namespace or
-all), watch (a chunked stream of events), JSON merge patch (RFC 7386), and the error bodies the real one
-sends (404 for a missing object or a missing resource type, 403); for a loop's Secrets (get) and its
-Services' proxy (`POST .../services/<name>:<port>/proxy/<path>`, forwarded to a server the test runs). The
-CLI talks to it through the real kubernetes client, so everything from the kubeconfig to the error messages
-is exercised."""
+all; label and field selectors), watch (a chunked stream of events, the same selectors), JSON merge patch
+(RFC 7386), and the error bodies the real one sends (404 for a missing object or a missing resource type,
+403); for a loop's Secrets (get) and its Services' proxy (`POST .../services/<name>:<port>/proxy/<path>`,
+forwarded to a server the test runs); for the operator's Deployments (list, with a label selector: `mfl
+version`). The CLI talks to it through the real kubernetes client, so everything from the kubeconfig to the
+error messages is exercised."""
 
 from __future__ import annotations
 
@@ -27,8 +28,47 @@ from tests.operator.fake_kube import merge_patch  # the API server's merge-patch
 GROUP, VERSION, PLURAL = "feedbackloop.dev", "v1alpha1", "modelfeedbackloops"
 PATH = re.compile(rf"^/apis/{GROUP}/{VERSION}(?:/namespaces/(?P<ns>[^/]+))?/{PLURAL}(?:/(?P<name>[^/]+))?$")
 SECRET_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/]+)$")
+DEPLOYMENTS_PATH = re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments$")
 PROXY_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<service>[^/]+)/proxy/(?P<rest>.*)$")
 END = object()  # put on `events` to end the watch stream
+
+
+def selected(obj: dict[str, Any], labels: str | None, fields: str | None) -> bool:
+    """Whether `obj` matches a label selector (k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b); comma: and)
+    and a field selector (metadata.name, metadata.namespace; = == !=), as the API server decides it."""
+    meta = obj.get("metadata") or {}
+    have = meta.get("labels") or {}
+    for term in re.split(r",(?![^(]*\))", labels or ""):
+        term = term.strip()
+        if not term:
+            continue
+        sets = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term)
+        if sets:
+            key, op, values = sets[1], sets[2], {v.strip() for v in sets[3].split(",")}
+            if (op == "in") != (key in have and have[key] in values):
+                return False
+        elif "!=" in term:
+            key, value = term.split("!=", 1)
+            if have.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = re.split("==?", term, maxsplit=1)
+            if have.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in have:
+                return False
+        elif term not in have:
+            return False
+    for term in (fields or "").split(","):
+        if not term:
+            continue
+        negate = "!=" in term
+        key, value = re.split("!=|==?", term, maxsplit=1)
+        actual = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}[key.strip()]
+        if (actual == value.strip()) == negate:
+            return False
+    return True
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +91,7 @@ class FakeApiServer:
         self.forbidden: set[str] = set()  # HTTP methods refused with 403
         self.secrets: dict[tuple[str, str], dict[str, bytes]] = {}  # (namespace, name): data
         self.forbidden_secrets = False  # every Secret read refused with 403
+        self.deployments: list[dict[str, Any]] = []  # apps/v1 Deployments, as the API returns them
         self.services: dict[tuple[str, str], str | None] = {}  # (namespace, "name:port"): base URL (None: no Pods)
         self.stall = threading.Event()  # set: requests get no answer until stop()
         self.events: queue.Queue[Any] = queue.Queue()  # (type, object) streamed to the next open watch
@@ -160,6 +201,15 @@ class FakeApiServer:
         if SECRET_PATH.match(url.path):
             self._secret(http, SECRET_PATH.match(url.path))
             return
+        if DEPLOYMENTS_PATH.match(url.path):
+            namespace = DEPLOYMENTS_PATH.match(url.path)["ns"]  # type: ignore[index]
+            items = [
+                d
+                for d in self.deployments
+                if d["metadata"]["namespace"] == namespace and selected(d, query.get("labelSelector"), None)
+            ]
+            self._send(http, 200, {"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": items})
+            return
         if PROXY_PATH.match(url.path):
             self._proxy(http, PROXY_PATH.match(url.path), body)
             return
@@ -177,10 +227,17 @@ class FakeApiServer:
             )
             self._send(http, 403, status_body(403, "Forbidden", message, details))
         elif name is None and query.get("watch") in ("true", "True", "1"):
-            self._watch(http)
+            self._watch(http, namespace, query.get("labelSelector"), query.get("fieldSelector"))
         elif name is None:
-            items = [v for (ns, _), v in sorted(self.loops.items()) if namespace in (None, ns)]
-            self._send(http, 200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelFeedbackLoopList", "items": items})
+            labels, fields = query.get("labelSelector"), query.get("fieldSelector")
+            items = [
+                v
+                for (ns, _), v in sorted(self.loops.items())
+                if namespace in (None, ns) and selected(v, labels, fields)
+            ]
+            listed = {"resourceVersion": str(self._version)}
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelFeedbackLoopList", "metadata": listed}
+            self._send(http, 200, {**body, "items": items})
         elif (namespace, name) not in self.loops:
             message = f'{PLURAL}.{GROUP} "{name}" not found'
             self._send(http, 404, status_body(404, "NotFound", message, details))
@@ -240,7 +297,10 @@ class FakeApiServer:
         http.end_headers()
         http.wfile.write(data)
 
-    def _watch(self, http: BaseHTTPRequestHandler) -> None:
+    def _watch(
+        self, http: BaseHTTPRequestHandler, namespace: str | None, labels: str | None, fields: str | None
+    ) -> None:
+        """The events put on `events` that the watch's namespace and selectors let through (ERROR always)."""
         http.send_response(200)
         http.send_header("Content-Type", "application/json")
         http.send_header("Transfer-Encoding", "chunked")
@@ -251,6 +311,10 @@ class FakeApiServer:
             if event is END:
                 break
             kind, obj = event
+            if kind != "ERROR" and (
+                namespace not in (None, obj["metadata"].get("namespace")) or not selected(obj, labels, fields)
+            ):
+                continue
             line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
             http.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
             http.wfile.flush()

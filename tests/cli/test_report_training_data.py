@@ -246,4 +246,5 @@ def test_a_missing_report_is_an_error(offline: Path, capsys: pytest.CaptureFixtu
     code, out, err = mfl(
         capsys, "report", "churn", "--offline", "--storage", str(offline), "--version", "9", "-o", "json"
     )
-    assert (code, out) == (2, "") and "no report for churn version 9" in err
+    # issue 23: an object not found is exit 1 (as kubectl), usage errors alone are 2; the message says "mfl:"
+    assert (code, out) == (1, "") and err.startswith("mfl: no report for churn version 9")

@@ -1,10 +1,14 @@
 """Issue 12, item 5 end to end: `kubectl mfl` as a real kubectl plugin (the test bed's kubectl finds the
 installed `kubectl-mfl` script on PATH) acting on a running loop: a refused promote without a canary,
 `retrain` starting a retraining, `abort` rolling its canary back, `promote` promoting the next one, all
-without touching the spec; the namespace comes from the kubeconfig's context."""
+without touching the spec; the namespace comes from the kubeconfig's context. Issue 23, item 3: kubectl's
+output flags (-o name|wide|jsonpath=|custom-columns=), -l, --no-headers, --request-timeout as a duration,
+`version` and the exit codes, through kubectl's own plugin mechanism (kubectl execs the plugin: its exit
+code is the plugin's)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -47,6 +51,72 @@ class KubectlMfl:
         return result
 
 
+def kubectl_conventions(mfl: KubectlMfl) -> None:
+    """The flags of issue 23 on the running loop `churn` (the context's namespace), as kubectl's mean them."""
+    resource = "modelfeedbackloop.feedbackloop.dev/churn"
+    assert mfl("get", "-o", "name").stdout == f"{resource}\n"
+    assert mfl("get", "churn", "-o", "name").stdout == f"{resource}\n"
+    assert mfl("get", "-o", "jsonpath={.items[*].metadata.name}").stdout == "churn"  # no newline, as kubectl
+    ready = 'jsonpath={.status.conditions[?(@.type=="ServingReady")].status}'
+    assert mfl("get", "churn", "-o", ready).stdout == "True"
+    ranged = mfl("get", "-o", 'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.status.currentVersion}{"\\n"}{end}')
+    assert ranged.stdout == "churn\t1\n"
+    columns = mfl("get", "-o", "custom-columns=LOOP:.metadata.name,SERVING:.status.currentVersion").stdout
+    assert [line.split() for line in columns.splitlines()] == [["LOOP", "SERVING"], ["churn", "1"]]
+    assert mfl("get", "-o", "wide").stdout.splitlines()[0].split()[-4:] == ["MODEL", "READY", "REASON", "METRIC"]
+    headless = mfl("get", "--no-headers", "--request-timeout", "30s").stdout.splitlines()
+    assert len(headless) == 1 and headless[0].split()[0] == "churn" and headless[0].split()[2] == "1"
+
+    labelled = subprocess.run(
+        [mfl.kubectl, "label", "modelfeedbackloop", "churn", "team=ml", "--overwrite"],
+        capture_output=True,
+        text=True,
+        env=mfl.env,
+        timeout=60,
+        check=False,
+    )
+    assert labelled.returncode == 0, labelled.stderr
+    assert mfl("get", "-l", "team=ml", "-o", "name").stdout == f"{resource}\n"
+    nobody = mfl("get", "-l", "team=nobody")
+    assert nobody.stdout == "" and "no modelfeedbackloops found" in nobody.stderr
+
+    usage = mfl("get", "--bogus", expect=2)
+    assert usage.stderr.startswith("kubectl mfl: unrecognized arguments: --bogus") and usage.stdout == ""
+    missing = mfl("get", "nope", expect=1)
+    assert missing.stderr.startswith("kubectl mfl: modelfeedbackloop 'nope' not found")
+
+    # version: the client's (the installed distribution), the operator's as its Deployment says it
+    found = subprocess.run(
+        [
+            mfl.kubectl,
+            "get",
+            "deployment",
+            "-n",
+            "feedbackloop-system",
+            "-l",
+            "app.kubernetes.io/name=feedbackloop-operator",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=mfl.env,
+        timeout=60,
+        check=True,
+    )
+    [deployment] = json.loads(found.stdout)["items"]
+    label = deployment["metadata"].get("labels", {}).get("app.kubernetes.io/version")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    client = importlib.metadata.version("model-feedback-loop")
+    lines = mfl("version").stdout.splitlines()
+    assert lines[0] == f"Client Version: {client}"
+    assert lines[1].startswith(f"Operator Version: {label or image.rsplit(':', 1)[-1]} (feedbackloop-system/")
+    if label:  # the release's recommended label: one version for the client and the operator
+        assert label == client
+    assert mfl("version", "--client").stdout == f"Client Version: {client}\n"
+    assert json.loads(mfl("version", "-o", "json").stdout)["operatorVersion"]["image"] == image
+
+
 def annotation(loops, ns: str, verb: str) -> str | None:
     return (loops.get(ns, "churn")["metadata"].get("annotations") or {}).get(f"feedbackloop.dev/{verb}")
 
@@ -68,6 +138,8 @@ def test_kubectl_mfl_retrain_abort_and_promote_a_running_loop(loops, prometheus,
     assert listed[0].split() == ["NAME", "PHASE", "VERSION", "CANARY", "AGE"]
     assert listed[1].split()[0] == "churn" and listed[1].split()[2:4] == ["1", "-"]
     assert json.loads(mfl("status", "churn", "-o", "json").stdout)["currentVersion"] == 1
+
+    kubectl_conventions(mfl)
 
     refused = mfl("promote", "churn", expect=1)
     assert refused.stderr.startswith("kubectl mfl: churn has no canary running") and refused.stdout == ""

@@ -150,6 +150,9 @@ def test_first_version_then_drift_retrain_canary_promote(loops, prometheus, kube
     assert history_outcomes(status)[-1] == (2, "Promoted")
     assert_trained_since_the_drift(storage, drift_at)
     assert {"RetrainingStarted", "CandidatePassedGate", "CanaryStarted", "Promoted"} <= set(loops.reasons(ns, "churn"))
+    # No false alarm (issue 23): each version's window filling (version 1's first data, version 2's after its
+    # promotion) is awaited with a Normal AwaitingMetrics, never a Warning MetricsUnavailable.
+    assert "MetricsUnavailable" not in loops.reasons(ns, "churn")
     stable = deployment(kubectl, ns, "churn")
     assert stable["metadata"]["labels"]["feedbackloop.dev/version"] == "2"
     deadline = time.monotonic() + 30

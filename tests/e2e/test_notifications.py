@@ -35,6 +35,7 @@ class Receiver:
 
     def __init__(self, failures: int = 0, refusal: int = 500) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.answered: list[int] = []
         self.lock = threading.Lock()
         receiver = self
@@ -45,6 +46,7 @@ class Receiver:
                 with receiver.lock:
                     code = refusal if len(receiver.answered) < failures else 200
                     receiver.requests.append(body)
+                    receiver.headers.append(dict(self.headers))
                     receiver.answered.append(code)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
@@ -140,3 +142,50 @@ def test_receivers_get_the_drift_story_and_one_failing_for_a_while_gets_all_of_i
     assert asked["canary"]["trigger"] == "Breach" and asked["canary"]["offlineSuperior"] is True
     assert asked["analysis"]["phase"] in ("Running", "Successful") and asked["candidate"]["version"] == 2
     assert "PromotionAwaitingConfirmation" in loops.reasons(ns, "churn")
+
+
+def test_a_webhook_whose_url_and_token_live_only_in_secrets_delivers_and_no_object_or_log_holds_them(
+    loops, prometheus, kubectl, k8s_namespace
+):
+    """Issue 23: the URL (with a secret path) and an Authorization header come from Secrets of the loop's
+    namespace; the CloudEvent arrives with the header; the loop, its status, its Events and the operator's log
+    never contain either; a webhook whose Secret lacks its key gets one NotificationSecretUnusable Event."""
+    ns = k8s_namespace
+    receiver = Receiver()
+    secret_url = receiver.url.replace("/hook", "/hook/S3CRET-PATH-e2e")
+    token = "Bearer t0ken-e2e-never-shown"
+    try:
+        kubectl("-n", ns, "create", "secret", "generic", "chat-webhook",
+                f"--from-literal=url={secret_url}", f"--from-literal=token={token}")  # fmt: skip
+        kubectl("-n", ns, "annotate", "secret", "chat-webhook", f"feedbackloop.dev/webhook-hosts={NODE_IP}")
+        kubectl("-n", ns, "create", "secret", "generic", "half-done", "--from-literal=other=x")
+        claim, storage = artifact_claim(loops.cluster, ns)
+        write_base_data(storage, "churn", 3000)
+        manifest = loop_manifest(ns, prometheus.url, claim)
+        ref = {"name": "chat-webhook"}
+        manifest["spec"]["notifications"] = [
+            {
+                "urlFrom": {"secretKeyRef": {**ref, "key": "url"}},
+                "headers": [{"name": "Authorization", "valueFrom": {"secretKeyRef": {**ref, "key": "token"}}}],
+                "format": "cloudevents",
+            },
+            {"urlFrom": {"secretKeyRef": {"name": "half-done", "key": "url"}}, "format": "teams"},
+        ]
+        loops.apply(manifest)
+        loops.wait_condition(ns, "churn", "Ready", "True", 180)
+        wait_for(lambda: len(receiver.requests) >= 2, 60, "RetrainingStarted and Promoted of version 1")
+        wait_for(lambda: "NotificationSecretUnusable" in loops.reasons(ns, "churn"), 60, "the Warning Event")
+    finally:
+        receiver.close()
+
+    events = [body for body in receiver.requests if body.get("specversion") == "1.0"]
+    assert [e["type"] for e in events[:2]] == ["dev.feedbackloop.RetrainingStarted", "dev.feedbackloop.Promoted"]
+    assert all(e["subject"] == f"{ns}/churn" and e["id"] == e["data"]["id"] for e in events)
+    assert all(h.get("Authorization") == token for h in receiver.headers)
+    assert all(h.get("Content-Type") == "application/cloudevents+json" for h in receiver.headers)
+    warning = next(e for e in loops.events(ns, "churn") if e["reason"] == "NotificationSecretUnusable")
+    assert warning["type"] == "Warning" and f"Secret {ns}/half-done has no key url" in warning["message"]
+    shown = json.dumps(loops.get(ns, "churn")) + json.dumps(loops.events(ns, "churn"))
+    shown += loops.cluster.operator_logs(2000)
+    for secret in ("S3CRET-PATH-e2e", "t0ken-e2e-never-shown"):
+        assert secret not in shown, secret

@@ -1,6 +1,6 @@
 """The install shapes (README, docs/install.md) as users write them: an overlay of manifests/ with the
 shape's components, rendered by a kubectl whose kustomize knows Components. The e2e tests apply the same
-renders on the test bed (its kubectl 1.20 cannot render Components)."""
+renders on the test bed (its kubectl 1.20 cannot render manifests/), adapted by mfl_testbed.render."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mfl_testbed.cluster import SETTINGS_CONFIGMAP, settings_patch
+from mfl_testbed.render import for_kubernetes_1_20
 from tests.monitoring.tools import kustomize_kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,17 +88,6 @@ def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- on the test bed (tests/e2e) -------------------------------------------------------------------------
-def for_kubernetes_1_20(objects: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The test bed's API server is 1.20: it serves PodDisruptionBudgets as policy/v1beta1 only (policy/v1
-    came in 1.21, with the same spec for minAvailable and selector). Nothing else needs adapting."""
-    adapted = []
-    for doc in objects:
-        if doc["kind"] == "PodDisruptionBudget" and doc["apiVersion"] == "policy/v1":
-            doc = {**doc, "apiVersion": "policy/v1beta1"}
-        adapted.append(doc)
-    return adapted
-
-
 def image_overrides(image_refs: Mapping[str, str], repository: str = "ghcr.io/feedbackloop") -> list[dict[str, str]]:
     """kustomize `images:` pointing the shipped image names at this tree's build (as Cluster.install_operator)."""
     return [

@@ -20,7 +20,7 @@ from mfl_testbed.pytest_plugin import start_component
 from .tools import DASHBOARD, METRIC_NAME, known_series, rules, serving
 
 # What Grafana puts in place of the template variables (a multi-value variable becomes a regex).
-VARIABLES = {"$namespace": "shop|other", "$model": "churn", "$__rate_interval": "1m"}
+VARIABLES = {"$namespace": "shop|other", "$model": "churn", "$loop": "churn|other", "$__rate_interval": "1m"}
 LABEL_VALUES = re.compile(r"^label_values\((.*),\s*[a-z_]+\)$")
 
 
@@ -61,7 +61,7 @@ def test_the_committed_files_are_what_the_generator_writes() -> None:
 def test_the_dashboard_has_the_fleet_and_the_loop_views() -> None:
     board = dashboard()
     rows = [panel["title"] for panel in board["panels"] if panel["type"] == "row"]
-    assert rows == ["Fleet", "Operator", "Loop: $model in $namespace"]
+    assert rows == ["Fleet", "Loops in $namespace", "Operator", "Loop: $model in $namespace"]
     titles = {panel["title"] for panel in panels()}
     assert {
         "Loops by phase",
@@ -72,8 +72,11 @@ def test_the_dashboard_has_the_fleet_and_the_loop_views() -> None:
         "Accuracy by version and track",
         "Canary evidence: accuracy, canary minus stable",
         "Latency",
+        "Phase by loop",
+        "Breaching rules by loop",
+        "Canary weight by loop",
     } <= titles
-    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "namespace", "model"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "namespace", "loop", "model"]
     ids = [panel["id"] for panel in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels():
@@ -89,10 +92,32 @@ def test_every_series_the_dashboard_reads_exists() -> None:
 
 
 def test_the_loop_panels_show_only_the_chosen_loops() -> None:
+    """The servers' series by `$namespace` and `$model`; the operator's per-loop series by `$namespace` and
+    `$loop`, always aggregated to one series per loop (`max by (namespace, loop ...)`: a loop that moved
+    between sharded replicas is still one line)."""
+    per_loop = 0
     for where, expr in queries().items():
-        if where.startswith("panel") and re.search(r"\bmfl_(?!operator_)", expr):
-            for selector in re.findall(r"\bmfl_(?!operator_)[a-z_]+\{([^}]*)\}", expr):
+        if not where.startswith("panel"):
+            continue
+        for name, selector in re.findall(r"\b(mfl_(?!operator_)[a-z_]+)\{([^}]*)\}", expr):
+            if name.startswith("mfl_loop_"):
+                per_loop += 1
+                assert 'namespace=~"$namespace"' in selector and 'loop=~"$loop"' in selector, where
+                assert re.match(r"max by \(namespace, loop\b", expr), where
+            else:
                 assert 'namespace=~"$namespace"' in selector and 'model=~"$model"' in selector, where
+    assert per_loop >= 5
+
+
+# The loop as the operator's engine would export it while it runs: a canary, a breaching rule, a past rollback.
+LOOP_STATUS = {
+    "phase": "Canary",
+    "currentVersion": 3,
+    "rollout": {"version": 4, "step": 0, "weight": 30},
+    "metrics": [{"name": "accuracy", "state": "Breaching"}],
+    "conditions": [{"type": "MetricsAvailable", "status": "True", "reason": "QueriesSucceeded"}],
+    "history": [{"version": 2, "outcome": "RolledBack", "trigger": "Breach", "at": "2026-01-01T00:00:00Z"}],
+}
 
 
 def traffic(stable: ServerMetrics, canary: ServerMetrics) -> None:
@@ -106,6 +131,7 @@ def traffic(stable: ServerMetrics, canary: ServerMetrics) -> None:
             server.count_classification(version, track, label < right, "1", "1" if label < right else "0")
         server.count_regression(version, track, 0.25)
     operator_metrics.observe_phases(["Monitoring", "Breached", "Canary"])
+    operator_metrics.LOOP_SERIES.source = lambda: [("shop", "churn", LOOP_STATUS)]
     operator_metrics.POLL_LAG.observe(0.02)
     operator_metrics.POLL_SECONDS.observe(0.01)
     operator_metrics.QUERIES.inc(3)
@@ -142,4 +168,5 @@ def test_every_query_returns_data_from_a_real_prometheus(tmp_path: Path) -> None
                 for rule in group["rules"]:
                     assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
         finally:
+            operator_metrics.LOOP_SERIES.source = None
             prometheus.stop()

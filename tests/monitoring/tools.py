@@ -30,7 +30,7 @@ DASHBOARD = COMPONENT / "dashboards" / "model-feedback-loop.json"
 RUNBOOKS = ROOT / "docs" / "monitoring.md"
 # Metric names and recording-rule names as PromQL spells them (not label names, functions or keywords).
 METRIC_NAME = re.compile(r"\b(mfl_[a-z_]+|[a-z_]+:[a-z0-9_]+:[a-z0-9_]+)\b")
-SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""], "info": ["_info"]}
 
 
 def rules() -> dict:
@@ -50,7 +50,7 @@ def known_series() -> set[str]:
     operator = {
         family.name + suffix
         for family in prometheus_client.REGISTRY.collect()
-        if family.name.startswith("mfl_operator_")
+        if family.name.startswith(("mfl_operator_", "mfl_loop"))  # the fleet's and the per-loop families
         for suffix in SUFFIXES[family.type]
     }
     return operator | set(exported()) | {rule["record"] for rule in recording_rules()}

@@ -163,7 +163,7 @@ class Approver:
         self.answers = answers
         self.asked: list[dict[str, Any]] = []
 
-    async def confirm(self, url: str, payload: dict[str, Any]) -> bool:
+    async def confirm(self, url: str, payload: dict[str, Any], headers: Any = None, shown: Any = None) -> bool:
         self.asked.append({"url": url, **payload})
         return self.answers[min(len(self.asked), len(self.answers)) - 1]
 
@@ -220,7 +220,7 @@ def test_the_engine_rolls_back_a_canary_never_confirmed_by_max_duration() -> Non
 
 def test_a_confirm_url_the_egress_policy_refuses_holds_the_canary_and_says_why_in_status() -> None:
     class Refusing(Approver):
-        async def confirm(self, url: str, payload: dict[str, Any]) -> bool:
+        async def confirm(self, url: str, payload: dict[str, Any], headers: Any = None, shown: Any = None) -> bool:
             self.asked.append({"url": url, **payload})
             raise egress_net.EgressRefused("approvals.ops.svc", ipaddress.ip_address("10.0.0.7"), "a private address")
 

@@ -68,3 +68,19 @@ def test_gate_needs_a_champion_unless_first():
     assert not offline_gate(spec(), summary, False).passed
     assert offline_gate(spec(), summary, True).passed
     assert not offline_gate(spec(minScore=0.95), summary, True).passed
+
+
+# --- the gate's sign test against scipy (the operator's image has none: gate.sign_test_p's docstring) ---------
+
+
+def test_sign_test_agrees_with_scipy_binomtest_over_a_grid():
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    from feedbackloop.core.gate import sign_test_p
+
+    for n in range(1, 121):
+        for wins in range(n + 1):
+            expected = binomtest(wins, n, 0.5, alternative="greater").pvalue
+            assert sign_test_p(wins, n - wins) == pytest.approx(expected, rel=1e-9, abs=1e-300), (wins, n)
+    for wins, losses in ((212, 31), (700, 650), (1500, 1400), (3, 2000)):  # the sizes of real holdouts
+        expected = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
+        assert sign_test_p(wins, losses) == pytest.approx(expected, rel=1e-9, abs=1e-300)

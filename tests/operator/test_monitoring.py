@@ -115,8 +115,7 @@ def test_default_rules_cover_accuracy_errors_latency():
 
 
 def test_no_data_for_a_new_version_is_awaited_but_failures_and_lost_data_warn():
-    from feedbackloop.core.monitoring import Health, RuleState
-    from feedbackloop.core.phases import awaiting_first_data
+    from feedbackloop.core.monitoring import Health, RuleState, awaiting_first_data
 
     fresh = RuleState(message="accuracy: query returned no data; holding NoData")
     failed = RuleState(message="accuracy: connection refused; holding NoData", failed=True)

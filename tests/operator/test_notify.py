@@ -178,7 +178,7 @@ def test_the_crd_lists_the_reasons_a_webhook_may_ask_for() -> None:
     schema = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     webhook = schema["properties"]["spec"]["properties"]["notifications"]["items"]
     assert set(webhook["properties"]["events"]["items"]["enum"]) == set(api.NotificationReason.__args__)
-    assert webhook["properties"]["format"]["enum"] == ["generic", "slack"]
+    assert webhook["properties"]["format"]["enum"] == ["generic", "slack", "teams", "cloudevents"]
 
 
 # --- queueing and delivery with a fake sender ------------------------------------------------------

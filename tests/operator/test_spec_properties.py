@@ -133,7 +133,10 @@ PLAUSIBLE_BY_PATH: dict[str, st.SearchStrategy[Any]] = {
     "rollout.analysis.checks[].query": TEMPLATES,
     "retraining.features[]": COLUMNS,
     "retraining.target": COLUMNS,
-    "retraining.schedule": st.sampled_from(["*/5 * * * *", "0 3 * * 1-5", "61 * * * *", "0 0 31 2 *", "* * * * x"]),
+    "retraining.schedule": st.sampled_from(
+        ["*/5 * * * *", "0 3 * * 1-5", "61 * * * *", "0 0 31 2 *", "* * * * x", "0 3 * * SUN", "@weekly", "@every"]
+    ),
+    "retraining.timeZone": st.sampled_from(["Europe/Berlin", "America/New_York", "UTC", "Mars/Olympus", "Local"]),
     "retraining.hyperparameters": one_in(
         4,
         # nested up to thousands deep, or too many or too large values (issue 22)
@@ -213,7 +216,7 @@ def _string(node: dict[str, Any]) -> st.SearchStrategy[str]:
     if "pattern" not in node:
         return st.text(min_size=low, max_size=min(high, 30))
     # The API server matches a pattern anywhere (Go's MatchString), where `$` is the end of the text.
-    pattern = re.compile(node["pattern"].replace("$", r"\Z"))
+    pattern = re.compile(re.sub(r"\$$", r"\\Z", node["pattern"]))  # the anchor only: `$` in a class is a character
     return (
         st.from_regex(pattern)
         .map(lambda text: text[:high])

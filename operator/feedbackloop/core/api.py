@@ -14,6 +14,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import durationpy
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,7 +28,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
-from feedbackloop.core import egress
+from feedbackloop.core import cron, egress, release
+from feedbackloop.core.credentials import WEBHOOK_HOSTS
+from feedbackloop.core.credentials import redact as redact_url
 from feedbackloop.core.promql import MAX_QUERY_LENGTH
 from mfl_contracts import estimators
 
@@ -43,8 +46,7 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCRATCH_PATH = "/var/run/mfl-scratch"  # the emptyDir every server and trainer container gets as TMPDIR
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}  # format_duration's
 MAX_DURATION_SECONDS = 3650 * 86400
 
 
@@ -129,17 +131,21 @@ def quantity_value(text: str) -> float:
 
 
 def parse_duration(text: str) -> float:
-    """'1h30m' -> 5400.0 seconds (the Prometheus/Go duration subset this API accepts)."""
+    """'1h30m' -> 5400.0 seconds. The pattern is this API's form (whole numbers of ms, s, m, h and d, what
+    Prometheus accepts too, so a duration can go into a query); durationpy reads it (Go's syntax and d)."""
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m, 7d")
-    return float(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text)))
+    try:
+        return float(durationpy.from_str(text).total_seconds())
+    except durationpy.DurationError:  # beyond a timedelta: far beyond any bound of this API
+        raise ValueError(f"{text!r} is too long: at most {MAX_DURATION_SECONDS // 86400}d") from None
 
 
 def format_duration(seconds: float) -> str:
     """5400.0 -> '1h30m', 2678400.0 -> '31d': whole seconds in this API's duration syntax."""
     rest, parts = int(seconds), []
-    for unit in ("d", "h", "m", "s"):
-        count, rest = divmod(rest, int(_UNIT_SECONDS[unit]))
+    for unit, size in _UNIT_SECONDS.items():
+        count, rest = divmod(rest, size)
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
@@ -449,10 +455,10 @@ class Sidecar(ApiModel):
     prediction ids, logs rows and takes labels (docs/contracts.md)."""
 
     image: str = Field(
-        default="ghcr.io/feedbackloop/mfl-sidecar:0.1.0",
+        default=release.image("mfl-sidecar"),
         min_length=1,
         max_length=512,
-        description="Sidecar image. Default ghcr.io/feedbackloop/mfl-sidecar:0.1.0.",
+        description=f"Sidecar image. Default {release.image('mfl-sidecar')}.",
     )
     resources: Resources = Field(default_factory=Resources, description="CPU and memory of the sidecar container.")
     env: EnvList = Field(
@@ -521,11 +527,11 @@ class Serving(PodSettings):
     """The model server Deployments the operator runs: stable, and a canary during a rollout."""
 
     image: str = Field(
-        default="ghcr.io/feedbackloop/mfl-server:0.1.0",
+        default=release.image("mfl-server"),
         min_length=1,
         max_length=512,
         description="Model server image: an mfl-server (docs/contracts.md), or with runtime any server speaking the "
-        "Open Inference Protocol. Default ghcr.io/feedbackloop/mfl-server:0.1.0.",
+        f"Open Inference Protocol. Default {release.image('mfl-server')}.",
     )
     replicas: int = Field(
         default=2,
@@ -1030,10 +1036,10 @@ class Trainer(PodSettings):
     """The container each retraining Job runs (docs/contracts.md: the trainer contract)."""
 
     image: str = Field(
-        default="ghcr.io/feedbackloop/mfl-trainer:0.1.0",
+        default=release.image("mfl-trainer"),
         min_length=1,
         max_length=512,
-        description="Trainer image. Default ghcr.io/feedbackloop/mfl-trainer:0.1.0.",
+        description=f"Trainer image. Default {release.image('mfl-trainer')}.",
     )
     env: EnvList = Field(
         default_factory=list,
@@ -1126,11 +1132,12 @@ class Dask(ApiModel):
     workers read the data partitions and fit lightgbm.dask. Ignored with engine Job."""
 
     image: str = Field(
-        default="ghcr.io/feedbackloop/mfl-trainer-dask:0.1.0",
+        default=release.image("mfl-trainer-dask"),
         min_length=1,
         max_length=512,
         description="Image of the runner, the scheduler and the workers: an mfl-trainer with dask "
-        "(mfl-trainer as its entry point, `dask` on its PATH). Default ghcr.io/feedbackloop/mfl-trainer-dask:0.1.0.",
+        "(mfl-trainer as its entry point, `dask` on its PATH). "
+        f"Default {release.image('mfl-trainer-dask')}.",
     )
     workers: int = Field(default=2, ge=1, le=MAX_DASK_WORKERS, description="Dask workers, 1 to 64. Default 2.")
     worker_resources: Resources = Field(
@@ -1234,9 +1241,23 @@ class Retraining(ApiModel):
     )
     schedule: str | None = Field(
         default=None,
-        pattern=r"^(\S+\s+){4}\S+$",
-        description="Cron expression (5 fields, UTC) to retrain on a schedule as well, within cooldown and "
-        "maxRetrainsPerDay; omitted: none.",
+        json_schema_extra={"pattern": r"^(@[A-Za-z]+|(\S+\s+){4}\S+)$"},  # in the CRD; the validator in words
+        max_length=200,
+        description="Retrain on this schedule as well, within cooldown and maxRetrainsPerDay: a CronJob schedule "
+        "(5 fields, names such as SUN, or @daily, @weekly...) in timeZone; a slot missed while the operator was "
+        "down runs once. Omitted: none.",
+    )
+    time_zone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Time zone of schedule, an IANA name such as Europe/Berlin (as a CronJob's timeZone); "
+        "omitted: UTC.",
+    )
+    starting_deadline: Duration | None = Field(
+        default=None,
+        description="A schedule slot that could not start within this long (operator down, a retraining or "
+        "rollout running) is skipped with an event, as a CronJob's startingDeadlineSeconds; omitted: the latest "
+        "missed slot runs once, however late.",
     )
     cooldown: Duration = Field(
         default=DurationText("30m"),
@@ -1257,6 +1278,25 @@ class Retraining(ApiModel):
     )
     gate: OfflineGate = Field(default_factory=OfflineGate)
     change_point: ChangePoint = Field(default_factory=ChangePoint)
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_cron_schedule(cls, schedule: str | None) -> str | None:
+        try:
+            if schedule is not None:
+                cron.parse(schedule)
+        except ValueError as error:  # what is wrong, in the words of the field's message
+            raise PydanticCustomError("value_error", "{message}", {"message": str(error)}) from None
+        return schedule
+
+    @field_validator("time_zone")
+    @classmethod
+    def _a_known_time_zone(cls, name: str | None) -> str | None:
+        try:
+            cron.time_zone(name)  # a name the operator's tz database holds
+        except ValueError as error:
+            raise PydanticCustomError("value_error", "{message}", {"message": str(error)}) from None
+        return name
 
     @model_validator(mode="after")
     def _trainer_accepts(self) -> Retraining:
@@ -1505,22 +1545,109 @@ class TrafficRouting(ApiModel):
     )
 
 
-class ConfirmPromotion(ApiModel):
-    """A webhook that must approve each promotion (as Flagger's confirm-promotion hook): once the analysis has
-    passed at the last step, the operator POSTs the candidate's summary and promotes only on a 2xx."""
+# --- what a receiver (a webhook, confirmPromotion) is named by: a URL in the spec or in a Secret ---------------
 
-    url: str = Field(
-        pattern=r"^https?://",
-        max_length=2048,
-        description="Asked at every analysis interval until it answers 2xx; at analysis.maxDuration from the "
-        "canary's start without one, the canary is rolled back. https, or http for an in-cluster host only "
-        "(*.svc, *.svc.cluster.local, a private IP address).",
+# Headers the operator sets itself (or HTTP does): a spec's header may not replace them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-type", "content-length", "transfer-encoding", "connection", "user-agent", "x-mfl-notification-id"}
+)
+MAX_HEADER_VALUE = 8192
+
+
+class SecretKeySource(ApiModel):
+    """A value kept out of the spec (and so out of Git): a key of a Secret in the loop's namespace."""
+
+    secret_key_ref: SecretKeyRef = Field(
+        description="The Secret (in the loop's namespace; no other namespace is ever read) and its key."
+    )
+
+
+class ReceiverHeader(ApiModel):
+    """An HTTP header sent with every request: a value, or a Secret key's (a token, a signing key)."""
+
+    name: str = Field(
+        pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+        max_length=128,
+        description="Header name, e.g. Authorization. Not Host, Content-Type, Content-Length, Transfer-Encoding, "
+        "Connection, User-Agent or X-MFL-Notification-Id: the operator sets those.",
+    )
+    value: str = Field(
+        default="",
+        pattern=r"^[^\r\n]*$",
+        max_length=MAX_HEADER_VALUE,
+        description="Header value. Anyone who can read the loop can read it: a credential goes in valueFrom.",
+    )
+    value_from: SecretKeySource | None = Field(
+        default=None,
+        description="Take the value from a Secret key instead, read at each request. The Secret must name the "
+        f"receiver's host in its annotation {WEBHOOK_HOSTS} (comma-separated hosts): a loop cannot send a "
+        "Secret its author may not read to a host of its choosing.",
+    )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> ReceiverHeader:
+        if bool(self.value) == (self.value_from is not None):
+            raise ValueError(f"header {self.name}: set exactly one of value or valueFrom")
+        if self.name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"header {self.name} is set by the operator: pick another name")
+        return self
+
+
+class ReceiverEndpoint(ApiModel):
+    """Where the operator POSTs: url, or urlFrom (a Secret key holding the URL); and extra headers."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048, description="The URL.")
+    url_from: SecretKeySource | None = Field(
+        default=None,
+        description="Read the URL from a Secret key instead of url (set exactly one): for a URL that is itself a "
+        "credential (Slack's, Teams'), kept out of the spec, the status, Events and logs. Read at each request; "
+        "the same rules as url.",
+    )
+    headers: list[ReceiverHeader] = Field(
+        default_factory=list, max_length=10, description="Extra HTTP headers, at most 10. Default none."
     )
 
     @field_validator("url")
     @classmethod
-    def _safe_url(cls, url: str) -> str:
-        return receiver_url(url)
+    def _safe_url(cls, url: str | None) -> str | None:
+        return None if url is None else receiver_url(url)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> ReceiverEndpoint:
+        if (self.url is None) == (self.url_from is None):
+            raise ValueError("set exactly one of url or urlFrom")
+        names = [header.name.lower() for header in self.headers]
+        if len(names) != len(set(names)):
+            raise ValueError("headers: each name at most once")
+        return self
+
+    def target(self) -> str:
+        """What identifies the receiver without holding a Secret's value (a delivery queue's key)."""
+        if self.url_from is not None:
+            ref = self.url_from.secret_key_ref
+            return f"secret:{ref.name}/{ref.key}"
+        return self.url or ""
+
+    def shown(self) -> str:
+        """The receiver as messages, status and Events may name it: never a Secret's value."""
+        if self.url_from is not None:
+            ref = self.url_from.secret_key_ref
+            return f"the URL in Secret {ref.name} key {ref.key}"
+        return redact_url(self.url or "")
+
+
+class ConfirmPromotion(ReceiverEndpoint):
+    """A webhook that must approve each promotion (as Flagger's confirm-promotion hook): once the analysis has
+    passed at the last step, the operator POSTs the candidate's summary and promotes only on a 2xx."""
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Asked at every analysis interval until it answers 2xx; at analysis.maxDuration from the "
+        "canary's start without one, the canary is rolled back. https, or http for an in-cluster host only "
+        "(*.svc, *.svc.cluster.local, a private IP address). Set url or urlFrom.",
+    )
 
 
 class Rollout(ApiModel):
@@ -1621,15 +1748,16 @@ def receiver_url(url: str) -> str:
     return url
 
 
-class Webhook(ApiModel):
+class Webhook(ReceiverEndpoint):
     """A receiver of the loop's notifications: an HTTP endpoint the operator POSTs a JSON payload to."""
 
-    url: str = Field(
+    url: str | None = Field(
+        default=None,
         pattern=r"^https?://",
         max_length=2048,
-        description="Where the operator POSTs each notification. https, or http for an in-cluster receiver only "
-        "(a *.svc or *.svc.cluster.local host, or a private IP address). Anyone who can read the loop can read "
-        "it: do not put a secret in it that its readers may not have.",
+        description="Where the operator POSTs each notification: https, or http to an in-cluster host only (*.svc, "
+        "*.svc.cluster.local, a private IP address). Readers of the loop read it: a URL that is a credential "
+        "(Slack's, Teams') goes in urlFrom.",
     )
     events: list[NotificationReason] = Field(
         default_factory=lambda: list(DEFAULT_NOTIFICATION_REASONS),
@@ -1638,16 +1766,12 @@ class Webhook(ApiModel):
         description="Event reasons to notify about. Default BreachStarted, Recovered, RetrainingStarted, "
         "RetrainingFailed, CandidateRejected, CanaryStarted, Promoted and RolledBack.",
     )
-    format: Literal["generic", "slack"] = Field(
+    format: Literal["generic", "slack", "teams", "cloudevents"] = Field(
         default="generic",
-        description="generic: the documented JSON payload (docs/operations.md, Notifications); slack: a "
-        'Slack-compatible {"text": ...} payload for an incoming webhook. Default generic.',
+        description='generic: the documented JSON payload; slack: {"text": ...}; teams: an Adaptive Card '
+        "message (Teams Workflows webhooks); cloudevents: a CloudEvents 1.0 structured-mode event "
+        "(docs/operations.md, Notifications). Default generic.",
     )
-
-    @field_validator("url")
-    @classmethod
-    def _safe_url(cls, url: str) -> str:
-        return receiver_url(url)
 
 
 # --- the spec ----------------------------------------------------------------------------------------

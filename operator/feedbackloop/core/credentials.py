@@ -37,6 +37,29 @@ def token_refusal(url: str, insecure_skip_verify: bool, secret: str, annotations
     return ""
 
 
+# --- receivers' Secrets (spec.notifications[], rollout.confirmPromotion) -----------------------------------
+# A URL read from a Secret (urlFrom) goes only to itself, so it needs no binding: the loop's readers never see
+# it. A header value read from a Secret (valueFrom) goes to the receiver's host, which the loop's author chose:
+# the Secret must name that host, as the Prometheus token's must.
+
+WEBHOOK_HOSTS = "feedbackloop.dev/webhook-hosts"
+
+
+def header_refusal(url: str, secret: str, key: str, annotations: dict[str, str]) -> str:
+    """Why the value of `secret`'s `key` may not be sent as a header to `url` ('' when it may). Names the host
+    only, never the URL: the URL may come from a Secret too (its path is the credential, not its host)."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    port = urlsplit(url).port
+    allowed = {h.strip().lower() for h in annotations.get(WEBHOOK_HOSTS, "").split(",") if h.strip()}
+    if host in allowed or (port is not None and f"{host}:{port}" in allowed):
+        return ""
+    said = (
+        f"allows its values only to {', '.join(sorted(allowed))}" if allowed else "does not say where its values may go"
+    )
+    value = ",".join(sorted(allowed | {host}))
+    return f"Secret {secret} (key {key}, a header's value) {said}, not {host}: annotate it {WEBHOOK_HOSTS}={value}"
+
+
 def redact(url: str) -> str:
     """The URL without credentials written into it (user:password@), for messages, status and Events."""
     parts = urlsplit(url)

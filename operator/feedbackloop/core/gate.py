@@ -42,7 +42,11 @@ def offline_gate(
 
 
 def sign_test_p(wins: int, losses: int) -> float:
-    """One-sided exact sign test: P(at least `wins` of wins+losses fair coin flips), McNemar's exact test."""
+    """One-sided exact sign test: P(at least `wins` of wins+losses fair coin flips), McNemar's exact test.
+
+    scipy.stats.binomtest(wins, n, 0.5, alternative="greater").pvalue, written out: the operator's image has no
+    scipy (112 MB, requirements/operator.txt) for these few lines. Tests hold it to exact rational arithmetic and
+    to scipy's binomtest over a grid (tests/operator/test_breach_recovery.py, test_cron_and_gate.py)."""
     n = wins + losses
     if n == 0:
         return 1.0

@@ -116,6 +116,51 @@ def summarize(rules: dict[str, RuleState]) -> Health:
     )
 
 
+# MetricsAvailable's reasons: data for at least one rule; none yet for the serving version (a new version, its
+# window filling: expected, never a Warning); none where there was some, or queries that fail (a Warning).
+QUERIES_SUCCEEDED = "QueriesSucceeded"
+AWAITING_DATA = "AwaitingData"
+UNAVAILABLE = "NoData"
+
+
+def awaiting_first_data(health: Health, version_since: float | None = None) -> bool:
+    """Whether every rule without data is waiting for the serving version's first sample: none yet (or only from
+    before `version_since`, when the serving version was promoted: its predecessor's), and no query failed.
+    Query failures, or data of this version that was there and went away, are not."""
+    rules = [health.rules[name] for name in health.no_data]
+    return all(
+        not rule.failed
+        and (rule.sample_time is None or (version_since is not None and rule.sample_time <= version_since))
+        for rule in rules
+    )
+
+
+@dataclass(frozen=True)
+class Availability:
+    """The MetricsAvailable condition, and the one Event it is worth (None: nothing new to say)."""
+
+    available: bool
+    reason: str  # QUERIES_SUCCEEDED | AWAITING_DATA | UNAVAILABLE
+    message: str
+    event: tuple[str, str, str] | None = None  # (type, reason, message)
+
+
+def availability(health: Health, previous_reason: str | None, version_since: float | None = None) -> Availability:
+    """MetricsAvailable from this round's health and the condition's reason before it (None: no condition, or
+    True). A serving version awaiting its first data is AwaitingData with a Normal Event, never a Warning; an
+    outage (failed queries, data gone) is NoData with one Warning. NoData stays NoData until data comes back (a
+    failing query that then answers empty is the same outage, not a new Event each time)."""
+    if len(health.no_data) < len(health.rules):
+        return Availability(True, QUERIES_SUCCEEDED, f"{len(health.rules)} metric(s) reporting")
+    message = "; ".join(health.rules[n].message for n in health.no_data[:3])
+    if previous_reason != UNAVAILABLE and awaiting_first_data(health, version_since):
+        awaited = f"no data yet for the serving version: {message}"
+        event = None if previous_reason == AWAITING_DATA else ("Normal", "AwaitingMetrics", awaited)
+        return Availability(False, AWAITING_DATA, message, event)
+    event = None if previous_reason == UNAVAILABLE else ("Warning", "MetricsUnavailable", message)
+    return Availability(False, UNAVAILABLE, message, event)
+
+
 Round = Mapping[str, Sample]  # one poll's samples, by rule name
 
 

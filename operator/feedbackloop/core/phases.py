@@ -25,11 +25,11 @@ from typing import Any
 from feedbackloop.core import conditions as cond
 from feedbackloop.core import cron, resources
 from feedbackloop.core.analysis import Phase as AnalysisPhase
-from feedbackloop.core.api import ModelFeedbackLoopSpec
+from feedbackloop.core.api import ModelFeedbackLoopSpec, format_duration
 from feedbackloop.core.canary import CanaryObservation, judge_canary, replica_split
-from feedbackloop.core.credentials import Refusal, redact
+from feedbackloop.core.credentials import Refusal
 from feedbackloop.core.gate import offline_gate
-from feedbackloop.core.monitoring import Health, Round, judge, rule_state_to_status, rules_of
+from feedbackloop.core.monitoring import Health, Round, availability, judge, rule_state_to_status, rules_of
 from feedbackloop.core.status import (
     CheckEvidence,
     LoopStatus,
@@ -287,13 +287,34 @@ def retrain_trigger(world: World, status: LoopStatus, health: Health | None) -> 
         return "Breach", "breaching: " + ", ".join(health.breaching)
     if status.get("phase") == BREACHED:
         return "Breach", "still breached"
-    schedule = spec.retraining.schedule if spec.retraining else None
-    if schedule:
-        handled = parse_time(status.get("handledRequests", {}).get("schedule")) or (world.now - 60)
-        slot = cron.last_slot(schedule, handled, world.now)
-        if slot is not None:
-            return "Schedule", f"schedule {schedule!r} slot {format_time(slot)}"
+    slot = schedule_slot(spec, status, world.now)
+    if slot is not None and spec.retraining is not None:
+        late = f", {format_duration(world.now - slot)} late" if world.now - slot >= 120 else ""
+        return "Schedule", f"schedule {spec.retraining.schedule!r} slot {format_time(slot)}{late}"
     return "", ""
+
+
+def schedule_slot(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float) -> float | None:
+    """The latest slot of retraining.schedule since the last one handled, or None. However far back: a slot
+    missed while the operator was down, or a retraining or rollout ran, runs once after (CronJob's way; its
+    startingDeadline in _maybe_start_training). With none handled yet, a minute back (_mark_schedule)."""
+    retraining = spec.retraining
+    if retraining is None or not retraining.schedule:
+        return None
+    handled = parse_time(status.get("handledRequests", {}).get("schedule"))
+    since = handled if handled is not None else now - 60
+    return cron.last_slot(retraining.schedule, since, now, retraining.time_zone)
+
+
+def _mark_schedule(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: str) -> None:
+    """Where the schedule counts from: the first idle round with a schedule (not the loop's first training:
+    its slots would fire the moment it ends); forgotten without one, so that adding it again counts anew."""
+    handled = status.get("handledRequests")
+    if spec.retraining is None or not spec.retraining.schedule:
+        if handled and "schedule" in handled:
+            del handled["schedule"]
+    elif status.get("currentVersion") is not None and "schedule" not in (handled or {}):
+        status.setdefault("handledRequests", {})["schedule"] = now
 
 
 # --- the decision -----------------------------------------------------------------------------------
@@ -419,13 +440,6 @@ def _record_serving(world: World, decision: Decision) -> None:
     }
 
 
-def awaiting_first_data(health: Health) -> bool:
-    """A version that just started serving has no labelled data yet: expected, not a warning. Query
-    failures, or data that was there and went away, are."""
-    rules = [health.rules[name] for name in health.no_data]
-    return all(rule.sample_time is None and not rule.failed for rule in rules)
-
-
 def _judge(world: World, status: LoopStatus) -> Health | None:
     """This round's health: the rules stepped from status by the polls since the last round (None: no poll)."""
     if world.samples is None:
@@ -446,14 +460,10 @@ def _record_health(world: World, decision: Decision, health: Health, now: str) -
         decision.event("Warning", "BreachStarted", "; ".join(health.rules[n].message for n in health.breaching))
     elif not health.breached and was_breached:
         decision.event("Normal", "Recovered", "all metrics are within their thresholds again")
-    available = len(health.no_data) < len(health.rules)
-    had_metrics = cond.get(status.get("conditions", []), cond.METRICS_AVAILABLE)
-    if not available and (had_metrics is None or had_metrics.get("status") != "False"):
-        reasons = "; ".join(health.rules[n].message for n in health.no_data[:3])
-        if awaiting_first_data(health):
-            decision.event("Normal", "AwaitingMetrics", f"no data yet for the serving version: {reasons}")
-        else:
-            decision.event("Warning", "MetricsUnavailable", reasons)
+    had = cond.get(status.get("conditions", []), cond.METRICS_AVAILABLE) or {}
+    reported = availability(health, had.get("reason") if had.get("status") == "False" else None, _promoted_at(status))
+    if reported.event is not None:
+        decision.event(*reported.event)
     status["conditions"] = cond.apply_all(
         status.get("conditions", []),
         [
@@ -463,13 +473,7 @@ def _record_health(world: World, decision: Decision, health: Health, now: str) -
                 "ThresholdBreached" if health.breached else "WithinThresholds",
                 "; ".join(health.rules[n].message for n in health.breaching) or "no rule fires",
             ),
-            cond.ConditionUpdate(
-                cond.METRICS_AVAILABLE,
-                available,
-                "QueriesSucceeded" if available else "NoData",
-                "; ".join(health.rules[n].message for n in health.no_data[:3])
-                or f"{len(health.rules)} metric(s) reporting",
-            ),
+            cond.ConditionUpdate(cond.METRICS_AVAILABLE, reported.available, reported.reason, reported.message),
         ],
         now,
         world.generation,
@@ -488,6 +492,8 @@ def _summary(first: tuple[str, Any] | None) -> str:
 def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     spec, status = world.spec, decision.status
     trigger, detail = retrain_trigger(world, status, decision.health)
+    if trigger != "Schedule":
+        _mark_schedule(spec, status, now)
     if not trigger:
         return
     refused = world.storage_refused
@@ -496,7 +502,11 @@ def _maybe_start_training(world: World, decision: Decision, now: str) -> None:
     if trigger == "Manual":
         handled["retrain"] = world.requests["retrain"]
     if trigger == "Schedule":
-        handled["schedule"] = now
+        slot = schedule_slot(spec, status, world.now) or world.now
+        handled["schedule"] = format_time(slot) or now
+        deadline = spec.retraining.starting_deadline if spec.retraining else None
+        if deadline is not None and world.now - slot > deadline.seconds:
+            blocker = blocker or f"{detail}: later than startingDeadline {deadline}"
     if blocker:
         if trigger in ("Manual", "Schedule"):
             decision.event("Warning", "RetrainSkipped", f"{trigger} retraining not started: {blocker}")
@@ -814,7 +824,7 @@ def _promotion_held(world: World, decision: Decision, rollout: RolloutState, now
     gate = world.spec.rollout.confirm_promotion
     if gate is None or world.promotion_confirmed:
         return False
-    url = redact(gate.url)
+    url = gate.shown()
     started = parse_time(rollout.get("startedAt")) or world.now
     if world.now - started >= world.spec.rollout.analysis.max_duration.seconds:
         _roll_back(world, decision, rollout, now, f"promotion not confirmed by {url} within analysis.maxDuration")
@@ -837,8 +847,17 @@ def _promote(
     status["rollout"] = None
     status["candidate"] = None
     # A new version is a new subject: its rules start afresh instead of inheriting the old one's breach.
+    # No value and no sample time either: the predecessor's are not this version's (no data of its own yet is
+    # awaited, never a warning: monitoring.availability).
     status["metrics"] = [
-        {**m, "state": "NoData", "breachSince": None, "message": f"version {version}: waiting for its own data"}
+        {
+            **m,
+            "state": "NoData",
+            "value": None,
+            "sampleTime": None,
+            "breachSince": None,
+            "message": f"version {version}: waiting for its own data",
+        }
         for m in status.get("metrics", [])
     ]
     status["breachSince"] = None
@@ -924,7 +943,7 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
     rollout = status.get("rollout")
     gate = spec.rollout.confirm_promotion
     if phase == CANARY and rollout and gate and awaiting_promotion(spec, rollout, world.now):
-        message = f"version {rollout['version']} {_ready(rollout)}; waiting for {redact(gate.url)} to confirm"
+        message = f"version {rollout['version']} {_ready(rollout)}; waiting for {gate.shown()} to confirm"
         if world.promotion_refused:
             message += f" (not asked: {world.promotion_refused})"
         updates.append(cond.ConditionUpdate(cond.RECONCILING, True, AWAITING_CONFIRMATION, message))
@@ -933,7 +952,7 @@ def _settle_phase(world: World, decision: Decision, now: str) -> None:
             decision.event(
                 "Normal",
                 "PromotionAwaitingConfirmation",
-                f"version {rollout['version']} {_ready(rollout)}; asking {redact(gate.url)} to confirm its promotion",
+                f"version {rollout['version']} {_ready(rollout)}; asking {gate.shown()} to confirm its promotion",
             )
     elif phase in (RETRAINING, CANARY):
         work = status.get("retraining") or status.get("rollout") or {}

@@ -1,6 +1,6 @@
 """Every check a loop's spec must pass, in one place: the models' own (pydantic, which the CRD mirrors)
-and what the CRD cannot express on Kubernetes 1.20 (PromQL templates, the cron schedule) or what depends
-on the operator's admin settings (hostPath storage).
+and what the CRD cannot express on Kubernetes 1.20 (PromQL templates; the models check the cron schedule) or
+what depends on the operator's admin settings (hostPath storage).
 
 A spec the API server accepted either parses here or yields the message for InvalidSpec, naming the
 field; nothing later re-validates it.
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from feedbackloop.core import api, cron, promql
+from feedbackloop.core import api, promql
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.settings import AdminSettings
 
@@ -29,11 +29,6 @@ def parse_spec(raw: dict[str, Any], admin: AdminSettings | None = None) -> tuple
     try:
         spec = api.validate_spec(raw)
         problems = _template_problems(spec)
-        if spec.retraining and spec.retraining.schedule:
-            try:
-                cron.parse(spec.retraining.schedule)
-            except ValueError as error:
-                problems.append(f"spec.retraining.schedule: {error}")
         if spec.model.storage.host_path is not None and not admin.allow_host_path:
             problems.append(
                 "spec.model.storage.hostPath: a directory on the node is not allowed by this operator's admin "

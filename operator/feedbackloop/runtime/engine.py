@@ -69,7 +69,7 @@ class Engine:
         )
         self.kube = kube
         self.observer = Observer(kube, self.fleet, poller)
-        self.notifier = Notifier()
+        self.notifier = Notifier(kube=kube)  # kube: the Secrets receivers name (urlFrom, valueFrom)
         self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
         self.wake = asyncio.Event()
@@ -133,11 +133,26 @@ class Engine:
     # --- the cycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         notifier = asyncio.create_task(self.notifier.run(), name="notifier")  # delivers on its own, never awaited
+        metrics.LOOP_SERIES.source = self.loop_statuses  # only an engine that acts exports its loops
         try:
             await self._run_cycles()
         finally:
+            if metrics.LOOP_SERIES.source == self.loop_statuses:
+                metrics.LOOP_SERIES.source = None
             notifier.cancel()
             await asyncio.gather(notifier, return_exceptions=True)
+
+    def loop_statuses(self) -> list[tuple[str, str, Any]]:
+        """(namespace, loop, status) of every loop this engine holds, for the per-loop metrics (metrics.LOOP_SERIES):
+        a deleted loop, or one let go to another replica (sharding), has left `fleet.loops`. Called from the
+        metrics server's thread: it reads a copy of the keys and statuses the engine replaces, never mutates."""
+        found = []
+        for key, body in list(self.fleet.loops.items()):
+            memory = self.fleet.memory.get(key)
+            written = memory.written_status if memory is not None else None
+            namespace, _, name = key.partition("/")
+            found.append((namespace, name, written if written is not None else body.get("status") or {}))
+        return found
 
     async def _run_cycles(self) -> None:
         while True:

@@ -41,6 +41,7 @@ class Observer:
         self._secrets: dict[tuple[str, str, str], tuple[float, tuple[str, dict[str, str]]]] = {}
         self._bound: dict[tuple[str, str, str], float] = {}  # (namespace, Secret, endpoint) -> when found bound
         self.confirm = notify.confirm_promotion  # rollout.confirmPromotion's webhook (a fake in tests)
+        self.read_secret = notify.kube_secret_reader(kube)  # its Secrets, read at each look: never cached
 
     # --- the fleet poll -------------------------------------------------------------------------------
     async def poll(self, keys: list[str], now: float) -> dict[str, Round]:
@@ -251,13 +252,16 @@ class Observer:
         self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
     ) -> tuple[bool | None, str | None]:
         """Asked at the looks (the analysis interval) of a canary that passed and waits for its promotion:
-        (the answer, None), or (False, why it was not asked) when the egress policy refuses its address."""
+        (the answer, None), or (False, why it was not asked) when the egress policy refuses its address or a
+        Secret it names (urlFrom, headers' valueFrom; read at each look, from the loop's namespace) is unusable."""
         gate, rollout = spec.rollout.confirm_promotion, status.get("rollout")
         if gate is None or not rollout or not phases.awaiting_promotion(spec, rollout, now):
             return None, None
         try:
-            return await self.confirm(gate.url, notify.promotion_request(body, dict(status), now)), None
-        except egress_net.EgressRefused as error:
+            url, headers = await notify.resolve(gate, body["metadata"]["namespace"], self.read_secret)
+            payload = notify.promotion_request(body, dict(status), now)
+            return await self.confirm(url, payload, headers, shown=gate.shown()), None
+        except (egress_net.EgressRefused, notify.SecretUnusable) as error:
             return False, str(error)
 
     # --- credentials ----------------------------------------------------------------------------------
