@@ -113,6 +113,17 @@ class FakeKube:
         self.deployments[key] = deployment
         self.actions.append((verb, f"Deployment {key} v{body['metadata']['labels'][resources.VERSION_LABEL]}"))
 
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
+        adopted = []
+        for key, deployment in sorted(self.deployments.items()):
+            labels = deployment["metadata"].setdefault("labels", {})
+            if key.startswith(f"{namespace}/") and labels.get(resources.LOOP_LABEL) == loop_label:
+                if labels.get(sharding.SHARD_LABEL) != shard:
+                    labels[sharding.SHARD_LABEL] = shard
+                    self.actions.append(("label", f"Deployment {key} shard={shard}"))
+                adopted.append(copy.deepcopy(deployment))
+        return adopted
+
     def delete_deployment(self, namespace: str, name: str) -> None:
         if self.deployments.pop(f"{namespace}/{name}", None) is not None:
             self.actions.append(("delete", f"Deployment {namespace}/{name}"))

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from feedbackloop.core import sharding
+from feedbackloop.core import resources, sharding
 from feedbackloop.core.fleet import LoopMemory
+from feedbackloop.runtime.engine import Engine, Settings
 
 from .fake_kube import FakeKube, FakePrometheus, Harness
 from .test_engine_cycle import KEY, T0, loop
@@ -171,3 +172,74 @@ def test_a_deleted_event_for_a_loop_really_gone_resets_the_httproute(how: str) -
     actions = run_cycle(harness, T0 + 1)
     assert ("patch", "HTTPRoute churn-route canary=0") in actions
     assert harness.kube.route_weights["team-a/churn-route"] == 0
+
+
+def replica(kube: FakeKube, prometheus: FakePrometheus, shard: str | None) -> Harness:
+    """A replica's engine on the same API server whose watch has sent it no Deployment (its selector's)."""
+    harness = Harness(kube, prometheus)
+    harness.engine = Engine(kube, Settings(active_reconcile_seconds=5.0))
+    harness.engine.observer.poller._query = prometheus.query
+    harness.engine.settings.shard = shard
+    return harness
+
+
+def serving(version: int) -> dict[str, Any]:
+    body = labelled(version)
+    body["spec"]["model"]["initialVersion"] = 1
+    return body
+
+
+def test_a_loop_taken_over_brings_its_deployments_into_this_replicas_watch_before_acting(bed: Harness) -> None:
+    """Sharded, a replica watches only the Deployments labelled for it: before it first acts on a loop it labels
+    the loop's Deployments (so that its watch sends them) and knows them from that call. Acting without them would
+    write every Deployment again as if it were missing."""
+    first = replica(bed.kube, bed.prometheus, None)  # before sharding: Deployments without a shard label
+    store(first, serving(10), "ADDED")
+    run_cycle(first, T0)
+    stable = f"team-a/{resources.stable_name('churn')}"
+    assert sharding.SHARD_LABEL not in bed.kube.deployments[stable]["metadata"]["labels"]
+    taker = replica(bed.kube, bed.prometheus, ME)
+    store(taker, serving(11), "ADDED")
+    actions = run_cycle(taker, T0 + 1)
+    assert ("label", f"Deployment {stable} shard={ME}") in actions
+    assert not [a for a in actions if a[0] in ("create", "update") and a[1].startswith("Deployment")], actions
+    assert taker.engine.fleet.deployments[stable]["metadata"]["labels"][sharding.SHARD_LABEL] == ME
+    assert all(a[0] != "label" for a in run_cycle(taker, T0 + 20))  # once
+
+
+def test_deployments_a_sharded_replica_writes_carry_its_shard(bed: Harness) -> None:
+    store(bed, serving(10), "ADDED")
+    run_cycle(bed, T0)
+    created = list(bed.kube.deployments.values())
+    assert created and all(d["metadata"]["labels"][sharding.SHARD_LABEL] == ME for d in created)
+    # Its Pods are not relabelled when the loop moves: the label is on the Deployment only.
+    assert all(sharding.SHARD_LABEL not in d["spec"]["template"]["metadata"]["labels"] for d in created)
+
+
+def test_a_loop_whose_deployments_cannot_be_adopted_is_not_acted_on_until_they_are(bed: Harness) -> None:
+    failing = {"on": True}
+    adopt = bed.kube.adopt_deployments
+
+    def flaky(namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
+        if failing["on"]:
+            raise RuntimeError("the API server is unreachable")
+        return adopt(namespace, loop_label, shard)
+
+    bed.kube.adopt_deployments = flaky  # type: ignore[method-assign]
+    store(bed, serving(10), "ADDED")
+    assert run_cycle(bed, T0) == []
+    failing["on"] = False
+    assert any(a[1].startswith("Deployment") for a in run_cycle(bed, T0 + 10))
+
+
+def test_a_loop_that_left_and_came_back_is_adopted_again(bed: Harness) -> None:
+    store(bed, serving(10), "ADDED")
+    run_cycle(bed, T0)
+    bed.engine.observe_loop("DELETED", serving(10))  # moved to another replica, which labelled them its own
+    for deployment in bed.kube.deployments.values():
+        deployment["metadata"]["labels"][sharding.SHARD_LABEL] = "feedbackloop-operator-7d9f-b"
+    store(bed, serving(20), "ADDED")
+    actions = run_cycle(bed, T0 + 1)
+    assert [a for a in actions if a[0] == "label"] and all(
+        d["metadata"]["labels"][sharding.SHARD_LABEL] == ME for d in bed.kube.deployments.values()
+    )

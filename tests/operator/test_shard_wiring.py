@@ -56,7 +56,9 @@ def test_sharded_replica_watches_its_shard_and_leads_two_leases(monkeypatch: pyt
     settings, memo, leads = started(monkeypatch, {"MFL_SHARDING": "true", "POD_NAME": "op-a", "POD_NAMESPACE": "ns"})
     selectors = settings.watching.label_selectors
     assert selectors.collect(resource(api.GROUP, api.PLURAL)) == ["feedbackloop.dev/shard=op-a"]
-    assert selectors.collect(resource("apps", "deployments")) == []
+    assert selectors.collect(resource("apps", "deployments")) == [
+        "app.kubernetes.io/managed-by=feedbackloop,feedbackloop.dev/shard=op-a"  # its loops' Deployments only
+    ]
     assert memo.engine.settings.shard == "op-a"
     replica, coordinator = sorted(leads, key=lambda lead: lead["lease"] != "mfl-replica-op-a")
     assert replica == {
@@ -69,7 +71,9 @@ def test_sharded_replica_watches_its_shard_and_leads_two_leases(monkeypatch: pyt
 
 def test_unsharded_wiring_is_todays(monkeypatch: pytest.MonkeyPatch) -> None:
     settings, memo, leads = started(monkeypatch, {"POD_NAME": "op-a"})
-    assert len(settings.watching.label_selectors) == 0
+    selectors = settings.watching.label_selectors
+    assert selectors.collect(resource(api.GROUP, api.PLURAL)) == []
+    assert selectors.collect(resource("apps", "deployments")) == ["app.kubernetes.io/managed-by=feedbackloop"]
     assert memo.engine.settings.shard is None and not hasattr(memo, "coordinator_task")
     assert leads == [{"lease": leader.DEFAULT_LEASE, "labels": {}}]
     _, memo, leads = started(monkeypatch, {})

@@ -10,9 +10,10 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from feedbackloop.core import phases, resources
+from feedbackloop.core import phases, resources, sharding
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.fleet import Fleet
 from feedbackloop.core.status import LoopStatus
@@ -30,12 +31,19 @@ EVENT_MESSAGE_LIMIT = 1024  # the API server's note limit is larger; kube.event 
 
 class Actor:
     def __init__(
-        self, kube: KubeAPI, fleet: Fleet, job_extra_config: dict[str, Any], notifier: Notifier | None = None
+        self,
+        kube: KubeAPI,
+        fleet: Fleet,
+        job_extra_config: dict[str, Any],
+        notifier: Notifier | None = None,
+        shard: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """`shard()`: this replica's shard (sharding), labelled on the Deployments it writes: its watch selects them."""
         self.kube = kube
         self.fleet = fleet
         self.job_extra_config = job_extra_config
         self.notifier = notifier or Notifier()
+        self.shard = shard
 
     async def act(self, body: dict[str, Any], spec: ModelFeedbackLoopSpec | None, decision: phases.Decision) -> None:
         for action in decision.actions:
@@ -153,6 +161,9 @@ class Actor:
         observed = self._observed(body, desired)
         if not drifted(observed, desired):
             return
+        shard = self.shard()
+        if shard is not None:  # a write without it would take the Deployment out of this replica's watch
+            desired["metadata"]["labels"][sharding.SHARD_LABEL] = shard
         desired["metadata"].setdefault("annotations", {})[APPLIED] = applied_hash(desired)
         await asyncio.to_thread(self.kube.ensure_deployment, body, desired)
         if observed is None:

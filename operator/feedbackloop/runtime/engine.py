@@ -70,7 +70,7 @@ class Engine:
         self.kube = kube
         self.observer = Observer(kube, self.fleet, poller)
         self.notifier = Notifier(kube=kube)  # kube: the Secrets receivers name (urlFrom, valueFrom)
-        self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier)
+        self.actor = Actor(kube, self.fleet, self.settings.job_extra_config, self.notifier, lambda: self.settings.shard)
         self.recorder = StatusRecorder(kube, self.settings.status_refresh_seconds)
         self.wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(self.settings.concurrency)
@@ -82,6 +82,7 @@ class Engine:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._acks: dict[str, asyncio.Task[None]] = {}  # loop -> its drain's ack in flight (sharding)
         self._released: dict[str, str] = {}  # loop -> the resourceVersion of our ack: older events are stale
+        self._adopted: set[str] = set()  # loops whose Deployments this replica's watch sees (sharding)
 
     @property
     def loops(self) -> dict[str, dict[str, Any]]:
@@ -95,6 +96,7 @@ class Engine:
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
         if event_type == "DELETED":
             self._released.pop(key, None)
+            self._adopted.discard(key)
             self.fleet.loops.pop(key, None)
             self._fresh.pop(key, None)
             memory = self.fleet.memory.pop(key, None)
@@ -242,6 +244,19 @@ class Engine:
         labels = body["metadata"].get("labels") or {}
         return labels.get(sharding.SHARD_LABEL) == self.settings.shard and bool(labels.get(sharding.DRAIN_LABEL))
 
+    async def _adopt(self, key: str) -> None:
+        """Sharding: before this replica first acts on a loop, its Deployments come into this replica's watch (our
+        shard label on them: the watch selects it) and their state into the fleet now, from the same call: acting
+        without them would look like Deployments to create. A failure raises: the reconcile is retried."""
+        namespace, name = key.split("/", 1)
+        shard = str(self.settings.shard)
+        found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard)
+        for deployment in found:
+            known = self.fleet.deployments.get(f"{namespace}/{deployment['metadata']['name']}")
+            if known is None or not newer(known, str(deployment["metadata"].get("resourceVersion") or "")):
+                self.fleet.deployments[f"{namespace}/{deployment['metadata']['name']}"] = deployment
+        self._adopted.add(key)
+
     async def _ack(self, key: str, body: dict[str, Any]) -> None:
         """Let a drained loop go (sharding): both labels off in one fenced patch on the version that asked
         for it. From then on this replica does nothing for it (its watch's DELETED follows)."""
@@ -258,6 +273,7 @@ class Engine:
         if self.fleet.loops.get(key) is not None and not newer(self.fleet.loops[key], version):
             self.fleet.loops.pop(key, None)
         self.fleet.memory.pop(key, None)
+        self._adopted.discard(key)
         self._fresh.pop(key, None)
         self._released[key] = version
         metrics.SHARD_MOVES.labels("acked").inc()
@@ -314,6 +330,8 @@ class Engine:
             return  # to be let go: no new reconcile (one queued before the drain was seen does nothing)
         if body["metadata"].get("deletionTimestamp"):
             return  # going away (its namespace too, perhaps): nothing to create, garbage collection does the rest
+        if self.settings.shard is not None and key not in self._adopted:
+            await self._adopt(key)
         memory.dirty = False
         memory.next_reconcile = now + self.settings.active_reconcile_seconds
         before = self.fleet.status(key)

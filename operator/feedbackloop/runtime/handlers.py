@@ -46,11 +46,16 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     egress_net.install(await asyncio.to_thread(egress_net.operator_policy, engine_settings.admin.egress_allow))
     election = leader.election_from_env(os.environ)
     sharded = shards.sharding_from_env(os.environ)
+    # Only the operator's own Deployments are sent (selected by the API server, not filtered here); sharded,
+    # only those of this replica's loops (their owner labels them when it takes a loop: engine._adopt).
+    deployments = f"app.kubernetes.io/managed-by={resources.MANAGED_BY}"
     if sharded.enabled:
         if not election.enabled:
             raise kopf.PermanentError("MFL_SHARDING=true needs leader election (POD_NAME, MFL_LEADER_ELECTION)")
         engine_settings.shard = election.identity
         settings.watching.label_selectors[api.GROUP, api.PLURAL] = sharding.shard_selector(election.identity)
+        deployments += f",{sharding.SHARD_LABEL}={election.identity}"
+    settings.watching.label_selectors["apps", "deployments"] = deployments
     memo.engine = Engine(fence, engine_settings)  # every replica observes: the watch feeds it
     if sharded.enabled:  # each replica acts on its shard, fenced by its own Lease; the leader coordinates
         timeout = election.timing.retry_seconds

@@ -101,6 +101,7 @@ class KubeAPI(Protocol):
     def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None: ...
     def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool: ...
     def ack_shard(self, namespace: str, name: str, version: str) -> str: ...
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]: ...
 
 
 def fence_requests(api_client: client.ApiClient) -> client.ApiClient:
@@ -390,6 +391,23 @@ class Kube:
         return newest_termination(runner or pods)
 
     # --- serving Pods -----------------------------------------------------------------------------
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
+        """Sharding: a loop's Deployments brought into this replica's watch (our shard label on each, a merge patch
+        of that label only), as they are now (camelCase JSON, as the watch serves them)."""
+        selector = f"app.kubernetes.io/managed-by={resources.MANAGED_BY},{resources.LOOP_LABEL}={loop_label}"
+        response: Any = self.apps.list_namespaced_deployment(namespace, label_selector=selector, _preload_content=False)
+        adopted = []
+        for item in json.loads(response.data).get("items") or []:
+            meta = item["metadata"]
+            if (meta.get("labels") or {}).get(sharding.SHARD_LABEL) != shard:
+                patch = {"metadata": {"labels": {sharding.SHARD_LABEL: shard}}}
+                written: Any = self.apps.patch_namespaced_deployment(
+                    meta["name"], namespace, patch, _preload_content=False
+                )
+                item = json.loads(written.data)
+            adopted.append(item)
+        return adopted
+
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """Pods as the API serves them (camelCase JSON, like the watched Deployments), not the client's models."""
         response: Any = self.core.list_namespaced_pod(namespace, label_selector=label_selector, _preload_content=False)

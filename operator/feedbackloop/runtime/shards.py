@@ -9,7 +9,8 @@ once its term expired on the coordinator's clock, so the replica has stopped act
 renewal fails and it exits), applies the pure plan (core/sharding.py) and writes each move as a patch of
 the loop's labels on the labels it listed (on the version, for a loop that had none): a loop changed since
 is skipped until the next round. A taken Lease none
-of whose loops is left is deleted. Deployments stay watched in full by every replica this round.
+of whose loops is left is deleted. A loop's Deployments carry its owner's shard label too (the owner labels
+them before it first acts on the loop: engine._adopt), so each replica watches only its own.
 """
 
 from __future__ import annotations
