@@ -1033,42 +1033,65 @@ def plot(outcomes: list[Outcome], path: Path, smoothing: int = 1000) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(outcomes), 1, figsize=(12, 4 * len(outcomes)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(outcomes), 1, figsize=(15, 3.6 * len(outcomes)), squeeze=False, sharex=True, layout="constrained"
+    )
     for ax, outcome in zip(axes[:, 0], outcomes):
         plot_panel(ax, outcome, smoothing)
     axes[-1, 0].set_xlabel("row (one per second); label delay and training windows in rows")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+# Each strategy's line: the loop dark, thick and on top; the baselines lighter under it; the oracle dashed.
+LOOP_STYLE = {"color": "#0b2e6b", "lw": 2.4, "alpha": 1.0, "zorder": 5}
+BASELINE_STYLES = {
+    "none": {"color": "tab:gray"},
+    "ADWIN": {"color": "tab:purple"},
+    "oracle": {"color": "tab:green", "ls": "--"},
+}
+SCHEDULE_COLORS = ("tab:orange", "tab:brown", "tab:pink")
+
+
+def line_style(name: str, schedules: list[str]) -> dict[str, object]:
+    if name == "loop":
+        return LOOP_STYLE
+    style = BASELINE_STYLES.get(name) or {"color": SCHEDULE_COLORS[schedules.index(name) % len(SCHEDULE_COLORS)]}
+    return {"lw": 1.0, "alpha": 0.55, "zorder": 2, **style}
+
+
 def plot_panel(ax: object, outcome: Outcome, smoothing: int) -> None:
-    """One stream: each strategy's rolling accuracy, the loop's events, the drifts (none on no-drift)."""
+    """One stream: each strategy's rolling accuracy, the loop's events, the drifts (none on no-drift); the
+    legend right of the panel, off the curves."""
     markers = {"Promoted": ("^", "green"), "RolledBack": ("v", "red"), "CandidateRejected": ("x", "grey")}
     stream = outcome.stream
+    schedules = [r.name for r in outcome.results if r.name.startswith("sched ")]
     for r in outcome.results:
         rolling = np.convolve(r.correct, np.ones(smoothing) / smoothing, mode="valid")
         ax.plot(
             np.arange(len(rolling)) + smoothing,
             rolling,
-            lw=1.3 if r.name == "loop" else 1.0,
             label=f"{r.name}: {r.accuracy():.3f}, {r.retrains} retrainings",
+            **line_style(r.name, schedules),
         )
         for at, reason in r.timeline:
             marker, color = markers[reason]
-            ax.scatter([at], [0.33], marker=marker, color=color, s=30, zorder=3)
+            ax.scatter([at], [0.33], marker=marker, color=color, s=30, zorder=6)
     for d in stream.drifts:
-        ax.axvline(d, color="black", ls="--", alpha=0.5)
+        ax.axvline(d, color="black", ls=":", alpha=0.6, zorder=1)
         if stream.kind == "gradual":
-            ax.axvspan(d - stream.width / 2, d + stream.width / 2, color="grey", alpha=0.08)
+            ax.axvspan(d - stream.width / 2, d + stream.width / 2, color="grey", alpha=0.08, zorder=0)
     ax.set_title(
         f"{stream.describe()}: accuracy over {smoothing} rows; loop: ^ promoted, v rolled back, x rejected",
         fontsize=9,
     )
     ax.set_ylim(0.3, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    for text in legend.get_texts():
+        if text.get_text().startswith("loop:"):
+            text.set_fontweight("bold")
 
 
 def main(argv: list[str] | None = None) -> list[Outcome]:

@@ -70,6 +70,8 @@ def main() -> None:
             for size in args.sizes:
                 rows.append(measure(cp, prom, exporter, operator, created, size, args))
                 created = size
+        except Exception as error:  # a size that did not settle: the sizes measured before it still count
+            print(f"--- stopped at {size} loops: {error}", file=sys.stderr, flush=True)
         finally:
             operator.stop()
     print_table(rows, args)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ IMAGE_TAG = "0.1.0"
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 BY_VERSION = "sum by (model, namespace, version)"
 SELECT = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",track="stable"'
+ACCURACY_MIN = 0.8  # the loop's accuracy rule (`min`), drawn on the plot
+GRADUAL_DRIFT_SECONDS = 60  # the second drift mixes the new concept in over this long
 
 
 def loop_manifest(
@@ -63,7 +65,7 @@ def loop_manifest(
                 "metrics": [
                     {
                         "name": "accuracy",
-                        "min": 0.8,
+                        "min": ACCURACY_MIN,
                         "for": "6s",
                         "minSamples": 30,
                         "query": f"{BY_VERSION} (increase(mfl_feedback_correct_total{{{SELECT}}}[{window}])) / "
@@ -115,12 +117,29 @@ class Timeline:
     samples: list[tuple[float, float | None, str, int | None]] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
     client: list[tuple[float, float]] = field(default_factory=list)
+    drifts: list[tuple[float, float, str]] = field(default_factory=list)  # (start, seconds, kind)
 
     def t(self, at: float | None = None) -> float:
         return (at or time.time()) - self.start
 
     def mark(self, label: str) -> None:
         self.marks.append((self.t(), label))
+
+    def drift(self, kind: str, seconds: float = 0.0) -> None:
+        """A drift starts now: `abrupt` (at once) or `gradual` (the new concept mixes in over `seconds`)."""
+        self.drifts.append((self.t(), seconds, kind))
+        self.mark("abrupt drift" if kind == "abrupt" else f"{kind} drift starts")
+
+    def save(self, path: Path) -> None:
+        """As JSON, so that the plot can be redrawn without a new run (`python -m mfl_testbed.demo --replot`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Timeline:
+        data = json.loads(Path(path).read_text())
+        rows = {key: [tuple(row) for row in data.get(key, [])] for key in ("samples", "marks", "client", "drifts")}
+        return cls(start=data["start"], **rows)
 
 
 class Environment(Protocol):
@@ -256,15 +275,15 @@ class Demo:
         try:
             self.watch(25 if self.fast else 40, "steady state")
             self.env.set_concept(1)
-            self.timeline.mark("abrupt drift")
+            self.timeline.drift("abrupt")
             self.say("DRIFT: the labels switch abruptly to concept 1")
             self.wait_for(lambda s: self.adapted(s, 1), 480, "the loop to retrain, canary and promote a new version")
             if not self.fast:
                 self.watch(30, "after the first promotion")
                 version = self.status().get("currentVersion") or 0
-                self.env.drift_gradually(2, 60)
-                self.timeline.mark("gradual drift starts")
-                self.say("DRIFT: concept 2 creeps in gradually over 60 s")
+                self.env.drift_gradually(2, GRADUAL_DRIFT_SECONDS)
+                self.timeline.drift("gradual", GRADUAL_DRIFT_SECONDS)
+                self.say(f"DRIFT: concept 2 creeps in gradually over {GRADUAL_DRIFT_SECONDS} s")
                 self.wait_for(lambda s: self.adapted(s, version), 600, "the loop to adapt to the gradual drift")
             self.watch(20, "after promotion")
         finally:
@@ -371,6 +390,8 @@ class Demo:
     def finish(self) -> None:
         status = self.status()
         plot = self.workdir / "demo.png"
+        saved = self.workdir / "demo-timeline.json"
+        self.timeline.save(saved)
         write_plot(self.timeline, plot)
         print("\nversions:")
         for record in status.get("history", []):
@@ -381,7 +402,7 @@ class Demo:
         print("\ntimeline (seconds since the demo started):")
         for at, label in sorted(self.timeline.marks):
             print(f"  {at:7.1f}s  {label}")
-        print(f"\nplot: {plot}")
+        print(f"\nplot: {plot} (redraw it: python -m mfl_testbed.demo --replot {saved} {plot})")
 
 
 class ExistingCluster:
@@ -558,41 +579,105 @@ def demo_code_configmap() -> dict[str, Any]:
     }
 
 
+# The loop's events on the plot, in the story's order: (reason, row label, colour, marker).
+PLOT_EVENTS = (
+    ("BreachStarted", "breach started", "tab:orange", "o"),
+    ("RetrainingStarted", "retraining started", "tab:purple", "s"),
+    ("RetrainingFailed", "retraining failed", "tab:brown", "X"),
+    ("CandidateRejected", "gate rejected", "tab:gray", "x"),
+    ("CanaryStarted", "canary started", "tab:cyan", "D"),
+    ("Promoted", "promoted", "tab:green", "^"),
+    ("RolledBack", "rolled back", "black", "v"),
+)
+DRIFT_COLOR = "tab:red"
+
+
 def write_plot(timeline: Timeline, path: Path) -> None:
+    """Accuracy over time under a strip with one labelled row per kind of event, so that events a second
+    apart (a breach and the retraining it starts) stay apart; each drift drawn and named by its kind (abrupt:
+    a line, gradual: a span over its ramp); the legend right of the axes, off the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    events = [spec for spec in PLOT_EVENTS if any(label == spec[0] for _, label in timeline.marks)]
+    rows = ["drift", *(name for _, name, _, _ in events)]
+    fig, (strip, ax) = plt.subplots(
+        2,
+        1,
+        sharex=True,
+        figsize=(13, 3.6 + 0.28 * len(rows)),
+        height_ratios=[0.32 * len(rows), 3.2],
+        layout="constrained",
+    )
+    height = {name: len(rows) - 1 - i for i, name in enumerate(rows)}  # the first row on top
+    handles: list[Any] = []
+
     points = [(t, v) for t, v, _, _ in timeline.samples if v is not None]
     if points:
-        ax.plot(*zip(*points), label="stable accuracy (loop status, 20 s window)", color="tab:blue")
-    colors = {
-        "drift": "tab:red",
-        "BreachStarted": "tab:orange",
-        "RetrainingStarted": "tab:purple",
-        "CanaryStarted": "tab:cyan",
-        "Promoted": "tab:green",
-        "RolledBack": "black",
-    }
-    seen: set[str] = set()
-    for at, label in sorted(timeline.marks):
-        key = "drift" if "drift" in label else label
-        if key not in colors:
-            continue
-        ax.axvline(at, color=colors[key], linestyle="--", alpha=0.8, label=None if key in seen else label)
-        seen.add(key)
+        (line,) = ax.plot(*zip(*points), color="tab:blue", lw=1.8, zorder=3)
+        line.set_label("stable accuracy (loop status, 20 s window)")
+        handles.append(line)
+    handles.append(ax.axhline(ACCURACY_MIN, color="tab:blue", ls=":", lw=1, label=f"accuracy rule: min {ACCURACY_MIN}"))
+
+    kinds: set[str] = set()
+    for start, seconds, kind in sorted(timeline.drifts):
+        y = height["drift"]
+        if kind == "gradual" and seconds > 0:
+            span = ax.axvspan(start, start + seconds, color=DRIFT_COLOR, alpha=0.15, lw=0, gid="gradual drift")
+            strip.broken_barh([(start, seconds)], (y - 0.3, 0.6), color=DRIFT_COLOR, alpha=0.5, gid="gradual drift")
+            strip.text(start + seconds + 1, y, "gradual", va="center", fontsize=8, color=DRIFT_COLOR)
+            label = f"gradual drift: the new concept mixes in over {seconds:.0f} s"
+            artist: Any = span
+        else:
+            artist = ax.axvline(start, color=DRIFT_COLOR, lw=2, gid=f"{kind} drift")
+            strip.plot([start], [y], marker="|", ms=14, mew=2.5, color=DRIFT_COLOR, gid=f"{kind} drift")
+            strip.text(start + 1.5, y, kind, va="center", fontsize=8, color=DRIFT_COLOR)
+            label = f"{kind} drift: the labels switch at once" if kind == "abrupt" else f"{kind} drift"
+        if kind not in kinds:
+            artist.set_label(label)
+            handles.append(artist)
+            kinds.add(kind)
+
+    for reason, name, color, marker in events:
+        times = sorted(at for at, label in timeline.marks if label == reason)
+        for at in times:
+            ax.axvline(at, color=color, ls="--", lw=1, alpha=0.7, zorder=2, gid=reason)
+        strip.scatter(times, [height[name]] * len(times), marker=marker, color=color, s=40, zorder=3, gid=reason)
+        handles.append(Line2D([], [], color=color, ls="--", marker=marker, label=name))
+
+    strip.set_yticks([height[name] for name in rows], rows, fontsize=8)
+    strip.set_ylim(-0.7, len(rows) - 0.3)
+    strip.grid(axis="x", alpha=0.3)
+    strip.tick_params(axis="x", labelbottom=False)
+    strip.set_title("model-feedback-loop demo: drift -> breach -> retraining -> canary -> promotion")
     ax.set_xlabel("seconds since the demo started")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.3, 1.0)
-    ax.set_title("model-feedback-loop demo: drift -> breach -> retraining -> canary -> promotion")
-    ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if not kinds:  # still say what a drift looks like
+        handles.append(Patch(color=DRIFT_COLOR, alpha=0.15, label="drift"))
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mfl_testbed.demo --replot demo-timeline.json demo.png`: redraw the plot from a saved
+    timeline (the demo itself runs as `mfl demo`)."""
+    parser = argparse.ArgumentParser(prog="python -m mfl_testbed.demo", description=main.__doc__)
+    parser.add_argument(
+        "--replot", nargs=2, metavar=("TIMELINE", "PNG"), required=True, help="the demo's demo-timeline.json, the plot"
+    )
+    args = parser.parse_args(argv)
+    timeline, png = Path(args.replot[0]), Path(args.replot[1])
+    write_plot(Timeline.load(timeline), png)
+    print(f"plot: {png}")
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -615,3 +700,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 130
     finally:
         env.tear_down(args.keep)  # with --keep: prints how to use the cluster and how to remove it
+
+
+if __name__ == "__main__":
+    sys.exit(main())
