@@ -36,6 +36,8 @@ def test_metadata_only_in_pages() -> None:
     assert [name for _, name, _, _ in found] == ["loop-0", "loop-page-2"]
     assert all(kwargs["_headers"] == {"Accept": kube.METADATA_ONLY} for _, kwargs in custom.calls)
     assert [kwargs.get("_continue") for _, kwargs in custom.calls] == [None, "page-2"]
+    # The first page from the watch cache, not a quorum read from etcd; a continued one names no version.
+    assert [kwargs.get("resource_version") for _, kwargs in custom.calls] == ["0", None]
 
 
 def test_an_old_client_lists_whole_objects() -> None:

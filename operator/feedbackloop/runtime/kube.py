@@ -490,12 +490,17 @@ class Kube:
         """(namespace, name, labels, resourceVersion) of every loop in `namespaces` ([]: all), in pages of
         metadata only (PartialObjectMetadataList): the coordinator lists the fleet every round, and a loop's
         spec and status are most of its bytes (a full list of 300 loops took the API server ~4 s under load).
-        A client too old to set a request's headers (kubernetes < 35) lists whole objects."""
+        From the API server's watch cache (resourceVersion 0), not a quorum read of every loop from etcd each
+        round: a list a moment old is enough, every move it plans is written on the labels (or the version) it
+        listed, so a loop changed since is skipped until the next round. A client too old to set a request's
+        headers (kubernetes < 35) lists whole objects."""
         found: list[tuple[str, str, dict[str, str], str]] = []
         for namespace in namespaces or [""]:
             token: str | None = None
-            while True:
-                page = self._loop_page(namespace, {"limit": 500, **({"_continue": token} if token else {})})
+            while True:  # a continued page names no resourceVersion (the token carries the list's)
+                page = self._loop_page(
+                    namespace, {"limit": 500, **({"_continue": token} if token else {"resource_version": "0"})}
+                )
                 for item in page.get("items") or []:
                     meta = item.get("metadata") or {}
                     found.append(
