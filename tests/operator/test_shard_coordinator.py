@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -289,3 +290,24 @@ def test_replica_lease_writes_keep_their_label() -> None:
     released = rules.released_body(holding, replica.name, NS, BASE, replica.labels)
     assert released["metadata"]["labels"] == {sharding.REPLICA_LEASE_LABEL: "true"}
     assert "labels" not in rules.lease_body(rules.Step.RENEW, holding, A, Timing(), "l", NS, BASE)["metadata"]
+
+
+def test_a_round_never_queues_behind_the_engines_threads() -> None:
+    """The replica's engine fills the default executor (a thousand loops' status writes); the coordinator's lists
+    and writes run on threads of their own, or a join's drained loops wait minutes to be assigned."""
+    bed = Bed(loops=4)
+    bed.now = 0.0
+    bed.api.renew(A, bed.wall())
+    release = threading.Event()
+
+    async def scenario() -> list[sharding.Move]:
+        loop = asyncio.get_running_loop()
+        busy = [loop.run_in_executor(None, release.wait) for _ in range(64)]  # every default thread taken
+        try:
+            async with asyncio.timeout(20):  # a deadlock guard, not a speed target: without its threads, forever
+                return await bed.coordinator.round()
+        finally:
+            release.set()
+            await asyncio.gather(*busy)
+
+    assert len(asyncio.run(scenario())) == 4

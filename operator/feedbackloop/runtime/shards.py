@@ -20,9 +20,10 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from feedbackloop.core import sharding
 from feedbackloop.core.sharding import Kind, Move
@@ -30,6 +31,7 @@ from feedbackloop.runtime import leader, metrics
 
 log = logging.getLogger(__name__)
 TRUE = ("true", "1", "yes", "on")
+T = TypeVar("T")
 MOVES_PER_ROUND = 500  # label writes in one round at most: the rest the next round (re-planned on a fresh list)
 WRITERS = 8  # label writes in flight at once (the kubernetes client's connection pool holds more)
 
@@ -76,6 +78,12 @@ class Coordinator:
         self.api, self.election, self.config, self.leases = api, election, config, leases
         self.wall, self.clock = wall, clock
         self.takers: dict[str, leader.Elector] = {}  # replica -> our candidacy for its Lease (observing it)
+        # Threads of its own: in the default executor its lists and writes queued behind its replica's engine
+        # (a thousand loops' status writes), and a join's drained loops waited minutes to be assigned.
+        self._pool = ThreadPoolExecutor(max_workers=WRITERS + 1, thread_name_prefix="shard-coordinator")
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def run(self) -> None:
         while True:
@@ -88,8 +96,8 @@ class Coordinator:
     async def round(self) -> list[Move]:
         """One round: list, take what is dead, plan, write. The moves written."""
         namespace = self.election.namespace
-        leases = await asyncio.to_thread(self.api.list_replica_leases, namespace)
-        listed = await asyncio.to_thread(self.api.list_loop_labels, list(self.config.namespaces))
+        leases = await self._call(self.api.list_replica_leases, namespace)
+        listed = await self._call(self.api.list_loop_labels, list(self.config.namespaces))
         alive = sharding.alive_replicas(leases, self.wall())
         loops = {f"{ns}/{name}": sharding.shard_of(labels) for ns, name, labels, _ in listed}
         as_listed = {f"{ns}/{name}": (version, labels) for ns, name, labels, version in listed}
@@ -120,7 +128,7 @@ class Coordinator:
         version, labels = listed
         async with gate:
             try:
-                await asyncio.to_thread(self.api.label_loop, ns, name, version, sharding.labels_for(move), labels)
+                await self._call(self.api.label_loop, ns, name, version, sharding.labels_for(move), labels)
             except Exception as error:  # 409/422 (changed since the list) or 404: the next round sees it as it is
                 log.info("shard move of %s to %s not written: %s", move.key, move.to, getattr(error, "reason", error))
                 return False
@@ -150,7 +158,7 @@ class Coordinator:
             if holding is None:
                 continue
             try:
-                await asyncio.to_thread(
+                await self._call(
                     self.api.delete_lease,
                     self.election.namespace,
                     sharding.replica_lease_name(replica),
