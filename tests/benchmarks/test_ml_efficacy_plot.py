@@ -3,9 +3,6 @@ line the one that stands out (thicker, darker, on top; the baselines lighter).""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -17,18 +14,8 @@ from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ml_efficacy.py"
 ROWS = 6_000
 NAMES = ("none", "sched 1000", "ADWIN", "loop", "oracle")
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("ml_efficacy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ml_efficacy"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def outcomes(bench) -> list[Any]:

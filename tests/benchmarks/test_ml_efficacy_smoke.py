@@ -2,22 +2,9 @@
 stream without drift, and its oracle only ever learns from labels that have arrived."""
 
 import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ml_efficacy.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("ml_efficacy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ml_efficacy"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
