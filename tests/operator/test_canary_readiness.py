@@ -341,3 +341,38 @@ def test_an_httproute_weight_follows_the_canary_s_readiness(bed: Harness) -> Non
     assert ("patch", "HTTPRoute churn-route canary=0") in actions  # created, not yet seen ready
     actions = bed.cycle(now + 5)  # the watch now shows it ready
     assert ("patch", "HTTPRoute churn-route canary=50") in actions
+
+
+def test_an_unready_stable_deployment_s_pods_are_listed_once_a_minute_or_when_it_changes(bed: Harness) -> None:
+    """A fleet of unready stable Deployments (a node down) listed every loop's Pods at every poll: the reason is
+    only ServingReady's message, so it is listed again when the Deployment changes or is a minute old."""
+    from .test_engine_cycle import serving_v1
+
+    listed: list[str] = []
+    list_pods = bed.kube.list_pods
+
+    def counting(namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed.append(selector)
+        return list_pods(namespace, selector)
+
+    bed.kube.list_pods = counting  # type: ignore[method-assign]
+    now = serving_v1(bed)
+    crash = container(restarts=3, state=BACKOFF, last=CRASH)
+    bed.kube.hold_unready("team-a/churn", [pod("churn-x", version="1", containers=[crash], track="stable")])
+    bed.watch()
+    for step in range(6):  # a poll every 10 s, each reconciled
+        bed.cycle(now + 10 * step)
+    assert len(listed) == 1
+    serving = next(c for c in bed.status()["conditions"] if c["type"] == "ServingReady")
+    assert "restarted 3 times" in serving["message"] and "invalid load key" in serving["message"]
+    bed.cycle(now + 61)  # a minute since the list
+    assert len(listed) == 2
+    bed.kube.deployments["team-a/churn"]["metadata"]["resourceVersion"] = "changed"
+    bed.watch()
+    bed.cycle(now + 70)  # the Deployment changed: listed at once
+    assert len(listed) == 3
+    bed.kube.deployments["team-a/churn"]["status"]["readyReplicas"] = 2
+    bed.watch()
+    bed.cycle(now + 80)
+    assert len(listed) == 3  # all ready: nothing to list
+    assert bed.engine.fleet.memory["team-a/churn"].stable_diagnosis is None

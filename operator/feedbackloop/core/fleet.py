@@ -32,6 +32,8 @@ class LoopMemory:
     # The loop's resourceVersion our last status write made, and the one the watch showed when we wrote it.
     written_version: str = ""
     written_over: str = ""
+    # Why the stable Deployment is not ready, as last listed: (its resourceVersion then, when, the detail).
+    stable_diagnosis: tuple[str, float, str] | None = None
 
     def version_to_write_on(self, seen: str) -> str | None:
         """The loop's current resourceVersion as far as we know, for a status write's precondition: our own last

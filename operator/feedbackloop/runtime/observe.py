@@ -31,6 +31,10 @@ from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, sh
 log = logging.getLogger(__name__)
 SECRET_CACHE_SECONDS = 60  # not an API read per loop per poll; a rotated Secret still lands within this
 FAILED_POLL_BACKOFF_SECONDS = 30
+# The stable Deployment's Pods are listed again after this long (or when the Deployment changes), not at every
+# reconcile while it is not all ready: the reason only goes into ServingReady's message, and a fleet of unready
+# stable Deployments (a node down) listed Pods at every loop's every poll. The canary's are always fresh.
+STABLE_DIAGNOSIS_SECONDS = 60.0
 
 
 class Observer:
@@ -123,7 +127,7 @@ class Observer:
             status=status,
             samples=tuple(polls) if polls is not None else None,
             job=await self._job(body, spec, status),
-            serving=await self._serving(body, spec, status, now),
+            serving=await self._serving(body, spec, status, memory, now),
             canary=canary,
             requests=requests_of(body),
             promotion_confirmed=confirmed,
@@ -181,15 +185,18 @@ class Observer:
         return phases.JobObservation(name, "Failed", f"DaskJob Failed: {detail}".strip(), summary)
 
     async def _serving(
-        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float
+        self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, memory: LoopMemory, now: float
     ) -> phases.ServingObservation:
-        """The Deployments from the watch cache; their Pods (one list call) only while one is not all ready."""
+        """The Deployments from the watch cache; their Pods (one list call) only while one is not all ready (the
+        stable one's at most every STABLE_DIAGNOSIS_SECONDS while the Deployment stays the same)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         stable = self.fleet.deployments.get(f"{namespace}/{resources.stable_name(name)}")
         canary = self.fleet.deployments.get(f"{namespace}/{resources.canary_name(name)}")
         stable_detail, canary_failure, canary_detail = "", None, ""
-        if stable is not None and not all_ready(stable):
-            _, stable_detail = await self._pod_problems(namespace, name, "stable", stable, logs=False)
+        if stable is None or all_ready(stable):
+            memory.stable_diagnosis = None
+        else:
+            stable_detail = await self._stable_detail(namespace, name, stable, memory, now)
         rollout = status.get("rollout")
         if (
             canary is not None
@@ -210,6 +217,20 @@ class Observer:
             canary_detail=canary_detail,
             stable_detail=stable_detail,
         )
+
+    async def _stable_detail(
+        self, namespace: str, name: str, stable: dict[str, Any], memory: LoopMemory, now: float
+    ) -> str:
+        """Why the stable Deployment is not all ready: listed again only when it changed or the last list is
+        STABLE_DIAGNOSIS_SECONDS old."""
+        version = str(stable["metadata"].get("resourceVersion") or "")
+        cached = memory.stable_diagnosis
+        if cached is not None and cached[0] == version and now - cached[1] < STABLE_DIAGNOSIS_SECONDS:
+            return cached[2]
+        failure, detail = await self._pod_problems(namespace, name, "stable", stable, logs=False)
+        detail = failure or detail  # a crash loop of the stable track is its explanation, not a rollback
+        memory.stable_diagnosis = (version, now, detail)
+        return detail
 
     async def _pod_problems(
         self, namespace: str, name: str, track: str, deployment: dict[str, Any], logs: bool
