@@ -5,6 +5,7 @@ own Lease, the coordinator by the leader Lease; unset, the wiring is today's (on
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -31,7 +32,8 @@ def started(
         leads.append({"lease": None})
 
     monkeypatch.setattr(handlers, "load_config", lambda path: None)
-    monkeypatch.setattr(handlers, "Kube", lambda: object())
+    clients: list[Any] = []  # the budget of each Kube made: the engine's, then the coordinator's (sharded)
+    monkeypatch.setattr(handlers, "Kube", lambda budget=None: clients.append(budget) or SimpleNamespace(budget=budget))
     monkeypatch.setattr(egress_net, "operator_policy", lambda allow: None)
     monkeypatch.setattr(egress_net, "install", lambda policy: None)
     monkeypatch.setattr(leader, "KubeLease", lambda name, namespace, timeout: object())
@@ -45,6 +47,7 @@ def started(
         await handlers.stop_engine(memo=memo)
 
     asyncio.run(start())
+    memo.clients = clients
     return settings, memo, leads
 
 
@@ -67,6 +70,8 @@ def test_sharded_replica_watches_its_shard_and_leads_two_leases(monkeypatch: pyt
         "gauge": metrics.REPLICA_LEASE,
     }
     assert coordinator == {"lease": leader.DEFAULT_LEASE, "labels": {}}
+    engine_budget, coordinator_budget = memo.clients  # the engine's calls within the admin's budget; the moves not
+    assert (engine_budget.qps, engine_budget.burst) == (50, 100) and coordinator_budget is None
 
 
 def test_unsharded_wiring_is_todays(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,6 +81,7 @@ def test_unsharded_wiring_is_todays(monkeypatch: pytest.MonkeyPatch) -> None:
     assert selectors.collect(resource("apps", "deployments")) == ["app.kubernetes.io/managed-by=feedbackloop"]
     assert memo.engine.settings.shard is None and not hasattr(memo, "coordinator_task")
     assert leads == [{"lease": leader.DEFAULT_LEASE, "labels": {}}]
+    assert [budget.qps for budget in memo.clients] == [50]
     _, memo, leads = started(monkeypatch, {})
     assert leads == [{"lease": None}]
 

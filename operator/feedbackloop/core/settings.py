@@ -40,6 +40,8 @@ class AdminSettings:
     prometheus_concurrency: int = 8  # queries in flight in all
     prometheus_per_tenant: int = 2  # queries in flight for one namespace's loops
     prometheus_per_host: int = 4  # queries in flight to one Prometheus host (whatever its URL's path)
+    api_qps: int = 50  # the engine's Kubernetes API requests a second after the burst (runtime/budget.py)
+    api_burst: int = 100  # requests sent at once before the budget waits
 
 
 def admin_settings_from_env(env: Mapping[str, str]) -> AdminSettings:
@@ -49,6 +51,8 @@ def admin_settings_from_env(env: Mapping[str, str]) -> AdminSettings:
         prometheus_concurrency=_count(env, "MFL_PROMETHEUS_CONCURRENCY", 8),
         prometheus_per_tenant=_count(env, "MFL_PROMETHEUS_PER_TENANT", 2),
         prometheus_per_host=_count(env, "MFL_PROMETHEUS_PER_HOST", 4),
+        api_qps=_count(env, "MFL_API_QPS", 50),
+        api_burst=_count(env, "MFL_API_BURST", 100),
     )
 
 

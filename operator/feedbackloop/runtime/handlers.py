@@ -17,6 +17,7 @@ import kopf
 from feedbackloop.core import api, resources, sharding
 from feedbackloop.core.settings import admin_settings_from_env
 from feedbackloop.runtime import egress_net, leader, metrics, shards
+from feedbackloop.runtime.budget import RequestBudget
 from feedbackloop.runtime.engine import Engine, Settings
 from feedbackloop.runtime.kube import Kube, load_config
 
@@ -39,9 +40,10 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 60
     load_config(os.environ.get("KUBECONFIG"))
-    kube = Kube()
-    fence = leader.Fence(kube)  # the engine's API calls pass only while this replica leads (or holds its shard)
     engine_settings = settings_from_env()
+    admin = engine_settings.admin
+    kube = Kube(RequestBudget(admin.api_qps, admin.api_burst))  # a takeover's burst must not drown the API server
+    fence = leader.Fence(kube)  # the engine's API calls pass only while this replica leads (or holds its shard)
     # Before any tenant's URL is used: the admin's egress allowance, and the API server's addresses to refuse.
     egress_net.install(await asyncio.to_thread(egress_net.operator_policy, engine_settings.admin.egress_allow))
     election = leader.election_from_env(os.environ)
@@ -62,7 +64,7 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
         replica = leader.replica_election(election)
         own = leader.Elector(leader.KubeLease(replica.name, replica.namespace, timeout), replica)
         work = leader.lead(own, memo.engine.run, fence, gauge=metrics.REPLICA_LEASE)
-        coordinator_fence = leader.Fence(kube)
+        coordinator_fence = leader.Fence(Kube())  # its own client: its moves never wait behind the engine's budget
         coordinator = shards.Coordinator(
             coordinator_fence, election, sharded, lambda name: leader.KubeLease(name, election.namespace, timeout)
         )

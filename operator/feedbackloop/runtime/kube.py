@@ -22,6 +22,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -30,7 +31,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from feedbackloop.core import api, resources, sharding
-from feedbackloop.runtime import leader
+from feedbackloop.runtime import leader, metrics
+from feedbackloop.runtime.budget import RequestBudget
 
 # The Accept header of a list of metadata only (meta.k8s.io/v1, Kubernetes >= 1.15).
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
@@ -104,17 +106,27 @@ class KubeAPI(Protocol):
     def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]: ...
 
 
-def fence_requests(api_client: client.ApiClient) -> client.ApiClient:
+def fence_requests(api_client: client.ApiClient, budget: RequestBudget | None = None) -> client.ApiClient:
     """Every request of `api_client` checked against the leader's term of the call it is made in
     (leader.TERM, set by the Fence): not sent with less than MIN_REQUEST_SECONDS left, its timeout at most
     what is left (DEFAULT_REQUEST_SECONDS outside a term), and its answer refused when the term ended while
-    it was in flight. The hook is the REST client's `request`, the last step before urllib3 sends (called
-    with keyword arguments by every client version this project supports)."""
+    it was in flight. With a `budget`, each request first waits for its token (runtime/budget.py); a wait that
+    would leave less than MIN_REQUEST_SECONDS of the term is not waited: the request is not sent. The hook is
+    the REST client's `request`, the last step before urllib3 sends (called with keyword arguments by every
+    client version this project supports)."""
     rest = api_client.rest_client
     send: Callable[..., Any] = rest.request
 
     def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         term = leader.TERM.get()
+        if budget is not None:
+            wait = budget.reserve()
+            if wait > 0:
+                if term is not None and term.remaining() - wait < leader.MIN_REQUEST_SECONDS:
+                    raise leader.NotLeading(f"{method} {url}: not sent, its request budget's wait ({wait:.2f}s) "
+                                            "outlives the leader's term")  # fmt: skip
+                metrics.API_THROTTLED_SECONDS.inc(wait)
+                time.sleep(wait)
         timeout = kwargs.get("_request_timeout") or DEFAULT_REQUEST_SECONDS
         if term is not None:
             left = term.remaining()
@@ -175,8 +187,9 @@ def delete_options(version: str) -> client.V1DeleteOptions:
 
 
 class Kube:
-    def __init__(self) -> None:
-        api_client = fence_requests(client.ApiClient())
+    def __init__(self, budget: RequestBudget | None = None) -> None:
+        """`budget`: the client-side request budget of this client's calls (None: unbounded)."""
+        api_client = fence_requests(client.ApiClient(), budget)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)

@@ -54,6 +54,10 @@ SHARD_MOVES = Counter(
     "and acked (a replica let go of a drained loop)",
     ["reason"],
 )
+API_THROTTLED_SECONDS = Counter(
+    "mfl_operator_api_throttled_seconds_total",
+    "Seconds the engine's Kubernetes API requests waited for the client-side request budget (MFL_API_QPS, _BURST)",
+)
 _PHASES_SEEN: set[str] = set()
 _REPLICAS_SEEN: set[str] = set()
 
