@@ -22,8 +22,8 @@ timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) -
 run: python-deps  ## install, then run the operator against the current kubeconfig
 	$(VENV)/bin/mfl-operator
 
-test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test
-	$(call timed,tests,$(PYTHON) -m pytest -ra)
+test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test (the cluster tier and the rest side by side: mfl_testbed/tiers.py)
+	$(call timed,tests,$(PYTHON) -m mfl_testbed.tiers -ra)
 
 lint: python-deps  ## ruff (lint + format), mypy --strict on the whole operator package ([tool.mypy]) and on the test fakes against the API they stand for and the import contracts of pyproject.toml's [tool.importlinter]
 	$(call timed,lint,$(PYTHON) -m ruff check . && $(PYTHON) -m mypy && $(PYTHON) -m mypy tests/operator/fake_kube.py && $(PYTHON) -m ruff format --check . && $(VENV)/bin/lint-imports)
