@@ -343,36 +343,57 @@ def test_an_httproute_weight_follows_the_canary_s_readiness(bed: Harness) -> Non
     assert ("patch", "HTTPRoute churn-route canary=50") in actions
 
 
-def test_an_unready_stable_deployment_s_pods_are_listed_once_a_minute_or_when_it_changes(bed: Harness) -> None:
+def test_an_unready_stable_deployment_s_pods_are_listed_on_a_backing_off_schedule(bed: Harness) -> None:
     """A fleet of unready stable Deployments (a node down) listed every loop's Pods at every poll: the reason is
-    only ServingReady's message, so it is listed again when the Deployment changes or is a minute old."""
+    only ServingReady's message, so it is listed when the Deployment turns unready or changes, and otherwise after
+    a wait that doubles."""
     from .test_engine_cycle import serving_v1
 
-    listed: list[str] = []
+    listed: list[float] = []
     list_pods = bed.kube.list_pods
+    clock = [0.0]
 
     def counting(namespace: str, selector: str) -> list[dict[str, Any]]:
-        listed.append(selector)
+        listed.append(clock[0])
         return list_pods(namespace, selector)
+
+    def cycle(at: float) -> None:
+        clock[0] = at
+        bed.cycle(at)
 
     bed.kube.list_pods = counting  # type: ignore[method-assign]
     now = serving_v1(bed)
     crash = container(restarts=3, state=BACKOFF, last=CRASH)
     bed.kube.hold_unready("team-a/churn", [pod("churn-x", version="1", containers=[crash], track="stable")])
     bed.watch()
-    for step in range(6):  # a poll every 10 s, each reconciled
-        bed.cycle(now + 10 * step)
-    assert len(listed) == 1
+    for step in range(6):  # a poll every 10 s
+        cycle(now + 10 * step)
+    assert listed == [now]  # once, not at every poll
     serving = next(c for c in bed.status()["conditions"] if c["type"] == "ServingReady")
     assert "restarted 3 times" in serving["message"] and "invalid load key" in serving["message"]
-    bed.cycle(now + 61)  # a minute since the list
-    assert len(listed) == 2
+    for step in range(6, 30):
+        cycle(now + 10 * step)
+    assert listed == [now, now + 60, now + 180]  # a minute, then twice as long while nothing changed
     bed.kube.deployments["team-a/churn"]["metadata"]["resourceVersion"] = "changed"
     bed.watch()
-    bed.cycle(now + 70)  # the Deployment changed: listed at once
-    assert len(listed) == 3
+    cycle(now + 300)  # the Deployment changed: listed at once
+    assert listed[-1] == now + 300 and len(listed) == 4
     bed.kube.deployments["team-a/churn"]["status"]["readyReplicas"] = 2
     bed.watch()
-    bed.cycle(now + 80)
-    assert len(listed) == 3  # all ready: nothing to list
+    cycle(now + 310)
+    assert len(listed) == 4  # all ready: nothing to list
     assert bed.engine.fleet.memory["team-a/churn"].stable_diagnosis is None
+
+
+def test_the_stable_list_schedule() -> None:
+    from feedbackloop.core.fleet import StableDiagnosis, stable_list_due, stable_listed
+
+    assert stable_list_due(None, "7", 100.0)  # turned unready: list now
+    listed = stable_listed(None, "7", "Pod x: pending", 100.0)
+    assert (listed.next_list, listed.wait, listed.detail) == (160.0, 60.0, "Pod x: pending")
+    assert not stable_list_due(listed, "7", 159.0) and stable_list_due(listed, "7", 160.0)
+    assert stable_list_due(listed, "8", 101.0)  # the Deployment changed
+    again = stable_listed(listed, "7", "Pod x: pending", 160.0)
+    assert (again.next_list, again.wait) == (280.0, 120.0)
+    assert stable_listed(again, "8", "Pod y", 200.0).wait == 60.0
+    assert stable_listed(StableDiagnosis("7", "", 0.0, 600.0), "7", "", 1000.0).wait == 600.0  # ten minutes at most

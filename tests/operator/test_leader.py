@@ -762,7 +762,11 @@ async def test_renewals_stop_when_cancelled_just_as_an_attempt_returns() -> None
         attempts += 1
         return await answer if attempts == 1 else True
 
+    async def read_first() -> None:
+        return None  # no one-write renewal: every try is the attempt above
+
     renewing._attempt = attempt  # type: ignore[method-assign]
+    renewing._renew = read_first  # type: ignore[method-assign]
     keeper = asyncio.create_task(renewing.keep())
     await until(lambda: attempts == 1, 2)
     answer.set_result(True)  # the attempt ends, and the cancellation arrives in the same turn of the loop

@@ -40,6 +40,7 @@ class LeaseServer:
         self.hold: threading.Event | None = None  # the next PATCH waits for it (a request in flight)
         self.held = threading.Event()
         self.edit_after_get = False  # the next GET of an object is followed by someone else's edit
+        self.lease_delay = 0.0  # seconds every Lease request takes (a loaded API server)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -74,6 +75,7 @@ class LeaseServer:
         self.requests.append((method, http.path, body))
         match = PATH.match(http.path)
         if match:
+            time.sleep(self.lease_delay)
             code, value = self.lease_request(method, match, body)
         else:
             code, value = self.object_request(method, http.path, body)
@@ -211,6 +213,34 @@ def test_kube_lease_reads_creates_and_conflicts_as_the_api_server_answers(server
     with pytest.raises(leader.Conflict):
         lease.replace(stale)
     assert lease.replace(written)["metadata"]["resourceVersion"] != written["metadata"]["resourceVersion"]
+
+
+@pytest.mark.parametrize(("request_timeout", "kept"), [(0.3, False), (1.5, True)])
+def test_a_slow_api_server_does_not_cost_the_lease_while_a_renewal_fits_its_deadline(
+    server: LeaseServer, request_timeout: float, kept: bool
+) -> None:
+    """Each Lease request answered in 0.5 s: a renewal (read + write) takes 1 s of its 1.5 s deadline. A request
+    timeout of one retry period (0.3 s: what the operator used to give it) failed every renewal and the leader let
+    go; one of the renew deadline keeps it (in a fleet benchmark, every replica exited together this way)."""
+    timing = leader.Timing(lease_seconds=2, renew_deadline_seconds=1.5, retry_seconds=0.3)
+    election = leader.Election(True, "op-1", "feedbackloop-operator", "ops", timing)
+    elector = leader.Elector(leader.KubeLease(election.name, election.namespace, request_timeout), election)
+
+    async def scenario() -> bool:
+        await elector.acquire()  # quickly, before the server slows down
+        server.lease_delay = 0.5
+        before = len(server.requests)
+        keeping = asyncio.create_task(elector.keep())
+        await asyncio.sleep(3.0)
+        still = not keeping.done()
+        if kept:  # each renewal one write on the version it last wrote: no read first
+            assert [method for method, _, _ in server.requests[before:]] == ["PUT"] * (len(server.requests) - before)
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
+        return still
+
+    assert asyncio.run(scenario()) is kept
+    assert elector.leases.api.api_client.configuration.retries is False  # type: ignore[attr-defined]
 
 
 def test_two_candidates_through_the_real_client_hand_over_on_release(server: LeaseServer) -> None:

@@ -36,7 +36,8 @@ def started(
     monkeypatch.setattr(handlers, "Kube", lambda budget=None: clients.append(budget) or SimpleNamespace(budget=budget))
     monkeypatch.setattr(egress_net, "operator_policy", lambda allow: None)
     monkeypatch.setattr(egress_net, "install", lambda policy: None)
-    monkeypatch.setattr(leader, "KubeLease", lambda name, namespace, timeout: object())
+    lease_timeouts: list[float] = []  # each Lease client's request timeout
+    monkeypatch.setattr(leader, "KubeLease", lambda name, namespace, timeout: lease_timeouts.append(timeout))
     monkeypatch.setattr(leader, "lead", lead)
     monkeypatch.setattr(leader, "unelected", unelected)
     settings, memo = kopf.OperatorSettings(), kopf.Memo()
@@ -47,7 +48,7 @@ def started(
         await handlers.stop_engine(memo=memo)
 
     asyncio.run(start())
-    memo.clients = clients
+    memo.clients, memo.lease_timeouts = clients, lease_timeouts
     return settings, memo, leads
 
 
@@ -70,6 +71,8 @@ def test_sharded_replica_watches_its_shard_and_leads_two_leases(monkeypatch: pyt
         "gauge": metrics.REPLICA_LEASE,
     }
     assert coordinator == {"lease": leader.DEFAULT_LEASE, "labels": {}}
+    # A Lease request may take what a renewal may (the renew deadline), not one retry period.
+    assert memo.lease_timeouts and set(memo.lease_timeouts) == {leader.Timing().renew_deadline_seconds}
     engine_budget, coordinator_budget = memo.clients  # the engine's calls within the admin's budget; the moves not
     assert (engine_budget.qps, engine_budget.burst) == (50, 100) and coordinator_budget is None
 

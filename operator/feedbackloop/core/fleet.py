@@ -14,6 +14,37 @@ from feedbackloop.core import phases
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.status import LoopStatus
 
+# When the stable Deployment's Pods are listed to explain why it is not ready (ServingReady's message only: no
+# decision reads it): when it turns unready or changes, otherwise after a wait that doubles while nothing changes.
+# A fleet of never-ready stable tracks (a node down, or a cluster without nodes) listed every loop's Pods at every
+# poll and loaded the API server. The canary's Pods are not on this schedule: a failing canary is rolled back on
+# what they say.
+STABLE_RELIST_SECONDS = 60.0
+STABLE_RELIST_MAX_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class StableDiagnosis:
+    version: str  # the Deployment's resourceVersion when its Pods were last listed
+    detail: str
+    next_list: float
+    wait: float  # the wait before next_list
+
+
+def stable_list_due(diagnosis: StableDiagnosis | None, version: str, now: float) -> bool:
+    """Whether to list the unready stable Deployment's Pods now."""
+    return diagnosis is None or version != diagnosis.version or now >= diagnosis.next_list
+
+
+def stable_listed(diagnosis: StableDiagnosis | None, version: str, detail: str, now: float) -> StableDiagnosis:
+    """The schedule after a list: the next one a minute later, twice as long each time the Deployment stayed the
+    same, at most ten minutes."""
+    same = diagnosis is not None and version == diagnosis.version
+    wait = (
+        min(2 * diagnosis.wait, STABLE_RELIST_MAX_SECONDS) if diagnosis is not None and same else STABLE_RELIST_SECONDS
+    )
+    return StableDiagnosis(version, detail, now + wait, wait)
+
 
 @dataclass
 class LoopMemory:
@@ -32,8 +63,7 @@ class LoopMemory:
     # The loop's resourceVersion our last status write made, and the one the watch showed when we wrote it.
     written_version: str = ""
     written_over: str = ""
-    # Why the stable Deployment is not ready, as last listed: (its resourceVersion then, when, the detail).
-    stable_diagnosis: tuple[str, float, str] | None = None
+    stable_diagnosis: StableDiagnosis | None = None  # while the stable Deployment is not all ready
 
     def version_to_write_on(self, seen: str) -> str | None:
         """The loop's current resourceVersion as far as we know, for a status write's precondition: our own last

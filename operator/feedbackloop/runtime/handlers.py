@@ -60,7 +60,7 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     settings.watching.label_selectors["apps", "deployments"] = deployments
     memo.engine = Engine(fence, engine_settings)  # every replica observes: the watch feeds it
     if sharded.enabled:  # each replica acts on its shard, fenced by its own Lease; the leader coordinates
-        timeout = election.timing.retry_seconds
+        timeout = election.timing.renew_deadline_seconds  # a Lease request may take what a renewal may
         replica = leader.replica_election(election)
         own = leader.Elector(leader.KubeLease(replica.name, replica.namespace, timeout), replica)
         work = leader.lead(own, memo.engine.run, fence, gauge=metrics.REPLICA_LEASE)
@@ -73,7 +73,7 @@ async def start_engine(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
             leader.lead(leader.Elector(lease, election), coordinator.run, coordinator_fence), name="shard-coordinator"
         )
     elif election.enabled:  # only the leader runs the engine: it alone acts and writes status
-        lease = leader.KubeLease(election.name, election.namespace, election.timing.retry_seconds)
+        lease = leader.KubeLease(election.name, election.namespace, election.timing.renew_deadline_seconds)
         work = leader.lead(leader.Elector(lease, election), memo.engine.run, fence)
     else:
         work = leader.unelected(memo.engine.run, fence)

@@ -153,9 +153,15 @@ class KubeLease:
     GROUP, VERSION, PLURAL = "coordination.k8s.io", "v1", "leases"
 
     def __init__(self, name: str, namespace: str, request_timeout: float) -> None:
+        """`request_timeout`: each read or write's (the renew deadline: the elector bounds a renewal by what is
+        left of it; a timeout of one retry period failed every renewal while the API server answered in 1-2 s).
+        A client of its own without urllib3's retries: the elector tries again each period itself, and a re-sent
+        write after a read timeout only spent the deadline."""
         from kubernetes import client
 
-        self.api = client.CustomObjectsApi()
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = False
+        self.api = client.CustomObjectsApi(client.ApiClient(configuration))
         self.name, self.namespace, self.timeout = name, namespace, request_timeout
 
     def read(self) -> dict[str, Any] | None:
@@ -202,7 +208,8 @@ class Elector:
         self.acts_from = math.inf  # when this candidate may start acting (core.election.acts_from)
         self.other_holder = ""
         # Its own threads: a renewal never queues behind the engine's calls in the default executor.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="leader-lease")
+        # Four: a renewal cut short by its deadline leaves its thread blocked until its request times out.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="leader-lease")
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
@@ -247,12 +254,18 @@ class Elector:
         return True
 
     async def keep(self, renewed: Callable[[float], None] = lambda deadline: None) -> None:
+        """Renew every retry period, counted from each try's start (not its end: a slow answer must not push the
+        next renewal towards the deadline), each try bounded by what is left of the renew deadline."""
+        last_try = self.clock()
         while True:
-            await asyncio.sleep(self.timing.retry_seconds)
-            remaining = self.deadline() - self.clock()
+            await asyncio.sleep(max(0.0, last_try + self.timing.retry_seconds - self.clock()))
+            last_try = self.clock()
+            remaining = self.deadline() - last_try
             try:
                 async with asyncio.timeout(max(0.0, remaining)):
-                    leading = await self._attempt()
+                    leading = await self._renew()
+                    if leading is None:
+                        leading = await self._attempt()
             except TimeoutError:
                 leading = False
             if leading:
@@ -289,6 +302,35 @@ class Elector:
         """The Lease as a list just returned it: the observation (when its holder's term ends) starts from
         here, before this candidate tries to take it; `now` is after the list returned, so it errs late."""
         self.observed = observe(self.observed, holding_of(lease), self.clock(), self.timing)
+
+    async def _renew(self) -> bool | None:
+        """The holder's renewal as one write on the Lease as this candidate last wrote it (resourceVersion as the
+        precondition): one request, not a read and a write, so a renewal survives twice the API server's latency.
+        None when it cannot tell (someone wrote the Lease since: a 409): read and decide, as any attempt."""
+        holding = self.holding
+        if holding is None or holding.holder != self.election.identity or self.renewed_at is None:
+            return None
+        started = self.clock()
+        body = lease_body(
+            Step.RENEW,
+            holding,
+            self.election.identity,
+            self.timing,
+            self.election.name,
+            self.election.namespace,
+            self.wall(),
+            self.election.labels or None,
+        )
+        try:
+            written = await self._call(self.leases.replace, body)
+        except Conflict:
+            return None
+        except Exception as error:
+            log.warning("renewing the leader Lease failed: %s", error)
+            return False
+        self.renewed_at, self.holding = started, holding_of(written)
+        self.observed = observe(self.observed, self.holding, self.clock(), self.timing)
+        return True
 
     async def _attempt(self) -> bool:
         """Read, decide, write once. True when this candidate holds a freshly written Lease."""

@@ -21,7 +21,7 @@ from feedbackloop.core import credentials, phases, resources
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.canary import CanaryObservation
 from feedbackloop.core.credentials import Refusal, token_refusal
-from feedbackloop.core.fleet import Fleet, LoopMemory
+from feedbackloop.core.fleet import Fleet, LoopMemory, stable_list_due, stable_listed
 from feedbackloop.core.monitoring import Round, Sample, rules_of
 from feedbackloop.core.status import LoopStatus
 from feedbackloop.runtime import canary_queries, egress_net, metrics, notify
@@ -31,10 +31,6 @@ from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, sh
 log = logging.getLogger(__name__)
 SECRET_CACHE_SECONDS = 60  # not an API read per loop per poll; a rotated Secret still lands within this
 FAILED_POLL_BACKOFF_SECONDS = 30
-# The stable Deployment's Pods are listed again after this long (or when the Deployment changes), not at every
-# reconcile while it is not all ready: the reason only goes into ServingReady's message, and a fleet of unready
-# stable Deployments (a node down) listed Pods at every loop's every poll. The canary's are always fresh.
-STABLE_DIAGNOSIS_SECONDS = 60.0
 
 
 class Observer:
@@ -188,7 +184,7 @@ class Observer:
         self, body: dict[str, Any], spec: ModelFeedbackLoopSpec, status: LoopStatus, memory: LoopMemory, now: float
     ) -> phases.ServingObservation:
         """The Deployments from the watch cache; their Pods (one list call) only while one is not all ready (the
-        stable one's at most every STABLE_DIAGNOSIS_SECONDS while the Deployment stays the same)."""
+        stable one's on a schedule: core.fleet.stable_list_due)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         stable = self.fleet.deployments.get(f"{namespace}/{resources.stable_name(name)}")
         canary = self.fleet.deployments.get(f"{namespace}/{resources.canary_name(name)}")
@@ -221,15 +217,14 @@ class Observer:
     async def _stable_detail(
         self, namespace: str, name: str, stable: dict[str, Any], memory: LoopMemory, now: float
     ) -> str:
-        """Why the stable Deployment is not all ready: listed again only when it changed or the last list is
-        STABLE_DIAGNOSIS_SECONDS old."""
+        """Why the stable Deployment is not all ready, listed on core.fleet's schedule (not at every poll)."""
         version = str(stable["metadata"].get("resourceVersion") or "")
-        cached = memory.stable_diagnosis
-        if cached is not None and cached[0] == version and now - cached[1] < STABLE_DIAGNOSIS_SECONDS:
-            return cached[2]
+        diagnosis = memory.stable_diagnosis
+        if diagnosis is not None and not stable_list_due(diagnosis, version, now):
+            return diagnosis.detail
         failure, detail = await self._pod_problems(namespace, name, "stable", stable, logs=False)
         detail = failure or detail  # a crash loop of the stable track is its explanation, not a rollback
-        memory.stable_diagnosis = (version, now, detail)
+        memory.stable_diagnosis = stable_listed(diagnosis, version, detail, now)
         return detail
 
     async def _pod_problems(
