@@ -250,7 +250,8 @@ class Engine:
         without them would look like Deployments to create. A failure raises: the reconcile is retried."""
         namespace, name = key.split("/", 1)
         shard = str(self.settings.shard)
-        found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard)
+        seen = str(self.fleet.loops[key]["metadata"].get("resourceVersion") or "")  # after its last owner let go
+        found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard, seen)
         for deployment in found:
             known = self.fleet.deployments.get(f"{namespace}/{deployment['metadata']['name']}")
             if known is None or not newer(known, str(deployment["metadata"].get("resourceVersion") or "")):
