@@ -17,12 +17,15 @@ APT_PACKAGES = prometheus prometheus-alertmanager etcd-server iproute2 openssl p
 # `$(call timed,stage,command)`: run a stage and print how long it took (CI keeps these lines).
 timed = @start=$$(date +%s); $(2); rc=$$?; echo "stage $(1): $$(( $$(date +%s) - start ))s"; exit $$rc
 
-.PHONY: run test deps system-deps python-deps control-plane images lint unit e2e crd release bench demo
+.PHONY: run test test-tiers deps system-deps python-deps control-plane images lint unit e2e crd release bench demo
 
 run: python-deps  ## install, then run the operator against the current kubeconfig
 	$(VENV)/bin/mfl-operator
 
-test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test (the cluster tier and the rest side by side: mfl_testbed/tiers.py)
+test: deps lint  ## install what the tests need, build (or reuse) Kubernetes and the images, lint, run every test
+	$(call timed,tests,$(PYTHON) -m pytest -ra)
+
+test-tiers: deps lint  ## as `test`, the cluster tier and the rest side by side (mfl_testbed/tiers.py; not CI's: see there)
 	$(call timed,tests,$(PYTHON) -m mfl_testbed.tiers -ra)
 
 lint: python-deps  ## ruff (lint + format), mypy --strict on the whole operator package ([tool.mypy]) and on the test fakes against the API they stand for and the import contracts of pyproject.toml's [tool.importlinter]

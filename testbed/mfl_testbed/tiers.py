@@ -2,12 +2,16 @@
 
     python -m mfl_testbed.tiers [pytest arguments for both tiers...]
 
-Why: the cluster tier spends most of its ~45 minutes waiting (Pods starting, monitoring intervals, canary
-pauses) while one core sits idle, and the rest (~13 minutes, mostly CPU) waited for it in one pytest process.
-Side by side, CI's run is shorter by about the second tier's length. The cluster tier streams its output; the
-other tier runs at a lower CPU priority (the cluster's timing matters more), writes its own log, and that log is
-printed whole when both have ended, so the CI log reads as two complete pytest reports. The exit code is the
-first non-zero of the two (e2e first).
+Why: the cluster tier spends much of its ~45 minutes waiting (Pods starting, monitoring intervals, canary
+pauses), and the rest (~13 minutes, mostly CPU) waits for it in one pytest process. The cluster tier streams its
+output; the other tier runs at a lower CPU priority (MFL_TIER_NICE, default 10: the cluster's timing matters
+more), writes its own log, and that log is printed whole when both have ended. The exit code is the first
+non-zero of the two (e2e first).
+
+Not what CI runs (`make test` is one pytest process): measured on the 2-core machine, the cluster tier keeps
+both cores busy often enough that the other tier at nice 10 got a few percent of a core, and its slowest fixture
+(the ML-efficacy smoke run, 33 s alone) hit the 600 s test timeout. `make test-tiers` runs it for a machine
+with cores to spare.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-NICE = 10  # the second tier's CPU priority: below the cluster's, whose timeouts are real time
+NICE = int(os.environ.get("MFL_TIER_NICE", "10"))  # the second tier's CPU priority: the cluster's timeouts are real
 
 
 def tier_commands(args: list[str], python: str = sys.executable) -> tuple[list[str], list[str]]:
