@@ -26,11 +26,12 @@ from pathlib import Path
 NICE = int(os.environ.get("MFL_TIER_NICE", "10"))  # the second tier's CPU priority: the cluster's timeouts are real
 
 
-def tier_commands(args: list[str], python: str = sys.executable) -> tuple[list[str], list[str]]:
-    """(the cluster tier, the other tier): each its own marker, temp root and no shared cache (two sessions)."""
+def tier_commands(args: list[str], root: Path, python: str = sys.executable) -> tuple[list[str], list[str]]:
+    """(the cluster tier, the other tier): each its own marker, temp root under `root` (this run's: pytest wipes
+    a basetemp, so two runs must never share one) and no shared cache (two sessions)."""
     base = [python, "-m", "pytest", "-p", "no:cacheprovider", *args]
-    cluster = [*base, "-m", "e2e", f"--basetemp={tempfile.gettempdir()}/mfl-tier-e2e"]
-    rest = [*base, "-m", "not e2e", f"--basetemp={tempfile.gettempdir()}/mfl-tier-rest"]
+    cluster = [*base, "-m", "e2e", f"--basetemp={root / 'e2e'}"]
+    rest = [*base, "-m", "not e2e", f"--basetemp={root / 'rest'}"]
     return cluster, rest
 
 
@@ -43,8 +44,9 @@ def combined(cluster: int, rest: int) -> int:
 
 
 def run(args: list[str]) -> int:
-    cluster_command, rest_command = tier_commands(args)
-    log = Path(tempfile.gettempdir()) / "mfl-tier-rest.log"
+    root = Path(tempfile.mkdtemp(prefix="mfl-tiers-"))
+    cluster_command, rest_command = tier_commands(args, root)
+    log = root / "rest.log"
     start = time.monotonic()
     with log.open("w") as output:
         rest = subprocess.Popen(rest_command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(NICE))
