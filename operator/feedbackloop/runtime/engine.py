@@ -250,8 +250,9 @@ class Engine:
         without them would look like Deployments to create. A failure raises: the reconcile is retried."""
         namespace, name = key.split("/", 1)
         shard = str(self.settings.shard)
-        seen = str(self.fleet.loops[key]["metadata"].get("resourceVersion") or "")  # after its last owner let go
-        found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard, seen)
+        # A quorum read: a list NotOlderThan the loop's resourceVersion is refused by a 1.20 API server whose
+        # Deployment cache has not seen that revision (no Deployment changed since: "Too large resource version").
+        found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard)
         for deployment in found:
             known = self.fleet.deployments.get(f"{namespace}/{deployment['metadata']['name']}")
             if known is None or not newer(known, str(deployment["metadata"].get("resourceVersion") or "")):
