@@ -303,6 +303,14 @@ class Elector:
         here, before this candidate tries to take it; `now` is after the list returned, so it errs late."""
         self.observed = observe(self.observed, holding_of(lease), self.clock(), self.timing)
 
+    def _body(self, step: Step, holding: Holding | None) -> dict[str, Any]:
+        """This candidate's Lease for `step`, now (core.election.lease_body)."""
+        election = self.election
+        return lease_body(
+            step, holding, election.identity, self.timing, election.name, election.namespace, self.wall(),
+            election.labels or None,
+        )  # fmt: skip
+
     async def _renew(self) -> bool | None:
         """The holder's renewal as one write on the Lease as this candidate last wrote it (resourceVersion as the
         precondition): one request, not a read and a write, so a renewal survives twice the API server's latency.
@@ -311,18 +319,8 @@ class Elector:
         if holding is None or holding.holder != self.election.identity or self.renewed_at is None:
             return None
         started = self.clock()
-        body = lease_body(
-            Step.RENEW,
-            holding,
-            self.election.identity,
-            self.timing,
-            self.election.name,
-            self.election.namespace,
-            self.wall(),
-            self.election.labels or None,
-        )
         try:
-            written = await self._call(self.leases.replace, body)
+            written = await self._call(self.leases.replace, self._body(Step.RENEW, holding))
         except Conflict:
             return None
         except Exception as error:
@@ -351,16 +349,7 @@ class Elector:
                 self.other_holder = "nobody: the Lease was " + ("deleted" if holding is None else "cleared")
             return False
         self.other_holder = ""
-        body = lease_body(
-            step,
-            holding,
-            self.election.identity,
-            self.timing,
-            self.election.name,
-            self.election.namespace,
-            self.wall(),
-            self.election.labels or None,
-        )
+        body = self._body(step, holding)
         try:
             written = await self._call(self.leases.create if step is Step.CREATE else self.leases.replace, body)
         except Conflict:
