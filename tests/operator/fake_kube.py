@@ -52,7 +52,7 @@ class FakeKube:
     event_messages: list[str] = field(default_factory=list)  # "<reason>: <message>" of every Event posted
     status_versions: list[str | None] = field(default_factory=list)  # the resourceVersion each status write was sent on
     ack_versions: list[str] = field(default_factory=list)  # the resourceVersion each shard ack was sent on
-    adopted_not_older_than: list[str] = field(default_factory=list)  # the freshness each adoption's list asked for
+    adoptions: list[str] = field(default_factory=list)  # namespace/loop label of each adoption's list
 
     # --- the loops themselves (sharding) ---------------------------------------------------------------
     def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool:
@@ -114,10 +114,8 @@ class FakeKube:
         self.deployments[key] = deployment
         self.actions.append((verb, f"Deployment {key} v{body['metadata']['labels'][resources.VERSION_LABEL]}"))
 
-    def adopt_deployments(
-        self, namespace: str, loop_label: str, shard: str, not_older_than: str = ""
-    ) -> list[dict[str, Any]]:
-        self.adopted_not_older_than.append(not_older_than)
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
+        self.adoptions.append(f"{namespace}/{loop_label}")
         adopted = []
         for key, deployment in sorted(self.deployments.items()):
             labels = deployment["metadata"].setdefault("labels", {})

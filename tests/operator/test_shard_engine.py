@@ -205,7 +205,7 @@ def test_a_loop_taken_over_brings_its_deployments_into_this_replicas_watch_befor
     assert not [a for a in actions if a[0] in ("create", "update") and a[1].startswith("Deployment")], actions
     assert taker.engine.fleet.deployments[stable]["metadata"]["labels"][sharding.SHARD_LABEL] == ME
     assert all(a[0] != "label" for a in run_cycle(taker, T0 + 20))  # once
-    assert taker.kube.adopted_not_older_than == [""]  # a quorum read (see engine._adopt)
+    assert taker.kube.adoptions == ["team-a/churn"]  # one list for the loop, however many cycles
 
 
 def test_deployments_a_sharded_replica_writes_carry_its_shard(bed: Harness) -> None:
@@ -221,10 +221,10 @@ def test_a_loop_whose_deployments_cannot_be_adopted_is_not_acted_on_until_they_a
     failing = {"on": True}
     adopt = bed.kube.adopt_deployments
 
-    def flaky(namespace: str, loop_label: str, shard: str, not_older_than: str = "") -> list[dict[str, Any]]:
+    def flaky(namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
         if failing["on"]:
             raise RuntimeError("the API server is unreachable")
-        return adopt(namespace, loop_label, shard, not_older_than)
+        return adopt(namespace, loop_label, shard)
 
     bed.kube.adopt_deployments = flaky  # type: ignore[method-assign]
     store(bed, serving(10), "ADDED")

@@ -250,8 +250,6 @@ class Engine:
         without them would look like Deployments to create. A failure raises: the reconcile is retried."""
         namespace, name = key.split("/", 1)
         shard = str(self.settings.shard)
-        # A quorum read: a list NotOlderThan the loop's resourceVersion is refused by a 1.20 API server whose
-        # Deployment cache has not seen that revision (no Deployment changed since: "Too large resource version").
         found = await asyncio.to_thread(self.kube.adopt_deployments, namespace, resources.loop_label(name), shard)
         for deployment in found:
             known = self.fleet.deployments.get(f"{namespace}/{deployment['metadata']['name']}")

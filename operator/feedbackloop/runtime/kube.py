@@ -104,9 +104,7 @@ class KubeAPI(Protocol):
     def read_secret_metadata(self, namespace: str, name: str) -> tuple[dict[str, str], list[str]] | None: ...
     def loop_gone(self, namespace: str, name: str, uid: str | None) -> bool: ...
     def ack_shard(self, namespace: str, name: str, version: str) -> str: ...
-    def adopt_deployments(
-        self, namespace: str, loop_label: str, shard: str, not_older_than: str = ""
-    ) -> list[dict[str, Any]]: ...
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]: ...
 
 
 def fence_requests(api_client: client.ApiClient, budget: RequestBudget | None = None) -> client.ApiClient:
@@ -412,22 +410,13 @@ class Kube:
         return newest_termination(runner or pods)
 
     # --- serving Pods -----------------------------------------------------------------------------
-    def adopt_deployments(
-        self, namespace: str, loop_label: str, shard: str, not_older_than: str = ""
-    ) -> list[dict[str, Any]]:
+    def adopt_deployments(self, namespace: str, loop_label: str, shard: str) -> list[dict[str, Any]]:
         """Sharding: a loop's Deployments brought into this replica's watch (our shard label on each, a merge patch
-        of that label only), as they are now (camelCase JSON, as the watch serves them). `not_older_than`: the
-        loop's resourceVersion as this replica's watch delivered it, written after its previous owner's last
-        write: the list is served from the API server's watch cache at least that fresh (resourceVersionMatch
-        NotOlderThan), not read from etcd. A quorum read scans the namespace's every Deployment in etcd; a
-        takeover's hundreds of them saturated the API server in the fleet benchmark."""
+        of that label only), as they are now (camelCase JSON, as the watch serves them). A quorum read: a list
+        NotOlderThan the loop's resourceVersion is refused by a 1.20 API server whose Deployment cache has not seen
+        that revision (504 Too large resource version, when no Deployment changed since)."""
         selector = f"app.kubernetes.io/managed-by={resources.MANAGED_BY},{resources.LOOP_LABEL}={loop_label}"
-        fresh: dict[str, Any] = {}
-        if not_older_than.isdigit():
-            fresh = {"resource_version": not_older_than, "resource_version_match": "NotOlderThan"}
-        response: Any = self.apps.list_namespaced_deployment(
-            namespace, label_selector=selector, _preload_content=False, **fresh
-        )
+        response: Any = self.apps.list_namespaced_deployment(namespace, label_selector=selector, _preload_content=False)
         adopted = []
         for item in json.loads(response.data).get("items") or []:
             meta = item["metadata"]
