@@ -3,7 +3,9 @@
 Per reconcile the engine copies the loop's status (decide never mutates its input). A pydantic status
 would add a model_validate and a model_dump(by_alias, exclude_none) to that. This times both on the
 largest status a loop carries (a canary with its evidence, conditions and history) and scales them to
-one poll of a 2,000-loop fleet. The figures are in operator/feedbackloop/core/status.py's docstring.
+one poll of a 2,000-loop fleet, and beside them the walk that makes tenant text inert on every write
+(a timed assertion in tests/operator/test_sanitise.py before: timings belong here). The typing figures are
+in operator/feedbackloop/core/status.py's docstring.
 
     python benchmarks/status_types.py
 """
@@ -15,6 +17,7 @@ import time
 from typing import Any
 
 from feedbackloop.core import api
+from feedbackloop.core.text import inert_tree
 
 EVIDENCE = [
     {"name": n, "decision": "Pending", "message": "m" * 60, "values": {"a": 1.0, "b": 2.0, "c": 3.0}}
@@ -82,6 +85,10 @@ def main() -> None:
     for name, value in (("deepcopy (what decide costs today)", copied), ("pydantic validate + dump", round_trip)):
         print(f"{name:<52} {value:8.0f} {value * 2000 / 1000:16.0f}")
     print(f"pydantic round trip / deepcopy: {round_trip / copied:.2f}x")
+    # Every status write is also walked to make tenant text inert (core/text.py): its cost beside the copy.
+    walked = per_call_us(lambda: inert_tree(STATUS, 4096))
+    print(f"{'inert_tree walk of the same status':<52} {walked:8.0f} {walked * 2000 / 1000:16.0f}")
+    print(f"inert walk / deepcopy: {walked / copied:.2f}x")
 
 
 if __name__ == "__main__":
