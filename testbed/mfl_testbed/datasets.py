@@ -112,6 +112,119 @@ def drift_stream(
     return Stream(X, y, feature_names(generator, n_features), concept)
 
 
+def covariate_shift_stream(
+    n: int,
+    shift_at: int,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+    squeeze: float = 0.3,
+) -> Stream:
+    """Covariate shift: from row ``shift_at`` the inputs come from another distribution, labelled by the same
+    concept 0. Hyperplane: every feature squeezed to ``squeeze`` of its range around the centre, where the
+    boundary runs (more rows near it, so a model fitted on the old inputs errs more); agrawal: the
+    applicants are 30 to 70 years old with a salary under 75,000."""
+    X = sample_features(n, seed, generator, n_features)
+    shifted = _shifted_features(n - shift_at, [seed, 3], generator, n_features, squeeze)
+    X = np.vstack([X[:shift_at], shifted])
+    y = flip_labels(concept_labels(X, 0, generator, concept_seed), noise, seed)
+    return Stream(X, y, feature_names(generator, n_features), np.zeros(n, np.int64))
+
+
+def recurring_stream(
+    n: int,
+    drift_at: Sequence[int],
+    cycle: Sequence[int] = (0, 1),
+    kind: DriftKind = "abrupt",
+    width: int = 1000,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+) -> Stream:
+    """Recurring concepts: after the ``k``-th drift position rows follow concept ``cycle[k % len(cycle)]``
+    (A, B, A, B, ... by default). The same rows as ``drift_stream``; only the concepts repeat."""
+    X = sample_features(n, seed, generator, n_features)
+    concept = np.asarray(cycle, dtype=np.int64)[concept_index(n, drift_at, kind, width, seed) % len(cycle)]
+    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
+    return Stream(X, y, feature_names(generator, n_features), concept)
+
+
+def prior_shift_stream(
+    n: int,
+    shift_at: int,
+    positive_share: float = 0.85,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+) -> Stream:
+    """Prior (label) shift: from row ``shift_at`` a ``positive_share`` of the rows are of class 1 (before
+    it, what concept 0 gives), each class's inputs drawn as before: p(x | y) and the concept stay."""
+    if not 0.0 < positive_share < 1.0:
+        raise ValueError(f"positive_share must be in (0, 1), got {positive_share}")
+    X = sample_features(n, seed, generator, n_features)
+    rng = np.random.default_rng([seed, 4])
+    wanted = (rng.random(n - shift_at) < positive_share).astype(np.int64)
+    pool = sample_features(4 * (n - shift_at) + 100, int(rng.integers(2**31)), generator, n_features)
+    labels = concept_labels(pool, 0, generator, concept_seed)
+    by_class = [pool[labels == c] for c in (0, 1)]
+    shifted = np.empty((len(wanted), X.shape[1]))
+    for c in (0, 1):
+        rows = wanted == c
+        shifted[rows] = by_class[c][: rows.sum()]  # short of a class: numpy refuses the shapes
+    X = np.vstack([X[:shift_at], shifted])
+    y = flip_labels(concept_labels(X, 0, generator, concept_seed), noise, seed)
+    return Stream(X, y, feature_names(generator, n_features), np.zeros(n, np.int64))
+
+
+def rotating_stream(
+    n: int,
+    start: int,
+    turn: float = np.pi,
+    seed: int = 0,
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+) -> Stream:
+    """Slow continuous drift (hyperplane only): concept 0 until row ``start``, then the boundary's normal
+    turns a little every row, from concept 0's towards concept 1's, by ``turn`` radians over the rows left.
+    ``concept`` is 0 before ``start`` and 1 from it (no two rows after it share a concept)."""
+    X = sample_features(n, seed, "hyperplane", n_features)
+    first, second = (_hyperplane_weights(c, concept_seed, n_features) for c in (0, 1))
+    second = second - (second @ first) / (first @ first) * first  # orthogonal to the first, same length
+    second *= np.linalg.norm(first) / np.linalg.norm(second)
+    angle = turn * np.clip(np.arange(n) - start, 0, None) / max(1, n - start)
+    normals = np.cos(angle)[:, None] * first + np.sin(angle)[:, None] * second
+    y = flip_labels((np.einsum("ij,ij->i", X - 0.5, normals) > 0).astype(np.int64), noise, seed)
+    return Stream(X, y, feature_names("hyperplane", n_features), (np.arange(n) >= start).astype(np.int64))
+
+
+def noise_burst_stream(
+    n: int,
+    burst: tuple[int, int],
+    burst_noise: float = 0.3,
+    seed: int = 0,
+    generator: Generator = "hyperplane",
+    n_features: int = 10,
+    noise: float = 0.05,
+    concept_seed: int = 0,
+) -> Stream:
+    """No drift, but rows ``burst[0]`` to ``burst[1]`` have a further ``burst_noise`` of their labels
+    flipped (a labelling outage); outside the burst the labels are ``drift_stream(n, ...)``'s exactly."""
+    stream = drift_stream(
+        n, (), seed=seed, generator=generator, n_features=n_features, noise=noise, concept_seed=concept_seed
+    )
+    start, stop = burst
+    y = stream.y.copy()
+    y[start:stop] = flip_labels(y[start:stop], burst_noise, seed + 1)
+    return stream._replace(y=y)
+
+
 def flip_labels(y: np.ndarray, noise: float, seed: int = 0) -> np.ndarray:
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"noise must be in [0, 1), got {noise}")
@@ -226,8 +339,25 @@ def _label_rule(generator: Generator, concept: int, concept_seed: int) -> Callab
 
 
 def _hyperplane_labels(X: np.ndarray, concept: int, concept_seed: int) -> np.ndarray:
-    weights = np.random.default_rng([concept_seed, concept, 7919]).standard_normal(X.shape[1])
-    return ((X - 0.5) @ weights > 0).astype(np.int64)
+    return ((X - 0.5) @ _hyperplane_weights(concept, concept_seed, X.shape[1]) > 0).astype(np.int64)
+
+
+def _hyperplane_weights(concept: int, concept_seed: int, n_features: int) -> np.ndarray:
+    return np.random.default_rng([concept_seed, concept, 7919]).standard_normal(n_features)
+
+
+def _shifted_features(n: int, seed: list[int], generator: Generator, n_features: int, squeeze: float) -> np.ndarray:
+    """``n`` rows of the covariate-shifted input distribution (see ``covariate_shift_stream``)."""
+    rng = np.random.default_rng(seed)
+    if generator != "agrawal":
+        _check_generator(generator)
+        return 0.5 + squeeze * (rng.random((n, n_features)) - 0.5)
+    kept = np.empty((0, len(AGRAWAL_FEATURES)))
+    while len(kept) < n:  # rejection sampling: about 1 row in 4 is 30 to 70 with a salary under 75,000
+        rows = _sample_agrawal(4 * n + 100, rng)
+        age, salary = _agrawal_columns(rows)["age"], _agrawal_columns(rows)["salary"]
+        kept = np.vstack([kept, rows[(age >= 30) & (age < 70) & (salary < 75_000)]])
+    return kept[:n]
 
 
 def _sample_agrawal(n: int, rng: np.random.Generator) -> np.ndarray:
