@@ -1053,6 +1053,7 @@ def gap_split(outcome: Outcome, settings: Settings) -> GapSplit | None:
     if not drifts or loop is None or oracle is None:
         return None
     promoted = sorted(at for at, reason in loop.timeline if reason == "Promoted")
+    lead = oracle.correct.astype(float) - loop.correct  # per row: 1 where only the oracle was right
     before = after = 0.0
     served: list[int | None] = []
     for drift in drifts:
@@ -1060,7 +1061,6 @@ def gap_split(outcome: Outcome, settings: Settings) -> GapSplit | None:
         first = next((at for at in promoted if drift <= at < end), None)
         served.append(None if first is None else first - drift)
         cut = end if first is None else first
-        lead = oracle.correct.astype(float) - loop.correct
         before += lead[drift:cut].sum() / (end - drift)
         after += lead[cut:end].sum() / (end - drift)
     n = len(drifts)
@@ -1230,6 +1230,8 @@ def plot_panel(ax: object, outcome: Outcome, smoothing: int) -> None:
         ax.axvline(d, color="black", ls=":", alpha=0.6, zorder=1)
         if stream.kind == "gradual":
             ax.axvspan(d - stream.width / 2, d + stream.width / 2, color="grey", alpha=0.08, zorder=0)
+    if stream.burst:  # the noise burst's flipped labels
+        ax.axvspan(*stream.burst, color="tab:red", alpha=0.08, zorder=0)
     ax.set_title(
         f"{stream.describe()}: accuracy over {smoothing} rows; loop: ^ promoted, v rolled back, x rejected",
         fontsize=9,
