@@ -108,8 +108,7 @@ def drift_stream(
     """
     X = sample_features(n, seed, generator, n_features)
     concept = concept_index(n, drift_at, kind, width, seed)
-    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
-    return Stream(X, y, feature_names(generator, n_features), concept)
+    return _labelled(X, concept, generator, n_features, noise, seed, concept_seed)
 
 
 def covariate_shift_stream(
@@ -129,8 +128,7 @@ def covariate_shift_stream(
     X = sample_features(n, seed, generator, n_features)
     shifted = _shifted_features(n - shift_at, [seed, 3], generator, n_features, squeeze)
     X = np.vstack([X[:shift_at], shifted])
-    y = flip_labels(concept_labels(X, 0, generator, concept_seed), noise, seed)
-    return Stream(X, y, feature_names(generator, n_features), np.zeros(n, np.int64))
+    return _labelled(X, np.zeros(n, np.int64), generator, n_features, noise, seed, concept_seed)
 
 
 def recurring_stream(
@@ -149,8 +147,7 @@ def recurring_stream(
     (A, B, A, B, ... by default). The same rows as ``drift_stream``; only the concepts repeat."""
     X = sample_features(n, seed, generator, n_features)
     concept = np.asarray(cycle, dtype=np.int64)[concept_index(n, drift_at, kind, width, seed) % len(cycle)]
-    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
-    return Stream(X, y, feature_names(generator, n_features), concept)
+    return _labelled(X, concept, generator, n_features, noise, seed, concept_seed)
 
 
 def prior_shift_stream(
@@ -178,8 +175,7 @@ def prior_shift_stream(
         rows = wanted == c
         shifted[rows] = by_class[c][: rows.sum()]  # short of a class: numpy refuses the shapes
     X = np.vstack([X[:shift_at], shifted])
-    y = flip_labels(concept_labels(X, 0, generator, concept_seed), noise, seed)
-    return Stream(X, y, feature_names(generator, n_features), np.zeros(n, np.int64))
+    return _labelled(X, np.zeros(n, np.int64), generator, n_features, noise, seed, concept_seed)
 
 
 def rotating_stream(
@@ -223,6 +219,20 @@ def noise_burst_stream(
     y = stream.y.copy()
     y[start:stop] = flip_labels(y[start:stop], burst_noise, seed + 1)
     return stream._replace(y=y)
+
+
+def _labelled(
+    X: np.ndarray,
+    concept: np.ndarray,
+    generator: Generator,
+    n_features: int,
+    noise: float,
+    seed: int,
+    concept_seed: int,
+) -> Stream:
+    """The rows ``X`` labelled by each row's ``concept``, ``noise`` of the labels flipped: every stream's last step."""
+    y = flip_labels(concept_labels(X, concept, generator, concept_seed), noise, seed)
+    return Stream(X, y, feature_names(generator, n_features), concept)
 
 
 def flip_labels(y: np.ndarray, noise: float, seed: int = 0) -> np.ndarray:
