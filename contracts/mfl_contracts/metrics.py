@@ -14,3 +14,7 @@ FEEDBACK_REJECTED = "mfl_feedback_rejected_total"
 FEEDBACK_ABS_ERROR = "mfl_feedback_abs_error"
 CONFUSION = "mfl_confusion_total"
 HTTP_REQUESTS = "mfl_http_requests_total"
+# Input drift (mfl_contracts.inputprofile): served values per feature and bin of the version's training deciles,
+# and the share of training rows in each bin; both with the extra labels `feature` and `bin`.
+FEATURE_BINS = "mfl_feature_bin_total"
+FEATURE_BIN_EXPECTED = "mfl_feature_bin_expected"

@@ -970,6 +970,49 @@ class MetricRule(ApiModel):
         return self
 
 
+MAX_INPUT_DRIFT_WINDOW_SECONDS = 7 * 86400
+
+
+def _input_drift_window(text: DurationText) -> DurationText:
+    """A window of Prometheus samples: at least a minute (two scrapes), at most a week (each poll reads it)."""
+    if not 60 <= text.seconds <= MAX_INPUT_DRIFT_WINDOW_SECONDS:
+        raise ValueError(f"{str(text)!r} is out of range: use 1m to 7d")
+    return text
+
+
+class InputDrift(ApiModel):
+    """Input drift before labels arrive: the served inputs against the serving version's training data.
+
+    The reference server and the sidecar count every numeric feature (the first 32) into the bins cut at the
+    serving version's training deciles, plus below, above and missing; the operator compares the window's
+    counts with the training shares by the population stability index (PSI). A warning, not a breach: it sets
+    the InputDrift condition and Event and never retrains or promotes by itself (docs/monitoring.md).
+    """
+
+    max_psi: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="A feature whose PSI over the window is above this has drifted. Default 0.2 (the usual "
+        "'significant shift'; the noise floor at minRows 500 is about 0.08).",
+    )
+    min_rows: int = Field(
+        default=500,
+        ge=50,
+        le=100_000_000,
+        description="Served rows the window needs before PSI is judged (fewer: no verdict). Default 500.",
+    )
+    window: Annotated[Duration, AfterValidator(_input_drift_window)] = Field(
+        default=DurationText("30m"),
+        description="The window of served inputs compared with the training data: a duration, 1m to 7d. Default 30m.",
+    )
+    for_: Duration = Field(
+        default=DurationText("5m"),
+        alias="for",
+        description="How long some feature's PSI must stay above maxPsi before InputDrift turns True. Default 5m.",
+    )
+
+
 class Monitoring(ApiModel):
     """How the model's health is judged: the Prometheus to query and the rules to evaluate."""
 
@@ -996,6 +1039,13 @@ class Monitoring(ApiModel):
         gt=0,
         description="Maximum p99 prediction latency of the default latencyP99 rule (metrics empty), in seconds. "
         "Default 0.5.",
+    )
+
+    input_drift: InputDrift | None = Field(
+        default=None,
+        description="Set (even to {}) to judge input drift before labels arrive: one more query per poll, the "
+        "InputDrift condition and Event. Needs versions whose metadata.json has an inputProfile (the trainer "
+        "writes one). Default: not judged.",
     )
 
     @field_validator("metrics")
@@ -1891,6 +1941,21 @@ class MetricStatus(ApiModel):
     message: str = Field(default="", description="The state in words.")
 
 
+class FeatureDrift(ApiModel):
+    """One feature's population stability index over the input-drift window."""
+
+    name: str = Field(description="The feature.")
+    psi: float = Field(description="Its PSI against the serving version's training data.")
+
+
+class InputDriftStatus(MetricStatus):
+    """The input-drift check's state after the last poll (monitoring.inputDrift): value is the largest PSI."""
+
+    features: list[FeatureDrift] = Field(
+        default_factory=list, description="The features above maxPsi at the last look, largest first (at most 5)."
+    )
+
+
 class CheckEvidence(ApiModel):
     """One canary check's verdict at a look, with the numbers behind it."""
 
@@ -2014,6 +2079,9 @@ class ModelFeedbackLoopStatus(ApiModel):
     current_version: int | None = Field(default=None, description="The version serving as stable.")
     serving: ServingStatus | None = None
     metrics: list[MetricStatus] = Field(default_factory=list, description="Each health rule's state.")
+    input_drift: InputDriftStatus | None = Field(
+        default=None, description="The input-drift check's state, when monitoring.inputDrift is set."
+    )
     summary: str = Field(default="", description="The first rule's last value (name=value), for the Metric column.")
     breach_since: str | None = Field(
         default=None, description="When the earliest breaching rule went out of bounds (RFC 3339)."

@@ -18,6 +18,7 @@ BREACHED = "Breached"
 SERVING_READY = "ServingReady"
 RETRAINING = "Retraining"
 CANARY = "Canary"
+INPUT_DRIFT = "InputDrift"  # a warning before labels: served inputs far from the training data (never a breach)
 
 
 @dataclass(frozen=True)

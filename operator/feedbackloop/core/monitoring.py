@@ -33,6 +33,7 @@ class Sample:
     error: str = ""
     samples: float | None = None  # the rule's samplesQuery result, when it has one
     version: int | None = None  # the serving version it was polled for ({{version}}); None: not known
+    breakdown: tuple[tuple[str, float], ...] | None = None  # the input-drift check's features, largest first
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedbackloop.core import conditions as cond
-from feedbackloop.core import cron, resources
+from feedbackloop.core import cron, inputdrift, resources
 from feedbackloop.core.analysis import Phase as AnalysisPhase
 from feedbackloop.core.api import ModelFeedbackLoopSpec, format_duration
 from feedbackloop.core.canary import CanaryObservation, judge_canary, replica_split
@@ -32,6 +32,7 @@ from feedbackloop.core.gate import offline_gate
 from feedbackloop.core.monitoring import Health, Round, availability, judge, rule_state_to_status, rules_of
 from feedbackloop.core.status import (
     CheckEvidence,
+    InputDriftState,
     LoopStatus,
     Phase,
     RetrainingRun,
@@ -336,6 +337,7 @@ def decide(world: World | InvalidWorld) -> Decision:
     decision.health = _judge(world, status)
     if decision.health is not None:
         _record_health(world, decision, decision.health, now_text)
+    _record_input_drift(world, decision, now_text)
     run, rollout = status.get("retraining"), status.get("rollout")
     if run:
         _follow_training(world, decision, run, now_text)
@@ -478,6 +480,38 @@ def _record_health(world: World, decision: Decision, health: Health, now: str) -
         now,
         world.generation,
     )
+
+
+def _record_input_drift(world: World, decision: Decision, now: str) -> None:
+    """The InputDrift condition and its Events from this round's polls (monitoring.inputDrift); a warning
+    only: nothing here breaches, retrains or promotes."""
+    status, settings = decision.status, world.spec.monitoring.input_drift
+    if settings is None:
+        if status.get("inputDrift") is not None or cond.get(status.get("conditions", []), cond.INPUT_DRIFT):
+            status["inputDrift"] = None  # the setting was removed: so is what it said
+            status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != cond.INPUT_DRIFT]
+        return
+    if world.samples is None:
+        return
+    version = status.get("currentVersion")
+    previous = status.get("inputDrift")
+    if previous and previous.get("sampleTime") and _promoted_since(status, previous):
+        previous = None  # a new version has a new profile: its predecessor's drift says nothing of it
+    state, features = inputdrift.judge(settings, previous, world.samples, version)
+    status["inputDrift"] = inputdrift.to_status(state, features)
+    update = inputdrift.condition(settings, state, features, version)
+    was = cond.get(status.get("conditions", []), cond.INPUT_DRIFT) or {}
+    if update.status is True and was.get("status") != "True":
+        decision.event("Warning", "InputDrift", update.message)
+    elif update.status is False and was.get("status") == "True":
+        decision.event("Normal", "InputDriftCleared", update.message)
+    status["conditions"] = cond.apply(status.get("conditions", []), update, now, world.generation)
+
+
+def _promoted_since(status: LoopStatus, previous: InputDriftState) -> bool:
+    promoted = _promoted_at(status)
+    sampled = parse_time(previous.get("sampleTime"))
+    return promoted is not None and sampled is not None and sampled <= promoted
 
 
 def _summary(first: tuple[str, Any] | None) -> str:

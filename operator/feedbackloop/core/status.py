@@ -36,6 +36,15 @@ class MetricState(TypedDict, total=False):
     message: str
 
 
+class FeatureDrift(TypedDict, total=False):
+    name: str
+    psi: float
+
+
+class InputDriftState(MetricState, total=False):
+    features: list[FeatureDrift]
+
+
 class CheckEvidence(TypedDict, total=False):
     name: str
     decision: str
@@ -111,6 +120,7 @@ class LoopStatus(TypedDict, total=False):
     currentVersion: int | None
     serving: Serving | None
     metrics: list[MetricState]
+    inputDrift: InputDriftState | None
     summary: str
     breachSince: str | None
     retraining: RetrainingRun | None
