@@ -61,6 +61,9 @@ class ServedModel(Protocol):
     @property
     def features(self) -> list[str]: ...
 
+    @property
+    def input_profile(self) -> dict[str, Any] | None: ...
+
 
 def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=jsonio.dumps(value), status=status, content_type="application/json")
@@ -309,6 +312,8 @@ class FeedbackServer:
 
     def _ready(self, model: ServedModel) -> None:
         self.confusion_labels = fb.ConfusionLabels(model.classes)
+        if self.config.input_drift:
+            self.metrics.watch_inputs(model.input_profile)
         self.model = model
         log.info(
             "ready: model %s version %d (%s, %d features) on track %s",
@@ -356,6 +361,7 @@ class FeedbackServer:
         )
         self._append(self.predictions_log, lines, ts, "predictions")
         self.metrics.count_predictions(len(labels))
+        self.metrics.count_inputs(records)
         return ids
 
     def check_v2_model(self, request: web.Request) -> ServedModel:

@@ -59,6 +59,7 @@ class ServerConfig:
     log_flush_seconds: float = DEFAULT_LOG_FLUSH_SECONDS
     log_flush_bytes: int = DEFAULT_LOG_FLUSH_BYTES
     retention_log_seconds: float = 0.0  # 0: logs are kept (the hourly sweep deletes nothing past claims)
+    input_drift: bool = False  # count served values into the version's input-profile bins (monitoring.inputDrift)
 
     @property
     def model_dir(self) -> Path:
@@ -72,7 +73,8 @@ class ServerConfig:
 def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Contract variables, plus optional MFL_HOST, MFL_MAX_BATCH, MFL_MAX_BODY_BYTES,
     MFL_FEEDBACK_MAX_AGE_SECONDS, MFL_FEEDBACK_CLOCK_MARGIN_SECONDS (300), MFL_SHUTDOWN_DELAY_SECONDS,
-    MFL_INFERENCE_THREADS, the object store's MFL_S3_*, MFL_DATABASE_URL, MFL_LOG_FLUSH_SECONDS/_BYTES and
+    MFL_INFERENCE_THREADS, MFL_INPUT_DRIFT (true: count inputs into the profile's bins), the object
+    store's MFL_S3_*, MFL_DATABASE_URL, MFL_LOG_FLUSH_SECONDS/_BYTES and
     MFL_RETENTION_LOG_SECONDS."""
     model = env.get("MFL_MODEL_NAME", "").strip()
     if not storage.valid_model_name(model):
@@ -106,6 +108,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> ServerConfig:
         feedback_clock_margin=margin,
         shutdown_delay=_float(env, "MFL_SHUTDOWN_DELAY_SECONDS", 0.0),
         inference_threads=_int(env, "MFL_INFERENCE_THREADS", 1, minimum=0),
+        input_drift=env.get("MFL_INPUT_DRIFT", "").strip().lower() == "true",
         **_stores(env),
     )
 

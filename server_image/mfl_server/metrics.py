@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from mfl_contracts import metrics as names
+from mfl_contracts.inputprofile import bin_names, bin_of
 from mfl_contracts.metrics import BASE_LABELS
 
 # Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
@@ -52,8 +53,29 @@ class ServerMetrics:
         self._feedback, self._correct = families["feedback"], families["correct"]
         self._incorrect, self._confusion = families["incorrect"], families["confusion"]
         self._abs_error, self._http, self._rejected = families["abs_error"], families["http"], families["rejected"]
+        self._bins, self._expected = families["bins"], families["expected"]
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._profile: dict[str, Any] = {}  # feature -> its inputprofile entry, when inputs are counted
         self._initialise_own_series()
+
+    def watch_inputs(self, profile: dict[str, Any] | None) -> None:
+        """Count served values into the profile's bins from now on: every bin's series from zero, beside the
+        training shares (the operator's PSI needs both, per feature and bin)."""
+        self._profile = dict(profile["features"]) if profile else {}
+        for feature, entry in self._profile.items():
+            for bin_ in bin_names(entry["edges"]):
+                self._child(self._bins, *self._own, feature, bin_)
+                self._child(self._expected, *self._own, feature, bin_).set(float(entry["expected"].get(bin_, 0.0)))
+
+    def count_inputs(self, records: list[dict[str, Any]]) -> None:
+        """One pass over the batch per feature, one counter update per bin that moved."""
+        for feature, entry in self._profile.items():
+            counts: dict[str, int] = {}
+            for record in records:
+                bin_ = bin_of(entry, record.get(feature))
+                counts[bin_] = counts.get(bin_, 0) + 1
+            for bin_, count in counts.items():
+                self._child(self._bins, *self._own, feature, bin_).inc(count)
 
     def count_predictions(self, rows: int) -> None:
         self._child(self._predictions, *self._own).inc(rows)
@@ -122,4 +144,11 @@ def _families(registry: CollectorRegistry) -> dict[str, Any]:
         ),
         "http": counter(names.HTTP_REQUESTS, "API requests by endpoint and status code", ("endpoint", "code")),
         "rejected": counter(names.FEEDBACK_REJECTED, "Feedback entries rejected, by reason", ("reason",)),
+        "bins": counter(names.FEATURE_BINS, "Served values by feature and training-decile bin", ("feature", "bin")),
+        "expected": Gauge(
+            names.FEATURE_BIN_EXPECTED,
+            "Share of the version's training rows in each bin",
+            (*BASE_LABELS, "feature", "bin"),
+            registry=registry,
+        ),
     }

@@ -14,6 +14,8 @@ import joblib
 import numpy as np
 from sklearn.base import is_classifier
 
+from mfl_contracts.inputprofile import PROFILE_KEY, valid_profile
+
 from .errors import ModelLoadError, unprocessable
 from .inputs import CATEGORICAL, NUMERIC, InputSchema
 
@@ -33,6 +35,10 @@ class LoadedModel:
     @property
     def features(self) -> list[str]:
         return self.schema.features
+
+    @property
+    def input_profile(self) -> dict[str, Any] | None:
+        return valid_profile(self.metadata.get(PROFILE_KEY))
 
     def predict(self, matrix: np.ndarray) -> list[Any]:
         """Native Python labels (int, float, str, bool) for the rows of ``matrix``."""

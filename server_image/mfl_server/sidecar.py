@@ -33,6 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from mfl_contracts import storage
+from mfl_contracts.inputprofile import PROFILE_KEY, valid_profile
 
 from . import jsonio, v2
 from .base import FeedbackServer, api_endpoint, json_response, v2_answer
@@ -84,6 +85,7 @@ class UpstreamModel:
     features: list[str]
     classes: list[Any] | None
     serving_output: str  # labels | probabilities
+    input_profile: dict[str, Any] | None = None  # the trainer's inputProfile, when it wrote a valid one
 
 
 def read_metadata(version_dir: Path, version: int) -> UpstreamModel:
@@ -112,7 +114,8 @@ def read_metadata(version_dir: Path, version: int) -> UpstreamModel:
         raise ModelLoadError(f"{path}: servingOutput must be one of {list(SERVING_OUTPUTS)}")
     if serving_output == "probabilities" and not (isinstance(classes, list) and len(classes) >= 2):
         raise ModelLoadError(f"{path}: servingOutput 'probabilities' needs the 'classes' list, in the model's order")
-    return UpstreamModel(version, task, features, classes if isinstance(classes, list) else None, serving_output)
+    listed = classes if isinstance(classes, list) else None
+    return UpstreamModel(version, task, features, listed, serving_output, valid_profile(metadata.get(PROFILE_KEY)))
 
 
 class SidecarServer(FeedbackServer):

@@ -64,8 +64,7 @@ def test_noise_floor_at_min_rows_stays_far_below_the_threshold() -> None:
     rng = random.Random(7)
     entry = _profile([rng.random() for _ in range(50_000)])
     worst = max(
-        ip.psi(entry["expected"], ip.count_bins(entry, [rng.random() for _ in range(500)])) or 0.0
-        for _ in range(2_000)
+        ip.psi(entry["expected"], ip.count_bins(entry, [rng.random() for _ in range(500)])) or 0.0 for _ in range(2_000)
     )
     assert worst < 0.1
 

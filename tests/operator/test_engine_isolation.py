@@ -57,17 +57,17 @@ def engine_with(*names: str, poller: FakePoller) -> Engine:
 def test_a_loop_whose_poll_cannot_be_prepared_does_not_stop_the_others(monkeypatch) -> None:  # noqa: ANN001
     poller = FakePoller()
     engine = engine_with("healthy", "broken", poller=poller)
-    real_rules_of = observe_module.rules_of
+    real_polled_rules = observe_module.inputdrift.polled_rules
 
-    def rules_of(monitoring, task):  # noqa: ANN001, ANN202
-        if monitoring.metrics[0].query == ACCURACY and rules_of.calls == 1:
-            rules_of.calls += 1
+    def polled_rules(spec):  # noqa: ANN001, ANN202
+        if spec.monitoring.metrics[0].query == ACCURACY and polled_rules.calls == 1:
+            polled_rules.calls += 1
             raise RuntimeError("boom")  # the second loop's preparation fails
-        rules_of.calls += 1
-        return real_rules_of(monitoring, task)
+        polled_rules.calls += 1
+        return real_polled_rules(spec)
 
-    rules_of.calls = 0
-    monkeypatch.setattr(observe_module, "rules_of", rules_of)
+    polled_rules.calls = 0
+    monkeypatch.setattr(observe_module.inputdrift, "polled_rules", polled_rules)
     states = asyncio.run(engine.observer.poll(["team-a/healthy", "team-a/broken"], 1000.0))
     assert poller.asked == ["team-a/healthy"]
     assert states["team-a/healthy"]["accuracy"].value == 0.9

@@ -16,6 +16,8 @@ PAIRS = [
     (status.LoopStatus, api.ModelFeedbackLoopStatus),
     (status.ConditionStatus, api.Condition),
     (status.MetricState, api.MetricStatus),
+    (status.InputDriftState, api.InputDriftStatus),
+    (status.FeatureDrift, api.FeatureDrift),
     (status.CheckEvidence, api.CheckEvidence),
     (status.VersionRecord, api.VersionRecord),
     (status.RetrainingRun, api.RetrainingStatus),

@@ -42,6 +42,8 @@ CONTRACT_METRICS = {
     "mfl_feedback_abs_error",
     "mfl_http_requests",
     "mfl_feedback_rejected",
+    "mfl_feature_bin",
+    "mfl_feature_bin_expected",
 }
 
 
@@ -962,3 +964,49 @@ def test_two_server_processes_on_one_store_count_each_label_once_across_a_restar
         assert total == 20  # each label under the version and track that made its prediction
     feedback = jsonl(tmp_path / "churn" / "feedback")
     assert len(feedback) == 40 and len({line["id"] for line in feedback}) == 40
+
+
+# --- input drift (monitoring.inputDrift) --------------------------------------------------------
+
+
+def test_served_values_are_counted_into_the_versions_profile_bins(tmp_path):
+    from mfl_contracts.inputprofile import PROFILE_KEY, make_profile
+
+    x_train, _ = synthetic(2000, seed=3)
+    profile = make_profile({f: x_train[:, i].tolist() for i, f in enumerate(FEATURES)})
+    write_model(tmp_path, metadata={PROFILE_KEY: profile})
+    x, _ = synthetic(50, seed=4)
+    x[:10, 0] = 99.0  # beyond the training maximum
+
+    async def scenario(enabled: bool) -> dict:
+        async with serving(server_config(tmp_path, input_drift=enabled)) as (_, client):
+            await predict(client, rows_of(x))
+            response = await client.post("/predict", json={"instances": [{"f0": None, "f1": 0, "f2": 0, "f3": 0}]})
+            assert response.status in (200, 422)
+            return await metrics_of(client)
+
+    metrics = run(scenario(True))
+    own = {"model": "churn", "version": "1", "track": "stable"}
+    counted = {
+        dict(labels)["bin"]: v
+        for (name, labels), v in metrics.items()
+        if name == "mfl_feature_bin_total" and dict(labels)["feature"] == "f0"
+    }
+    assert counted["above"] == 10
+    assert sum(counted.values()) in (50, 51)  # a missing value counts when the server takes the row
+    assert set(counted) == {"below", *(f"b{i}" for i in range(10)), "above", "missing"}  # every bin from zero
+    assert value(metrics, "mfl_feature_bin_expected", **own, feature="f2", bin="b3") == pytest.approx(0.1)
+    assert value(metrics, "mfl_feature_bin_expected", **own, feature="f2", bin="above") == 0
+    off = run(scenario(False))
+    assert not [k for k in off if k[0].startswith("mfl_feature_bin")]
+
+
+def test_a_version_without_a_profile_serves_and_counts_nothing(tmp_path):
+    write_model(tmp_path, metadata={"inputProfile": {"features": {"f0": {"edges": "broken"}}}})
+
+    async def scenario() -> dict:
+        async with serving(server_config(tmp_path, input_drift=True)) as (_, client):
+            await predict(client, rows_of(synthetic(5)[0]))
+            return await metrics_of(client)
+
+    assert not [k for k in run(scenario()) if k[0].startswith("mfl_feature_bin")]

@@ -24,9 +24,9 @@ OWN = {"model": "churn", "version": "1", "track": "stable"}
 
 @contextlib.asynccontextmanager
 async def sidecar(
-    root: Path, upstream_url: str, wait_ready: bool = True
+    root: Path, upstream_url: str, wait_ready: bool = True, **config: Any
 ) -> AsyncIterator[tuple[SidecarServer, TestClient]]:
-    server = SidecarServer(server_config(root), Upstream(upstream_url, "churn", 5.0))
+    server = SidecarServer(server_config(root, **config), Upstream(upstream_url, "churn", 5.0))
     tasks = [asyncio.create_task(task) for task in server.background_tasks()]
     if wait_ready:
         await asyncio.wait_for(asyncio.shield(tasks[0]), 30)
@@ -101,6 +101,30 @@ def test_inference_passes_through_with_ids_and_labels_count_once(tmp_path):
     logged = jsonl(sidecar_root / "churn" / "predictions")
     assert len(logged) == 32 and logged[0]["features"] == dict(zip(["f0", "f1", "f2", "f3"], x[0].tolist()))
     assert len(jsonl(sidecar_root / "churn" / "feedback")) == 16
+
+
+def test_the_sidecar_counts_inputs_into_the_profile_bins_of_any_v2_servers_version(tmp_path):
+    from mfl_contracts.inputprofile import PROFILE_KEY, make_profile
+
+    x_train, _ = synthetic(1000, seed=2)
+    profile = make_profile({f: x_train[:, i].tolist() for i, f in enumerate(["f0", "f1", "f2", "f3"])})
+    upstream_root, sidecar_root, _ = two_roots(tmp_path, metadata={PROFILE_KEY: profile})
+    x, _ = synthetic(20, seed=6)
+    x[:, 3] = -50.0  # every value below the training minimum
+
+    async def scenario() -> dict:
+        async with reference_upstream(upstream_root) as url, sidecar(sidecar_root, url, input_drift=True) as (_, c):
+            response = await c.post("/v2/models/churn/infer", json={"inputs": [tensor(x.tolist())]})
+            assert response.status == 200, await response.text()
+            return await metrics_of(c)
+
+    metrics = run(scenario())
+    assert value(metrics, "mfl_feature_bin_total", **OWN, feature="f3", bin="below") == 20
+    assert value(metrics, "mfl_feature_bin_total", **OWN, feature="f3", bin="b0") == 0
+    assert (
+        sum(v for (n, labels), v in metrics.items() if n == "mfl_feature_bin_total" and ("feature", "f0") in labels)
+        == 20
+    )
 
 
 def test_the_legacy_predict_route_is_translated(tmp_path):

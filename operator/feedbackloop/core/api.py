@@ -971,6 +971,7 @@ class MetricRule(ApiModel):
 
 
 MAX_INPUT_DRIFT_WINDOW_SECONDS = 7 * 86400
+INPUT_DRIFT_RULE = "inputDrift"  # the check's name among the poll's rules (core/inputdrift.py)
 
 
 def _input_drift_window(text: DurationText) -> DurationText:
@@ -1054,6 +1055,10 @@ class Monitoring(ApiModel):
         names = [m.name for m in metrics]
         if len(names) != len(set(names)):
             raise ValueError(f"metric names must be unique, got {names}")
+        if INPUT_DRIFT_RULE in names:
+            raise ValueError(
+                f"{INPUT_DRIFT_RULE!r} is the input-drift check's name (monitoring.inputDrift): rename the rule"
+            )
         return metrics
 
 

@@ -12,25 +12,28 @@ and only labels can say which.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 from feedbackloop.core import conditions as cond
-from feedbackloop.core.api import InputDrift, MetricRule
+from feedbackloop.core.api import INPUT_DRIFT_RULE, InputDrift, MetricRule, ModelFeedbackLoopSpec
 from feedbackloop.core.monitoring import (
     BREACHING,
     NO_DATA,
     PENDING,
     Round,
     RuleState,
+    Sample,
     evaluate_rule,
     rule_state_from_status,
     rule_state_to_status,
+    rules_of,
 )
 from feedbackloop.core.status import FeatureDrift, InputDriftState
 from mfl_contracts import metrics as names
 from mfl_contracts.inputprofile import FLOOR
 
-RULE_NAME = "inputDrift"
+RULE_NAME = INPUT_DRIFT_RULE
 TOP_FEATURES = 5
 _SELECTOR = 'model="{{model}}",namespace="{{namespace}}",version="{{version}}",track="stable"'
 _BY_LOOP = "model, namespace, version"
@@ -66,6 +69,24 @@ def rule(settings: InputDrift) -> MetricRule:
             "samplesQuery": rows,
         }
     )
+
+
+def polled_rules(spec: ModelFeedbackLoopSpec) -> list[MetricRule]:
+    """What a poll asks of Prometheus for a loop: its health rules, and the input-drift check when set."""
+    settings = spec.monitoring.input_drift
+    return [*rules_of(spec.monitoring, spec.model.task), *([rule(settings)] if settings is not None else [])]
+
+
+def worth_a_breakdown(settings: InputDrift, sample: Sample) -> bool:
+    """Above the threshold on enough rows: the only polls that ask which features moved."""
+    enough = sample.samples is not None and sample.samples >= settings.min_rows
+    return not sample.error and sample.value is not None and sample.value > settings.max_psi and enough
+
+
+def ranked(series: Sequence[tuple[Mapping[str, str], float]]) -> tuple[tuple[str, float], ...]:
+    """A breakdown's series as (feature, PSI), largest first, at most TOP_FEATURES."""
+    pairs = [(labels.get("feature", "?")[:63], value) for labels, value in series if math.isfinite(value)]
+    return tuple(sorted(pairs, key=lambda pair: -pair[1])[:TOP_FEATURES])
 
 
 def breakdown_query(settings: InputDrift) -> str:

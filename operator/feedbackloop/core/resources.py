@@ -308,6 +308,8 @@ def server_deployment(
         },
         {"name": "MFL_FEEDBACK_MAX_AGE_SECONDS", "value": str(int(feedback_max_age(spec)))},
         {"name": "MFL_RETENTION_LOG_SECONDS", "value": str(int(spec.log_retention()))},
+        # Only when judged: counting every value costs the server CPU, and a loop without it keeps its Pods as they were
+        *([{"name": "MFL_INPUT_DRIFT", "value": "true"}] if spec.monitoring.input_drift is not None else []),
         *store_env(spec),
         *SCRATCH_ENV,
     ]

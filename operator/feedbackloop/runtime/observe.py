@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from feedbackloop.core import credentials, phases, resources
+from feedbackloop.core import credentials, inputdrift, phases, promql, resources
 from feedbackloop.core.api import ModelFeedbackLoopSpec
 from feedbackloop.core.canary import CanaryObservation
 from feedbackloop.core.credentials import Refusal, token_refusal
 from feedbackloop.core.fleet import Fleet, LoopMemory, stable_list_due, stable_listed
-from feedbackloop.core.monitoring import Round, Sample, rules_of
+from feedbackloop.core.monitoring import Round, Sample
 from feedbackloop.core.status import LoopStatus
+from feedbackloop.core.tenancy import tenant_of
 from feedbackloop.runtime import canary_queries, egress_net, metrics, notify
 from feedbackloop.runtime.kube import EngineUnavailable, KubeAPI
 from feedbackloop.runtime.poller import FleetPoller, LoopQuery, endpoint_key, short_error
@@ -69,15 +70,34 @@ class Observer:
             polled, stats = await self.poller.poll(queries, now)
             metrics.record_poll(stats)
             samples.update(polled)
+            await asyncio.gather(*(self._input_drift_breakdown(query, samples) for query in queries))
         return {
             key: {name: replace(sample, version=versions.get(key)) for name, sample in per_rule.items()}
             for key, per_rule in samples.items()
             if key in self.fleet.loops  # not deleted while its poll was in flight
         }
 
+    async def _input_drift_breakdown(self, query: LoopQuery, samples: dict[str, dict[str, Sample]]) -> None:
+        """Which features moved: asked only of a loop whose largest PSI is above its threshold (one query)."""
+        memory = self.fleet.memory.get(query.key)  # gone: deleted while its poll was in flight
+        spec = memory.spec if memory is not None else None
+        settings = spec.monitoring.input_drift if spec is not None else None
+        sample = samples.get(query.key, {}).get(inputdrift.RULE_NAME)
+        if settings is None or sample is None or not inputdrift.worth_a_breakdown(settings, sample):
+            return
+        template = inputdrift.breakdown_query(settings)
+        try:
+            series = await self.poller.breakdown(
+                query.endpoint, promql.render(template, query.values), tenant_of(query.key)
+            )
+        except Exception as error:  # the condition then names no feature; the check itself stands
+            log.info("input-drift breakdown of %s failed: %s", query.key, short_error(error))
+            return
+        samples[query.key][inputdrift.RULE_NAME] = replace(sample, breakdown=inputdrift.ranked(series))
+
     @staticmethod
     def _all_failed(spec: ModelFeedbackLoopSpec | None, now: float, error: str) -> dict[str, Sample]:
-        rules = rules_of(spec.monitoring, spec.model.task) if spec is not None else []
+        rules = inputdrift.polled_rules(spec) if spec is not None else []
         return {rule.name: Sample(None, now, error=error) for rule in rules}
 
     async def _loop_query(self, key: str, now: float) -> LoopQuery | dict[str, Sample]:
@@ -101,7 +121,7 @@ class Observer:
             "version": str(status.get("currentVersion") or ""),
             "track": "stable",
         }
-        return LoopQuery(key, endpoint, values, rules_of(spec.monitoring, spec.model.task))
+        return LoopQuery(key, endpoint, values, inputdrift.polled_rules(spec))
 
     # --- one loop's world -----------------------------------------------------------------------------
     async def world(

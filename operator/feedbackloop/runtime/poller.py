@@ -146,6 +146,11 @@ class FleetPoller:
         any poll, within `tenant`'s share of the looks; raises what the query raises."""
         return await self._in_lane(self.looks, tenant, endpoint, query)
 
+    async def breakdown(self, endpoint: EndpointKey, query: str, tenant: str) -> Series:
+        """A follow-up of this round's poll with a series per label value (the input-drift check's features),
+        in the polls' lane and `tenant`'s share of it; raises what the query raises."""
+        return await self._in_lane(self.polls, tenant, endpoint, query)
+
     async def _in_lane(self, lane: Lane, tenant: str, endpoint: EndpointKey, query: str) -> Series:
         grant = await lane.acquire(tenant, origin(endpoint.url))  # the wait for slots is not timed
         try:
