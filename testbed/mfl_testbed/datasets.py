@@ -356,6 +356,13 @@ def _hyperplane_weights(concept: int, concept_seed: int, n_features: int) -> np.
     return np.random.default_rng([concept_seed, concept, 7919]).standard_normal(n_features)
 
 
+def shifted_features(
+    n: int, seed: int, generator: Generator = "hyperplane", n_features: int = 10, squeeze: float = 0.3
+) -> np.ndarray:
+    """``n`` rows of the covariate-shifted inputs of ``covariate_shift_stream`` (a client's traffic that moved)."""
+    return _shifted_features(n, [seed, 3], generator, n_features, squeeze)
+
+
 def _shifted_features(n: int, seed: list[int], generator: Generator, n_features: int, squeeze: float) -> np.ndarray:
     """``n`` rows of the covariate-shifted input distribution (see ``covariate_shift_stream``)."""
     rng = np.random.default_rng(seed)

@@ -62,6 +62,7 @@ class TrafficGenerator:
         self.generator, self.n_features, self.noise = generator, n_features, noise
         self.names = datasets.feature_names(generator, n_features)
         self.concept = 0
+        self.input_squeeze: float | None = None  # covariate shift: inputs squeezed around the centre (datasets)
         self.next_concept: int | None = None  # gradual drift: rows take this concept with probability `mix`
         self._ramp: tuple[float, float] | None = None  # (start, seconds) of a gradual drift
         self.stats = TrafficStats()
@@ -106,7 +107,11 @@ class TrafficGenerator:
         targets = self.endpoints()
         if not targets:
             return
-        X = datasets.sample_features(self.batch, int(self._rng.integers(1 << 31)), self.generator, self.n_features)
+        seed = int(self._rng.integers(1 << 31))
+        if self.input_squeeze is None:
+            X = datasets.sample_features(self.batch, seed, self.generator, self.n_features)
+        else:
+            X = datasets.shifted_features(self.batch, seed, self.generator, self.n_features, self.input_squeeze)
         concepts = np.full(self.batch, self.concept)
         if self.next_concept is not None:
             concepts[self._rng.random(self.batch) < self.mix] = self.next_concept

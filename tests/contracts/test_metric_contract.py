@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from feedbackloop.core import api, monitoring
+from feedbackloop.core import api, inputdrift, monitoring
 from feedbackloop.runtime import canary_queries
 from mfl_server.metrics import ServerMetrics
 
@@ -31,6 +31,9 @@ def exported() -> dict[str, set[str]]:
     metrics.count_classification(1, "stable", True, "1", "1")
     metrics.count_classification(1, "stable", False, "0", "1")
     metrics.count_regression(1, "stable", 0.5)
+    profile = {"features": {"x": {"min": 0.0, "max": 1.0, "edges": [0.5], "expected": {"b0": 0.5, "b1": 0.5}}}}
+    metrics.watch_inputs(profile)
+    metrics.count_inputs([{"x": 0.2}])
     names: dict[str, set[str]] = {}
     for line in metrics.exposition().decode().splitlines():
         if line and not line.startswith("#"):
@@ -56,6 +59,12 @@ def operator_queries() -> dict[str, str]:
             "monitoring": {"prometheus": {"url": "http://p:9090"}},
         }
     )
+    drift = api.InputDrift()
+    queries["input drift check"], queries["input drift rows"] = (
+        inputdrift.rule(drift).query,
+        inputdrift.rule(drift).samples_query or "",
+    )
+    queries["input drift breakdown"] = inputdrift.breakdown_query(drift)
     for name, text in canary_queries.query_texts(spec, "team-a", "2", "5m").items():
         queries[f"canary query {name}"] = text
     queries["manifests/examples/loop.yaml"] = (ROOT / "manifests" / "examples" / "loop.yaml").read_text()

@@ -56,3 +56,38 @@ def test_served_model_reports_accuracy_and_breaches_on_drift(loops, prometheus, 
     finally:
         traffic.stop()
     assert traffic.stats.errors <= 3, traffic.stats.last_error
+
+
+def test_input_drift_is_seen_before_any_label_arrives(loops, prometheus, kubectl, k8s_namespace):
+    """Issue 24: inputs shifted, labels weeks away (none arrives in the test): the InputDrift condition, its
+    Event and the features that moved, from the server's bin counts and PSI in Prometheus; never a breach."""
+    ns = k8s_namespace
+    claim, storage = artifact_claim(loops.cluster, ns)
+    seed_registry(storage, "churn")
+    metadata = json.loads((storage / "churn" / "versions" / "1" / "metadata.json").read_text())
+    assert len(metadata["inputProfile"]["features"]) == 10  # the trainer profiled what version 1 learned from
+    manifest = serving_loop(ns, prometheus.url, claim)
+    manifest["spec"]["monitoring"]["inputDrift"] = {"maxPsi": 0.2, "minRows": 200, "window": "1m", "for": "10s"}
+    loops.apply(manifest)
+    loops.wait_condition(ns, "churn", "ServingReady", "True", 120)
+
+    traffic = TrafficGenerator(service_endpoints(kubectl, ns, "churn"), rate=60, batch=6, label_delay=1e6).start()
+    try:
+        status = loops.wait_condition(ns, "churn", "InputDrift", "False", 120)
+        assert condition_of(status, "InputDrift")["reason"] == "InputsAsTrained", status["inputDrift"]
+        assert status["inputDrift"]["value"] < 0.2
+
+        traffic.input_squeeze = 0.3  # the clients' inputs move to the middle of every feature's range
+        status = loops.wait_condition(ns, "churn", "InputDrift", "True", 150)
+    finally:
+        traffic.stop()
+    drift = condition_of(status, "InputDrift")
+    assert drift["reason"] == "InputsShifted" and "PSI" in drift["message"], drift
+    moved = status["inputDrift"]["features"]
+    assert moved and {f["name"] for f in moved} <= set(metadata["features"]) and moved[0]["psi"] > 0.2
+    assert "InputDrift" in loops.reasons(ns, "churn")
+    # Not one label arrived: the accuracy rule has no verdict, and input drift alone breaches nothing.
+    assert traffic.stats.feedback == 0 and traffic.stats.predictions > 1000
+    assert status["phase"] == "Monitoring" and condition_of(status, "Breached").get("status") != "True"
+    assert (status.get("metrics") or [{}])[0].get("state") == "NoData"
+    assert traffic.stats.errors <= 3, traffic.stats.last_error

@@ -202,3 +202,57 @@ def test_the_component_renders_with_the_install(tmp_path: Path) -> None:
     rendered_rules = tmp_path / "rendered-rules.yaml"
     rendered_rules.write_text(yaml.safe_dump(objects[("PrometheusRule", "model-feedback-loop")]["spec"]))
     run_promtool("check", "rules", str(rendered_rules))
+
+
+def test_the_input_drift_queries_compute_the_profiles_psi_in_prometheus(tmp_path: Path) -> None:
+    """The operator's PSI in PromQL (summed over replicas, the stable track of the serving version only) equals
+    mfl_contracts.inputprofile.psi on the same counts; the breakdown names the features above the threshold."""
+    from feedbackloop.core import inputdrift
+    from mfl_contracts.inputprofile import psi
+
+    serving = {"model": "churn", "version": "3", "track": "stable"}
+    expected = {"x": {"below": 0.0, "b0": 0.5, "b1": 0.5, "above": 0.0, "missing": 0.0}}
+    expected["y"] = dict(expected["x"])
+    per_minute = {  # served per minute, per replica: x moved to b1 and beyond; y as trained
+        "x": {"below": 0, "b0": 6, "b1": 30, "above": 24, "missing": 0},
+        "y": {"below": 0, "b0": 30, "b1": 30, "above": 0, "missing": 0},
+    }
+    series = []
+    for pod in ("churn-a", "churn-b"):
+        for feature, bins in per_minute.items():
+            for bin_, count in bins.items():
+                labels = {**serving, "feature": feature, "bin": bin_}
+                series.append(podmonitor_series("mfl_feature_bin_total", pod, f"0+{count}x20", **labels))
+                share = expected[feature][bin_]
+                series.append(podmonitor_series("mfl_feature_bin_expected", pod, f"{share}x20", **labels))
+        # the canary's and the previous version's counts must not count
+        other = {**serving, "track": "canary", "feature": "y", "bin": "above"}
+        series.append(podmonitor_series("mfl_feature_bin_total", pod, "0+600x20", **other))
+    settings = api.InputDrift.model_validate({"window": "5m", "maxPsi": 0.2, "minRows": 100})
+    rule = inputdrift.rule(settings)
+    values = {"model": "churn", "namespace": "shop", "version": "3"}
+    psi_x, psi_y = psi(expected["x"], per_minute["x"]), psi(expected["y"], per_minute["y"])
+    assert psi_x is not None and psi_x > 0.2 and psi_y is not None and psi_y < 0.01
+    loop = '{model="churn", namespace="shop", version="3"}'
+
+    def close_to(query: str, value: float, tolerance: float) -> str:
+        return f"abs(({promql.render(query, values)}) - {value!r}) < bool {tolerance!r}"
+
+    tests = [
+        {"expr": close_to(rule.query, psi_x, 1e-9), "eval_time": "15m", "exp_samples": [{"labels": loop, "value": 1}]},
+        {  # the window's rows, as the check's samples (increase() extrapolates: within 2 %)
+            "expr": close_to(rule.samples_query or "", 2 * 60 * 5, 12.0),
+            "eval_time": "15m",
+            "exp_samples": [{"labels": loop, "value": 1}],
+        },
+        {
+            "expr": promql.render(inputdrift.breakdown_query(settings), values) + " > bool 0",
+            "eval_time": "15m",
+            "exp_samples": [{"labels": '{model="churn", namespace="shop", version="3", feature="x"}', "value": 1}],
+        },
+    ]
+    test_file = tmp_path / "input_drift_test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]})
+    )
+    run_promtool("test", "rules", str(test_file))
