@@ -1228,6 +1228,28 @@ def _bounded_hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
 Hyperparameters = Annotated[dict[str, Any], AfterValidator(_bounded_hyperparameters)]
 
 
+class Refresh(ApiModel):
+    """Retrain once more labelled rows exist (issue 24): a version trained on the rows since a change it found
+    is retrained when the time since that change has grown `growth` times since its data ended, so the rows
+    behind it have grown about as much. The challenger must beat the serving version on rows neither trained
+    on (the gate's superiority test, as after a breach); a rejected refresh ends the refreshes of that version.
+    Within cooldown and maxRetrainsPerDay; a breach, a request or a schedule slot comes first."""
+
+    growth: float = Field(
+        default=3.0,
+        ge=1.5,
+        le=100,
+        description="How many times the time since the change must have grown since the serving version's data "
+        "ended, 1.5 to 100. Default 3 (docs/retraining.md).",
+    )
+    max_in_a_row: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Refreshes after one change at most (promoted or not), 1 to 20. Default 3.",
+    )
+
+
 class Retraining(ApiModel):
     """When and how the operator retrains the model in a Job. Omitted: no retraining (set
     model.initialVersion to serve an existing version)."""
@@ -1330,6 +1352,11 @@ class Retraining(ApiModel):
         default=DurationText("10m"),
         description="After a failed training, how long retrainings wait (a retrain request does not): a duration. "
         "Default 10m.",
+    )
+    refresh: Refresh | None = Field(
+        default=None,
+        description="Set (even to {}) to retrain a version trained on few rows since a change once many more "
+        "labelled rows exist, promoted only if superior (docs/retraining.md). Default: not refreshed.",
     )
     gate: OfflineGate = Field(default_factory=OfflineGate)
     change_point: ChangePoint = Field(default_factory=ChangePoint)
@@ -1972,11 +1999,18 @@ class CheckEvidence(ApiModel):
     )
 
 
+class TrainedOn(ApiModel):
+    """The span of labelled rows a version was trained on, from its trainer's summary."""
+
+    since: str | None = Field(default=None, description="The change the trainer cut at (RFC 3339); none: no cut.")
+    until: str | None = Field(default=None, description="The end of its data window: the run's start (RFC 3339).")
+
+
 class VersionRecord(ApiModel):
     """One retraining's outcome, kept in a bounded history."""
 
     version: int = Field(description="The version trained.")
-    trigger: str = Field(default="", description="What started it: Initial, Breach, Schedule or Manual.")
+    trigger: str = Field(default="", description="What started it: Initial, Breach, Schedule, Refresh or Manual.")
     outcome: str = Field(default="", description="Promoted, RolledBack, Rejected (offline gate) or TrainingFailed.")
     at: str = Field(default="", description="When (RFC 3339).")
     message: str = Field(default="", description="Why, e.g. the gate's or the analysis' verdict.")
@@ -1986,6 +2020,9 @@ class VersionRecord(ApiModel):
     evidence: list[CheckEvidence] = Field(
         default_factory=list, description="The canary's last evidence, when a canary decided."
     )
+    trained_on: TrainedOn | None = Field(
+        default=None, description="The labelled rows' span it was trained on (what a refresh is timed by)."
+    )
 
 
 class RetrainingStatus(ApiModel):
@@ -1994,7 +2031,7 @@ class RetrainingStatus(ApiModel):
     version: int = Field(description="The version being trained.")
     job_name: str = Field(description="Its Job's name (its DaskJob's with engine Dask).")
     engine: Engine = Field(default="Job", description="Where it runs: Job (a Kubernetes Job) or Dask (a DaskJob).")
-    trigger: str = Field(description="Initial, Breach, Schedule or Manual.")
+    trigger: str = Field(description="Initial, Breach, Schedule, Refresh or Manual.")
     started_at: str = Field(description="When it started (RFC 3339).")
     parent_version: int | None = Field(
         default=None, description="The version serving when it started (the champion); null for the first."
@@ -2010,6 +2047,7 @@ class CandidateStatus(ApiModel):
         default_factory=dict, description="The serving version's metrics on the same holdout."
     )
     gate: str = Field(default="", description="The offline gate's verdict.")
+    trained_on: TrainedOn | None = Field(default=None, description="The labelled rows' span it was trained on.")
 
 
 class AnalysisStateStatus(ApiModel):

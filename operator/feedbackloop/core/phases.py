@@ -38,6 +38,7 @@ from feedbackloop.core.status import (
     RetrainingRun,
     RolloutState,
     Serving,
+    TrainedOn,
     VersionRecord,
 )
 from feedbackloop.core.timeutil import format_time, parse_time
@@ -292,7 +293,49 @@ def retrain_trigger(world: World, status: LoopStatus, health: Health | None) -> 
     if slot is not None and spec.retraining is not None:
         late = f", {format_duration(world.now - slot)} late" if world.now - slot >= 120 else ""
         return "Schedule", f"schedule {spec.retraining.schedule!r} slot {format_time(slot)}{late}"
+    refresh = refresh_due(spec, status, world.now)
+    if refresh:
+        return "Refresh", refresh
     return "", ""
+
+
+def refresh_due(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float) -> str:
+    """Why the serving version should be refreshed now ('' when not): it was promoted here (the last record),
+    trained on the rows since a change, and the time since that change has grown `growth` times since its data
+    ended; at most `maxInARow` refreshes after one change. One attempt per version: any record after its
+    promotion (a rejected or failed refresh) ends its refreshes."""
+    refresh = spec.retraining.refresh if spec.retraining else None
+    history = status.get("history") or []
+    if refresh is None or not history:
+        return ""
+    last = history[-1]
+    if last.get("outcome") != "Promoted" or last.get("version") != status.get("currentVersion"):
+        return ""
+    trained_on = last.get("trainedOn") or {}
+    since, until = parse_time(trained_on.get("since")), parse_time(trained_on.get("until"))
+    if since is None or until is None or until <= since:
+        return ""
+    in_a_row = 0
+    for record in reversed(history):
+        if record.get("trigger") != "Refresh":
+            break
+        in_a_row += 1
+    if in_a_row >= refresh.max_in_a_row:
+        return ""
+    due = since + refresh.growth * (until - since)
+    if now < due:
+        return ""
+    return (
+        f"version {last.get('version')} learned from {format_duration(until - since)} since the change at "
+        f"{trained_on.get('since')}; {format_duration(now - since)} of rows exist now (growth {refresh.growth:g})"
+    )
+
+
+def _trained_on(summary: dict[str, Any], run: RetrainingRun) -> TrainedOn | None:
+    since = summary.get("conceptSince")
+    if not isinstance(since, (int, float)) or isinstance(since, bool) or not math.isfinite(since):
+        return None
+    return {"since": format_time(float(since)), "until": run.get("startedAt")}
 
 
 def schedule_slot(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float) -> float | None:
@@ -603,14 +646,16 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
     status.pop("failureBackoffUntil", None)
     status.pop("lastFailure", None)
     summary = job.summary or {}
-    gate = offline_gate(
-        spec, summary, first_version=run.get("parentVersion") is None, breached=run.get("trigger") == "Breach"
-    )
+    # A refresh, as a breach, must beat the serving version: a version no better is not worth a rollout.
+    must_beat = run.get("trigger") in ("Breach", "Refresh")
+    gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None, breached=must_beat)
+    trained_on = _trained_on(summary, run)
     status["candidate"] = {
         "version": run["version"],
         "challenger": _numbers(summary.get("challenger")),
         "champion": _numbers(summary.get("champion")),
         "gate": gate.message,
+        "trainedOn": trained_on,
     }
     _training_condition(
         world,
@@ -621,7 +666,7 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
         f"version {run['version']}: {gate.message}",
     )
     if not gate.passed:
-        _remember(status, run["version"], run["trigger"], "Rejected", now, gate.message, summary)
+        _remember(status, run["version"], run["trigger"], "Rejected", now, gate.message, summary, trained_on=trained_on)
         decision.event("Warning", "CandidateRejected", f"version {run['version']}: {gate.message}")
         status["candidate"] = None
         return
@@ -877,6 +922,7 @@ def _promote(
 ) -> None:
     status = decision.status
     evidence = (status.get("rollout") or {}).get("evidence") or []
+    trained_on = (status.get("candidate") or {}).get("trainedOn")
     status["currentVersion"] = version
     status["rollout"] = None
     status["candidate"] = None
@@ -902,7 +948,7 @@ def _promote(
         world.generation,
     )
     decision.actions += [EnsureStable(version), RemoveCanary()]
-    _remember(status, version, trigger, "Promoted", now, message, summary, evidence)
+    _remember(status, version, trigger, "Promoted", now, message, summary, evidence, trained_on)
     decision.event("Normal", "Promoted", f"version {version} now serves as stable: {message}")
 
 
@@ -937,6 +983,7 @@ def _remember(
     message: str,
     summary: dict[str, Any] | None = None,
     evidence: list[CheckEvidence] | None = None,
+    trained_on: TrainedOn | None = None,
 ) -> None:
     record: VersionRecord = {
         "version": version,
@@ -948,6 +995,8 @@ def _remember(
     }
     if evidence:
         record["evidence"] = evidence[:6]
+    if trained_on:
+        record["trainedOn"] = trained_on
     status["history"] = ([*status.get("history", []), record])[-HISTORY_LIMIT:]
 
 

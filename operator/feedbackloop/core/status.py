@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal, TypedDict
 
 Phase = Literal["Pending", "Invalid", "Monitoring", "Breached", "Retraining", "Canary", "Paused"]
-Trigger = Literal["Initial", "Breach", "Schedule", "Manual"]
+Trigger = Literal["Initial", "Breach", "Schedule", "Refresh", "Manual"]
 Outcome = Literal["Promoted", "RolledBack", "Rejected", "TrainingFailed"]
 
 
@@ -52,6 +52,11 @@ class CheckEvidence(TypedDict, total=False):
     values: dict[str, float]
 
 
+class TrainedOn(TypedDict, total=False):
+    since: str | None
+    until: str | None
+
+
 class VersionRecord(TypedDict, total=False):
     version: int
     trigger: str
@@ -60,6 +65,7 @@ class VersionRecord(TypedDict, total=False):
     message: str
     metrics: dict[str, float]
     evidence: list[CheckEvidence]
+    trainedOn: TrainedOn | None
 
 
 class RetrainingRun(TypedDict, total=False):
@@ -76,6 +82,7 @@ class Candidate(TypedDict, total=False):
     challenger: dict[str, float]
     champion: dict[str, float]
     gate: str
+    trainedOn: TrainedOn | None
 
 
 class AnalysisState(TypedDict, total=False):
