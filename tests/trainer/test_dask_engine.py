@@ -19,8 +19,9 @@ pytest.importorskip("lightgbm.dask")
 
 import distributed  # noqa: E402
 
+from mfl_contracts import inputprofile  # noqa: E402
 from mfl_testbed import datasets  # noqa: E402
-from mfl_trainer import dask_engine  # noqa: E402
+from mfl_trainer import dask_engine, input_profile  # noqa: E402
 from mfl_trainer.dask_engine import find_cut  # noqa: E402
 from tests.trainer.test_storage_modes import (  # noqa: E402,F401 - fixtures: bucket, scratch, s3_mode
     bucket,
@@ -106,6 +107,7 @@ def report(root: Path, version: int) -> dict[str, Any]:
 
 
 def test_publishes_what_the_job_engine_publishes(root, dask_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(input_profile, "ROWS", 1000)  # fewer than the training rows: both engines sample
     drifted_store(root)
     code, job, _ = run_trainer(config(root, estimator="lightgbm", version=1), tmp_path, monkeypatch, capsys)
     assert code == 0, job
@@ -128,6 +130,10 @@ def test_publishes_what_the_job_engine_publishes(root, dask_env, tmp_path, monke
     for key in ("features", "featureTypes", "classes", "format", "servingOutput", "rows", "estimator", "task"):
         assert meta[key] == job_meta[key], key
     assert meta["holdout"]["timeRange"] == job_meta["holdout"]["timeRange"]  # the same newest rows held out
+    # The same evenly spaced training rows, gathered from the partitions in order: the same input profile.
+    profile = meta[inputprofile.PROFILE_KEY]
+    assert profile == job_meta[inputprofile.PROFILE_KEY] and profile["rows"] == 1000
+    assert list(profile["features"]) == meta["features"] and inputprofile.valid_profile(profile) == profile
     assert set(report(root, 2)) >= set(report(root, 1))
 
     # The published pipeline is the Job engine's kind: the server's predict works unchanged.
@@ -264,10 +270,12 @@ def test_the_runner_never_gathers_the_rows(root, dask_env, tmp_path, monkeypatch
 
     monkeypatch.setattr(distributed.Client, "gather", counted_gather)
     monkeypatch.setattr(distributed.Future, "result", counted_result)
+    monkeypatch.setattr(input_profile, "ROWS", 1000)  # the profile's sample, bounded as the holdout's
     code, summary, _ = run_trainer(dask_config(root), tmp_path, monkeypatch, capsys)
     assert code == 0, summary
     total = summary["rows"]["base"] + summary["rows"]["feedback"]
     assert metadata(root, 1)["dask"]["partitions"] >= 6
+    assert metadata(root, 1)[inputprofile.PROFILE_KEY]["rows"] == 1000
     assert 0 < largest[0] <= summary["rows"]["holdout"] + 1000 < total / 2, largest[0]
 
 
@@ -358,3 +366,29 @@ def test_too_little_feedback_holds_out_base_rows(root, dask_env, tmp_path, monke
     assert dask["holdout"] == job["holdout"] == "stratified_random_base"
     assert dask["rows"] == job["rows"]
     assert dask["challenger"]["accuracy"] == pytest.approx(job["challenger"]["accuracy"], abs=0.05)
+
+
+def test_the_profile_skips_a_feature_without_values_as_the_job_engine(root, dask_env, tmp_path, monkeypatch, capsys):
+    """Profiled: the first MAX_FEATURES numeric features with a value (here 2): the Dask runner gathers
+    them a batch at a time, and asks for the next feature when one of the batch had none."""
+    from mfl_contracts import inputprofile as contract
+    from mfl_trainer import input_profile as profiling
+
+    for module in (contract, profiling, dask_engine):
+        monkeypatch.setattr(module, "MAX_FEATURES", 2)
+    rng = np.random.default_rng(6)
+    X = rng.random((900, 3))
+    data = model_dir(root) / "data"
+    data.mkdir(parents=True)
+    lines = ["empty,a,b,c,label"] + [f",{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{int(r[0] > r[1])}" for r in X]
+    (data / "gaps.csv").write_text("\n".join(lines) + "\n")
+    features = ["empty", "a", "b", "c"]
+    code, summary, _ = run_trainer(dask_config(root, features=features), tmp_path, monkeypatch, capsys)
+    assert code == 0, summary
+    profile = metadata(root, 1)[inputprofile.PROFILE_KEY]
+    assert list(profile["features"]) == ["a", "b"] and profile["rows"] == summary["rows"]["train"]
+    code, job, _ = run_trainer(
+        config(root, estimator="lightgbm", features=features, version=2), tmp_path, monkeypatch, capsys
+    )
+    assert code == 0, job
+    assert list(metadata(root, 2)[inputprofile.PROFILE_KEY]["features"]) == ["a", "b"]

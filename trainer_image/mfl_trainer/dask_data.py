@@ -376,6 +376,13 @@ def training_part(data: pd.DataFrame, what: str, columns: Sequence[str] = ()) ->
     return kept[Y if what == "y" else WEIGHT].to_numpy()
 
 
+def training_columns(data: pd.DataFrame, columns: Sequence[str], positions: np.ndarray) -> dict[str, np.ndarray]:
+    """Numeric ``columns`` of the training rows at ``positions`` (in the partition's training-row order): the
+    partition's share of the input profile's evenly spaced rows."""
+    kept = data[~data[HOLDOUT].to_numpy()]
+    return {name: kept[name].to_numpy(np.float64)[positions] for name in columns}
+
+
 def sample_rows(data: pd.DataFrame, columns: Sequence[str], size: int, seed: int, index: int) -> pd.DataFrame:
     """A uniform random sample of ``size`` rows (a bounded sample of a bounded-size training set)."""
     size = min(size, len(data))

@@ -9,6 +9,9 @@ newest ``holdoutFraction`` of labelled feedback, as the Job engine) from those, 
 ``lightgbm`` estimator publishes. Champion and challenger score the holdout on the workers; only the
 labels, predictions and times of the holdout rows and a bounded sample of their features come back, into
 the Job engine's evaluation, gate metrics, report, metadata and summary (plus ``engine`` and ``workers``).
+The input profile (metadata ``inputProfile``) is made from the numeric features of at most ``input_profile.ROWS``
+(100,000) training rows, evenly spaced over the partitions' training rows in order, each partition sending its
+share: the rows the Job engine profiles when the training rows are the same.
 
 Not on this engine (said in the summary's ``daskNotes`` and metadata ``dask.notes``): the change-point search
 and its cross-fitted recipes, incremental training (a fresh model is trained), label noise (a test aid).
@@ -31,9 +34,22 @@ from typing import Any
 import numpy as np
 
 from mfl_contracts import storage
+from mfl_contracts.inputprofile import MAX_FEATURES
 from mfl_contracts.objectstore import s3_settings_from_env
 
-from . import datasource, estimators, evaluation, identity, mirror, plan, registry, split, tables, train
+from . import (
+    datasource,
+    estimators,
+    evaluation,
+    identity,
+    input_profile,
+    mirror,
+    plan,
+    registry,
+    split,
+    tables,
+    train,
+)
 from .config import TrainerConfig
 from .dask_data import (
     FrameSettings,
@@ -523,11 +539,41 @@ class _DaskRun:
             "holdoutStrategy": holdout.strategy,
             "recipes": None,
         }
+        profile_started = time.monotonic()
+        numeric = input_profile.numeric_features(features, types)
+        profile = self._input_profile(with_rows, numeric)
+        self.timings["inputProfile"] = time.monotonic() - profile_started
+        self.progress(input_profile.described(profile, len(numeric), self.timings["inputProfile"]))
         self.timings["total"] = time.monotonic() - self.started
-        metadata = train._metadata(config, self.spec, model, inputs, holdout, rows, report, None)
+        metadata = train._metadata(config, self.spec, model, inputs, holdout, rows, report, None, profile)
         metadata["engine"] = "dask"
         metadata["dask"] = {"workers": self.workers, "partitions": len(frames), "notes": self.notes}
         return self._publish(model, metadata, report, y_judged, predictions, inputs)
+
+    def _input_profile(self, with_rows: list[tuple[Any, int]], numeric: list[str]) -> dict[str, Any] | None:
+        """The input profile of the training rows (``with_rows``: each partition's frame and training-row count),
+        from at most ``input_profile.ROWS`` of them, evenly spaced in partition order, as the Job engine picks
+        them. Only their numeric columns come back, ``MAX_FEATURES`` at a time: more only if one had no value."""
+        from .dask_data import training_columns
+
+        starts = np.cumsum([0, *(n for _, n in with_rows)])
+        picked = input_profile.sample_positions(int(starts[-1]))
+        bounds = np.searchsorted(picked, starts)  # each partition's slice of the picked positions
+        shares = [
+            (frame, picked[low:high] - start)
+            for (frame, _), start, low, high in zip(with_rows, starts, bounds, bounds[1:])
+            if high > low
+        ]
+        columns: dict[str, list[float]] = {}
+        remaining = list(numeric)
+        while remaining and shares and len(columns) < MAX_FEATURES:
+            batch, remaining = remaining[: MAX_FEATURES - len(columns)], remaining[MAX_FEATURES - len(columns) :]
+            parts = self.client.gather(
+                [self.client.submit(training_columns, frame, batch, positions) for frame, positions in shares]
+            )
+            gathered = ((name, np.concatenate([part[name] for part in parts])) for name in batch)
+            columns.update(input_profile.profiled(gathered))
+        return input_profile.make(columns)
 
     def _holdout(
         self,

@@ -17,8 +17,22 @@ import sklearn
 
 from mfl_contracts import storage
 from mfl_contracts.classes import class_key
+from mfl_contracts.inputprofile import PROFILE_KEY
 
-from . import datasource, estimators, evaluation, formats, identity, mirror, plan, plots, registry, split, tables
+from . import (
+    datasource,
+    estimators,
+    evaluation,
+    formats,
+    identity,
+    input_profile,
+    mirror,
+    plan,
+    plots,
+    registry,
+    split,
+    tables,
+)
 from .config import TrainerConfig
 from .errors import TrainerError
 from .summary import success_summary
@@ -411,9 +425,14 @@ def train_and_publish(
         "trainFeedback": int(table.is_feedback[train_rows].sum()),
         "labelNoiseFlipped": flipped,
     }
+    profile_started = time.monotonic()
+    numeric = input_profile.numeric_features(inputs.features, table.feature_types)
+    profile = input_profile.of_table(table.columns, numeric, _profiled_rows(config, training, train_rows))
+    inputs.timings["inputProfile"] = time.monotonic() - profile_started
+    progress(input_profile.described(profile, len(numeric), inputs.timings["inputProfile"]))
     inputs.timings["total"] = time.monotonic() - started
     report["trainingData"] = training_data(training, table, train_rows, chosen.recipe_scores)
-    metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental)
+    metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental, profile)
     progress(f"writing version {config.version}")
     try:
         registry.write_version(
@@ -498,6 +517,15 @@ def _training_rows(
             f"outside the holdout)"
         )
     return TrainingRows(rows, weights)
+
+
+def _profiled_rows(config: TrainerConfig, training: plan.TrainingPlan, train_rows: np.ndarray) -> np.ndarray:
+    """The rows the input profile describes: those the published model was trained on (the training split, or
+    the chosen recipe's rows after a cut; never the holdout, but the rows since a cut that cross-fitting
+    judges out of fold are trained on by the published model too). An incremental model continues the
+    champion, so it has learned from more than this run's new feedback, which is often too few rows for
+    stable deciles: the window's training split stands for both."""
+    return training.train if config.incremental else train_rows
 
 
 def _champion_seen_until(champion: Champion | None) -> float | None:
@@ -715,11 +743,13 @@ def _metadata(
     rows: dict[str, int],
     report: dict[str, Any],
     incremental: dict[str, Any] | None,
+    profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """metadata.json; ``profile`` (the training rows' input profile) is left out when None."""
     table = inputs.table
     metric = evaluation.PRIMARY_METRIC[config.task]
     classes = getattr(model, "classes_", None)
-    return {
+    metadata: dict[str, Any] = {
         "model": config.model,
         "namespace": config.namespace,
         "version": config.version,
@@ -762,6 +792,9 @@ def _metadata(
         "createdAt": time.time(),
         "seconds": {k: round(v, 3) for k, v in inputs.timings.items()},
     }
+    if profile is not None:
+        metadata[PROFILE_KEY] = profile
+    return metadata
 
 
 def _write_files(
