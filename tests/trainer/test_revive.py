@@ -12,6 +12,7 @@ import joblib
 import numpy as np
 import pytest
 
+from mfl_server.model import load_model
 from mfl_testbed import datasets
 from mfl_trainer import plan
 
@@ -86,6 +87,10 @@ def test_a_returning_concept_revives_the_version_that_learned_it(registry, tmp_p
         assert metadata[key] == past[key], key
     assert metadata["version"] == 3 and metadata["parentVersion"] == 2
     assert read(root, 3, "model-settings.json")["parameters"] == {"uri": "./model.joblib", "version": "3"}
+    served = load_model(new, 3)  # a valid version for the server, which predicts as version 1 does
+    X = datasets.sample_features(50, seed=9)
+    assert served.features == past["features"] and served.classes == past["classes"]
+    assert served.predict(X) == load_model(old, 1).predict(X)
     assert metadata["trainingData"]["holdoutStrategy"] == plan.CROSS_FITTED
     # The report judges the revived model on the holdout the trained challenger and the champion were judged on.
     revival = metadata["revival"]
