@@ -260,7 +260,7 @@ def test_the_mirror_copies_the_window_the_champion_and_a_published_version(bucke
     }
     for key, data in files.items():
         store.put(key, data)
-    settings = config_module.parse_config(config(tmp_path, version=3, parentVersion=1), env={})
+    settings = config_module.parse_config(config(tmp_path, version=3, parentVersion=1, reviveVersions=0), env={})
     local = tmp_path / "mirror"
 
     assert mirror.mirror_inputs(store, local, settings, lambda _: None) == 6
@@ -270,6 +270,12 @@ def test_the_mirror_copies_the_window_the_champion_and_a_published_version(bucke
     assert copied == sorted(key for key in files if not any(part in key for part in skipped))
     with_published = config_module.parse_config(config(tmp_path, version=2, parentVersion=1), env={})
     assert mirror.mirror_inputs(store, tmp_path / "retry", with_published, lambda _: None) == 8
+    # With reviveVersions (default 5) the published versions before this one are mirrored too: the run scores
+    # them on the holdout (revive.py); an upload cut short (no metadata.json) is not a version.
+    reviving = config_module.parse_config(config(tmp_path, version=4, parentVersion=1), env={})
+    assert mirror.mirror_inputs(store, tmp_path / "reviving", reviving, lambda _: None) == 8
+    assert (tmp_path / "reviving" / MODEL / "versions" / "2" / "model.joblib").is_file()
+    assert not (tmp_path / "reviving" / MODEL / "versions" / "3").exists()
 
 
 def test_window_partitions():

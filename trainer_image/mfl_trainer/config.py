@@ -50,6 +50,7 @@ class TrainerConfig:
     seed: int = 0
     retain_versions: int = 0  # after publishing keep the newest N versions (and the protected ones); 0: keep all
     protected_versions: list[int] = field(default_factory=list)  # never deleted: the serving and canary versions
+    revive_versions: int = 5  # past versions scored on the holdout, one revived if it is as good (revive.py); 0: off
     engine: str = "job"  # "job": in this process; "dask": on the Dask cluster at DASK_SCHEDULER_ADDRESS
     dask: dict[str, Any] = field(default_factory=dict)  # engine dask: {"workers": N, "waitSeconds": S}
     ignored_keys: list[str] = field(default_factory=list)
@@ -135,6 +136,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "seed": ("seed", _int),
     "retainVersions": ("retain_versions", _int),
     "protectedVersions": ("protected_versions", _int_list),
+    "reviveVersions": ("revive_versions", _int),
     "engine": ("engine", _str),
     "dask": ("dask", _dict),
 }
@@ -204,6 +206,8 @@ def _check_ranges(c: TrainerConfig) -> None:
         problems.append(
             f"retainVersions must be >= 0 and protectedVersions >= 1, got {c.retain_versions}, {c.protected_versions}"
         )
+    if c.revive_versions < 0:
+        problems.append(f"reviveVersions must be >= 0, got {c.revive_versions}")
     if c.incremental and c.parent_version is None:
         problems.append("incremental training needs parentVersion (the champion to start from)")
     if c.engine not in ENGINES:

@@ -23,7 +23,7 @@ from mfl_contracts import ledger
 from mfl_contracts.objectstore import ArtifactStore, NotFound, S3Store, StoreError, s3_settings_from_env
 from mfl_contracts.storage import METADATA_FILE, version_dir
 
-from . import identity, retention
+from . import identity, retention, revive
 from .config import TrainerConfig
 from .datasource import dumps_line, utc_day
 from .errors import TrainerError
@@ -172,6 +172,9 @@ def mirror_inputs(store: ArtifactStore, root: Path, config: TrainerConfig, progr
         prefixes.append(f"{model}/versions/{config.parent_version}/")
     if remote_metadata(store, model, config.version) is not None:
         prefixes.append(f"{model}/versions/{config.version}/")  # a retry: compare with what was published
+    if config.parent_version is not None and config.revive_versions > 0:  # the past versions it may revive
+        published = retention.store_listing(store, model).complete
+        prefixes += [f"{model}/versions/{v}/" for v in revive.candidate_versions(published, config)]
     prefixes += [f"{model}/{folder}/{day}" for folder in LOG_FOLDERS for day in window_partitions(config)]
     copied = sum(store.download(prefix, root / prefix) for prefix in prefixes)
     progress(f"mirrored {copied} objects from {store.description} to {root}")

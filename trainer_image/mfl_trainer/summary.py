@@ -31,6 +31,8 @@ def success_summary(metadata: Mapping[str, Any], report: Mapping[str, Any], exis
         "paired": report.get("paired"),
         "conceptSince": (metadata.get("trainingData") or {}).get("conceptSince"),
         "existing": existing,
+        # The past version whose model this version is (a recurring concept, revive.py); null when trained.
+        "revivedFrom": metadata.get("revivedFrom"),
         # Rows left out and why (e.g. feedbackRowsWithUnknownClass: labels that are not a class of the task).
         "skipped": dict(metadata.get("skipped") or {}),
         "worstSlices": report.get("worstSlices", {}).get("challenger", []),

@@ -30,6 +30,7 @@ from . import (
     plan,
     plots,
     registry,
+    revive,
     split,
     tables,
 )
@@ -417,6 +418,15 @@ def train_and_publish(
     inputs.timings["fit"] = time.monotonic() - fit_started
     progress(f"trained in {inputs.timings['fit']:.2f}s; evaluating on the holdout")
     report, predictions, y_judged = evaluate(config, table, holdout, model, inputs.champion, chosen.out_of_fold)
+    judged, judged_rows = judged_holdout(config, table, holdout, inputs.champion)
+    revival = revive.consider(
+        config, table, judged_rows, predictions["challenger"], predictions.get("champion"), progress
+    )
+    revived = revival.chosen if revival is not None else None
+    if revived is not None:  # the report judges what will be served: the past version's model
+        replayed = np.empty(len(holdout.holdout), dtype=revived.predictions.dtype)
+        replayed[judged] = revived.predictions
+        report, predictions, y_judged = evaluate(config, table, holdout, revived.model, inputs.champion, replayed)
     rows = {
         "base": int((~table.is_feedback).sum()),
         "feedback": int(table.is_feedback.sum()),
@@ -433,13 +443,22 @@ def train_and_publish(
     inputs.timings["total"] = time.monotonic() - started
     report["trainingData"] = training_data(training, table, train_rows, chosen.recipe_scores)
     metadata = _metadata(config, spec, model, inputs, holdout, rows, report, incremental, profile)
-    progress(f"writing version {config.version}")
+    save: Callable[[Path], None] | None = None
+    if revival is not None:
+        report["revival"] = metadata["revival"] = revival.to_json()
+    if revived is not None:
+        metadata = _revived_metadata(metadata, revived)
+        report["revivedFrom"] = revived.version
+        source = storage.version_dir(config.storage_root, config.model, revived.version)
+        model_format = metadata["format"]
+        save = lambda folder: revive.copy_model_files(source, folder, model_format, config.model, config.version)
+    progress(f"writing version {config.version}" + (f" (version {revived.version}'s model)" if revived else ""))
     try:
         registry.write_version(
             config.storage_root,
             config.model,
             config.version,
-            lambda folder: _write_files(folder, config, spec, model, metadata, report, y_judged, predictions),
+            lambda folder: _write_files(folder, config, spec, model, metadata, report, y_judged, predictions, save),
         )
         previous = space.publish(config.version, progress)
     except registry.VersionExists:
@@ -634,6 +653,14 @@ def _fit_pipeline(
 # --- evaluation ----------------------------------------------------------------------------------
 
 
+def judged_holdout(
+    config: TrainerConfig, table: LabelledTable, holdout: split.Split, champion: Champion | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The holdout rows challenger and champion are judged on: a mask over ``holdout.holdout`` and the rows."""
+    judged = plan.unseen_by_champion(table.ts[holdout.holdout], _champion_seen_until(champion), config.min_holdout_rows)
+    return judged, holdout.holdout[judged]
+
+
 def evaluate(
     config: TrainerConfig,
     table: LabelledTable,
@@ -645,8 +672,7 @@ def evaluate(
     """Challenger and champion scored on the same holdout rows (those the champion did not train on, when
     enough); the report, the predictions and the labels they were scored against. With
     cross-fitting the challenger's predictions are `out_of_fold` (each row by a model that did not see it)."""
-    judged = plan.unseen_by_champion(table.ts[holdout.holdout], _champion_seen_until(champion), config.min_holdout_rows)
-    rows = holdout.holdout[judged]
+    judged, rows = judged_holdout(config, table, holdout, champion)
     y_true = table.y[rows]
     challenger = model.predict(table.matrix(rows)) if out_of_fold is None else out_of_fold[judged]
     predictions = {"challenger": challenger}
@@ -806,8 +832,13 @@ def _write_files(
     report: dict[str, Any],
     y_true: np.ndarray,
     predictions: dict[str, np.ndarray],
+    save: Callable[[Path], None] | None = None,
 ) -> None:
-    formats.save(folder, spec.format, model, config.model, config.version)
+    """The version's files; ``save`` writes the model files instead of saving ``model`` (a revived version)."""
+    if save is None:
+        formats.save(folder, spec.format, model, config.model, config.version)
+    else:
+        save(folder)
     registry.save_json(folder / storage.REPORT_FILE, report)
     title = f"{config.model} version {config.version}"
     if config.task == "classification":
@@ -816,6 +847,22 @@ def _write_files(
     else:
         plots.residuals_png(folder / "residuals.png", y_true, predictions, f"{title}: holdout predictions")
     registry.save_json(folder / storage.METADATA_FILE, metadata)  # last: its presence marks completeness
+
+
+def _revived_metadata(metadata: dict[str, Any], revived: revive.Candidate) -> dict[str, Any]:
+    """This run's metadata describing the past version's model: its features, feature types, classes,
+    format (and input profile, when it has one) are what the server loads with the copied files."""
+    own = revive.model_metadata(revived.metadata)
+    metadata = {**metadata, **{key: value for key, value in own.items() if value is not None}}
+    if PROFILE_KEY not in own:  # a profile of the rows this run trained on would not be the model's
+        metadata.pop(PROFILE_KEY, None)
+    if own.get("classes") is None:
+        fitted = getattr(revived.model, "classes_", None)
+        metadata["classes"] = [evaluation.plain(c) for c in fitted] if fitted is not None else None
+    metadata["servingOutput"] = own.get("servingOutput") or formats.serving_output(metadata["format"], metadata["task"])
+    metadata["incremental"] = None
+    metadata["revivedFrom"] = revived.version
+    return metadata
 
 
 def code_version() -> str:
