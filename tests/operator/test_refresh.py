@@ -122,3 +122,10 @@ def test_a_superior_refresh_is_canaried_and_its_span_kept_through_promotion() ->
     )
     record = later.status["history"][-1]
     assert record["outcome"] == "Promoted" and record["trainedOn"]["until"] == format_time(NOW - 300)
+
+
+def test_a_revived_past_version_is_named_in_the_gates_verdict() -> None:
+    revived = {**summary(wins=60, losses=10), "revivedFrom": 1}
+    job = JobObservation(phases.job_name("churn", 3), "Succeeded", summary=revived)
+    decision = decide(world(running_refresh(), spec=refresh_spec(), health=healthy(), serving=serving(2), job=job))
+    assert decision.status["candidate"]["gate"].startswith("version 1's model revived; ")

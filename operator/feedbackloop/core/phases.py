@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from feedbackloop.core import conditions as cond
@@ -649,6 +649,9 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
     # A refresh, as a breach, must beat the serving version: a version no better is not worth a rollout.
     must_beat = run.get("trigger") in ("Breach", "Refresh")
     gate = offline_gate(spec, summary, first_version=run.get("parentVersion") is None, breached=must_beat)
+    revived = summary.get("revivedFrom")
+    if isinstance(revived, int) and not isinstance(revived, bool):  # the trainer found a past version better
+        gate = replace(gate, message=f"version {revived}'s model revived; {gate.message}")
     trained_on = _trained_on(summary, run)
     status["candidate"] = {
         "version": run["version"],
