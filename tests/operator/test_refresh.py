@@ -3,6 +3,8 @@ only if it beats the serving version (issue 24, item 2)."""
 
 from __future__ import annotations
 
+import pytest
+
 from feedbackloop.core import phases
 from feedbackloop.core.phases import JobObservation, StartTraining, decide, refresh_due
 from feedbackloop.core.timeutil import format_time
@@ -129,3 +131,36 @@ def test_a_revived_past_version_is_named_in_the_gates_verdict() -> None:
     job = JobObservation(phases.job_name("churn", 3), "Succeeded", summary=revived)
     decision = decide(world(running_refresh(), spec=refresh_spec(), health=healthy(), serving=serving(2), job=job))
     assert decision.status["candidate"]["gate"].startswith("version 1's model revived; ")
+
+
+# --- item 5: an offline-superior canary's pauses scale with the evidence --------------------------------
+
+
+def canary_spec(pause="10m", interval="30s"):
+    return make_spec(
+        retraining={"features": ["a"], "target": "y", "gate": {"superiorityAlpha": 0.05}},
+        rollout={
+            "steps": [{"weight": 20, "pause": pause}, {"weight": 50, "pause": pause}],
+            "analysis": {"interval": interval},
+        },
+    )
+
+
+def test_pauses_shrink_with_the_gates_evidence_down_to_a_floor() -> None:
+    spec = canary_spec()
+    plain = {"offlineSuperior": False, "offlinePValue": 1e-9}
+    assert phases.step_pause(spec, plain, 0) == 600
+    assert phases.step_pause(spec, {"offlineSuperior": True, "offlinePValue": 0.05}, 0) == pytest.approx(600)
+    assert phases.step_pause(spec, {"offlineSuperior": True, "offlinePValue": 0.0025}, 0) == pytest.approx(300)
+    assert phases.step_pause(spec, {"offlineSuperior": True, "offlinePValue": 1e-30}, 1) == pytest.approx(150)
+    assert phases.step_pause(spec, {"offlineSuperior": True}, 0) == 600  # a canary started before the field
+    short = canary_spec(pause="90s", interval="30s")
+    assert phases.step_pause(short, {"offlineSuperior": True, "offlinePValue": 1e-30}, 0) == 60  # two looks
+
+
+def test_a_breach_challenger_carries_its_p_value_into_the_canary() -> None:
+    status = running_refresh()
+    job = JobObservation(phases.job_name("churn", 3), "Succeeded", summary=summary(wins=60, losses=10))
+    decision = decide(world(status, spec=refresh_spec(), health=healthy(), serving=serving(2), job=job))
+    rollout = decision.status["rollout"]
+    assert rollout["offlineSuperior"] and 0 < rollout["offlinePValue"] < 1e-6

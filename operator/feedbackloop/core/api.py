@@ -2089,6 +2089,11 @@ class RolloutStatus(ApiModel):
         description="The offline gate showed it better than a breached champion: promoted after its steps "
         "unless its analysis fails, without waiting for its own labels.",
     )
+    offline_p_value: float | None = Field(
+        default=None,
+        description="The gate's sign-test p-value for an offline-superior challenger: the smaller, the shorter "
+        "its steps' pauses (docs/retraining.md).",
+    )
     not_ready_since: str | None = Field(
         default=None,
         description="Since when its Pods have not all been ready (RFC 3339), for rollout.readyTimeout; null "

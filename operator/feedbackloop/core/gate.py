@@ -16,6 +16,7 @@ class GateResult:
     passed: bool
     message: str
     superior: bool = False  # significantly better than the champion (asked only when breached)
+    p_value: float | None = None  # the superiority test's, when it was asked
 
 
 def offline_gate(
@@ -38,7 +39,9 @@ def offline_gate(
             False,
             f"breached, so the challenger must beat the champion: not shown ({test} > {gate.superiority_alpha:g})",
         )
-    return GateResult(True, f"{verdict.message}; superior to the breached champion ({test})", superior=True)
+    return GateResult(
+        True, f"{verdict.message}; superior to the breached champion ({test})", superior=True, p_value=p_value
+    )
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -677,7 +677,7 @@ def _follow_training(world: World, decision: Decision, run: RetrainingRun, now: 
         _promote(world, decision, run["version"], run["trigger"], now, f"first version: {gate.message}", summary)
         return
     decision.event("Normal", "CandidatePassedGate", f"version {run['version']}: {gate.message}")
-    _start_canary(world, decision, run["version"], run["trigger"], now, gate.superior)
+    _start_canary(world, decision, run["version"], run["trigger"], now, gate.superior, gate.p_value)
 
 
 def _abandon_training(world: World, decision: Decision, run: RetrainingRun, now: str) -> None:
@@ -714,7 +714,13 @@ def _numbers(values: Any) -> dict[str, float]:
 
 
 def _start_canary(
-    world: World, decision: Decision, version: int, trigger: str, now: str, offline_superior: bool = False
+    world: World,
+    decision: Decision,
+    version: int,
+    trigger: str,
+    now: str,
+    offline_superior: bool = False,
+    p_value: float | None = None,
 ) -> None:
     spec = world.spec
     first = spec.rollout.steps[0]
@@ -731,6 +737,7 @@ def _start_canary(
         "evidence": [],
         "paused": False,
         "offlineSuperior": offline_superior,
+        "offlinePValue": p_value if offline_superior else None,
         "notReadySince": now,
     }
     decision.actions.append(EnsureCanary(version, replicas, routed_weight(world, version, weight)))
@@ -788,7 +795,7 @@ def _follow_canary(world: World, decision: Decision, rollout: RolloutState, now:
     if rollout.get("paused") or spec.paused:
         return
     step_started = parse_time(rollout.get("stepStartedAt")) or world.now
-    if world.now - step_started < spec.rollout.steps[rollout["step"]].pause.seconds:
+    if world.now - step_started < step_pause(spec, rollout, rollout["step"]):
         return
     if rollout["step"] + 1 < len(spec.rollout.steps):
         rollout["step"] += 1
@@ -846,6 +853,30 @@ def routed_weight(world: World, version: int, weight: int) -> int:
     return weight if serving.canary_version == version and serving.canary_ready > 0 else 0
 
 
+MIN_PAUSE_SHARE = 0.25  # an offline-superior canary still holds each weight for a quarter of its pause
+MIN_PAUSE_LOOKS = 2  # and at least two analysis looks: time for a crash, 5xx or latency check to fire
+
+
+def step_pause(spec: ModelFeedbackLoopSpec, rollout: RolloutState, step: int) -> float:
+    """How long a canary holds `step`: its pause; for a challenger the gate showed superior, shorter as the
+    evidence is stronger. Scaled by log(alpha) / log(p) (1 at p = alpha, 1/2 at alpha squared), at least a
+    quarter of the pause and two analysis intervals: the blast-radius checks keep their looks at every weight,
+    only the wait for labels the holdout already gave is cut (issue 24)."""
+    pause = spec.rollout.steps[step].pause.seconds
+    p_value = rollout.get("offlinePValue")
+    gate = spec.retraining.gate if spec.retraining else None
+    if (
+        not rollout.get("offlineSuperior")
+        or p_value is None
+        or gate is None
+        or not 0 < p_value < gate.superiority_alpha
+    ):
+        return pause
+    scale = max(MIN_PAUSE_SHARE, math.log(gate.superiority_alpha) / math.log(p_value))
+    floor = MIN_PAUSE_LOOKS * spec.rollout.analysis.interval.seconds
+    return min(pause, max(pause * scale, floor))
+
+
 def canary_ready_overdue(spec: ModelFeedbackLoopSpec, rollout: RolloutState | None, now: float) -> bool:
     """Whether a canary's Pods have been unready for rollout.readyTimeout: observe.py then reads their last
     log lines (the runtime's own words) for the rollback's message."""
@@ -897,7 +928,7 @@ def awaiting_promotion(spec: ModelFeedbackLoopSpec, rollout: RolloutState, now: 
     if rollout.get("paused") or spec.paused:
         return False
     step_started = parse_time(rollout.get("stepStartedAt")) or now
-    return now - step_started >= spec.rollout.steps[last].pause.seconds
+    return now - step_started >= step_pause(spec, rollout, last)
 
 
 def _promotion_held(world: World, decision: Decision, rollout: RolloutState, now: str) -> bool:

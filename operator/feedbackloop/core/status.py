@@ -110,6 +110,7 @@ class RolloutState(TypedDict, total=False):
     analysis: AnalysisState | None
     paused: bool
     offlineSuperior: bool
+    offlinePValue: float | None
     notReadySince: str | None
 
 
