@@ -25,6 +25,10 @@ at a time. Streams (5% label noise; the first five datasets.drift_stream, the ot
   a labelling outage, not a drift: every retraining there is a false one;
 - very-long-delay: hyperplane, 2 abrupt drifts at 1/3, 2/3, label delay 10x (5,000 rows); measured over
   twice that after each drift (over less, nothing could have seen a label of the new concept).
+One more stream is run by the loop alone, for the input-drift check only (none of the tables, summaries or
+goals (a)-(d) include it):
+- covariate-very-long-delay: the covariate stream's rows with the very-long-delay stream's label delay (10x):
+  inputs that move long before any label can tell.
 
 Every strategy uses the trainer's default estimator (HistGradientBoostingClassifier, defaults) and, but for
 the oracle, the trainer's training table: the base data (concept 0, drawn as datasets.write_base_csv draws
@@ -66,6 +70,21 @@ retrainings (every Job the loop started, those the gate rejected too), per drift
 all of them together; (c) 0 loop retraining Jobs on the streams without drift (no-drift, noise-burst);
 (d) 0 promoted versions worse than the version they replaced, both scored on the (up to) 2,000 rows after
 the promotion.
+
+Input drift before labels (monitoring.inputDrift, a warning that never retrains): the loop's spec sets it, so
+`decide` judges it every tick exactly as the operator does (inputdrift.judge through monitoring.evaluate_rule,
+its state reset at each promotion) and emits the InputDrift Warning; the simulated server counts each row the
+stable track serves into the bins of the version serving it (mfl_contracts.inputprofile.bin_of), and each
+version's profile is `make_profile` of the rows it was fitted on (version 1: the base data; a challenger: the
+rows of its final fit). Each poll's sample is the largest `inputprofile.psi` over the features, of the
+serving version's stable rows in the window, with their count as the samples (minRows). Its defaults
+(maxPsi 0.2, minRows 500, window 30m, for 5m) are rows at one row per second; `--quick` scales the window
+as the accuracy rule's window (1/3: 600 rows) and `for` as the rule's `for` (1/5: 60 rows). Printed per stream
+and seed: each drift's first input-drift warning and the loop's first BreachStarted after it, and how many
+times later the breach comes; every warning per 100,000 rows; and goal (e): with labels delayed far beyond
+the drift (the input-shift streams with at least the long-delay stream's label delay), the warning comes
+>= 5x earlier than the label-based breach, with <= 1 false warning per 100,000 rows on the streams without
+drift (no-drift, noise-burst: the burst changes labels, not inputs).
 """
 
 from __future__ import annotations
@@ -85,7 +104,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from feedbackloop.core import api
+from feedbackloop.core import api, inputdrift
 from feedbackloop.core.canary import ArmCounts, CanaryObservation
 from feedbackloop.core.monitoring import Sample
 from feedbackloop.core.phases import (
@@ -100,6 +119,7 @@ from feedbackloop.core.phases import (
     decide,
 )
 from feedbackloop.core.timeutil import parse_time
+from mfl_contracts import inputprofile
 from mfl_testbed import datasets
 from mfl_trainer import plan, split
 
@@ -115,6 +135,11 @@ DEFAULT_SEEDS = (7, 8)
 ORACLE_GOAL = 0.95  # issue 24: the loop's post-drift accuracy as a share of the oracle's, on every drift stream
 HAVE_RIVER = importlib.util.find_spec("river") is not None  # the ADWIN peer (requirements/bench.txt)
 DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "ml_efficacy.png"
+INPUT_DRIFT_DEFAULTS = api.InputDrift()  # monitoring.inputDrift's defaults, the benchmark's at full size
+INPUT_SHIFT_SHAPES = ("covariate", "prior")  # the streams whose inputs move (the others only relabel them)
+INPUT_DRIFT_EARLIER = 5  # goal (e): the warning >= 5x earlier than the breach, with labels far behind
+FALSE_WARNINGS_PER_100K = 1.0  # goal (e): at most this many warnings per 100,000 rows without drift
+ALERTS = ("BreachStarted", "Recovered", "InputDrift", "InputDriftCleared")  # the loop's Events kept per row
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,12 @@ class Settings:
     change_point_min_rows: int = 100
     change_point_alpha: float = 0.01
     superior_when_breached: bool = True  # retraining.gate.superiorWhenBreached
+    # monitoring.inputDrift: a warning, never a trigger (the loop's figures are the same without it)
+    input_drift: bool = True
+    input_max_psi: float = INPUT_DRIFT_DEFAULTS.max_psi
+    input_min_rows: int = INPUT_DRIFT_DEFAULTS.min_rows
+    input_window: int = int(INPUT_DRIFT_DEFAULTS.window.seconds)  # 30m: served rows the PSI is taken over
+    input_for: int = int(INPUT_DRIFT_DEFAULTS.for_.seconds)  # 5m
 
 
 def quick_settings(rows: int = 8_000, seed: int = 7) -> Settings:
@@ -166,6 +197,8 @@ def quick_settings(rows: int = 8_000, seed: int = 7) -> Settings:
         canary_steps=((20, 30), (50, 30)),
         canary_min_samples=100,
         canary_max_duration=900,
+        input_window=600,  # 30m scaled as the accuracy rule's window (600 -> 200 rows): 1/3
+        input_for=60,  # 5m scaled as the rule's `for` (300 -> 60 rows): 1/5
     )
 
 
@@ -190,6 +223,7 @@ class StreamSpec:
     shape: Shape = "concept"  # what changes at the drifts (see SHAPES)
     span: int = 0  # rows after each drift its accuracy is measured on; 0: Settings.post_drift_span
     burst: tuple[int, int] | None = None  # the noise-burst stream's flipped rows [start, stop)
+    loop_only: bool = False  # run by the loop alone, for the input-drift check only (input_drift_streams)
 
     def describe(self) -> str:
         what = f"no drift ({self.generator})"
@@ -202,6 +236,11 @@ class StreamSpec:
 
     def after_span(self, settings: Settings) -> int:
         return self.span or settings.post_drift_span
+
+    @property
+    def inputs_shift(self) -> bool:
+        """Whether the served inputs move at the drifts (elsewhere only their labels change)."""
+        return bool(self.drifts) and self.shape in INPUT_SHIFT_SHAPES
 
 
 SHAPES: dict[str, str] = {
@@ -293,8 +332,20 @@ def issue_24_streams(settings: Settings) -> list[StreamSpec]:
     ]
 
 
+def input_drift_streams(settings: Settings) -> list[StreamSpec]:
+    """Streams the loop alone runs, for the input-drift check: inputs that move while the labels that could
+    show it are far behind (the covariate stream's rows, the very-long-delay stream's label delay)."""
+    n, very_long = settings.rows, VERY_LONG_DELAY_FACTOR * settings.label_delay
+    return [
+        StreamSpec(
+            "covariate-very-long-delay", "hyperplane", "abrupt", (n // 3,), 1, 0.80, very_long, settings.seed,
+            "covariate", loop_only=True,
+        ),
+    ]  # fmt: skip
+
+
 def stream_spec(settings: Settings, name: str) -> StreamSpec:
-    [spec] = [s for s in stream_specs(settings) if s.name == name]
+    [spec] = [s for s in [*stream_specs(settings), *input_drift_streams(settings)] if s.name == name]
     return spec
 
 
@@ -531,6 +582,12 @@ def seconds(rows: int) -> str:
 
 
 def loop_spec(settings: Settings, threshold: float) -> api.ModelFeedbackLoopSpec:
+    input_drift = {
+        "maxPsi": settings.input_max_psi,
+        "minRows": settings.input_min_rows,
+        "window": seconds(settings.input_window),
+        "for": seconds(settings.input_for),
+    }
     return api.validate_spec(
         {
             "model": {
@@ -552,6 +609,7 @@ def loop_spec(settings: Settings, threshold: float) -> api.ModelFeedbackLoopSpec
                         "samplesQuery": "labelled",
                     }
                 ],
+                **({"inputDrift": input_drift} if settings.input_drift else {}),
             },
             "retraining": {
                 "features": ["x"],
@@ -606,17 +664,39 @@ class FeedbackLoop:
         self.trained_until: dict[int, float] = {}  # each version's dataWindow.end (version 1: base data only)
         self.cuts = 0
         self.recipes: Counter[str] = Counter()
+        # the input-drift check: each version's profile, and the bin of each value the stable track served
+        self.features = datasets.feature_names(lab.case.generator, lab.case.X.shape[1])
+        self.profiles = {1: self.profile(lab.table(lab.labelled_end(0)).X)}  # version 1: the base data
+        self.bins = np.full(lab.case.X.shape, -1, np.int8)  # under the profile of the version that served it
+        self.alerts: list[tuple[int, str]] = []  # (time, Event reason) of ALERTS
+        self.input_checks: list[tuple[int, float | None, int]] = []  # per poll: (time, largest PSI, rows)
 
     # serving
     def serve(self, rows: slice) -> np.ndarray:
         predictions = self.models[self.stable].predictions(rows)
         self.version[rows] = self.stable
         if self.canary is None:
+            self.count_inputs(np.arange(rows.start, rows.stop), self.stable)
             return predictions
         routed = self.rng.random(rows.stop - rows.start) < self.canary_share
         self.on_canary[rows] = routed
         self.version[rows] = np.where(routed, self.canary, self.stable)
+        self.count_inputs(np.arange(rows.start, rows.stop)[~routed], self.stable)
         return np.where(routed, self.models[self.canary].predictions(rows), predictions)
+
+    def profile(self, X: np.ndarray) -> dict:
+        """A version's input profile, as the trainer makes it of the rows it fitted the version on."""
+        return inputprofile.make_profile({name: X[:, j].tolist() for j, name in enumerate(self.features)})
+
+    def count_inputs(self, rows: np.ndarray, version: int) -> None:
+        """What the stable track's server does with every row it serves: each value counted into its bin of
+        the serving version's profile (kept here as the bin's index in `inputprofile.bin_names`)."""
+        if not self.settings.input_drift:
+            return
+        for j, name in enumerate(self.features):
+            feature = self.profiles[version]["features"][name]
+            index = {bin_: i for i, bin_ in enumerate(inputprofile.bin_names(feature["edges"]))}
+            self.bins[rows, j] = [index[inputprofile.bin_of(feature, v)] for v in self.lab.case.X[rows, j].tolist()]
 
     # one reconcile, as engine._reconcile does it
     def observe(self, now: int, correct: np.ndarray) -> None:
@@ -638,14 +718,40 @@ class FeedbackLoop:
             self.apply(action, now)
 
     def poll(self, now: int) -> dict[str, Sample]:
-        """The accuracy rule's sample: labels that arrived in its window, of the stable version's rows."""
+        """The accuracy rule's sample: labels that arrived in its window, of the stable version's rows; and
+        the input-drift check's, when it is on."""
         end = self.lab.labelled_end(now)
         rows = slice(max(0, end - self.settings.rule_window), end)
         serving = self.status.get("currentVersion", 1)
         mine = (self.version[rows] == serving) & ~self.on_canary[rows]
         labelled = int(mine.sum())
         value = float(self.correct[rows][mine].mean()) if labelled else None
-        return {self.rule.name: Sample(value, EPOCH + now, samples=float(labelled), version=serving)}
+        samples = {self.rule.name: Sample(value, EPOCH + now, samples=float(labelled), version=serving)}
+        if self.settings.input_drift:
+            samples[inputdrift.RULE_NAME] = self.input_sample(now, serving)
+        return samples
+
+    def input_sample(self, now: int, serving: int) -> Sample:
+        """The input-drift check's poll (inputdrift.rule): the largest PSI over the features of the serving
+        version's stable rows served in the window, and those rows (its minRows); the features above maxPsi,
+        largest first, as the breakdown."""
+        rows = slice(max(0, now - self.settings.input_window), now)
+        mine = (self.version[rows] == serving) & ~self.on_canary[rows]
+        bins = self.bins[rows][mine]
+        assert (bins >= 0).all(), "a stable row of the serving version was not counted"
+        psis = {name: self.feature_psi(serving, name, bins[:, j]) for j, name in enumerate(self.features)}
+        found = {name: value for name, value in psis.items() if value is not None}
+        largest = max(found.values(), default=None)
+        self.input_checks.append((now, largest, len(bins)))
+        above = sorted(((n, v) for n, v in found.items() if v > self.settings.input_max_psi), key=lambda p: -p[1])
+        breakdown = tuple(above[: inputdrift.TOP_FEATURES]) or None  # asked only above maxPsi
+        return Sample(largest, EPOCH + now, samples=float(len(bins)), version=serving, breakdown=breakdown)
+
+    def feature_psi(self, version: int, name: str, bins: np.ndarray) -> float | None:
+        feature = self.profiles[version]["features"][name]
+        names = inputprofile.bin_names(feature["edges"])
+        counts = np.bincount(bins, minlength=len(names))
+        return inputprofile.psi(feature["expected"], {names[i]: int(c) for i, c in enumerate(counts) if c})
 
     def job(self, now: int) -> JobObservation | None:
         run = self.status.get("retraining")
@@ -704,6 +810,8 @@ class FeedbackLoop:
             self.events[action.reason] += 1
             if action.reason in ("Promoted", "RolledBack", "CandidateRejected"):
                 self.timeline.append((now, action.reason))
+            if action.reason in ALERTS:
+                self.alerts.append((now, action.reason))
 
     def train(self, action: StartTraining, now: int) -> None:
         """The trainer's run (mfl_trainer.plan, as train.py calls it): the cut at the last rise of the served
@@ -721,6 +829,7 @@ class FeedbackLoop:
             self.recipes[recipe.name] += 1
         challenger = self.lab.fit(table.X[rows], table.y[rows], weights, now)
         self.models[action.version] = challenger
+        self.profiles[action.version] = self.profile(table.X[rows])  # the rows it was fitted on
         self.concept_since[action.version] = training.concept_since
         self.trained_until[action.version] = float(self.lab.labelled_end(now))
         self.cuts += training.cut is not None
@@ -822,6 +931,8 @@ class Result:
     timeline: list[tuple[int, str]] = field(default_factory=list)  # the loop's (time, event)
     promotions: list[PromotionCheck] = field(default_factory=list)  # the loop's
     trained: list[tuple[int, int]] = field(default_factory=list)  # the oracle's fits: (time, last row trained on)
+    alerts: list[tuple[int, str]] = field(default_factory=list)  # the loop's (time, ALERTS Event)
+    input_checks: list[tuple[int, float | None, int]] = field(default_factory=list)  # the loop's (time, PSI, rows)
 
     def accuracy(self) -> float:
         return float(self.correct.mean())
@@ -863,6 +974,8 @@ def run(strategy: Strategy, case: Case, settings: Settings) -> Result:
         getattr(strategy, "timeline", []),
         strategy.checked_promotions() if isinstance(strategy, FeedbackLoop) else [],
         list(strategy.trained) if isinstance(strategy, Oracle) else [],
+        list(getattr(strategy, "alerts", [])),
+        list(getattr(strategy, "input_checks", [])),
     )
 
 
@@ -910,7 +1023,7 @@ def run_stream(settings: Settings, name: str) -> Outcome:
     started = time.monotonic()
     case = make_case(stream_spec(settings, name), settings)
     with threadpool_limits(1):
-        results = run_case(case, settings)
+        results = run_case(case, settings, ["loop"] if case.loop_only else None)
     return Outcome(case.spec(), results, time.monotonic() - started, settings.seed)
 
 
@@ -954,6 +1067,11 @@ def print_settings(settings: Settings, seeds: list[int]) -> None:
         f"{steps} ({s.replicas} stable replicas: weights by replica share), maxDegradation "
         f"{s.canary_max_degradation}, minSamples {s.canary_min_samples}/arm, maxDuration {s.canary_max_duration}s"
     )
+    if s.input_drift:
+        print(
+            f"loop's inputDrift (a warning only): maxPsi {s.input_max_psi:g}, minRows {s.input_min_rows}, window "
+            f"{s.input_window} rows, for {s.input_for} rows; each version profiled on the rows it was fitted on"
+        )
 
 
 def recovery_target(stream: StreamSpec, reference: Result, margin: float = 0.05) -> float:
@@ -1009,6 +1127,15 @@ def print_table(outcome: Outcome, settings: Settings) -> None:
             f"{r.name:<10} | {r.accuracy():>11.4f} | {after:>29} | {mean:>5} | {share:>8} | {recovered:>23} | "
             f"{r.retrains:>17} | {r.notes}"
         )
+
+
+def print_loop_only(outcome: Outcome) -> None:
+    """A stream for the input-drift check: the loop alone ran it (its warnings come with the other streams')."""
+    loop = outcome.result("loop")
+    print(
+        f"\n{outcome.stream.describe()}; run seed {outcome.seed}; the loop alone (for the input-drift check): "
+        f"prequential {loop.accuracy():.4f}, {loop.retrains} retrainings, {loop.notes}"
+    )
 
 
 def print_summary(outcomes: list[Outcome], settings: Settings) -> None:
@@ -1091,6 +1218,109 @@ def print_gaps(outcomes: list[Outcome], settings: Settings) -> None:
         )
 
 
+# --- input drift before labels ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftAlerts:
+    """One drift as the loop saw it: its first input-drift warning (InputDrift Event) and its first
+    label-based breach (BreachStarted), each the first at or after the drift and before the next one."""
+
+    drift: int
+    end: int  # the next drift, or the stream's end
+    warning: int | None
+    breach: int | None
+
+    def earlier(self) -> float | None:
+        """Rows from the drift to the breach over rows from it to the warning; without a breach before `end`
+        a lower bound (counted to `end`); None without a warning."""
+        if self.warning is None:
+            return None
+        breach = self.end if self.breach is None else self.breach
+        return (breach - self.drift) / max(1, self.warning - self.drift)
+
+
+def drift_alerts(outcome: Outcome) -> list[DriftAlerts]:
+    loop = outcome.result("loop")
+    if loop is None:
+        return []
+    drifts = outcome.stream.drifts
+    ends = [*drifts[1:], len(loop.correct)]
+
+    def first(reason: str, start: int, end: int) -> int | None:
+        return next((at for at, r in loop.alerts if r == reason and start <= at < end), None)
+
+    return [DriftAlerts(d, e, first("InputDrift", d, e), first("BreachStarted", d, e)) for d, e in zip(drifts, ends)]
+
+
+def warnings(result: Result) -> int:
+    """InputDrift Warnings: each time the condition turned True."""
+    return sum(reason == "InputDrift" for _, reason in result.alerts)
+
+
+def warning_rate(outcomes: list[Outcome]) -> tuple[int, int, float]:
+    """The loop's warnings over `outcomes`, their rows, and the warnings per 100,000 rows."""
+    loops = [o.result("loop") for o in outcomes]
+    count, rows = sum(warnings(r) for r in loops if r), sum(len(r.correct) for r in loops if r)
+    return count, rows, 100_000 * count / rows if rows else 0.0
+
+
+def earlier_text(alert: DriftAlerts) -> str:
+    earlier = alert.earlier()
+    if earlier is None:
+        return "-"
+    return f"{'>' if alert.breach is None else ''}{earlier:.1f}x"
+
+
+def after_text(at: int | None, drift: int) -> str:
+    return "none" if at is None else f"{at} (+{at - drift})"
+
+
+def late_label_streams(outcomes: list[Outcome], settings: Settings) -> list[Outcome]:
+    """Goal (e)'s: inputs that shift while labels are far behind (at least the long-delay stream's delay)."""
+    late = LONG_DELAY_FACTOR * settings.label_delay
+    return [o for o in outcomes if o.stream.inputs_shift and o.stream.label_delay >= late and o.result("loop")]
+
+
+def print_input_drift(outcomes: list[Outcome], settings: Settings) -> None:
+    s = settings
+    print(
+        f"\ninput drift before labels (monitoring.inputDrift: maxPsi {s.input_max_psi:g}, minRows {s.input_min_rows}, "
+        f"window {s.input_window} rows, for {s.input_for} rows; a warning, never a trigger): per drift, the loop's "
+        "first InputDrift warning and first BreachStarted after it, and how many times later the breach came; "
+        "where the inputs never move, every warning is a false one"
+    )
+    header = (
+        f"{'stream, seed':<30} | {'inputs':>6} | {'label delay':>11} | {'drift':>6} | {'first warning (+rows)':>21} | "
+        f"{'first breach (+rows)':>20} | {'breach/warning':>14} | {'warnings':>8} | false warnings per 100k rows"
+    )
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        loop = o.result("loop")
+        if loop is None:
+            continue
+        count, _, rate = warning_rate([o])
+        false = "-" if o.stream.inputs_shift else f"{rate:.1f}"
+        cells = [("-", "-", "-", "-")] + [
+            (str(a.drift), after_text(a.warning, a.drift), after_text(a.breach, a.drift), earlier_text(a))
+            for a in drift_alerts(o)
+        ]
+        for i, (drift, warned, breached, earlier) in enumerate(cells[1:] or cells):
+            label, inputs = (o.label, "shift" if o.stream.inputs_shift else "same") if i == 0 else ("", "")
+            delay, total, per = (o.stream.label_delay, count, false) if i == 0 else ("", "", "")
+            print(
+                f"{label:<30} | {inputs:>6} | {delay:>11} | {drift:>6} | {warned:>21} | {breached:>20} | "
+                f"{earlier:>14} | {total:>8} | {per}"
+            )
+    steady = [o for o in outcomes if not o.stream.drifts]
+    same = [o for o in outcomes if not o.stream.inputs_shift]
+    for what, group in (("the streams without drift", steady), ("every stream whose inputs never move", same)):
+        count, rows, rate = warning_rate(group)
+        if rows:
+            print(f"false warnings on {what}: {count} in {rows} rows ({rate:.1f} per 100,000)")
+
+
 # --- issue 24's goals --------------------------------------------------------------------------------
 
 
@@ -1099,15 +1329,18 @@ def verdict(ok: bool) -> str:
 
 
 def target_lines(outcomes: list[Outcome], settings: Settings) -> list[str]:
-    """Issue 24's goals, measured on the streams and seeds that ran."""
-    drifting = [o for o in outcomes if o.stream.drifts]
-    steady = [o for o in outcomes if not o.stream.drifts]
+    """Issue 24's goals, measured on the streams and seeds that ran: (a)-(d) on the efficacy streams, (e)
+    on every stream the loop ran."""
+    efficacy = [o for o in outcomes if not o.stream.loop_only]
+    drifting = [o for o in efficacy if o.stream.drifts]
+    steady = [o for o in efficacy if not o.stream.drifts]
     return [
         oracle_target(drifting, settings),
         *(schedule_target(o, settings) for o in drifting),
         *([schedule_target_overall(drifting, settings)] if len(drifting) > 1 else []),
         *(false_retraining_target(o) for o in steady),
-        promotion_target(outcomes, settings),
+        promotion_target(efficacy, settings),
+        input_drift_target(outcomes, settings),
     ]
 
 
@@ -1167,6 +1400,35 @@ def promotion_target(outcomes: list[Outcome], settings: Settings) -> str:
         f"{margin:g}; worst {worst.difference:+.3f}: {label}, v{worst.promoted} {worst.promoted_accuracy:.3f} "
         f"replacing v{worst.replaced} {worst.replaced_accuracy:.3f} at row {worst.at})"
     )
+
+
+def input_drift_target(outcomes: list[Outcome], settings: Settings) -> str:
+    """(e): on the input-shift streams with late labels, every drift's warning >= INPUT_DRIFT_EARLIER x earlier
+    than its breach (no breach in the stream: the bound to its end); and on the streams without drift at most
+    FALSE_WARNINGS_PER_100K warnings per 100,000 rows, over all of them and every seed together."""
+    text = (
+        f"(e) with labels delayed far beyond the drift, the input-drift warning >= {INPUT_DRIFT_EARLIER}x earlier "
+        f"than the label-based breach, with <= {FALSE_WARNINGS_PER_100K:g} false warning per 100,000 rows on the "
+        "streams without drift"
+    )
+    late = late_label_streams(outcomes, settings)
+    steady = [o for o in outcomes if not o.stream.drifts and o.result("loop")]
+    alerts = [(o.label, a) for o in late for a in drift_alerts(o)]
+    earlier_ok = all((a.earlier() or 0.0) >= INPUT_DRIFT_EARLIER for _, a in alerts)
+    count, rows, rate = warning_rate(steady)
+    ratios = ", ".join(f"{label} {earlier_text(a)}" for label, a in alerts)
+    streams = ", ".join(sorted({o.stream.name for o in steady}))
+    parts = [
+        f"warning vs breach: {ratios}: {verdict(earlier_ok)}"
+        if alerts
+        else "warning vs breach: not measured (no input-shift stream with late labels ran)",
+        f"false warnings: {count} in {rows} rows of {streams} ({rate:.1f} per 100,000): "
+        f"{verdict(rate <= FALSE_WARNINGS_PER_100K)}"
+        if rows
+        else "false warnings: not measured (no stream without drift ran)",
+    ]
+    overall = verdict(earlier_ok and rate <= FALSE_WARNINGS_PER_100K) if alerts and rows else "not measured in full"
+    return f"{text}: {overall} ({'; '.join(parts)})"
 
 
 def print_targets(outcomes: list[Outcome], settings: Settings) -> None:
@@ -1255,14 +1517,16 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
         "--seeds", "--seed", type=parse_seeds, default=list(DEFAULT_SEEDS), help="SEED[,SEED]: one run of each"
     )
     parser.add_argument("--jobs", type=int, default=2, help="streams run at once, each in its own process")
-    parser.add_argument("--only", default=None, help="run only these streams (NAME[,NAME])")
+    parser.add_argument(
+        "--only", default=None, help="run only these streams (NAME[,NAME]; covariate-very-long-delay: the loop only)"
+    )
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="the first seed's streams are plotted")
     parser.add_argument("--quick", action="store_true", help="a small run with scaled-down time constants")
     args = parser.parse_args(argv)
     settings = quick_settings() if args.quick else Settings()
     if args.rows:
         settings = replace(settings, rows=args.rows, post_drift_span=min(settings.post_drift_span, args.rows // 8))
-    known = [spec.name for spec in stream_specs(settings)]
+    known = [spec.name for spec in [*stream_specs(settings), *input_drift_streams(settings)]]
     wanted = args.only.split(",") if args.only else known
     if unknown := sorted(set(wanted) - set(known)):
         parser.error(f"unknown stream(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -1272,13 +1536,19 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     print_settings(settings, args.seeds)
     outcomes = []
     for outcome in run_streams(tasks, args.jobs):
-        print_table(outcome, settings)
+        if outcome.stream.loop_only:
+            print_loop_only(outcome)
+        else:
+            print_table(outcome, settings)
         print(f"({outcome.label}: {outcome.seconds:.0f}s wall time in its worker)")
         outcomes.append(outcome)
-    print_summary(outcomes, settings)
-    print_gaps(outcomes, settings)
+    efficacy = [o for o in outcomes if not o.stream.loop_only]
+    print_summary(efficacy, settings)
+    print_gaps(efficacy, settings)
+    if settings.input_drift:
+        print_input_drift(outcomes, settings)
     print_targets(outcomes, settings)
-    plot([o for o in outcomes if o.seed == args.seeds[0]], args.plot)
+    plot([o for o in efficacy if o.seed == args.seeds[0]], args.plot)
     print(f"\nplot: {args.plot}\ntotal wall time {time.monotonic() - started:.0f}s ({args.jobs} jobs)")
     return outcomes
 
