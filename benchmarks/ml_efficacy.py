@@ -75,16 +75,17 @@ Input drift before labels (monitoring.inputDrift, a warning that never retrains)
 `decide` judges it every tick exactly as the operator does (inputdrift.judge through monitoring.evaluate_rule,
 its state reset at each promotion) and emits the InputDrift Warning; the simulated server counts each row the
 stable track serves into the bins of the version serving it (mfl_contracts.inputprofile.bin_of), and each
-version's profile is `make_profile` of the rows it was fitted on (version 1: the base data; a challenger: the
-rows of its final fit). Each poll's sample is the largest `inputprofile.psi` over the features, of the
-serving version's stable rows in the window, with their count as the samples (minRows). Its defaults
-(maxPsi 0.2, minRows 500, window 30m, for 5m) are rows at one row per second; `--quick` scales the window
-as the accuracy rule's window (1/3: 600 rows) and `for` as the rule's `for` (1/5: 60 rows). Printed per stream
-and seed: each drift's first input-drift warning and the loop's first BreachStarted after it, and how many
-times later the breach comes; every warning per 100,000 rows; and goal (e): with labels delayed far beyond
-the drift (the input-shift streams with at least the long-delay stream's label delay), the warning comes
->= 5x earlier than the label-based breach, with <= 1 false warning per 100,000 rows on the streams without
-drift (no-drift, noise-burst: the burst changes labels, not inputs).
+version's profile is the trainer's (mfl_trainer.input_profile: `make_profile` of the rows the published model
+was fitted on; version 1: the base data; a challenger: the rows of its final fit). Each poll's sample is the
+largest `inputprofile.psi` over the features, of the serving version's stable rows in the window, with their
+count as the samples (minRows), and the breakdown when the operator would ask for it. Its defaults (maxPsi
+0.2, minRows 500, window 30m, for 5m) are rows at one row per second; `--quick` scales the window as the
+accuracy rule's window (1/3: 600 rows) and `for` as the rule's `for` (1/5: 60 rows). Printed per stream and
+seed: each drift's first input-drift warning and the loop's first BreachStarted after it, and how many times
+later the breach comes; every warning per 100,000 rows; and goal (e): with labels delayed far beyond the
+drift (the input-shift streams with at least the long-delay stream's label delay), the warning comes >= 5x
+earlier than the label-based breach, with <= 1 false warning per 100,000 rows on the streams without drift
+(no-drift, noise-burst: the burst changes labels, not inputs).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ from feedbackloop.core.phases import (
 from feedbackloop.core.timeutil import parse_time
 from mfl_contracts import inputprofile
 from mfl_testbed import datasets
-from mfl_trainer import plan, split
+from mfl_trainer import input_profile, plan, split
 
 EPOCH = 1_800_000_000.0  # the loop's clock: row r is predicted at EPOCH + r seconds
 MIN_HOLDOUT_ROWS = 50  # the trainer's default minHoldoutRows
@@ -684,9 +685,13 @@ class FeedbackLoop:
         self.count_inputs(np.arange(rows.start, rows.stop)[~routed], self.stable)
         return np.where(routed, self.models[self.canary].predictions(rows), predictions)
 
-    def profile(self, X: np.ndarray) -> dict:
-        """A version's input profile, as the trainer makes it of the rows it fitted the version on."""
-        return inputprofile.make_profile({name: X[:, j].tolist() for j, name in enumerate(self.features)})
+    def profile(self, X: np.ndarray, rows: np.ndarray | None = None) -> dict:
+        """A version's input profile, made by the trainer's own function of the table's `rows` the version was
+        fitted on (all of `X` when None)."""
+        columns = {name: X[:, j] for j, name in enumerate(self.features)}
+        found = input_profile.of_table(columns, self.features, np.arange(len(X)) if rows is None else rows)
+        assert found is not None, "every feature of these streams is numeric"
+        return found
 
     def count_inputs(self, rows: np.ndarray, version: int) -> None:
         """What the stable track's server does with every row it serves: each value counted into its bin of
@@ -733,8 +738,8 @@ class FeedbackLoop:
 
     def input_sample(self, now: int, serving: int) -> Sample:
         """The input-drift check's poll (inputdrift.rule): the largest PSI over the features of the serving
-        version's stable rows served in the window, and those rows (its minRows); the features above maxPsi,
-        largest first, as the breakdown."""
+        version's stable rows served in the window, and those rows (its minRows); then, as the operator's
+        observer does, the breakdown (the features above maxPsi, largest first) when it is worth asking."""
         rows = slice(max(0, now - self.settings.input_window), now)
         mine = (self.version[rows] == serving) & ~self.on_canary[rows]
         bins = self.bins[rows][mine]
@@ -743,9 +748,12 @@ class FeedbackLoop:
         found = {name: value for name, value in psis.items() if value is not None}
         largest = max(found.values(), default=None)
         self.input_checks.append((now, largest, len(bins)))
-        above = sorted(((n, v) for n, v in found.items() if v > self.settings.input_max_psi), key=lambda p: -p[1])
-        breakdown = tuple(above[: inputdrift.TOP_FEATURES]) or None  # asked only above maxPsi
-        return Sample(largest, EPOCH + now, samples=float(len(bins)), version=serving, breakdown=breakdown)
+        sample = Sample(largest, EPOCH + now, samples=float(len(bins)), version=serving)
+        settings = self.spec.monitoring.input_drift
+        if settings is None or not inputdrift.worth_a_breakdown(settings, sample):
+            return sample
+        above = [({"feature": name}, value) for name, value in found.items() if value > settings.max_psi]
+        return replace(sample, breakdown=inputdrift.ranked(above))
 
     def feature_psi(self, version: int, name: str, bins: np.ndarray) -> float | None:
         feature = self.profiles[version]["features"][name]
@@ -829,7 +837,7 @@ class FeedbackLoop:
             self.recipes[recipe.name] += 1
         challenger = self.lab.fit(table.X[rows], table.y[rows], weights, now)
         self.models[action.version] = challenger
-        self.profiles[action.version] = self.profile(table.X[rows])  # the rows it was fitted on
+        self.profiles[action.version] = self.profile(table.X, rows)  # the rows it was fitted on
         self.concept_since[action.version] = training.concept_since
         self.trained_until[action.version] = float(self.lab.labelled_end(now))
         self.cuts += training.cut is not None
