@@ -685,21 +685,21 @@ class FeedbackLoop:
         self.count_inputs(np.arange(rows.start, rows.stop)[~routed], self.stable)
         return np.where(routed, self.models[self.canary].predictions(rows), predictions)
 
-    def profile(self, X: np.ndarray, rows: np.ndarray | None = None) -> dict:
+    def profile(self, X: np.ndarray, rows: np.ndarray | None = None) -> dict | None:
         """A version's input profile, made by the trainer's own function of the table's `rows` the version was
         fitted on (all of `X` when None)."""
         columns = {name: X[:, j] for j, name in enumerate(self.features)}
-        found = input_profile.of_table(columns, self.features, np.arange(len(X)) if rows is None else rows)
-        assert found is not None, "every feature of these streams is numeric"
-        return found
+        # None: fitted on fewer rows than inputprofile.MIN_ROWS; the version gets no verdict, as in the operator
+        return input_profile.of_table(columns, self.features, np.arange(len(X)) if rows is None else rows)
 
     def count_inputs(self, rows: np.ndarray, version: int) -> None:
         """What the stable track's server does with every row it serves: each value counted into its bin of
         the serving version's profile (kept here as the bin's index in `inputprofile.bin_names`)."""
-        if not self.settings.input_drift:
+        profile = self.profiles.get(version)
+        if not self.settings.input_drift or profile is None:
             return
         for j, name in enumerate(self.features):
-            feature = self.profiles[version]["features"][name]
+            feature = profile["features"][name]
             index = {bin_: i for i, bin_ in enumerate(inputprofile.bin_names(feature["edges"]))}
             self.bins[rows, j] = [index[inputprofile.bin_of(feature, v)] for v in self.lab.case.X[rows, j].tolist()]
 
@@ -740,6 +740,8 @@ class FeedbackLoop:
         """The input-drift check's poll (inputdrift.rule): the largest PSI over the features of the serving
         version's stable rows served in the window, and those rows (its minRows); then, as the operator's
         observer does, the breakdown (the features above maxPsi, largest first) when it is worth asking."""
+        if self.profiles.get(serving) is None:  # the server counts nothing: the queries answer no data
+            return Sample(None, EPOCH + now, samples=None, version=serving)
         rows = slice(max(0, now - self.settings.input_window), now)
         mine = (self.version[rows] == serving) & ~self.on_canary[rows]
         bins = self.bins[rows][mine]

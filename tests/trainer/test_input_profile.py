@@ -25,6 +25,20 @@ NUMERIC = ["amount", "count", "partial"]
 HELD_OUT_AMOUNT = 10.0  # the holdout's amounts are all above it; the training rows' below 1
 
 
+@pytest.fixture(autouse=True)
+def small_profiles(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on hundreds of rows: profiles from 100 rows, but for the test of the real floor."""
+    if "min_rows" not in request.node.name:
+        monkeypatch.setattr(input_profile, "MIN_ROWS", 100)
+
+
+def test_fewer_training_rows_than_min_rows_make_no_profile() -> None:
+    rows = inputprofile.MIN_ROWS - 1
+    assert input_profile.make({"x": [float(i) for i in range(rows)]}) is None
+    assert input_profile.make({"x": [float(i) for i in range(rows + 1)]}) is not None
+    assert "fewer than 1000 training rows" in input_profile.described(None, 1, 0.1)
+
+
 def metadata(root: Path, version: int) -> dict[str, Any]:
     return json.loads((version_path(root, version) / "metadata.json").read_text())
 
@@ -180,7 +194,8 @@ def test_sample_positions_are_evenly_spaced_and_deterministic():
     assert np.array_equal(picked, input_profile.sample_positions(1_000_003, 100_000))
 
 
-def test_features_without_a_value_are_skipped_and_at_most_max_features_kept():
+def test_features_without_a_value_are_skipped_and_at_most_max_features_kept(monkeypatch):
+    monkeypatch.setattr(input_profile, "MIN_ROWS", 1)
     empty = np.full(4, np.nan)
     columns = [("none", empty), *((f"f{i}", np.array([0.0, 1.0, np.nan, np.inf])) for i in range(40))]
     kept = input_profile.profiled(iter(columns))

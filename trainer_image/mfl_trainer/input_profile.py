@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mfl_contracts.inputprofile import MAX_FEATURES, MAX_ROWS, make_profile
+from mfl_contracts.inputprofile import MAX_FEATURES, MAX_ROWS, MIN_ROWS, make_profile
 
 from .tables import NUMERIC
 
@@ -56,8 +56,8 @@ def profiled(columns: Iterable[tuple[str, np.ndarray]]) -> dict[str, list[float]
 def make(columns: Mapping[str, list[float]]) -> dict[str, Any] | None:
     """The profile of ``columns`` (all of one length), or None when no numeric feature has a value: then
     metadata.json has no ``inputProfile`` and the operator judges no input drift for the version."""
-    if not columns:
-        return None
+    if not columns or max(len(values) for values in columns.values()) < MIN_ROWS:
+        return None  # too few rows: the profile's own noise would read as drift (inputprofile.MIN_ROWS)
     profile = make_profile(columns)
     return profile if profile["features"] else None
 
@@ -74,7 +74,10 @@ def of_table(
 def described(profile: dict[str, Any] | None, numeric: int, seconds: float) -> str:
     """The Job log's line about the profile."""
     if profile is None:
-        return "no input profile: no numeric feature with a value (input drift is not judged for this version)"
+        return (
+            f"no input profile: no numeric feature with a value, or fewer than {MIN_ROWS} training rows (input "
+            "drift is not judged for this version)"
+        )
     left_out = numeric - len(profile["features"])
     return (
         f"input profile: {len(profile['features'])} numeric features of {profile['rows']} training rows in "
