@@ -171,6 +171,9 @@ class Settings:
     change_point_min_rows: int = 100
     change_point_alpha: float = 0.01
     superior_when_breached: bool = True  # retraining.gate.superiorWhenBreached
+    # retraining.refresh (opt-in in the operator): None, or its growth
+    refresh_growth: float | None = None
+    revive_versions: int = 5  # the trainer's reviveVersions (its default); 0: never revive a past version
     # monitoring.inputDrift: a warning, never a trigger (the loop's figures are the same without it)
     input_drift: bool = True
     input_max_psi: float = INPUT_DRIFT_DEFAULTS.max_psi
@@ -626,6 +629,7 @@ def loop_spec(settings: Settings, threshold: float) -> api.ModelFeedbackLoopSpec
                     "alpha": settings.change_point_alpha,
                 },
                 "gate": {"superiorWhenBreached": settings.superior_when_breached},
+                **({"refresh": {"growth": settings.refresh_growth}} if settings.refresh_growth else {}),
             },
             "rollout": {
                 "steps": [{"weight": w, "pause": seconds(p)} for w, p in settings.canary_steps],
@@ -664,6 +668,7 @@ class FeedbackLoop:
         self.concept_since: dict[int, float | None] = {1: None}  # each version's trainingData.conceptSince
         self.trained_until: dict[int, float] = {}  # each version's dataWindow.end (version 1: base data only)
         self.cuts = 0
+        self.revived: list[tuple[int, int]] = []  # (row, past version) of every revival
         self.recipes: Counter[str] = Counter()
         # the input-drift check: each version's profile, and the bin of each value the stable track served
         self.features = datasets.feature_names(lab.case.generator, lab.case.X.shape[1])
@@ -850,9 +855,17 @@ class FeedbackLoop:
             challenger_predictions = challenger.estimator.predict(X)
         else:
             challenger_predictions = challenger_predictions[judged]
-        challenger_ok, champion_ok = challenger_predictions == y, self.models[parent].estimator.predict(X) == y
+        champion_ok = self.models[parent].estimator.predict(X) == y
+        revived = self.revive(action.version, parent, X, y, challenger_predictions == y, champion_ok, ts[judged])
+        if revived is not None:  # the trainer publishes that version's model as this one (mfl_trainer.revive)
+            self.models[action.version], self.profiles[action.version] = self.models[revived], self.profiles[revived]
+            challenger_predictions = self.models[revived].estimator.predict(X)
+            self.revived.append((now, revived))
+        challenger_ok = challenger_predictions == y
+        since = training.concept_since
         summary = {
             "ok": True,
+            "conceptSince": EPOCH + since if since is not None else None,  # a refresh is timed by it
             "rows": {"holdout": len(y)},
             "challenger": {"accuracy": float(challenger_ok.mean())},
             "champion": {"accuracy": float(champion_ok.mean())},
@@ -863,6 +876,30 @@ class FeedbackLoop:
         }
         self.jobs[action.job_name] = TrainingJob(now + self.settings.training_seconds, summary)
         self.retrains += 1
+
+    def revive(
+        self,
+        version: int,
+        parent: int,
+        X: np.ndarray,
+        y: np.ndarray,
+        challenger_ok: np.ndarray,
+        champion_ok: np.ndarray,
+        ts: np.ndarray,
+    ) -> int | None:
+        """mfl_trainer.revive's rule: of the newest reviveVersions earlier versions (not the champion) whose data
+        ended before the judged rows, the best one at least as good as the trained challenger and better than
+        the champion on them (a tie: the newer)."""
+        candidates = sorted((v for v in self.models if v < version and v != parent), reverse=True)
+        first_judged = float(np.nanmin(ts)) if len(ts) else np.inf
+        best, best_score = None, max(float(challenger_ok.mean()), float(champion_ok.mean()) + 1e-12)
+        for candidate in candidates[: self.settings.revive_versions]:
+            if self.trained_until.get(candidate, np.inf) >= first_judged:
+                continue  # it may have trained on the judged rows
+            score = float((self.models[candidate].estimator.predict(X) == y).mean())
+            if score >= best_score and (best is None or score > best_score):
+                best, best_score = candidate, score
+        return best
 
     def plan(self, table: Table, parent: int) -> plan.TrainingPlan:
         feedback = table.rows >= 0
@@ -905,7 +942,8 @@ class FeedbackLoop:
     def notes(self) -> str:
         return (
             f"{self.events['Promoted']} promoted, {self.events['RolledBack']} rolled back, "
-            f"{self.events['CandidateRejected']} rejected by the gate; {self.cuts} cuts, recipes "
+            f"{self.events['CandidateRejected']} rejected by the gate; {len(self.revived)} revived; {self.cuts} cuts, "
+            "recipes "
             f"{dict(self.recipes) or '-'}"
         )
 
@@ -1532,8 +1570,13 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     )
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="the first seed's streams are plotted")
     parser.add_argument("--quick", action="store_true", help="a small run with scaled-down time constants")
+    parser.add_argument(
+        "--refresh", type=float, default=None, metavar="GROWTH", help="the loop sets retraining.refresh (its growth)"
+    )
+    parser.add_argument("--revive-versions", type=int, default=5, help="the trainer's reviveVersions (0: none)")
     args = parser.parse_args(argv)
     settings = quick_settings() if args.quick else Settings()
+    settings = replace(settings, refresh_growth=args.refresh, revive_versions=args.revive_versions)
     if args.rows:
         settings = replace(settings, rows=args.rows, post_drift_span=min(settings.post_drift_span, args.rows // 8))
     known = [spec.name for spec in [*stream_specs(settings), *input_drift_streams(settings)]]
