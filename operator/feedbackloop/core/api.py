@@ -995,7 +995,7 @@ class InputDrift(ApiModel):
         gt=0,
         le=10,
         description="A feature whose PSI over the window is above this has drifted. Default 0.2 (the usual "
-        "'significant shift'; the noise floor at minRows 500 is about 0.08).",
+        "'significant shift'; by chance, on 500 rows against a profile of 1,000, at most about 0.12).",
     )
     min_rows: int = Field(
         default=500,
