@@ -891,7 +891,9 @@ class FeedbackLoop:
         ended before the judged rows, the best one at least as good as the trained challenger and better than
         the champion on them (a tie: the newer)."""
         candidates = sorted((v for v in self.models if v < version and v != parent), reverse=True)
-        first_judged = float(np.nanmin(ts)) if len(ts) else np.inf
+        if not len(ts) or not np.isfinite(ts).any():
+            return None  # judged on base data: no past version's window can be shown to end before it
+        first_judged = float(np.nanmin(ts))
         best, best_score = None, max(float(challenger_ok.mean()), float(champion_ok.mean()) + 1e-12)
         for candidate in candidates[: self.settings.revive_versions]:
             if self.trained_until.get(candidate, np.inf) >= first_judged:
