@@ -164,3 +164,16 @@ def test_a_breach_challenger_carries_its_p_value_into_the_canary() -> None:
     decision = decide(world(status, spec=refresh_spec(), health=healthy(), serving=serving(2), job=job))
     rollout = decision.status["rollout"]
     assert rollout["offlineSuperior"] and 0 < rollout["offlinePValue"] < 1e-6
+
+
+def test_a_refresh_does_not_hold_back_the_response_to_a_breach() -> None:
+    from tests.operator.test_phases import breached
+
+    refreshed = status_with(promoted(), promoted(version=3, trigger="Refresh", at=NOW - 60), current=3)
+    refreshed["lastRetrainAt"] = format_time(NOW - 600)
+    decision = decide(world(refreshed, spec=refresh_spec(), health=breached(), serving=serving(3)))
+    assert [s.trigger for s in actions_of(decision, StartTraining)] == ["Breach"]
+    after_breach = status_with(promoted(), promoted(version=3, trigger="Breach", at=NOW - 60), current=3)
+    after_breach["lastRetrainAt"] = format_time(NOW - 600)
+    held = decide(world(after_breach, spec=refresh_spec(), health=breached(), serving=serving(3)))
+    assert not actions_of(held, StartTraining) and "cooldown" in held.status["retrainBlockedBy"]

@@ -241,6 +241,10 @@ def retrain_blocker(spec: ModelFeedbackLoopSpec, status: LoopStatus, now: float,
     cooldown = (
         breach_retry_wait(status, retraining.cooldown.seconds) if trigger == "Breach" else retraining.cooldown.seconds
     )
+    if trigger == "Breach" and (status.get("history") or [{}])[-1].get("trigger") == "Refresh":
+        # A refresh is the loop's own choice, not a response to trouble: it must not hold back the response to
+        # a breach that follows (the efficacy benchmark lost 5 points on its abrupt stream to that cooldown).
+        cooldown = 0.0
     if last and now - last < cooldown and trigger != "Manual":
         return f"cooldown: last retraining or outcome {now - last:.0f}s ago, cooldown {cooldown:.0f}s"
     recent = [t for t in status.get("retrainTimes", []) if now - (parse_time(t) or 0) < 86400]
