@@ -376,6 +376,7 @@ def test_the_profile_skips_a_feature_without_values_as_the_job_engine(root, dask
 
     for module in (contract, profiling, dask_engine):
         monkeypatch.setattr(module, "MAX_FEATURES", 2)
+    monkeypatch.setattr(profiling, "MIN_ROWS", 100)  # 900 rows: below the real floor of 1,000
     rng = np.random.default_rng(6)
     X = rng.random((900, 3))
     data = model_dir(root) / "data"
