@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from mfl_contracts import metrics as names
-from mfl_contracts.inputprofile import bin_names, bin_of
+from mfl_contracts.inputprofile import bin_names, count_bins
 from mfl_contracts.metrics import BASE_LABELS
 
 # Per-request latency of ms-scale inference; 0.5 s is the operator's default p99 ceiling.
@@ -70,11 +70,7 @@ class ServerMetrics:
     def count_inputs(self, records: list[dict[str, Any]]) -> None:
         """One pass over the batch per feature, one counter update per bin that moved."""
         for feature, entry in self._profile.items():
-            counts: dict[str, int] = {}
-            for record in records:
-                bin_ = bin_of(entry, record.get(feature))
-                counts[bin_] = counts.get(bin_, 0) + 1
-            for bin_, count in counts.items():
+            for bin_, count in count_bins(entry, (record.get(feature) for record in records)).items():
                 self._child(self._bins, *self._own, feature, bin_).inc(count)
 
     def count_predictions(self, rows: int) -> None:
